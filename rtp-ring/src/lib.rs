@@ -33,27 +33,27 @@
 //! assert!(record.meta.flags.contains(Flags::KEYFRAME));
 //! ```
 
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 mod layout;
 mod protocol;
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 mod reader;
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 mod record;
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 mod shm;
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 mod writer;
 
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub use layout::{Geometry, HeaderError, MAX_PAYLOAD, MAX_TRACKS, SLOT_SIZE, validate_header};
-#[cfg(all(not(loom), feature = "tokio"))]
+#[cfg(all(not(rtp_ring_loom), feature = "tokio"))]
 pub use reader::AsyncReader;
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub use reader::{Overrun, Reader};
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub use record::{Flags, Record, RecordMeta, RecordRef, RtpHeaderView, now_us};
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub use shm::{OpenError, Ring};
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub use writer::{WriteError, Writer};

@@ -2,16 +2,16 @@
 //!
 //! Owns only the ordering of stamp and body accesses; the caller supplies the body copy. Kept
 //! apart so that a loom model (`loom_model` at the bottom of this file, run with
-//! `RUSTFLAGS="--cfg loom"`) checks exactly the code the ring runs.
+//! `RUSTFLAGS="--cfg rtp_ring_loom"`) checks exactly the code the ring runs.
 //!
 //! Writer of record `i`: stamp := 2i+1 (writing), release fence, body, stamp := 2i+2 (release).
 //! Reader of record `i`: s1 := stamp (acquire); body; acquire fence; s2 := stamp. The copy is
 //! whole iff s1 == s2 == 2i+2. A writer that dies after the first store leaves 2i+1 behind, so
 //! that record is never returned; the records before it are untouched.
 
-#[cfg(loom)]
+#[cfg(rtp_ring_loom)]
 pub(crate) use loom::sync::atomic::{AtomicU64, Ordering, fence};
-#[cfg(not(loom))]
+#[cfg(not(rtp_ring_loom))]
 pub(crate) use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// The stamp a slot carries while record `index` is being written.
@@ -71,9 +71,9 @@ pub(crate) fn read_slot<T>(stamp: &AtomicU64, index: u64, body: impl FnOnce() ->
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, rtp_ring_loom))]
 mod loom_model {
-    //! Run with `RUSTFLAGS="--cfg loom" cargo test -p rtp-ring --release --lib loom_model`.
+    //! Run with `RUSTFLAGS="--cfg rtp_ring_loom" cargo test -p rtp-ring --release --lib loom_model`.
     use super::*;
     use loom::sync::Arc;
     use loom::thread;
@@ -121,7 +121,7 @@ mod loom_model {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(rtp_ring_loom)))]
 mod tests {
     use super::*;
 

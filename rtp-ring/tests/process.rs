@@ -91,7 +91,12 @@ fn a_writer_killed_mid_write_loses_at_most_the_record_it_was_writing() {
             .expect("spawn");
         // Wait for its "writing" line (libtest prints a banner first); keep the pipe open.
         let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        while !out.next().expect("child output").expect("utf8").ends_with("writing") {}
+        while !out
+            .next()
+            .expect("child output")
+            .expect("utf8")
+            .ends_with("writing")
+        {}
         // Let it write for a while, reading along; then kill it without warning.
         let start = ring.write_index();
         let deadline = Instant::now() + Duration::from_secs(30);

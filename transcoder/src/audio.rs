@@ -1,0 +1,195 @@
+//! Decoded audio → the selected channels as stereo, 48 kHz, 20 ms frames → Opus.
+//!
+//! Owns the audio filter graph (channel selection by `pan`, resampling, framing) and the Opus
+//! encoder. Which input the audio comes from is the player's business (`player.rs`).
+
+use ff::{
+    ChannelLayout, Dictionary, Rational as FfRational, codec, encoder, filter, format, frame,
+};
+use ffmpeg_next as ff;
+
+use crate::options::ChannelSel;
+
+/// Samples per Opus frame: 20 ms at 48 kHz.
+pub const FRAME_SAMPLES: usize = 960;
+
+/// Frame properties a graph was built for; a change rebuilds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InputShape {
+    rate: u32,
+    format: format::Sample,
+    channels: u32,
+    layout: u64,
+}
+
+/// Turns decoded audio of any layout into stereo 48 kHz s16 frames of 960 samples.
+pub struct AudioFilter {
+    graph: Option<(filter::Graph, InputShape)>,
+    channels: ChannelSel,
+}
+
+impl std::fmt::Debug for AudioFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AudioFilter({:?})", self.channels)
+    }
+}
+
+impl AudioFilter {
+    pub fn new(channels: ChannelSel) -> Self {
+        Self {
+            graph: None,
+            channels,
+        }
+    }
+
+    /// Checks a selection against a source of `source_channels` and switches to it.
+    pub fn select(&mut self, channels: ChannelSel, source_channels: u32) -> Result<(), String> {
+        channels.pan_filter(source_channels)?;
+        self.channels = channels;
+        self.graph = None;
+        Ok(())
+    }
+
+    pub fn channels(&self) -> &ChannelSel {
+        &self.channels
+    }
+
+    /// Drops buffered samples (after a seek or a source switch).
+    pub fn reset(&mut self) {
+        self.graph = None;
+    }
+
+    /// Feeds one decoded frame (pts in µs).
+    pub fn push(&mut self, frame: &frame::Audio) -> Result<(), String> {
+        let layout = frame.channel_layout();
+        let shape = InputShape {
+            rate: frame.rate(),
+            format: frame.format(),
+            channels: frame.channels() as u32,
+            layout: layout.bits(),
+        };
+        if self.graph.as_ref().is_none_or(|(_, s)| *s != shape) {
+            self.graph = Some((self.build(shape)?, shape));
+        }
+        let (graph, _) = self.graph.as_mut().expect("built above");
+        graph
+            .get("in")
+            .expect("graph has its source")
+            .source()
+            .add(frame)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next 960-sample stereo frame; its pts is in samples at 48 kHz from the media start.
+    pub fn pull(&mut self, out: &mut frame::Audio) -> bool {
+        let Some((graph, _)) = self.graph.as_mut() else {
+            return false;
+        };
+        graph
+            .get("out")
+            .expect("graph has its sink")
+            .sink()
+            .frame(out)
+            .is_ok()
+    }
+
+    fn build(&self, shape: InputShape) -> Result<filter::Graph, String> {
+        let pan = self.channels.pan_filter(shape.channels)?;
+        let build = || -> Result<filter::Graph, ff::Error> {
+            let mut graph = filter::Graph::new();
+            let layout = if shape.layout != 0 {
+                format!("0x{:x}", shape.layout)
+            } else {
+                format!("{}c", shape.channels)
+            };
+            let args = format!(
+                "time_base=1/1000000:sample_rate={}:sample_fmt={}:channel_layout={layout}",
+                shape.rate,
+                shape.format.name()
+            );
+            graph.add(
+                &filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
+                "in",
+                &args,
+            )?;
+            graph.add(
+                &filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
+                "out",
+                "",
+            )?;
+            let spec = format!(
+                "{pan},aresample=48000,aformat=sample_fmts=s16:sample_rates=48000:channel_layouts=stereo,\
+                 asetnsamples=n={FRAME_SAMPLES}:p=1"
+            );
+            graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
+            graph.validate()?;
+            Ok(graph)
+        };
+        build().map_err(|e| format!("audio filter: {e}"))
+    }
+}
+
+/// Opus at 48 kHz stereo, 20 ms frames.
+pub struct OpusEncoder {
+    encoder: encoder::Audio,
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpusEncoder")
+    }
+}
+
+/// One Opus packet with its 48 kHz output timestamp.
+#[derive(Debug)]
+pub struct OpusPacket {
+    pub data: Vec<u8>,
+    pub ts: i64,
+}
+
+impl OpusEncoder {
+    pub fn new(bitrate: u64) -> Result<Self, String> {
+        let codec = encoder::find_by_name("libopus").ok_or("this FFmpeg has no libopus encoder")?;
+        let mut ctx = codec::Context::new_with_codec(codec)
+            .encoder()
+            .audio()
+            .map_err(|e| e.to_string())?;
+        ctx.set_rate(48_000);
+        ctx.set_channel_layout(ChannelLayout::STEREO);
+        ctx.set_format(format::Sample::I16(format::sample::Type::Packed));
+        ctx.set_bit_rate(bitrate as usize);
+        ctx.set_time_base(FfRational::new(1, 48_000));
+        let mut o = Dictionary::new();
+        o.set("frame_duration", "20");
+        o.set("application", "audio");
+        let encoder = ctx
+            .open_with(o)
+            .map_err(|e| format!("opening libopus: {e}"))?;
+        Ok(Self { encoder })
+    }
+
+    /// Encodes one 960-sample frame at output timestamp `ts` (48 kHz).
+    pub fn encode(
+        &mut self,
+        frame: &mut frame::Audio,
+        ts: i64,
+        out: &mut Vec<OpusPacket>,
+    ) -> Result<(), ff::Error> {
+        frame.set_pts(Some(ts));
+        self.encoder.send_frame(frame)?;
+        let mut packet = ff::Packet::empty();
+        loop {
+            match self.encoder.receive_packet(&mut packet) {
+                Ok(()) => out.push(OpusPacket {
+                    data: packet.data().unwrap_or_default().to_vec(),
+                    ts: packet.pts().unwrap_or(ts),
+                }),
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {
+                    return Ok(());
+                }
+                Err(ff::Error::Eof) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `wisp-transcoder`: one session's media, from any FFmpeg input to paced RTP in a shared ring.
+//!
+//! # Layout
+//! - `main.rs`: command line (clap), logging, signals, exit codes.
+//! - `options.rs`: validated options and `-i URL [key=value]` input groups.
+//! - `source.rs`: opening, demuxing and decoding inputs; the built-in `demo` generator.
+//! - `video.rs`: video filter graph (size, aspect, rate, tone mapping) and H.264/VP8 encoder.
+//! - `audio.rs`: channel selection to stereo, resampling, Opus encoder.
+//! - `rtp.rs`: RTP packetizing (str0m's packetizers) and track descriptions.
+//! - `player.rs`: playback state, exact seek and step, output timestamps, pacing, ring writes.
+//! - `control.rs`: JSON-lines commands on stdin and events on stdout.
+//!
+//! It links no WebRTC or HTTP code beyond str0m's RTP packetizers, and reads the network only
+//! through its inputs.
+#![forbid(unsafe_code)]
+
+mod audio;
+mod control;
+mod options;
+mod player;
+mod rtp;
+mod source;
+mod video;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser;
+use rtp_ring::Ring;
+
+use crate::control::Event;
+use crate::options::{
+    ChannelSel, Colorspace, ControlSource, OnEnd, Options, Pace, Rational, VideoCodec,
+};
+
+/// Transcode inputs to paced RTP (H.264 or VP8, and Opus) in a Wisp shared-memory ring.
+///
+/// Inputs: `-i URL [channel_count=N] [id=NAME]`, repeatable. The first input gives the video
+/// (and its audio); further inputs are extra audio choices (see `select_audio`). `-i demo` is a
+/// built-in test pattern with a frame counter and clock, and a tone.
+#[derive(Debug, Parser)]
+#[command(version, after_help = AFTER_HELP)]
+struct Args {
+    /// Output width (with --height: fit inside and pad; alone: height follows the aspect).
+    #[arg(long)]
+    width: Option<u32>,
+    /// Output height (with --width: fit inside and pad; alone: width follows the aspect).
+    #[arg(long)]
+    height: Option<u32>,
+    /// Output frame rate, e.g. 30 or 30000/1001 (default: the source's).
+    #[arg(long)]
+    fps: Option<Rational>,
+    /// Video bitrate, bits/s.
+    #[arg(long, default_value_t = 2_000_000)]
+    video_bitrate: u64,
+    /// Audio bitrate, bits/s.
+    #[arg(long, default_value_t = 96_000)]
+    audio_bitrate: u64,
+    /// Video codec.
+    #[arg(long, value_enum, default_value_t = VideoCodec::H264)]
+    codec: VideoCodec,
+    /// Seconds between keyframes.
+    #[arg(long, default_value_t = 2.0)]
+    gop: f64,
+    /// Threads for decoding and encoding (0: automatic).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+    /// Decode at 1/2^N resolution where the decoder supports it (MJPEG, some older codecs).
+    #[arg(long, default_value_t = 0)]
+    lowres: u8,
+    /// Override the source's sample aspect ratio, e.g. 1:1 or 4:3.
+    #[arg(long)]
+    sar: Option<Rational>,
+    /// Output colour matrix (scaled into and tagged).
+    #[arg(long, value_enum, default_value_t = Colorspace::Bt709)]
+    colorspace: Colorspace,
+    /// Tone-map BT.2100 (PQ/HLG) HDR input to SDR BT.709 with this curve (hable, reinhard, mobius).
+    #[arg(long, num_args = 0..=1, default_missing_value = "hable")]
+    bt2100_tone_mapping: Option<String>,
+    /// Start at this media time, seconds.
+    #[arg(long, default_value_t = 0.0)]
+    start: f64,
+    /// Play this many frames, then end (or loop).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// At the end, start again from --start (timestamps keep counting).
+    #[arg(long = "loop")]
+    looping: bool,
+    /// Number of source channels to render as stereo (with --cho).
+    #[arg(long)]
+    channels: Option<u32>,
+    /// First source channel of --channels.
+    #[arg(long, default_value_t = 0)]
+    cho: u32,
+    /// Packet pacing.
+    #[arg(long, value_enum, default_value_t = Pace::Realtime)]
+    pace: Pace,
+    /// Where commands come from.
+    #[arg(long, value_enum, default_value_t = ControlSource::Stdin)]
+    control: ControlSource,
+    /// What to do at the end of the media.
+    #[arg(long, value_enum, default_value_t = OnEnd::Exit)]
+    on_end: OnEnd,
+    /// Start paused (showing the first frame) until a `play` command.
+    #[arg(long)]
+    paused: bool,
+    /// Inherited ring descriptor (how the gateway runs it).
+    #[arg(long, conflicts_with = "ring")]
+    ring_fd: Option<i32>,
+    /// Inherited eventfd that wakes the ring's readers (with --ring-fd).
+    #[arg(long, requires = "ring_fd")]
+    ring_eventfd: Option<i32>,
+    /// Create a file-backed ring here (e.g. /dev/shm/wisp-x).
+    #[arg(long, requires = "ring_size")]
+    ring: Option<PathBuf>,
+    /// Size in bytes of the ring created by --ring.
+    #[arg(long)]
+    ring_size: Option<u64>,
+}
+
+const AFTER_HELP: &str = "\
+Control (JSON lines on stdin): {\"op\":\"play\"} {\"op\":\"pause\"} {\"op\":\"seek\",\"to\":12.5}
+  {\"op\":\"seek\",\"frame\":300} {\"op\":\"step\",\"frames\":-1} {\"op\":\"keyframe\"} {\"op\":\"stop\"}
+  {\"op\":\"select_audio\",\"input\":\"music\",\"channels\":[0,1]} {\"op\":\"status\"}
+Events (JSON lines on stdout): ready, state, position, error, stats. Logs on stderr (RUST_LOG).
+
+Examples:
+  wisp-transcoder -i demo --ring /dev/shm/demo --ring-size 67108864
+  wisp-transcoder -i film.mp4 -i dub.wav id=dub --width 1280 --height 720 --ring /dev/shm/x --ring-size 67108864
+  ring-dump --json /dev/shm/x";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let argv: Vec<String> = std::env::args().collect();
+    let (inputs, rest) = match options::split_inputs(argv[1..].to_vec()) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    let args = Args::parse_from(std::iter::once(argv[0].clone()).chain(rest));
+    if inputs.is_empty() {
+        return usage_error("give at least one input: -i FILE|URL|demo");
+    }
+    let opts = Options {
+        inputs,
+        width: args.width,
+        height: args.height,
+        fps: args.fps,
+        video_bitrate: args.video_bitrate,
+        audio_bitrate: args.audio_bitrate,
+        codec: args.codec,
+        gop_seconds: args.gop,
+        threads: args.threads,
+        lowres: args.lowres,
+        sar: args.sar,
+        colorspace: args.colorspace,
+        tone_mapping: args.bt2100_tone_mapping,
+        start: args.start,
+        duration_frames: args.duration,
+        looping: args.looping,
+        channels: args
+            .channels
+            .map_or(ChannelSel(Vec::new()), |n| ChannelSel::range(n, args.cho)),
+        pace: args.pace,
+        control: args.control,
+        on_end: args.on_end,
+        paused: args.paused,
+    };
+    if !(opts.gop_seconds > 0.0)
+        || !(opts.start >= 0.0)
+        || opts.width == Some(0)
+        || opts.height == Some(0)
+    {
+        return usage_error("--gop must be > 0, --start ≥ 0, --width/--height > 0");
+    }
+
+    // No orphan: if the parent dies, so do we (stdin's end also ends us, see control.rs).
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            tracing::warn!("cannot handle signal {sig}: {e}");
+        }
+    }
+
+    let ring = match (&args.ring, args.ring_fd) {
+        (Some(path), _) => Ring::create_file(path, args.ring_size.unwrap_or(64 << 20)),
+        (None, Some(fd)) => Ring::from_inherited_fds(fd, args.ring_eventfd),
+        (None, None) => return usage_error("give --ring PATH --ring-size BYTES, or --ring-fd N"),
+    };
+    let ring = match ring {
+        Ok(r) => r,
+        Err(e) => return fatal("ring", &e.to_string()),
+    };
+    if let Err(e) = ffmpeg_next::init() {
+        return fatal("ffmpeg", &format!("FFmpeg failed to initialise: {e}"));
+    }
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+
+    let control = match opts.control {
+        ControlSource::Stdin => Some(control::spawn_stdin_reader(
+            control::stdin_is_parent_channel(),
+        )),
+        ControlSource::None => None,
+    };
+    let player = match player::Player::new(opts, ring.writer(), stop, control) {
+        Ok(p) => p,
+        Err(e) => return fatal("input", &e.to_string()),
+    };
+    match player.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal("playback", &e.to_string()),
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("wisp-transcoder: {message}\n(see wisp-transcoder --help)");
+    ExitCode::from(2)
+}
+
+/// Reports an error both ways the gateway and a person look: an event and a log line.
+fn fatal(code: &'static str, message: &str) -> ExitCode {
+    tracing::error!("{message}");
+    control::emit(&Event::Error {
+        code,
+        message: message.to_string(),
+    });
+    ExitCode::FAILURE
+}

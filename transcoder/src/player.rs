@@ -1,0 +1,917 @@
+//! Playback: what to encode next, when to put it in the ring, and what commands do to that.
+//!
+//! Owns the play/pause/ended state, exact seeks and steps, audio selection, output timestamps
+//! and pacing. Decoding (`source.rs`), filtering and encoding (`video.rs`, `audio.rs`) and RTP
+//! (`rtp.rs`) are called from here; nothing here touches FFmpeg types beyond frames.
+//!
+//! Output time. Every emitted unit (a video frame or a 20 ms Opus frame) gets an output time in
+//! µs that only moves forward: RTP timestamps derive from it, so a receiver sees no jump
+//! backwards across seeks, and sequence numbers never skip (no false loss). Media time maps to
+//! output time by a *segment*: from a segment's start, output time advances exactly as media time
+//! does. A new segment starts at a seek, a loop, or a resume; at a resume the output time also
+//! advances by the pause's wall-clock length, so timestamps keep step with the receiver's clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use ff::{Rational as FfRational, frame};
+use ffmpeg_next as ff;
+use rtp_ring::{Flags, RecordRef, Writer, now_us};
+
+use crate::audio::{AudioFilter, FRAME_SAMPLES, OpusEncoder};
+use crate::control::{self, Command, Event, Incoming, InputInfo, InputRef, PlayState};
+use crate::options::{ChannelSel, OnEnd, Options, Pace, VideoCodec};
+use crate::rtp::{RtpPacket, RtpTrack};
+use crate::source::{Source, SourceError};
+use crate::video::{self, EncodedFrame, VideoEncoder, VideoFilter};
+
+/// How often `position` events go out while playing (the gateway relays them to viewers).
+const POSITION_EVERY_US: u64 = 200_000;
+/// Past this lateness, pacing re-anchors instead of bursting to catch up.
+const MAX_LATE_US: i64 = 1_000_000;
+
+/// Why playback stopped with an error (the caller reports it and exits non-zero).
+#[derive(Debug, thiserror::Error)]
+pub enum PlayError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("encoder failed: {0}")]
+    Encode(String),
+}
+
+/// Maps media time to output time (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    media_us: i64,
+    out_us: i64,
+    /// Monotonic µs at which `out_us` is due.
+    wall_us: u64,
+}
+
+impl Segment {
+    fn out_of(&self, media_us: i64) -> i64 {
+        self.out_us + (media_us - self.media_us)
+    }
+    fn due_of(&self, out_us: i64) -> u64 {
+        (self.wall_us as i64 + (out_us - self.out_us)).max(0) as u64
+    }
+}
+
+/// Encoded packets of one unit, waiting for their due time.
+#[derive(Debug)]
+struct Unit {
+    track: u8,
+    packets: Vec<RtpPacket>,
+    due_us: u64,
+}
+
+struct VideoChain {
+    filter: VideoFilter,
+    encoder: VideoEncoder,
+    rtp: RtpTrack,
+    width: u32,
+    height: u32,
+    /// The source has no more frames for the filter.
+    source_done: bool,
+    /// Output frames below this index are decoded but not shown (exact seek).
+    drop_before: u64,
+    /// A decoded, filtered frame waiting to be encoded (lookahead against audio).
+    ahead: Option<(frame::Video, u64)>,
+    scratch: frame::Video,
+}
+
+struct AudioChain {
+    filter: AudioFilter,
+    encoder: OpusEncoder,
+    rtp: RtpTrack,
+    /// Which input the audio comes from.
+    input: usize,
+    source_done: bool,
+    drop_before_us: i64,
+    ahead: Option<(frame::Audio, i64)>,
+    scratch: frame::Audio,
+    /// Next allowed 48 kHz output timestamp (no overlap after a segment change).
+    next_ts: i64,
+}
+
+/// Totals for the `stats` event.
+#[derive(Debug, Default)]
+struct Stats {
+    video_frames: u64,
+    audio_frames: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+pub struct Player {
+    opts: Options,
+    writer: Writer,
+    sources: Vec<Source>,
+    video: Option<VideoChain>,
+    audio: Option<AudioChain>,
+    fps: FfRational,
+    duration: Option<f64>,
+    state: PlayState,
+    seg: Segment,
+    /// Output time just after the last emitted unit (where the next segment may start).
+    out_end_us: i64,
+    /// Media time just after the last emitted unit.
+    media_next_us: i64,
+    /// Index of the last emitted video frame.
+    frame: Option<u64>,
+    first_frame: u64,
+    force_key: bool,
+    pending: Option<Unit>,
+    paused_at_wall: u64,
+    last_position_wall: u64,
+    stop: Arc<AtomicBool>,
+    control: Option<Receiver<Incoming>>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Player {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Player({:?}, frame {:?})", self.state, self.frame)
+    }
+}
+
+fn frame_us(index: u64, fps: FfRational) -> i64 {
+    (index as i128 * 1_000_000 * fps.denominator() as i128 / fps.numerator() as i128) as i64
+}
+
+fn frame_at(us: f64, fps: FfRational) -> u64 {
+    (us * fps.numerator() as f64 / fps.denominator() as f64 / 1e6)
+        .round()
+        .max(0.0) as u64
+}
+
+impl Player {
+    /// Opens every input and builds the encoders. Fails with FFmpeg's reason for an input that
+    /// cannot be opened.
+    pub fn new(
+        opts: Options,
+        writer: Writer,
+        stop: Arc<AtomicBool>,
+        control: Option<Receiver<Incoming>>,
+    ) -> Result<Self, PlayError> {
+        let mut sources = Vec::new();
+        for (i, spec) in opts.inputs.iter().enumerate() {
+            sources.push(Source::open(
+                spec,
+                i == 0,
+                opts.threads,
+                opts.lowres,
+                stop.clone(),
+            )?);
+        }
+        let facts = sources[0].video_facts();
+        let fps = match (opts.fps, facts) {
+            (Some(r), _) => FfRational::new(r.num, r.den),
+            (None, Some(f)) => f.fps,
+            (None, None) => FfRational::new(30, 1),
+        };
+        let duration = sources[0].duration();
+
+        // Probe the first video frame for its size (and put it back by seeking to the start).
+        let video = match facts {
+            Some(_) => {
+                let mut probe = frame::Video::empty();
+                if !sources[0].next_video(&mut probe)? {
+                    return Err(PlayError::Setup(format!(
+                        "input '{}' has a video stream but no decodable frame",
+                        opts.inputs[0].url
+                    )));
+                }
+                let (w, h) =
+                    video::output_size(&opts, probe.width(), probe.height(), probe.aspect_ratio());
+                sources[0].seek(0.0)?;
+                let encoder = VideoEncoder::new(&opts, w, h, fps).map_err(PlayError::Setup)?;
+                let rtp = match opts.codec {
+                    VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
+                    VideoCodec::Vp8 => RtpTrack::vp8(),
+                };
+                Some(VideoChain {
+                    filter: VideoFilter::new(&opts, w, h, fps),
+                    encoder,
+                    rtp,
+                    width: w,
+                    height: h,
+                    source_done: false,
+                    drop_before: 0,
+                    ahead: None,
+                    scratch: frame::Video::empty(),
+                })
+            }
+            None => None,
+        };
+
+        // Audio: the first input with audio, using --channels/--cho.
+        let audio_input = sources.iter().position(|s| s.audio_channels().is_some());
+        let audio = match audio_input {
+            Some(input) => {
+                let src_channels = sources[input].audio_channels().unwrap_or(2);
+                let channels = default_channels(&opts.channels, src_channels);
+                channels
+                    .pan_filter(src_channels)
+                    .map_err(|e| PlayError::Setup(format!("--channels/--cho: {e}")))?;
+                for (i, s) in sources.iter_mut().enumerate() {
+                    s.set_want_audio(i == input);
+                }
+                Some(AudioChain {
+                    filter: AudioFilter::new(channels),
+                    encoder: OpusEncoder::new(opts.audio_bitrate).map_err(PlayError::Setup)?,
+                    rtp: RtpTrack::opus(),
+                    input,
+                    source_done: false,
+                    drop_before_us: 0,
+                    ahead: None,
+                    scratch: frame::Audio::empty(),
+                    next_ts: 0,
+                })
+            }
+            None => None,
+        };
+        if video.is_none() && audio.is_none() {
+            return Err(PlayError::Setup("no input has video or audio".into()));
+        }
+        let now = now_us();
+        let paused = opts.paused;
+        Ok(Self {
+            opts,
+            writer,
+            sources,
+            video,
+            audio,
+            fps,
+            duration,
+            state: if paused {
+                PlayState::Paused
+            } else {
+                PlayState::Playing
+            },
+            seg: Segment {
+                media_us: 0,
+                out_us: 0,
+                wall_us: now,
+            },
+            out_end_us: 0,
+            media_next_us: 0,
+            frame: None,
+            first_frame: 0,
+            force_key: true,
+            pending: None,
+            paused_at_wall: now,
+            last_position_wall: 0,
+            stop,
+            control,
+            stats: Stats::default(),
+        })
+    }
+
+    fn ready_event(&self) -> Event {
+        let mut tracks = Vec::new();
+        if let Some(v) = &self.video {
+            tracks.push(v.rtp.info.clone());
+        }
+        if let Some(a) = &self.audio {
+            tracks.push(a.rtp.info.clone());
+        }
+        Event::Ready {
+            tracks,
+            duration: self.duration,
+            fps: self.fps.numerator() as f64 / self.fps.denominator() as f64,
+            width: self.video.as_ref().map_or(0, |v| v.width),
+            height: self.video.as_ref().map_or(0, |v| v.height),
+            inputs: self
+                .opts
+                .inputs
+                .iter()
+                .zip(&self.sources)
+                .enumerate()
+                .map(|(index, (spec, s))| InputInfo {
+                    id: spec.id.clone(),
+                    index,
+                    audio_channels: s.audio_channels(),
+                })
+                .collect(),
+            audio_input: self
+                .audio
+                .as_ref()
+                .map(|a| self.opts.inputs[a.input].id.clone()),
+            audio_channels: self
+                .audio
+                .as_ref()
+                .map_or(Vec::new(), |a| a.filter.channels().0.clone()),
+        }
+    }
+
+    fn position_s(&self) -> f64 {
+        (self.media_next_us - self.frame_len_us()).max(0) as f64 / 1e6
+    }
+
+    fn frame_len_us(&self) -> i64 {
+        if self.video.is_some() {
+            frame_us(1, self.fps)
+        } else {
+            20_000
+        }
+    }
+
+    fn emit_state(&self) {
+        control::emit(&Event::State {
+            state: self.state,
+            position: self.position_s(),
+            frame: self.frame.unwrap_or(self.first_frame),
+        });
+    }
+
+    /// Runs until the media ends (with `--on-end exit`), `stop`, stdin's end or a signal.
+    pub fn run(mut self) -> Result<(), PlayError> {
+        control::emit(&self.ready_event());
+        let start_frame = frame_at(self.opts.start * 1e6, self.fps);
+        self.first_frame = start_frame;
+        self.seek_to(start_frame)?;
+        if self.state == PlayState::Paused {
+            // Show the first frame, as a paused review player does.
+            self.emit_one_frame()?;
+        }
+        self.emit_state();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.state {
+                PlayState::Playing => {
+                    if !self.step_playing()? {
+                        break;
+                    }
+                }
+                PlayState::Paused | PlayState::Ended => {
+                    if self.control.is_none() && self.state == PlayState::Ended {
+                        break;
+                    }
+                    if !self.wait_command(Duration::from_millis(100))? {
+                        break;
+                    }
+                }
+            }
+        }
+        self.report_stats();
+        Ok(())
+    }
+
+    /// One step of playing: write a due unit or produce the next. Returns false to exit.
+    fn step_playing(&mut self) -> Result<bool, PlayError> {
+        if let Some(unit) = self.pending.take() {
+            let now = now_us();
+            if self.opts.pace == Pace::Realtime && unit.due_us > now {
+                let wait = Duration::from_micros(unit.due_us - now).min(Duration::from_millis(50));
+                self.pending = Some(unit);
+                return self.wait_command(wait);
+            }
+            self.write_unit(unit);
+            self.maybe_position();
+            return Ok(self.poll_commands()?);
+        }
+        match self.produce()? {
+            Some(unit) => self.pending = Some(unit),
+            None => return self.reach_end(),
+        }
+        Ok(true)
+    }
+
+    /// Media ended (or `--duration` frames were played): loop, wait or exit.
+    fn reach_end(&mut self) -> Result<bool, PlayError> {
+        if self.opts.looping {
+            tracing::info!("end of media: looping to frame {}", self.first_frame);
+            let out = self.out_end_us;
+            self.seek_to(self.first_frame)?;
+            self.seg = Segment {
+                media_us: frame_us(self.first_frame, self.fps),
+                out_us: out,
+                wall_us: now_us(),
+            };
+            return Ok(true);
+        }
+        self.state = PlayState::Ended;
+        self.emit_state();
+        Ok(!(self.opts.on_end == OnEnd::Exit || self.control.is_none()))
+    }
+
+    /// Encodes the next unit in media order (video frame or Opus frame), or `None` at the end.
+    fn produce(&mut self) -> Result<Option<Unit>, PlayError> {
+        let end_frame = self.opts.duration_frames.map(|n| self.first_frame + n);
+        let end_us = end_frame.map(|f| frame_us(f, self.fps));
+        let v_next = self.peek_video(end_frame)?;
+        let a_next = self.peek_audio(end_us)?;
+        let take_video = match (v_next, a_next) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(v), Some(a)) => v <= a,
+        };
+        if take_video {
+            self.encode_video()
+        } else {
+            self.encode_audio()
+        }
+    }
+
+    /// Media time of the next video frame, decoding and filtering as needed.
+    fn peek_video(&mut self, end_frame: Option<u64>) -> Result<Option<i64>, PlayError> {
+        let fps = self.fps;
+        let Some(v) = self.video.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some((_, idx)) = &v.ahead {
+                if end_frame.is_some_and(|e| *idx >= e) {
+                    return Ok(None);
+                }
+                return Ok(Some(frame_us(*idx, fps)));
+            }
+            let mut out = frame::Video::empty();
+            if v.filter.pull(&mut out) {
+                let idx = out.pts().unwrap_or(0).max(0) as u64;
+                if idx >= v.drop_before {
+                    v.ahead = Some((out, idx));
+                }
+                continue;
+            }
+            if v.source_done {
+                return Ok(None);
+            }
+            if self.sources[0].next_video(&mut v.scratch)? {
+                if let Err(e) = v.filter.push(&v.scratch) {
+                    tracing::warn!("video frame dropped by the filter: {e}");
+                }
+            } else {
+                v.filter.flush();
+                v.source_done = true;
+            }
+        }
+    }
+
+    /// Media time of the next audio frame, decoding and filtering as needed.
+    fn peek_audio(&mut self, end_us: Option<i64>) -> Result<Option<i64>, PlayError> {
+        let Some(a) = self.audio.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some((_, us)) = &a.ahead {
+                if end_us.is_some_and(|e| *us >= e) {
+                    return Ok(None);
+                }
+                return Ok(Some(*us));
+            }
+            let mut out = frame::Audio::empty();
+            if a.filter.pull(&mut out) {
+                let us = out.pts().unwrap_or(0) * 1_000_000 / 48_000;
+                if us >= a.drop_before_us && out.samples() == FRAME_SAMPLES {
+                    a.ahead = Some((out, us));
+                }
+                continue;
+            }
+            if a.source_done {
+                return Ok(None);
+            }
+            if self.sources[a.input].next_audio(&mut a.scratch)? {
+                if let Err(e) = a.filter.push(&a.scratch) {
+                    tracing::warn!("audio frame dropped: {e}");
+                }
+            } else {
+                a.source_done = true;
+            }
+        }
+    }
+
+    fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
+        let v = self.video.as_mut().expect("peeked");
+        let (mut frame, idx) = v.ahead.take().expect("peeked");
+        let media_us = frame_us(idx, self.fps);
+        let out_us = self.seg.out_of(media_us);
+        let ts = (out_us * 9 + 50).div_euclid(100);
+        let mut encoded: Vec<EncodedFrame> = Vec::with_capacity(1);
+        let key = std::mem::take(&mut self.force_key);
+        v.encoder
+            .encode(&mut frame, ts, key, &mut encoded)
+            .map_err(|e| PlayError::Encode(e.to_string()))?;
+        let mut packets = Vec::new();
+        for f in encoded {
+            packets.extend(v.rtp.packetize(&f.data, f.ts as u64, f.key));
+        }
+        self.frame = Some(idx);
+        self.stats.video_frames += 1;
+        let len = frame_us(1, self.fps);
+        self.out_end_us = self.out_end_us.max(out_us + len);
+        self.media_next_us = media_us + len;
+        Ok(Some(Unit {
+            track: crate::rtp::VIDEO_TRACK,
+            packets,
+            due_us: self.seg.due_of(out_us),
+        }))
+    }
+
+    fn encode_audio(&mut self) -> Result<Option<Unit>, PlayError> {
+        let a = self.audio.as_mut().expect("peeked");
+        let (mut frame, media_us) = a.ahead.take().expect("peeked");
+        let out_us = self.seg.out_of(media_us);
+        let ts = (out_us * 48 + 500).div_euclid(1000);
+        let due_us = self.seg.due_of(out_us);
+        if ts < a.next_ts {
+            // Overlaps audio already sent before a segment change: skip it.
+            return Ok(Some(Unit {
+                track: crate::rtp::AUDIO_TRACK,
+                packets: Vec::new(),
+                due_us,
+            }));
+        }
+        a.next_ts = ts + FRAME_SAMPLES as i64;
+        let mut encoded = Vec::with_capacity(1);
+        a.encoder
+            .encode(&mut frame, ts, &mut encoded)
+            .map_err(|e| PlayError::Encode(e.to_string()))?;
+        let mut packets = Vec::new();
+        for p in encoded {
+            packets.extend(a.rtp.packetize(&p.data, p.ts as u64, false));
+        }
+        self.stats.audio_frames += 1;
+        self.out_end_us = self.out_end_us.max(out_us + 20_000);
+        if self.video.is_none() {
+            self.media_next_us = media_us + 20_000;
+        }
+        Ok(Some(Unit {
+            track: crate::rtp::AUDIO_TRACK,
+            packets,
+            due_us,
+        }))
+    }
+
+    fn write_unit(&mut self, unit: Unit) {
+        let now = now_us();
+        if self.opts.pace == Pace::Realtime && (now as i64 - unit.due_us as i64) > MAX_LATE_US {
+            tracing::warn!(
+                late_ms = (now - unit.due_us) / 1000,
+                "falling behind realtime; re-anchoring pacing"
+            );
+            self.seg.wall_us += now - unit.due_us;
+        }
+        let capture_us = unit.due_us.min(now);
+        let is_audio = unit.track == crate::rtp::AUDIO_TRACK;
+        for p in &unit.packets {
+            let mut flags = Flags::empty();
+            if p.keyframe_start {
+                flags |= Flags::KEYFRAME;
+            }
+            if p.marker || is_audio {
+                flags |= Flags::END_OF_FRAME;
+            }
+            // Packets are ≤ 1212 bytes by construction, and tracks are 0 and 1.
+            if let Err(e) = self.writer.append(RecordRef {
+                track: unit.track,
+                flags,
+                capture_us,
+                packet: &p.bytes,
+            }) {
+                tracing::error!("ring refused a packet: {e}");
+                continue;
+            }
+            self.stats.packets += 1;
+            self.stats.bytes += p.bytes.len() as u64;
+        }
+        self.writer.wake();
+    }
+
+    fn maybe_position(&mut self) {
+        let now = now_us();
+        if now.saturating_sub(self.last_position_wall) >= POSITION_EVERY_US {
+            self.last_position_wall = now;
+            control::emit(&Event::Position {
+                position: self.position_s(),
+                frame: self.frame.unwrap_or(self.first_frame),
+            });
+        }
+    }
+
+    /// Handles commands already queued. Returns false when the process should exit.
+    fn poll_commands(&mut self) -> Result<bool, PlayError> {
+        loop {
+            let Some(rx) = &self.control else {
+                return Ok(true);
+            };
+            match rx.try_recv() {
+                Ok(msg) => {
+                    if !self.handle(msg)? {
+                        return Ok(false);
+                    }
+                }
+                Err(_) => return Ok(true),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a command and handles it. Returns false to exit.
+    fn wait_command(&mut self, timeout: Duration) -> Result<bool, PlayError> {
+        let Some(rx) = &self.control else {
+            std::thread::sleep(timeout);
+            return Ok(true);
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(msg) => {
+                if !self.handle(msg)? {
+                    return Ok(false);
+                }
+                self.poll_commands()
+            }
+            Err(RecvTimeoutError::Timeout) => Ok(true),
+            Err(RecvTimeoutError::Disconnected) => Ok(false),
+        }
+    }
+
+    fn handle(&mut self, msg: Incoming) -> Result<bool, PlayError> {
+        let cmd = match msg {
+            Incoming::Command(c) => c,
+            Incoming::Invalid(reason) => {
+                control::emit(&Event::Error {
+                    code: "bad_request",
+                    message: reason,
+                });
+                return Ok(true);
+            }
+            Incoming::Closed => {
+                tracing::info!("stdin closed: the parent is gone, exiting");
+                return Ok(false);
+            }
+        };
+        tracing::debug!(?cmd, "command");
+        match cmd {
+            Command::Play => {
+                if self.state != PlayState::Playing {
+                    if self.state == PlayState::Ended {
+                        self.seek_to(self.first_frame)?;
+                    }
+                    self.resume();
+                    self.state = PlayState::Playing;
+                }
+                self.emit_state();
+            }
+            Command::Pause => {
+                if self.state == PlayState::Playing {
+                    self.state = PlayState::Paused;
+                    self.paused_at_wall = now_us();
+                }
+                self.emit_state();
+            }
+            Command::Seek { to, frame } => {
+                let target = match (to, frame) {
+                    (Some(t), _) => frame_at(t * 1e6, self.fps),
+                    (None, Some(f)) => f,
+                    (None, None) => unreachable!("parse_line requires one"),
+                };
+                let target = self.clamp_frame(target);
+                self.seek_to(target)?;
+                if self.state == PlayState::Ended {
+                    self.state = PlayState::Paused;
+                    self.paused_at_wall = now_us();
+                }
+                match self.state {
+                    PlayState::Playing => {
+                        self.seg = Segment {
+                            media_us: frame_us(target, self.fps),
+                            out_us: self.out_end_us,
+                            wall_us: now_us(),
+                        }
+                    }
+                    _ => self.emit_one_frame()?,
+                }
+                self.emit_state();
+            }
+            Command::Step { frames } => {
+                if self.video.is_none() {
+                    control::emit(&Event::Error {
+                        code: "not_supported",
+                        message: "step needs a video track".into(),
+                    });
+                    return Ok(true);
+                }
+                if self.state == PlayState::Playing {
+                    self.state = PlayState::Paused;
+                    self.paused_at_wall = now_us();
+                }
+                let current = self.frame.unwrap_or(self.first_frame) as i64;
+                let target = self.clamp_frame((current + frames).max(0) as u64);
+                if frames < 0 || target as i64 - current > (self.opts.gop_seconds * 60.0) as i64 {
+                    self.seek_to(target)?;
+                } else if let Some(v) = self.video.as_mut() {
+                    v.drop_before = target;
+                    if v.ahead.as_ref().is_some_and(|(_, i)| *i < target) {
+                        v.ahead = None;
+                    }
+                }
+                self.emit_one_frame()?;
+                if self.state == PlayState::Ended {
+                    self.state = PlayState::Paused;
+                }
+                self.emit_state();
+            }
+            Command::SelectAudio { input, channels } => {
+                if let Err(message) = self.select_audio(input, channels) {
+                    control::emit(&Event::Error {
+                        code: "bad_request",
+                        message,
+                    });
+                } else {
+                    control::emit(&self.ready_event());
+                }
+            }
+            Command::Keyframe => self.force_key = true,
+            Command::Status => self.emit_state(),
+            Command::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn clamp_frame(&self, frame: u64) -> u64 {
+        match self.duration {
+            Some(d) => frame.min(frame_at(d * 1e6, self.fps).saturating_sub(1)),
+            None => frame,
+        }
+    }
+
+    /// A new segment after a pause: output time moves on by the pause's wall-clock length.
+    fn resume(&mut self) {
+        let now = now_us();
+        let paused_for = now.saturating_sub(self.paused_at_wall) as i64;
+        self.seg = Segment {
+            media_us: self.media_next_us,
+            out_us: self.out_end_us + paused_for,
+            wall_us: now,
+        };
+        // Units made before the pause keep their old timestamps; send them now.
+        if let Some(unit) = &mut self.pending {
+            unit.due_us = now;
+        }
+    }
+
+    /// Positions everything so the next video frame out is exactly `target`, as a keyframe.
+    fn seek_to(&mut self, target: u64) -> Result<(), PlayError> {
+        let target_us = frame_us(target, self.fps);
+        self.pending = None;
+        self.force_key = true;
+        self.sources[0].seek(target_us as f64 / 1e6)?;
+        if let Some(v) = self.video.as_mut() {
+            v.filter.reset();
+            v.source_done = false;
+            v.drop_before = target;
+            v.ahead = None;
+        }
+        if let Some(a) = self.audio.as_mut() {
+            if a.input != 0 {
+                self.sources[a.input].seek(target_us as f64 / 1e6)?;
+            }
+            a.filter.reset();
+            a.source_done = false;
+            a.drop_before_us = target_us;
+            a.ahead = None;
+        }
+        self.media_next_us = target_us;
+        self.frame = target.checked_sub(1);
+        Ok(())
+    }
+
+    /// While not playing: encode and send the next video frame now (seek or step preview).
+    fn emit_one_frame(&mut self) -> Result<(), PlayError> {
+        if self.video.is_none() {
+            return Ok(());
+        }
+        let Some(media_us) = self.peek_video(None)? else {
+            control::emit(&Event::Error {
+                code: "bad_request",
+                message: "no frame there: end of media".into(),
+            });
+            return Ok(());
+        };
+        let now = now_us();
+        let out_us = self.out_end_us + now.saturating_sub(self.paused_at_wall) as i64;
+        self.seg = Segment {
+            media_us,
+            out_us,
+            wall_us: now,
+        };
+        self.paused_at_wall = now;
+        if let Some(unit) = self.encode_video()? {
+            self.write_unit(unit);
+        }
+        // Audio decoded up to here is stale for the next resume.
+        if let Some(a) = self.audio.as_mut() {
+            a.ahead = None;
+            a.drop_before_us = self.media_next_us;
+        }
+        Ok(())
+    }
+
+    fn select_audio(&mut self, input: InputRef, channels: Option<Vec<u32>>) -> Result<(), String> {
+        let index = match &input {
+            InputRef::Index(i) if *i < self.opts.inputs.len() => *i,
+            InputRef::Id(id) => self
+                .opts
+                .inputs
+                .iter()
+                .position(|s| &s.id == id)
+                .or_else(|| {
+                    id.parse::<usize>()
+                        .ok()
+                        .filter(|i| *i < self.opts.inputs.len())
+                })
+                .ok_or(format!("no input named '{id}'"))?,
+            InputRef::Index(i) => {
+                return Err(format!(
+                    "no input {i} (there are {})",
+                    self.opts.inputs.len()
+                ));
+            }
+        };
+        let Some(src_channels) = self.sources[index].audio_channels() else {
+            return Err(format!(
+                "input '{}' has no audio",
+                self.opts.inputs[index].id
+            ));
+        };
+        let Some(a) = self.audio.as_mut() else {
+            return Err("this session has no audio track".into());
+        };
+        let sel = match channels {
+            Some(c) => ChannelSel(c),
+            None => default_channels(&ChannelSel(Vec::new()), src_channels),
+        };
+        sel.pan_filter(src_channels)?;
+        let position_us = self.media_next_us;
+        if index != a.input {
+            self.sources[a.input].set_want_audio(false);
+            self.sources[index].set_want_audio(true);
+            if index != 0 {
+                self.sources[index]
+                    .seek(position_us as f64 / 1e6)
+                    .map_err(|e| e.to_string())?;
+            } else {
+                // The first input also feeds video: re-seek both to stay in step.
+                self.sources[0]
+                    .seek(position_us as f64 / 1e6)
+                    .map_err(|e| e.to_string())?;
+                if let Some(v) = self.video.as_mut() {
+                    v.filter.reset();
+                    v.source_done = false;
+                    v.drop_before = self.frame.map_or(0, |f| f + 1);
+                    v.ahead = None;
+                }
+            }
+            a.input = index;
+        }
+        a.filter.select(sel, src_channels)?;
+        a.source_done = false;
+        a.ahead = None;
+        a.drop_before_us = position_us;
+        tracing::info!(input = index, channels = ?a.filter.channels(), "audio selection changed");
+        Ok(())
+    }
+
+    fn report_stats(&self) {
+        let corrupt: u64 = self.sources.iter().map(Source::corrupt_packets).sum();
+        let peak_rss_kb = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            });
+        tracing::info!(
+            video_frames = self.stats.video_frames,
+            audio_frames = self.stats.audio_frames,
+            packets = self.stats.packets,
+            corrupt_packets = corrupt,
+            ?peak_rss_kb,
+            "done"
+        );
+        control::emit(&Event::Stats {
+            video_frames: self.stats.video_frames,
+            audio_frames: self.stats.audio_frames,
+            packets: self.stats.packets,
+            bytes: self.stats.bytes,
+            corrupt_packets: corrupt,
+            peak_rss_kb,
+        });
+    }
+}
+
+/// The configured selection, or for a default (empty) one the first two channels.
+fn default_channels(configured: &ChannelSel, source_channels: u32) -> ChannelSel {
+    if configured.0.is_empty() {
+        ChannelSel::range(source_channels.min(2), 0)
+    } else {
+        configured.clone()
+    }
+}

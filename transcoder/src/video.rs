@@ -1,0 +1,387 @@
+//! Decoded video → output frames on a fixed grid → H.264 constrained baseline or VP8.
+//!
+//! Owns the video filter graph (tone mapping, aspect-keeping scale and pad, frame-rate
+//! conversion, pixel format) and the encoder with its WebRTC settings. Output frames are
+//! numbered on the output frame grid, which is what seeks and steps count in.
+//!
+//! Sizing: with `--width` and `--height`, the picture is scaled to fit inside that box keeping
+//! its display aspect (sample aspect honoured, `--sar` overrides it) and padded with black; with
+//! one of them, the other follows the aspect (rounded to even); with neither, the source's display
+//! size (even) is kept.
+
+use ff::{Dictionary, Rational as FfRational, codec, encoder, filter, format, frame, picture};
+use ffmpeg_next as ff;
+
+use crate::options::{Colorspace, Options, Rational, VideoCodec};
+
+/// The frame properties a filter graph was built for; a change rebuilds the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InputShape {
+    width: u32,
+    height: u32,
+    format: format::Pixel,
+    hdr: bool,
+}
+
+/// Filters decoded frames into output frames of one size, rate and format.
+pub struct VideoFilter {
+    graph: Option<(filter::Graph, InputShape)>,
+    out_width: u32,
+    out_height: u32,
+    fps: FfRational,
+    sar: Option<Rational>,
+    colorspace: Colorspace,
+    tone_mapping: Option<String>,
+    /// Last input timestamp and the spacing before it (µs), so the end of input can be given
+    /// a time: the frame-rate filter needs it to emit the last frame.
+    last_pts: Option<i64>,
+    last_step: i64,
+}
+
+impl std::fmt::Debug for VideoFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VideoFilter({}x{} @ {})",
+            self.out_width, self.out_height, self.fps
+        )
+    }
+}
+
+/// Output size for a source of `w`×`h` with sample aspect `sar`, as the module doc says.
+pub fn output_size(opts: &Options, w: u32, h: u32, sar: FfRational) -> (u32, u32) {
+    let sar = opts.sar.map(|r| r.as_f64()).unwrap_or_else(|| {
+        if sar.numerator() > 0 && sar.denominator() > 0 {
+            sar.numerator() as f64 / sar.denominator() as f64
+        } else {
+            1.0
+        }
+    });
+    let display_w = w as f64 * sar;
+    let even = |v: f64| ((v / 2.0).round() as u32 * 2).max(2);
+    match (opts.width, opts.height) {
+        (Some(bw), Some(bh)) => (bw & !1, bh & !1),
+        (Some(bw), None) => (bw & !1, even(bw as f64 * h as f64 / display_w)),
+        (None, Some(bh)) => (even(bh as f64 * display_w / h as f64), bh & !1),
+        (None, None) => (even(display_w), even(h as f64)),
+    }
+}
+
+impl VideoFilter {
+    pub fn new(opts: &Options, out_width: u32, out_height: u32, fps: FfRational) -> Self {
+        Self {
+            graph: None,
+            out_width,
+            out_height,
+            fps,
+            sar: opts.sar,
+            colorspace: opts.colorspace,
+            tone_mapping: opts.tone_mapping.clone(),
+            last_pts: None,
+            last_step: 0,
+        }
+    }
+
+    /// Drops buffered frames (after a seek, the frame-rate filter starts over).
+    pub fn reset(&mut self) {
+        self.graph = None;
+        self.last_pts = None;
+    }
+
+    /// Feeds one decoded frame (pts in µs); output frames come from `pull`.
+    pub fn push(&mut self, frame: &frame::Video) -> Result<(), ff::Error> {
+        use ff::color::TransferCharacteristic as Trc;
+        let hdr = matches!(
+            frame.color_transfer_characteristic(),
+            Trc::SMPTE2084 | Trc::ARIB_STD_B67
+        );
+        let shape = InputShape {
+            width: frame.width(),
+            height: frame.height(),
+            format: frame.format(),
+            hdr,
+        };
+        if self.graph.as_ref().is_none_or(|(_, s)| *s != shape) {
+            if self.graph.is_some() {
+                tracing::info!(?shape, "input picture changed; rebuilding the video filter");
+            }
+            self.graph = Some((self.build(shape, frame)?, shape));
+        }
+        if let (Some(last), Some(pts)) = (self.last_pts, frame.pts()) {
+            if pts > last {
+                self.last_step = pts - last;
+            }
+        }
+        self.last_pts = frame.pts().or(self.last_pts);
+        let (graph, _) = self.graph.as_mut().expect("built above");
+        graph
+            .get("in")
+            .expect("graph has its source")
+            .source()
+            .add(frame)
+    }
+
+    /// The next output frame, numbered on the output grid in `pts` (frame index), if ready.
+    pub fn pull(&mut self, out: &mut frame::Video) -> bool {
+        let Some((graph, _)) = self.graph.as_mut() else {
+            return false;
+        };
+        graph
+            .get("out")
+            .expect("graph has its sink")
+            .sink()
+            .frame(out)
+            .is_ok()
+    }
+
+    /// Tells the graph the input ended, so it releases its last frames.
+    pub fn flush(&mut self) {
+        if let Some((graph, _)) = self.graph.as_mut() {
+            let end = self.last_pts.map_or(0, |p| p + self.last_step);
+            let _ = graph
+                .get("in")
+                .expect("graph has its source")
+                .source()
+                .close(end);
+        }
+    }
+
+    fn build(&self, shape: InputShape, frame: &frame::Video) -> Result<filter::Graph, ff::Error> {
+        let mut graph = filter::Graph::new();
+        let sar = frame.aspect_ratio();
+        let sar = if sar.numerator() > 0 {
+            sar
+        } else {
+            FfRational::new(1, 1)
+        };
+        let args = format!(
+            "video_size={}x{}:pix_fmt={}:time_base=1/1000000:pixel_aspect={}/{}",
+            shape.width,
+            shape.height,
+            ff::ffi::AVPixelFormat::from(shape.format) as i32,
+            sar.numerator(),
+            sar.denominator()
+        );
+        graph.add(
+            &filter::find("buffer").ok_or(ff::Error::FilterNotFound)?,
+            "in",
+            &args,
+        )?;
+        graph.add(
+            &filter::find("buffersink").ok_or(ff::Error::FilterNotFound)?,
+            "out",
+            "",
+        )?;
+        let mut chain = Vec::new();
+        if let (true, Some(algo)) = (shape.hdr, &self.tone_mapping) {
+            // BT.2100 PQ/HLG → linear light → BT.709 primaries → tone curve → BT.709 video range.
+            chain.push(format!(
+                "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap={algo}:desat=0,zscale=t=bt709:m=bt709:r=tv"
+            ));
+        }
+        if let Some(r) = self.sar {
+            chain.push(format!("setsar={}/{}", r.num, r.den));
+        }
+        let (w, h) = (self.out_width, self.out_height);
+        // Square pixels first, so fitting keeps the display aspect.
+        chain.push("scale=w='trunc(iw*sar/2)*2':h=ih,setsar=1".into());
+        chain.push(format!(
+            "scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2:out_color_matrix={cm}:out_range=tv",
+            cm = self.colorspace.scale_name()
+        ));
+        chain.push(format!(
+            "pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,setsar=1"
+        ));
+        chain.push(format!(
+            "fps=fps={}/{}:round=near",
+            self.fps.numerator(),
+            self.fps.denominator()
+        ));
+        chain.push("format=yuv420p".into());
+        let spec = chain.join(",");
+        graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
+        graph.validate()?;
+        Ok(graph)
+    }
+}
+
+/// The H.264 level (as `level_idc`) for a size and rate: the smallest from 3.1 up whose frame
+/// size and macroblock rate limits hold (ITU-T H.264 Table A-1).
+pub fn h264_level(width: u32, height: u32, fps: f64) -> u8 {
+    let mbs = (width.div_ceil(16) * height.div_ceil(16)) as f64;
+    const LEVELS: [(u8, f64, f64); 8] = [
+        (31, 3600.0, 108_000.0),
+        (32, 5120.0, 216_000.0),
+        (40, 8192.0, 245_760.0),
+        (41, 8192.0, 245_760.0),
+        (42, 8704.0, 522_240.0),
+        (50, 22_080.0, 589_824.0),
+        (51, 36_864.0, 983_040.0),
+        (52, 36_864.0, 2_073_600.0),
+    ];
+    LEVELS
+        .iter()
+        .find(|(_, fs, mbps)| mbs <= *fs && mbs * fps <= *mbps)
+        .map_or(52, |l| l.0)
+}
+
+/// The video encoder with WebRTC-friendly settings.
+pub struct VideoEncoder {
+    encoder: encoder::Video,
+    codec: VideoCodec,
+    pub level_idc: u8,
+}
+
+impl std::fmt::Debug for VideoEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VideoEncoder({:?}, level {})",
+            self.codec, self.level_idc
+        )
+    }
+}
+
+/// One encoded frame.
+#[derive(Debug)]
+pub struct EncodedFrame {
+    pub data: Vec<u8>,
+    /// Output timestamp, 90 kHz.
+    pub ts: i64,
+    pub key: bool,
+}
+
+impl VideoEncoder {
+    pub fn new(opts: &Options, width: u32, height: u32, fps: FfRational) -> Result<Self, String> {
+        let name = match opts.codec {
+            VideoCodec::H264 => "libx264",
+            VideoCodec::Vp8 => "libvpx",
+        };
+        let codec =
+            encoder::find_by_name(name).ok_or(format!("this FFmpeg has no {name} encoder"))?;
+        let mut ctx = codec::Context::new_with_codec(codec)
+            .encoder()
+            .video()
+            .map_err(|e| e.to_string())?;
+        let fps_f = fps.numerator() as f64 / fps.denominator() as f64;
+        let gop = ((opts.gop_seconds * fps_f).round() as u32).max(1);
+        ctx.set_width(width);
+        ctx.set_height(height);
+        ctx.set_format(format::Pixel::YUV420P);
+        // Timestamps are the 90 kHz RTP clock, so pauses and seeks keep their real spacing.
+        ctx.set_time_base(FfRational::new(1, 90_000));
+        ctx.set_frame_rate(Some(fps));
+        ctx.set_bit_rate(opts.video_bitrate as usize);
+        ctx.set_max_b_frames(0);
+        ctx.set_gop(gop);
+        ctx.set_threading(codec::threading::Config {
+            kind: codec::threading::Type::Slice,
+            count: opts.threads as usize,
+            ..Default::default()
+        });
+        let (space, prim, trc) = match opts.colorspace {
+            Colorspace::Bt709 => (
+                ff::color::Space::BT709,
+                ff::color::Primaries::BT709,
+                ff::color::TransferCharacteristic::BT709,
+            ),
+            Colorspace::Bt601 => (
+                ff::color::Space::SMPTE170M,
+                ff::color::Primaries::SMPTE170M,
+                ff::color::TransferCharacteristic::SMPTE170M,
+            ),
+            Colorspace::Bt2020 => (
+                ff::color::Space::BT2020NCL,
+                ff::color::Primaries::BT2020,
+                ff::color::TransferCharacteristic::BT709,
+            ),
+        };
+        ctx.set_colorspace(space);
+        ctx.set_color_primaries(prim);
+        ctx.set_color_transfer_characteristic(trc);
+        ctx.set_color_range(ff::color::Range::MPEG);
+        let level_idc = h264_level(width, height, fps_f);
+        let mut o = Dictionary::new();
+        match opts.codec {
+            VideoCodec::H264 => {
+                o.set("preset", "veryfast");
+                o.set("tune", "zerolatency");
+                o.set("profile", "baseline");
+                o.set("level", &format!("{}.{}", level_idc / 10, level_idc % 10));
+                // A forced keyframe is an IDR; SPS/PPS ride with every IDR; no scene cuts, so
+                // keyframes come exactly every GOP or when asked.
+                o.set("forced-idr", "1");
+                o.set(
+                    "x264-params",
+                    &format!("keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes=0:aud=0:vbv-maxrate={k}:vbv-bufsize={k}", k = opts.video_bitrate / 1000),
+                );
+            }
+            VideoCodec::Vp8 => {
+                o.set("deadline", "realtime");
+                o.set("cpu-used", "8");
+                o.set("lag-in-frames", "0");
+                o.set("error-resilient", "1");
+                o.set("auto-alt-ref", "0");
+                o.set("keyint_min", &gop.to_string());
+            }
+        }
+        let encoder = ctx
+            .open_with(o)
+            .map_err(|e| format!("opening {name}: {e}"))?;
+        Ok(Self {
+            encoder,
+            codec: opts.codec,
+            level_idc,
+        })
+    }
+
+    /// Encodes `frame` at output timestamp `ts` (90 kHz); `key` forces an IDR / key frame.
+    pub fn encode(
+        &mut self,
+        frame: &mut frame::Video,
+        ts: i64,
+        key: bool,
+        out: &mut Vec<EncodedFrame>,
+    ) -> Result<(), ff::Error> {
+        frame.set_pts(Some(ts));
+        frame.set_kind(if key {
+            picture::Type::I
+        } else {
+            picture::Type::None
+        });
+        self.encoder.send_frame(frame)?;
+        self.drain(out)
+    }
+
+    fn drain(&mut self, out: &mut Vec<EncodedFrame>) -> Result<(), ff::Error> {
+        let mut packet = ff::Packet::empty();
+        loop {
+            match self.encoder.receive_packet(&mut packet) {
+                Ok(()) => out.push(EncodedFrame {
+                    data: packet.data().unwrap_or_default().to_vec(),
+                    ts: packet.pts().unwrap_or(0),
+                    key: packet.is_key(),
+                }),
+                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {
+                    return Ok(());
+                }
+                Err(ff::Error::Eof) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_follow_size_and_rate() {
+        assert_eq!(h264_level(1280, 720, 30.0), 31);
+        assert_eq!(h264_level(640, 360, 30.0), 31);
+        assert_eq!(h264_level(1920, 1080, 30.0), 40);
+        assert_eq!(h264_level(1920, 1080, 60.0), 42);
+        assert_eq!(h264_level(3840, 2160, 30.0), 51);
+    }
+}
