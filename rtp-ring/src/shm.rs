@@ -122,15 +122,26 @@ impl Ring {
         Self::init(fd, geometry)
     }
 
-    /// Creates (or truncates) a file-backed ring of `bytes` at `path`, e.g. under `/dev/shm`.
+    /// Creates a file-backed ring of `bytes` at `path`, e.g. under `/dev/shm`. An existing file
+    /// there is replaced, not truncated: processes still mapping the old one keep their (old)
+    /// memory instead of faulting on a shrunk file.
     pub fn create_file(path: &Path, bytes: u64) -> Result<Self, OpenError> {
         let geometry = Geometry::for_size(bytes)?;
         let shown = path.display();
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(OpenError::Io {
+                    what: format!("replacing ring file {shown}"),
+                    source: e,
+                });
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(path)
             .map_err(io(format!("creating ring file {shown}")))?;
         file.set_len(geometry.total_bytes() as u64)

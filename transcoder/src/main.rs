@@ -173,11 +173,9 @@ fn main() -> ExitCode {
         on_end: args.on_end,
         paused: args.paused,
     };
-    if !(opts.gop_seconds > 0.0)
-        || !(opts.start >= 0.0)
-        || opts.width == Some(0)
-        || opts.height == Some(0)
-    {
+    let gop_ok = opts.gop_seconds.is_finite() && opts.gop_seconds > 0.0;
+    let start_ok = opts.start.is_finite() && opts.start >= 0.0;
+    if !gop_ok || !start_ok || opts.width == Some(0) || opts.height == Some(0) {
         return usage_error("--gop must be > 0, --start ≥ 0, --width/--height > 0");
     }
 

@@ -375,7 +375,7 @@ impl Player {
             }
             self.write_unit(unit);
             self.maybe_position();
-            return Ok(self.poll_commands()?);
+            return self.poll_commands();
         }
         match self.produce()? {
             Some(unit) => self.pending = Some(unit),

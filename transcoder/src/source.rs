@@ -378,6 +378,10 @@ impl FileSource {
         let mut packet = Packet::empty();
         match packet.read(&mut self.input) {
             Ok(()) => {
+                // The demuxer saw damage (e.g. MPEG-TS continuity errors); the decoder still tries.
+                if packet.is_corrupt() {
+                    self.corrupt += 1;
+                }
                 let idx = packet.stream();
                 if self.video.as_ref().is_some_and(|v| v.index == idx) {
                     push_bounded(&mut self.video_queue, packet);
