@@ -9,6 +9,8 @@ use ff::{
 use ffmpeg_next as ff;
 
 use crate::options::ChannelSel;
+use crate::rtp::RtpTrack;
+use crate::source::{Source, SourceError};
 
 /// Samples per Opus frame: 20 ms at 48 kHz.
 pub const FRAME_SAMPLES: usize = 960;
@@ -126,6 +128,78 @@ impl AudioFilter {
             Ok(graph)
         };
         build().map_err(|e| format!("audio filter: {e}"))
+    }
+}
+
+/// The audio path of a session: which input, filter, encoder and RTP track, with lookahead.
+pub struct AudioChain {
+    pub filter: AudioFilter,
+    pub encoder: OpusEncoder,
+    pub rtp: RtpTrack,
+    /// Which input the audio comes from.
+    pub input: usize,
+    pub source_done: bool,
+    pub drop_before_us: i64,
+    pub ahead: Option<(frame::Audio, i64)>,
+    pub scratch: frame::Audio,
+    /// Next allowed 48 kHz output timestamp (no overlap after a segment change).
+    pub next_ts: i64,
+}
+
+impl std::fmt::Debug for AudioChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AudioChain(input {}, {:?})",
+            self.input,
+            self.filter.channels()
+        )
+    }
+}
+
+impl AudioChain {
+    /// Media time (µs) of the next 20 ms frame (decoding and filtering from `source`, which must
+    /// be input `self.input`), or `None` at the end or at `end_us`. The frame waits in `ahead`.
+    pub fn peek(
+        &mut self,
+        source: &mut Source,
+        end_us: Option<i64>,
+    ) -> Result<Option<i64>, SourceError> {
+        loop {
+            if let Some((_, us)) = &self.ahead {
+                return Ok(if end_us.is_some_and(|e| *us >= e) {
+                    None
+                } else {
+                    Some(*us)
+                });
+            }
+            let mut out = frame::Audio::empty();
+            if self.filter.pull(&mut out) {
+                let us = out.pts().unwrap_or(0) * 1_000_000 / 48_000;
+                if us >= self.drop_before_us && out.samples() == FRAME_SAMPLES {
+                    self.ahead = Some((out, us));
+                }
+                continue;
+            }
+            if self.source_done {
+                return Ok(None);
+            }
+            if source.next_audio(&mut self.scratch)? {
+                if let Err(e) = self.filter.push(&self.scratch) {
+                    tracing::warn!("audio frame dropped: {e}");
+                }
+            } else {
+                self.source_done = true;
+            }
+        }
+    }
+
+    /// Starts over after the source was repositioned: frames before `from_us` are dropped.
+    pub fn restart_at(&mut self, from_us: i64) {
+        self.filter.reset();
+        self.source_done = false;
+        self.drop_before_us = from_us;
+        self.ahead = None;
     }
 }
 

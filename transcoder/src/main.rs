@@ -7,7 +7,8 @@
 //! - `video.rs`: video filter graph (size, aspect, rate, tone mapping) and H.264/VP8 encoder.
 //! - `audio.rs`: channel selection to stereo, resampling, Opus encoder.
 //! - `rtp.rs`: RTP packetizing (str0m's packetizers) and track descriptions.
-//! - `player.rs`: playback state, exact seek and step, output timestamps, pacing, ring writes.
+//! - `player.rs`: playback state, exact seek and step, pacing, ring writes.
+//! - `timeline.rs`: media time → output (RTP) time and due time.
 //! - `control.rs`: JSON-lines commands on stdin and events on stdout.
 //!
 //! It links no WebRTC or HTTP code beyond str0m's RTP packetizers, and reads the network only
@@ -20,6 +21,7 @@ mod options;
 mod player;
 mod rtp;
 mod source;
+mod timeline;
 mod video;
 
 use std::path::PathBuf;
@@ -179,8 +181,9 @@ fn main() -> ExitCode {
         return usage_error("--gop must be > 0, --start ≥ 0, --width/--height > 0");
     }
 
-    // No orphan: if the parent dies, so do we (stdin's end also ends us, see control.rs).
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // No orphan: a parent controls us through a stdin pipe, whose end (even after `kill -9` of
+    // the parent) ends us (control.rs). Not PR_SET_PDEATHSIG: it fires when the *thread* that
+    // spawned us exits, and a tokio parent may spawn from a thread that later retires.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {

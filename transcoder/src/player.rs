@@ -4,7 +4,7 @@
 //! and pacing. Decoding (`source.rs`), filtering and encoding (`video.rs`, `audio.rs`) and RTP
 //! (`rtp.rs`) are called from here; nothing here touches FFmpeg types beyond frames.
 //!
-//! Output time. Every emitted unit (a video frame or a 20 ms Opus frame) gets an output time in
+//! Output time (see `timeline.rs`). Every emitted unit (a video frame or a 20 ms Opus frame) gets an output time in
 //! µs that only moves forward: RTP timestamps derive from it, so a receiver sees no jump
 //! backwards across seeks, and sequence numbers never skip (no false loss). Media time maps to
 //! output time by a *segment*: from a segment's start, output time advances exactly as media time
@@ -20,12 +20,13 @@ use ff::{Rational as FfRational, frame};
 use ffmpeg_next as ff;
 use rtp_ring::{Flags, RecordRef, Writer, now_us};
 
-use crate::audio::{AudioFilter, FRAME_SAMPLES, OpusEncoder};
+use crate::audio::{AudioChain, AudioFilter, FRAME_SAMPLES, OpusEncoder};
 use crate::control::{self, Command, Event, Incoming, InputInfo, InputRef, PlayState};
 use crate::options::{ChannelSel, OnEnd, Options, Pace, VideoCodec};
 use crate::rtp::{RtpPacket, RtpTrack};
 use crate::source::{Source, SourceError};
-use crate::video::{self, EncodedFrame, VideoEncoder, VideoFilter};
+use crate::timeline::{Segment, frame_at, frame_us, ts48, ts90};
+use crate::video::{self, EncodedFrame, VideoChain, VideoEncoder, VideoFilter};
 
 /// How often `position` events go out while playing (the gateway relays them to viewers).
 const POSITION_EVERY_US: u64 = 200_000;
@@ -43,59 +44,12 @@ pub enum PlayError {
     Encode(String),
 }
 
-/// Maps media time to output time (see the module doc).
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    media_us: i64,
-    out_us: i64,
-    /// Monotonic µs at which `out_us` is due.
-    wall_us: u64,
-}
-
-impl Segment {
-    fn out_of(&self, media_us: i64) -> i64 {
-        self.out_us + (media_us - self.media_us)
-    }
-    fn due_of(&self, out_us: i64) -> u64 {
-        (self.wall_us as i64 + (out_us - self.out_us)).max(0) as u64
-    }
-}
-
 /// Encoded packets of one unit, waiting for their due time.
 #[derive(Debug)]
 struct Unit {
     track: u8,
     packets: Vec<RtpPacket>,
     due_us: u64,
-}
-
-struct VideoChain {
-    filter: VideoFilter,
-    encoder: VideoEncoder,
-    rtp: RtpTrack,
-    width: u32,
-    height: u32,
-    /// The source has no more frames for the filter.
-    source_done: bool,
-    /// Output frames below this index are decoded but not shown (exact seek).
-    drop_before: u64,
-    /// A decoded, filtered frame waiting to be encoded (lookahead against audio).
-    ahead: Option<(frame::Video, u64)>,
-    scratch: frame::Video,
-}
-
-struct AudioChain {
-    filter: AudioFilter,
-    encoder: OpusEncoder,
-    rtp: RtpTrack,
-    /// Which input the audio comes from.
-    input: usize,
-    source_done: bool,
-    drop_before_us: i64,
-    ahead: Option<(frame::Audio, i64)>,
-    scratch: frame::Audio,
-    /// Next allowed 48 kHz output timestamp (no overlap after a segment change).
-    next_ts: i64,
 }
 
 /// Totals for the `stats` event.
@@ -137,16 +91,6 @@ impl std::fmt::Debug for Player {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Player({:?}, frame {:?})", self.state, self.frame)
     }
-}
-
-fn frame_us(index: u64, fps: FfRational) -> i64 {
-    (index as i128 * 1_000_000 * fps.denominator() as i128 / fps.numerator() as i128) as i64
-}
-
-fn frame_at(us: f64, fps: FfRational) -> u64 {
-    (us * fps.numerator() as f64 / fps.denominator() as f64 / 1e6)
-        .round()
-        .max(0.0) as u64
 }
 
 impl Player {
@@ -406,8 +350,17 @@ impl Player {
     fn produce(&mut self) -> Result<Option<Unit>, PlayError> {
         let end_frame = self.opts.duration_frames.map(|n| self.first_frame + n);
         let end_us = end_frame.map(|f| frame_us(f, self.fps));
-        let v_next = self.peek_video(end_frame)?;
-        let a_next = self.peek_audio(end_us)?;
+        let fps = self.fps;
+        let v_next = match self.video.as_mut() {
+            Some(v) => v
+                .peek(&mut self.sources[0], end_frame)?
+                .map(|i| frame_us(i, fps)),
+            None => None,
+        };
+        let a_next = match self.audio.as_mut() {
+            Some(a) => a.peek(&mut self.sources[a.input], end_us)?,
+            None => None,
+        };
         let take_video = match (v_next, a_next) {
             (None, None) => return Ok(None),
             (Some(_), None) => true,
@@ -421,80 +374,12 @@ impl Player {
         }
     }
 
-    /// Media time of the next video frame, decoding and filtering as needed.
-    fn peek_video(&mut self, end_frame: Option<u64>) -> Result<Option<i64>, PlayError> {
-        let fps = self.fps;
-        let Some(v) = self.video.as_mut() else {
-            return Ok(None);
-        };
-        loop {
-            if let Some((_, idx)) = &v.ahead {
-                if end_frame.is_some_and(|e| *idx >= e) {
-                    return Ok(None);
-                }
-                return Ok(Some(frame_us(*idx, fps)));
-            }
-            let mut out = frame::Video::empty();
-            if v.filter.pull(&mut out) {
-                let idx = out.pts().unwrap_or(0).max(0) as u64;
-                if idx >= v.drop_before {
-                    v.ahead = Some((out, idx));
-                }
-                continue;
-            }
-            if v.source_done {
-                return Ok(None);
-            }
-            if self.sources[0].next_video(&mut v.scratch)? {
-                if let Err(e) = v.filter.push(&v.scratch) {
-                    tracing::warn!("video frame dropped by the filter: {e}");
-                }
-            } else {
-                v.filter.flush();
-                v.source_done = true;
-            }
-        }
-    }
-
-    /// Media time of the next audio frame, decoding and filtering as needed.
-    fn peek_audio(&mut self, end_us: Option<i64>) -> Result<Option<i64>, PlayError> {
-        let Some(a) = self.audio.as_mut() else {
-            return Ok(None);
-        };
-        loop {
-            if let Some((_, us)) = &a.ahead {
-                if end_us.is_some_and(|e| *us >= e) {
-                    return Ok(None);
-                }
-                return Ok(Some(*us));
-            }
-            let mut out = frame::Audio::empty();
-            if a.filter.pull(&mut out) {
-                let us = out.pts().unwrap_or(0) * 1_000_000 / 48_000;
-                if us >= a.drop_before_us && out.samples() == FRAME_SAMPLES {
-                    a.ahead = Some((out, us));
-                }
-                continue;
-            }
-            if a.source_done {
-                return Ok(None);
-            }
-            if self.sources[a.input].next_audio(&mut a.scratch)? {
-                if let Err(e) = a.filter.push(&a.scratch) {
-                    tracing::warn!("audio frame dropped: {e}");
-                }
-            } else {
-                a.source_done = true;
-            }
-        }
-    }
-
     fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
         let v = self.video.as_mut().expect("peeked");
         let (mut frame, idx) = v.ahead.take().expect("peeked");
         let media_us = frame_us(idx, self.fps);
         let out_us = self.seg.out_of(media_us);
-        let ts = (out_us * 9 + 50).div_euclid(100);
+        let ts = ts90(out_us);
         let mut encoded: Vec<EncodedFrame> = Vec::with_capacity(1);
         let key = std::mem::take(&mut self.force_key);
         v.encoder
@@ -520,7 +405,7 @@ impl Player {
         let a = self.audio.as_mut().expect("peeked");
         let (mut frame, media_us) = a.ahead.take().expect("peeked");
         let out_us = self.seg.out_of(media_us);
-        let ts = (out_us * 48 + 500).div_euclid(1000);
+        let ts = ts48(out_us);
         let due_us = self.seg.due_of(out_us);
         if ts < a.next_ts {
             // Overlaps audio already sent before a segment change: skip it.
@@ -764,19 +649,13 @@ impl Player {
         self.force_key = true;
         self.sources[0].seek(target_us as f64 / 1e6)?;
         if let Some(v) = self.video.as_mut() {
-            v.filter.reset();
-            v.source_done = false;
-            v.drop_before = target;
-            v.ahead = None;
+            v.restart_at(target);
         }
         if let Some(a) = self.audio.as_mut() {
             if a.input != 0 {
                 self.sources[a.input].seek(target_us as f64 / 1e6)?;
             }
-            a.filter.reset();
-            a.source_done = false;
-            a.drop_before_us = target_us;
-            a.ahead = None;
+            a.restart_at(target_us);
         }
         self.media_next_us = target_us;
         self.frame = target.checked_sub(1);
@@ -788,7 +667,11 @@ impl Player {
         if self.video.is_none() {
             return Ok(());
         }
-        let Some(media_us) = self.peek_video(None)? else {
+        let peeked = match self.video.as_mut() {
+            Some(v) => v.peek(&mut self.sources[0], None)?,
+            None => None,
+        };
+        let Some(media_us) = peeked.map(|i| frame_us(i, self.fps)) else {
             control::emit(&Event::Error {
                 code: "bad_request",
                 message: "no frame there: end of media".into(),
@@ -863,18 +746,13 @@ impl Player {
                     .seek(position_us as f64 / 1e6)
                     .map_err(|e| e.to_string())?;
                 if let Some(v) = self.video.as_mut() {
-                    v.filter.reset();
-                    v.source_done = false;
-                    v.drop_before = self.frame.map_or(0, |f| f + 1);
-                    v.ahead = None;
+                    v.restart_at(self.frame.map_or(0, |f| f + 1));
                 }
             }
             a.input = index;
         }
         a.filter.select(sel, src_channels)?;
-        a.source_done = false;
-        a.ahead = None;
-        a.drop_before_us = position_us;
+        a.restart_at(position_us);
         tracing::info!(input = index, channels = ?a.filter.channels(), "audio selection changed");
         Ok(())
     }

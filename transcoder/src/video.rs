@@ -13,6 +13,8 @@ use ff::{Dictionary, Rational as FfRational, codec, encoder, filter, format, fra
 use ffmpeg_next as ff;
 
 use crate::options::{Colorspace, Options, Rational, VideoCodec};
+use crate::rtp::RtpTrack;
+use crate::source::{Source, SourceError};
 
 /// The frame properties a filter graph was built for; a change rebuilds the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +204,81 @@ impl VideoFilter {
         graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
         graph.validate()?;
         Ok(graph)
+    }
+}
+
+/// The video path of a session: filter, encoder and RTP track, with a one-frame lookahead.
+pub struct VideoChain {
+    pub filter: VideoFilter,
+    pub encoder: VideoEncoder,
+    pub rtp: RtpTrack,
+    pub width: u32,
+    pub height: u32,
+    /// The source has no more frames for the filter.
+    pub source_done: bool,
+    /// Output frames below this index are decoded but not shown (exact seek).
+    pub drop_before: u64,
+    /// A decoded, filtered frame waiting to be encoded (lookahead against audio).
+    pub ahead: Option<(frame::Video, u64)>,
+    pub scratch: frame::Video,
+}
+
+impl std::fmt::Debug for VideoChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "VideoChain({}x{}, ahead {:?})",
+            self.width,
+            self.height,
+            self.ahead.as_ref().map(|a| a.1)
+        )
+    }
+}
+
+impl VideoChain {
+    /// Index of the next output frame (decoding and filtering from `source` as needed), or
+    /// `None` at the end of the media or at `end_frame`. The frame waits in `ahead`.
+    pub fn peek(
+        &mut self,
+        source: &mut Source,
+        end_frame: Option<u64>,
+    ) -> Result<Option<u64>, SourceError> {
+        loop {
+            if let Some((_, idx)) = &self.ahead {
+                return Ok(if end_frame.is_some_and(|e| *idx >= e) {
+                    None
+                } else {
+                    Some(*idx)
+                });
+            }
+            let mut out = frame::Video::empty();
+            if self.filter.pull(&mut out) {
+                let idx = out.pts().unwrap_or(0).max(0) as u64;
+                if idx >= self.drop_before {
+                    self.ahead = Some((out, idx));
+                }
+                continue;
+            }
+            if self.source_done {
+                return Ok(None);
+            }
+            if source.next_video(&mut self.scratch)? {
+                if let Err(e) = self.filter.push(&self.scratch) {
+                    tracing::warn!("video frame dropped by the filter: {e}");
+                }
+            } else {
+                self.filter.flush();
+                self.source_done = true;
+            }
+        }
+    }
+
+    /// Starts over after the source was repositioned: the next frame out is `target`.
+    pub fn restart_at(&mut self, target: u64) {
+        self.filter.reset();
+        self.source_done = false;
+        self.drop_before = target;
+        self.ahead = None;
     }
 }
 

@@ -150,9 +150,14 @@ fn realtime_pacing_takes_as_long_as_the_media() {
         .iter()
         .filter(|r| r.meta.track == 0 && r.meta.flags.contains(Flags::END_OF_FRAME))
         .count();
+    // 76 frames are due by 2.5 s (0..=75). Never ahead is the rule; a loaded machine may lag.
     assert!(
-        (70..=82).contains(&frames_by_2_5s),
-        "{frames_by_2_5s} frames in the first 2.5 s (75 expected)"
+        frames_by_2_5s <= 82,
+        "{frames_by_2_5s} frames in 2.5 s: running ahead of realtime"
+    );
+    assert!(
+        frames_by_2_5s >= 55,
+        "{frames_by_2_5s} frames in 2.5 s: far behind realtime"
     );
     assert_eq!(t.wait_exit(), Some(0));
     let total = started.elapsed();
