@@ -552,8 +552,9 @@ impl DemoSource {
              drawtext=text='%{{localtime\\:%H\\\\\\:%M\\\\\\:%S}}':fontsize=40:fontcolor=yellow:\
              box=1:boxcolor=black@0.6:boxborderw=8:x=40:y=h-100"
         );
+        // testsrc2's own small counter (top left) restarts with every rebuilt graph: cover it.
         let with_text = format!(
-            "testsrc2=size=1280x720:rate=30,{text},format=yuv420p[v];sine=frequency=440:sample_rate=48000:samples_per_frame=960[a]"
+            "testsrc2=size=1280x720:rate=30,drawbox=x=0:y=0:w=120:h=44:color=black:t=fill,{text},format=yuv420p[v];sine=frequency=440:sample_rate=48000:samples_per_frame=960[a]"
         );
         let plain = "testsrc=size=1280x720:rate=30,format=yuv420p[v];sine=frequency=440:sample_rate=48000:samples_per_frame=960[a]";
         let graph = match build_generator(&with_text) {
