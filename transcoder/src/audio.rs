@@ -139,7 +139,7 @@ pub struct AudioChain {
     /// Which input the audio comes from.
     pub input: usize,
     pub source_done: bool,
-    pub drop_before_us: i64,
+    pub drop_before_t: i64,
     pub ahead: Option<(frame::Audio, i64)>,
     pub scratch: frame::Audio,
     /// Next allowed 48 kHz output timestamp (no overlap after a segment change).
@@ -158,26 +158,27 @@ impl std::fmt::Debug for AudioChain {
 }
 
 impl AudioChain {
-    /// Media time (µs) of the next 20 ms frame (decoding and filtering from `source`, which must
-    /// be input `self.input`), or `None` at the end or at `end_us`. The frame waits in `ahead`.
+    /// Media time (ticks, see timeline.rs) of the next 20 ms frame (decoding and filtering from `source`, which must
+    /// be input `self.input`), or `None` at the end or at `end_t`. The frame waits in `ahead`.
     pub fn peek(
         &mut self,
         source: &mut Source,
-        end_us: Option<i64>,
+        end_t: Option<i64>,
     ) -> Result<Option<i64>, SourceError> {
         loop {
-            if let Some((_, us)) = &self.ahead {
-                return Ok(if end_us.is_some_and(|e| *us >= e) {
+            if let Some((_, t)) = &self.ahead {
+                return Ok(if end_t.is_some_and(|e| *t >= e) {
                     None
                 } else {
-                    Some(*us)
+                    Some(*t)
                 });
             }
             let mut out = frame::Audio::empty();
             if self.filter.pull(&mut out) {
-                let us = out.pts().unwrap_or(0) * 1_000_000 / 48_000;
-                if us >= self.drop_before_us && out.samples() == FRAME_SAMPLES {
-                    self.ahead = Some((out, us));
+                // Sink timestamps count 48 kHz samples; 30 ticks each.
+                let t = out.pts().unwrap_or(0) * crate::timeline::TICKS_PER_SAMPLE;
+                if t >= self.drop_before_t && out.samples() == FRAME_SAMPLES {
+                    self.ahead = Some((out, t));
                 }
                 continue;
             }
@@ -194,11 +195,11 @@ impl AudioChain {
         }
     }
 
-    /// Starts over after the source was repositioned: frames before `from_us` are dropped.
-    pub fn restart_at(&mut self, from_us: i64) {
+    /// Starts over after the source was repositioned: frames before `from_t` (ticks) are dropped.
+    pub fn restart_at(&mut self, from_t: i64) {
         self.filter.reset();
         self.source_done = false;
-        self.drop_before_us = from_us;
+        self.drop_before_t = from_t;
         self.ahead = None;
     }
 }

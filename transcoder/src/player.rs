@@ -25,7 +25,9 @@ use crate::control::{self, Command, Event, Incoming, InputInfo, InputRef, PlaySt
 use crate::options::{ChannelSel, OnEnd, Options, Pace, VideoCodec};
 use crate::rtp::{RtpPacket, RtpTrack};
 use crate::source::{Source, SourceError};
-use crate::timeline::{Segment, frame_at, frame_us, ts48, ts90};
+use crate::timeline::{
+    OPUS_FRAME_TICKS, Segment, frame_at_secs, frame_ticks, secs, ts48, ts90, us_to_ticks,
+};
 use crate::video::{self, EncodedFrame, VideoChain, VideoEncoder, VideoFilter};
 
 /// How often `position` events go out while playing (the gateway relays them to viewers).
@@ -71,10 +73,11 @@ pub struct Player {
     duration: Option<f64>,
     state: PlayState,
     seg: Segment,
-    /// Output time just after the last emitted unit (where the next segment may start).
-    out_end_us: i64,
+    /// Output time just after the last emitted video frame (or audio frame, without video):
+    /// where the next segment starts.
+    out_end_t: i64,
     /// Media time just after the last emitted unit.
-    media_next_us: i64,
+    media_next_t: i64,
     /// Index of the last emitted video frame.
     frame: Option<u64>,
     first_frame: u64,
@@ -132,14 +135,15 @@ impl Player {
                 }
                 let (w, h) =
                     video::output_size(&opts, probe.width(), probe.height(), probe.aspect_ratio());
-                sources[0].seek(0.0)?;
+                let time_base = sources[0].video_time_base();
+                sources[0].unread_video(probe)?;
                 let encoder = VideoEncoder::new(&opts, w, h, fps).map_err(PlayError::Setup)?;
                 let rtp = match opts.codec {
                     VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
                     VideoCodec::Vp8 => RtpTrack::vp8(),
                 };
                 Some(VideoChain {
-                    filter: VideoFilter::new(&opts, w, h, fps),
+                    filter: VideoFilter::new(&opts, w, h, fps, time_base),
                     encoder,
                     rtp,
                     width: w,
@@ -171,7 +175,7 @@ impl Player {
                     rtp: RtpTrack::opus(),
                     input,
                     source_done: false,
-                    drop_before_us: 0,
+                    drop_before_t: 0,
                     ahead: None,
                     scratch: frame::Audio::empty(),
                     next_ts: 0,
@@ -198,12 +202,12 @@ impl Player {
                 PlayState::Playing
             },
             seg: Segment {
-                media_us: 0,
-                out_us: 0,
+                media_t: 0,
+                out_t: 0,
                 wall_us: now,
             },
-            out_end_us: 0,
-            media_next_us: 0,
+            out_end_t: 0,
+            media_next_t: 0,
             frame: None,
             first_frame: 0,
             force_key: true,
@@ -254,14 +258,14 @@ impl Player {
     }
 
     fn position_s(&self) -> f64 {
-        (self.media_next_us - self.frame_len_us()).max(0) as f64 / 1e6
+        secs((self.media_next_t - self.frame_len_t()).max(0))
     }
 
-    fn frame_len_us(&self) -> i64 {
+    fn frame_len_t(&self) -> i64 {
         if self.video.is_some() {
-            frame_us(1, self.fps)
+            frame_ticks(1, self.fps)
         } else {
-            20_000
+            OPUS_FRAME_TICKS
         }
     }
 
@@ -276,9 +280,13 @@ impl Player {
     /// Runs until the media ends (with `--on-end exit`), `stop`, stdin's end or a signal.
     pub fn run(mut self) -> Result<(), PlayError> {
         control::emit(&self.ready_event());
-        let start_frame = frame_at(self.opts.start * 1e6, self.fps);
+        let start_frame = frame_at_secs(self.opts.start, self.fps);
         self.first_frame = start_frame;
-        self.seek_to(start_frame)?;
+        // The source is at its start already (after the size probe); seeking there anyway would
+        // fail on inputs that cannot seek (live HTTP, pipes).
+        if start_frame > 0 {
+            self.seek_to(start_frame)?;
+        }
         if self.state == PlayState::Paused {
             // Show the first frame, as a paused review player does.
             self.emit_one_frame()?;
@@ -332,11 +340,15 @@ impl Player {
     fn reach_end(&mut self) -> Result<bool, PlayError> {
         if self.opts.looping {
             tracing::info!("end of media: looping to frame {}", self.first_frame);
-            let out = self.out_end_us;
-            self.seek_to(self.first_frame)?;
+            let out = self.out_end_t;
+            if !self.seek_or_refuse(self.first_frame)? {
+                self.state = PlayState::Ended;
+                self.emit_state();
+                return Ok(!(self.opts.on_end == OnEnd::Exit || self.control.is_none()));
+            }
             self.seg = Segment {
-                media_us: frame_us(self.first_frame, self.fps),
-                out_us: out,
+                media_t: frame_ticks(self.first_frame, self.fps),
+                out_t: out,
                 wall_us: now_us(),
             };
             return Ok(true);
@@ -349,16 +361,16 @@ impl Player {
     /// Encodes the next unit in media order (video frame or Opus frame), or `None` at the end.
     fn produce(&mut self) -> Result<Option<Unit>, PlayError> {
         let end_frame = self.opts.duration_frames.map(|n| self.first_frame + n);
-        let end_us = end_frame.map(|f| frame_us(f, self.fps));
+        let end_t = end_frame.map(|f| frame_ticks(f, self.fps));
         let fps = self.fps;
         let v_next = match self.video.as_mut() {
             Some(v) => v
                 .peek(&mut self.sources[0], end_frame)?
-                .map(|i| frame_us(i, fps)),
+                .map(|i| frame_ticks(i, fps)),
             None => None,
         };
         let a_next = match self.audio.as_mut() {
-            Some(a) => a.peek(&mut self.sources[a.input], end_us)?,
+            Some(a) => a.peek(&mut self.sources[a.input], end_t)?,
             None => None,
         };
         let take_video = match (v_next, a_next) {
@@ -377,9 +389,9 @@ impl Player {
     fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
         let v = self.video.as_mut().expect("peeked");
         let (mut frame, idx) = v.ahead.take().expect("peeked");
-        let media_us = frame_us(idx, self.fps);
-        let out_us = self.seg.out_of(media_us);
-        let ts = ts90(out_us);
+        let media_t = frame_ticks(idx, self.fps);
+        let out_t = self.seg.out_of(media_t);
+        let ts = ts90(out_t);
         let mut encoded: Vec<EncodedFrame> = Vec::with_capacity(1);
         let key = std::mem::take(&mut self.force_key);
         v.encoder
@@ -391,22 +403,22 @@ impl Player {
         }
         self.frame = Some(idx);
         self.stats.video_frames += 1;
-        let len = frame_us(1, self.fps);
-        self.out_end_us = self.out_end_us.max(out_us + len);
-        self.media_next_us = media_us + len;
+        let len = frame_ticks(1, self.fps);
+        self.out_end_t = self.out_end_t.max(out_t + len);
+        self.media_next_t = media_t + len;
         Ok(Some(Unit {
             track: crate::rtp::VIDEO_TRACK,
             packets,
-            due_us: self.seg.due_of(out_us),
+            due_us: self.seg.due_of(out_t),
         }))
     }
 
     fn encode_audio(&mut self) -> Result<Option<Unit>, PlayError> {
         let a = self.audio.as_mut().expect("peeked");
-        let (mut frame, media_us) = a.ahead.take().expect("peeked");
-        let out_us = self.seg.out_of(media_us);
-        let ts = ts48(out_us);
-        let due_us = self.seg.due_of(out_us);
+        let (mut frame, media_t) = a.ahead.take().expect("peeked");
+        let out_t = self.seg.out_of(media_t);
+        let ts = ts48(out_t);
+        let due_us = self.seg.due_of(out_t);
         if ts < a.next_ts {
             // Overlaps audio already sent before a segment change: skip it.
             return Ok(Some(Unit {
@@ -425,9 +437,11 @@ impl Player {
             packets.extend(a.rtp.packetize(&p.data, p.ts as u64, false));
         }
         self.stats.audio_frames += 1;
-        self.out_end_us = self.out_end_us.max(out_us + 20_000);
+        // With video, output time follows the video (frame-exact continuity at seeks and loops);
+        // audio that would overlap a new segment is skipped by `next_ts` above.
         if self.video.is_none() {
-            self.media_next_us = media_us + 20_000;
+            self.out_end_t = self.out_end_t.max(out_t + OPUS_FRAME_TICKS);
+            self.media_next_t = media_t + OPUS_FRAME_TICKS;
         }
         Ok(Some(Unit {
             track: crate::rtp::AUDIO_TRACK,
@@ -536,8 +550,8 @@ impl Player {
         match cmd {
             Command::Play => {
                 if self.state != PlayState::Playing {
-                    if self.state == PlayState::Ended {
-                        self.seek_to(self.first_frame)?;
+                    if self.state == PlayState::Ended && !self.seek_or_refuse(self.first_frame)? {
+                        return Ok(true);
                     }
                     self.resume();
                     self.state = PlayState::Playing;
@@ -553,12 +567,14 @@ impl Player {
             }
             Command::Seek { to, frame } => {
                 let target = match (to, frame) {
-                    (Some(t), _) => frame_at(t * 1e6, self.fps),
+                    (Some(t), _) => frame_at_secs(t, self.fps),
                     (None, Some(f)) => f,
                     (None, None) => unreachable!("parse_line requires one"),
                 };
                 let target = self.clamp_frame(target);
-                self.seek_to(target)?;
+                if !self.seek_or_refuse(target)? {
+                    return Ok(true);
+                }
                 if self.state == PlayState::Ended {
                     self.state = PlayState::Paused;
                     self.paused_at_wall = now_us();
@@ -566,8 +582,8 @@ impl Player {
                 match self.state {
                     PlayState::Playing => {
                         self.seg = Segment {
-                            media_us: frame_us(target, self.fps),
-                            out_us: self.out_end_us,
+                            media_t: frame_ticks(target, self.fps),
+                            out_t: self.out_end_t,
                             wall_us: now_us(),
                         }
                     }
@@ -590,7 +606,9 @@ impl Player {
                 let current = self.frame.unwrap_or(self.first_frame) as i64;
                 let target = self.clamp_frame((current + frames).max(0) as u64);
                 if frames < 0 || target as i64 - current > (self.opts.gop_seconds * 60.0) as i64 {
-                    self.seek_to(target)?;
+                    if !self.seek_or_refuse(target)? {
+                        return Ok(true);
+                    }
                 } else if let Some(v) = self.video.as_mut() {
                     v.drop_before = target;
                     if v.ahead.as_ref().is_some_and(|(_, i)| *i < target) {
@@ -622,7 +640,7 @@ impl Player {
 
     fn clamp_frame(&self, frame: u64) -> u64 {
         match self.duration {
-            Some(d) => frame.min(frame_at(d * 1e6, self.fps).saturating_sub(1)),
+            Some(d) => frame.min(frame_at_secs(d, self.fps).saturating_sub(1)),
             None => frame,
         }
     }
@@ -630,10 +648,10 @@ impl Player {
     /// A new segment after a pause: output time moves on by the pause's wall-clock length.
     fn resume(&mut self) {
         let now = now_us();
-        let paused_for = now.saturating_sub(self.paused_at_wall) as i64;
+        let paused_for = us_to_ticks(now.saturating_sub(self.paused_at_wall));
         self.seg = Segment {
-            media_us: self.media_next_us,
-            out_us: self.out_end_us + paused_for,
+            media_t: self.media_next_t,
+            out_t: self.out_end_t + paused_for,
             wall_us: now,
         };
         // Units made before the pause keep their old timestamps; send them now.
@@ -642,22 +660,39 @@ impl Player {
         }
     }
 
+    /// `seek_to`, except that an input that cannot seek is told to the gateway as a refused
+    /// command (`not_supported`) rather than ending playback. Returns whether it moved.
+    fn seek_or_refuse(&mut self, target: u64) -> Result<bool, PlayError> {
+        match self.seek_to(target) {
+            Ok(()) => Ok(true),
+            Err(PlayError::Source(SourceError::Read { reason, .. })) => {
+                tracing::warn!("{reason}");
+                control::emit(&Event::Error {
+                    code: "not_supported",
+                    message: format!("this input cannot seek: {reason}"),
+                });
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Positions everything so the next video frame out is exactly `target`, as a keyframe.
     fn seek_to(&mut self, target: u64) -> Result<(), PlayError> {
-        let target_us = frame_us(target, self.fps);
+        let target_t = frame_ticks(target, self.fps);
         self.pending = None;
         self.force_key = true;
-        self.sources[0].seek(target_us as f64 / 1e6)?;
+        self.sources[0].seek(secs(target_t))?;
         if let Some(v) = self.video.as_mut() {
             v.restart_at(target);
         }
         if let Some(a) = self.audio.as_mut() {
             if a.input != 0 {
-                self.sources[a.input].seek(target_us as f64 / 1e6)?;
+                self.sources[a.input].seek(secs(target_t))?;
             }
-            a.restart_at(target_us);
+            a.restart_at(target_t);
         }
-        self.media_next_us = target_us;
+        self.media_next_t = target_t;
         self.frame = target.checked_sub(1);
         Ok(())
     }
@@ -671,7 +706,7 @@ impl Player {
             Some(v) => v.peek(&mut self.sources[0], None)?,
             None => None,
         };
-        let Some(media_us) = peeked.map(|i| frame_us(i, self.fps)) else {
+        let Some(media_t) = peeked.map(|i| frame_ticks(i, self.fps)) else {
             control::emit(&Event::Error {
                 code: "bad_request",
                 message: "no frame there: end of media".into(),
@@ -679,10 +714,10 @@ impl Player {
             return Ok(());
         };
         let now = now_us();
-        let out_us = self.out_end_us + now.saturating_sub(self.paused_at_wall) as i64;
+        let out_t = self.out_end_t + us_to_ticks(now.saturating_sub(self.paused_at_wall));
         self.seg = Segment {
-            media_us,
-            out_us,
+            media_t,
+            out_t,
             wall_us: now,
         };
         self.paused_at_wall = now;
@@ -692,7 +727,7 @@ impl Player {
         // Audio decoded up to here is stale for the next resume.
         if let Some(a) = self.audio.as_mut() {
             a.ahead = None;
-            a.drop_before_us = self.media_next_us;
+            a.drop_before_t = self.media_next_t;
         }
         Ok(())
     }
@@ -732,18 +767,18 @@ impl Player {
             None => default_channels(&ChannelSel(Vec::new()), src_channels),
         };
         sel.pan_filter(src_channels)?;
-        let position_us = self.media_next_us;
+        let position_t = self.media_next_t;
         if index != a.input {
             self.sources[a.input].set_want_audio(false);
             self.sources[index].set_want_audio(true);
             if index != 0 {
                 self.sources[index]
-                    .seek(position_us as f64 / 1e6)
+                    .seek(secs(position_t))
                     .map_err(|e| e.to_string())?;
             } else {
                 // The first input also feeds video: re-seek both to stay in step.
                 self.sources[0]
-                    .seek(position_us as f64 / 1e6)
+                    .seek(secs(position_t))
                     .map_err(|e| e.to_string())?;
                 if let Some(v) = self.video.as_mut() {
                     v.restart_at(self.frame.map_or(0, |f| f + 1));
@@ -752,7 +787,7 @@ impl Player {
             a.input = index;
         }
         a.filter.select(sel, src_channels)?;
-        a.restart_at(position_us);
+        a.restart_at(position_t);
         tracing::info!(input = index, channels = ?a.filter.channels(), "audio selection changed");
         Ok(())
     }

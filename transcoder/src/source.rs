@@ -84,6 +84,29 @@ impl Source {
         }
     }
 
+    /// The time base of `next_video` timestamps.
+    pub fn video_time_base(&self) -> FfRational {
+        match self {
+            Source::File(s) => s
+                .video
+                .as_ref()
+                .map_or(FfRational::new(1, 1_000_000), |v| v.time_base),
+            Source::Demo(_) => FfRational::new(1, 30),
+        }
+    }
+
+    /// Gives back a frame `next_video` returned, so the next call returns it again (the player
+    /// probes the first frame's size without seeking, which live inputs cannot do).
+    pub fn unread_video(&mut self, frame: frame::Video) -> Result<(), SourceError> {
+        match self {
+            Source::File(s) => {
+                s.pushback = Some(frame);
+                Ok(())
+            }
+            Source::Demo(_) => self.seek(0.0),
+        }
+    }
+
     /// Length of the media in seconds, if it has one (files; not live URLs or the demo).
     pub fn duration(&self) -> Option<f64> {
         match self {
@@ -125,8 +148,8 @@ impl Source {
         }
     }
 
-    /// The next decoded video frame (timestamp in `frame.pts()` as microseconds from the start
-    /// of the media), or `None` at the end.
+    /// The next decoded video frame (`frame.pts()` from the start of the media, in
+    /// `video_time_base()`), or `None` at the end.
     pub fn next_video(&mut self, out: &mut frame::Video) -> Result<bool, SourceError> {
         match self {
             Source::File(s) => s.next_video(out),
@@ -161,7 +184,8 @@ struct Stream<D> {
     fps: FfRational,
     /// The decoder has been told the input ended.
     flushed: bool,
-    /// Last timestamp handed out, to invent one for frames that have none.
+    /// Last timestamp handed out (video: stream time base; audio: µs), to invent one for frames
+    /// that have none.
     last_us: Option<i64>,
 }
 
@@ -174,6 +198,8 @@ pub struct FileSource {
     want_audio: bool,
     video_queue: VecDeque<Packet>,
     audio_queue: VecDeque<Packet>,
+    /// A decoded frame given back by `Source::unread_video`, returned before decoding more.
+    pushback: Option<frame::Video>,
     demux_eof: bool,
     /// Where media time 0 is, in the container's µs (seeks are in those).
     start_us: i64,
@@ -339,6 +365,7 @@ impl FileSource {
             want_audio: true,
             video_queue: VecDeque::new(),
             audio_queue: VecDeque::new(),
+            pushback: None,
             demux_eof: false,
             start_us,
             duration,
@@ -356,6 +383,7 @@ impl FileSource {
             })?;
         self.video_queue.clear();
         self.audio_queue.clear();
+        self.pushback = None;
         self.demux_eof = false;
         if let Some(v) = &mut self.video {
             v.decoder.flush();
@@ -409,20 +437,27 @@ impl FileSource {
     }
 
     fn next_video(&mut self, out: &mut frame::Video) -> Result<bool, SourceError> {
+        if let Some(frame) = self.pushback.take() {
+            *out = frame;
+            return Ok(true);
+        }
         loop {
             let Some(v) = self.video.as_mut() else {
                 return Ok(false);
             };
             match v.decoder.receive_frame(out) {
                 Ok(()) => {
-                    let us = frame_us(
-                        out.timestamp().or(out.pts()),
-                        v.start,
-                        v.time_base,
-                        &mut v.last_us,
-                        v.fps,
-                    );
-                    out.set_pts(Some(us));
+                    if out.is_corrupt() {
+                        self.corrupt += 1;
+                    }
+                    // Video keeps the stream's own time base: the frame-rate filter must see
+                    // exact timestamps to pick the same frames the ffmpeg CLI picks.
+                    let pts = match out.timestamp().or(out.pts()) {
+                        Some(t) => t.saturating_sub(v.start),
+                        None => v.last_us.map_or(0, |l| l + frame_step(v.time_base, v.fps)),
+                    };
+                    v.last_us = Some(pts);
+                    out.set_pts(Some(pts));
                     return Ok(true);
                 }
                 Err(ff::Error::Eof) => return Ok(false),
@@ -505,6 +540,13 @@ fn push_bounded(queue: &mut VecDeque<Packet>, packet: Packet) {
     queue.push_back(packet);
 }
 
+/// One frame's duration at `fps` in time base `tb` (at least 1).
+fn frame_step(tb: FfRational, fps: FfRational) -> i64 {
+    let num = tb.denominator() as i128 * fps.denominator() as i128;
+    let den = tb.numerator() as i128 * fps.numerator().max(1) as i128;
+    (num / den.max(1)).max(1) as i64
+}
+
 /// A frame's time in µs from the start of the media; frames without a timestamp get the
 /// previous one plus a frame (video) or the previous one (audio, fixed by sample counting).
 fn frame_us(
@@ -537,7 +579,9 @@ fn frame_us(
 /// clock drawn on them, and a 440 Hz tone. Endless; seeking regenerates from the new time.
 pub struct DemoSource {
     graph: filter::Graph,
-    /// Media time of the first generated frame, µs.
+    /// The first generated frame's number (its media time in 1/30 s).
+    first_frame: i64,
+    /// The same in µs, for audio.
     offset_us: i64,
 }
 
@@ -570,7 +614,11 @@ impl DemoSource {
                 })?
             }
         };
-        Ok(Self { graph, offset_us })
+        Ok(Self {
+            graph,
+            first_frame,
+            offset_us,
+        })
     }
 
     fn next_video(&mut self, out: &mut frame::Video) -> Result<bool, SourceError> {
@@ -579,8 +627,9 @@ impl DemoSource {
             url: "demo".into(),
             reason: e.to_string(),
         })?;
+        // Time base 1/30: the frame number.
         let pts = out.pts().unwrap_or(0);
-        out.set_pts(Some(self.offset_us + pts * 1_000_000 / 30));
+        out.set_pts(Some(self.first_frame + pts));
         Ok(true)
     }
 

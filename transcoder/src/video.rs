@@ -34,7 +34,9 @@ pub struct VideoFilter {
     sar: Option<Rational>,
     colorspace: Colorspace,
     tone_mapping: Option<String>,
-    /// Last input timestamp and the spacing before it (µs), so the end of input can be given
+    /// Time base of the timestamps of pushed frames (the source stream's).
+    time_base: FfRational,
+    /// Last input timestamp and the spacing before it (in `time_base`), so the end of input can be given
     /// a time: the frame-rate filter needs it to emit the last frame.
     last_pts: Option<i64>,
     last_step: i64,
@@ -70,7 +72,13 @@ pub fn output_size(opts: &Options, w: u32, h: u32, sar: FfRational) -> (u32, u32
 }
 
 impl VideoFilter {
-    pub fn new(opts: &Options, out_width: u32, out_height: u32, fps: FfRational) -> Self {
+    pub fn new(
+        opts: &Options,
+        out_width: u32,
+        out_height: u32,
+        fps: FfRational,
+        time_base: FfRational,
+    ) -> Self {
         Self {
             graph: None,
             out_width,
@@ -79,6 +87,7 @@ impl VideoFilter {
             sar: opts.sar,
             colorspace: opts.colorspace,
             tone_mapping: opts.tone_mapping.clone(),
+            time_base,
             last_pts: None,
             last_step: 0,
         }
@@ -90,7 +99,7 @@ impl VideoFilter {
         self.last_pts = None;
     }
 
-    /// Feeds one decoded frame (pts in µs); output frames come from `pull`.
+    /// Feeds one decoded frame (pts in the source's time base); output frames come from `pull`.
     pub fn push(&mut self, frame: &frame::Video) -> Result<(), ff::Error> {
         use ff::color::TransferCharacteristic as Trc;
         let hdr = matches!(
@@ -157,10 +166,12 @@ impl VideoFilter {
             FfRational::new(1, 1)
         };
         let args = format!(
-            "video_size={}x{}:pix_fmt={}:time_base=1/1000000:pixel_aspect={}/{}",
+            "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
             shape.width,
             shape.height,
             ff::ffi::AVPixelFormat::from(shape.format) as i32,
+            self.time_base.numerator(),
+            self.time_base.denominator(),
             sar.numerator(),
             sar.denominator()
         );
