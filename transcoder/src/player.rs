@@ -123,7 +123,8 @@ impl Player {
         };
         let duration = sources[0].duration();
 
-        // Probe the first video frame for its size (and put it back by seeking to the start).
+        // Probe the first video frame for its size, then hand it back (no seek: live inputs
+        // cannot).
         let video = match facts {
             Some(_) => {
                 let mut probe = frame::Video::empty();

@@ -441,96 +441,110 @@ impl FileSource {
             *out = frame;
             return Ok(true);
         }
+        if !self.decode_next(Kind::Video, out)? {
+            return Ok(false);
+        }
+        let v = self
+            .video
+            .as_mut()
+            .expect("decode_next found a video stream");
+        if out.is_corrupt() {
+            self.corrupt += 1;
+        }
+        // Video keeps the stream's own time base: the frame-rate filter must see exact
+        // timestamps to pick the same frames the ffmpeg CLI picks.
+        let pts = match out.timestamp().or(out.pts()) {
+            Some(t) => t.saturating_sub(v.start),
+            None => v.last_us.map_or(0, |l| l + frame_step(v.time_base, v.fps)),
+        };
+        v.last_us = Some(pts);
+        out.set_pts(Some(pts));
+        Ok(true)
+    }
+
+    fn next_audio(&mut self, out: &mut frame::Audio) -> Result<bool, SourceError> {
+        if !self.decode_next(Kind::Audio, out)? {
+            return Ok(false);
+        }
+        let a = self
+            .audio
+            .as_mut()
+            .expect("decode_next found an audio stream");
+        let us = frame_us(
+            out.timestamp().or(out.pts()),
+            a.start,
+            a.time_base,
+            &mut a.last_us,
+        );
+        out.set_pts(Some(us));
+        if out.channel_layout().is_empty() || out.channel_layout().channels() == 0 {
+            let n = out.channels();
+            out.set_channel_layout(ff::ChannelLayout::default(n as i32));
+        }
+        Ok(true)
+    }
+
+    /// Decodes the next frame of one stream into `out`, feeding its decoder from that stream's
+    /// packet queue and demuxing more as needed. Returns false at the stream's end. Packets and
+    /// frames the decoder rejects are counted as corrupt and skipped.
+    fn decode_next(&mut self, kind: Kind, out: &mut frame::Frame) -> Result<bool, SourceError> {
         loop {
-            let Some(v) = self.video.as_mut() else {
-                return Ok(false);
+            let (decoder, queue, flushed) = match kind {
+                Kind::Video => match self.video.as_mut() {
+                    Some(v) => (&mut *v.decoder, &mut self.video_queue, &mut v.flushed),
+                    None => return Ok(false),
+                },
+                Kind::Audio => match self.audio.as_mut() {
+                    Some(a) => (&mut *a.decoder, &mut self.audio_queue, &mut a.flushed),
+                    None => return Ok(false),
+                },
             };
-            match v.decoder.receive_frame(out) {
-                Ok(()) => {
-                    if out.is_corrupt() {
-                        self.corrupt += 1;
-                    }
-                    // Video keeps the stream's own time base: the frame-rate filter must see
-                    // exact timestamps to pick the same frames the ffmpeg CLI picks.
-                    let pts = match out.timestamp().or(out.pts()) {
-                        Some(t) => t.saturating_sub(v.start),
-                        None => v.last_us.map_or(0, |l| l + frame_step(v.time_base, v.fps)),
-                    };
-                    v.last_us = Some(pts);
-                    out.set_pts(Some(pts));
-                    return Ok(true);
-                }
+            match decoder.receive_frame(out) {
+                Ok(()) => return Ok(true),
                 Err(ff::Error::Eof) => return Ok(false),
                 Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
                 Err(e) => {
-                    tracing::debug!("video decode error: {e}");
+                    tracing::debug!(?kind, "decode error: {e}");
                     self.corrupt += 1;
                     continue;
                 }
             }
             // The decoder wants input.
-            if let Some(packet) = self.video_queue.pop_front() {
-                let v = self.video.as_mut().expect("checked above");
-                if let Err(e) = v.decoder.send_packet(&packet) {
-                    tracing::debug!("corrupt video packet skipped: {e}");
+            if let Some(packet) = queue.pop_front() {
+                if let Err(e) = decoder.send_packet(&packet) {
+                    tracing::debug!(?kind, "corrupt packet skipped: {e}");
                     self.corrupt += 1;
                 }
-            } else if !self.demux_one()? && self.video_queue.is_empty() {
-                let v = self.video.as_mut().expect("checked above");
-                if v.flushed {
-                    return Ok(false);
-                }
-                v.flushed = true;
-                let _ = v.decoder.send_eof();
+                continue;
             }
-        }
-    }
-
-    fn next_audio(&mut self, out: &mut frame::Audio) -> Result<bool, SourceError> {
-        loop {
-            let Some(a) = self.audio.as_mut() else {
+            if *flushed {
                 return Ok(false);
-            };
-            match a.decoder.receive_frame(out) {
-                Ok(()) => {
-                    let us = frame_us(
-                        out.timestamp().or(out.pts()),
-                        a.start,
-                        a.time_base,
-                        &mut a.last_us,
-                        FfRational::new(0, 1),
-                    );
-                    out.set_pts(Some(us));
-                    if out.channel_layout().is_empty() || out.channel_layout().channels() == 0 {
-                        let n = out.channels();
-                        out.set_channel_layout(ff::ChannelLayout::default(n as i32));
-                    }
-                    return Ok(true);
-                }
-                Err(ff::Error::Eof) => return Ok(false),
-                Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => {}
-                Err(e) => {
-                    tracing::debug!("audio decode error: {e}");
-                    self.corrupt += 1;
-                    continue;
-                }
             }
-            if let Some(packet) = self.audio_queue.pop_front() {
-                let a = self.audio.as_mut().expect("checked above");
-                if let Err(e) = a.decoder.send_packet(&packet) {
-                    tracing::debug!("corrupt audio packet skipped: {e}");
-                    self.corrupt += 1;
+            if !self.demux_one()? {
+                let (decoder, queue, flushed) = match kind {
+                    Kind::Video => {
+                        let v = self.video.as_mut().expect("matched above");
+                        (&mut *v.decoder, &self.video_queue, &mut v.flushed)
+                    }
+                    Kind::Audio => {
+                        let a = self.audio.as_mut().expect("matched above");
+                        (&mut *a.decoder, &self.audio_queue, &mut a.flushed)
+                    }
+                };
+                if queue.is_empty() {
+                    *flushed = true;
+                    let _ = decoder.send_eof();
                 }
-            } else if !self.demux_one()? && self.audio_queue.is_empty() {
-                let a = self.audio.as_mut().expect("checked above");
-                if a.flushed {
-                    return Ok(false);
-                }
-                a.flushed = true;
-                let _ = a.decoder.send_eof();
             }
         }
     }
+}
+
+/// Which stream of an input.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Video,
+    Audio,
 }
 
 fn push_bounded(queue: &mut VecDeque<Packet>, packet: Packet) {
@@ -547,29 +561,15 @@ fn frame_step(tb: FfRational, fps: FfRational) -> i64 {
     (num / den.max(1)).max(1) as i64
 }
 
-/// A frame's time in µs from the start of the media; frames without a timestamp get the
-/// previous one plus a frame (video) or the previous one (audio, fixed by sample counting).
-fn frame_us(
-    ts: Option<i64>,
-    start: i64,
-    tb: FfRational,
-    last: &mut Option<i64>,
-    fps: FfRational,
-) -> i64 {
+/// An audio frame's time in µs from the start of the media; frames without a timestamp get
+/// the previous one (the resampler then places them by sample count).
+fn frame_us(ts: Option<i64>, start: i64, tb: FfRational, last: &mut Option<i64>) -> i64 {
     let us = match ts {
         Some(t) => {
-            let rel = t.saturating_sub(start);
-            (rel as i128 * 1_000_000 * tb.numerator() as i128 / tb.denominator().max(1) as i128)
-                as i64
+            let rel = t.saturating_sub(start) as i128;
+            (rel * 1_000_000 * tb.numerator() as i128 / tb.denominator().max(1) as i128) as i64
         }
-        None => {
-            let step = if fps.numerator() > 0 {
-                1_000_000 * fps.denominator() as i64 / fps.numerator() as i64
-            } else {
-                0
-            };
-            last.map_or(0, |l| l + step)
-        }
+        None => last.unwrap_or(0),
     };
     *last = Some(us);
     us
