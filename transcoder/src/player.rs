@@ -28,7 +28,7 @@ use crate::source::{Source, SourceError};
 use crate::timeline::{
     OPUS_FRAME_TICKS, Segment, frame_at_secs, frame_ticks, secs, ts48, ts90, us_to_ticks,
 };
-use crate::video::{self, EncodedFrame, VideoChain, VideoEncoder, VideoFilter};
+use crate::video::{self, EncoderThread, VideoChain, VideoEncoder, VideoFilter};
 
 /// How often `position` events go out while playing (the gateway relays them to viewers).
 const POSITION_EVERY_US: u64 = 200_000;
@@ -50,7 +50,8 @@ pub enum PlayError {
 #[derive(Debug)]
 struct Unit {
     track: u8,
-    packets: Vec<RtpPacket>,
+    /// `None` for a video frame still with the encoder thread (collected, in order, on write).
+    packets: Option<Vec<RtpPacket>>,
     due_us: u64,
 }
 
@@ -82,7 +83,10 @@ pub struct Player {
     frame: Option<u64>,
     first_frame: u64,
     force_key: bool,
-    pending: Option<Unit>,
+    /// Units produced and not yet written, in media order.
+    pending: std::collections::VecDeque<Unit>,
+    /// Production reached the end; write what is pending, then end.
+    produced_all: bool,
     paused_at_wall: u64,
     last_position_wall: u64,
     stop: Arc<AtomicBool>,
@@ -145,7 +149,7 @@ impl Player {
                 };
                 Some(VideoChain {
                     filter: VideoFilter::new(&opts, w, h, fps, time_base),
-                    encoder,
+                    encoder: EncoderThread::spawn(encoder),
                     rtp,
                     width: w,
                     height: h,
@@ -212,7 +216,8 @@ impl Player {
             frame: None,
             first_frame: 0,
             force_key: true,
-            pending: None,
+            pending: std::collections::VecDeque::new(),
+            produced_all: false,
             paused_at_wall: now,
             last_position_wall: 0,
             stop,
@@ -317,24 +322,54 @@ impl Player {
         Ok(())
     }
 
-    /// One step of playing: write a due unit or produce the next. Returns false to exit.
+    /// One step of playing: produce ahead, or write the oldest unit when due. Returns false to
+    /// exit. Up to `depth` units are in flight, so the next frame decodes while one encodes.
     fn step_playing(&mut self) -> Result<bool, PlayError> {
-        if let Some(unit) = self.pending.take() {
-            let now = now_us();
-            if self.opts.pace == Pace::Realtime && unit.due_us > now {
-                let wait = Duration::from_micros(unit.due_us - now).min(Duration::from_millis(50));
-                self.pending = Some(unit);
-                return self.wait_command(wait);
+        let depth = match self.opts.pace {
+            Pace::Max => 3,
+            Pace::Realtime => 2,
+        };
+        if !self.produced_all && self.pending.len() < depth {
+            match self.produce()? {
+                Some(unit) => self.pending.push_back(unit),
+                None => self.produced_all = true,
             }
-            self.write_unit(unit);
-            self.maybe_position();
-            return self.poll_commands();
+            return Ok(true);
         }
-        match self.produce()? {
-            Some(unit) => self.pending = Some(unit),
-            None => return self.reach_end(),
+        let Some(due_us) = self.pending.front().map(|u| u.due_us) else {
+            self.produced_all = false;
+            return self.reach_end();
+        };
+        let now = now_us();
+        if self.opts.pace == Pace::Realtime && due_us > now {
+            let wait = Duration::from_micros(due_us - now).min(Duration::from_millis(50));
+            return self.wait_command(wait);
         }
-        Ok(true)
+        let unit = self.pending.pop_front().expect("front exists");
+        self.write_unit(unit)?;
+        self.maybe_position();
+        self.poll_commands()
+    }
+
+    /// Drops units not yet written (after a seek), collecting the encoder's results for them so
+    /// later results stay in order. Their frames were never sent: no sequence gap.
+    fn drop_pending(&mut self) -> Result<(), PlayError> {
+        self.produced_all = false;
+        while let Some(unit) = self.pending.pop_front() {
+            if unit.packets.is_none() {
+                let v = self.video.as_mut().expect("video units need video");
+                v.encoder.collect().map_err(PlayError::Encode)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every pending unit now (before a frame shown while paused).
+    fn flush_pending(&mut self) -> Result<(), PlayError> {
+        while let Some(unit) = self.pending.pop_front() {
+            self.write_unit(unit)?;
+        }
+        Ok(())
     }
 
     /// Media ended (or `--duration` frames were played): loop, wait or exit.
@@ -389,19 +424,14 @@ impl Player {
 
     fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
         let v = self.video.as_mut().expect("peeked");
-        let (mut frame, idx) = v.ahead.take().expect("peeked");
+        let (frame, idx) = v.ahead.take().expect("peeked");
         let media_t = frame_ticks(idx, self.fps);
         let out_t = self.seg.out_of(media_t);
         let ts = ts90(out_t);
-        let mut encoded: Vec<EncodedFrame> = Vec::with_capacity(1);
         let key = std::mem::take(&mut self.force_key);
         v.encoder
-            .encode(&mut frame, ts, key, &mut encoded)
-            .map_err(|e| PlayError::Encode(e.to_string()))?;
-        let mut packets = Vec::new();
-        for f in encoded {
-            packets.extend(v.rtp.packetize(&f.data, f.ts as u64, f.key));
-        }
+            .submit(frame, ts, key)
+            .map_err(PlayError::Encode)?;
         self.frame = Some(idx);
         self.stats.video_frames += 1;
         let len = frame_ticks(1, self.fps);
@@ -409,7 +439,7 @@ impl Player {
         self.media_next_t = media_t + len;
         Ok(Some(Unit {
             track: crate::rtp::VIDEO_TRACK,
-            packets,
+            packets: None,
             due_us: self.seg.due_of(out_t),
         }))
     }
@@ -424,7 +454,7 @@ impl Player {
             // Overlaps audio already sent before a segment change: skip it.
             return Ok(Some(Unit {
                 track: crate::rtp::AUDIO_TRACK,
-                packets: Vec::new(),
+                packets: Some(Vec::new()),
                 due_us,
             }));
         }
@@ -446,12 +476,23 @@ impl Player {
         }
         Ok(Some(Unit {
             track: crate::rtp::AUDIO_TRACK,
-            packets,
+            packets: Some(packets),
             due_us,
         }))
     }
 
-    fn write_unit(&mut self, unit: Unit) {
+    fn write_unit(&mut self, unit: Unit) -> Result<(), PlayError> {
+        let packets = match unit.packets {
+            Some(p) => p,
+            None => {
+                let v = self.video.as_mut().expect("video units need video");
+                let mut packets = Vec::new();
+                for f in v.encoder.collect().map_err(PlayError::Encode)? {
+                    packets.extend(v.rtp.packetize(&f.data, f.ts as u64, f.key));
+                }
+                packets
+            }
+        };
         let now = now_us();
         if self.opts.pace == Pace::Realtime && (now as i64 - unit.due_us as i64) > MAX_LATE_US {
             tracing::warn!(
@@ -462,7 +503,7 @@ impl Player {
         }
         let capture_us = unit.due_us.min(now);
         let is_audio = unit.track == crate::rtp::AUDIO_TRACK;
-        for p in &unit.packets {
+        for p in &packets {
             let mut flags = Flags::empty();
             if p.keyframe_start {
                 flags |= Flags::KEYFRAME;
@@ -484,6 +525,7 @@ impl Player {
             self.stats.bytes += p.bytes.len() as u64;
         }
         self.writer.wake();
+        Ok(())
     }
 
     fn maybe_position(&mut self) {
@@ -656,8 +698,8 @@ impl Player {
             wall_us: now,
         };
         // Units made before the pause keep their old timestamps; send them now.
-        if let Some(unit) = &mut self.pending {
-            unit.due_us = now;
+        for unit in &mut self.pending {
+            unit.due_us = unit.due_us.min(now);
         }
     }
 
@@ -681,7 +723,7 @@ impl Player {
     /// Positions everything so the next video frame out is exactly `target`, as a keyframe.
     fn seek_to(&mut self, target: u64) -> Result<(), PlayError> {
         let target_t = frame_ticks(target, self.fps);
-        self.pending = None;
+        self.drop_pending()?;
         self.force_key = true;
         self.sources[0].seek(secs(target_t))?;
         if let Some(v) = self.video.as_mut() {
@@ -714,6 +756,8 @@ impl Player {
             });
             return Ok(());
         };
+        // Frames produced before the pause go first, so timestamps never step back.
+        self.flush_pending()?;
         let now = now_us();
         let out_t = self.out_end_t + us_to_ticks(now.saturating_sub(self.paused_at_wall));
         self.seg = Segment {
@@ -723,7 +767,7 @@ impl Player {
         };
         self.paused_at_wall = now;
         if let Some(unit) = self.encode_video()? {
-            self.write_unit(unit);
+            self.write_unit(unit)?;
         }
         // Audio decoded up to here is stale for the next resume.
         if let Some(a) = self.audio.as_mut() {

@@ -221,7 +221,7 @@ impl VideoFilter {
 /// The video path of a session: filter, encoder and RTP track, with a one-frame lookahead.
 pub struct VideoChain {
     pub filter: VideoFilter,
-    pub encoder: VideoEncoder,
+    pub encoder: EncoderThread,
     pub rtp: RtpTrack,
     pub width: u32,
     pub height: u32,
@@ -456,6 +456,83 @@ impl VideoEncoder {
                 Err(ff::Error::Eof) => return Ok(()),
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// The video encoder on a thread of its own, so decoding and scaling the next frame overlap
+/// with encoding this one (x264 itself runs slices in parallel, but each call blocks until the
+/// frame is done). Results come back in submission order.
+pub struct EncoderThread {
+    jobs: Option<std::sync::mpsc::SyncSender<(frame::Video, i64, bool)>>,
+    results: std::sync::mpsc::Receiver<Result<Vec<EncodedFrame>, String>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// Frames submitted whose result has not been collected.
+    in_flight: usize,
+    pub level_idc: u8,
+}
+
+impl std::fmt::Debug for EncoderThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "EncoderThread(level {}, {} in flight)",
+            self.level_idc, self.in_flight
+        )
+    }
+}
+
+impl EncoderThread {
+    pub fn spawn(mut encoder: VideoEncoder) -> Self {
+        let level_idc = encoder.level_idc;
+        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<(frame::Video, i64, bool)>(4);
+        let (result_tx, results) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("video-encoder".into())
+            .spawn(move || {
+                for (mut frame, ts, key) in job_rx {
+                    let mut out = Vec::with_capacity(1);
+                    let r = encoder.encode(&mut frame, ts, key, &mut out).map(|()| out);
+                    if result_tx.send(r.map_err(|e| e.to_string())).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the encoder thread");
+        Self {
+            jobs: Some(jobs),
+            results,
+            handle: Some(handle),
+            in_flight: 0,
+            level_idc,
+        }
+    }
+
+    /// Queues `frame` for encoding at 90 kHz timestamp `ts` (`key`: force an IDR).
+    pub fn submit(&mut self, frame: frame::Video, ts: i64, key: bool) -> Result<(), String> {
+        let jobs = self.jobs.as_ref().expect("jobs open until drop");
+        jobs.send((frame, ts, key))
+            .map_err(|_| "the encoder thread is gone".to_string())?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The encoded result of the oldest submitted frame, waiting for it if needed.
+    pub fn collect(&mut self) -> Result<Vec<EncodedFrame>, String> {
+        let r = self
+            .results
+            .recv()
+            .map_err(|_| "the encoder thread is gone".to_string())?;
+        self.in_flight -= 1;
+        r
+    }
+}
+
+impl Drop for EncoderThread {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
         }
     }
 }

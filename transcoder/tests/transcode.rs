@@ -260,6 +260,26 @@ fn seek_and_step_land_on_the_exact_frame_as_a_keyframe_and_pause_stops_output() 
     std::thread::sleep(Duration::from_millis(400)); // asserting an absence needs a span of time
     assert_eq!(ring.write_index(), idx, "no packets while paused");
 
+    // Step while paused: frames made before the pause go out first, then the next frame, with
+    // numbers and timestamps only moving forward.
+    t.send(r#"{"op":"step","frames":1}"#);
+    t.wait_state("paused");
+    let mut stepped = 0;
+    while reader.lag() > 0 || stepped == 0 {
+        let f = next_frame(&mut reader);
+        assert_eq!(
+            f.number,
+            last.number + 1,
+            "frames in order across pause and step"
+        );
+        assert!(
+            f.rtp_ts.wrapping_sub(last.rtp_ts) as i32 > 0,
+            "timestamps move forward"
+        );
+        last = f;
+        stepped += 1;
+    }
+
     // Resume: no sequence gap (a receiver sees no loss), timestamps jump by about the pause.
     t.send(r#"{"op":"play"}"#);
     t.wait_state("playing");
