@@ -293,6 +293,12 @@ impl Player {
         if start_frame > 0 {
             self.seek_to(start_frame)?;
         }
+        // Output time starts at 0 with the first frame, whatever media time that is.
+        self.seg = Segment {
+            media_t: frame_ticks(start_frame, self.fps),
+            out_t: 0,
+            wall_us: now_us(),
+        };
         if self.state == PlayState::Paused {
             // Show the first frame, as a paused review player does.
             self.emit_one_frame()?;

@@ -168,6 +168,39 @@ fn realtime_pacing_takes_as_long_as_the_media() {
 }
 
 #[test]
+fn start_begins_playing_at_once_from_the_start_position() {
+    // 4 s into a 5 s file: one second of media, played in about one second, starting now.
+    let src = numbered_1080p(5);
+    let started = Instant::now();
+    let mut t = Transcoder::start(
+        "start",
+        &[
+            "-i",
+            src.to_str().expect("utf8"),
+            "--start",
+            "4",
+            "--width",
+            "320",
+            "--height",
+            "180",
+        ],
+    );
+    assert_eq!(t.wait_exit(), Some(0));
+    let took = started.elapsed();
+    let mut rx = VideoReceiver::default();
+    let numbers: Vec<u32> = read_all(&t.ring())
+        .iter()
+        .filter_map(|r| rx.push(r))
+        .map(|f| f.number)
+        .collect();
+    assert_eq!(numbers, (120..150).collect::<Vec<_>>());
+    assert!(
+        took < Duration::from_secs(3),
+        "1 s of media took {took:?}: start was paced from 0"
+    );
+}
+
+#[test]
 fn seek_and_step_land_on_the_exact_frame_as_a_keyframe_and_pause_stops_output() {
     let src = numbered_1080p(10);
     let mut t = Transcoder::start(
