@@ -634,11 +634,19 @@ impl Player {
                             media_t: frame_ticks(target, self.fps),
                             out_t: self.out_end_t,
                             wall_us: now_us(),
-                        }
+                        };
+                        // The new position is the target, about to play (not the frame before it).
+                        control::emit(&Event::State {
+                            state: self.state,
+                            position: secs(frame_ticks(target, self.fps)),
+                            frame: target,
+                        });
                     }
-                    _ => self.emit_one_frame()?,
+                    _ => {
+                        self.emit_one_frame()?;
+                        self.emit_state();
+                    }
                 }
-                self.emit_state();
             }
             Command::Step { frames } => {
                 if self.video.is_none() {

@@ -324,6 +324,21 @@ fn seek_and_step_land_on_the_exact_frame_as_a_keyframe_and_pause_stops_output() 
         .map(|r| RtpHeaderView::parse(&r.packet).expect("rtp").seq)
         .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+
+    // Seek while playing: the state event names the target, and the next keyframe is it.
+    t.send(r#"{"op":"seek","frame":50}"#);
+    let st = t.wait_event("state after seek", |e| {
+        e["event"] == "state" && e["frame"] == 50
+    });
+    assert_eq!(st["state"], "playing");
+    let f = loop {
+        let f = next_frame(&mut reader);
+        if f.keyframe {
+            break f;
+        }
+    };
+    assert_eq!(f.number, 50);
+    assert_eq!(next_frame(&mut reader).number, 51);
     t.send(r#"{"op":"stop"}"#);
     assert_eq!(t.wait_exit(), Some(0));
 }
