@@ -1,7 +1,8 @@
 //! One `wisp-transcoder` child process: spawned with its session's ring, commanded on stdin,
 //! heard on stdout, stopped in escalating steps.
 //!
-//! Owns the child's lifecycle and the JSON-lines protocol (DESIGN.md "Control and events"). It
+//! Owns the child's lifecycle; the JSON-lines messages (DESIGN.md "Control and events") are the
+//! `wisp-control` crate's, shared with the transcoder. It
 //! does not decide when a session needs a transcoder or what viewers are told (the session
 //! layer does), and it never reads the ring (viewers do, through `ring()`).
 //!
@@ -13,88 +14,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use rtp_ring::Ring;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin, Command as ProcessCommand};
 use tokio::sync::mpsc;
-
-/// A command for the transcoder (one JSON line on its stdin).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum TranscoderCommand {
-    Play,
-    Pause,
-    Seek {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        to: Option<f64>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        frame: Option<u64>,
-    },
-    Step {
-        frames: i64,
-    },
-    SelectAudio {
-        input: String,
-        channels: Vec<u32>,
-    },
-    Keyframe,
-    Status,
-    Stop,
-}
-
-/// A track as the transcoder's `ready` event describes it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Track {
-    /// Ring track index.
-    pub index: u8,
-    pub kind: String,
-    pub codec: String,
-    pub payload_type: u8,
-    pub clock_rate: u32,
-    #[serde(default)]
-    pub channels: Option<u8>,
-    pub ssrc: u32,
-    #[serde(default)]
-    pub fmtp: String,
-}
-
-/// The transcoder's `ready` event.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Ready {
-    pub tracks: Vec<Track>,
-    pub duration: Option<f64>,
-    pub fps: f64,
-    pub width: u32,
-    pub height: u32,
-}
-
-/// An event from the transcoder (one JSON line on its stdout).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum TranscoderEvent {
-    Ready(Ready),
-    State {
-        state: String,
-        position: f64,
-        frame: u64,
-    },
-    Position {
-        position: f64,
-        frame: u64,
-    },
-    Error {
-        code: String,
-        message: String,
-    },
-    Stats {
-        video_frames: u64,
-        packets: u64,
-        corrupt_packets: u64,
-    },
-    /// An event this gateway does not know (a newer transcoder); logged and ignored.
-    #[serde(other)]
-    Unknown,
-}
+pub use wisp_control::{Command, Event};
 
 /// Why a transcoder could not be started. Ours (configuration or the machine), not a viewer's.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +38,7 @@ pub struct TranscoderProcess {
     child: Child,
     /// `None` once closed (which asks the transcoder to exit).
     stdin: Option<ChildStdin>,
-    events: mpsc::Receiver<TranscoderEvent>,
+    events: mpsc::Receiver<Event>,
     ring: Ring,
     pid: u32,
 }
@@ -131,7 +54,7 @@ impl TranscoderProcess {
         name: &str,
     ) -> Result<Self, SpawnError> {
         let ring = Ring::create_memfd(&format!("wisp-{name}"), ring_bytes)?;
-        let mut cmd = Command::new(program);
+        let mut cmd = ProcessCommand::new(program);
         let (ring_fd, event_fd) = ring.pass_to_child(cmd.as_std_mut());
         cmd.args(args).arg("--ring-fd").arg(ring_fd.to_string());
         if let Some(fd) = event_fd {
@@ -154,8 +77,8 @@ impl TranscoderProcess {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<TranscoderEvent>(&line) {
-                    Ok(TranscoderEvent::Unknown) => {
+                match serde_json::from_str::<Event>(&line) {
+                    Ok(Event::Unknown) => {
                         tracing::debug!(%session, %line, "unknown transcoder event")
                     }
                     Ok(ev) => {
@@ -187,7 +110,7 @@ impl TranscoderProcess {
     }
 
     /// Sends a command. Fails once the transcoder has exited or its stdin was closed.
-    pub async fn send(&mut self, cmd: &TranscoderCommand) -> std::io::Result<()> {
+    pub async fn send(&mut self, cmd: &Command) -> std::io::Result<()> {
         let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
         let mut line = serde_json::to_vec(cmd).map_err(std::io::Error::other)?;
         line.push(b'\n');
@@ -196,7 +119,7 @@ impl TranscoderProcess {
     }
 
     /// The next event, or `None` once the transcoder's stdout closed (it exited).
-    pub async fn next_event(&mut self) -> Option<TranscoderEvent> {
+    pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
     }
 
@@ -207,7 +130,7 @@ impl TranscoderProcess {
 
     /// Stops it: `stop` and closed stdin, then SIGTERM after half of `grace`, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) -> std::io::Result<ExitStatus> {
-        let _ = self.send(&TranscoderCommand::Stop).await;
+        let _ = self.send(&Command::Stop).await;
         self.stdin = None;
         if let Ok(status) = tokio::time::timeout(grace / 2, self.child.wait()).await {
             return status;
@@ -222,44 +145,5 @@ impl TranscoderProcess {
         tracing::warn!(pid = self.pid, "transcoder ignored SIGTERM; killing it");
         self.child.kill().await?;
         self.child.wait().await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_and_events_match_the_transcoders_protocol() {
-        let seek = TranscoderCommand::Seek {
-            to: Some(12.5),
-            frame: None,
-        };
-        assert_eq!(
-            serde_json::to_string(&seek).expect("json"),
-            r#"{"op":"seek","to":12.5}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&TranscoderCommand::SelectAudio {
-                input: "dub".into(),
-                channels: vec![0, 1]
-            })
-            .expect("json"),
-            r#"{"op":"select_audio","input":"dub","channels":[0,1]}"#
-        );
-        let line = r#"{"event":"state","state":"paused","position":1.5,"frame":45}"#;
-        assert_eq!(
-            serde_json::from_str::<TranscoderEvent>(line).expect("parses"),
-            TranscoderEvent::State {
-                state: "paused".into(),
-                position: 1.5,
-                frame: 45
-            }
-        );
-        let future = r#"{"event":"thumbnail","png":"..."}"#;
-        assert_eq!(
-            serde_json::from_str::<TranscoderEvent>(future).expect("parses"),
-            TranscoderEvent::Unknown
-        );
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rtp_ring::{Flags, RtpHeaderView};
-use wisp::transcoder::{TranscoderCommand, TranscoderEvent, TranscoderProcess};
+use wisp::transcoder::{Command, Event, TranscoderProcess};
+use wisp_control::PlayState;
 
 const CHILD_ENV: &str = "WISP_TEST_PARENT_OF_TRANSCODER";
 
@@ -29,7 +30,7 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-async fn next(t: &mut TranscoderProcess) -> TranscoderEvent {
+async fn next(t: &mut TranscoderProcess) -> Event {
     tokio::time::timeout(Duration::from_secs(30), t.next_event())
         .await
         .expect("an event within 30 s")
@@ -57,11 +58,17 @@ async fn a_transcoder_feeds_the_memfd_ring_it_inherited_and_stops_on_request() {
         .reader_from_oldest()
         .into_async()
         .expect("async reader");
-    let TranscoderEvent::Ready(ready) = next(&mut t).await else {
+    let Event::Ready {
+        width,
+        height,
+        tracks,
+        ..
+    } = next(&mut t).await
+    else {
         panic!("ready comes first")
     };
-    assert_eq!((ready.width, ready.height), (640, 360));
-    let codecs: Vec<_> = ready.tracks.iter().map(|t| t.codec.as_str()).collect();
+    assert_eq!((width, height), (640, 360));
+    let codecs: Vec<_> = tracks.iter().map(|t| t.codec.as_str()).collect();
     assert_eq!(codecs, ["H264", "opus"]);
 
     // Woken through the inherited eventfd: 30 frames (marker bits) arrive, the first a keyframe.
@@ -81,18 +88,25 @@ async fn a_transcoder_feeds_the_memfd_ring_it_inherited_and_stops_on_request() {
     assert_eq!(first_key, Some(true));
 
     // Commands go down; their effects come back up. After the 30 frames it ends, then seeks.
-    while !matches!(next(&mut t).await, TranscoderEvent::State { state, .. } if state == "ended") {}
-    t.send(&TranscoderCommand::Seek {
+    while !matches!(
+        next(&mut t).await,
+        Event::State {
+            state: PlayState::Ended,
+            ..
+        }
+    ) {}
+    t.send(&Command::Seek {
         to: None,
         frame: Some(3),
     })
     .await
     .expect("send");
     loop {
-        if let TranscoderEvent::State { state, frame, .. } = next(&mut t).await {
+        if let Event::State { state, frame, .. } = next(&mut t).await {
             if frame == 3 {
                 assert_eq!(
-                    state, "paused",
+                    state,
+                    PlayState::Paused,
                     "a seek after the end leaves it paused on the frame"
                 );
                 break;
@@ -118,7 +132,7 @@ async fn an_input_that_cannot_be_opened_is_an_error_event_then_an_exit() {
     )
     .expect("spawn");
     match next(&mut t).await {
-        TranscoderEvent::Error { code, message } => {
+        Event::Error { code, message } => {
             assert_eq!(code, "input");
             assert!(message.contains("No such file"), "{message}");
         }

@@ -1,52 +1,14 @@
 //! The control protocol: commands as JSON lines on stdin, events as JSON lines on stdout.
 //!
-//! Owns parsing commands, the stdin reader thread and the event writer. It does not act on
-//! commands (`player.rs` does). One line per message keeps it usable from a shell:
+//! Owns parsing and checking commands, the stdin reader thread and the event writer; the message
+//! types are the `wisp-control` crate's, shared with the gateway. It does not act on commands
+//! (`player.rs` does). One line per message keeps it usable from a shell:
 //! `{"op":"seek","to":12.5}` in, `{"event":"state","state":"paused",...}` out.
 
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
 
-use serde::{Deserialize, Serialize};
-
-/// A command from the gateway (or a person typing JSON).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
-    Play,
-    Pause,
-    /// Go to a time (`to`, seconds) or a frame (`frame`, counted from 0 at the output rate).
-    Seek {
-        #[serde(default)]
-        to: Option<f64>,
-        #[serde(default)]
-        frame: Option<u64>,
-    },
-    /// While paused, emit exactly one frame `frames` away (negative: backwards).
-    Step {
-        frames: i64,
-    },
-    /// Take audio from input `input` (its id or position), rendering `channels` as stereo.
-    SelectAudio {
-        input: InputRef,
-        #[serde(default)]
-        channels: Option<Vec<u32>>,
-    },
-    /// Make the next video frame a keyframe (a viewer joined or lost packets).
-    Keyframe,
-    /// Stop and exit.
-    Stop,
-    /// Report state and position now.
-    Status,
-}
-
-/// An input named by its id string or its position.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum InputRef {
-    Index(usize),
-    Id(String),
-}
+pub use wisp_control::{Command, Event, InputInfo, InputRef, PlayState, TrackInfo};
 
 /// What came in on the control channel.
 #[derive(Debug)]
@@ -123,77 +85,6 @@ pub fn stdin_is_parent_channel() -> bool {
             )
         })
         .unwrap_or(false)
-}
-
-/// A track as `ready` describes it, enough for the gateway to write SDP.
-#[derive(Debug, Clone, Serialize)]
-pub struct TrackInfo {
-    /// Ring track index.
-    pub index: u8,
-    pub kind: &'static str,
-    /// Codec name as SDP writes it: `H264`, `VP8`, `opus`.
-    pub codec: &'static str,
-    pub payload_type: u8,
-    pub clock_rate: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub channels: Option<u8>,
-    pub ssrc: u32,
-    pub fmtp: String,
-}
-
-/// An input as `ready` describes it, for audio selection.
-#[derive(Debug, Clone, Serialize)]
-pub struct InputInfo {
-    pub id: String,
-    pub index: usize,
-    pub audio_channels: Option<u32>,
-}
-
-/// An event for the gateway.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    Ready {
-        tracks: Vec<TrackInfo>,
-        /// Seconds, or null for endless sources (live URLs, the demo).
-        duration: Option<f64>,
-        fps: f64,
-        width: u32,
-        height: u32,
-        inputs: Vec<InputInfo>,
-        audio_input: Option<String>,
-        audio_channels: Vec<u32>,
-    },
-    State {
-        state: PlayState,
-        position: f64,
-        frame: u64,
-    },
-    Position {
-        position: f64,
-        frame: u64,
-    },
-    Error {
-        code: &'static str,
-        message: String,
-    },
-    /// Totals, at exit.
-    Stats {
-        video_frames: u64,
-        audio_frames: u64,
-        packets: u64,
-        bytes: u64,
-        corrupt_packets: u64,
-        peak_rss_kb: Option<u64>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PlayState {
-    Playing,
-    Paused,
-    Ended,
 }
 
 /// Writes one event line to stdout and flushes it. A gone reader is not our problem to report.

@@ -230,7 +230,7 @@ fn usage_error(message: &str) -> ExitCode {
 fn fatal(code: &'static str, message: &str) -> ExitCode {
     tracing::error!("{message}");
     control::emit(&Event::Error {
-        code,
+        code: code.to_string(),
         message: message.to_string(),
     });
     ExitCode::FAILURE

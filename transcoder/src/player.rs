@@ -585,7 +585,7 @@ impl Player {
             Incoming::Command(c) => c,
             Incoming::Invalid(reason) => {
                 control::emit(&Event::Error {
-                    code: "bad_request",
+                    code: "bad_request".into(),
                     message: reason,
                 });
                 return Ok(true);
@@ -651,7 +651,7 @@ impl Player {
             Command::Step { frames } => {
                 if self.video.is_none() {
                     control::emit(&Event::Error {
-                        code: "not_supported",
+                        code: "not_supported".into(),
                         message: "step needs a video track".into(),
                     });
                     return Ok(true);
@@ -681,7 +681,7 @@ impl Player {
             Command::SelectAudio { input, channels } => {
                 if let Err(message) = self.select_audio(input, channels) {
                     control::emit(&Event::Error {
-                        code: "bad_request",
+                        code: "bad_request".into(),
                         message,
                     });
                 } else {
@@ -725,7 +725,7 @@ impl Player {
             Err(PlayError::Source(SourceError::Read { reason, .. })) => {
                 tracing::warn!("{reason}");
                 control::emit(&Event::Error {
-                    code: "not_supported",
+                    code: "not_supported".into(),
                     message: format!("this input cannot seek: {reason}"),
                 });
                 Ok(false)
@@ -765,7 +765,7 @@ impl Player {
         };
         let Some(media_t) = peeked.map(|i| frame_ticks(i, self.fps)) else {
             control::emit(&Event::Error {
-                code: "bad_request",
+                code: "bad_request".into(),
                 message: "no frame there: end of media".into(),
             });
             return Ok(());

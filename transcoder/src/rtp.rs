@@ -100,8 +100,8 @@ impl RtpTrack {
     ) -> Self {
         let info = TrackInfo {
             index,
-            kind,
-            codec,
+            kind: kind.into(),
+            codec: codec.into(),
             payload_type,
             clock_rate,
             channels,

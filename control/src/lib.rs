@@ -1,0 +1,194 @@
+//! The protocol between the gateway and a `wisp-transcoder` child (DESIGN.md "Control and
+//! events"): commands as JSON lines on the child's stdin, events as JSON lines on its stdout.
+//!
+//! Owns the message types only, so that both sides compile against one definition; reading
+//! pipes, acting on commands and supervising processes belong to the two crates that use it.
+//!
+//! ```
+//! use wisp_control::{Command, Event};
+//! let line = serde_json::to_string(&Command::Seek { to: Some(12.5), frame: None }).unwrap();
+//! assert_eq!(line, r#"{"op":"seek","to":12.5}"#);
+//! let ev: Event = serde_json::from_str(r#"{"event":"position","position":1.5,"frame":45}"#).unwrap();
+//! assert_eq!(ev, Event::Position { position: 1.5, frame: 45 });
+//! ```
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// A command for a transcoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    Play,
+    Pause,
+    /// Go to a time (`to`, seconds) or a frame (`frame`, counted from 0 at the output rate).
+    Seek {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame: Option<u64>,
+    },
+    /// While paused, emit exactly one frame `frames` away (negative: backwards).
+    Step {
+        frames: i64,
+    },
+    /// Take audio from input `input` (its id or position), rendering `channels` as stereo.
+    SelectAudio {
+        input: InputRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channels: Option<Vec<u32>>,
+    },
+    /// Make the next video frame a keyframe (a viewer joined or lost packets).
+    Keyframe,
+    /// Report state and position now.
+    Status,
+    /// Stop and exit.
+    Stop,
+}
+
+/// An input named by its id string or its position.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InputRef {
+    Index(usize),
+    Id(String),
+}
+
+/// Playback state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlayState {
+    Playing,
+    Paused,
+    Ended,
+}
+
+/// A track as `ready` describes it, enough for the gateway to write SDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Ring track index.
+    pub index: u8,
+    /// `video` or `audio`.
+    pub kind: String,
+    /// Codec name as SDP writes it: `H264`, `VP8`, `opus`.
+    pub codec: String,
+    pub payload_type: u8,
+    pub clock_rate: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u8>,
+    pub ssrc: u32,
+    #[serde(default)]
+    pub fmtp: String,
+}
+
+/// An input as `ready` describes it, for audio selection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputInfo {
+    pub id: String,
+    pub index: usize,
+    pub audio_channels: Option<u32>,
+}
+
+/// An event from a transcoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Ready {
+        tracks: Vec<TrackInfo>,
+        /// Seconds, or null for endless sources (live URLs, the demo).
+        duration: Option<f64>,
+        fps: f64,
+        width: u32,
+        height: u32,
+        #[serde(default)]
+        inputs: Vec<InputInfo>,
+        #[serde(default)]
+        audio_input: Option<String>,
+        #[serde(default)]
+        audio_channels: Vec<u32>,
+    },
+    State {
+        state: PlayState,
+        position: f64,
+        frame: u64,
+    },
+    Position {
+        position: f64,
+        frame: u64,
+    },
+    /// `code`: `input` (cannot open), `bad_request`, `not_supported`, `ring`, `playback`, ...
+    Error {
+        code: String,
+        message: String,
+    },
+    /// Totals, at exit.
+    Stats {
+        video_frames: u64,
+        audio_frames: u64,
+        packets: u64,
+        bytes: u64,
+        corrupt_packets: u64,
+        peak_rss_kb: Option<u64>,
+    },
+    /// An event this side does not know (the other side is newer). Never sent.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip_in_their_wire_form() {
+        for (cmd, line) in [
+            (Command::Play, r#"{"op":"play"}"#),
+            (
+                Command::Seek {
+                    to: None,
+                    frame: Some(300),
+                },
+                r#"{"op":"seek","frame":300}"#,
+            ),
+            (Command::Step { frames: -1 }, r#"{"op":"step","frames":-1}"#),
+            (
+                Command::SelectAudio {
+                    input: InputRef::Id("dub".into()),
+                    channels: Some(vec![0, 1]),
+                },
+                r#"{"op":"select_audio","input":"dub","channels":[0,1]}"#,
+            ),
+            (
+                Command::SelectAudio {
+                    input: InputRef::Index(1),
+                    channels: None,
+                },
+                r#"{"op":"select_audio","input":1}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&cmd).expect("json"), line);
+            assert_eq!(serde_json::from_str::<Command>(line).expect("parses"), cmd);
+        }
+        assert!(serde_json::from_str::<Command>(r#"{"op":"rewind"}"#).is_err());
+    }
+
+    #[test]
+    fn events_round_trip_and_unknown_ones_are_tolerated() {
+        let ev = Event::State {
+            state: PlayState::Paused,
+            position: 1.5,
+            frame: 45,
+        };
+        let line = serde_json::to_string(&ev).expect("json");
+        assert_eq!(
+            line,
+            r#"{"event":"state","state":"paused","position":1.5,"frame":45}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).expect("parses"), ev);
+        let newer = r#"{"event":"thumbnail","png":"..."}"#;
+        assert_eq!(
+            serde_json::from_str::<Event>(newer).expect("parses"),
+            Event::Unknown
+        );
+    }
+}
