@@ -5,28 +5,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use rtp_ring::RtpHeaderView;
-
-fn make(name: &str, args: &[&str]) -> PathBuf {
-    let out = media_dir().join(name);
-    if !out.exists() {
-        let tmp = media_dir().join(format!("{}.{name}", std::process::id()));
-        let ok = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-nostdin"])
-            .args(args)
-            .arg(&tmp)
-            .status()
-            .expect("ffmpeg CLI")
-            .success();
-        assert!(ok, "making {name}");
-        std::fs::rename(&tmp, &out).expect("rename");
-    }
-    out
-}
 
 fn decoded_frames(t: &Transcoder) -> Vec<DecodedFrame> {
     let mut rx = VideoReceiver::default();
@@ -86,7 +69,7 @@ fn fps_converts_on_the_output_grid() {
 #[test]
 fn sar_override_keeps_the_display_aspect() {
     // 640x480 stored pixels shown 4:3 wider: 853x480 on screen, so 854x480 (even) out.
-    let src = make(
+    let src = generated(
         "sar-640x480.mp4",
         &[
             "-f",
@@ -139,7 +122,7 @@ fn sar_override_keeps_the_display_aspect() {
 
 #[test]
 fn lowres_decodes_mjpeg_at_a_fraction_of_its_size() {
-    let src = make(
+    let src = generated(
         "mjpeg-640x480.avi",
         &[
             "-f",
@@ -231,7 +214,7 @@ fn loop_starts_again_with_timestamps_still_rising() {
 
 #[test]
 fn hdr_pq_input_is_tone_mapped_to_sdr() {
-    let src = make(
+    let src = generated(
         "pq-10bit.mp4",
         &[
             "-f",

@@ -49,6 +49,12 @@ fn cached(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
     path
 }
 
+/// A media file made once by the `ffmpeg` CLI with `args` (inputs and codec options; the
+/// output path is appended), shared by the tests of a run.
+pub fn generated(name: &str, args: &[&str]) -> PathBuf {
+    cached(name, |p| ffmpeg(args, p))
+}
+
 /// The number drawn on frame N: 16 blocks of 40×40 px across the top, white for a set bit.
 const FRAME_CODE: &str =
     "geq=lum='if(lt(Y,40),if(bitand(N,pow(2,floor(X/40))),235,16),128)':cb=128:cr=128";
