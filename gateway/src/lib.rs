@@ -2,11 +2,33 @@
 //! publishers through shared-memory rings (see DESIGN.md).
 //!
 //! # Layout
+//! - `config.rs`: flags > `WISP_*` env > TOML file > defaults, and session definitions.
 //! - `auth.rs`: JWT keys, claims and scopes; verifying and minting tokens.
+//! - `serve.rs`: startup, the printed ready URL, signal-driven drain.
+//! - `http.rs`: router, shared state, CORS, problem+json errors, health and metrics endpoints.
+//! - `whep.rs`: WHEP endpoint and resources (POST, PATCH, DELETE), resource registry.
+//! - `api.rs`: the session API (`/api/sessions`).
+//! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
+//! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
+//! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
+//! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
+//! - `udp.rs`: the shared RTC port, host candidates, datagram demultiplexing.
+//! - `session.rs`: session registry; just-in-time transcoders, restarts, keyframe throttling.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
-//!
-//! The HTTP surface, peers, sessions and fan-out join with the rest of the gateway issue.
+//! - `metrics.rs`: counters and the Prometheus text.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
+pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod metrics;
+pub mod offer;
+pub mod peer;
+pub mod player;
+pub mod serve;
+pub mod session;
 pub mod transcoder;
+pub mod udp;
+pub mod whep;

@@ -1,12 +1,16 @@
-//! `wisp`: the gateway's command line. Today: `wisp token`, which mints the JWTs that viewers,
-//! publishers and operators present (DESIGN.md "Auth").
+//! `wisp`: the gateway's command line. `wisp serve` runs the gateway; `wisp token` mints the
+//! JWTs that viewers, publishers and operators present (DESIGN.md "Auth").
+//!
+//! Only clap types live here; `config.rs` resolves them with the environment and the file.
 #![forbid(unsafe_code)]
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wisp::auth::{self, Claims, Minter, Scope};
+use wisp::config::{Config, Overrides};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Wisp, a WHIP/WHEP media gateway")]
@@ -17,8 +21,50 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the gateway (with the built-in `demo` session unless --no-demo).
+    Serve(ServeArgs),
     /// Print a signed JWT for the given sessions and scopes.
     Token(TokenArgs),
+}
+
+/// Every option can also be set with its WISP_* environment variable or in the --config
+/// file (flag > environment > file > default).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  wisp serve --http 127.0.0.1:8080 --rtc 127.0.0.1:8443")]
+struct ServeArgs {
+    /// TOML configuration file (sessions, limits, ICE servers and every option below).
+    #[arg(long, env = "WISP_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address [default: 0.0.0.0:8080].
+    #[arg(long, env = "WISP_HTTP")]
+    http: Option<SocketAddr>,
+    /// The one UDP address for all WebRTC [default: 0.0.0.0:8443].
+    #[arg(long, env = "WISP_RTC")]
+    rtc: Option<SocketAddr>,
+    /// Address written into ICE candidates (NAT, containers); repeatable.
+    #[arg(long, env = "WISP_PUBLIC_IP", value_delimiter = ',')]
+    public_ip: Vec<IpAddr>,
+    /// HS256 key: the file's bytes, surrounding whitespace trimmed (at least 32 bytes).
+    #[arg(long, env = "WISP_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// Public key (PEM) for RS256, ES256 or EdDSA tokens.
+    #[arg(long, env = "WISP_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// JWKS file with the public keys tokens may be signed with.
+    #[arg(long, env = "WISP_JWKS")]
+    jwks: Option<PathBuf>,
+    /// The wisp-transcoder executable [default: next to wisp, else on PATH].
+    #[arg(long, env = "WISP_TRANSCODER")]
+    transcoder: Option<PathBuf>,
+    /// Where a generated key is kept [default: $XDG_STATE_HOME/wisp or ~/.local/state/wisp].
+    #[arg(long, env = "WISP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Seconds a transcoder keeps running with no viewer [default: 60].
+    #[arg(long, env = "WISP_IDLE_TIMEOUT")]
+    idle_timeout: Option<u64>,
+    /// Do not define the built-in demo session.
+    #[arg(long, env = "WISP_NO_DEMO")]
+    no_demo: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +104,7 @@ struct TokenArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Cmd::Serve(args) => serve(args),
         Cmd::Token(args) => match token(args) {
             Ok(t) => {
                 println!("{t}");
@@ -69,6 +116,53 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            wisp::config::log_filter(),
+        ))
+        .with_writer(std::io::stderr)
+        .init();
+    let overrides = Overrides {
+        http: args.http,
+        rtc: args.rtc,
+        public_ip: args.public_ip,
+        jwt_secret_file: args.jwt_secret_file,
+        jwt_public_key: args.jwt_public_key,
+        jwks: args.jwks,
+        transcoder: args.transcoder,
+        state_dir: args.state_dir,
+        idle_timeout_secs: args.idle_timeout,
+        no_demo: args.no_demo,
+    };
+    let config = match Config::resolve(overrides, args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wisp serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    runtime.block_on(async {
+        let gateway = match wisp::serve::Gateway::start(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("wisp serve: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if let Some(url) = &gateway.demo_url {
+            // Like Jupyter's token URL: open it in a browser to watch the demo.
+            println!("\n    Watch the demo: {url}\n");
+        }
+        gateway.run(wisp::serve::signals()).await;
+        ExitCode::SUCCESS
+    })
 }
 
 fn token(args: TokenArgs) -> Result<String, String> {

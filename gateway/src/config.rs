@@ -1,0 +1,650 @@
+//! The gateway's configuration: one [`Config`], resolved once at startup from command-line flags,
+//! `WISP_*` environment variables, the TOML file and defaults, in that order of precedence.
+//!
+//! Owns parsing and validation of every setting (bad values are refused here, with the setting's
+//! name, before anything starts) and the session definitions of the file. It does not read
+//! keys (see `auth.rs`) or start anything. `std::env::var` is used in this module only.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::valid_session_name;
+
+/// Settings that may come from a flag or its `WISP_*` variable (main.rs fills this from clap,
+/// whose `env` attribute reads the variables). `None` means "not given": the file, then the
+/// default, decides.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub http: Option<SocketAddr>,
+    pub rtc: Option<SocketAddr>,
+    pub public_ip: Vec<IpAddr>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwks: Option<PathBuf>,
+    pub transcoder: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub idle_timeout_secs: Option<u64>,
+    pub no_demo: bool,
+}
+
+/// The TOML file, as written by an operator. Every field is optional.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub http: Option<SocketAddr>,
+    pub rtc: Option<SocketAddr>,
+    #[serde(default)]
+    pub public_ip: Vec<IpAddr>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwks: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub transcoder: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// Seconds a VOD session's transcoder keeps running with no viewer.
+    pub idle_timeout: Option<u64>,
+    pub demo: Option<bool>,
+    /// Origins allowed by CORS; `["*"]` (the default) allows any.
+    pub cors_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub ice_servers: Vec<IceServer>,
+    #[serde(default)]
+    pub sessions: Vec<SessionSpec>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_transcoders: Option<usize>,
+    pub max_viewers: Option<usize>,
+    pub max_viewers_per_session: Option<usize>,
+}
+
+/// Capacity limits; past them a POST gets 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions whose transcoder may run at once.
+    pub max_transcoders: usize,
+    /// Viewers across all sessions.
+    pub max_viewers: usize,
+    pub max_viewers_per_session: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_transcoders: 16,
+            max_viewers: 2000,
+            max_viewers_per_session: 1000,
+        }
+    }
+}
+
+/// A STUN or TURN server given to clients in `Link` headers (RFC 9725 §4.6).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IceServer {
+    /// `stun:`, `stuns:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// Static TURN credentials.
+    pub username: Option<String>,
+    pub credential: Option<String>,
+    /// Time-limited TURN REST credentials (the coturn `use-auth-secret` scheme): username
+    /// `expiry:sub`, credential base64(HMAC-SHA1(secret, username)).
+    pub rest_secret: Option<String>,
+    /// Lifetime of REST credentials, seconds (default 86400).
+    pub rest_ttl: Option<u64>,
+}
+
+/// A VOD session definition: the inputs and encode options of one transcoder. The same shape
+/// in the TOML file and in `POST /api/sessions`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    pub name: Option<String>,
+    pub inputs: Vec<InputSpec>,
+    pub video: Option<VideoSpec>,
+    pub audio: Option<AudioSpec>,
+    /// Start at this media time, seconds.
+    pub start: Option<f64>,
+    #[serde(rename = "loop")]
+    pub looping: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub url: String,
+    pub channel_count: Option<u32>,
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSpec {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    /// bits/s
+    pub bitrate: Option<u64>,
+    pub codec: Option<VideoCodec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSpec {
+    /// bits/s
+    pub bitrate: Option<u64>,
+    /// Source channels rendered as stereo (with `cho`, the first of them).
+    pub channels: Option<u32>,
+    pub cho: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoCodec {
+    #[default]
+    H264,
+    Vp8,
+}
+
+impl VideoCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H264",
+            VideoCodec::Vp8 => "VP8",
+        }
+    }
+}
+
+/// Why a session definition was refused. The client's (API) or operator's (file) mistake.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("session name {0:?} is not allowed: use 1-64 of [A-Za-z0-9._-]")]
+    Name(String),
+    #[error("a session needs at least one input")]
+    NoInputs,
+    #[error("input url must not be empty or start with '-'")]
+    InputUrl,
+    #[error("{0} is out of range")]
+    Range(&'static str),
+}
+
+impl SessionSpec {
+    /// The built-in demo: the transcoder's generated pattern, 1280x720@30, H.264 + Opus.
+    pub fn demo() -> Self {
+        Self {
+            name: Some("demo".into()),
+            inputs: vec![InputSpec {
+                url: "demo".into(),
+                channel_count: None,
+                id: None,
+            }],
+            video: Some(VideoSpec {
+                width: Some(1280),
+                height: Some(720),
+                fps: Some(30.0),
+                ..VideoSpec::default()
+            }),
+            audio: None,
+            start: None,
+            looping: None,
+        }
+    }
+
+    pub fn codec(&self) -> VideoCodec {
+        self.video
+            .as_ref()
+            .and_then(|v| v.codec)
+            .unwrap_or_default()
+    }
+
+    /// Checks values a transcoder would refuse, so the API answers 422 rather than starting a
+    /// process that fails.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = &self.name
+            && !valid_session_name(name)
+        {
+            return Err(SpecError::Name(name.clone()));
+        }
+        if self.inputs.is_empty() {
+            return Err(SpecError::NoInputs);
+        }
+        for input in &self.inputs {
+            if input.url.trim().is_empty() || input.url.starts_with('-') {
+                return Err(SpecError::InputUrl);
+            }
+            if let Some(id) = &input.id
+                && (id.is_empty() || id.contains(char::is_whitespace))
+            {
+                return Err(SpecError::Range("inputs[].id"));
+            }
+            if input.channel_count.is_some_and(|c| c == 0 || c > 64) {
+                return Err(SpecError::Range("inputs[].channel_count"));
+            }
+        }
+        if let Some(v) = &self.video {
+            let dim = |d: Option<u32>| d.is_some_and(|d| !(16..=7680).contains(&d) || d % 2 != 0);
+            if dim(v.width) {
+                return Err(SpecError::Range("video.width (even, 16-7680)"));
+            }
+            if dim(v.height) {
+                return Err(SpecError::Range("video.height (even, 16-7680)"));
+            }
+            if v.fps.is_some_and(|f| !(1.0..=120.0).contains(&f)) {
+                return Err(SpecError::Range("video.fps (1-120)"));
+            }
+            if v.bitrate
+                .is_some_and(|b| !(50_000..=50_000_000).contains(&b))
+            {
+                return Err(SpecError::Range("video.bitrate (50k-50M)"));
+            }
+        }
+        if let Some(a) = &self.audio {
+            if a.bitrate.is_some_and(|b| !(6_000..=510_000).contains(&b)) {
+                return Err(SpecError::Range("audio.bitrate (6k-510k)"));
+            }
+            if a.channels.is_some_and(|c| c == 0 || c > 64) {
+                return Err(SpecError::Range("audio.channels"));
+            }
+        }
+        if self.start.is_some_and(|s| !s.is_finite() || s < 0.0) {
+            return Err(SpecError::Range("start"));
+        }
+        Ok(())
+    }
+
+    /// The transcoder's arguments for this session (without the ring, which the supervisor adds).
+    pub fn transcoder_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for input in &self.inputs {
+            args.push("-i".into());
+            args.push(input.url.clone());
+            if let Some(n) = input.channel_count {
+                args.push(format!("channel_count={n}"));
+            }
+            if let Some(id) = &input.id {
+                args.push(format!("id={id}"));
+            }
+        }
+        let mut opt = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v);
+            }
+        };
+        if let Some(v) = &self.video {
+            opt("--width", v.width.map(|x| x.to_string()));
+            opt("--height", v.height.map(|x| x.to_string()));
+            opt("--fps", v.fps.map(|x| x.to_string()));
+            opt("--video-bitrate", v.bitrate.map(|x| x.to_string()));
+        }
+        opt(
+            "--codec",
+            Some(
+                match self.codec() {
+                    VideoCodec::H264 => "h264",
+                    VideoCodec::Vp8 => "vp8",
+                }
+                .into(),
+            ),
+        );
+        if let Some(a) = &self.audio {
+            opt("--audio-bitrate", a.bitrate.map(|x| x.to_string()));
+            opt("--channels", a.channels.map(|x| x.to_string()));
+            opt("--cho", a.cho.map(|x| x.to_string()));
+        }
+        opt("--start", self.start.map(|x| x.to_string()));
+        if self.looping == Some(true) {
+            args.push("--loop".into());
+        }
+        // The gateway decides when it ends: at the end of the media it waits (viewers may seek
+        // back), commands come on stdin, and its stdin closing ends it (no orphans).
+        args.extend(["--on-end", "wait", "--control", "stdin"].map(String::from));
+        args
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http: SocketAddr,
+    pub rtc: SocketAddr,
+    /// Addresses written into ICE candidates instead of (or besides) the bound one.
+    pub public_ips: Vec<IpAddr>,
+    pub keys: KeySource,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub transcoder: PathBuf,
+    pub state_dir: PathBuf,
+    pub idle_timeout: Duration,
+    pub demo: bool,
+    pub cors_origins: Vec<String>,
+    pub limits: Limits,
+    pub ice_servers: Vec<IceServer>,
+    pub sessions: BTreeMap<String, SessionSpec>,
+}
+
+/// Where the token-verification key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    SecretFile(PathBuf),
+    PublicKey(PathBuf),
+    Jwks(PathBuf),
+    /// None configured: a secret generated once and kept in the state directory.
+    Generated,
+}
+
+/// A configuration the operator must fix; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("give only one of jwt_secret_file, jwt_public_key and jwks")]
+    TwoKeys,
+    #[error("session {name:?} in the config file: {source}")]
+    Session { name: String, source: SpecError },
+    #[error("a session in the config file has no name")]
+    Unnamed,
+    #[error("session {0:?} is defined twice")]
+    Duplicate(String),
+    #[error("ice server {0:?}: {1}")]
+    IceServer(String, &'static str),
+    #[error("{0}")]
+    Value(String),
+}
+
+impl Config {
+    /// Resolves flags/env over the file (if any) over defaults.
+    pub fn resolve(over: Overrides, file_path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match file_path {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let keys = {
+            let secret = over.jwt_secret_file.or(file.jwt_secret_file);
+            let public = over.jwt_public_key.or(file.jwt_public_key);
+            let jwks = over.jwks.or(file.jwks);
+            match (secret, public, jwks) {
+                (None, None, None) => KeySource::Generated,
+                (Some(p), None, None) => KeySource::SecretFile(p),
+                (None, Some(p), None) => KeySource::PublicKey(p),
+                (None, None, Some(p)) => KeySource::Jwks(p),
+                _ => return Err(ConfigError::TwoKeys),
+            }
+        };
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_transcoders: file
+                .limits
+                .max_transcoders
+                .unwrap_or(defaults.max_transcoders),
+            max_viewers: file.limits.max_viewers.unwrap_or(defaults.max_viewers),
+            max_viewers_per_session: file
+                .limits
+                .max_viewers_per_session
+                .unwrap_or(defaults.max_viewers_per_session),
+        };
+        for server in &file.ice_servers {
+            validate_ice_server(server)?;
+        }
+        let demo = !over.no_demo && file.demo.unwrap_or(true);
+        let mut sessions = BTreeMap::new();
+        if demo {
+            sessions.insert("demo".to_string(), SessionSpec::demo());
+        }
+        for spec in file.sessions {
+            let name = spec.name.clone().ok_or(ConfigError::Unnamed)?;
+            spec.validate().map_err(|source| ConfigError::Session {
+                name: name.clone(),
+                source,
+            })?;
+            if sessions.insert(name.clone(), spec).is_some() {
+                return Err(ConfigError::Duplicate(name));
+            }
+        }
+        let mut public_ips = over.public_ip;
+        if public_ips.is_empty() {
+            public_ips = file.public_ip;
+        }
+        let idle = over.idle_timeout_secs.or(file.idle_timeout).unwrap_or(60);
+        Ok(Self {
+            http: over
+                .http
+                .or(file.http)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            rtc: over
+                .rtc
+                .or(file.rtc)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8443))),
+            public_ips,
+            keys,
+            jwt_issuer: file.jwt_issuer,
+            jwt_audience: file.jwt_audience,
+            transcoder: over
+                .transcoder
+                .or(file.transcoder)
+                .unwrap_or_else(default_transcoder),
+            state_dir: over
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(default_state_dir),
+            idle_timeout: Duration::from_secs(idle),
+            demo,
+            cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),
+            limits,
+            ice_servers: file.ice_servers,
+            sessions,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn validate_ice_server(s: &IceServer) -> Result<(), ConfigError> {
+    let first = s.urls.first().cloned().unwrap_or_default();
+    if s.urls.is_empty() {
+        return Err(ConfigError::IceServer(first, "needs at least one url"));
+    }
+    for url in &s.urls {
+        let scheme = url.split(':').next().unwrap_or("");
+        match scheme {
+            "stun" | "stuns" => {}
+            "turn" | "turns" => {
+                if s.rest_secret.is_none() && (s.username.is_none() || s.credential.is_none()) {
+                    return Err(ConfigError::IceServer(
+                        url.clone(),
+                        "TURN needs username and credential, or rest_secret",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ConfigError::IceServer(
+                    url.clone(),
+                    "scheme must be stun, stuns, turn or turns",
+                ));
+            }
+        }
+        // RFC 8288 Link values cannot carry these unquoted; some clients split on them.
+        if url.contains(['<', '>', '"', ' ', ',']) {
+            return Err(ConfigError::IceServer(
+                url.clone(),
+                "url has a forbidden character",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `wisp-transcoder` next to our own executable (how releases and `cargo build` lay them out),
+/// else whatever `PATH` finds.
+fn default_transcoder() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let sibling = dir.join("wisp-transcoder");
+        if sibling.exists() {
+            return sibling;
+        }
+        // Test binaries live in target/<profile>/deps.
+        if let Some(parent) = dir.parent() {
+            let up = parent.join("wisp-transcoder");
+            if dir.ends_with("deps") && up.exists() {
+                return up;
+            }
+        }
+    }
+    PathBuf::from("wisp-transcoder")
+}
+
+/// `$XDG_STATE_HOME/wisp`, else `~/.local/state/wisp`, else `./wisp-state`.
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("wisp");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/wisp");
+    }
+    PathBuf::from("wisp-state")
+}
+
+/// The log filter: `WISP_LOG`, else `RUST_LOG`, else `info`.
+pub fn log_filter() -> String {
+    std::env::var("WISP_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::new(text)
+    }
+
+    /// A file removed on drop, without another dependency.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir()
+                    .join(format!("wisp-config-{}-{n}.toml", std::process::id()));
+                std::fs::write(&p, text).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let f = write(
+            r#"
+            http = "127.0.0.1:9000"
+            rtc = "127.0.0.1:9001"
+            idle_timeout = 5
+            [limits]
+            max_viewers = 3
+            [[sessions]]
+            name = "film"
+            inputs = [{ url = "/media/film.mp4", channel_count = 6, id = "main" }]
+            video = { width = 640, height = 360, codec = "vp8" }
+            loop = true
+            "#,
+        );
+        let over = Overrides {
+            http: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(over, Some(&f.0)).unwrap();
+        assert_eq!(c.http, "127.0.0.1:7000".parse().unwrap(), "flag wins");
+        assert_eq!(
+            c.rtc,
+            "127.0.0.1:9001".parse().unwrap(),
+            "file beats default"
+        );
+        assert_eq!(c.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.limits.max_viewers, 3);
+        assert_eq!(c.limits.max_transcoders, Limits::default().max_transcoders);
+        assert_eq!(c.keys, KeySource::Generated);
+        assert!(c.sessions.contains_key("demo"));
+        let film = &c.sessions["film"];
+        assert_eq!(film.codec(), VideoCodec::Vp8);
+        let args = film.transcoder_args().join(" ");
+        assert!(
+            args.starts_with("-i /media/film.mp4 channel_count=6 id=main --width 640 --height 360"),
+            "{args}"
+        );
+        assert!(
+            args.contains("--codec vp8") && args.contains("--loop"),
+            "{args}"
+        );
+        assert!(args.ends_with("--on-end wait --control stdin"), "{args}");
+    }
+
+    #[test]
+    fn mistakes_in_the_file_name_the_setting() {
+        let f = write("htp = \"1.2.3.4:5\"");
+        let e = Config::resolve(Overrides::default(), Some(&f.0)).unwrap_err();
+        assert!(e.to_string().contains("htp"), "{e}");
+        let f = write("[[sessions]]\nname = \"a b\"\ninputs = [{ url = \"x\" }]");
+        let e = Config::resolve(Overrides::default(), Some(&f.0)).unwrap_err();
+        assert!(e.to_string().contains("not allowed"), "{e}");
+        let f = write("[[ice_servers]]\nurls = [\"turn:turn.example:3478\"]");
+        let e = Config::resolve(Overrides::default(), Some(&f.0)).unwrap_err();
+        assert!(e.to_string().contains("TURN needs"), "{e}");
+        let f = write("[[sessions]]\nname = \"demo\"\ninputs = [{ url = \"x\" }]");
+        let e = Config::resolve(Overrides::default(), Some(&f.0)).unwrap_err();
+        assert!(matches!(e, ConfigError::Duplicate(_)), "{e}");
+        let over = Overrides {
+            jwt_secret_file: Some("a".into()),
+            jwks: Some("b".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            Config::resolve(over, None),
+            Err(ConfigError::TwoKeys)
+        ));
+    }
+
+    #[test]
+    fn spec_validation_refuses_what_the_transcoder_would() {
+        let mut s = SessionSpec::demo();
+        assert_eq!(s.validate(), Ok(()));
+        s.video.as_mut().unwrap().width = Some(641);
+        assert!(matches!(s.validate(), Err(SpecError::Range(_))));
+        let mut s = SessionSpec::demo();
+        s.inputs[0].url = "--evil".into();
+        assert_eq!(s.validate(), Err(SpecError::InputUrl));
+        s.inputs.clear();
+        assert_eq!(s.validate(), Err(SpecError::NoInputs));
+    }
+}

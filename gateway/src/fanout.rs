@@ -1,0 +1,276 @@
+//! Per-viewer rewriting of the session's RTP (DESIGN.md "Fan-out"), as plain state with no I/O.
+//!
+//! The session's packets are made once, by its source; each viewer only changes the header
+//! fields that are its own: payload type (its offer's numbering), sequence number and timestamp
+//! (rebased so that they run on without a jump across seeks, source restarts and the viewer's
+//! late start), and it starts video at a keyframe. The payload bytes are passed through
+//! untouched. Owns none of the transport (see `peer.rs`).
+
+use rtp_ring::{Flags, RtpHeaderView};
+
+/// Where the payload of an RTP packet is (RFC 3550 §5.1, §5.3.1: after CSRCs and extension,
+/// before padding), or `None` if the packet is too short for what its header says.
+pub fn payload_range(packet: &[u8]) -> Option<std::ops::Range<usize>> {
+    if packet.len() < 12 {
+        return None;
+    }
+    let csrc = (packet[0] & 0x0f) as usize;
+    let mut off = 12 + 4 * csrc;
+    if packet[0] & 0x10 != 0 {
+        let ext = packet.get(off + 2..off + 4)?;
+        off += 4 + 4 * u16::from_be_bytes([ext[0], ext[1]]) as usize;
+    }
+    let mut end = packet.len();
+    if packet[0] & 0x20 != 0 {
+        // Padding: the last byte counts the padding bytes (itself included).
+        let pad = *packet.last()? as usize;
+        end = end.checked_sub(pad)?;
+    }
+    (off <= end).then_some(off..end)
+}
+
+/// What to do with one source packet for one viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send with these header fields (payload unchanged).
+    Send {
+        pt: u8,
+        /// Extended sequence number (never wraps; str0m derives the SRTP ROC from it).
+        seq: u64,
+        timestamp: u32,
+        marker: bool,
+    },
+    /// Drop it: the viewer is waiting for a keyframe. `request_keyframe` is true the first
+    /// time, so that one keyframe request goes to the source per wait.
+    WaitKeyframe { request_keyframe: bool },
+}
+
+/// The rewriting state of one track of one viewer.
+#[derive(Debug, Clone)]
+pub struct TrackMap {
+    /// The viewer's payload type for this track.
+    out_pt: u8,
+    /// RTP clock rate, Hz.
+    clock: u32,
+    /// Video waits for a keyframe after every discontinuity; audio never does.
+    video: bool,
+    /// Next sequence number to send.
+    next_seq: u64,
+    /// Added to source timestamps (wrapping) to get the viewer's.
+    ts_offset: u32,
+    /// The previous packet from the source, to see discontinuities.
+    last_in: Option<LastIn>,
+    /// The last timestamp sent and when (µs, source capture clock), to continue from.
+    last_out: Option<(u32, u64)>,
+    waiting: bool,
+    requested: bool,
+    /// The next packet sent sets `ts_offset` afresh.
+    reanchor: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastIn {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+}
+
+impl TrackMap {
+    /// `first_seq` and `first_ts` are the viewer's random starting values (RFC 3550 §5.1).
+    pub fn new(out_pt: u8, clock: u32, video: bool, first_seq: u16, first_ts: u32) -> Self {
+        Self {
+            out_pt,
+            clock,
+            video,
+            next_seq: first_seq as u64,
+            ts_offset: 0,
+            last_in: None,
+            last_out: Some((first_ts, 0)),
+            waiting: video,
+            requested: false,
+            reanchor: true,
+        }
+    }
+
+    /// Marks a break in the source (a new source generation, an overrun): video waits for the
+    /// next keyframe, and timing re-anchors at the next packet.
+    pub fn discontinuity(&mut self) {
+        self.last_in = None;
+        if self.video {
+            self.waiting = true;
+            self.requested = false;
+        }
+    }
+
+    /// Whether the viewer still waits for its first (or next) keyframe.
+    pub fn waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// Maps one source packet, captured at `capture_us` (monotonic µs).
+    pub fn step(&mut self, hdr: &RtpHeaderView, flags: Flags, capture_us: u64) -> Step {
+        let continuous = self.last_in.is_some_and(|l| {
+            l.ssrc == hdr.ssrc
+                && hdr.seq == l.seq.wrapping_add(1)
+                // A seek keeps the sequence but jumps the clock: more than 5 s either way is
+                // not the same timeline.
+                && (hdr.timestamp.wrapping_sub(l.timestamp) as i32).unsigned_abs()
+                    < 5 * self.clock
+        });
+        if !continuous {
+            self.reanchor = true;
+            if self.last_in.is_some() && self.video {
+                self.waiting = true;
+                self.requested = false;
+            }
+        }
+        if self.waiting {
+            if flags.contains(Flags::KEYFRAME) {
+                self.waiting = false;
+            } else {
+                self.last_in = Some(LastIn {
+                    ssrc: hdr.ssrc,
+                    seq: hdr.seq,
+                    timestamp: hdr.timestamp,
+                });
+                let request_keyframe = !self.requested;
+                self.requested = true;
+                return Step::WaitKeyframe { request_keyframe };
+            }
+        }
+        if std::mem::take(&mut self.reanchor) {
+            // Re-anchor: continue the viewer's clock from its last packet by the time that
+            // passed, at least one tick, so its jitter buffer sees time move forward.
+            let timestamp = match self.last_out {
+                Some((ts, at_us)) if at_us != 0 => {
+                    let elapsed = capture_us.saturating_sub(at_us);
+                    let ticks = (elapsed as u128 * self.clock as u128 / 1_000_000) as u32;
+                    ts.wrapping_add(ticks.max(1))
+                }
+                Some((ts, _)) => ts,
+                None => 0,
+            };
+            self.ts_offset = timestamp.wrapping_sub(hdr.timestamp);
+        }
+        self.last_in = Some(LastIn {
+            ssrc: hdr.ssrc,
+            seq: hdr.seq,
+            timestamp: hdr.timestamp,
+        });
+        let timestamp = hdr.timestamp.wrapping_add(self.ts_offset);
+        self.last_out = Some((timestamp, capture_us.max(1)));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Step::Send {
+            pt: self.out_pt,
+            seq,
+            timestamp,
+            marker: hdr.marker,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(ssrc: u32, seq: u16, ts: u32, marker: bool) -> RtpHeaderView {
+        RtpHeaderView {
+            marker,
+            payload_type: 96,
+            seq,
+            timestamp: ts,
+            ssrc,
+        }
+    }
+
+    fn sent(s: Step) -> (u64, u32) {
+        match s {
+            Step::Send { seq, timestamp, .. } => (seq, timestamp),
+            other => panic!("expected a send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn video_starts_at_a_keyframe_and_asks_once() {
+        let mut t = TrackMap::new(102, 90000, true, 1000, 5000);
+        let kf = Flags::KEYFRAME;
+        assert_eq!(
+            t.step(&hdr(1, 10, 0, true), Flags::empty(), 1),
+            Step::WaitKeyframe {
+                request_keyframe: true
+            }
+        );
+        assert_eq!(
+            t.step(&hdr(1, 11, 3000, true), Flags::empty(), 2),
+            Step::WaitKeyframe {
+                request_keyframe: false
+            }
+        );
+        let s = t.step(&hdr(1, 12, 6000, false), kf, 100_000);
+        assert!(matches!(
+            s,
+            Step::Send {
+                pt: 102,
+                seq: 1000,
+                marker: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            sent(t.step(&hdr(1, 13, 6000, true), Flags::empty(), 100_000)).0,
+            1001
+        );
+        let (seq, ts) = sent(t.step(&hdr(1, 14, 9000, true), Flags::empty(), 133_000));
+        assert_eq!(seq, 1002);
+        assert_eq!(ts, 5000 + 3000, "timestamps keep the source's spacing");
+    }
+
+    #[test]
+    fn a_new_source_continues_the_viewers_numbering() {
+        let mut t = TrackMap::new(111, 48000, false, 65534, u32::MAX - 100);
+        let (s0, t0) = sent(t.step(&hdr(7, 500, 1_000_000, false), Flags::empty(), 1_000_000));
+        let (s1, t1) = sent(t.step(&hdr(7, 501, 1_000_960, false), Flags::empty(), 1_020_000));
+        assert_eq!((s0, s1), (65534, 65535));
+        assert_eq!(t1.wrapping_sub(t0), 960);
+        // Source restarted: new SSRC, random seq and timestamp. The viewer's run on, and the
+        // clock advances by the 500 ms that passed.
+        let (s2, t2) = sent(t.step(&hdr(9, 3, 77, false), Flags::empty(), 1_520_000));
+        assert_eq!(s2, 65536, "no wrap in the extended sequence");
+        assert_eq!(t2.wrapping_sub(t1), 24_000);
+        let (_, t3) = sent(t.step(&hdr(9, 4, 77 + 960, false), Flags::empty(), 1_540_000));
+        assert_eq!(t3.wrapping_sub(t2), 960);
+    }
+
+    #[test]
+    fn a_seek_jump_waits_for_the_next_keyframe() {
+        let mut t = TrackMap::new(96, 90000, true, 0, 0);
+        sent(t.step(&hdr(1, 1, 0, true), Flags::KEYFRAME, 1));
+        sent(t.step(&hdr(1, 2, 3000, true), Flags::empty(), 33_000));
+        // Same SSRC and sequence, clock 100 s later: a seek.
+        assert!(matches!(
+            t.step(&hdr(1, 3, 9_000_000, true), Flags::empty(), 66_000),
+            Step::WaitKeyframe {
+                request_keyframe: true
+            }
+        ));
+        let (seq, ts) = sent(t.step(&hdr(1, 4, 9_003_000, true), Flags::KEYFRAME, 100_000));
+        assert_eq!(seq, 2);
+        assert_eq!(ts, 3000 + 90000 * 67 / 1000);
+    }
+
+    #[test]
+    fn payload_ranges_follow_csrcs_extensions_and_padding() {
+        let mut p = vec![0x80, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 0xaa];
+        assert_eq!(payload_range(&p), Some(12..13));
+        // One CSRC and a one-word extension.
+        p = vec![0x91, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        p.extend([0, 0, 0, 5]);
+        p.extend([0xbe, 0xde, 0, 1, 1, 2, 3, 4, 0xaa]);
+        assert_eq!(payload_range(&p), Some(24..25));
+        // Padding longer than the packet.
+        let p = [0xa0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9, 200];
+        assert_eq!(payload_range(&p), None);
+        assert_eq!(payload_range(&[0x80, 1, 2]), None);
+    }
+}

@@ -1,0 +1,441 @@
+//! The HTTP surface (DESIGN.md "HTTP surface"): the router, shared state, CORS, the error type
+//! that renders every failure as `application/problem+json`, and the small endpoints (health,
+//! readiness, metrics).
+//!
+//! Owns status-code choices: every error enum of the other modules is mapped to a status in one
+//! exhaustive match here. WHEP handlers are in `whep.rs`, the session API in `api.rs`, pages
+//! in `player.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use str0m::config::DtlsCert;
+
+use crate::auth::{AuthError, Grant, Scope, Verifier};
+use crate::config::{Config, IceServer};
+use crate::metrics::Metrics;
+use crate::offer::OfferError;
+use crate::peer::{AnswerError, PatchError};
+use crate::session::{CreateError, JoinError, Registry};
+use crate::udp::RtcPort;
+use crate::whep::Resources;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub sessions: Registry,
+    pub resources: Resources,
+    pub port: Arc<RtcPort>,
+    pub cert: DtlsCert,
+    pub metrics: Arc<Metrics>,
+    /// Set on SIGTERM/SIGINT: new sessions and viewers get 503.
+    pub draining: AtomicBool,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// Builds the router (tests call it with `oneshot`).
+pub fn app(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(crate::player::index))
+        .route("/play/{session}", get(crate::player::play))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/whep/{session}",
+            get(crate::whep::endpoint_get).post(crate::whep::post),
+        )
+        .route(
+            "/whep/{session}/{resource}",
+            get(crate::whep::resource_get)
+                .patch(crate::whep::patch)
+                .delete(crate::whep::delete),
+        )
+        .route(
+            "/api/sessions",
+            get(crate::api::list).post(crate::api::create),
+        )
+        .route(
+            "/api/sessions/{session}",
+            get(crate::api::show).delete(crate::api::remove),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cors_and_count,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such path".into())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Shared>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        s.metrics.render(s.sessions.len()),
+    )
+        .into_response()
+}
+
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, If-Match";
+const EXPOSE_HEADERS: &str = "Location, ETag, Link, Accept-Post, Accept-Patch";
+const ALLOW_METHODS: &str = "OPTIONS, GET, HEAD, POST, PATCH, DELETE";
+
+/// CORS on every response, OPTIONS answered here (preflight or not, without auth: RFC 9725
+/// §4.2, Fetch), and a count of every status for `/metrics`.
+async fn cors_and_count(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let allow_origin = allowed_origin(&s.config.cors_origins, origin.as_ref());
+    let mut resp = if req.method() == Method::OPTIONS {
+        options_response(req.uri().path())
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    if let Some(o) = allow_origin {
+        if o != "*" {
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        if let Ok(v) = HeaderValue::from_str(&o) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        }
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
+        );
+    }
+    s.metrics.count_status(resp.status().as_u16());
+    resp
+}
+
+fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<String> {
+    if allowed.iter().any(|a| a == "*") {
+        return Some("*".into());
+    }
+    let origin = origin?.to_str().ok()?;
+    allowed
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin))
+        .then(|| origin.to_string())
+}
+
+/// 204 for OPTIONS, with what a WHIP/WHEP client or a browser preflight needs.
+fn options_response(path: &str) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(ALLOW_METHODS));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(ALLOW_METHODS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(ALLOW_HEADERS),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    let segments = path.trim_matches('/').split('/').count();
+    if path.starts_with("/whep/") || path.starts_with("/whip/") {
+        if segments == 2 {
+            // RFC 9725 §4.2: the 200/204 to OPTIONS SHOULD carry Accept-Post.
+            h.insert(
+                HeaderName::from_static("accept-post"),
+                HeaderValue::from_static("application/sdp"),
+            );
+        } else {
+            h.insert(
+                HeaderName::from_static("accept-patch"),
+                HeaderValue::from_static("application/trickle-ice-sdpfrag"),
+            );
+        }
+    }
+    resp
+}
+
+/// The bearer token of a request, verified, or why not.
+pub fn grant(s: &AppState, headers: &HeaderMap) -> Result<Grant, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    s.verifier.verify(token.trim())
+}
+
+/// `grant` + `check` for a session and scope.
+pub fn authorize(
+    s: &AppState,
+    headers: &HeaderMap,
+    session: &str,
+    scope: Scope,
+) -> Result<Grant, ApiError> {
+    let g = grant(s, headers)?;
+    g.check(session, scope)?;
+    Ok(g)
+}
+
+/// The base URL clients reached us at, for absolute `Location`s (RFC 9725 §4.2; OBS needs
+/// them absolute).
+pub fn base_url(headers: &HeaderMap, fallback: std::net::SocketAddr) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '"']))
+        .map(String::from)
+        .unwrap_or_else(|| fallback.to_string());
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+/// 128 random bits as 32 hex digits (resource URLs, entity-tags: RFC 9725 §5 wants them
+/// unguessable).
+pub fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("the kernel's random source failed: {e}"),
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `Link` header values for the configured ICE servers (RFC 9725 §4.6), one per URL.
+pub fn ice_server_links(servers: &[IceServer], sub: Option<&str>) -> Vec<String> {
+    let mut links = Vec::new();
+    for s in servers {
+        let (username, credential) = match (&s.rest_secret, &s.username, &s.credential) {
+            (Some(secret), _, _) => {
+                let (u, c) = rest_credentials(secret, s.rest_ttl.unwrap_or(86400), sub);
+                (Some(u), Some(c))
+            }
+            (None, u, c) => (u.clone(), c.clone()),
+        };
+        for url in &s.urls {
+            let turn = url.starts_with("turn");
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if turn && let (Some(u), Some(c)) = (&username, &credential) {
+                link.push_str(&format!(
+                    "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                    u.replace('"', ""),
+                    c.replace('"', "")
+                ));
+            }
+            links.push(link);
+        }
+    }
+    links
+}
+
+/// Time-limited TURN credentials (draft-uberti-behave-turn-rest, as coturn's
+/// `use-auth-secret`): username `expiry:user`, password base64(HMAC-SHA1(secret, username)).
+fn rest_credentials(secret: &str, ttl: u64, sub: Option<&str>) -> (String, String) {
+    use aws_lc_rs::hmac;
+    use base64::Engine;
+    let expiry = crate::auth::now_secs() + ttl;
+    let user = sub
+        .filter(|s| !s.is_empty() && !s.contains(':'))
+        .unwrap_or("wisp");
+    let username = format!("{expiry}:{user}");
+    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    let tag = hmac::sign(&key, username.as_bytes());
+    (
+        username,
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref()),
+    )
+}
+
+/// Every way a request can fail, mapped to one status (STYLE.md "Errors").
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Content-Type must be {expected}, not {got}")]
+    UnsupportedMediaType { expected: &'static str, got: String },
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
+    #[error(transparent)]
+    Patch(#[from] PatchError),
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error(transparent)]
+    Create(#[from] CreateError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the gateway is shutting down")]
+    Draining,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(e) => match e {
+                AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+                AuthError::WrongSession { .. } | AuthError::MissingScope { .. } => {
+                    StatusCode::FORBIDDEN
+                }
+            },
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Offer(e) => match e {
+                OfferError::Malformed(_) => StatusCode::BAD_REQUEST,
+                OfferError::Unusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            ApiError::Answer(e) => match e {
+                AnswerError::Refused(_) => StatusCode::BAD_REQUEST,
+                AnswerError::NothingInCommon(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            },
+            ApiError::Patch(e) => match e {
+                PatchError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+                PatchError::BadCredentials => StatusCode::BAD_REQUEST,
+                PatchError::RestartFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                PatchError::Gone => StatusCode::NOT_FOUND,
+            },
+            ApiError::Join(e) => match e {
+                JoinError::SessionFull(_)
+                | JoinError::GatewayFull(_)
+                | JoinError::NoTranscoder(_)
+                | JoinError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            ApiError::Create(e) => match e {
+                CreateError::Exists(_) => StatusCode::CONFLICT,
+            },
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn title(status: StatusCode) -> &'static str {
+        status.canonical_reason().unwrap_or("Error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = self.to_string();
+        // RFC 9457 problem details.
+        let body = json!({
+            "type": "about:blank",
+            "title": ApiError::title(status),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        let mut resp = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/problem+json")
+            .body(Body::from(body.to_string()))
+            .expect("static parts make a valid response");
+        let h = resp.headers_mut();
+        match &self {
+            ApiError::Auth(AuthError::Missing) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wisp\""),
+                );
+            }
+            ApiError::Auth(AuthError::Invalid(_)) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wisp\", error=\"invalid_token\""),
+                );
+            }
+            ApiError::Auth(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"wisp\", error=\"insufficient_scope\""),
+                );
+            }
+            ApiError::UnsupportedMediaType { expected, .. } => {
+                let name = if *expected == "application/sdp" {
+                    "accept-post"
+                } else {
+                    "accept-patch"
+                };
+                if let Ok(v) = HeaderValue::from_str(expected) {
+                    h.insert(HeaderName::from_static(name), v);
+                }
+            }
+            ApiError::Join(_) | ApiError::Draining => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// The media type of a request without parameters, lower-cased (RFC 9110 §8.3.1).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks a request's media type.
+pub fn require_type(headers: &HeaderMap, expected: &'static str) -> Result<(), ApiError> {
+    let got = media_type(headers);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType {
+            expected,
+            got: if got.is_empty() { "none".into() } else { got },
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! Process-wide counters and gauges, rendered in the Prometheus text format (version 0.0.4)
+//! for `GET /metrics`.
+//!
+//! Owns the numbers only: every other module bumps them with relaxed atomics (no locks on the
+//! media path). Gauges that belong to sessions are passed in when rendering.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub viewers: AtomicUsize,
+    pub transcoders: AtomicUsize,
+    pub peers_created: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    pub keyframe_requests_sent: AtomicU64,
+    pub ring_overruns: AtomicU64,
+    pub transcoder_exits: AtomicU64,
+    pub udp_in: AtomicU64,
+    pub udp_out: AtomicU64,
+    pub udp_garbage: AtomicU64,
+    pub udp_unrouted: AtomicU64,
+    pub udp_dropped: AtomicU64,
+    pub udp_send_errors: AtomicU64,
+    /// `(status code, count)`, few distinct codes, so a small vector.
+    http_status: Mutex<Vec<(u16, u64)>>,
+}
+
+impl Metrics {
+    pub fn count_status(&self, status: u16) {
+        let mut v = self
+            .http_status
+            .lock()
+            .expect("metrics lock is never poisoned");
+        match v.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => {
+                v.push((status, 1));
+                v.sort_unstable();
+            }
+        }
+    }
+
+    /// The exposition text. `sessions` is the number of defined sessions.
+    pub fn render(&self, sessions: usize) -> String {
+        let mut out = String::with_capacity(2048);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge("wisp_sessions", "Sessions defined.", sessions as u64);
+        gauge(
+            "wisp_viewers",
+            "WHEP viewers connected or connecting.",
+            self.viewers.load(Ordering::Relaxed) as u64,
+        );
+        gauge(
+            "wisp_transcoders",
+            "Transcoder processes running.",
+            self.transcoders.load(Ordering::Relaxed) as u64,
+        );
+        let counters: [(&str, &str, u64); 13] = [
+            (
+                "wisp_peers_created_total",
+                "WebRTC peers created.",
+                get(&self.peers_created),
+            ),
+            (
+                "wisp_packets_out_total",
+                "RTP packets sent to viewers.",
+                get(&self.packets_out),
+            ),
+            (
+                "wisp_bytes_out_total",
+                "UDP bytes sent.",
+                get(&self.bytes_out),
+            ),
+            (
+                "wisp_keyframe_requests_total",
+                "Keyframe requests (PLI/FIR, joins) from viewers.",
+                get(&self.keyframe_requests),
+            ),
+            (
+                "wisp_keyframe_requests_sent_total",
+                "Keyframe requests passed to sources after throttling.",
+                get(&self.keyframe_requests_sent),
+            ),
+            (
+                "wisp_ring_overruns_total",
+                "Viewers that fell a ring lap behind.",
+                get(&self.ring_overruns),
+            ),
+            (
+                "wisp_transcoder_exits_total",
+                "Transcoders that exited without being asked.",
+                get(&self.transcoder_exits),
+            ),
+            (
+                "wisp_udp_datagrams_in_total",
+                "UDP datagrams received.",
+                get(&self.udp_in),
+            ),
+            (
+                "wisp_udp_datagrams_out_total",
+                "UDP datagrams sent.",
+                get(&self.udp_out),
+            ),
+            (
+                "wisp_udp_garbage_total",
+                "Datagrams that were not STUN, DTLS, RTP or RTCP.",
+                get(&self.udp_garbage),
+            ),
+            (
+                "wisp_udp_unrouted_total",
+                "Datagrams for no known peer.",
+                get(&self.udp_unrouted),
+            ),
+            (
+                "wisp_udp_dropped_total",
+                "Datagrams dropped because a peer's queue was full.",
+                get(&self.udp_dropped),
+            ),
+            (
+                "wisp_udp_send_errors_total",
+                "UDP sends that failed.",
+                get(&self.udp_send_errors),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP wisp_http_responses_total HTTP responses by status.\n\
+             # TYPE wisp_http_responses_total counter"
+        );
+        for (status, n) in self
+            .http_status
+            .lock()
+            .expect("metrics lock is never poisoned")
+            .iter()
+        {
+            let _ = writeln!(out, "wisp_http_responses_total{{code=\"{status}\"}} {n}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.viewers.store(3, Ordering::Relaxed);
+        m.count_status(404);
+        m.count_status(201);
+        m.count_status(404);
+        let text = m.render(2);
+        assert!(text.contains("\nwisp_viewers 3\n"), "{text}");
+        assert!(text.contains("wisp_sessions 2\n"));
+        assert!(text.contains("wisp_http_responses_total{code=\"404\"} 2\n"));
+        assert!(text.contains("# TYPE wisp_packets_out_total counter\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

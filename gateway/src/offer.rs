@@ -1,0 +1,449 @@
+//! What a client's SDP offer and trickle-ICE fragments ask for, read before str0m sees them.
+//!
+//! Owns the gateway's offer policy for WHEP: which media sections it can serve, with which
+//! codec, and why it refuses the rest (the 400 and 422 problem details). It parses with
+//! `sdp-types` and never builds an answer (str0m does). Also parses
+//! `application/trickle-ice-sdpfrag` bodies (RFC 8840) and rewrites an offer's ICE credentials
+//! for an ICE restart.
+
+use sdp_types::Session;
+
+use crate::config::VideoCodec;
+
+/// Why an offer cannot be served. Always the client's (or its browser's) side.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfferError {
+    /// Not SDP at all: 400.
+    #[error("malformed SDP: {0}")]
+    Malformed(String),
+    /// SDP, but nothing this session can send: 422.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// Media kinds of an offer's m-lines that matter to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audio,
+    Video,
+    Application,
+    Other,
+}
+
+/// One m-line of an offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub kind: Kind,
+    pub mid: Option<String>,
+    pub direction: Option<String>,
+    /// `(payload type, encoding name, clock rate, fmtp)` for each format.
+    pub formats: Vec<Format>,
+    pub rejected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Format {
+    pub pt: u8,
+    pub name: String,
+    pub clock: u32,
+    pub fmtp: String,
+}
+
+/// A parsed offer: what we need to decide, plus the text for str0m.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub sections: Vec<Section>,
+    pub text: String,
+}
+
+/// What the session sends, for matching offers against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    pub video: VideoCodec,
+    pub audio: bool,
+}
+
+/// The result of matching: which kinds the viewer will receive, and whether it opened a data
+/// channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub video: bool,
+    pub audio: bool,
+    pub data_channel: bool,
+}
+
+impl Offer {
+    pub fn parse(body: &[u8]) -> Result<Self, OfferError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| OfferError::Malformed("the body is not UTF-8 text".into()))?;
+        if !text.trim_start().starts_with("v=") {
+            return Err(OfferError::Malformed(
+                "an SDP offer starts with \"v=0\" (RFC 8866 §5)".into(),
+            ));
+        }
+        let session = Session::parse(body).map_err(|e| OfferError::Malformed(e.to_string()))?;
+        if session.medias.is_empty() {
+            return Err(OfferError::Malformed("the offer has no m= sections".into()));
+        }
+        let sections = session.medias.iter().map(section).collect();
+        Ok(Self {
+            sections,
+            text: text.to_string(),
+        })
+    }
+
+    /// Decides what a WHEP viewer gets (draft-ietf-wish-whep §4.3.5, §4.6.2).
+    pub fn plan_whep(&self, served: Served) -> Result<Plan, OfferError> {
+        let mut plan = Plan {
+            video: false,
+            audio: false,
+            data_channel: false,
+        };
+        let mut missing = Vec::new();
+        for s in self.sections.iter().filter(|s| !s.rejected) {
+            if matches!(s.direction.as_deref(), Some("sendonly" | "inactive")) {
+                return Err(OfferError::Unusable(format!(
+                    "the offer's {} section (mid {}) is {}; a WHEP player offers recvonly \
+                     (draft-ietf-wish-whep §4.3.5)",
+                    kind_name(s.kind),
+                    s.mid.as_deref().unwrap_or("?"),
+                    s.direction.as_deref().unwrap_or("")
+                )));
+            }
+            match s.kind {
+                Kind::Video => {
+                    if plan.video {
+                        return Err(OfferError::Unusable(
+                            "the offer has two video sections; a session has one video track"
+                                .into(),
+                        ));
+                    }
+                    if !s.formats.iter().any(|f| video_matches(f, served.video)) {
+                        missing.push(match served.video {
+                            VideoCodec::H264 => {
+                                "H264/90000 with packetization-mode=1 and a constrained-baseline \
+                                 profile-level-id (42e01f)"
+                            }
+                            VideoCodec::Vp8 => "VP8/90000",
+                        });
+                    }
+                    plan.video = true;
+                }
+                Kind::Audio => {
+                    if plan.audio {
+                        return Err(OfferError::Unusable(
+                            "the offer has two audio sections; a session has one audio track"
+                                .into(),
+                        ));
+                    }
+                    if served.audio
+                        && !s
+                            .formats
+                            .iter()
+                            .any(|f| f.name.eq_ignore_ascii_case("opus") && f.clock == 48000)
+                    {
+                        missing.push("opus/48000/2");
+                    }
+                    plan.audio = served.audio;
+                }
+                Kind::Application => plan.data_channel = true,
+                Kind::Other => {}
+            }
+        }
+        if !missing.is_empty() {
+            return Err(OfferError::Unusable(format!(
+                "this session sends {}{}; the offer lacks {}",
+                served.video.name(),
+                if served.audio { " and Opus" } else { "" },
+                missing.join(" and ")
+            )));
+        }
+        if !plan.video && !plan.audio {
+            return Err(OfferError::Unusable(
+                "the offer has no audio or video section to receive into".into(),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// The offer with new ICE credentials everywhere they appear (session and media level), as
+    /// a client's re-offer would carry them for an ICE restart.
+    pub fn with_ice_credentials(&self, ufrag: &str, pwd: &str) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        for line in self.text.lines() {
+            if line.starts_with("a=ice-ufrag:") {
+                out.push_str("a=ice-ufrag:");
+                out.push_str(ufrag);
+            } else if line.starts_with("a=ice-pwd:") {
+                out.push_str("a=ice-pwd:");
+                out.push_str(pwd);
+            } else if line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates") {
+                // Old candidates belong to the old ICE session; new ones come in the PATCH.
+                continue;
+            } else {
+                out.push_str(line);
+            }
+            out.push_str("\r\n");
+        }
+        out
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Audio => "audio",
+        Kind::Video => "video",
+        Kind::Application => "application",
+        Kind::Other => "other",
+    }
+}
+
+fn section(m: &sdp_types::Media) -> Section {
+    let kind = match m.media.as_str() {
+        "audio" => Kind::Audio,
+        "video" => Kind::Video,
+        "application" => Kind::Application,
+        _ => Kind::Other,
+    };
+    let attr = |name: &str| {
+        m.attributes
+            .iter()
+            .find(|a| a.attribute == name)
+            .and_then(|a| a.value.clone())
+    };
+    let direction = ["sendrecv", "sendonly", "recvonly", "inactive"]
+        .into_iter()
+        .find(|d| m.attributes.iter().any(|a| a.attribute == *d))
+        .map(String::from);
+    let mut formats = Vec::new();
+    for a in &m.attributes {
+        if a.attribute != "rtpmap" {
+            continue;
+        }
+        let Some(v) = &a.value else { continue };
+        let Some((pt, rest)) = v.split_once(' ') else {
+            continue;
+        };
+        let Ok(pt) = pt.parse::<u8>() else { continue };
+        let mut parts = rest.split('/');
+        let name = parts.next().unwrap_or("").to_string();
+        let clock = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let fmtp = m
+            .attributes
+            .iter()
+            .filter(|a| a.attribute == "fmtp")
+            .filter_map(|a| a.value.as_deref())
+            .find_map(|v| {
+                let (p, params) = v.split_once(' ')?;
+                (p.parse::<u8>().ok()? == pt).then(|| params.to_string())
+            })
+            .unwrap_or_default();
+        formats.push(Format {
+            pt,
+            name,
+            clock,
+            fmtp,
+        });
+    }
+    Section {
+        kind,
+        mid: attr("mid"),
+        direction,
+        formats,
+        rejected: m.port == 0 && !m.attributes.iter().any(|a| a.attribute == "bundle-only"),
+    }
+}
+
+/// Whether a format can carry the session's video as packetized by our transcoder: H.264
+/// constrained baseline (any level; str0m treats the level as negotiable, RFC 6184 §8.2.2) in
+/// packetization mode 1 (RFC 6184 §6.3), or VP8.
+fn video_matches(f: &Format, codec: VideoCodec) -> bool {
+    match codec {
+        VideoCodec::Vp8 => f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000,
+        VideoCodec::H264 => {
+            if !f.name.eq_ignore_ascii_case("H264") || f.clock != 90000 {
+                return false;
+            }
+            let param = |key: &str| {
+                f.fmtp.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case(key).then(|| v.trim().to_string())
+                })
+            };
+            let mode1 = param("packetization-mode").as_deref() == Some("1");
+            let constrained_baseline = param("profile-level-id")
+                .and_then(|p| u32::from_str_radix(&p, 16).ok())
+                .is_some_and(|p| (p >> 16) == 0x42 && (p >> 8) & 0x40 != 0);
+            mode1 && constrained_baseline
+        }
+    }
+}
+
+/// A trickle-ICE fragment (RFC 8840 §9.2, RFC 9725 §4.3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    pub ufrag: Option<String>,
+    pub pwd: Option<String>,
+    /// `a=candidate:` values (without the `a=`), each kept as written.
+    pub candidates: Vec<String>,
+    pub end_of_candidates: bool,
+}
+
+impl Fragment {
+    /// Reads a fragment leniently: unknown lines and extra m= blocks are ignored (clients such
+    /// as whip.js send every mid), but a body with no SDP lines at all is malformed.
+    pub fn parse(body: &[u8]) -> Result<Self, OfferError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| OfferError::Malformed("the fragment is not UTF-8 text".into()))?;
+        let mut frag = Fragment::default();
+        let mut sdp_lines = 0;
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let Some((key, _)) = line.split_once('=') else {
+                return Err(OfferError::Malformed(format!(
+                    "{line:?} is not an SDP line (\"x=value\")"
+                )));
+            };
+            if key.len() != 1 {
+                return Err(OfferError::Malformed(format!(
+                    "{line:?} is not an SDP line (\"x=value\")"
+                )));
+            }
+            sdp_lines += 1;
+            if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+                frag.ufrag = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+                frag.pwd = Some(v.to_string());
+            } else if line.starts_with("a=candidate:") {
+                frag.candidates.push(line[2..].to_string());
+            } else if line.starts_with("a=end-of-candidates")
+                || line.starts_with("a=end-of-candiadates")
+            {
+                frag.end_of_candidates = true;
+            }
+        }
+        if sdp_lines == 0 {
+            return Err(OfferError::Malformed("the fragment is empty".into()));
+        }
+        Ok(frag)
+    }
+}
+
+/// ICE credentials must be 4-256 (ufrag) and 22-256 (pwd) ice-chars (RFC 8839 §5.4).
+pub fn valid_ice_credentials(ufrag: &str, pwd: &str) -> bool {
+    let ice_char = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    (4..=256).contains(&ufrag.len())
+        && (22..=256).contains(&pwd.len())
+        && ufrag.chars().all(ice_char)
+        && pwd.chars().all(ice_char)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const CHROME_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0 1\r\na=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+a=setup:actpass\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+
+    const H264: Served = Served {
+        video: VideoCodec::H264,
+        audio: true,
+    };
+
+    #[test]
+    fn a_browser_offer_plans_video_and_audio() {
+        let offer = Offer::parse(CHROME_OFFER.as_bytes()).unwrap();
+        assert_eq!(offer.sections.len(), 2);
+        assert_eq!(offer.sections[0].formats.len(), 4);
+        let plan = offer.plan_whep(H264).unwrap();
+        assert!(plan.video && plan.audio && !plan.data_channel);
+        let vp8 = Served {
+            video: VideoCodec::Vp8,
+            audio: true,
+        };
+        assert!(offer.plan_whep(vp8).is_ok());
+    }
+
+    #[test]
+    fn refusals_say_what_is_missing() {
+        assert!(matches!(
+            Offer::parse(b"hello"),
+            Err(OfferError::Malformed(_))
+        ));
+        assert!(matches!(Offer::parse(b""), Err(OfferError::Malformed(_))));
+        assert!(matches!(
+            Offer::parse(b"v=0\r\no=- 1 2 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\n"),
+            Err(OfferError::Malformed(_))
+        ));
+        // Only packetization-mode 0 H.264: nothing we can send.
+        let offer = CHROME_OFFER
+            .replace("packetization-mode=1", "packetization-mode=0")
+            .replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 FOO/90000");
+        let e = Offer::parse(offer.as_bytes())
+            .unwrap()
+            .plan_whep(H264)
+            .unwrap_err();
+        assert!(
+            matches!(&e, OfferError::Unusable(m) if m.contains("packetization-mode=1")),
+            "{e}"
+        );
+        let offer = CHROME_OFFER.replace("opus/48000/2", "PCMU/8000");
+        let e = Offer::parse(offer.as_bytes())
+            .unwrap()
+            .plan_whep(H264)
+            .unwrap_err();
+        assert!(e.to_string().contains("opus"), "{e}");
+        let offer = CHROME_OFFER.replace("a=recvonly", "a=sendonly");
+        let e = Offer::parse(offer.as_bytes())
+            .unwrap()
+            .plan_whep(H264)
+            .unwrap_err();
+        assert!(e.to_string().contains("recvonly"), "{e}");
+    }
+
+    #[test]
+    fn fragments_are_read_leniently() {
+        let f = Fragment::parse(
+            b"a=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\n\
+a=candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host\r\na=x-unknown:1\r\n\
+a=end-of-candiadates\r\n",
+        )
+        .unwrap();
+        assert_eq!(f.ufrag.as_deref(), Some("EsAw"));
+        assert_eq!(f.candidates.len(), 1);
+        assert!(f.end_of_candidates);
+        assert!(Fragment::parse(b"garbage").is_err());
+        assert!(Fragment::parse(b"").is_err());
+        assert!(valid_ice_credentials("EsAw", "P2uYro0UCOQ4zxjKXaWCBui1"));
+        assert!(!valid_ice_credentials("EsAw", "abc"));
+    }
+
+    #[test]
+    fn restart_rewrites_credentials_and_drops_old_candidates() {
+        let offer = Offer::parse(
+            CHROME_OFFER
+                .replace(
+                    "a=mid:1\r\n",
+                    "a=mid:1\r\na=candidate:1 1 udp 1 1.2.3.4 5 typ host\r\n",
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let text = offer.with_ice_credentials("NEW1", "NEWPASSWORD0123456789ab");
+        assert_eq!(text.matches("a=ice-ufrag:NEW1").count(), 2);
+        assert!(!text.contains("abcd") && !text.contains("a=candidate"));
+    }
+}

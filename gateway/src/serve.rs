@@ -1,0 +1,282 @@
+//! `wisp serve`: starts the gateway from a resolved [`Config`] and runs it until SIGTERM or
+//! SIGINT, then drains (STYLE.md "Shutdown").
+//!
+//! Owns startup order (keys, UDP port, DTLS certificate, sessions, HTTP listener), the printed
+//! ready URL, and the drain: new POSTs get 503, peers are closed, transcoders are stopped
+//! (`stop`, SIGTERM, SIGKILL at a deadline), then the process exits 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Claims, Minter, Verifier};
+use crate::config::{Config, KeySource};
+use crate::http::{AppState, app};
+use crate::metrics::Metrics;
+use crate::session::{Registry, Runtime};
+use crate::udp::RtcPort;
+use crate::whep::Resources;
+
+/// Why the gateway could not start. The operator's to fix; the message says how.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("reading key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("key {path}: {source}")]
+    Key {
+        path: String,
+        source: crate::auth::KeyError,
+    },
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Bind(#[from] crate::udp::BindError),
+    #[error("listening on HTTP {addr}: {source} (is another process using the port? see --http)")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("generating the DTLS certificate failed")]
+    Certificate,
+    #[error("transcoder {0} not found: build it (cargo build --release) or pass --transcoder")]
+    Transcoder(String),
+}
+
+/// A running gateway (what tests and `main` hold).
+#[derive(Debug)]
+pub struct Gateway {
+    pub state: Arc<AppState>,
+    pub http_addr: SocketAddr,
+    /// A token printed at startup for the demo, when the gateway can mint one.
+    pub demo_url: Option<String>,
+    minter: Option<Minter>,
+    listener: Option<tokio::net::TcpListener>,
+    cancel: CancellationToken,
+}
+
+impl Gateway {
+    /// Binds everything; nothing is served until [`Gateway::run`].
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let (verifier, minter) = load_keys(&config)?;
+        if config.transcoder.components().count() > 1 && !config.transcoder.exists() {
+            return Err(StartError::Transcoder(
+                config.transcoder.display().to_string(),
+            ));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let port = RtcPort::bind(config.rtc, &config.public_ips, metrics.clone()).await?;
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .ok_or(StartError::Certificate)?;
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: config.http,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| StartError::Http {
+            addr: config.http,
+            source,
+        })?;
+        let cancel = CancellationToken::new();
+        let sessions = Registry::new(
+            Runtime {
+                transcoder: config.transcoder.clone(),
+                idle_timeout: config.idle_timeout,
+                metrics: metrics.clone(),
+            },
+            cancel.child_token(),
+        );
+        for (name, spec) in &config.sessions {
+            sessions
+                .create(name.clone(), spec.clone())
+                .expect("config sessions have unique names");
+        }
+        port.spawn_receivers(cancel.clone());
+        tracing::info!(
+            http = %http_addr,
+            rtc = ?port.candidates(),
+            transcoder = %config.transcoder.display(),
+            sessions = config.sessions.len(),
+            "wisp is serving"
+        );
+        let demo_url = match (&minter, config.sessions.contains_key("demo")) {
+            (Some(m), true) => {
+                let host = match http_addr.ip() {
+                    ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+                    ip => ip,
+                };
+                let token = m.mint(&Claims {
+                    exp: crate::auth::now_secs() + 24 * 3600,
+                    nbf: None,
+                    iat: Some(crate::auth::now_secs()),
+                    iss: config.jwt_issuer.clone(),
+                    aud: config.jwt_audience.clone(),
+                    sub: Some("demo".into()),
+                    sessions: vec!["demo".into()],
+                    scope: "view playback".into(),
+                });
+                Some(format!(
+                    "http://{}/play/demo?token={token}",
+                    SocketAddr::new(host, http_addr.port())
+                ))
+            }
+            _ => None,
+        };
+        let state = Arc::new(AppState {
+            config,
+            verifier,
+            sessions,
+            resources: Resources::default(),
+            port,
+            cert,
+            metrics,
+            draining: AtomicBool::new(false),
+        });
+        Ok(Self {
+            state,
+            http_addr,
+            demo_url,
+            minter,
+            listener: Some(listener),
+            cancel,
+        })
+    }
+
+    /// Mints a token with the gateway's own key (when it has a secret).
+    pub fn minter(&self) -> Option<&Minter> {
+        self.minter.as_ref()
+    }
+
+    /// Serves until `shutdown` completes, then drains.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        let listener = self.listener.take().expect("run is called once");
+        let state = self.state.clone();
+        let cancel = self.cancel.clone();
+        let drain = async move {
+            shutdown.await;
+            drain(&state, &cancel).await;
+        };
+        if let Err(e) = axum::serve(listener, app(self.state.clone()))
+            .with_graceful_shutdown(drain)
+            .await
+        {
+            tracing::error!("HTTP server: {e}");
+        }
+        self.cancel.cancel();
+        tracing::info!("wisp stopped");
+    }
+}
+
+/// New POSTs get 503; peers close; transcoders stop. Waits up to 10 s for them.
+async fn drain(state: &AppState, cancel: &CancellationToken) {
+    tracing::info!("shutting down: refusing new viewers, closing peers, stopping transcoders");
+    state.draining.store(true, Ordering::Relaxed);
+    state.resources.close_all();
+    cancel.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline
+        && (state.metrics.transcoders.load(Ordering::Relaxed) > 0 || !state.resources.is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+fn load_keys(config: &Config) -> Result<(Verifier, Option<Minter>), StartError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| StartError::KeyFile {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let key_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| StartError::Key { path, source }
+    };
+    let (verifier, minter) = match &config.keys {
+        KeySource::SecretFile(p) => {
+            let secret = read(p)?;
+            let secret = secret.trim_ascii();
+            (
+                Verifier::hs256(secret).map_err(key_err(p))?,
+                Some(Minter::hs256(secret).map_err(key_err(p))?),
+            )
+        }
+        KeySource::PublicKey(p) => (
+            Verifier::public_key_pem(&read(p)?).map_err(key_err(p))?,
+            None,
+        ),
+        KeySource::Jwks(p) => {
+            let text = String::from_utf8_lossy(&read(p)?).into_owned();
+            (Verifier::jwks(&text).map_err(key_err(p))?, None)
+        }
+        KeySource::Generated => {
+            let path = config.state_dir.join("jwt-secret");
+            let secret = generated_secret(&config.state_dir, &path)?;
+            tracing::info!(
+                key = %path.display(),
+                "no key configured: using the gateway's own HS256 secret \
+                 (mint tokens with: wisp token --jwt-secret-file {})",
+                path.display()
+            );
+            (
+                Verifier::hs256(&secret).map_err(key_err(&path))?,
+                Some(Minter::hs256(&secret).map_err(key_err(&path))?),
+            )
+        }
+    };
+    let verifier = verifier
+        .with_issuer(config.jwt_issuer.clone())
+        .with_audience(config.jwt_audience.clone());
+    Ok((verifier, minter))
+}
+
+/// Reads the state directory's secret, or makes one (64 hex digits, mode 0600).
+fn generated_secret(dir: &Path, path: &Path) -> Result<Vec<u8>, StartError> {
+    let io = |source| StartError::StateDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    if let Ok(existing) = std::fs::read(path) {
+        let trimmed = existing.trim_ascii();
+        if trimmed.len() >= 32 {
+            return Ok(trimmed.to_vec());
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let secret = format!("{}{}", crate::http::random_id(), crate::http::random_id());
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(secret.as_bytes()).map_err(io)?;
+    f.write_all(b"\n").map_err(io)?;
+    Ok(secret.into_bytes())
+}

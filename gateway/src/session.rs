@@ -1,0 +1,605 @@
+//! Sessions: the registry, and one task per session that runs its transcoder just in time.
+//!
+//! Owns a VOD session's lifecycle (DESIGN.md "Sessions"): the transcoder starts when the first
+//! viewer joins, stops after an idle timeout with none, is restarted a bounded number of times
+//! when it dies, and turns failures into a state the API shows and the viewers see. Keyframe
+//! requests from viewers are throttled here (one per 500 ms per session). The source's state
+//! is published on a `watch` channel that each viewer's task follows; the session task never
+//! touches a peer. HTTP status codes are not chosen here (see `http.rs`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rtp_ring::Ring;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::{Limits, SessionSpec};
+use crate::metrics::Metrics;
+use crate::transcoder::{Command, Event, TranscoderProcess};
+
+/// Ring size for a transcoder: about 10 s of 8 Mb/s video at 1536-byte slots.
+const RING_BYTES: u64 = 16 << 20;
+/// At most one keyframe request to a source per this interval.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// Unexpected exits tolerated in `RESTART_WINDOW` before the session is marked failed.
+const MAX_RESTARTS: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// Grace for `stop` then SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+
+/// What viewers can read right now.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// No transcoder running (no viewers yet, or idle).
+    Idle,
+    /// Started, not ready yet.
+    Starting,
+    /// Producing into this ring. A new `generation` means a new source (restart): viewers
+    /// take a new cursor and wait for a keyframe.
+    Ready(Arc<ReadySource>),
+    /// Gave up: the reason, for the API and the viewers.
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub struct ReadySource {
+    pub ring: Ring,
+    pub generation: u64,
+    pub video_track: Option<u8>,
+    pub audio_track: Option<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub duration: Option<f64>,
+}
+
+impl Source {
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            Source::Idle => "idle",
+            Source::Starting => "starting",
+            Source::Ready(_) => "running",
+            Source::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Messages to a session task.
+#[derive(Debug)]
+enum Msg {
+    Join,
+    Leave,
+    KeyframeRequest,
+}
+
+/// A handle on a session, shared by HTTP handlers and its viewers.
+#[derive(Debug)]
+pub struct Session {
+    pub name: String,
+    pub spec: SessionSpec,
+    pub created: SystemTime,
+    tx: mpsc::UnboundedSender<Msg>,
+    source: watch::Receiver<Source>,
+    viewers: AtomicUsize,
+    restarts: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+    pid: AtomicUsize,
+    cancel: CancellationToken,
+}
+
+/// A viewer's place in a session; leaving (drop) is counted and tells the session.
+#[derive(Debug)]
+pub struct ViewerSlot {
+    session: Arc<Session>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ViewerSlot {
+    fn drop(&mut self) {
+        self.session.viewers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.session.tx.send(Msg::Leave);
+    }
+}
+
+impl ViewerSlot {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+}
+
+/// Why a viewer cannot join. Capacity is ours; the HTTP layer picks 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("this session has its maximum of {0} viewers")]
+    SessionFull(usize),
+    #[error("the gateway has its maximum of {0} viewers")]
+    GatewayFull(usize),
+    #[error("the gateway runs its maximum of {0} transcoders")]
+    NoTranscoder(usize),
+    #[error("the session is stopping")]
+    Stopping,
+}
+
+/// What `GET /api/sessions` shows of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    pub name: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub viewers: usize,
+    pub uptime_seconds: u64,
+    pub restarts: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcoder_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    pub spec: SessionSpec,
+}
+
+impl Session {
+    pub fn source(&self) -> watch::Receiver<Source> {
+        self.source.clone()
+    }
+
+    /// Takes a viewer slot within `limits`, and tells the session (which starts its
+    /// transcoder if it is not running).
+    pub fn join(
+        self: &Arc<Self>,
+        limits: &Limits,
+        metrics: &Arc<Metrics>,
+    ) -> Result<ViewerSlot, JoinError> {
+        if self.cancel.is_cancelled() {
+            return Err(JoinError::Stopping);
+        }
+        let running = matches!(&*self.source.borrow(), Source::Starting | Source::Ready(_));
+        if !running && metrics.transcoders.load(Ordering::Relaxed) >= limits.max_transcoders {
+            return Err(JoinError::NoTranscoder(limits.max_transcoders));
+        }
+        if self.viewers.fetch_add(1, Ordering::Relaxed) >= limits.max_viewers_per_session {
+            self.viewers.fetch_sub(1, Ordering::Relaxed);
+            return Err(JoinError::SessionFull(limits.max_viewers_per_session));
+        }
+        if metrics.viewers.fetch_add(1, Ordering::Relaxed) >= limits.max_viewers {
+            metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+            self.viewers.fetch_sub(1, Ordering::Relaxed);
+            return Err(JoinError::GatewayFull(limits.max_viewers));
+        }
+        let _ = self.tx.send(Msg::Join);
+        Ok(ViewerSlot {
+            session: self.clone(),
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// A viewer asks for a keyframe (PLI/FIR, or it just joined).
+    pub fn request_keyframe(&self) {
+        let _ = self.tx.send(Msg::KeyframeRequest);
+    }
+
+    /// Stops the session's task (and transcoder); its viewers see `Failed`.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    pub fn info(&self) -> SessionInfo {
+        let source = self.source.borrow().clone();
+        let (width, height) = match &source {
+            Source::Ready(r) => (Some(r.width), Some(r.height)),
+            _ => (None, None),
+        };
+        let pid = self.pid.load(Ordering::Relaxed);
+        SessionInfo {
+            name: self.name.clone(),
+            kind: "vod",
+            state: source.state_name(),
+            viewers: self.viewers.load(Ordering::Relaxed),
+            uptime_seconds: self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            error: match &source {
+                Source::Failed(reason) => Some(reason.clone()),
+                _ => self.last_error.lock().expect("not poisoned").clone(),
+            },
+            transcoder_pid: (pid != 0).then_some(pid as u32),
+            width,
+            height,
+            spec: self.spec.clone(),
+        }
+    }
+}
+
+/// Settings every session task needs.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub transcoder: PathBuf,
+    pub idle_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a session could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    #[error("a session named {0:?} exists")]
+    Exists(String),
+}
+
+/// All sessions by name.
+#[derive(Debug)]
+pub struct Registry {
+    sessions: Mutex<BTreeMap<String, Arc<Session>>>,
+    runtime: Runtime,
+    cancel: CancellationToken,
+}
+
+impl Registry {
+    pub fn new(runtime: Runtime, cancel: CancellationToken) -> Self {
+        Self {
+            sessions: Mutex::new(BTreeMap::new()),
+            runtime,
+            cancel,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("not poisoned")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Creates a session and its task. The transcoder waits for a viewer.
+    pub fn create(&self, name: String, spec: SessionSpec) -> Result<Arc<Session>, CreateError> {
+        let mut sessions = self.sessions.lock().expect("not poisoned");
+        if sessions.contains_key(&name) {
+            return Err(CreateError::Exists(name));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (source_tx, source) = watch::channel(Source::Idle);
+        let session = Arc::new(Session {
+            name: name.clone(),
+            spec,
+            created: SystemTime::now(),
+            tx,
+            source,
+            viewers: AtomicUsize::new(0),
+            restarts: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            pid: AtomicUsize::new(0),
+            cancel: self.cancel.child_token(),
+        });
+        sessions.insert(name.clone(), session.clone());
+        let task = SessionTask {
+            session: session.clone(),
+            runtime: self.runtime.clone(),
+            rx,
+            source_tx,
+            transcoder: None,
+            generation: 0,
+            viewers: 0,
+            idle_since: None,
+            last_keyframe: None,
+            keyframe_pending: false,
+            exits: VecDeque::new(),
+            position: None,
+        };
+        tokio::spawn(
+            task.run()
+                .instrument(tracing::info_span!("session", session = %name)),
+        );
+        Ok(session)
+    }
+
+    /// Removes and stops a session; its viewers are disconnected by their tasks.
+    pub fn remove(&self, name: &str) -> Option<Arc<Session>> {
+        let s = self.sessions.lock().expect("not poisoned").remove(name)?;
+        s.stop();
+        Some(s)
+    }
+}
+
+struct SessionTask {
+    session: Arc<Session>,
+    runtime: Runtime,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    source_tx: watch::Sender<Source>,
+    transcoder: Option<TranscoderProcess>,
+    generation: u64,
+    /// Viewers as this task counts them (joins minus leaves).
+    viewers: usize,
+    idle_since: Option<tokio::time::Instant>,
+    last_keyframe: Option<Instant>,
+    /// A request arrived within the throttle interval; send it when the interval ends.
+    keyframe_pending: bool,
+    exits: VecDeque<Instant>,
+    /// Last reported media position, seconds: where a restarted transcoder resumes.
+    position: Option<f64>,
+}
+
+impl SessionTask {
+    async fn run(mut self) {
+        loop {
+            let idle_at = self.idle_since.map(|t| t + self.runtime.idle_timeout);
+            let keyframe_at = self
+                .keyframe_pending
+                .then(|| self.last_keyframe.map(|t| t + KEYFRAME_INTERVAL))
+                .flatten()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.on_msg(msg).await,
+                    None => break,
+                },
+                event = next_event(&mut self.transcoder) => match event {
+                    Some(event) => self.on_event(event),
+                    None => self.on_exit().await,
+                },
+                _ = sleep_until(idle_at) => {
+                    tracing::info!(
+                        "no viewers for {:?}: stopping the transcoder",
+                        self.runtime.idle_timeout
+                    );
+                    self.idle_since = None;
+                    self.stop_transcoder().await;
+                    self.source_tx.send_replace(Source::Idle);
+                }
+                _ = sleep_until(keyframe_at) => {
+                    self.keyframe_pending = false;
+                    self.send_keyframe_request().await;
+                }
+                _ = self.session.cancel.cancelled() => break,
+            }
+        }
+        self.stop_transcoder().await;
+        self.source_tx
+            .send_replace(Source::Failed("the session was stopped".into()));
+        tracing::info!("session ended");
+    }
+
+    async fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Join => {
+                self.viewers += 1;
+                self.idle_since = None;
+                if self.transcoder.is_none() {
+                    // A viewer after a failure tries again.
+                    self.exits.clear();
+                    self.start_transcoder();
+                }
+            }
+            Msg::Leave => {
+                self.viewers = self.viewers.saturating_sub(1);
+                if self.viewers == 0 && self.transcoder.is_some() {
+                    self.idle_since = Some(tokio::time::Instant::now());
+                }
+            }
+            Msg::KeyframeRequest => {
+                self.runtime
+                    .metrics
+                    .keyframe_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                let due = self
+                    .last_keyframe
+                    .is_none_or(|t| t.elapsed() >= KEYFRAME_INTERVAL);
+                if due {
+                    self.send_keyframe_request().await;
+                } else {
+                    self.keyframe_pending = true;
+                }
+            }
+        }
+    }
+
+    async fn send_keyframe_request(&mut self) {
+        let Some(t) = &mut self.transcoder else {
+            return;
+        };
+        self.last_keyframe = Some(Instant::now());
+        if t.send(&Command::Keyframe).await.is_ok() {
+            self.runtime
+                .metrics
+                .keyframe_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn start_transcoder(&mut self) {
+        let mut spec = self.session.spec.clone();
+        if let Some(pos) = self.position {
+            // Resume where the previous transcoder was.
+            spec.start = Some(pos);
+        }
+        let args = spec.transcoder_args();
+        match TranscoderProcess::spawn(
+            &self.runtime.transcoder,
+            &args,
+            RING_BYTES,
+            &self.session.name,
+        ) {
+            Ok(t) => {
+                self.session.pid.store(t.pid() as usize, Ordering::Relaxed);
+                self.runtime
+                    .metrics
+                    .transcoders
+                    .fetch_add(1, Ordering::Relaxed);
+                self.transcoder = Some(t);
+                self.source_tx.send_replace(Source::Starting);
+            }
+            Err(e) => {
+                let reason = format!("cannot start the transcoder: {e}");
+                tracing::error!("{reason}");
+                self.fail(reason);
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
+        self.source_tx.send_replace(Source::Failed(reason));
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Ready {
+                tracks,
+                duration,
+                fps,
+                width,
+                height,
+                ..
+            } => {
+                let Some(t) = &self.transcoder else { return };
+                self.generation += 1;
+                let find = |kind: &str| tracks.iter().find(|t| t.kind == kind).map(|t| t.index);
+                tracing::info!(
+                    width,
+                    height,
+                    fps,
+                    generation = self.generation,
+                    "transcoder ready"
+                );
+                self.source_tx
+                    .send_replace(Source::Ready(Arc::new(ReadySource {
+                        ring: t.ring().clone(),
+                        generation: self.generation,
+                        video_track: find("video"),
+                        audio_track: find("audio"),
+                        width,
+                        height,
+                        fps,
+                        duration,
+                    })));
+            }
+            Event::Position { position, .. } | Event::State { position, .. } => {
+                self.position = Some(position);
+            }
+            Event::Error { code, message } => {
+                tracing::warn!(%code, "transcoder error: {message}");
+                *self.session.last_error.lock().expect("not poisoned") =
+                    Some(format!("{code}: {message}"));
+            }
+            Event::Stats { .. } | Event::Unknown => {}
+        }
+    }
+
+    /// The transcoder's stdout closed: it exited without being asked.
+    async fn on_exit(&mut self) {
+        let Some(t) = self.transcoder.take() else {
+            return;
+        };
+        let pid = t.pid();
+        let status = t.stop(STOP_GRACE).await;
+        self.session.pid.store(0, Ordering::Relaxed);
+        self.runtime
+            .metrics
+            .transcoders
+            .fetch_sub(1, Ordering::Relaxed);
+        self.runtime
+            .metrics
+            .transcoder_exits
+            .fetch_add(1, Ordering::Relaxed);
+        let status = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("unknown status ({e})"),
+        };
+        let last_error = self
+            .session
+            .last_error
+            .lock()
+            .expect("not poisoned")
+            .clone();
+        tracing::error!(
+            pid,
+            %status,
+            last_error = last_error.as_deref().unwrap_or("none"),
+            "transcoder exited unexpectedly"
+        );
+        let now = Instant::now();
+        self.exits
+            .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        self.exits.push_back(now);
+        if self.viewers == 0 {
+            self.source_tx.send_replace(Source::Idle);
+            return;
+        }
+        if self.exits.len() > MAX_RESTARTS {
+            let reason = format!(
+                "the transcoder exited {} times within {:?} (last: {status}; {})",
+                self.exits.len(),
+                RESTART_WINDOW,
+                last_error.as_deref().unwrap_or("no error reported")
+            );
+            tracing::error!("{reason}; giving up until a new viewer arrives");
+            self.fail(reason);
+            return;
+        }
+        self.session.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            position = self.position.unwrap_or(0.0),
+            "restarting the transcoder for {} viewers",
+            self.viewers
+        );
+        self.start_transcoder();
+    }
+
+    async fn stop_transcoder(&mut self) {
+        if let Some(t) = self.transcoder.take() {
+            let pid = t.pid();
+            match t.stop(STOP_GRACE).await {
+                Ok(status) => tracing::info!(pid, %status, "transcoder stopped"),
+                Err(e) => tracing::warn!(pid, "stopping the transcoder: {e}"),
+            }
+            self.session.pid.store(0, Ordering::Relaxed);
+            self.runtime
+                .metrics
+                .transcoders
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        self.position = None;
+    }
+}
+
+async fn next_event(t: &mut Option<TranscoderProcess>) -> Option<Event> {
+    match t {
+        Some(t) => t.next_event().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,259 @@
+//! The one UDP port every WebRTC peer shares: sockets, ICE candidates and demultiplexing.
+//!
+//! Owns the sockets bound to `--rtc` (one per local address when bound to a wildcard, so that
+//! each datagram's destination address is known, as ICE needs), the host candidates written
+//! into answers, and the routing of datagrams to peers: a STUN request by the local ICE ufrag in
+//! its USERNAME (RFC 8445 §7.2.2), everything else by the remote address the peer's STUN
+//! came from. Garbage is dropped and counted. It does not interpret media (peers do).
+//!
+//! The routing table is shared by the receive tasks and the peers that register in it, behind
+//! a mutex held only for a map lookup or update, never across an await.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use str0m::ice::StunMessage;
+use str0m::net::DatagramRecv;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// A datagram for a peer, with the local address it arrived on (as a candidate address).
+#[derive(Debug)]
+pub struct Datagram {
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+/// Why the RTC port could not be opened. The operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("binding UDP {addr}: {source} (is another process using the port? see --rtc)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("listing local addresses for {0}: {1}")]
+    Interfaces(SocketAddr, std::io::Error),
+    #[error("no usable local address for {0}; give --rtc with a specific address")]
+    NoAddress(SocketAddr),
+}
+
+/// The bound sockets and what peers need to use them.
+#[derive(Debug)]
+pub struct RtcPort {
+    sockets: Vec<Arc<UdpSocket>>,
+    /// `(candidate address, socket index)`: the addresses written into answers.
+    candidates: Vec<(SocketAddr, usize)>,
+    routes: Mutex<Routes>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Routes {
+    by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
+    by_addr: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
+}
+
+impl RtcPort {
+    /// Binds `addr`. A wildcard address binds each local address of the machine on the port
+    /// (the port of the first socket when 0). `public_ips`, when given, replace the bound
+    /// addresses in candidates (1:1 NAT, containers).
+    pub async fn bind(
+        addr: SocketAddr,
+        public_ips: &[IpAddr],
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, BindError> {
+        let locals: Vec<IpAddr> = if addr.ip().is_unspecified() {
+            let want_v4 = addr.is_ipv4();
+            let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+                .map_err(|e| BindError::Interfaces(addr, e))?
+                .into_iter()
+                .map(|i| i.ip())
+                .filter(|ip| ip.is_ipv4() == want_v4 && !is_link_local(ip))
+                .collect();
+            ips.sort_by_key(|ip| ip.is_loopback());
+            ips.dedup();
+            ips
+        } else {
+            vec![addr.ip()]
+        };
+        if locals.is_empty() {
+            return Err(BindError::NoAddress(addr));
+        }
+        let mut port = addr.port();
+        let mut sockets = Vec::new();
+        for ip in &locals {
+            let at = SocketAddr::new(*ip, port);
+            let socket = UdpSocket::bind(at)
+                .await
+                .map_err(|source| BindError::Bind { addr: at, source })?;
+            port = socket
+                .local_addr()
+                .map_err(|source| BindError::Bind { addr: at, source })?
+                .port();
+            sockets.push(Arc::new(socket));
+        }
+        let candidates = if public_ips.is_empty() {
+            locals
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| (SocketAddr::new(*ip, port), i))
+                .collect()
+        } else {
+            public_ips
+                .iter()
+                .map(|ip| (SocketAddr::new(*ip, port), 0))
+                .collect()
+        };
+        Ok(Arc::new(Self {
+            sockets,
+            candidates,
+            routes: Mutex::new(Routes::default()),
+            metrics,
+        }))
+    }
+
+    /// The addresses to write into answers as host candidates.
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        self.candidates.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// The port every socket is bound to.
+    pub fn port(&self) -> u16 {
+        self.candidates[0].0.port()
+    }
+
+    /// Starts one receive task per socket.
+    pub fn spawn_receivers(self: &Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        for index in 0..self.sockets.len() {
+            let port = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = port.receive_loop(index) => {}
+                    _ = cancel.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn receive_loop(&self, index: usize) {
+        let socket = &self.sockets[index];
+        let local = socket.local_addr().expect("a bound socket has an address");
+        // The candidate address datagrams on this socket count as arriving at.
+        let destination = self
+            .candidates
+            .iter()
+            .find(|(_, i)| *i == index)
+            .or(self.candidates.first())
+            .map(|(a, _)| *a)
+            .unwrap_or(local);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let (n, source) = match socket.recv_from(&mut buf).await {
+                Ok(v) => v,
+                Err(e) => {
+                    // ICMP errors from a peer that went away surface here; they are not ours.
+                    tracing::debug!(%local, "udp receive: {e}");
+                    continue;
+                }
+            };
+            let data = &buf[..n];
+            self.metrics.udp_in.fetch_add(1, Ordering::Relaxed);
+            if DatagramRecv::try_from(data).is_err() {
+                self.metrics.udp_garbage.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(peer) = self.route(source, data) else {
+                self.metrics.udp_unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let dg = Datagram {
+                source,
+                destination,
+                data: data.to_vec(),
+            };
+            if peer.try_send(dg).is_err() {
+                // The peer is gone or too far behind to keep up; UDP may drop.
+                self.metrics.udp_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
+        let stun_ufrag = StunMessage::parse(data)
+            .ok()
+            .filter(|m| m.is_binding_request())
+            .and_then(|m| m.split_username().map(|(local, _)| local.to_string()));
+        let mut routes = self.routes.lock().expect("routes lock is never poisoned");
+        if let Some(ufrag) = stun_ufrag {
+            let peer = routes.by_ufrag.get(&ufrag)?.clone();
+            if peer.is_closed() {
+                routes.by_ufrag.remove(&ufrag);
+                return None;
+            }
+            // Remember where this peer talks from, for its DTLS and SRTP.
+            routes.by_addr.insert(source, peer.clone());
+            return Some(peer);
+        }
+        let peer = routes.by_addr.get(&source)?;
+        if peer.is_closed() {
+            routes.by_addr.remove(&source);
+            return None;
+        }
+        Some(peer.clone())
+    }
+
+    /// Routes STUN for `ufrag` (a peer's local ICE ufrag) to `peer`.
+    pub fn register(&self, ufrag: &str, peer: mpsc::Sender<Datagram>) {
+        let mut routes = self.routes.lock().expect("routes lock is never poisoned");
+        routes.by_ufrag.insert(ufrag.to_string(), peer);
+    }
+
+    /// Forgets a peer's ufrag and every address routed to it.
+    pub fn unregister(&self, ufrag: &str, peer: &mpsc::Sender<Datagram>) {
+        let mut routes = self.routes.lock().expect("routes lock is never poisoned");
+        routes.by_ufrag.remove(ufrag);
+        routes.by_addr.retain(|_, p| !p.same_channel(peer));
+    }
+
+    /// Sends from the socket that the candidate `source` stands for.
+    pub fn send(&self, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        let index = self
+            .candidates
+            .iter()
+            .find(|(a, _)| *a == source)
+            .map(|(_, i)| *i)
+            .unwrap_or(0);
+        match self.sockets[index].try_send_to(data, destination) {
+            Ok(_) => {
+                self.metrics.udp_out.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .bytes_out
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics.udp_send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::trace!(%destination, "udp send: {e}");
+            }
+        }
+    }
+
+    /// How many routes exist (for tests and metrics).
+    pub fn route_count(&self) -> (usize, usize) {
+        let routes = self.routes.lock().expect("routes lock is never poisoned");
+        (routes.by_ufrag.len(), routes.by_addr.len())
+    }
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}

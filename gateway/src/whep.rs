@@ -1,0 +1,244 @@
+//! WHEP (draft-ietf-wish-whep): the endpoint `POST /whep/{session}` that answers a viewer's
+//! offer and creates its resource, and the resource's PATCH (trickle ICE, ICE restart) and
+//! DELETE.
+//!
+//! Owns the request-level rules (content types, entity-tags, headers of the 201) and the
+//! registry of live resources. The offer policy is `offer.rs`'s, the peer is `peer.rs`'s, and
+//! statuses come from `http::ApiError`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Scope;
+use crate::http::{
+    ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
+};
+use crate::offer::{Fragment, Offer, Served};
+use crate::peer::{OnEnd, Patched, Peer, PeerMsg, answer, new_etag};
+
+const SDP: &str = "application/sdp";
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+
+/// A live WHEP resource.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub session: String,
+    pub tx: mpsc::Sender<PeerMsg>,
+}
+
+/// All live resources by id.
+#[derive(Debug, Default)]
+pub struct Resources {
+    map: Mutex<HashMap<String, Resource>>,
+}
+
+impl Resources {
+    pub fn get(&self, id: &str) -> Option<Resource> {
+        self.map.lock().expect("not poisoned").get(id).cloned()
+    }
+
+    fn insert(&self, id: String, r: Resource) {
+        self.map.lock().expect("not poisoned").insert(id, r);
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Resource> {
+        self.map.lock().expect("not poisoned").remove(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks every peer to close (shutdown).
+    pub fn close_all(&self) {
+        for r in self.map.lock().expect("not poisoned").values() {
+            let _ = r.tx.try_send(PeerMsg::Close);
+        }
+    }
+}
+
+/// `GET`/`HEAD /whep/{session}`: 200, no content, `Content-Type: application/sdp`
+/// (draft-ietf-wish-whep §4.1, §4.2). 404 for an unknown session.
+pub async fn endpoint_get(State(s): State<Shared>, Path(session): Path<String>) -> Response {
+    if s.sessions.get(&session).is_none() {
+        return ApiError::NotFound(format!("no session named {session:?}")).into_response();
+    }
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    resp
+}
+
+/// `GET`/`HEAD` on a resource: 200, no content (RFC 9725 §4.1).
+pub async fn resource_get(
+    State(s): State<Shared>,
+    Path((session, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    match s.resources.get(&id) {
+        Some(r) if r.session == session => Ok(StatusCode::OK),
+        _ => Err(ApiError::NotFound("no such WHEP resource".into())),
+    }
+}
+
+/// `POST /whep/{session}`: answer the offer, 201 with the answer and the resource's URL.
+pub async fn post(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if s.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    let session = s
+        .sessions
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+    let grant = authorize(&s, &headers, &name, Scope::View)?;
+    require_type(&headers, SDP)?;
+    let offer = Offer::parse(&body)?;
+    let codec = session.spec.codec();
+    let plan = offer.plan_whep(Served {
+        video: codec,
+        audio: true,
+    })?;
+    let slot = session.join(&s.config.limits, &s.metrics)?;
+    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
+    let id = random_id();
+    let etag = new_etag();
+    let (tx, inbox) = mpsc::channel(8);
+    s.resources.insert(
+        id.clone(),
+        Resource {
+            session: name.clone(),
+            tx,
+        },
+    );
+    s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
+    let state = s.clone();
+    let end_id = id.clone();
+    Peer {
+        id: id.clone(),
+        rtc: answered.rtc,
+        offer,
+        ufrag: answered.ufrag,
+        tracks: answered.tracks,
+        etag: etag.clone(),
+        slot,
+        port: s.port.clone(),
+        metrics: s.metrics.clone(),
+        inbox,
+        on_end: OnEnd(Box::new(move || {
+            state.resources.remove(&end_id);
+        })),
+    }
+    .spawn();
+    tracing::info!(
+        session = %name,
+        resource = %id,
+        sub = grant.sub.as_deref().unwrap_or("-"),
+        "viewer created"
+    );
+    let location = format!("{}/whep/{name}/{id}", base_url(&headers, s.config.http));
+    let mut resp = (StatusCode::CREATED, answered.answer).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("host was checked to be header-safe"),
+    );
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex is header-safe"),
+    );
+    h.insert(
+        HeaderName::from_static("accept-patch"),
+        HeaderValue::from_static(TRICKLE),
+    );
+    for link in ice_server_links(&s.config.ice_servers, grant.sub.as_deref()) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.append(header::LINK, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `PATCH` a resource: trickle → 204; ICE restart → 200 with a fragment and a new ETag
+/// (RFC 9725 §4.3, draft-ietf-wish-whep §4.5).
+pub async fn patch(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let resource = match s.resources.get(&id) {
+        Some(r) if r.session == name => r,
+        _ => return Err(ApiError::NotFound("no such WHEP resource".into())),
+    };
+    authorize(&s, &headers, &name, Scope::View)?;
+    require_type(&headers, TRICKLE)?;
+    let fragment = Fragment::parse(&body)?;
+    // Common browser clients omit If-Match on trickle PATCHes; the issue asks us to accept
+    // them (CHECKLIST item 27 would answer 428).
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
+    let (reply, rx) = oneshot::channel();
+    resource
+        .tx
+        .send(PeerMsg::Patch {
+            fragment,
+            if_match,
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::NotFound("the WHEP resource has ended".into()))?;
+    let patched = rx
+        .await
+        .map_err(|_| ApiError::NotFound("the WHEP resource has ended".into()))??;
+    Ok(match patched {
+        Patched::Trickled => StatusCode::NO_CONTENT.into_response(),
+        Patched::Restarted { fragment, etag } => {
+            let mut resp = (StatusCode::OK, fragment).into_response();
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(TRICKLE));
+            h.insert(
+                header::ETAG,
+                HeaderValue::from_str(&etag).expect("hex is header-safe"),
+            );
+            resp
+        }
+    })
+}
+
+/// `DELETE` a resource: 200, and the viewer's peer is closed (RFC 9725 §4.2: OBS wants 200).
+/// Entity-tags are ignored (RFC 9725 §4.3.1).
+pub async fn delete(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    match s.resources.get(&id) {
+        Some(r) if r.session == name => {}
+        _ => return Err(ApiError::NotFound("no such WHEP resource".into())),
+    };
+    authorize(&s, &headers, &name, Scope::View)?;
+    if let Some(r) = s.resources.remove(&id) {
+        let _ = r.tx.try_send(PeerMsg::Close);
+        tracing::info!(session = %name, resource = %id, "viewer deleted");
+    }
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,214 @@
+//! `whep-client`: watch a WHEP session (`play`) or load a server with many viewers (`load`).
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::sync::Mutex;
+use whep_client::{Options, Summary, watch};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "A WHEP client: play a session, or load a server with viewers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Watch one session; exit 0 once --frames complete video frames arrived.
+    Play {
+        /// WHEP endpoint URL, e.g. http://127.0.0.1:8080/whep/demo
+        url: String,
+        /// Bearer token (JWT).
+        #[arg(long, env = "WHEP_TOKEN")]
+        token: Option<String>,
+        /// Complete video frames to wait for.
+        #[arg(long, default_value_t = 60)]
+        frames: u64,
+        /// Seconds to wait for them.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// Print the summary as JSON (last line of stdout).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Many viewers in one process, ramped up, for a fixed time.
+    Load {
+        url: String,
+        #[arg(long, env = "WHEP_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        viewers: usize,
+        /// Seconds each viewer watches.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// New viewers per second while ramping up.
+        #[arg(long, default_value_t = 20.0)]
+        ramp: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WHEP_CLIENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    match Cli::parse().command {
+        Cmd::Play {
+            url,
+            token,
+            frames,
+            timeout,
+            json,
+        } => runtime.block_on(play(url, token, frames, timeout, json)),
+        Cmd::Load {
+            url,
+            token,
+            viewers,
+            duration,
+            ramp,
+            json,
+        } => runtime.block_on(load(url, token, viewers, duration, ramp, json)),
+    }
+}
+
+async fn play(
+    url: String,
+    token: Option<String>,
+    frames: u64,
+    timeout: u64,
+    json: bool,
+) -> ExitCode {
+    let http = reqwest::Client::new();
+    let opts = Options {
+        url,
+        token,
+        frames: Some(frames),
+        timeout: Duration::from_secs(timeout),
+        duration: None,
+        rtp_only: false,
+    };
+    let result = watch(&http, &opts, |s| {
+        eprintln!(
+            "{:5.1} s: {} video frames, {} audio packets{}",
+            s.seconds,
+            s.video_frames,
+            s.audio_packets,
+            match (s.width, s.height) {
+                (Some(w), Some(h)) => format!(", {w}x{h}"),
+                _ => String::new(),
+            }
+        );
+    })
+    .await;
+    match result {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string(&s).expect("summary serializes"));
+            } else {
+                println!(
+                    "{} video frames ({}, {}x{}), {} audio packets; first frame after {} ms",
+                    s.video_frames,
+                    s.codec.as_deref().unwrap_or("?"),
+                    s.width.unwrap_or(0),
+                    s.height.unwrap_or(0),
+                    s.audio_packets,
+                    s.first_frame_ms.unwrap_or(0)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("whep-client: {e}");
+            if json {
+                println!("{}", json!({"error": e.to_string()}));
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn load(
+    url: String,
+    token: Option<String>,
+    viewers: usize,
+    duration: u64,
+    ramp: f64,
+    json: bool,
+) -> ExitCode {
+    let http = reqwest::Client::new();
+    let results: Arc<Mutex<Vec<Result<Summary, String>>>> = Arc::default();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let gap = Duration::from_secs_f64(1.0 / ramp.max(0.1));
+    for i in 0..viewers {
+        let opts = Options {
+            url: url.clone(),
+            token: token.clone(),
+            frames: None,
+            timeout: Duration::from_secs(duration),
+            duration: Some(Duration::from_secs(duration)),
+            rtp_only: true,
+        };
+        let http = http.clone();
+        let results = results.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = watch(&http, &opts, |_| {}).await.map_err(|e| e.to_string());
+            results.lock().await.push(r);
+        }));
+        if i + 1 < viewers {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let results = results.lock().await;
+    let ok: Vec<&Summary> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let fps: Vec<f64> = ok
+        .iter()
+        .map(|s| s.video_frames as f64 / s.seconds.max(0.001))
+        .collect();
+    let media: Vec<&&Summary> = ok.iter().filter(|s| s.video_frames > 0).collect();
+    let summary = json!({
+        "viewers": viewers,
+        "connected": ok.iter().filter(|s| s.connected_ms.is_some()).count(),
+        "with_video": media.len(),
+        "failed": errors.len(),
+        "errors": errors.iter().take(5).collect::<Vec<_>>(),
+        "video_packets": ok.iter().map(|s| s.video_packets).sum::<u64>(),
+        "audio_packets": ok.iter().map(|s| s.audio_packets).sum::<u64>(),
+        "lost_packets": ok.iter().map(|s| s.lost_packets).sum::<u64>(),
+        "fps_min": fps.iter().cloned().fold(f64::INFINITY, f64::min).min(1e9),
+        "fps_mean": if fps.is_empty() { 0.0 } else { fps.iter().sum::<f64>() / fps.len() as f64 },
+        "first_frame_ms_max": ok.iter().filter_map(|s| s.first_frame_ms).max(),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    if json {
+        println!("{summary}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
+    }
+    if errors.is_empty() && media.len() == viewers {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
