@@ -1,0 +1,750 @@
+//! The HTTP surface through `tower::ServiceExt::oneshot` (no HTTP socket): WHEP POST, PATCH,
+//! DELETE, OPTIONS, GET/HEAD, auth, errors as problem+json, the session API, capacity, pages
+//! and metrics. Statuses, headers and answer SDP are what is asserted, as a WHEP client or a
+//! browser would read them.
+//!
+//! The transcoder here is a stand-in that never produces media (media is tested end to end in
+//! `e2e.rs`): the answer must not wait for it.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::http::{Method, Request, Response, StatusCode};
+use tower::ServiceExt;
+use wisp::auth::{Claims, Minter, now_secs};
+use wisp::config::{Config, Overrides};
+use wisp::http::app;
+use wisp::serve::Gateway;
+
+const SECRET: &str = "an-hs256-test-secret-of-at-least-32-bytes";
+
+struct Fixture {
+    gateway: Gateway,
+    minter: Minter,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn fixture(toml: &str) -> Fixture {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wisp-http-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("  {SECRET}\n")).unwrap();
+    // A transcoder that produces nothing and exits when its stdin closes.
+    let fake = dir.join("fake-transcoder");
+    std::fs::write(&fake, "#!/bin/sh\nwhile read -r _; do :; done\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config_file = dir.join("wisp.toml");
+    std::fs::write(&config_file, toml).unwrap();
+    let config = Config::resolve(
+        Overrides {
+            http: Some("127.0.0.1:0".parse().unwrap()),
+            rtc: Some("127.0.0.1:0".parse().unwrap()),
+            jwt_secret_file: Some(secret),
+            transcoder: Some(fake),
+            state_dir: Some(dir.join("state")),
+            ..Overrides::default()
+        },
+        Some(&config_file),
+    )
+    .expect("config");
+    let gateway = Gateway::start(config).await.expect("gateway starts");
+    Fixture {
+        gateway,
+        minter: Minter::hs256(SECRET.as_bytes()).unwrap(),
+        _dir: TempDir(dir),
+    }
+}
+
+impl Fixture {
+    fn token(&self, sessions: &[&str], scope: &str) -> String {
+        self.minter.mint(&Claims {
+            exp: now_secs() + 600,
+            nbf: None,
+            iat: None,
+            iss: None,
+            aud: None,
+            sub: Some("test".into()),
+            sessions: sessions.iter().map(|s| s.to_string()).collect(),
+            scope: scope.into(),
+        })
+    }
+
+    async fn send(&self, req: Request<Body>) -> (Response<Body>, String) {
+        let resp = app(self.gateway.state.clone()).oneshot(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        (
+            Response::from_parts(parts, Body::empty()),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        ctype: &str,
+        body: &str,
+    ) -> (Response<Body>, String) {
+        let mut b = Request::post(path).header("host", "wisp.test:8080");
+        if !ctype.is_empty() {
+            b = b.header("content-type", ctype);
+        }
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        self.send(b.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    /// A created viewer: (resource path, etag, answer).
+    async fn viewer(&self, offer: &str) -> (String, String, String) {
+        let t = self.token(&["demo"], "view");
+        let (resp, body) = self
+            .post("/whep/demo", Some(&t), "application/sdp", offer)
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{body}");
+        let loc = header(&resp, "location");
+        let path = loc
+            .strip_prefix("http://wisp.test:8080")
+            .expect("absolute")
+            .to_string();
+        (path, header(&resp, "etag"), body)
+    }
+
+    async fn patch(
+        &self,
+        path: &str,
+        if_match: Option<&str>,
+        ctype: &str,
+        body: &str,
+    ) -> (Response<Body>, String) {
+        let t = self.token(&["demo"], "view");
+        let mut b = Request::patch(path)
+            .header("content-type", ctype)
+            .header("authorization", format!("Bearer {t}"));
+        if let Some(m) = if_match {
+            b = b.header("if-match", m);
+        }
+        self.send(b.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+
+    async fn delete(&self, path: &str, if_match: Option<&str>) -> StatusCode {
+        let t = self.token(&["demo"], "view");
+        let mut b = Request::delete(path).header("authorization", format!("Bearer {t}"));
+        if let Some(m) = if_match {
+            b = b.header("if-match", m);
+        }
+        self.send(b.body(Body::empty()).unwrap()).await.0.status()
+    }
+}
+
+fn header(resp: &Response<Body>, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// Asserts an RFC 9457 problem with the response's status.
+fn assert_problem(resp: &Response<Body>, body: &str, status: StatusCode) -> String {
+    assert_eq!(resp.status(), status, "{body}");
+    assert_eq!(header(resp, "content-type"), "application/problem+json");
+    let v: serde_json::Value = serde_json::from_str(body).expect("problem JSON");
+    assert_eq!(v["status"], status.as_u16());
+    v["detail"].as_str().unwrap().to_string()
+}
+
+/// A browser-shaped WHEP offer (Chromium: recvonly video then audio, BUNDLE, rtcp-mux).
+fn offer(setup: &str) -> String {
+    let fp = "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    let common = format!(
+        "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Ab12\r\n\
+         a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\na=fingerprint:{fp}\r\n\
+         a=setup:{setup}\r\n"
+    );
+    format!(
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+         a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103\r\n{common}a=mid:0\r\na=recvonly\r\n\
+         a=rtcp-mux\r\na=rtcp-rsize\r\na=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 nack\r\n\
+         a=rtcp-fb:96 nack pli\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+         a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n\
+         a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+         a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n{common}a=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
+         a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+    )
+}
+
+/// The answer's lines of each media section.
+fn sections(answer: &str) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    for line in answer.lines() {
+        if line.starts_with("m=") {
+            out.push(Vec::new());
+        }
+        if let Some(s) = out.last_mut() {
+            s.push(line);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_offer_gets_a_whep_answer_with_the_resource_url_and_etag() {
+    let f = fixture("").await;
+    let t = f.token(&["demo"], "view");
+    let (resp, answer) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &offer("actpass"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    assert_eq!(header(&resp, "content-type"), "application/sdp");
+    let loc = header(&resp, "location");
+    let id = loc
+        .strip_prefix("http://wisp.test:8080/whep/demo/")
+        .expect("absolute Location under the endpoint");
+    assert!(
+        id.len() >= 31 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}: 122+ random bits"
+    );
+    let etag = header(&resp, "etag");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+        "strong: {etag}"
+    );
+    assert_eq!(header(&resp, "access-control-allow-origin"), "*");
+    assert!(header(&resp, "access-control-expose-headers").contains("Location"));
+    assert!(
+        resp.headers().get("link").is_none(),
+        "no ICE servers unless configured"
+    );
+
+    assert!(answer.starts_with("v=0"));
+    assert!(answer.contains("a=group:BUNDLE 0 1"), "{answer}");
+    assert!(answer.contains("a=ice-lite"));
+    let secs = sections(&answer);
+    assert_eq!(secs.len(), 2, "one answer section per offered one");
+    let mut streams = Vec::new();
+    for (i, s) in secs.iter().enumerate() {
+        assert!(s.contains(&format!("a=mid:{i}").as_str()), "{s:?}");
+        assert!(s.contains(&"a=sendonly"), "{s:?}");
+        assert!(s.contains(&"a=rtcp-mux"), "{s:?}");
+        assert!(
+            s.contains(&"a=setup:passive"),
+            "actpass offer → passive: {s:?}"
+        );
+        assert!(!s.contains(&"a=bundle-only"));
+        let msid = s
+            .iter()
+            .find_map(|l| l.strip_prefix("a=msid:"))
+            .expect("msid");
+        streams.push(msid.split(' ').next().unwrap().to_string());
+    }
+    assert_eq!(streams[0], streams[1], "one msid stream for all sections");
+    assert!(
+        secs[0][0].starts_with("m=video 9 UDP/TLS/RTP/SAVPF 102"),
+        "{:?}",
+        secs[0]
+    );
+    assert!(answer.contains("profile-level-id=42e01f") && answer.contains("packetization-mode=1"));
+    assert!(
+        answer.contains("a=rtpmap:103 rtx/90000"),
+        "RTX is negotiated for NACKs"
+    );
+    assert!(secs[1][0].starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 111"));
+    let cands: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    assert_eq!(cands.len(), 1, "{answer}");
+    let port = f.gateway.state.port.port();
+    assert!(
+        cands[0].contains(&format!("127.0.0.1 {port} typ host")),
+        "{}",
+        cands[0]
+    );
+    assert!(answer.contains("a=end-of-candidates"));
+}
+
+#[tokio::test]
+async fn dtls_roles_follow_the_offer() {
+    let f = fixture("").await;
+    let (_, _, answer) = f.viewer(&offer("active")).await;
+    assert!(answer.contains("a=setup:passive") && !answer.contains("a=setup:active"));
+    let (_, _, answer) = f.viewer(&offer("passive")).await;
+    assert!(
+        answer.contains("a=setup:active"),
+        "passive offer → we are the DTLS client"
+    );
+}
+
+#[tokio::test]
+async fn auth_failures_are_401_or_403_with_bearer_challenges() {
+    let f = fixture("").await;
+    let o = offer("actpass");
+    let (resp, body) = f.post("/whep/demo", None, "application/sdp", &o).await;
+    assert!(assert_problem(&resp, &body, StatusCode::UNAUTHORIZED).contains("wisp token"));
+    assert!(header(&resp, "www-authenticate").starts_with("Bearer"));
+
+    let (resp, body) = f
+        .post("/whep/demo", Some("not.a.jwt"), "application/sdp", &o)
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNAUTHORIZED);
+    assert!(header(&resp, "www-authenticate").contains("error=\"invalid_token\""));
+
+    let other = Minter::hs256(b"another-secret-another-secret-another-secret").unwrap();
+    let forged = other.mint(&Claims {
+        exp: now_secs() + 60,
+        nbf: None,
+        iat: None,
+        iss: None,
+        aud: None,
+        sub: None,
+        sessions: vec!["*".into()],
+        scope: "view".into(),
+    });
+    let (resp, body) = f
+        .post("/whep/demo", Some(&forged), "application/sdp", &o)
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNAUTHORIZED);
+
+    let wrong_session = f.token(&["other"], "view");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&wrong_session), "application/sdp", &o)
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::FORBIDDEN).contains("demo"));
+    let no_view = f.token(&["demo"], "playback chat");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&no_view), "application/sdp", &o)
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::FORBIDDEN).contains("view"));
+    assert!(header(&resp, "www-authenticate").contains("insufficient_scope"));
+
+    let star = f.token(&["*"], "view");
+    let (resp, _) = f
+        .post("/whep/demo", Some(&star), "application/sdp", &o)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn client_mistakes_get_the_right_4xx_never_500() {
+    let f = fixture("").await;
+    let t = f.token(&["*"], "view");
+    let o = offer("actpass");
+    let (resp, body) = f.post("/whep/demo", Some(&t), "text/plain", &o).await;
+    assert_problem(&resp, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(header(&resp, "accept-post"), "application/sdp");
+    let (resp, body) = f.post("/whep/demo", Some(&t), "", &o).await;
+    assert_problem(&resp, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    for ct in ["application/sdp; charset=utf-8", "Application/SDP"] {
+        let (resp, body) = f.post("/whep/demo", Some(&t), ct, &o).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{ct}: {body}");
+    }
+    for bad in [
+        "hello",
+        "",
+        "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\n",
+    ] {
+        let (resp, body) = f.post("/whep/demo", Some(&t), "application/sdp", bad).await;
+        assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+    }
+    // No fingerprint: str0m refuses it, and that is the client's mistake.
+    let no_fp: String = o
+        .lines()
+        .filter(|l| !l.starts_with("a=fingerprint"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &no_fp)
+        .await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+    // Nothing in common: H.264 only in packetization mode 0, no VP8.
+    let unusable = o
+        .replace("packetization-mode=1", "packetization-mode=0")
+        .replace("VP8/90000", "FOO/90000");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &unusable)
+        .await;
+    let detail = assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        detail.contains("H264") && detail.contains("packetization-mode=1"),
+        "{detail}"
+    );
+    let sendonly = o.replace("a=recvonly", "a=sendonly");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &sendonly)
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    let (resp, body) = f.post("/whep/nope", Some(&t), "application/sdp", &o).await;
+    assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+    let (resp, body) = f
+        .send(Request::get("/no/such/path").body(Body::empty()).unwrap())
+        .await;
+    assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_data_channel_section_is_accepted() {
+    let f = fixture("").await;
+    let o = offer("actpass").replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2")
+        + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n\
+           a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+           a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+           a=setup:actpass\r\na=mid:2\r\na=sctp-port:5000\r\na=max-message-size:262144\r\n";
+    let (_, _, answer) = f.viewer(&o).await;
+    assert!(
+        answer.contains("m=application 9 UDP/DTLS/SCTP webrtc-datachannel"),
+        "{answer}"
+    );
+    assert!(answer.contains("a=group:BUNDLE 0 1 2"));
+}
+
+#[tokio::test]
+async fn trickle_restart_and_etags() {
+    let f = fixture("").await;
+    let (path, etag, answer) = f.viewer(&offer("actpass")).await;
+    let old_ufrag = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .unwrap();
+    let frag = "a=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+                a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+                a=candidate:1 1 udp 2122260223 192.0.2.1 61764 typ host\r\n\
+                a=candidate:2 1 tcp 1518280447 192.0.2.1 9 typ host tcptype active\r\n\
+                a=candidate:3 1 udp 2122260223 abcd.local 5000 typ host\r\n\
+                a=end-of-candidates\r\n";
+    let trickle = "application/trickle-ice-sdpfrag";
+    let (resp, body) = f.patch(&path, Some(&etag), trickle, frag).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{body}");
+    assert!(body.is_empty() && resp.headers().get("etag").is_none());
+    let (resp, _) = f.patch(&path, None, trickle, frag).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NO_CONTENT,
+        "browser clients omit If-Match"
+    );
+    let (resp, body) = f.patch(&path, Some("\"stale\""), trickle, frag).await;
+    assert_problem(&resp, &body, StatusCode::PRECONDITION_FAILED);
+    let (resp, body) = f.patch(&path, Some(&etag), "application/sdp", frag).await;
+    assert_problem(&resp, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(header(&resp, "accept-patch"), trickle);
+    let (resp, body) = f.patch(&path, Some(&etag), trickle, "garbage").await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+
+    // A restart with an unusable password fails and keeps the session.
+    let bad = "a=ice-ufrag:NEW1\r\na=ice-pwd:abc\r\n";
+    let (resp, body) = f.patch(&path, Some("*"), trickle, bad).await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+
+    let restart = "a=ice-options:trickle ice2\r\na=group:BUNDLE 0 1\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=ice-ufrag:NEW1\r\n\
+                   a=ice-pwd:NEWPASSWORD0123456789ab\r\n";
+    let (resp, body) = f.patch(&path, Some("*"), trickle, restart).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{body}");
+    assert_eq!(header(&resp, "content-type"), trickle);
+    let new_etag = header(&resp, "etag");
+    assert!(new_etag.starts_with('"') && new_etag != etag);
+    let ufrag = body
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect(&body);
+    assert_ne!(ufrag, old_ufrag);
+    assert!(body.lines().any(|l| l.starts_with("a=ice-pwd:")));
+    assert!(
+        body.contains("a=ice-lite"),
+        "restart body repeats ice-lite: {body}"
+    );
+    assert!(
+        body.lines().any(|l| l.starts_with("a=candidate:")),
+        "{body}"
+    );
+    let (resp, _) = f.patch(&path, Some(&etag), trickle, frag).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::PRECONDITION_FAILED,
+        "the old ETag is stale now"
+    );
+    let newfrag = frag
+        .replace("Ab12", "NEW1")
+        .replace("abcdefghijklmnopqrstuvwx", "NEWPASSWORD0123456789ab");
+    let (resp, _) = f.patch(&path, Some(&new_etag), trickle, &newfrag).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    assert_eq!(
+        f.delete(&path, Some("\"bogus\"")).await,
+        StatusCode::OK,
+        "DELETE ignores ETags"
+    );
+    assert_eq!(f.delete(&path, None).await, StatusCode::NOT_FOUND);
+    let (resp, _) = f.patch(&path, None, trickle, frag).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let unknown = "/whep/demo/0123456789abcdef0123456789abcdef";
+    assert_eq!(f.delete(unknown, None).await, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn options_get_and_head_need_no_auth_and_return_no_content() {
+    let f = fixture("").await;
+    let req = Request::builder()
+        .method(Method::OPTIONS)
+        .uri("/whep/demo")
+        .header("origin", "https://a.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (resp, body) = f.send(req).await;
+    assert!(resp.status().is_success() && body.is_empty());
+    assert_eq!(header(&resp, "access-control-allow-origin"), "*");
+    assert!(header(&resp, "access-control-allow-methods").contains("POST"));
+    let allow = header(&resp, "access-control-allow-headers").to_ascii_lowercase();
+    assert!(
+        allow.contains("authorization")
+            && allow.contains("content-type")
+            && allow.contains("if-match")
+    );
+    assert_eq!(header(&resp, "accept-post"), "application/sdp");
+    assert!(
+        resp.headers().get("link").is_none(),
+        "no ICE servers on a preflight"
+    );
+
+    let (path, _, _) = f.viewer(&offer("actpass")).await;
+    let req = Request::builder()
+        .method(Method::OPTIONS)
+        .uri(&path)
+        .header("origin", "https://a.example")
+        .header("access-control-request-method", "DELETE")
+        .body(Body::empty())
+        .unwrap();
+    let (resp, _) = f.send(req).await;
+    assert!(resp.status().is_success());
+    let methods = header(&resp, "access-control-allow-methods");
+    assert!(methods.contains("PATCH") && methods.contains("DELETE"));
+
+    for (method, uri) in [
+        (Method::GET, "/whep/demo"),
+        (Method::HEAD, "/whep/demo"),
+        (Method::GET, path.as_str()),
+        (Method::HEAD, path.as_str()),
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let (resp, body) = f.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{method} {uri}");
+        assert!(body.is_empty(), "{method} {uri}: no content");
+    }
+    let req = Request::head("/whep/demo").body(Body::empty()).unwrap();
+    let (resp, _) = f.send(req).await;
+    assert_eq!(header(&resp, "content-type"), "application/sdp");
+}
+
+#[tokio::test]
+async fn configured_ice_servers_and_origins_show_in_headers() {
+    let f = fixture(
+        r#"
+        cors_origins = ["https://player.example"]
+        [[ice_servers]]
+        urls = ["stun:stun.example.net:3478"]
+        [[ice_servers]]
+        urls = ["turn:turn.example.net:3478?transport=udp"]
+        rest_secret = "turn-shared-secret"
+        rest_ttl = 600
+        "#,
+    )
+    .await;
+    let t = f.token(&["demo"], "view");
+    let req = Request::post("/whep/demo")
+        .header("content-type", "application/sdp")
+        .header("authorization", format!("Bearer {t}"))
+        .header("origin", "https://player.example")
+        .body(Body::from(offer("actpass")))
+        .unwrap();
+    let (resp, _) = f.send(req).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(
+        header(&resp, "access-control-allow-origin"),
+        "https://player.example"
+    );
+    let links: Vec<String> = resp
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(links.len(), 2, "one Link field per server: {links:?}");
+    assert_eq!(links[0], "<stun:stun.example.net:3478>; rel=\"ice-server\"");
+    assert!(links[1].starts_with(
+        "<turn:turn.example.net:3478?transport=udp>; rel=\"ice-server\"; username=\""
+    ));
+    assert!(
+        links[1].contains(":test\"; credential=\"")
+            && links[1].ends_with("credential-type=\"password\"")
+    );
+    let req = Request::get("/healthz")
+        .header("origin", "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let (resp, _) = f.send(req).await;
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn capacity_limits_answer_503_with_retry_after() {
+    let f = fixture("[limits]\nmax_viewers_per_session = 1\n").await;
+    f.viewer(&offer("actpass")).await;
+    let t = f.token(&["demo"], "view");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &offer("actpass"))
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::SERVICE_UNAVAILABLE).contains("maximum"));
+    assert_eq!(header(&resp, "retry-after"), "5");
+}
+
+#[tokio::test]
+async fn the_session_api_creates_lists_shows_and_deletes() {
+    let f = fixture("").await;
+    let admin = f.token(&["*"], "admin");
+    let spec = r#"{"name":"film","inputs":[{"url":"/media/film.mp4","channel_count":6}],
+                   "video":{"width":1280,"height":720,"fps":25,"bitrate":2000000,"codec":"vp8"},
+                   "audio":{"bitrate":96000,"channels":2,"cho":0},"loop":true}"#;
+    let viewer = f.token(&["*"], "view");
+    let (resp, body) = f
+        .post("/api/sessions", Some(&viewer), "application/json", spec)
+        .await;
+    assert_problem(&resp, &body, StatusCode::FORBIDDEN);
+    let (resp, body) = f
+        .post("/api/sessions", Some(&admin), "application/json", spec)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["name"], "film");
+    assert_eq!(v["whep_url"], "http://wisp.test:8080/whep/film");
+    let (resp, body) = f
+        .post("/api/sessions", Some(&admin), "application/json", spec)
+        .await;
+    assert_problem(&resp, &body, StatusCode::CONFLICT);
+    let (resp, body) = f
+        .post(
+            "/api/sessions",
+            Some(&admin),
+            "application/json",
+            r#"{"inputs":[]}"#,
+        )
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    let (resp, body) = f
+        .post("/api/sessions", Some(&admin), "application/json", "{")
+        .await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+    let (resp, body) = f
+        .post(
+            "/api/sessions",
+            Some(&admin),
+            "application/json",
+            r#"{"name":"../x","inputs":[{"url":"a"}]}"#,
+        )
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let get = |path: &str| {
+        Request::get(path)
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (resp, body) = f.send(get("/api/sessions")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo", "film"]);
+    assert_eq!(list[1]["state"], "idle", "no viewer yet: no transcoder");
+    assert_eq!(list[1]["kind"], "vod");
+    let (resp, body) = f.send(get("/api/sessions/film")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let film: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(film["spec"]["video"]["codec"], "vp8");
+
+    // A VP8 session refuses an H.264-only offer with a detail naming VP8.
+    let t = f.token(&["film"], "view");
+    let h264_only = offer("actpass").replace("VP8/90000", "FOO/90000");
+    let (resp, body) = f
+        .post("/whep/film", Some(&t), "application/sdp", &h264_only)
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY).contains("VP8"));
+
+    let del = Request::delete("/api/sessions/film")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(del).await.0.status(), StatusCode::OK);
+    let (resp, body) = f.send(get("/api/sessions/film")).await;
+    assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn pages_health_and_metrics() {
+    let f = fixture("").await;
+    let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
+    let (resp, body) = f.send(get("/")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(body.contains("href=\"/play/demo\""), "{body}");
+    let (resp, body) = f.send(get("/play/demo")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(header(&resp, "content-type").starts_with("text/html"));
+    assert!(body.contains("RTCPeerConnection") && body.contains("/whep/"));
+    assert!(
+        resp.headers().get("x-frame-options").is_none(),
+        "embeddable"
+    );
+    let (resp, _) = f.send(get("/play/nope")).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(f.send(get("/healthz")).await.0.status(), StatusCode::OK);
+    assert_eq!(f.send(get("/readyz")).await.0.status(), StatusCode::OK);
+    f.viewer(&offer("actpass")).await;
+    // The session starts its transcoder when it hears of the viewer: poll, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (resp, body) = loop {
+        let (resp, body) = f.send(get("/metrics")).await;
+        if body.contains("\nwisp_transcoders 1\n") || std::time::Instant::now() > deadline {
+            break (resp, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(header(&resp, "content-type").starts_with("text/plain; version=0.0.4"));
+    assert!(body.contains("\nwisp_viewers 1\n"), "{body}");
+    assert!(
+        body.contains("wisp_http_responses_total{code=\"201\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nwisp_transcoders 1\n"),
+        "the viewer started the transcoder: {body}"
+    );
+}
