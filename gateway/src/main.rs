@@ -124,6 +124,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             wisp::config::log_filter(),
         ))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let overrides = Overrides {
         http: args.http,

@@ -1,0 +1,417 @@
+//! The real binaries on 127.0.0.1: `wisp serve` runs the demo transcoder just in time and
+//! `whep-client` (the CLI, and the library as an in-process viewer) decodes what it sends.
+//! Failures are exercised as a user would meet them: missing token, unknown session, a
+//! transcoder killed with SIGKILL while people watch, garbage datagrams, SIGTERM and a
+//! SIGKILLed gateway (no orphan transcoder).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use whep_client::{Options, watch};
+
+const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e";
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test --workspace builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `wisp serve` and what it printed.
+struct Wisp {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Wisp {
+    fn start(name: &str, toml: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wisp-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), SECRET).unwrap();
+        std::fs::write(dir.join("wisp.toml"), toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args(["serve", "--http", "127.0.0.1:0", "--rtc", "127.0.0.1:0"])
+            .arg("--jwt-secret-file")
+            .arg(dir.join("secret"))
+            .arg("--config")
+            .arg(dir.join("wisp.toml"))
+            .arg("--transcoder")
+            .arg(bin("wisp-transcoder"))
+            .env("WISP_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("wisp starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        // The ready line on stdout carries the bound HTTP address.
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let base = loop {
+            line.clear();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                panic!("wisp exited before serving: {}", log.lock().unwrap());
+            }
+            if let Some(url) = line.trim().strip_prefix("Watch the demo: ") {
+                break url.split("/play/").next().unwrap().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Wisp {
+            child,
+            base,
+            dir,
+            log,
+        }
+    }
+
+    fn token(&self, sessions: &str, scope: &str) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+            .args([
+                "token",
+                "--sessions",
+                sessions,
+                "--scope",
+                scope,
+                "--ttl",
+                "600",
+            ])
+            .arg("--jwt-secret-file")
+            .arg(self.dir.join("secret"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Polls a condition on the log, up to `secs`.
+    fn wait_log(&self, needle: &str, secs: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    async fn api(&self, path: &str) -> serde_json::Value {
+        let admin = self.token("*", "admin");
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .map(|t| serde_json::from_str(&t).expect("API JSON"))
+            .unwrap()
+    }
+}
+
+impl Drop for Wisp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes; /proc shows its state.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+#[test]
+fn whep_client_plays_the_demo_at_1280x720_and_reports_http_errors() {
+    let wisp = Wisp::start("play", "");
+    let url = format!("{}/whep/demo", wisp.base);
+    let t = wisp.token("demo", "view");
+    let out = Command::new(bin("whep-client"))
+        .args([
+            "play",
+            &url,
+            "--token",
+            &t,
+            "--frames",
+            "90",
+            "--json",
+            "--timeout",
+            "30",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        wisp.log()
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON summary last");
+    assert!(summary["video_frames"].as_u64().unwrap() >= 90);
+    assert_eq!(summary["width"], 1280);
+    assert_eq!(summary["height"], 720);
+    assert_eq!(summary["codec"], "H264");
+    assert!(summary["audio_packets"].as_u64().unwrap() > 50, "{summary}");
+    assert!(summary["first_frame_ms"].as_u64().is_some());
+
+    for (args, expect) in [
+        (vec!["play", url.as_str()], "HTTP 401"),
+        (
+            vec!["play", url.as_str(), "--token", "bad.token.here"],
+            "HTTP 401",
+        ),
+        (
+            vec!["play", &format!("{}/whep/nope", wisp.base), "--token", &t],
+            "HTTP 404",
+        ),
+    ] {
+        let out = Command::new(bin("whep-client"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{args:?}: {err}");
+    }
+    // The viewer left: its DELETE was logged and the resource is gone.
+    assert!(
+        wisp.wait_log("viewer ended: closed by DELETE", 10),
+        "{}",
+        wisp.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_play_on() {
+    let wisp = Wisp::start(
+        "kill",
+        r#"
+        [[sessions]]
+        name = "second"
+        inputs = [{ url = "demo" }]
+        video = { width = 320, height = 240 }
+        "#,
+    );
+    let http = reqwest::Client::new();
+    let t = wisp.token("demo,second", "view");
+    let opts = |session: &str, frames: u64| Options {
+        url: format!("{}/whep/{session}", wisp.base),
+        token: Some(t.clone()),
+        frames: Some(frames),
+        timeout: Duration::from_secs(40),
+        duration: None,
+        rtp_only: false,
+    };
+    // Two viewers of the demo and one of the other session; each needs frames from well
+    // after the kill to finish.
+    let demo_a = opts("demo", 240);
+    let demo_b = opts("demo", 240);
+    let second = opts("second", 240);
+    let (h1, h2, h3) = (http.clone(), http.clone(), http.clone());
+    let a = tokio::spawn(async move { watch(&h1, &demo_a, |_| {}).await });
+    let b = tokio::spawn(async move { watch(&h2, &demo_b, |_| {}).await });
+    let c = tokio::spawn(async move { watch(&h3, &second, |_| {}).await });
+
+    // Wait until the demo's transcoder runs, then SIGKILL it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let s = wisp.api("/api/sessions/demo").await;
+        if s["state"] == "running"
+            && let Some(pid) = s["transcoder_pid"].as_u64()
+        {
+            break pid as u32;
+        }
+        assert!(Instant::now() < deadline, "demo never ran: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(pid, "KILL");
+
+    assert!(
+        wisp.wait_log("transcoder exited unexpectedly", 10),
+        "{}",
+        wisp.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = wisp.api("/api/sessions/demo").await;
+        if s["restarts"].as_u64() >= Some(1) && s["state"] == "running" {
+            assert_ne!(s["transcoder_pid"].as_u64(), Some(pid as u64));
+            break;
+        }
+        assert!(Instant::now() < deadline, "demo did not recover: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, h) in [("demo viewer 1", a), ("demo viewer 2", b), ("second", c)] {
+        let s = h
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
+        assert!(s.video_frames >= 240, "{name}: {s:?}");
+    }
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_are_counted_and_hurt_no_viewer() {
+    let wisp = Wisp::start("garbage", "");
+    let t = wisp.token("demo", "view");
+    let http = reqwest::Client::new();
+    let opts = Options {
+        url: format!("{}/whep/demo", wisp.base),
+        token: Some(t.clone()),
+        frames: Some(120),
+        timeout: Duration::from_secs(30),
+        duration: None,
+        rtp_only: false,
+    };
+    let viewer = tokio::spawn(async move { watch(&http, &opts, |_| {}).await });
+    // The RTC port, from the gateway's log line.
+    assert!(wisp.wait_log("wisp is serving", 10));
+    let log = wisp.log();
+    let port: u16 = log
+        .split("rtc=[127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .expect("rtc port in the log");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u32 = 12345;
+    for i in 0..2000u32 {
+        let len = 1 + (i as usize * 7) % 1200;
+        let data: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let _ = sock.send_to(&data, ("127.0.0.1", port));
+        // Paced, so that the kernel's socket buffer does not drop them before we count.
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let s = viewer
+        .await
+        .unwrap()
+        .expect("the viewer plays through garbage");
+    assert!(s.video_frames >= 120);
+    let metrics = reqwest::get(format!("{}/metrics", wisp.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("wisp_udp_garbage_total") + count("wisp_udp_unrouted_total") >= 1900,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_no_transcoder_outlives_the_gateway() {
+    for how in ["TERM", "KILL"] {
+        let mut wisp = Wisp::start(&format!("stop-{how}"), "");
+        let t = wisp.token("demo", "view");
+        let http = reqwest::Client::new();
+        let opts = Options {
+            url: format!("{}/whep/demo", wisp.base),
+            token: Some(t),
+            frames: Some(30),
+            timeout: Duration::from_secs(30),
+            duration: None,
+            rtp_only: false,
+        };
+        // A viewer that stays: its frames arrive, and it is still connected at the signal.
+        let long = Options {
+            frames: Some(100_000),
+            ..opts.clone()
+        };
+        watch(&http, &opts, |_| {}).await.expect("plays");
+        let h = http.clone();
+        let stay = tokio::spawn(async move { watch(&h, &long, |_| {}).await });
+        let s = wisp.api("/api/sessions/demo").await;
+        let pid = s["transcoder_pid"].as_u64().expect("transcoder running") as u32;
+        signal(wisp.child.id(), how);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(st) = wisp.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "wisp did not exit on SIG{how}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if how == "TERM" {
+            assert!(
+                status.success(),
+                "SIGTERM exits 0: {status}\n{}",
+                wisp.log()
+            );
+            assert!(wisp.log().contains("shutting down"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "transcoder {pid} outlived the gateway (SIG{how})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The staying viewer notices (ICE consent stops); it must not hang forever.
+        let r = tokio::time::timeout(Duration::from_secs(45), stay).await;
+        assert!(r.is_ok(), "the viewer noticed the gateway was gone");
+    }
+}
