@@ -1,0 +1,24 @@
+# Wisp gateway image: `docker build -t wisp . && docker run --rm -p 8080:8080 -p 8443:8443/udp \
+#   wisp --public-ip <the host's address>` (the browser must reach UDP 8443 at that address).
+# Both stages install their Debian packages with scripts/install-deps, the script CI runs.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY scripts/install-deps scripts/install-deps
+RUN ./scripts/install-deps build && rm -rf /var/lib/apt/lists/*
+COPY . .
+RUN cargo build --release --locked -p wisp -p wisp-transcoder -p whep-client \
+ && install -D -m 0755 target/release/wisp target/release/wisp-transcoder \
+      target/release/whep-client -t /out/bin
+
+FROM debian:12-slim
+COPY scripts/install-deps /usr/local/lib/wisp/install-deps
+RUN /usr/local/lib/wisp/install-deps runtime && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --create-home --home-dir /var/lib/wisp --shell /usr/sbin/nologin wisp
+COPY --from=build /out/bin/ /usr/local/bin/
+USER wisp
+ENV WISP_STATE_DIR=/var/lib/wisp WISP_HTTP=0.0.0.0:8080 WISP_RTC=0.0.0.0:8443
+EXPOSE 8080/tcp 8443/udp
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s \
+  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["wisp", "serve"]

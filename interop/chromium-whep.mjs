@@ -1,0 +1,123 @@
+// Headless Chromium plays a Wisp session two ways and checks what it decoded:
+//  1. `whep`: a page on another origin uses the whip-whep npm package's WHEPClient (CORS,
+//     trickle PATCH with If-Match, Location, ETag all exercised as a third-party player would);
+//  2. `player`: Wisp's own player page at /play/{session}?token=...
+// Usage: node chromium-whep.mjs BASE_URL TOKEN SESSION [whep|player] [FRAMES]
+// Prints one JSON line per check; exits non-zero if a check fails.
+
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const [base, token, session = "demo", mode = "whep", framesArg = "60"] = process.argv.slice(2);
+if (!base || !token) {
+  console.error("usage: node chromium-whep.mjs BASE_URL TOKEN [SESSION] [whep|player] [FRAMES]");
+  process.exit(2);
+}
+const want = Number(framesArg);
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+// The third-party page, served from its own origin (another port).
+const page = `<!doctype html><meta charset="utf-8"><title>whip-whep player</title>
+<video id="v" autoplay playsinline muted></video><audio id="a" autoplay></audio>
+<script type="module">
+import { WHEPClient } from "/whep.js";
+const params = new URLSearchParams(location.search);
+const pc = new RTCPeerConnection();
+pc.addTransceiver("video", { direction: "recvonly" });
+pc.addTransceiver("audio", { direction: "recvonly" });
+pc.ontrack = (ev) => {
+  const el = ev.track.kind === "video" ? document.getElementById("v") : document.getElementById("a");
+  el.srcObject = new MediaStream([ev.track]);
+  el.play().catch(() => {});
+};
+window.whepError = null;
+const client = new WHEPClient();
+client.view(pc, params.get("url"), params.get("token")).catch((e) => { window.whepError = String(e); });
+window.pc = pc;
+</script>`;
+
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith("/whep.js")) {
+    res.writeHead(200, { "Content-Type": "text/javascript" });
+    res.end(fs.readFileSync(path.join(here, "node_modules/whip-whep/whep.js")));
+  } else {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    res.end(page);
+  }
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--disable-background-networking",
+    "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+
+// Reads decoding progress from the page's RTCPeerConnection.
+async function statsOf(p, pcExpr) {
+  return p.evaluate(async (expr) => {
+    const pc = eval(expr);
+    const out = { frames: 0, width: 0, height: 0, audioPackets: 0, audioSamples: 0, state: pc ? pc.connectionState : "none" };
+    if (!pc) return out;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind === "video") {
+        out.frames = r.framesDecoded || 0;
+        out.width = r.frameWidth || 0;
+        out.height = r.frameHeight || 0;
+        out.codec = r.codecId;
+      }
+      if (r.type === "inbound-rtp" && r.kind === "audio") {
+        out.audioPackets = r.packetsReceived || 0;
+        out.audioSamples = r.totalSamplesReceived || 0;
+      }
+    });
+    return out;
+  }, pcExpr);
+}
+
+let failed = false;
+async function check(name, url, pcExpr, errorExpr) {
+  const ctx = await browser.newContext();
+  const p = await ctx.newPage();
+  const consoleLines = [];
+  p.on("console", (m) => consoleLines.push(m.text()));
+  const started = Date.now();
+  await p.goto(url);
+  let s = { frames: 0 };
+  let error = null;
+  while (Date.now() - started < 40000) {
+    s = await statsOf(p, pcExpr);
+    error = await p.evaluate(errorExpr);
+    if (error || (s.frames >= want && s.audioPackets > 0)) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const ok = !error && s.frames >= want && s.width === 1280 && s.height === 720 && s.audioPackets > 0;
+  const result = { check: name, ok, ms: Date.now() - started, error, ...s };
+  if (!ok) { failed = true; result.console = consoleLines.slice(-10); }
+  console.log(JSON.stringify(result));
+  await ctx.close();
+}
+
+const endpoint = `${base}/whep/${session}`;
+if (mode === "whep" || mode === "all") {
+  await check("whip-whep WHEPClient, cross-origin",
+    `${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}`,
+    "window.pc", "window.whepError");
+}
+if (mode === "player" || mode === "all") {
+  // Wisp's player keeps its peer connection in a module-scoped variable; it exposes progress in
+  // the page instead: read the <video>'s RTCPeerConnection through the stats it shows.
+  await check("wisp player page", `${base}/play/${session}?token=${encodeURIComponent(token)}`,
+    "window.wispPeer", "document.body.dataset.error || null");
+}
+await browser.close();
+server.close();
+process.exit(failed ? 1 : 0);
