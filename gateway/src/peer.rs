@@ -263,6 +263,9 @@ impl Peer {
         let mut ufrags = vec![self.ufrag.clone()];
         let session = self.slot.session().clone();
         let mut source = session.source();
+        // A failure that happened before this viewer came is history (its join restarts the
+        // transcoder); only failures seen from now on end it.
+        source.mark_unchanged();
         let mut feed = Feed::new(&self.tracks);
         let mut reader: Option<(AsyncReader, Arc<ReadySource>)> = None;
         let mut connected = false;
@@ -277,13 +280,12 @@ impl Peer {
             if !connected && created.elapsed() > CONNECT_TIMEOUT {
                 break "no ICE/DTLS connection within 30 s".to_string();
             }
-            if reader.is_none()
+            // The cursor is placed when the viewer can receive, so it starts at a fresh keyframe.
+            if connected
+                && reader.is_none()
                 && let Source::Ready(ready) = &*source.borrow_and_update()
             {
                 reader = open_reader(ready, &mut feed, &session);
-            }
-            if let Source::Failed(reason) = &*source.borrow() {
-                break format!("session source failed: {reason}");
             }
             tokio::select! {
                 dg = dg_rx.recv() => {
@@ -332,14 +334,14 @@ impl Peer {
                     }
                     let next = source.borrow_and_update().clone();
                     match next {
-                        Source::Ready(ready) => {
+                        Source::Ready(ready) if connected => {
                             let same = reader.as_ref().is_some_and(|(_, r)| r.generation == ready.generation);
                             if !same {
                                 reader = open_reader(&ready, &mut feed, &session);
                             }
                         }
                         Source::Failed(reason) => break format!("session source failed: {reason}"),
-                        Source::Idle | Source::Starting => {}
+                        Source::Ready(_) | Source::Idle | Source::Starting => {}
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -474,17 +476,9 @@ impl Peer {
         {
             return Err(PatchError::PreconditionFailed(tag.to_string()));
         }
-        let remote = self
-            .offer
-            .sections
-            .first()
-            .map(|_| self.remote_ufrag())
-            .unwrap_or_default();
-        let restart = match (&frag.ufrag, &frag.pwd) {
-            (Some(u), Some(_)) => *u != remote,
-            (Some(u), None) => *u != remote,
-            _ => false,
-        };
+        // RFC 9725 §4.3.3: a changed ufrag (or pwd) is an ICE restart.
+        let remote = self.remote_ufrag();
+        let restart = frag.ufrag.as_ref().is_some_and(|u| *u != remote);
         if !restart {
             for c in &frag.candidates {
                 // Unsupported transports and unresolvable names are skipped (RFC 9725 §4.3.2).

@@ -415,3 +415,67 @@ async fn sigterm_drains_and_no_transcoder_outlives_the_gateway() {
         assert!(r.is_ok(), "the viewer noticed the gateway was gone");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
+    let wisp = Wisp::start(
+        "broken",
+        r#"
+        [[sessions]]
+        name = "broken"
+        inputs = [{ url = "/nonexistent/film.mp4" }]
+        "#,
+    );
+    let t = wisp.token("broken,demo", "view");
+    let http = reqwest::Client::new();
+    // The POST is answered at once (the transcoder starts behind it)...
+    let broken = Options {
+        url: format!("{}/whep/broken", wisp.base),
+        token: Some(t.clone()),
+        frames: Some(1),
+        timeout: Duration::from_secs(15),
+        duration: None,
+        rtp_only: false,
+    };
+    let h = http.clone();
+    let viewer = tokio::spawn(async move { watch(&h, &broken, |_| {}).await });
+    // ...and the session turns failed with FFmpeg's reason, after bounded restarts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = wisp.api("/api/sessions/broken").await;
+        if s["state"] == "failed" {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never failed: {s}\n{}",
+            wisp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("exited") && error.contains("film.mp4"),
+        "{error}"
+    );
+    assert!(wisp.log().contains("giving up until a new viewer arrives"));
+    assert!(
+        viewer.await.unwrap().is_err(),
+        "the viewer got no media and says so"
+    );
+    // The demo is unaffected.
+    let demo = Options {
+        url: format!("{}/whep/demo", wisp.base),
+        frames: Some(30),
+        ..Options {
+            url: String::new(),
+            token: Some(t),
+            frames: None,
+            timeout: Duration::from_secs(20),
+            duration: None,
+            rtp_only: false,
+        }
+    };
+    let s = watch(&http, &demo, |_| {}).await.expect("demo plays");
+    assert!(s.video_frames >= 30);
+}
