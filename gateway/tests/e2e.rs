@@ -23,7 +23,7 @@ fn bin(name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: cargo test --workspace builds it",
+        "{} is missing: cargo build --workspace first (scripts/test does)",
         bin.display()
     );
     bin
