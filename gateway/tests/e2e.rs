@@ -479,3 +479,43 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     let s = watch(&http, &demo, |_| {}).await.expect("demo plays");
     assert!(s.video_frames >= 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_again() {
+    let wisp = Wisp::start("idle", "idle_timeout = 1\n");
+    let http = reqwest::Client::new();
+    let opts = Options {
+        url: format!("{}/whep/demo", wisp.base),
+        token: Some(wisp.token("demo", "view")),
+        frames: Some(30),
+        timeout: Duration::from_secs(20),
+        duration: None,
+        rtp_only: false,
+    };
+    watch(&http, &opts, |_| {}).await.expect("plays");
+    let s = wisp.api("/api/sessions/demo").await;
+    let pid = s["transcoder_pid"].as_u64().expect("running") as u32;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = wisp.api("/api/sessions/demo").await;
+        if s["state"] == "idle" && s["transcoder_pid"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        wisp.wait_log("no viewers for 1s: stopping the transcoder", 5),
+        "{}",
+        wisp.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "transcoder {pid} still alive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = watch(&http, &opts, |_| {})
+        .await
+        .expect("a new viewer restarts it");
+    assert!(s.video_frames >= 30);
+}

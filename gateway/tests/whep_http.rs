@@ -748,3 +748,38 @@ async fn pages_health_and_metrics() {
         "the viewer started the transcoder: {body}"
     );
 }
+
+#[tokio::test]
+async fn the_transcoder_limit_refuses_a_session_that_would_need_one_more() {
+    let f = fixture(
+        "[limits]\nmax_transcoders = 1\n[[sessions]]\nname = \"second\"\ninputs = [{ url = \"demo\" }]\n",
+    )
+    .await;
+    f.viewer(&offer("actpass")).await;
+    // Wait until the demo's transcoder counts as running.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f
+        .gateway
+        .state
+        .metrics
+        .transcoders
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 1
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let t = f.token(&["*"], "view");
+    let (resp, body) = f
+        .post(
+            "/whep/second",
+            Some(&t),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::SERVICE_UNAVAILABLE).contains("transcoders"));
+    assert_eq!(header(&resp, "retry-after"), "5");
+    // The running session still takes viewers.
+    f.viewer(&offer("actpass")).await;
+}
