@@ -277,6 +277,14 @@ impl Peer {
                 Ok(t) => t,
                 Err(reason) => break reason,
             };
+            // str0m reports the connection while polled (in `drive`): look right after it.
+            if !connected && self.rtc.is_connected() {
+                connected = true;
+                tracing::info!(
+                    after_ms = created.elapsed().as_millis() as u64,
+                    "viewer connected"
+                );
+            }
             if !connected && created.elapsed() > CONNECT_TIMEOUT {
                 break "no ICE/DTLS connection within 30 s".to_string();
             }
@@ -353,13 +361,6 @@ impl Peer {
                     self.rtc.disconnect();
                     break "session stopped".into();
                 }
-            }
-            if !connected && self.rtc.is_connected() {
-                connected = true;
-                tracing::info!(
-                    after_ms = created.elapsed().as_millis() as u64,
-                    "viewer connected"
-                );
             }
         };
         // Flush what str0m still wants to send (a DTLS close_notify after disconnect).
@@ -462,6 +463,9 @@ impl Peer {
                     .marker(marker)
                     .nackable(video),
                 );
+                if feed.sent == 0 {
+                    tracing::debug!(video, "first packet sent");
+                }
                 feed.sent += 1;
                 self.metrics.packets_out.fetch_add(1, Ordering::Relaxed);
             }
@@ -620,6 +624,7 @@ fn open_reader(
         let fresh = probe.resync_to_keyframe(track)
             && matches!(probe.try_next_into(&mut scratch), Ok(Some(m))
                 if rtp_ring::now_us().saturating_sub(m.capture_us) < MAX_START_AGE_US);
+        tracing::debug!(fresh, "reader opened");
         if fresh {
             reader.resync_to_keyframe(track);
         } else {

@@ -426,6 +426,7 @@ impl SessionTask {
             return;
         };
         self.last_keyframe = Some(Instant::now());
+        tracing::debug!("keyframe request to the transcoder");
         if t.send(&Command::Keyframe).await.is_ok() {
             self.runtime
                 .metrics
