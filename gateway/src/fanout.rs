@@ -6,7 +6,44 @@
 //! late start), and it starts video at a keyframe. The payload bytes are passed through
 //! untouched. Owns none of the transport (see `peer.rs`).
 
+use std::sync::{Arc, Mutex};
+
 use rtp_ring::{Flags, RtpHeaderView};
+
+/// Payloads of a session's recent ring records, shared by its viewers: the first viewer to read
+/// record `i` makes its `Arc`, the others clone it. str0m keeps what it sent for NACKs, so
+/// without sharing every viewer would hold its own copy of the last few hundred packets.
+#[derive(Debug)]
+pub struct PayloadCache {
+    slots: Box<[Mutex<Option<Shared>>]>,
+}
+
+/// A record's ring index and its payload.
+type Shared = (u64, Arc<[u8]>);
+
+impl PayloadCache {
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: (0..slots.max(1)).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// The shared payload of ring record `index`, made from `payload` if no viewer made it yet.
+    pub fn get(&self, index: u64, payload: &[u8]) -> Arc<[u8]> {
+        let slot = &self.slots[(index % self.slots.len() as u64) as usize];
+        // A poisoned slot only means a viewer panicked mid-insert; the data is still whole.
+        let mut entry = slot.lock().unwrap_or_else(|e| e.into_inner());
+        match &*entry {
+            // One cache per ring, so an index names one record.
+            Some((i, p)) if *i == index => p.clone(),
+            _ => {
+                let p: Arc<[u8]> = Arc::from(payload);
+                *entry = Some((index, p.clone()));
+                p
+            }
+        }
+    }
+}
 
 /// Where the payload of an RTP packet is (RFC 3550 §5.1, §5.3.1: after CSRCs and extension,
 /// before padding), or `None` if the packet is too short for what its header says.
@@ -257,6 +294,18 @@ mod tests {
         let (seq, ts) = sent(t.step(&hdr(1, 4, 9_003_000, true), Flags::KEYFRAME, 100_000));
         assert_eq!(seq, 2);
         assert_eq!(ts, 3000 + 90000 * 67 / 1000);
+    }
+
+    #[test]
+    fn viewers_share_one_payload_per_record() {
+        let cache = PayloadCache::new(4);
+        let a = cache.get(10, b"abc");
+        let b = cache.get(10, b"abc");
+        assert!(Arc::ptr_eq(&a, &b));
+        // A later record takes the slot over; record 10 is then made afresh.
+        let c = cache.get(14, b"xyz");
+        assert_eq!(&*c, b"xyz");
+        assert_eq!(&*cache.get(10, b"new"), b"new");
     }
 
     #[test]

@@ -9,6 +9,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc's malloc: the media path allocates and frees a datagram per packet
+/// per viewer between long-lived per-viewer state, which left glibc's heap fragmented (RSS per
+/// viewer measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wisp::auth::{self, Claims, Minter, Scope};
 use wisp::config::{Config, Overrides};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rtp_ring::{AsyncReader, Flags, RtpHeaderView};
+use rtp_ring::{AsyncReader, RtpHeaderView};
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::media::{Mid, Pt};
@@ -32,6 +32,13 @@ use crate::udp::{Datagram, RtcPort};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A keyframe older than this is not worth starting from: ask for a fresh one instead.
 const MAX_START_AGE_US: u64 = 1_000_000;
+/// Packets str0m may queue between write and poll, per viewer (a keyframe's worth).
+const SEND_BUFFER_VIDEO: usize = 256;
+/// Sent video packets kept to answer NACKs, and for how long.
+const RESEND_VIDEO: usize = 256;
+const RESEND_AGE: Duration = Duration::from_secs(1);
+/// Audio is not retransmitted; str0m needs a little room between write and poll.
+const SEND_BUFFER_AUDIO: usize = 16;
 /// Records drained from the ring per wakeup before polling str0m again.
 const DRAIN_BATCH: usize = 64;
 
@@ -72,7 +79,10 @@ pub fn answer(
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .clear_codecs()
-        .set_dtls_cert(cert.clone());
+        .set_dtls_cert(cert.clone())
+        // str0m's queue between write and poll (default 1000 packets per viewer).
+        .set_send_buffer_video(SEND_BUFFER_VIDEO)
+        .set_send_buffer_audio(SEND_BUFFER_AUDIO);
     if plan.audio {
         config = config.enable_opus(true, false);
     }
@@ -280,6 +290,7 @@ impl Peer {
             // str0m reports the connection while polled (in `drive`): look right after it.
             if !connected && self.rtc.is_connected() {
                 connected = true;
+                self.size_resend_caches();
                 tracing::info!(
                     after_ms = created.elapsed().as_millis() as u64,
                     "viewer connected"
@@ -318,12 +329,12 @@ impl Peer {
                 },
                 rec = next_record(&mut reader, &mut buf), if connected => match rec {
                     Ok(Ok(meta)) => {
-                        self.send_record(&mut feed, &session, meta.track, meta.flags, meta.capture_us, &buf);
+                        self.send_record(&mut feed, &session, &meta, &buf);
                         // Drain what else is there before polling str0m again.
                         let Some((r, _)) = reader.as_mut() else { continue };
                         for _ in 0..DRAIN_BATCH {
                             match r.reader().try_next_into(&mut buf) {
-                                Ok(Some(m)) => self.send_record(&mut feed, &session, m.track, m.flags, m.capture_us, &buf),
+                                Ok(Some(m)) => self.send_record(&mut feed, &session, &m, &buf),
                                 Ok(None) => break,
                                 Err(overrun) => { on_overrun(r, &mut feed, &self.metrics, overrun.lost); break; }
                             }
@@ -401,6 +412,22 @@ impl Peer {
         Ok(())
     }
 
+    /// str0m keeps 3 s of sent video (up to 1024 packets, ~400 bytes of bookkeeping each,
+    /// per viewer) to answer NACKs; a second is plenty, and audio is not retransmitted.
+    fn size_resend_caches(&mut self) {
+        let tracks = [
+            (self.tracks.video.as_ref().map(|t| t.0), RESEND_VIDEO),
+            (self.tracks.audio.as_ref().map(|t| t.0), 1),
+        ];
+        for (mid, packets) in tracks {
+            let Some(mid) = mid else { continue };
+            let mut api = self.rtc.direct_api();
+            if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                tx.set_rtx_cache(packets, RESEND_AGE, Some(0.15));
+            }
+        }
+    }
+
     fn receive(&mut self, dg: &Datagram) -> Result<(), String> {
         let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
             .map_err(|e| e.to_string())?;
@@ -413,11 +440,10 @@ impl Peer {
         &mut self,
         feed: &mut Feed,
         session: &crate::session::Session,
-        track: u8,
-        flags: Flags,
-        capture_us: u64,
+        meta: &rtp_ring::RecordMeta,
         packet: &[u8],
     ) {
+        let (track, flags, capture_us) = (meta.track, meta.flags, meta.capture_us);
         let Some(ready) = &feed.ready else { return };
         let (map, mid, video) = if Some(track) == ready.video_track {
             match (&mut feed.video, &self.tracks.video) {
@@ -458,7 +484,7 @@ impl Peer {
                         seq.into(),
                         timestamp,
                         Instant::now(),
-                        &packet[payload],
+                        ready.payloads.get(meta.index, &packet[payload]),
                     )
                     .marker(marker)
                     .nackable(video),

@@ -25,6 +25,8 @@ use crate::transcoder::{Command, Event, TranscoderProcess};
 
 /// Ring size for a transcoder: about 10 s of 8 Mb/s video at 1536-byte slots.
 const RING_BYTES: u64 = 16 << 20;
+/// Recent records whose payloads viewers share (a few seconds of video at 2 Mb/s).
+const PAYLOAD_CACHE_SLOTS: usize = 2048;
 /// At most one keyframe request to a source per this interval.
 pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Unexpected exits tolerated in `RESTART_WINDOW` before the session is marked failed.
@@ -50,6 +52,8 @@ pub enum Source {
 #[derive(Debug)]
 pub struct ReadySource {
     pub ring: Ring,
+    /// Payloads shared by the viewers of this source.
+    pub payloads: crate::fanout::PayloadCache,
     pub generation: u64,
     pub video_track: Option<u8>,
     pub audio_track: Option<u8>,
@@ -493,6 +497,7 @@ impl SessionTask {
                 self.source_tx
                     .send_replace(Source::Ready(Arc::new(ReadySource {
                         ring: t.ring().clone(),
+                        payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
                         generation: self.generation,
                         video_track: find("video"),
                         audio_track: find("audio"),
