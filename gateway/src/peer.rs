@@ -243,6 +243,7 @@ pub struct Peer {
     pub port: Arc<RtcPort>,
     pub metrics: Arc<Metrics>,
     pub inbox: mpsc::Receiver<PeerMsg>,
+    pub outbox: crate::udp::Outbox,
     /// Called once when the task ends (removes the resource from the HTTP registry).
     pub on_end: OnEnd,
 }
@@ -385,19 +386,34 @@ impl Peer {
 
     /// Polls str0m until it wants a timeout; sends what it transmits. `Err` ends the peer.
     fn drive(&mut self) -> Result<Instant, String> {
-        loop {
+        let result = loop {
             if !self.rtc.is_alive() {
-                return Err("the connection closed".into());
+                break Err("the connection closed".into());
             }
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Timeout(t)) => break Ok(t),
                 Ok(Output::Transmit(t)) => {
-                    self.port.send(t.source, t.destination, &t.contents);
+                    let port = &self.port;
+                    self.outbox.push(
+                        t.source,
+                        t.destination,
+                        &t.contents,
+                        port.max_segments(),
+                        &mut |src, dst, data, seg| port.send_segments(src, dst, data, seg),
+                    );
                 }
-                Ok(Output::Event(e)) => self.on_event(e)?,
-                Err(e) => return Err(format!("str0m: {e}")),
+                Ok(Output::Event(e)) => {
+                    if let Err(reason) = self.on_event(e) {
+                        break Err(reason);
+                    }
+                }
+                Err(e) => break Err(format!("str0m: {e}")),
             }
-        }
+        };
+        let port = &self.port;
+        self.outbox
+            .flush(&mut |src, dst, data, seg| port.send_segments(src, dst, data, seg));
+        result
     }
 
     fn on_event(&mut self, e: Event) -> Result<(), String> {

@@ -47,6 +47,8 @@ pub enum BindError {
 #[derive(Debug)]
 pub struct RtcPort {
     sockets: Vec<Arc<UdpSocket>>,
+    /// Per socket: quinn-udp's sender, for segmentation offload (UDP GSO) where the kernel has it.
+    senders: Vec<quinn_udp::UdpSocketState>,
     /// `(candidate address, socket index)`: the addresses written into answers.
     candidates: Vec<(SocketAddr, usize)>,
     routes: Mutex<Routes>,
@@ -87,6 +89,7 @@ impl RtcPort {
         }
         let mut port = addr.port();
         let mut sockets = Vec::new();
+        let mut senders = Vec::new();
         for ip in &locals {
             let at = SocketAddr::new(*ip, port);
             let socket = UdpSocket::bind(at)
@@ -96,6 +99,10 @@ impl RtcPort {
                 .local_addr()
                 .map_err(|source| BindError::Bind { addr: at, source })?
                 .port();
+            senders.push(
+                quinn_udp::UdpSocketState::new((&socket).into())
+                    .map_err(|source| BindError::Bind { addr: at, source })?,
+            );
             sockets.push(Arc::new(socket));
         }
         let candidates = if public_ips.is_empty() {
@@ -112,6 +119,7 @@ impl RtcPort {
         };
         Ok(Arc::new(Self {
             sockets,
+            senders,
             candidates,
             routes: Mutex::new(Routes::default()),
             metrics,
@@ -244,6 +252,56 @@ impl RtcPort {
         }
     }
 
+    /// Datagrams one [`RtcPort::send_segments`] call may carry.
+    pub fn max_segments(&self) -> usize {
+        self.senders
+            .iter()
+            .map(|s| s.max_gso_segments())
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 64)
+    }
+
+    /// Sends `contents` as datagrams of `segment` bytes (the last may be shorter) to one
+    /// destination in one system call (UDP GSO; quinn-udp falls back to one datagram per call
+    /// where the kernel lacks it).
+    pub fn send_segments(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment: usize,
+    ) {
+        let index = self
+            .candidates
+            .iter()
+            .find(|(a, _)| *a == source)
+            .map(|(_, i)| *i)
+            .unwrap_or(0);
+        let count = contents.len().div_ceil(segment.max(1)) as u64;
+        let transmit = quinn_udp::Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            src_ip: None,
+        };
+        match self.senders[index].send((&*self.sockets[index]).into(), &transmit) {
+            Ok(()) => {
+                self.metrics.udp_out.fetch_add(count, Ordering::Relaxed);
+                self.metrics
+                    .bytes_out
+                    .fetch_add(contents.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.metrics
+                    .udp_send_errors
+                    .fetch_add(count, Ordering::Relaxed);
+                tracing::trace!(%destination, "udp send: {e}");
+            }
+        }
+    }
+
     /// How many routes exist (for tests and metrics).
     pub fn route_count(&self) -> (usize, usize) {
         let routes = self.routes.lock().expect("routes lock is never poisoned");
@@ -255,5 +313,103 @@ fn is_link_local(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// A peer's outgoing datagrams, gathered while str0m is polled so that runs of equal-sized
+/// datagrams to one destination (the packets of a video frame) leave in one GSO send.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    route: Option<(SocketAddr, SocketAddr)>,
+    buf: Vec<u8>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the run (GSO allows only the last segment to be short).
+    closed: bool,
+}
+
+/// Most bytes one GSO send may carry (an IP datagram's limit, with room for headers).
+const MAX_GSO_BYTES: usize = 60_000;
+
+impl Outbox {
+    /// Adds a datagram; sends what was gathered first if this one cannot join it.
+    pub fn push(
+        &mut self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+        max_segments: usize,
+        send: &mut impl FnMut(SocketAddr, SocketAddr, &[u8], usize),
+    ) {
+        let joins = self.count > 0
+            && self.route == Some((source, destination))
+            && !self.closed
+            && self.count < max_segments
+            && data.len() <= self.segment
+            && self.buf.len() + data.len() <= MAX_GSO_BYTES;
+        if !joins {
+            self.flush(send);
+            self.route = Some((source, destination));
+            self.segment = data.len();
+        }
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+        if data.len() < self.segment {
+            self.closed = true;
+        }
+    }
+
+    /// Sends what was gathered.
+    pub fn flush(&mut self, send: &mut impl FnMut(SocketAddr, SocketAddr, &[u8], usize)) {
+        if let (Some((src, dst)), true) = (self.route, self.count > 0) {
+            send(src, dst, &self.buf, self.segment);
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_datagrams_to_one_peer_leave_together() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let c: SocketAddr = "127.0.0.1:3".parse().unwrap();
+        let mut sent: Vec<(SocketAddr, usize, usize)> = Vec::new();
+        let mut send = |_: SocketAddr, dst: SocketAddr, data: &[u8], seg: usize| {
+            sent.push((dst, data.len(), seg));
+        };
+        let mut o = Outbox::default();
+        // A frame: three full packets and a short last one, then audio, then another peer.
+        for len in [1200, 1200, 1200, 700] {
+            o.push(a, b, &vec![0; len], 64, &mut send);
+        }
+        o.push(a, b, &[0; 100], 64, &mut send);
+        o.push(a, b, &[0; 100], 64, &mut send);
+        o.push(a, c, &[0; 100], 64, &mut send);
+        o.push(a, c, &[0; 300], 64, &mut send);
+        o.flush(&mut send);
+        assert_eq!(
+            sent,
+            [(b, 4300, 1200), (b, 200, 100), (c, 100, 100), (c, 300, 300)],
+            "a longer datagram never joins a run of shorter segments"
+        );
+        sent.clear();
+        let mut send = |_: SocketAddr, dst: SocketAddr, data: &[u8], seg: usize| {
+            sent.push((dst, data.len(), seg));
+        };
+        for _ in 0..5 {
+            o.push(a, b, &[0; 10], 2, &mut send);
+        }
+        o.flush(&mut send);
+        assert_eq!(
+            sent,
+            [(b, 20, 10), (b, 20, 10), (b, 10, 10)],
+            "segment limit"
+        );
     }
 }

@@ -140,6 +140,7 @@ pub async fn post(
         port: s.port.clone(),
         metrics: s.metrics.clone(),
         inbox,
+        outbox: crate::udp::Outbox::default(),
         on_end: OnEnd(Box::new(move || {
             state.resources.remove(&end_id);
         })),
