@@ -230,26 +230,13 @@ impl RtcPort {
         routes.by_addr.retain(|_, p| !p.same_channel(peer));
     }
 
-    /// Sends from the socket that the candidate `source` stands for.
-    pub fn send(&self, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
-        let index = self
-            .candidates
+    /// The socket that the candidate address `source` stands for.
+    fn socket_for(&self, source: SocketAddr) -> usize {
+        self.candidates
             .iter()
             .find(|(a, _)| *a == source)
             .map(|(_, i)| *i)
-            .unwrap_or(0);
-        match self.sockets[index].try_send_to(data, destination) {
-            Ok(_) => {
-                self.metrics.udp_out.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .bytes_out
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.metrics.udp_send_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::trace!(%destination, "udp send: {e}");
-            }
-        }
+            .unwrap_or(0)
     }
 
     /// Datagrams one [`RtcPort::send_segments`] call may carry.
@@ -272,12 +259,7 @@ impl RtcPort {
         contents: &[u8],
         segment: usize,
     ) {
-        let index = self
-            .candidates
-            .iter()
-            .find(|(a, _)| *a == source)
-            .map(|(_, i)| *i)
-            .unwrap_or(0);
+        let index = self.socket_for(source);
         let count = contents.len().div_ceil(segment.max(1)) as u64;
         let transmit = quinn_udp::Transmit {
             destination,
