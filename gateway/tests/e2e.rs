@@ -519,3 +519,95 @@ async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_agai
         .expect("a new viewer restarts it");
     assert!(s.video_frames >= 30);
 }
+
+/// A UDP relay between viewers and the gateway's RTC port that drops every `nth` large
+/// datagram towards the viewer once media flows: loss that NACK/RTX must repair.
+async fn lossy_relay(
+    listen: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+    nth: u64,
+) -> Arc<std::sync::atomic::AtomicU64> {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind(listen)
+            .await
+            .expect("relay bind"),
+    );
+    let dropped = Arc::new(AtomicU64::new(0));
+    let d = dropped.clone();
+    tokio::spawn(async move {
+        let mut backs: HashMap<std::net::SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let back = match backs.get(&client) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    let (b2, front2, d2) = (b.clone(), front.clone(), d.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 2048];
+                        let mut large = 0u64;
+                        while let Ok((n, _)) = b2.recv_from(&mut buf).await {
+                            // Only media-sized datagrams, and not the DTLS handshake's first ones.
+                            if n > 600 {
+                                large += 1;
+                                if large > 20 && large % nth == 0 {
+                                    d2.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            }
+                            let _ = front2.send_to(&buf[..n], client).await;
+                        }
+                    });
+                    backs.insert(client, b.clone());
+                    b
+                }
+            };
+            let _ = back.send_to(&buf[..n], upstream).await;
+        }
+    });
+    dropped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_packets_are_repaired_by_retransmission() {
+    // The gateway's candidate is the relay's address (127.0.0.2, the RTC port), as behind NAT.
+    let wisp = Wisp::start("nack", "public_ip = [\"127.0.0.2\"]\n");
+    assert!(wisp.wait_log("wisp is serving", 10));
+    let log = wisp.log();
+    let port: u16 = log
+        .split("rtc=[127.0.0.2:")
+        .nth(1)
+        .and_then(|r| r.split(']').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("candidate port in the log: {log}"));
+    let dropped = lossy_relay(
+        format!("127.0.0.2:{port}").parse().unwrap(),
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        25,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let opts = Options {
+        url: format!("{}/whep/demo", wisp.base),
+        token: Some(wisp.token("demo", "view")),
+        frames: Some(240),
+        timeout: Duration::from_secs(40),
+        duration: None,
+        rtp_only: false,
+    };
+    let s = watch(&http, &opts, |_| {})
+        .await
+        .expect("plays through loss");
+    let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 40, "the relay dropped {dropped} packets");
+    assert!(s.video_frames >= 240);
+    assert_eq!(
+        s.discontinuities, 0,
+        "every lost packet was retransmitted in time: {s:?} ({dropped} dropped)"
+    );
+}

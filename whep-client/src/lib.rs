@@ -44,6 +44,9 @@ pub struct Summary {
     pub audio_packets: u64,
     pub video_packets: u64,
     pub keyframes: u64,
+    /// Video frames that followed lost packets str0m could not get repaired (NACK/RTX)
+    /// before giving up on them (`contiguous == false`).
+    pub discontinuities: u64,
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub codec: Option<String>,
@@ -274,6 +277,9 @@ impl Tally {
                 s.codec.get_or_insert_with(|| codec.to_string());
                 if d.is_keyframe() {
                     s.keyframes += 1;
+                }
+                if !d.contiguous && s.video_frames > 1 {
+                    s.discontinuities += 1;
                 }
                 if s.width.is_none()
                     && let Some((w, h)) = media::dimensions(&codec.to_string(), &d.data)
