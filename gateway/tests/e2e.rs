@@ -107,6 +107,18 @@ impl Wisp {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// What a viewer of `session` asks for: `frames` frames within `timeout_secs`.
+    fn viewer(&self, session: &str, token: &str, frames: u64, timeout_secs: u64) -> Options {
+        Options {
+            url: format!("{}/whep/{session}", self.base),
+            token: Some(token.to_string()),
+            frames: Some(frames),
+            timeout: Duration::from_secs(timeout_secs),
+            duration: None,
+            rtp_only: false,
+        }
+    }
+
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -240,14 +252,7 @@ async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_pla
     );
     let http = reqwest::Client::new();
     let t = wisp.token("demo,second", "view");
-    let opts = |session: &str, frames: u64| Options {
-        url: format!("{}/whep/{session}", wisp.base),
-        token: Some(t.clone()),
-        frames: Some(frames),
-        timeout: Duration::from_secs(40),
-        duration: None,
-        rtp_only: false,
-    };
+    let opts = |session: &str, frames: u64| wisp.viewer(session, &t, frames, 40);
     // Two viewers of the demo and one of the other session; each needs frames from well
     // after the kill to finish.
     let demo_a = opts("demo", 240);
@@ -303,14 +308,7 @@ async fn garbage_datagrams_are_counted_and_hurt_no_viewer() {
     let wisp = Wisp::start("garbage", "");
     let t = wisp.token("demo", "view");
     let http = reqwest::Client::new();
-    let opts = Options {
-        url: format!("{}/whep/demo", wisp.base),
-        token: Some(t.clone()),
-        frames: Some(120),
-        timeout: Duration::from_secs(30),
-        duration: None,
-        rtp_only: false,
-    };
+    let opts = wisp.viewer("demo", &t, 120, 30);
     let viewer = tokio::spawn(async move { watch(&http, &opts, |_| {}).await });
     // The RTC port, from the gateway's log line.
     assert!(wisp.wait_log("wisp is serving", 10));
@@ -367,14 +365,7 @@ async fn sigterm_drains_and_no_transcoder_outlives_the_gateway() {
         let mut wisp = Wisp::start(&format!("stop-{how}"), "");
         let t = wisp.token("demo", "view");
         let http = reqwest::Client::new();
-        let opts = Options {
-            url: format!("{}/whep/demo", wisp.base),
-            token: Some(t),
-            frames: Some(30),
-            timeout: Duration::from_secs(30),
-            duration: None,
-            rtp_only: false,
-        };
+        let opts = wisp.viewer("demo", &t, 30, 30);
         // A viewer that stays: its frames arrive, and it is still connected at the signal.
         let long = Options {
             frames: Some(100_000),
@@ -429,14 +420,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     let t = wisp.token("broken,demo", "view");
     let http = reqwest::Client::new();
     // The POST is answered at once (the transcoder starts behind it)...
-    let broken = Options {
-        url: format!("{}/whep/broken", wisp.base),
-        token: Some(t.clone()),
-        frames: Some(1),
-        timeout: Duration::from_secs(15),
-        duration: None,
-        rtp_only: false,
-    };
+    let broken = wisp.viewer("broken", &t, 1, 15);
     let h = http.clone();
     let viewer = tokio::spawn(async move { watch(&h, &broken, |_| {}).await });
     // ...and the session turns failed with FFmpeg's reason, after bounded restarts.
@@ -464,18 +448,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
         "the viewer got no media and says so"
     );
     // The demo is unaffected.
-    let demo = Options {
-        url: format!("{}/whep/demo", wisp.base),
-        frames: Some(30),
-        ..Options {
-            url: String::new(),
-            token: Some(t),
-            frames: None,
-            timeout: Duration::from_secs(20),
-            duration: None,
-            rtp_only: false,
-        }
-    };
+    let demo = wisp.viewer("demo", &t, 30, 20);
     let s = watch(&http, &demo, |_| {}).await.expect("demo plays");
     assert!(s.video_frames >= 30);
 }
@@ -484,14 +457,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
 async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_again() {
     let wisp = Wisp::start("idle", "idle_timeout = 1\n");
     let http = reqwest::Client::new();
-    let opts = Options {
-        url: format!("{}/whep/demo", wisp.base),
-        token: Some(wisp.token("demo", "view")),
-        frames: Some(30),
-        timeout: Duration::from_secs(20),
-        duration: None,
-        rtp_only: false,
-    };
+    let opts = wisp.viewer("demo", &wisp.token("demo", "view"), 30, 20);
     watch(&http, &opts, |_| {}).await.expect("plays");
     let s = wisp.api("/api/sessions/demo").await;
     let pid = s["transcoder_pid"].as_u64().expect("running") as u32;
@@ -592,14 +558,7 @@ async fn lost_video_packets_are_repaired_by_retransmission() {
     )
     .await;
     let http = reqwest::Client::new();
-    let opts = Options {
-        url: format!("{}/whep/demo", wisp.base),
-        token: Some(wisp.token("demo", "view")),
-        frames: Some(240),
-        timeout: Duration::from_secs(40),
-        duration: None,
-        rtp_only: false,
-    };
+    let opts = wisp.viewer("demo", &wisp.token("demo", "view"), 240, 40);
     let s = watch(&http, &opts, |_| {})
         .await
         .expect("plays through loss");
