@@ -283,6 +283,12 @@ impl Peer {
         let mut buf = Vec::with_capacity(1600);
         let created = Instant::now();
         session.request_keyframe();
+        // Made once and re-armed, not re-created every turn of the loop (a timer-wheel entry
+        // and a waker registration per wakeup, for every viewer).
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let stopped = session.cancelled();
+        tokio::pin!(stopped);
         let reason = loop {
             let deadline = match self.drive() {
                 Ok(t) => t,
@@ -306,6 +312,10 @@ impl Peer {
                 && let Source::Ready(ready) = &*source.borrow_and_update()
             {
                 reader = open_reader(ready, &mut feed, &session);
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
             }
             tokio::select! {
                 dg = dg_rx.recv() => {
@@ -364,12 +374,12 @@ impl Peer {
                         Source::Ready(_) | Source::Idle | Source::Starting => {}
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.into()) => {
+                _ = &mut timer => {
                     if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
                         break format!("str0m: {e}");
                     }
                 }
-                _ = session.cancelled() => {
+                _ = &mut stopped => {
                     self.rtc.disconnect();
                     break "session stopped".into();
                 }
