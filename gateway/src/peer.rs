@@ -390,7 +390,7 @@ impl Peer {
         for u in &ufrags {
             self.port.unregister(u, &dg_tx);
         }
-        tracing::info!(packets = feed.sent, "viewer ended: {reason}");
+        tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
         (self.on_end.0)();
     }
 
@@ -469,58 +469,17 @@ impl Peer {
         meta: &rtp_ring::RecordMeta,
         packet: &[u8],
     ) {
-        let (track, flags, capture_us) = (meta.track, meta.flags, meta.capture_us);
-        let Some(ready) = &feed.ready else { return };
-        let (map, mid, video) = if Some(track) == ready.video_track {
-            match (&mut feed.video, &self.tracks.video) {
-                (Some(m), Some((mid, _, _))) => (m, *mid, true),
-                _ => return,
-            }
-        } else if Some(track) == ready.audio_track {
-            match (&mut feed.audio, &self.tracks.audio) {
-                (Some(m), Some((mid, _, _))) => (m, *mid, false),
-                _ => return,
-            }
-        } else {
-            return;
-        };
-        let (Some(hdr), Some(payload)) = (RtpHeaderView::parse(packet), payload_range(packet))
-        else {
-            return;
-        };
-        match map.step(&hdr, flags, capture_us) {
-            Step::WaitKeyframe { request_keyframe } => {
-                if request_keyframe {
-                    session.request_keyframe();
-                }
-            }
-            Step::Send {
-                pt,
-                seq,
-                timestamp,
-                marker,
-            } => {
-                let mut api = self.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                    return;
-                };
-                tx.write_rtp(
-                    RtpWrite::new(
-                        Pt::from(pt),
-                        seq.into(),
-                        timestamp,
-                        Instant::now(),
-                        ready.payloads.get(meta.index, &packet[payload]),
-                    )
-                    .marker(marker)
-                    .nackable(video),
-                );
-                if feed.sent == 0 {
+        match feed.write(&mut self.rtc, &self.tracks, meta, packet) {
+            Written::Sent { first, video } => {
+                if first {
                     tracing::debug!(video, "first packet sent");
                 }
-                feed.sent += 1;
                 self.metrics.packets_out.fetch_add(1, Ordering::Relaxed);
             }
+            Written::Waiting {
+                request_keyframe: true,
+            } => session.request_keyframe(),
+            Written::Waiting { .. } | Written::Skipped => {}
         }
     }
 
@@ -633,8 +592,22 @@ pub fn new_etag() -> String {
     format!("\"{}\"", crate::http::random_id())
 }
 
-/// The per-track state of one viewer's feed from the current source.
-struct Feed {
+/// What became of one ring record for one viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Handed to str0m; `first` for the viewer's first packet.
+    Sent { first: bool, video: bool },
+    /// Dropped while the viewer waits for a keyframe; ask the source for one if told to.
+    Waiting { request_keyframe: bool },
+    /// Not for this viewer (a track it did not negotiate, or not RTP).
+    Skipped,
+}
+
+/// One viewer's feed from the current source: per-track rewriting (`fanout::TrackMap`) and
+/// the hand-over of shared payloads to str0m. Sans-IO: the caller reads the ring and drives
+/// str0m.
+#[derive(Debug)]
+pub struct Feed {
     ready: Option<Arc<ReadySource>>,
     video: Option<TrackMap>,
     audio: Option<TrackMap>,
@@ -642,7 +615,8 @@ struct Feed {
 }
 
 impl Feed {
-    fn new(tracks: &Tracks) -> Self {
+    /// Random starting sequence numbers and timestamps per track (RFC 3550 §5.1).
+    pub fn new(tracks: &Tracks) -> Self {
         let mut rnd = [0u8; 12];
         let _ = rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty());
         let r16 = |i: usize| u16::from_be_bytes([rnd[i], rnd[i + 1]]) & 0x7fff;
@@ -658,6 +632,87 @@ impl Feed {
                 .as_ref()
                 .map(|(_, pt, clock)| TrackMap::new(**pt, *clock, false, r16(2), r32(8))),
             sent: 0,
+        }
+    }
+
+    /// Follows a (new) source: timing re-anchors, and video waits for a keyframe.
+    pub fn attach(&mut self, ready: Arc<ReadySource>) {
+        self.discontinuity();
+        self.ready = Some(ready);
+    }
+
+    /// A break in what this viewer read (an overrun).
+    pub fn discontinuity(&mut self) {
+        if let Some(v) = self.video.as_mut() {
+            v.discontinuity();
+        }
+        if let Some(a) = self.audio.as_mut() {
+            a.discontinuity();
+        }
+    }
+
+    /// Packets sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Writes one ring record to the viewer's `rtc` with the viewer's header fields.
+    pub fn write(
+        &mut self,
+        rtc: &mut Rtc,
+        tracks: &Tracks,
+        meta: &rtp_ring::RecordMeta,
+        packet: &[u8],
+    ) -> Written {
+        let Some(ready) = &self.ready else {
+            return Written::Skipped;
+        };
+        let (map, mid, video) = if Some(meta.track) == ready.video_track {
+            match (&mut self.video, &tracks.video) {
+                (Some(m), Some((mid, _, _))) => (m, *mid, true),
+                _ => return Written::Skipped,
+            }
+        } else if Some(meta.track) == ready.audio_track {
+            match (&mut self.audio, &tracks.audio) {
+                (Some(m), Some((mid, _, _))) => (m, *mid, false),
+                _ => return Written::Skipped,
+            }
+        } else {
+            return Written::Skipped;
+        };
+        let (Some(hdr), Some(payload)) = (RtpHeaderView::parse(packet), payload_range(packet))
+        else {
+            return Written::Skipped;
+        };
+        match map.step(&hdr, meta.flags, meta.capture_us) {
+            Step::WaitKeyframe { request_keyframe } => Written::Waiting { request_keyframe },
+            Step::Send {
+                pt,
+                seq,
+                timestamp,
+                marker,
+            } => {
+                let mut api = rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    return Written::Skipped;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(
+                        Pt::from(pt),
+                        seq.into(),
+                        timestamp,
+                        Instant::now(),
+                        ready.payloads.get(meta.index, &packet[payload]),
+                    )
+                    .marker(marker)
+                    .nackable(video),
+                );
+                self.sent += 1;
+                Written::Sent {
+                    first: self.sent == 1,
+                    video,
+                }
+            }
         }
     }
 }
@@ -683,13 +738,7 @@ fn open_reader(
             session.request_keyframe();
         }
     }
-    if let Some(v) = feed.video.as_mut() {
-        v.discontinuity();
-    }
-    if let Some(a) = feed.audio.as_mut() {
-        a.discontinuity();
-    }
-    feed.ready = Some(ready.clone());
+    feed.attach(ready.clone());
     match reader.into_async() {
         Ok(r) => Some((r, ready.clone())),
         Err(e) => {
@@ -708,12 +757,7 @@ fn on_overrun(r: &mut AsyncReader, feed: &mut Feed, metrics: &Metrics, lost: u64
     if let Some(track) = feed.ready.as_ref().and_then(|r| r.video_track) {
         r.reader().resync_to_keyframe(track);
     }
-    if let Some(v) = feed.video.as_mut() {
-        v.discontinuity();
-    }
-    if let Some(a) = feed.audio.as_mut() {
-        a.discontinuity();
-    }
+    feed.discontinuity();
 }
 
 async fn next_record(
@@ -723,5 +767,246 @@ async fn next_record(
     match reader {
         Some((r, _)) => r.next_into(buf).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A sans-IO scenario (DESIGN.md tests, level 2): a viewer's `Rtc` built by [`answer`] and
+    //! a str0m client exchange datagrams in memory on a virtual clock; records go through a
+    //! real ring and [`Feed`] to the client, which depacketizes them.
+
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use rtp_ring::{Flags, RecordRef, Ring};
+    use str0m::change::SdpAnswer;
+    use str0m::media::{Direction, MediaKind};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+    use super::*;
+    use crate::config::VideoCodec;
+    use crate::fanout::PayloadCache;
+    use crate::offer::{Offer, Served};
+    use crate::session::ReadySource;
+
+    const SERVER: &str = "10.0.0.1:8443";
+    const CLIENT: &str = "10.0.0.2:5000";
+
+    /// What the client saw.
+    #[derive(Default, Debug)]
+    struct Seen {
+        connected: bool,
+        frames: Vec<(bool, Vec<u8>)>,
+        audio: usize,
+    }
+
+    /// Polls both peers to their timeouts, delivering datagrams between them; returns the
+    /// earliest timeout.
+    fn pump(server: &mut Rtc, client: &mut Rtc, now: Instant, seen: &mut Seen) -> Instant {
+        let (s_addr, c_addr): (SocketAddr, SocketAddr) =
+            (SERVER.parse().unwrap(), CLIENT.parse().unwrap());
+        loop {
+            let mut moved = false;
+            let ts = loop {
+                match server.poll_output().expect("server poll") {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let r = Receive::new(Protocol::Udp, s_addr, c_addr, &t.contents).unwrap();
+                        client.handle_input(Input::Receive(now, r)).unwrap();
+                        moved = true;
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            let tc = loop {
+                match client.poll_output().expect("client poll") {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        let r = Receive::new(Protocol::Udp, c_addr, s_addr, &t.contents).unwrap();
+                        server.handle_input(Input::Receive(now, r)).unwrap();
+                        moved = true;
+                    }
+                    Output::Event(Event::Connected) => seen.connected = true,
+                    Output::Event(Event::MediaData(d)) => {
+                        if d.params.spec().codec.is_video() {
+                            seen.frames.push((d.is_keyframe(), d.data.to_vec()));
+                        } else {
+                            seen.audio += 1;
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            if !moved {
+                return ts.min(tc);
+            }
+        }
+    }
+
+    fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend(seq.to_be_bytes());
+        p.extend(ts.to_be_bytes());
+        p.extend(ssrc.to_be_bytes());
+        p.extend(payload);
+        p
+    }
+
+    #[test]
+    fn a_viewer_receives_the_ring_from_its_first_keyframe_with_its_own_numbering() {
+        let mut now = Instant::now();
+        let mut client = RtcConfig::new().build(now);
+        client.add_local_candidate(Candidate::host(CLIENT.parse().unwrap(), "udp").unwrap());
+        let mut api = client.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let offer = Offer::parse(offer.to_sdp_string().as_bytes()).unwrap();
+        let plan = offer
+            .plan_whep(Served {
+                video: VideoCodec::H264,
+                audio: true,
+            })
+            .unwrap();
+        let cert = str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .unwrap();
+        let answered = answer(
+            &offer,
+            plan,
+            VideoCodec::H264,
+            &cert,
+            &[SERVER.parse().unwrap()],
+        )
+        .unwrap();
+        let mut server = answered.rtc;
+        client
+            .sdp_api()
+            .accept_answer(
+                pending,
+                SdpAnswer::from_sdp_string(&answered.answer).unwrap(),
+            )
+            .unwrap();
+        let mut seen = Seen::default();
+        for _ in 0..200 {
+            let next = pump(&mut server, &mut client, now, &mut seen);
+            if seen.connected && server.is_connected() {
+                break;
+            }
+            now = next.max(now + Duration::from_millis(1));
+            server.handle_input(Input::Timeout(now)).unwrap();
+            client.handle_input(Input::Timeout(now)).unwrap();
+        }
+        assert!(
+            seen.connected && server.is_connected(),
+            "ICE and DTLS in memory"
+        );
+
+        // The source: a real ring with the transcoder's numbering (video PT 96 on track 0,
+        // Opus PT 111 on track 1). A frame before the first keyframe must not reach the viewer.
+        let ring = Ring::create_memfd("peer-test", 1 << 20).unwrap();
+        let mut writer = ring.writer();
+        let mut reader = ring.reader();
+        let sps = [
+            0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40, 0x00, 0x00, 0x03, 0x00,
+            0x40, 0x00, 0x00, 0x0f, 0x03, 0xc6, 0x0c, 0xa8,
+        ];
+        let pps = [0x68, 0xce, 0x0f, 0xc8];
+        let mut records: Vec<(u8, Flags, Vec<u8>)> = Vec::new();
+        let (vs, as_) = (0x1111_1111, 0x2222_2222);
+        records.push((
+            0,
+            Flags::END_OF_FRAME,
+            rtp(96, 40, 0, vs, true, &[0x41, 0x9a, 1]),
+        ));
+        let mut seq = 41u16;
+        let mut next_seq = || {
+            seq += 1;
+            seq - 1
+        };
+        let idr = [0x65, 0x88, 0x84, 0x00, 0x33];
+        for f in 0..5u16 {
+            let ts = 3000 * (f as u32 + 1);
+            if f == 0 {
+                records.push((0, Flags::KEYFRAME, rtp(96, next_seq(), ts, vs, false, &sps)));
+                records.push((0, Flags::empty(), rtp(96, next_seq(), ts, vs, false, &pps)));
+                records.push((
+                    0,
+                    Flags::END_OF_FRAME,
+                    rtp(96, next_seq(), ts, vs, true, &idr),
+                ));
+            } else {
+                let p = [0x41, 0x9a, f as u8];
+                records.push((
+                    0,
+                    Flags::END_OF_FRAME,
+                    rtp(96, next_seq(), ts, vs, true, &p),
+                ));
+            }
+            let opus = rtp(111, f, 960 * f as u32, as_, false, &[0xfc, 0xff, 0xfe]);
+            records.push((1, Flags::END_OF_FRAME, opus));
+        }
+        for (track, flags, packet) in &records {
+            writer
+                .write(RecordRef {
+                    track: *track,
+                    flags: *flags,
+                    capture_us: rtp_ring::now_us(),
+                    packet,
+                })
+                .unwrap();
+        }
+        let ready = Arc::new(ReadySource {
+            ring: ring.clone(),
+            payloads: PayloadCache::new(64),
+            generation: 1,
+            video_track: Some(0),
+            audio_track: Some(1),
+            width: 1280,
+            height: 720,
+            fps: 30.0,
+            duration: None,
+        });
+        let mut feed = Feed::new(&answered.tracks);
+        feed.attach(ready);
+        let mut buf = Vec::new();
+        let mut outcomes = Vec::new();
+        while let Some(meta) = reader.try_next_into(&mut buf).unwrap() {
+            outcomes.push(feed.write(&mut server, &answered.tracks, &meta, &buf));
+        }
+        assert_eq!(
+            outcomes[0],
+            Written::Waiting {
+                request_keyframe: true
+            },
+            "the P-frame before the keyframe is held back, and a keyframe is asked for once"
+        );
+        assert_eq!(feed.sent(), (records.len() - 1) as u64, "{outcomes:?}");
+        for _ in 0..50 {
+            let next = pump(&mut server, &mut client, now, &mut seen);
+            if seen.frames.len() >= 5 && seen.audio >= 5 {
+                break;
+            }
+            now = next.max(now + Duration::from_millis(1));
+            server.handle_input(Input::Timeout(now)).unwrap();
+            client.handle_input(Input::Timeout(now)).unwrap();
+        }
+        assert_eq!(seen.frames.len(), 5, "{seen:?}");
+        assert!(seen.audio >= 4, "{seen:?}");
+        let (key, first) = &seen.frames[0];
+        assert!(*key, "the viewer starts at the keyframe");
+        // SPS, PPS and IDR arrive byte for byte, as one access unit.
+        for nal in [&sps[..], &pps[..], &idr[..]] {
+            assert!(first.windows(nal.len()).any(|w| w == nal), "{first:?}");
+        }
+        for (i, (_, frame)) in seen.frames.iter().enumerate().skip(1) {
+            assert!(
+                frame.ends_with(&[0x41, 0x9a, i as u8]),
+                "frame {i}: {frame:?}"
+            );
+        }
     }
 }
