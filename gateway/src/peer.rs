@@ -518,10 +518,7 @@ impl Peer {
             .accept_offer(sdp)
             .map_err(|e| PatchError::RestartFailed(e.to_string()))?
             .to_sdp_string();
-        self.offer = Offer {
-            sections: self.offer.sections.clone(),
-            text,
-        };
+        self.offer.text = text;
         for c in &frag.candidates {
             if let Ok(c) = Candidate::from_sdp_string(c) {
                 self.rtc.add_remote_candidate(c);

@@ -59,7 +59,6 @@ pub struct Gateway {
     pub http_addr: SocketAddr,
     /// A token printed at startup for the demo, when the gateway can mint one.
     pub demo_url: Option<String>,
-    minter: Option<Minter>,
     listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
 }
@@ -148,15 +147,9 @@ impl Gateway {
             state,
             http_addr,
             demo_url,
-            minter,
             listener: Some(listener),
             cancel,
         })
-    }
-
-    /// Mints a token with the gateway's own key (when it has a secret).
-    pub fn minter(&self) -> Option<&Minter> {
-        self.minter.as_ref()
     }
 
     /// Serves until `shutdown` completes, then drains.

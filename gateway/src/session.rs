@@ -340,7 +340,9 @@ struct SessionTask {
     source_tx: watch::Sender<Source>,
     transcoder: Option<TranscoderProcess>,
     generation: u64,
-    /// Viewers as this task counts them (joins minus leaves).
+    /// Viewers as this task counts them (joins minus leaves, in message order). Not read from
+    /// `Session::viewers`: an admission that fails a limit raises that counter for a moment
+    /// without a message, and a `Leave` seen then would never start the idle timer.
     viewers: usize,
     idle_since: Option<tokio::time::Instant>,
     last_keyframe: Option<Instant>,

@@ -194,8 +194,12 @@ impl RtcPort {
     }
 
     fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
-        let stun_ufrag = StunMessage::parse(data)
-            .ok()
+        // RFC 7983 §7: only a first byte of 0-3 can be STUN; SRTP and DTLS skip the parse.
+        let stun_ufrag = data
+            .first()
+            .is_some_and(|b| *b < 4)
+            .then(|| StunMessage::parse(data).ok())
+            .flatten()
             .filter(|m| m.is_binding_request())
             .and_then(|m| m.split_username().map(|(local, _)| local.to_string()));
         let mut routes = self.routes.lock().expect("routes lock is never poisoned");
@@ -283,18 +287,12 @@ impl RtcPort {
             }
         }
     }
-
-    /// How many routes exist (for tests and metrics).
-    pub fn route_count(&self) -> (usize, usize) {
-        let routes = self.routes.lock().expect("routes lock is never poisoned");
-        (routes.by_ufrag.len(), routes.by_addr.len())
-    }
 }
 
 fn is_link_local(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
     }
 }
 
