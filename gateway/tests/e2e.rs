@@ -14,19 +14,10 @@ use whep_client::{Options, watch};
 
 const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret-e2e";
 
+mod common;
+
 fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build --workspace first (scripts/test does)",
-        bin.display()
-    );
-    bin
+    common::workspace_bin(name)
 }
 
 /// A running `wisp serve` and what it printed.
@@ -275,7 +266,24 @@ async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_pla
         assert!(Instant::now() < deadline, "demo never ran: {s}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Kill it once the viewers are being fed (the gateway's packet counter moves).
+    let packets_out = || async {
+        let text = reqwest::get(format!("{}/metrics", wisp.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("wisp_packets_out_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while packets_out().await < 2000 {
+        assert!(Instant::now() < deadline, "the viewers were never fed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     signal(pid, "KILL");
 
     assert!(

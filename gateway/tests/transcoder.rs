@@ -10,20 +10,10 @@ use wisp_control::PlayState;
 
 const CHILD_ENV: &str = "WISP_TEST_PARENT_OF_TRANSCODER";
 
-/// The transcoder binary built in this workspace (`cargo test --workspace` builds it).
+mod common;
+
 fn transcoder_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = dir.join("wisp-transcoder");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build -p wisp-transcoder, or cargo test --workspace)",
-        bin.display()
-    );
-    bin
+    common::workspace_bin("wisp-transcoder")
 }
 
 fn args(list: &[&str]) -> Vec<String> {
