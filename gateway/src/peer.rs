@@ -16,7 +16,7 @@ use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -80,6 +80,11 @@ pub fn answer(
         .set_rtp_mode(true)
         .clear_codecs()
         .set_dtls_cert(cert.clone())
+        // Only the MID extension (BUNDLE demultiplexing). Without bandwidth estimation,
+        // transport-wide CC would only cost: a sequence number per packet, and a feedback
+        // packet every ~50 ms from every viewer to decrypt and parse.
+        .clear_extension_map()
+        .set_extension(4, Extension::RtpMid)
         // str0m's queue between write and poll (default 1000 packets per viewer).
         .set_send_buffer_video(SEND_BUFFER_VIDEO)
         .set_send_buffer_audio(SEND_BUFFER_AUDIO);
@@ -396,12 +401,24 @@ impl Peer {
 
     /// Polls str0m until it wants a timeout; sends what it transmits. `Err` ends the peer.
     fn drive(&mut self) -> Result<Instant, String> {
+        // After a write str0m asks for a timeout at once (its send queue moves on time);
+        // handling it here saves a timer wakeup per batch of records.
+        let mut due_now = 4;
         let result = loop {
             if !self.rtc.is_alive() {
                 break Err("the connection closed".into());
             }
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break Ok(t),
+                Ok(Output::Timeout(t)) => {
+                    let now = Instant::now();
+                    if t > now || due_now == 0 {
+                        break Ok(t);
+                    }
+                    due_now -= 1;
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+                        break Err(format!("str0m: {e}"));
+                    }
+                }
                 Ok(Output::Transmit(t)) => {
                     let port = &self.port;
                     self.outbox.push(

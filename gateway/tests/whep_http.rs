@@ -173,7 +173,10 @@ fn offer(setup: &str) -> String {
     let common = format!(
         "c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:Ab12\r\n\
          a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\na=fingerprint:{fp}\r\n\
-         a=setup:{setup}\r\n"
+         a=setup:{setup}\r\n\
+         a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n\
+         a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+         a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
     );
     format!(
         "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
@@ -265,6 +268,17 @@ async fn an_offer_gets_a_whep_answer_with_the_resource_url_and_etag() {
         "RTX is negotiated for NACKs"
     );
     assert!(secs[1][0].starts_with("m=audio 9 UDP/TLS/RTP/SAVPF 111"));
+    // Only the MID header extension, under the offer's id; no transport-wide CC, whose
+    // feedback the gateway would have to take from every viewer without using it.
+    for sec in &secs {
+        let exts: Vec<&&str> = sec.iter().filter(|l| l.starts_with("a=extmap:")).collect();
+        assert_eq!(
+            exts,
+            [&"a=extmap:9 urn:ietf:params:rtp-hdrext:sdes:mid"],
+            "{sec:?}"
+        );
+        assert!(!sec.iter().any(|l| l.contains("transport-cc")), "{sec:?}");
+    }
     let cands: Vec<&str> = answer
         .lines()
         .filter(|l| l.starts_with("a=candidate:"))
