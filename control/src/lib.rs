@@ -117,9 +117,16 @@ pub enum Event {
         frame: u64,
     },
     /// `code`: `input` (cannot open), `bad_request`, `not_supported`, `ring`, `playback`, ...
+    /// `id`: the request this refuses, when the command carried one (see [`request_line`]).
     Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
         code: String,
         message: String,
+    },
+    /// The command with this `id` was carried out (its `state`/`ready` event came first).
+    Done {
+        id: u64,
     },
     /// Totals, at exit.
     Stats {
@@ -133,6 +140,41 @@ pub enum Event {
     /// An event this side does not know (the other side is newer). Never sent.
     #[serde(other, skip_serializing)]
     Unknown,
+}
+
+/// A command as one line, tagged with `id` when the sender wants a reply: the transcoder then
+/// answers it with exactly one `done` or `error` event carrying that id.
+pub fn request_line(id: Option<u64>, command: &Command) -> String {
+    let mut value = serde_json::to_value(command).expect("commands serialize");
+    if let (Some(id), serde_json::Value::Object(map)) = (id, &mut value) {
+        map.insert("id".into(), id.into());
+    }
+    value.to_string()
+}
+
+/// Why a request line was refused, and the id it carried if one could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Parses a line written by [`request_line`] (the id is optional).
+pub fn parse_request(line: &str) -> Result<(Option<u64>, Command), BadRequest> {
+    let bad = |id, e: &dyn std::fmt::Display| BadRequest {
+        id,
+        message: format!("bad command {line:?}: {e}"),
+    };
+    let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(None, &e))?;
+    let id = match value.as_object_mut().and_then(|m| m.remove("id")) {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad(None, &"\"id\" must be a non-negative integer"))?,
+        ),
+    };
+    let command = serde_json::from_value(value).map_err(|e| bad(id, &e))?;
+    Ok((id, command))
 }
 
 #[cfg(test)]
@@ -170,6 +212,39 @@ mod tests {
             assert_eq!(serde_json::from_str::<Command>(line).expect("parses"), cmd);
         }
         assert!(serde_json::from_str::<Command>(r#"{"op":"rewind"}"#).is_err());
+    }
+
+    #[test]
+    fn requests_carry_an_optional_id_next_to_the_command() {
+        let line = request_line(Some(7), &Command::Step { frames: 2 });
+        assert_eq!(line, r#"{"op":"step","frames":2,"id":7}"#);
+        assert_eq!(
+            parse_request(&line),
+            Ok((Some(7), Command::Step { frames: 2 }))
+        );
+        assert_eq!(request_line(None, &Command::Play), r#"{"op":"play"}"#);
+        assert_eq!(parse_request(r#"{"op":"play"}"#), Ok((None, Command::Play)));
+        let bad = parse_request(r#"{"op":"rewind","id":3}"#).expect_err("unknown op");
+        assert_eq!(bad.id, Some(3));
+        assert!(bad.message.contains("rewind"), "{}", bad.message);
+        assert_eq!(
+            parse_request(r#"{"op":"play","id":-1}"#)
+                .expect_err("bad id")
+                .id,
+            None
+        );
+        assert!(parse_request("not json").is_err());
+        let done: Event = serde_json::from_str(r#"{"event":"done","id":7}"#).expect("parses");
+        assert_eq!(done, Event::Done { id: 7 });
+        let refused = Event::Error {
+            id: Some(7),
+            code: "not_supported".into(),
+            message: "this input cannot seek".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&refused).expect("json"),
+            r#"{"event":"error","id":7,"code":"not_supported","message":"this input cannot seek"}"#
+        );
     }
 
     #[test]

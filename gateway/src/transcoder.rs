@@ -111,8 +111,14 @@ impl TranscoderProcess {
 
     /// Sends a command. Fails once the transcoder has exited or its stdin was closed.
     pub async fn send(&mut self, cmd: &Command) -> std::io::Result<()> {
+        self.request(None, cmd).await
+    }
+
+    /// Sends a command tagged with `id`: the transcoder answers it with one `done` or `error`
+    /// event carrying that id.
+    pub async fn request(&mut self, id: Option<u64>, cmd: &Command) -> std::io::Result<()> {
         let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
-        let mut line = serde_json::to_vec(cmd).map_err(std::io::Error::other)?;
+        let mut line = wisp_control::request_line(id, cmd).into_bytes();
         line.push(b'\n');
         stdin.write_all(&line).await?;
         stdin.flush().await

@@ -122,7 +122,7 @@ async fn an_input_that_cannot_be_opened_is_an_error_event_then_an_exit() {
     )
     .expect("spawn");
     match next(&mut t).await {
-        Event::Error { code, message } => {
+        Event::Error { code, message, .. } => {
             assert_eq!(code, "input");
             assert!(message.contains("No such file"), "{message}");
         }

@@ -8,34 +8,39 @@
 use std::io::{BufRead, Write};
 use std::sync::mpsc;
 
-pub use wisp_control::{Command, Event, InputInfo, InputRef, PlayState, TrackInfo};
+pub use wisp_control::{
+    BadRequest, Command, Event, InputInfo, InputRef, PlayState, TrackInfo, parse_request,
+};
 
 /// What came in on the control channel.
 #[derive(Debug)]
 pub enum Incoming {
-    Command(Command),
+    /// A command, with the id to answer it by (`done` or `error`) if it had one.
+    Command(Option<u64>, Command),
     /// A line that is not a command; answered with an `error` event, never fatal.
-    Invalid(String),
+    Invalid(BadRequest),
     /// Stdin ended and that ends the process (stdin was a pipe or socket).
     Closed,
 }
 
-/// Parses one line into a command or a readable reason.
-pub fn parse_line(line: &str) -> Result<Command, String> {
-    let cmd: Command =
-        serde_json::from_str(line).map_err(|e| format!("bad command {line:?}: {e}"))?;
+/// Parses one line into a command (and its optional request id) or a readable reason.
+pub fn parse_line(line: &str) -> Result<(Option<u64>, Command), BadRequest> {
+    let (id, cmd) = parse_request(line)?;
     if let Command::Seek { to, frame } = &cmd {
         match (to, frame) {
             (Some(t), None) if t.is_finite() && *t >= 0.0 => {}
             (None, Some(_)) => {}
             _ => {
-                return Err(format!(
-                    "bad command {line:?}: seek takes \"to\" (seconds ≥ 0) or \"frame\""
-                ));
+                return Err(BadRequest {
+                    id,
+                    message: format!(
+                        "bad command {line:?}: seek takes \"to\" (seconds ≥ 0) or \"frame\""
+                    ),
+                });
             }
         }
     }
-    Ok(cmd)
+    Ok((id, cmd))
 }
 
 /// Starts the thread that reads stdin. `end_on_eof`: whether stdin's end means the parent is
@@ -53,7 +58,7 @@ pub fn spawn_stdin_reader(end_on_eof: bool) -> mpsc::Receiver<Incoming> {
                     continue;
                 }
                 let msg = match parse_line(line) {
-                    Ok(cmd) => Incoming::Command(cmd),
+                    Ok((id, cmd)) => Incoming::Command(id, cmd),
                     Err(e) => Incoming::Invalid(e),
                 };
                 if tx.send(msg).is_err() {
@@ -103,38 +108,50 @@ mod tests {
 
     #[test]
     fn commands_parse_from_their_json_lines() {
-        assert_eq!(parse_line(r#"{"op":"play"}"#), Ok(Command::Play));
+        assert_eq!(parse_line(r#"{"op":"play"}"#), Ok((None, Command::Play)));
         assert_eq!(
             parse_line(r#"{"op":"seek","to":12.5}"#),
-            Ok(Command::Seek {
-                to: Some(12.5),
-                frame: None
-            })
+            Ok((
+                None,
+                Command::Seek {
+                    to: Some(12.5),
+                    frame: None
+                }
+            ))
         );
         assert_eq!(
             parse_line(r#"{"op":"seek","frame":300}"#),
-            Ok(Command::Seek {
-                to: None,
-                frame: Some(300)
-            })
+            Ok((
+                None,
+                Command::Seek {
+                    to: None,
+                    frame: Some(300)
+                }
+            ))
         );
         assert_eq!(
             parse_line(r#"{"op":"step","frames":-1}"#),
-            Ok(Command::Step { frames: -1 })
+            Ok((None, Command::Step { frames: -1 }))
         );
         assert_eq!(
             parse_line(r#"{"op":"select_audio","input":"music","channels":[0,1]}"#),
-            Ok(Command::SelectAudio {
-                input: InputRef::Id("music".into()),
-                channels: Some(vec![0, 1])
-            })
+            Ok((
+                None,
+                Command::SelectAudio {
+                    input: InputRef::Id("music".into()),
+                    channels: Some(vec![0, 1])
+                }
+            ))
         );
         assert_eq!(
             parse_line(r#"{"op":"select_audio","input":1}"#),
-            Ok(Command::SelectAudio {
-                input: InputRef::Index(1),
-                channels: None
-            })
+            Ok((
+                None,
+                Command::SelectAudio {
+                    input: InputRef::Index(1),
+                    channels: None
+                }
+            ))
         );
     }
 
@@ -143,20 +160,33 @@ mod tests {
         assert!(
             parse_line("not json")
                 .expect_err("garbage")
+                .message
                 .contains("bad command")
         );
         assert!(
             parse_line(r#"{"op":"rewind"}"#)
                 .expect_err("unknown")
+                .message
                 .contains("rewind")
         );
         assert!(
             parse_line(r#"{"op":"seek"}"#)
                 .expect_err("no target")
+                .message
                 .contains("\"to\"")
         );
         assert!(parse_line(r#"{"op":"seek","to":-3}"#).is_err());
         assert!(parse_line(r#"{"op":"step"}"#).is_err());
+        assert_eq!(
+            parse_line(r#"{"op":"seek","to":-3,"id":4}"#)
+                .expect_err("refused")
+                .id,
+            Some(4)
+        );
+        assert_eq!(
+            parse_line(r#"{"op":"pause","id":9}"#),
+            Ok((Some(9), Command::Pause))
+        );
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn usage_error(message: &str) -> ExitCode {
 fn fatal(code: &'static str, message: &str) -> ExitCode {
     tracing::error!("{message}");
     control::emit(&Event::Error {
+        id: None,
         code: code.to_string(),
         message: message.to_string(),
     });

@@ -83,6 +83,9 @@ pub struct Player {
     frame: Option<u64>,
     first_frame: u64,
     force_key: bool,
+    /// The id of the command being handled, if it wants a reply, and whether it was refused.
+    request: Option<u64>,
+    refused: bool,
     /// Units produced and not yet written, in media order.
     pending: std::collections::VecDeque<Unit>,
     /// Production reached the end; write what is pending, then end.
@@ -216,6 +219,8 @@ impl Player {
             frame: None,
             first_frame: 0,
             force_key: true,
+            request: None,
+            refused: false,
             pending: std::collections::VecDeque::new(),
             produced_all: false,
             paused_at_wall: now,
@@ -580,14 +585,15 @@ impl Player {
         }
     }
 
+    /// Acts on one control message; a command with an id is answered by exactly one `done` or
+    /// `error` event carrying it.
     fn handle(&mut self, msg: Incoming) -> Result<bool, PlayError> {
-        let cmd = match msg {
-            Incoming::Command(c) => c,
-            Incoming::Invalid(reason) => {
-                control::emit(&Event::Error {
-                    code: "bad_request".into(),
-                    message: reason,
-                });
+        let (id, cmd) = match msg {
+            Incoming::Command(id, c) => (id, c),
+            Incoming::Invalid(bad) => {
+                self.request = bad.id;
+                self.refuse("bad_request", bad.message);
+                self.request = None;
                 return Ok(true);
             }
             Incoming::Closed => {
@@ -596,6 +602,26 @@ impl Player {
             }
         };
         tracing::debug!(?cmd, "command");
+        self.request = id;
+        self.refused = false;
+        let go_on = self.act(cmd);
+        if let (Some(id), false, Ok(true)) = (self.request.take(), self.refused, &go_on) {
+            control::emit(&Event::Done { id });
+        }
+        go_on
+    }
+
+    /// Refuses the current command (or reports a playback problem) with an `error` event.
+    fn refuse(&mut self, code: &str, message: String) {
+        self.refused = true;
+        control::emit(&Event::Error {
+            id: self.request,
+            code: code.into(),
+            message,
+        });
+    }
+
+    fn act(&mut self, cmd: Command) -> Result<bool, PlayError> {
         match cmd {
             Command::Play => {
                 if self.state != PlayState::Playing {
@@ -650,10 +676,7 @@ impl Player {
             }
             Command::Step { frames } => {
                 if self.video.is_none() {
-                    control::emit(&Event::Error {
-                        code: "not_supported".into(),
-                        message: "step needs a video track".into(),
-                    });
+                    self.refuse("not_supported", "step needs a video track".into());
                     return Ok(true);
                 }
                 if self.state == PlayState::Playing {
@@ -680,10 +703,7 @@ impl Player {
             }
             Command::SelectAudio { input, channels } => {
                 if let Err(message) = self.select_audio(input, channels) {
-                    control::emit(&Event::Error {
-                        code: "bad_request".into(),
-                        message,
-                    });
+                    self.refuse("bad_request", message);
                 } else {
                     control::emit(&self.ready_event());
                 }
@@ -724,10 +744,7 @@ impl Player {
             Ok(()) => Ok(true),
             Err(PlayError::Source(SourceError::Read { reason, .. })) => {
                 tracing::warn!("{reason}");
-                control::emit(&Event::Error {
-                    code: "not_supported".into(),
-                    message: format!("this input cannot seek: {reason}"),
-                });
+                self.refuse("not_supported", format!("this input cannot seek: {reason}"));
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -764,10 +781,7 @@ impl Player {
             None => None,
         };
         let Some(media_t) = peeked.map(|i| frame_ticks(i, self.fps)) else {
-            control::emit(&Event::Error {
-                code: "bad_request".into(),
-                message: "no frame there: end of media".into(),
-            });
+            self.refuse("bad_request", "no frame there: end of media".into());
             return Ok(());
         };
         // Frames produced before the pause go first, so timestamps never step back.
