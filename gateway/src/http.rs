@@ -33,7 +33,7 @@ use crate::whep::Resources;
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub sessions: Registry,
     pub resources: Resources,
     pub port: Arc<RtcPort>,

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod fanout;
 pub mod http;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //! Owns the viewer's WebRTC state: building the `Rtc` from the offer (ICE-lite, the session's
 //! codecs only, the shared DTLS certificate), reading the session ring with its own cursor and
 //! writing the shared payloads with the viewer's header fields (`fanout.rs`), keyframe requests,
-//! trickle ICE and ICE restarts (with the resource's ETag), and teardown. It follows str0m's
+//! trickle ICE and ICE restarts (with the resource's ETag), the viewer's control channel
+//! (requests through `control.rs`, session events out, token expiry), and teardown. It follows str0m's
 //! run-loop rule: after every input, poll until `Timeout`. HTTP statuses are the HTTP layer's;
 //! this module reports outcomes as enums.
 
@@ -12,20 +13,24 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rtp_ring::{AsyncReader, RtpHeaderView};
+use serde_json::{Map, json};
 use str0m::change::SdpOffer;
+use str0m::channel::{ChannelData, ChannelId};
 use str0m::config::DtlsCert;
 use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
+use crate::auth::{Grant, Scope, Verifier, now_secs};
 use crate::config::VideoCodec;
+use crate::control::{self, Action, Code, Refusal, Steering};
 use crate::fanout::{Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
 use crate::offer::{Fragment, Kind, Offer, Plan, valid_ice_credentials};
-use crate::session::{ReadySource, Source, ViewerSlot};
+use crate::session::{ControlReply, ReadySource, Session, Source, ViewerSlot};
 use crate::udp::{Datagram, RtcPort};
 
 /// A viewer that has not connected within this time is dropped.
@@ -249,6 +254,10 @@ pub struct Peer {
     pub metrics: Arc<Metrics>,
     pub inbox: mpsc::Receiver<PeerMsg>,
     pub outbox: crate::udp::Outbox,
+    /// The viewer's token: what it may do on the control channel, and when it expires.
+    pub grant: Grant,
+    /// Checks tokens sent with the `auth` op.
+    pub verifier: Arc<Verifier>,
     /// Called once when the task ends (removes the resource from the HTTP registry).
     pub on_end: OnEnd,
 }
@@ -294,11 +303,31 @@ impl Peer {
         tokio::pin!(timer);
         let stopped = session.cancelled();
         tokio::pin!(stopped);
+        let mut events = session.events();
+        let mut events_open = true;
+        let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ControlReply>();
+        let mut ctl = ControlState {
+            channel: None,
+            steering: Steering::new(Instant::now()),
+            warned_for: None,
+        };
+        let mut channel_events = Vec::new();
+        let expiry = tokio::time::sleep_until(ctl.deadline(&self.grant));
+        tokio::pin!(expiry);
         let reason = loop {
-            let deadline = match self.drive() {
+            let deadline = match self.drive(&mut channel_events) {
                 Ok(t) => t,
                 Err(reason) => break reason,
             };
+            if !channel_events.is_empty() {
+                for ev in std::mem::take(&mut channel_events) {
+                    if self.on_channel(ev, &mut ctl, &session, &reply_tx) {
+                        expiry.as_mut().reset(ctl.deadline(&self.grant));
+                    }
+                }
+                // Poll str0m again: replies were written.
+                continue;
+            }
             // str0m reports the connection while polled (in `drive`): look right after it.
             if !connected && self.rtc.is_connected() {
                 connected = true;
@@ -388,10 +417,53 @@ impl Peer {
                     self.rtc.disconnect();
                     break "session stopped".into();
                 }
+                ev = events.recv(), if events_open => match ev {
+                    Ok(text) => self.send_control(&ctl, &text),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(n, "viewer skipped session events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                },
+                Some(r) = reply_rx.recv() => {
+                    let text = match &r.result {
+                        Ok(()) => control::reply_ok(&r.id, Map::new()),
+                        Err(refusal) => control::reply_error(&r.id, refusal),
+                    };
+                    self.send_control(&ctl, &text);
+                }
+                _ = &mut expiry => {
+                    let now = now_secs();
+                    if ctl.warned_for != Some(self.grant.exp) {
+                        ctl.warned_for = Some(self.grant.exp);
+                        let left = self.grant.exp.saturating_sub(now);
+                        self.send_control(
+                            &ctl,
+                            &control::event("auth_expiring", json!({ "in_seconds": left })),
+                        );
+                        expiry.as_mut().reset(ctl.deadline(&self.grant));
+                    } else {
+                        let why = format!(
+                            "the token expired {} s ago and no fresh one came with \"auth\"",
+                            now.saturating_sub(self.grant.exp)
+                        );
+                        self.send_control(
+                            &ctl,
+                            &control::event(
+                                "error",
+                                json!({"code": Code::TokenExpired.as_str(), "message": why}),
+                            ),
+                        );
+                        // Let the event leave before the connection closes.
+                        let _ = self.drive(&mut channel_events);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        self.rtc.disconnect();
+                        break why;
+                    }
+                }
             }
         };
         // Flush what str0m still wants to send (a DTLS close_notify after disconnect).
-        let _ = self.drive();
+        let _ = self.drive(&mut channel_events);
         for u in &ufrags {
             self.port.unregister(u, &dg_tx);
         }
@@ -400,7 +472,7 @@ impl Peer {
     }
 
     /// Polls str0m until it wants a timeout; sends what it transmits. `Err` ends the peer.
-    fn drive(&mut self) -> Result<Instant, String> {
+    fn drive(&mut self, channel: &mut Vec<ChannelEvent>) -> Result<Instant, String> {
         // After a write str0m asks for a timeout at once (its send queue moves on time);
         // handling it here saves a timer wakeup per batch of records.
         let mut due_now = 4;
@@ -430,7 +502,7 @@ impl Peer {
                     );
                 }
                 Ok(Output::Event(e)) => {
-                    if let Err(reason) = self.on_event(e) {
+                    if let Err(reason) = self.on_event(e, channel) {
                         break Err(reason);
                     }
                 }
@@ -443,16 +515,150 @@ impl Peer {
         result
     }
 
-    fn on_event(&mut self, e: Event) -> Result<(), String> {
+    fn on_event(&mut self, e: Event, channel: &mut Vec<ChannelEvent>) -> Result<(), String> {
         match e {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 return Err("ICE disconnected (consent expired)".into());
             }
             Event::KeyframeRequest(_) => self.slot.session().request_keyframe(),
-            Event::ChannelOpen(_, label) => tracing::debug!(%label, "data channel open"),
+            Event::ChannelOpen(id, label) => channel.push(ChannelEvent::Open(id, label)),
+            Event::ChannelData(d) => channel.push(ChannelEvent::Data(d)),
+            Event::ChannelClose(id) => channel.push(ChannelEvent::Close(id)),
             _ => {}
         }
         Ok(())
+    }
+
+    /// A data-channel event: the `control` channel opening (it gets the current state),
+    /// a request on it, or its closing. Returns whether the viewer's token changed.
+    fn on_channel(
+        &mut self,
+        ev: ChannelEvent,
+        ctl: &mut ControlState,
+        session: &Arc<Session>,
+        reply_tx: &mpsc::UnboundedSender<ControlReply>,
+    ) -> bool {
+        let d = match ev {
+            ChannelEvent::Open(id, label) => {
+                if label != control::LABEL {
+                    tracing::debug!(%label, "data channel ignored: only \"control\" is served");
+                    return false;
+                }
+                tracing::debug!("control channel open");
+                ctl.channel = Some(id);
+                if let Some(state) = session.playback().state_event() {
+                    self.send_control(ctl, &state);
+                }
+                let count = session.viewer_count();
+                self.send_control(ctl, &control::event("viewers", json!({ "count": count })));
+                // A warning that fell due before the channel opened.
+                let left = self.grant.exp.saturating_sub(now_secs());
+                if left <= control::EXPIRY_WARNING.as_secs() {
+                    ctl.warned_for = Some(self.grant.exp);
+                    let ev = control::event("auth_expiring", json!({ "in_seconds": left }));
+                    self.send_control(ctl, &ev);
+                    return true; // re-arm the expiry timer for the end of the grace
+                }
+                return false;
+            }
+            ChannelEvent::Close(id) => {
+                if ctl.channel == Some(id) {
+                    ctl.channel = None;
+                }
+                return false;
+            }
+            ChannelEvent::Data(d) if ctl.channel == Some(d.id) => d,
+            ChannelEvent::Data(_) => return false,
+        };
+        let now = now_secs();
+        let action =
+            ctl.steering
+                .on_message(&d.data, Instant::now(), &self.grant, &session.name, now);
+        let reply = match action {
+            Action::Reply(text) => text,
+            Action::Command { id, command } => {
+                session.control(id, command, reply_tx.clone());
+                return false;
+            }
+            Action::Chat { id, text } => {
+                let from = self
+                    .grant
+                    .sub
+                    .clone()
+                    .unwrap_or_else(|| format!("viewer-{}", &self.id[..8.min(self.id.len())]));
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                session.publish(control::event(
+                    "chat",
+                    json!({"from": from, "text": text, "at": at}),
+                ));
+                control::reply_ok(&id, Map::new())
+            }
+            Action::Status { id } => {
+                let p = session.playback();
+                let mut f = Map::new();
+                f.insert("state".into(), json!(p.state));
+                f.insert("position".into(), json!(p.position));
+                f.insert("duration".into(), json!(p.duration));
+                f.insert("fps".into(), json!(p.fps));
+                f.insert("viewers".into(), json!(session.viewer_count()));
+                f.insert("inputs".into(), json!(p.inputs));
+                f.insert("audio_input".into(), json!(p.audio_input));
+                f.insert("audio_channels".into(), json!(p.audio_channels));
+                f.insert("scope".into(), json!(scope_string(&self.grant)));
+                f.insert("exp".into(), json!(self.grant.exp));
+                control::reply_ok(&id, f)
+            }
+            Action::Auth { id, token } => match self.reauthorize(&token, &session.name) {
+                Ok(grant) => {
+                    let mut f = Map::new();
+                    f.insert("scope".into(), json!(scope_string(&grant)));
+                    f.insert("exp".into(), json!(grant.exp));
+                    tracing::info!(scope = %scope_string(&grant), exp = grant.exp, "viewer token replaced");
+                    self.grant = grant;
+                    ctl.warned_for = None;
+                    self.send_control(ctl, &control::reply_ok(&id, f));
+                    return true;
+                }
+                Err(refusal) => control::reply_error(&id, &refusal),
+            },
+        };
+        self.send_control(ctl, &reply);
+        false
+    }
+
+    /// Checks a token sent with `auth`: valid, for this session, allowing playback at all.
+    fn reauthorize(&self, token: &str, session: &str) -> Result<Grant, Refusal> {
+        let grant = self
+            .verifier
+            .verify(token.trim())
+            .map_err(|e| Refusal::new(Code::Forbidden, e.to_string()))?;
+        if !grant.covers(session) {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                format!("the new token does not name session {session:?}"),
+            ));
+        }
+        if !grant.scopes.contains(&Scope::View) {
+            return Err(Refusal::new(
+                Code::Forbidden,
+                "the new token lacks scope 'view'",
+            ));
+        }
+        Ok(grant)
+    }
+
+    /// Writes a text message on the control channel, if the viewer opened one.
+    fn send_control(&mut self, ctl: &ControlState, text: &str) {
+        let Some(id) = ctl.channel else { return };
+        let Some(mut ch) = self.rtc.channel(id) else {
+            return;
+        };
+        if let Err(e) = ch.write(false, text.as_bytes()) {
+            tracing::debug!("control message not sent: {e}");
+        }
     }
 
     /// str0m keeps 3 s of sent video (up to 1024 packets, ~400 bytes of bookkeeping each,
@@ -565,6 +771,40 @@ impl Peer {
 /// The 200 body of an ICE restart (RFC 9725 §4.3.3): the answer's ICE lines (`ice-lite`,
 /// `ice-options`, bundle group, the first media section with its new ufrag, pwd and
 /// candidates).
+/// A data-channel event, taken out of `drive` to be handled with the session at hand.
+#[derive(Debug)]
+enum ChannelEvent {
+    Open(ChannelId, String),
+    Data(ChannelData),
+    Close(ChannelId),
+}
+
+/// The viewer's control channel and token-expiry bookkeeping.
+#[derive(Debug)]
+struct ControlState {
+    channel: Option<ChannelId>,
+    steering: Steering,
+    /// The `exp` an `auth_expiring` went out for.
+    warned_for: Option<u64>,
+}
+
+impl ControlState {
+    /// When the expiry timer fires next: the warning before `exp`, else the end of the grace.
+    fn deadline(&self, grant: &Grant) -> tokio::time::Instant {
+        let at = if self.warned_for == Some(grant.exp) {
+            grant.exp + control::EXPIRY_GRACE.as_secs()
+        } else {
+            grant.exp.saturating_sub(control::EXPIRY_WARNING.as_secs())
+        };
+        tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now_secs()))
+    }
+}
+
+fn scope_string(grant: &Grant) -> String {
+    let scopes: Vec<&str> = grant.scopes.iter().map(|s| s.as_str()).collect();
+    scopes.join(" ")
+}
+
 fn restart_fragment(answer: &str) -> String {
     let mut out = String::new();
     let mut in_first_media = false;

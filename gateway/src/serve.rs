@@ -135,7 +135,7 @@ impl Gateway {
         };
         let state = Arc::new(AppState {
             config,
-            verifier,
+            verifier: Arc::new(verifier),
             sessions,
             resources: Resources::default(),
             port,

@@ -7,7 +7,7 @@
 //! is published on a `watch` channel that each viewer's task follows; the session task never
 //! touches a peer. HTTP status codes are not chosen here (see `http.rs`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,13 +15,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rtp_ring::Ring;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Limits, SessionSpec};
+use crate::control::{self, Code, Refusal};
 use crate::metrics::Metrics;
 use crate::transcoder::{Command, Event, TranscoderProcess};
+use wisp_control::{InputInfo, PlayState};
 
 /// Ring size for a transcoder: about 10 s of 8 Mb/s video at 1536-byte slots.
 const RING_BYTES: u64 = 16 << 20;
@@ -34,6 +37,10 @@ const MAX_RESTARTS: usize = 3;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// Grace for `stop` then SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(4);
+/// Viewers' commands kept while a transcoder starts; more are refused as `unavailable`.
+const MAX_HELD: usize = 64;
+/// Events a slow viewer may fall behind by before it skips some (positions mostly).
+const EVENT_BACKLOG: usize = 256;
 
 /// What viewers can read right now.
 #[derive(Debug, Clone)]
@@ -80,6 +87,49 @@ enum Msg {
     Join,
     Leave,
     KeyframeRequest,
+    Control {
+        id: Value,
+        command: Command,
+        reply: mpsc::UnboundedSender<ControlReply>,
+    },
+}
+
+/// The outcome of a viewer's command, for its reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlReply {
+    pub id: Value,
+    pub result: Result<(), Refusal>,
+}
+
+/// The session's shared playback, as its viewers see it (DESIGN.md: every viewer of a session
+/// sees the same frame).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Playback {
+    /// `None` until the source reported a state.
+    pub state: Option<PlayState>,
+    /// Seconds.
+    pub position: f64,
+    /// Seconds; `None` for endless sources.
+    pub duration: Option<f64>,
+    pub fps: Option<f64>,
+    pub inputs: Vec<InputInfo>,
+    pub audio_input: Option<String>,
+    pub audio_channels: Vec<u32>,
+}
+
+impl Playback {
+    /// The `state` event for this playback, if there is a state yet.
+    pub fn state_event(&self) -> Option<String> {
+        Some(control::event(
+            "state",
+            json!({
+                "state": self.state?,
+                "position": control::seconds(self.position),
+                "duration": self.duration.map(control::seconds),
+                "fps": self.fps,
+            }),
+        ))
+    }
 }
 
 /// A handle on a session, shared by HTTP handlers and its viewers.
@@ -95,6 +145,9 @@ pub struct Session {
     last_error: Mutex<Option<String>>,
     pid: AtomicUsize,
     cancel: CancellationToken,
+    /// Events for every viewer (JSON text, as sent on the control channel).
+    events: broadcast::Sender<Arc<str>>,
+    playback: Mutex<Playback>,
 }
 
 /// A viewer's place in a session; leaving (drop) is counted and tells the session.
@@ -189,6 +242,29 @@ impl Session {
     /// A viewer asks for a keyframe (PLI/FIR, or it just joined).
     pub fn request_keyframe(&self) {
         let _ = self.tx.send(Msg::KeyframeRequest);
+    }
+
+    /// Hands a viewer's command to the source; the outcome comes back on `reply`.
+    pub fn control(&self, id: Value, command: Command, reply: mpsc::UnboundedSender<ControlReply>) {
+        let _ = self.tx.send(Msg::Control { id, command, reply });
+    }
+
+    /// Events for the viewers of this session, from now on.
+    pub fn events(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
+    }
+
+    /// Sends an event to every viewer of the session.
+    pub fn publish(&self, event: String) {
+        let _ = self.events.send(event.into());
+    }
+
+    pub fn playback(&self) -> Playback {
+        self.playback.lock().expect("not poisoned").clone()
+    }
+
+    pub fn viewer_count(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed)
     }
 
     /// Stops the session's task (and transcoder); its viewers see `Failed`.
@@ -302,6 +378,8 @@ impl Registry {
             last_error: Mutex::new(None),
             pid: AtomicUsize::new(0),
             cancel: self.cancel.child_token(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            playback: Mutex::new(Playback::default()),
         });
         sessions.insert(name.clone(), session.clone());
         let task = SessionTask {
@@ -317,6 +395,10 @@ impl Registry {
             keyframe_pending: false,
             exits: VecDeque::new(),
             position: None,
+            announced: false,
+            pending: HashMap::new(),
+            next_request: 1,
+            held: Vec::new(),
         };
         tokio::spawn(
             task.run()
@@ -351,6 +433,14 @@ struct SessionTask {
     exits: VecDeque<Instant>,
     /// Last reported media position, seconds: where a restarted transcoder resumes.
     position: Option<f64>,
+    /// The running transcoder's `ready` was published (a later `ready`, after an audio
+    /// change, updates the playback only: same ring, viewers keep their cursors).
+    announced: bool,
+    /// Viewers' commands sent to the transcoder, by request id, waiting for `done`/`error`.
+    pending: HashMap<u64, (Value, mpsc::UnboundedSender<ControlReply>)>,
+    next_request: u64,
+    /// Viewers' commands that came while the transcoder was starting, sent once it is ready.
+    held: Vec<(Value, Command, mpsc::UnboundedSender<ControlReply>)>,
 }
 
 impl SessionTask {
@@ -368,7 +458,12 @@ impl SessionTask {
                     None => break,
                 },
                 event = next_event(&mut self.transcoder) => match event {
-                    Some(event) => self.on_event(event),
+                    Some(event) => {
+                        self.on_event(event);
+                        if !self.held.is_empty() && matches!(&*self.source_tx.borrow(), Source::Ready(_)) {
+                            self.release_held().await;
+                        }
+                    }
                     None => self.on_exit().await,
                 },
                 _ = sleep_until(idle_at) => {
@@ -397,6 +492,7 @@ impl SessionTask {
         match msg {
             Msg::Join => {
                 self.viewers += 1;
+                self.publish_viewers();
                 self.idle_since = None;
                 if self.transcoder.is_none() {
                     // A viewer after a failure tries again.
@@ -406,6 +502,7 @@ impl SessionTask {
             }
             Msg::Leave => {
                 self.viewers = self.viewers.saturating_sub(1);
+                self.publish_viewers();
                 if self.viewers == 0 && self.transcoder.is_some() {
                     self.idle_since = Some(tokio::time::Instant::now());
                 }
@@ -424,7 +521,92 @@ impl SessionTask {
                     self.keyframe_pending = true;
                 }
             }
+            Msg::Control { id, command, reply } => self.on_control(id, command, reply).await,
         }
+    }
+
+    fn publish_viewers(&self) {
+        self.session
+            .publish(control::event("viewers", json!({ "count": self.viewers })));
+    }
+
+    /// A viewer's command: to the transcoder when it is ready, else refused at once.
+    async fn on_control(
+        &mut self,
+        id: Value,
+        command: Command,
+        reply: mpsc::UnboundedSender<ControlReply>,
+    ) {
+        let refuse = |message: &str| ControlReply {
+            id: id.clone(),
+            result: Err(Refusal::new(Code::Unavailable, message)),
+        };
+        let (ready, starting) = match &*self.source_tx.borrow() {
+            Source::Ready(_) => (true, false),
+            Source::Starting => (false, true),
+            Source::Idle | Source::Failed(_) => (false, false),
+        };
+        if starting && self.transcoder.is_some() && self.held.len() < MAX_HELD {
+            self.held.push((id, command, reply));
+            return;
+        }
+        let Some(t) = self.transcoder.as_mut().filter(|_| ready) else {
+            let why = match &*self.source_tx.borrow() {
+                Source::Failed(reason) => format!("the session failed: {reason}"),
+                Source::Idle | Source::Starting | Source::Ready(_) => {
+                    "the transcoder is not ready; try again in a moment".into()
+                }
+            };
+            let _ = reply.send(refuse(&why));
+            return;
+        };
+        let request = self.next_request;
+        self.next_request += 1;
+        tracing::debug!(request, ?command, "viewer command");
+        match t.request(Some(request), &command).await {
+            Ok(()) => {
+                self.pending.insert(request, (id, reply));
+            }
+            Err(e) => {
+                let _ = reply.send(refuse(&format!("the transcoder is not listening: {e}")));
+            }
+        }
+    }
+
+    /// Answers a pending viewer command.
+    fn answer(&mut self, request: u64, result: Result<(), Refusal>) {
+        if let Some((id, reply)) = self.pending.remove(&request) {
+            let _ = reply.send(ControlReply { id, result });
+        }
+    }
+
+    /// Sends the commands held while the transcoder was starting.
+    async fn release_held(&mut self) {
+        for (id, command, reply) in std::mem::take(&mut self.held) {
+            self.on_control(id, command, reply).await;
+        }
+    }
+
+    /// The transcoder went away: commands in flight will never be answered by it.
+    fn abandon_pending(&mut self, why: &str) {
+        for (id, _, reply) in self.held.drain(..) {
+            let _ = reply.send(ControlReply {
+                id,
+                result: Err(Refusal::new(Code::Unavailable, why)),
+            });
+        }
+        for (_, (id, reply)) in self.pending.drain() {
+            let _ = reply.send(ControlReply {
+                id,
+                result: Err(Refusal::new(Code::Unavailable, why)),
+            });
+        }
+    }
+
+    fn set_playback(&self, change: impl FnOnce(&mut Playback)) -> Playback {
+        let mut p = self.session.playback.lock().expect("not poisoned");
+        change(&mut p);
+        p.clone()
     }
 
     async fn send_keyframe_request(&mut self) {
@@ -461,6 +643,7 @@ impl SessionTask {
                     .transcoders
                     .fetch_add(1, Ordering::Relaxed);
                 self.transcoder = Some(t);
+                self.announced = false;
                 self.source_tx.send_replace(Source::Starting);
             }
             Err(e) => {
@@ -473,6 +656,10 @@ impl SessionTask {
 
     fn fail(&mut self, reason: String) {
         *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
+        self.session.publish(control::event(
+            "error",
+            json!({"code": "unavailable", "message": reason}),
+        ));
         self.source_tx.send_replace(Source::Failed(reason));
     }
 
@@ -484,9 +671,23 @@ impl SessionTask {
                 fps,
                 width,
                 height,
-                ..
+                inputs,
+                audio_input,
+                audio_channels,
             } => {
                 let Some(t) = &self.transcoder else { return };
+                self.set_playback(|p| {
+                    p.duration = duration;
+                    p.fps = Some(fps);
+                    p.inputs = inputs;
+                    p.audio_input = audio_input;
+                    p.audio_channels = audio_channels;
+                });
+                if self.announced {
+                    tracing::info!("transcoder changed its audio selection");
+                    return;
+                }
+                self.announced = true;
                 self.generation += 1;
                 let find = |kind: &str| tracks.iter().find(|t| t.kind == kind).map(|t| t.index);
                 tracing::info!(
@@ -509,13 +710,47 @@ impl SessionTask {
                         duration,
                     })));
             }
-            Event::Position { position, .. } | Event::State { position, .. } => {
+            Event::Position { position, .. } => {
                 self.position = Some(position);
+                self.set_playback(|p| p.position = position);
+                self.session.publish(control::event(
+                    "position",
+                    json!({ "position": control::seconds(position) }),
+                ));
             }
-            Event::Error { code, message } => {
+            Event::State {
+                state, position, ..
+            } => {
+                self.position = Some(position);
+                let p = self.set_playback(|p| {
+                    p.state = Some(state);
+                    p.position = position;
+                });
+                if let Some(ev) = p.state_event() {
+                    self.session.publish(ev);
+                }
+            }
+            Event::Done { id } => self.answer(id, Ok(())),
+            Event::Error {
+                id: Some(id),
+                code,
+                message,
+            } => {
+                tracing::info!(%code, "transcoder refused a viewer's command: {message}");
+                self.answer(id, Err(Refusal::new(Code::from_transcoder(&code), message)));
+            }
+            Event::Error {
+                id: None,
+                code,
+                message,
+            } => {
                 tracing::warn!(%code, "transcoder error: {message}");
                 *self.session.last_error.lock().expect("not poisoned") =
                     Some(format!("{code}: {message}"));
+                self.session.publish(control::event(
+                    "error",
+                    json!({"code": code, "message": message}),
+                ));
             }
             Event::Stats { .. } | Event::Unknown => {}
         }
@@ -527,6 +762,7 @@ impl SessionTask {
             return;
         };
         let pid = t.pid();
+        self.abandon_pending("the transcoder exited before answering");
         let status = t.stop(STOP_GRACE).await;
         self.session.pid.store(0, Ordering::Relaxed);
         self.runtime
@@ -573,6 +809,16 @@ impl SessionTask {
             return;
         }
         self.session.restarts.fetch_add(1, Ordering::Relaxed);
+        self.session.publish(control::event(
+            "error",
+            json!({
+                "code": "unavailable",
+                "message": format!(
+                    "the transcoder exited ({status}); restarting at {:.1} s",
+                    self.position.unwrap_or(0.0)
+                ),
+            }),
+        ));
         tracing::warn!(
             position = self.position.unwrap_or(0.0),
             "restarting the transcoder for {} viewers",
@@ -582,6 +828,7 @@ impl SessionTask {
     }
 
     async fn stop_transcoder(&mut self) {
+        self.abandon_pending("the transcoder was stopped");
         if let Some(t) = self.transcoder.take() {
             let pid = t.pid();
             match t.stop(STOP_GRACE).await {
@@ -595,6 +842,7 @@ impl SessionTask {
                 .fetch_sub(1, Ordering::Relaxed);
         }
         self.position = None;
+        self.set_playback(|p| *p = Playback::default());
     }
 }
 

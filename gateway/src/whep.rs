@@ -141,6 +141,8 @@ pub async fn post(
         metrics: s.metrics.clone(),
         inbox,
         outbox: crate::udp::Outbox::default(),
+        grant: grant.clone(),
+        verifier: s.verifier.clone(),
         on_end: OnEnd(Box::new(move || {
             state.resources.remove(&end_id);
         })),

@@ -1,5 +1,6 @@
 //! A WHEP client (draft-ietf-wish-whep) on str0m: offers recvonly audio and video, POSTs the
-//! offer, completes ICE and DTLS, and counts what arrives.
+//! offer, completes ICE and DTLS, and counts what arrives. Optionally it also opens a data
+//! channel labelled `control` and sends requests on it (Wisp's playback control).
 //!
 //! # Layout
 //! - `lib.rs`: [`watch`], one viewer from POST to DELETE, and its [`Summary`].
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use str0m::change::SdpAnswer;
+use str0m::channel::ChannelId;
 use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
@@ -35,6 +37,31 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Count RTP packets and marker bits instead of depacketizing frames (cheaper; load runs).
     pub rtp_only: bool,
+    /// Open a `control` data channel and send these requests on it.
+    pub control: Option<Control>,
+}
+
+/// Requests for the `control` data channel. With it, [`watch`] ends once every request was
+/// answered and `listen` more passed (frames and duration are then not waited for).
+#[derive(Debug, Clone)]
+pub struct Control {
+    /// Messages sent in order once the channel opens (JSON requests, or any text).
+    pub requests: Vec<String>,
+    /// Every message that arrives on the channel (replies and events), as text.
+    pub messages: tokio::sync::mpsc::UnboundedSender<String>,
+    /// How long to keep listening for events after the last reply.
+    pub listen: Duration,
+}
+
+/// The control channel's progress inside [`watch`].
+#[derive(Debug, Default)]
+struct ControlRun {
+    channel: Option<ChannelId>,
+    sent: bool,
+    /// Replies still expected.
+    awaiting: usize,
+    /// When the last reply came.
+    answered_at: Option<Instant>,
 }
 
 /// What a viewer saw. Printed as JSON by the CLI.
@@ -58,6 +85,9 @@ pub struct Summary {
     pub lost_packets: u64,
     pub seconds: f64,
     pub resource: Option<String>,
+    /// Replies on the control channel, and how many of them were errors.
+    pub control_replies: u64,
+    pub control_errors: u64,
 }
 
 /// Why watching failed.
@@ -81,6 +111,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("webrtc: {0}")]
     Rtc(String),
+    #[error("control channel: {0}")]
+    Control(String),
 }
 
 /// Watches one WHEP session: POST, connect, count, DELETE. `progress` is called with the
@@ -112,6 +144,9 @@ pub async fn watch(
     let mut api = rtc.sdp_api();
     let video_mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let audio_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    if opts.control.is_some() {
+        api.add_channel("control".into());
+    }
     let (offer, pending) = api.apply().expect("adding media makes an offer");
 
     let mut req = http
@@ -151,14 +186,25 @@ pub async fn watch(
     let mut tally = Tally::new(video_mid, audio_mid);
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
-    let end = opts.duration.map(|d| started + d);
-    let result = loop {
+    let mut end = opts.duration.map(|d| started + d);
+    let mut ctl = ControlRun::default();
+    let result = 'run: loop {
         // Poll until str0m wants a timeout (its run-loop rule).
         let deadline = loop {
             match rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break Ok(t),
                 Ok(Output::Transmit(t)) => {
                     let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(Event::ChannelOpen(id, label))) if label == "control" => {
+                    ctl.channel = Some(id);
+                }
+                Ok(Output::Event(Event::ChannelData(d))) if Some(d.id) == ctl.channel => {
+                    let text = String::from_utf8_lossy(&d.data).into_owned();
+                    if let Some(c) = &opts.control {
+                        on_control_message(&text, &mut ctl, &mut summary);
+                        let _ = c.messages.send(text);
+                    }
                 }
                 Ok(Output::Event(e)) => {
                     if let Err(e) = tally.event(e, &rtc, &mut summary, started) {
@@ -168,12 +214,27 @@ pub async fn watch(
                 Err(e) => break Err(ClientError::Rtc(e.to_string())),
             }
         };
+        if let (Some(c), Some(id), false) = (&opts.control, ctl.channel, ctl.sent) {
+            ctl.sent = true;
+            for r in &c.requests {
+                let written = rtc.channel(id).map(|mut ch| ch.write(false, r.as_bytes()));
+                if !matches!(written, Some(Ok(_))) {
+                    break 'run Err(ClientError::Control(format!("could not send {r:?}")));
+                }
+                ctl.awaiting += 1;
+            }
+            continue; // poll str0m again to send them
+        }
+        if let (Some(c), Some(at), 0, None) = (&opts.control, ctl.answered_at, ctl.awaiting, end) {
+            end = Some(at + c.listen);
+        }
         let deadline = match deadline {
             Ok(d) => d,
             Err(e) => break Err(e),
         };
         if let Some(want) = opts.frames
             && summary.video_frames >= want
+            && opts.control.is_none()
         {
             break Ok(());
         }
@@ -182,9 +243,19 @@ pub async fn watch(
             break Ok(());
         }
         let waited = now.duration_since(started);
-        if opts.duration.is_none() && waited >= opts.timeout {
+        if end.is_none() && waited >= opts.timeout {
             let secs = opts.timeout.as_secs();
             break Err(if summary.connected_ms.is_none() {
+                ClientError::NotConnected(secs)
+            } else if opts.control.is_some() && ctl.channel.is_none() {
+                ClientError::Control(format!("the channel did not open within {secs} s"))
+            } else if opts.control.is_some() {
+                ClientError::Control(format!(
+                    "{} of {} requests unanswered after {secs} s",
+                    ctl.awaiting,
+                    opts.control.as_ref().map_or(0, |c| c.requests.len())
+                ))
+            } else if summary.connected_ms.is_none() {
                 ClientError::NotConnected(secs)
             } else if summary.video_frames == 0 && summary.audio_packets == 0 {
                 ClientError::NoMedia(secs)
@@ -244,6 +315,85 @@ pub async fn watch(
     }
     rtc.disconnect();
     result.map(|()| summary)
+}
+
+/// A control request from command-line words: `seek 20` → `{"id":1,"op":"seek","to":20.0}`.
+/// `raw TEXT` is sent as it is (to test how a server takes malformed input).
+pub fn control_request(id: u64, op: &str, args: &[String]) -> Result<String, String> {
+    use serde_json::{Value, json};
+    let arg = |i: usize, what: &str| {
+        args.get(i)
+            .cloned()
+            .ok_or_else(|| format!("{op} needs {what}"))
+    };
+    let number = |text: String, what: &str| {
+        text.parse::<f64>()
+            .map_err(|_| format!("{op}: {what} must be a number, not {text:?}"))
+    };
+    let mut req = match op {
+        "play" | "pause" | "status" => json!({ "op": op }),
+        "seek" => {
+            let target = arg(0, "a position (seconds, or a frame like 600f)")?;
+            match target.strip_suffix('f') {
+                Some(frame) => json!({"op": "seek", "frame": frame.parse::<u64>()
+                    .map_err(|_| format!("seek: {target:?} is not a frame number"))?}),
+                None => json!({"op": "seek", "to": number(target, "the position")?}),
+            }
+        }
+        "step" => {
+            let n = arg(0, "a frame count like 1 or -1")?;
+            json!({"op": "step", "frames": n.parse::<i64>()
+                .map_err(|_| format!("step: {n:?} is not a whole number"))?})
+        }
+        "select_audio" => {
+            let input = arg(0, "an input (its id or position)")?;
+            let input = match input.parse::<u64>() {
+                Ok(i) => json!(i),
+                Err(_) => json!(input),
+            };
+            let mut r = json!({"op": "select_audio", "input": input});
+            if let Some(list) = args.get(1) {
+                let channels: Result<Vec<u32>, _> =
+                    list.split(',').map(|c| c.trim().parse::<u32>()).collect();
+                r["channels"] = json!(
+                    channels
+                        .map_err(|_| format!("select_audio: channels like 0,1, not {list:?}"))?
+                );
+            }
+            r
+        }
+        "chat" => {
+            if args.is_empty() {
+                return Err("chat needs some text".into());
+            }
+            json!({"op": "chat", "text": args.join(" ")})
+        }
+        "auth" => json!({"op": "auth", "token": arg(0, "a token")?}),
+        "raw" => return Ok(args.join(" ")),
+        other => {
+            return Err(format!(
+                "unknown op {other:?} (play, pause, status, seek, step, select_audio, chat, auth, raw)"
+            ));
+        }
+    };
+    req["id"] = Value::from(id);
+    Ok(req.to_string())
+}
+
+/// Counts a reply (a message with `id` and `ok` or `error`); events pass through.
+fn on_control_message(text: &str, ctl: &mut ControlRun, summary: &mut Summary) {
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return;
+    };
+    if m.contains_key("event") || !m.contains_key("id") {
+        return;
+    }
+    summary.control_replies += 1;
+    if m.contains_key("error") {
+        summary.control_errors += 1;
+    }
+    ctl.awaiting = ctl.awaiting.saturating_sub(1);
+    ctl.answered_at = Some(Instant::now());
 }
 
 /// Room for the most datagrams GRO coalesces (64 segments, each within a 1500-byte MTU).
@@ -413,4 +563,48 @@ pub fn problem_detail(body: &str) -> String {
                 .take(300)
                 .collect()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(w: &str) -> Vec<String> {
+        w.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn control_requests_from_command_line_words() {
+        let r = |op: &str, args: &str| control_request(7, op, &words(args));
+        assert_eq!(
+            r("seek", "20").unwrap(),
+            r#"{"op":"seek","to":20.0,"id":7}"#
+        );
+        assert_eq!(
+            r("seek", "600f").unwrap(),
+            r#"{"op":"seek","frame":600,"id":7}"#
+        );
+        assert_eq!(
+            r("step", "-1").unwrap(),
+            r#"{"op":"step","frames":-1,"id":7}"#
+        );
+        assert_eq!(
+            r("select_audio", "dub 0,1").unwrap(),
+            r#"{"op":"select_audio","input":"dub","channels":[0,1],"id":7}"#
+        );
+        assert_eq!(
+            r("select_audio", "1").unwrap(),
+            r#"{"op":"select_audio","input":1,"id":7}"#
+        );
+        assert_eq!(
+            r("chat", "hello there").unwrap(),
+            r#"{"op":"chat","text":"hello there","id":7}"#
+        );
+        assert_eq!(r("pause", "").unwrap(), r#"{"op":"pause","id":7}"#);
+        assert_eq!(r("raw", "not json").unwrap(), "not json");
+        assert!(r("seek", "").unwrap_err().contains("seek needs"));
+        assert!(r("seek", "soon").unwrap_err().contains("must be a number"));
+        assert!(r("select_audio", "1 a,b").unwrap_err().contains("channels"));
+        assert!(r("rewind", "").unwrap_err().contains("unknown op"));
+    }
 }

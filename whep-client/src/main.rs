@@ -1,4 +1,5 @@
-//! `whep-client`: watch a WHEP session (`play`) or load a server with many viewers (`load`).
+//! `whep-client`: watch a WHEP session (`play`), steer it over its `control` data channel
+//! (`control`), or load a server with many viewers (`load`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::sync::Mutex;
-use whep_client::{Options, Summary, watch};
+use whep_client::{Control, Options, Summary, control_request, watch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +39,28 @@ enum Cmd {
         /// Print the summary as JSON (last line of stdout).
         #[arg(long)]
         json: bool,
+    },
+    /// Send one request on the session's `control` data channel; print the reply and then the
+    /// events seen for --listen seconds, one JSON object per line. Exit 1 on an error reply.
+    ///
+    /// OP is play, pause, status, seek SECONDS (or seek FRAMEf, e.g. 600f), step ±N,
+    /// select_audio INPUT [CHANNELS like 0,1], chat TEXT..., auth TOKEN, or raw TEXT (sent as is).
+    Control {
+        url: String,
+        #[arg(long, env = "WHEP_TOKEN")]
+        token: Option<String>,
+        /// Seconds to print events after the reply.
+        #[arg(long, default_value_t = 3.0)]
+        listen: f64,
+        /// Seconds to wait for the connection and the reply.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+        /// Also print a JSON summary as the last line.
+        #[arg(long)]
+        json: bool,
+        op: String,
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
     },
     /// Many viewers in one process, ramped up, for a fixed time.
     Load {
@@ -86,6 +109,82 @@ fn main() -> ExitCode {
             ramp,
             json,
         } => runtime.block_on(load(url, token, viewers, duration, ramp, json)),
+        Cmd::Control {
+            url,
+            token,
+            listen,
+            timeout,
+            json,
+            op,
+            args,
+        } => {
+            let request = match control_request(1, &op, &args) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("whep-client: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // `raw` text may hold several messages, one per line.
+            let requests = if op == "raw" {
+                request.lines().map(String::from).collect()
+            } else {
+                vec![request]
+            };
+            runtime.block_on(control(url, token, requests, listen, timeout, json))
+        }
+    }
+}
+
+async fn control(
+    url: String,
+    token: Option<String>,
+    requests: Vec<String>,
+    listen: f64,
+    timeout: u64,
+    json: bool,
+) -> ExitCode {
+    let http = reqwest::Client::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let opts = Options {
+        url,
+        token,
+        frames: None,
+        timeout: Duration::from_secs(timeout),
+        duration: None,
+        rtp_only: true,
+        control: Some(Control {
+            requests,
+            messages: tx,
+            listen: Duration::from_secs_f64(listen.max(0.0)),
+        }),
+    };
+    let printer = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            println!("{line}");
+        }
+    });
+    let result = watch(&http, &opts, |_| {}).await;
+    drop(opts);
+    let _ = printer.await;
+    match result {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string(&s).expect("summary serializes"));
+            }
+            if s.control_errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("whep-client: {e}");
+            if json {
+                println!("{}", json!({ "error": e.to_string() }));
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -104,6 +203,7 @@ async fn play(
         timeout: Duration::from_secs(timeout),
         duration: None,
         rtp_only: false,
+        control: None,
     };
     let result = watch(&http, &opts, |s| {
         eprintln!(
@@ -166,6 +266,7 @@ async fn load(
             timeout: Duration::from_secs(duration),
             duration: Some(Duration::from_secs(duration)),
             rtp_only: true,
+            control: None,
         };
         let http = http.clone();
         let results = results.clone();
