@@ -101,6 +101,23 @@ pub struct Claims {
     pub scope: String,
 }
 
+impl Claims {
+    /// Claims for `sessions` and `scope` (space-separated) until `exp`, issued now; no
+    /// `sub`, `nbf`, `iss` or `aud` (set them with struct update syntax).
+    pub fn new(sessions: Vec<String>, scope: impl Into<String>, exp: u64) -> Self {
+        Self {
+            exp,
+            nbf: None,
+            iat: Some(now_secs()),
+            iss: None,
+            aud: None,
+            sub: None,
+            sessions,
+            scope: scope.into(),
+        }
+    }
+}
+
 /// What a verified token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -404,14 +421,12 @@ mod tests {
 
     fn claims(sessions: &[&str], scope: &str, ttl: i64) -> Claims {
         Claims {
-            exp: (now_secs() as i64 + ttl) as u64,
-            nbf: None,
-            iat: Some(now_secs()),
-            iss: None,
-            aud: None,
             sub: Some("alice".into()),
-            sessions: sessions.iter().map(|s| s.to_string()).collect(),
-            scope: scope.into(),
+            ..Claims::new(
+                sessions.iter().map(|s| s.to_string()).collect(),
+                scope,
+                (now_secs() as i64 + ttl) as u64,
+            )
         }
     }
 

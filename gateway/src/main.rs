@@ -203,13 +203,9 @@ fn token(args: TokenArgs) -> Result<String, String> {
         .collect::<Vec<_>>()
         .join(" ");
     Ok(minter.mint(&Claims {
-        exp: now + args.ttl,
-        nbf: None,
-        iat: Some(now),
         iss: args.iss,
         aud: args.aud,
         sub: args.sub,
-        sessions: args.sessions,
-        scope,
+        ..Claims::new(args.sessions, scope, now + args.ttl)
     }))
 }

@@ -117,14 +117,14 @@ impl Gateway {
                     ip => ip,
                 };
                 let token = m.mint(&Claims {
-                    exp: crate::auth::now_secs() + 24 * 3600,
-                    nbf: None,
-                    iat: Some(crate::auth::now_secs()),
                     iss: config.jwt_issuer.clone(),
                     aud: config.jwt_audience.clone(),
                     sub: Some("demo".into()),
-                    sessions: vec!["demo".into()],
-                    scope: "view playback".into(),
+                    ..Claims::new(
+                        vec!["demo".into()],
+                        "view playback",
+                        crate::auth::now_secs() + 24 * 3600,
+                    )
                 });
                 Some(format!(
                     "http://{}/play/demo?token={token}",

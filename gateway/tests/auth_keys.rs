@@ -16,14 +16,9 @@ fn key(name: &str) -> Vec<u8> {
 
 fn claims() -> Claims {
     Claims {
-        exp: now_secs() + 300,
-        nbf: None,
         iat: None,
-        iss: None,
-        aud: None,
         sub: Some("bob".into()),
-        sessions: vec!["demo".into()],
-        scope: "view chat".into(),
+        ..Claims::new(vec!["demo".into()], "view chat", now_secs() + 300)
     }
 }
 
