@@ -597,25 +597,17 @@ impl Peer {
                 control::reply_ok(&id, Map::new())
             }
             Action::Status { id } => {
-                let p = session.playback();
-                let mut f = Map::new();
-                f.insert("state".into(), json!(p.state));
-                f.insert("position".into(), json!(p.position));
-                f.insert("duration".into(), json!(p.duration));
-                f.insert("fps".into(), json!(p.fps));
+                let mut f = match serde_json::to_value(session.playback()) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
                 f.insert("viewers".into(), json!(session.viewer_count()));
-                f.insert("inputs".into(), json!(p.inputs));
-                f.insert("audio_input".into(), json!(p.audio_input));
-                f.insert("audio_channels".into(), json!(p.audio_channels));
-                f.insert("scope".into(), json!(scope_string(&self.grant)));
-                f.insert("exp".into(), json!(self.grant.exp));
+                f.extend(token_fields(&self.grant));
                 control::reply_ok(&id, f)
             }
             Action::Auth { id, token } => match self.reauthorize(&token, &session.name) {
                 Ok(grant) => {
-                    let mut f = Map::new();
-                    f.insert("scope".into(), json!(scope_string(&grant)));
-                    f.insert("exp".into(), json!(grant.exp));
+                    let f = token_fields(&grant);
                     tracing::info!(scope = %scope_string(&grant), exp = grant.exp, "viewer token replaced");
                     self.grant = grant;
                     ctl.warned_for = None;
@@ -803,6 +795,14 @@ impl ControlState {
 fn scope_string(grant: &Grant) -> String {
     let scopes: Vec<&str> = grant.scopes.iter().map(|s| s.as_str()).collect();
     scopes.join(" ")
+}
+
+/// What `status` and `auth` replies say of the viewer's token.
+fn token_fields(grant: &Grant) -> Map<String, serde_json::Value> {
+    let mut f = Map::new();
+    f.insert("scope".into(), json!(scope_string(grant)));
+    f.insert("exp".into(), json!(grant.exp));
+    f
 }
 
 fn restart_fragment(answer: &str) -> String {

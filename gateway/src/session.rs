@@ -395,7 +395,6 @@ impl Registry {
             keyframe_pending: false,
             exits: VecDeque::new(),
             position: None,
-            announced: false,
             pending: HashMap::new(),
             next_request: 1,
             held: Vec::new(),
@@ -433,9 +432,6 @@ struct SessionTask {
     exits: VecDeque<Instant>,
     /// Last reported media position, seconds: where a restarted transcoder resumes.
     position: Option<f64>,
-    /// The running transcoder's `ready` was published (a later `ready`, after an audio
-    /// change, updates the playback only: same ring, viewers keep their cursors).
-    announced: bool,
     /// Viewers' commands sent to the transcoder, by request id, waiting for `done`/`error`.
     pending: HashMap<u64, (Value, mpsc::UnboundedSender<ControlReply>)>,
     next_request: u64,
@@ -603,10 +599,8 @@ impl SessionTask {
         }
     }
 
-    fn set_playback(&self, change: impl FnOnce(&mut Playback)) -> Playback {
-        let mut p = self.session.playback.lock().expect("not poisoned");
-        change(&mut p);
-        p.clone()
+    fn set_playback<R>(&self, change: impl FnOnce(&mut Playback) -> R) -> R {
+        change(&mut self.session.playback.lock().expect("not poisoned"))
     }
 
     async fn send_keyframe_request(&mut self) {
@@ -643,7 +637,6 @@ impl SessionTask {
                     .transcoders
                     .fetch_add(1, Ordering::Relaxed);
                 self.transcoder = Some(t);
-                self.announced = false;
                 self.source_tx.send_replace(Source::Starting);
             }
             Err(e) => {
@@ -683,11 +676,12 @@ impl SessionTask {
                     p.audio_input = audio_input;
                     p.audio_channels = audio_channels;
                 });
-                if self.announced {
+                // A later `ready` from the same transcoder (after an audio change) updates the
+                // playback only: same ring, viewers keep their cursors.
+                if matches!(&*self.source_tx.borrow(), Source::Ready(_)) {
                     tracing::info!("transcoder changed its audio selection");
                     return;
                 }
-                self.announced = true;
                 self.generation += 1;
                 let find = |kind: &str| tracks.iter().find(|t| t.kind == kind).map(|t| t.index);
                 tracing::info!(
@@ -722,11 +716,12 @@ impl SessionTask {
                 state, position, ..
             } => {
                 self.position = Some(position);
-                let p = self.set_playback(|p| {
+                let event = self.set_playback(|p| {
                     p.state = Some(state);
                     p.position = position;
+                    p.state_event()
                 });
-                if let Some(ev) = p.state_event() {
+                if let Some(ev) = event {
                     self.session.publish(ev);
                 }
             }
