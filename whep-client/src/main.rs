@@ -178,14 +178,17 @@ async fn control(
                 ExitCode::SUCCESS
             }
         }
-        Err(e) => {
-            eprintln!("whep-client: {e}");
-            if json {
-                println!("{}", json!({ "error": e.to_string() }));
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&e, json),
     }
+}
+
+/// Reports a failed run: the reason on stderr, and with `--json` as the last stdout line.
+fn failed(e: &whep_client::ClientError, json: bool) -> ExitCode {
+    eprintln!("whep-client: {e}");
+    if json {
+        println!("{}", json!({ "error": e.to_string() }));
+    }
+    ExitCode::FAILURE
 }
 
 async fn play(
@@ -235,13 +238,7 @@ async fn play(
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("whep-client: {e}");
-            if json {
-                println!("{}", json!({"error": e.to_string()}));
-            }
-            ExitCode::FAILURE
-        }
+        Err(e) => failed(&e, json),
     }
 }
 
