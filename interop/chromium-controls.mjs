@@ -5,7 +5,7 @@
 // Usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN SESSION
 // Prints one JSON line per check; exits non-zero if a check fails.
 
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const [base, steerToken, viewToken, session = "vod"] = process.argv.slice(2);
 if (!base || !steerToken || !viewToken) {
@@ -13,15 +13,7 @@ if (!base || !steerToken || !viewToken) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--disable-background-networking",
-    "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launchChromium();
 
 let failed = false;
 function report(result) {
