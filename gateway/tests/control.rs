@@ -17,13 +17,13 @@ mod harness;
 
 use harness::{SECRET, Wisp};
 
-/// A 12 s 640x360@30 H.264 (GOP 2 s) + AAC file, made once per test.
+/// A 20 s 640x360@30 H.264 (GOP 2 s) + AAC file, made once per test.
 fn vod_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("vod.mp4");
     let ok = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
         .arg("testsrc2=size=640x360:rate=30")
-        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "12"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "20"])
         .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
         .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
         .arg(&path)
@@ -47,20 +47,23 @@ fn start(name: &str) -> Wisp {
     )
 }
 
-/// One in-process viewer of `vod` that sends `requests` and listens `listen_secs` after the
-/// last reply. Returns its summary and every message it received, parsed.
-async fn viewer(
+/// Starts an in-process viewer of `vod` that sends `requests` and listens `listen_secs` after
+/// the last reply; its messages arrive on the receiver as they come.
+fn spawn_viewer(
     base: &str,
     token: &str,
     requests: Vec<String>,
     listen_secs: f64,
-) -> (Summary, Vec<Value>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+) -> (
+    tokio::task::JoinHandle<Result<Summary, whep_client::ClientError>>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = Options {
         url: format!("{base}/whep/vod"),
         token: Some(token.to_string()),
         frames: None,
-        timeout: Duration::from_secs(30),
+        timeout: Duration::from_secs(60),
         duration: None,
         rtp_only: false,
         control: Some(Control {
@@ -69,14 +72,28 @@ async fn viewer(
             listen: Duration::from_secs_f64(listen_secs),
         }),
     };
-    let summary = watch(&reqwest::Client::new(), &opts, |_| {})
-        .await
-        .expect("the viewer ran");
-    drop(opts);
-    let mut messages = Vec::new();
+    let run = tokio::spawn(async move { watch(&reqwest::Client::new(), &opts, |_| {}).await });
+    (run, rx)
+}
+
+/// Parses what is left on a viewer's message receiver (until the viewer ends).
+async fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, into: &mut Vec<Value>) {
     while let Some(m) = rx.recv().await {
-        messages.push(serde_json::from_str(&m).expect("messages are JSON"));
+        into.push(serde_json::from_str(&m).expect("messages are JSON"));
     }
+}
+
+/// [`spawn_viewer`] run to its end: its summary and every message it received, parsed.
+async fn viewer(
+    base: &str,
+    token: &str,
+    requests: Vec<String>,
+    listen_secs: f64,
+) -> (Summary, Vec<Value>) {
+    let (run, mut rx) = spawn_viewer(base, token, requests, listen_secs);
+    let mut messages = Vec::new();
+    drain(&mut rx, &mut messages).await;
+    let summary = run.await.unwrap().expect("the viewer ran");
     (summary, messages)
 }
 
@@ -114,19 +131,21 @@ async fn one_viewer_seeks_and_everyone_follows_a_view_only_token_cannot() {
     let view = w.token("vod", "view");
 
     // A viewer that watches throughout, asking only for the status.
-    let watcher = {
-        let (base, token) = (w.base.clone(), view.clone());
-        tokio::spawn(async move {
-            viewer(
-                &base,
-                &token,
-                vec![r#"{"id":"w","op":"status"}"#.into()],
-                7.0,
-            )
+    let (watcher, mut watcher_rx) = spawn_viewer(
+        &w.base,
+        &view,
+        vec![r#"{"id":"w","op":"status"}"#.into()],
+        7.0,
+    );
+    // It is ready to see the seek once its channel answered.
+    let mut messages: Vec<Value> = Vec::new();
+    while !messages.iter().any(|m| m["id"] == "w") {
+        let m = tokio::time::timeout(Duration::from_secs(20), watcher_rx.recv())
             .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+            .expect("the watcher's status reply")
+            .expect("the watcher runs");
+        messages.push(serde_json::from_str(&m).unwrap());
+    }
 
     // The CLI, as a user runs it: the reply, then position events near 8.
     let out = Command::new(common::workspace_bin("whep-client"))
@@ -188,7 +207,8 @@ async fn one_viewer_seeks_and_everyone_follows_a_view_only_token_cannot() {
     );
 
     // The watcher saw the seek as everyone does, and its media went on.
-    let (summary, messages) = watcher.await.unwrap();
+    drain(&mut watcher_rx, &mut messages).await;
+    let summary = watcher.await.unwrap().expect("the watcher ran");
     assert_eq!(code(reply(&messages, json!("w"))), "ok");
     let after = positions_after_state_at(&messages, 8.0);
     assert!(after.iter().all(|p| *p >= 8.0), "{after:?}");
@@ -208,14 +228,8 @@ fn mint(claims: &Claims) -> String {
 
 fn claims(sessions: &[&str], scope: &str, exp: u64) -> Claims {
     Claims {
-        exp,
-        nbf: None,
-        iat: Some(now_secs()),
-        iss: None,
-        aud: None,
         sub: Some("bob".into()),
-        sessions: sessions.iter().map(|s| s.to_string()).collect(),
-        scope: scope.into(),
+        ..Claims::new(sessions.iter().map(|s| s.to_string()).collect(), scope, exp)
     }
 }
 
@@ -369,21 +383,12 @@ async fn an_expiring_token_is_warned_then_disconnected_after_the_grace() {
     // Expires in 3 s: inside the 60 s warning window at once; cut 30 s after expiry.
     let exp = now_secs() + 3;
     let token = mint(&claims(&["vod"], "view playback", exp));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let opts = Options {
-        url: format!("{}/whep/vod", w.base),
-        token: Some(token),
-        frames: None,
-        timeout: Duration::from_secs(60),
-        duration: None,
-        rtp_only: true,
-        control: Some(Control {
-            requests: vec![r#"{"id":1,"op":"status"}"#.into()],
-            messages: tx,
-            listen: Duration::from_secs(50),
-        }),
-    };
-    let run = tokio::spawn(async move { watch(&reqwest::Client::new(), &opts, |_| {}).await });
+    let (run, mut rx) = spawn_viewer(
+        &w.base,
+        &token,
+        vec![r#"{"id":1,"op":"status"}"#.into()],
+        50.0,
+    );
     let mut messages = Vec::new();
     let cut = loop {
         let m = tokio::time::timeout(Duration::from_secs(45), rx.recv())
