@@ -92,6 +92,9 @@ pub struct Player {
     produced_all: bool,
     paused_at_wall: u64,
     last_position_wall: u64,
+    /// A seek's target frame and when it was asked for, until its first frame is written
+    /// (for the debug log that says how long seeks take).
+    seek_started: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
     control: Option<Receiver<Incoming>>,
     stats: Stats,
@@ -160,6 +163,7 @@ impl Player {
                     drop_before: 0,
                     ahead: None,
                     scratch: frame::Video::empty(),
+                    held: None,
                 })
             }
             None => None,
@@ -225,6 +229,7 @@ impl Player {
             produced_all: false,
             paused_at_wall: now,
             last_position_wall: 0,
+            seek_started: None,
             stop,
             control,
             stats: Stats::default(),
@@ -514,6 +519,14 @@ impl Player {
         }
         let capture_us = unit.due_us.min(now);
         let is_audio = unit.track == crate::rtp::AUDIO_TRACK;
+        if let (false, Some((frame, at))) = (is_audio, self.seek_started) {
+            self.seek_started = None;
+            tracing::debug!(
+                frame,
+                ms = now.saturating_sub(at) / 1000,
+                "seek: first frame of the new position written"
+            );
+        }
         for p in &packets {
             let mut flags = Flags::empty();
             if p.keyframe_start {
@@ -753,6 +766,7 @@ impl Player {
 
     /// Positions everything so the next video frame out is exactly `target`, as a keyframe.
     fn seek_to(&mut self, target: u64) -> Result<(), PlayError> {
+        self.seek_started = Some((target, now_us()));
         let target_t = frame_ticks(target, self.fps);
         self.drop_pending()?;
         self.force_key = true;

@@ -187,7 +187,16 @@ struct Stream<D> {
     /// Last timestamp handed out (video: stream time base; audio: µs), to invent one for frames
     /// that have none.
     last_us: Option<i64>,
+    /// After a seek: packets stamped before this (stream time base) are decoded only if other
+    /// frames refer to them; nothing before it is shown (see [`SKIP_MARGIN_S`]).
+    skip_before: Option<i64>,
+    /// Whether the decoder is set to skip non-reference frames now.
+    skipping: bool,
 }
+
+/// How far before a seek's target frames are still decoded in full: the frame-rate filter may
+/// show a frame stamped up to one output frame before the target (down to 10 fps here).
+const SKIP_MARGIN_S: f64 = 0.1;
 
 /// An input opened with libavformat.
 pub struct FileSource {
@@ -300,6 +309,8 @@ impl FileSource {
                     },
                     fps,
                     flushed: false,
+                    skip_before: None,
+                    skipping: false,
                     last_us: None,
                 })
             }
@@ -331,6 +342,8 @@ impl FileSource {
                     fps: FfRational::new(0, 1),
                     flushed: false,
                     last_us: None,
+                    skip_before: None,
+                    skipping: false,
                 })
             }
             None => None,
@@ -389,6 +402,13 @@ impl FileSource {
             v.decoder.flush();
             v.flushed = false;
             v.last_us = None;
+            // Catching up from the keyframe before the target: frames nothing refers to
+            // (typically half of them, the non-reference B-frames) need no decoding.
+            let tb = v.time_base;
+            let skip_s = seconds - SKIP_MARGIN_S;
+            v.skip_before = (skip_s > 0.0 && tb.numerator() > 0).then(|| {
+                v.start + (skip_s * tb.denominator() as f64 / tb.numerator() as f64) as i64
+            });
         }
         if let Some(a) = &mut self.audio {
             a.decoder.flush();
@@ -511,6 +531,14 @@ impl FileSource {
             }
             // The decoder wants input.
             if let Some(packet) = queue.pop_front() {
+                if let (Kind::Video, Some(v)) = (kind, self.video.as_mut()) {
+                    v.skip_nonref_before_target(&packet);
+                }
+                let decoder: &mut ff::decoder::Opened = match kind {
+                    Kind::Video => self.video.as_mut().map(|v| &mut *v.decoder),
+                    Kind::Audio => self.audio.as_mut().map(|a| &mut *a.decoder),
+                }
+                .expect("matched above");
                 if let Err(e) = decoder.send_packet(&packet) {
                     tracing::debug!(?kind, "corrupt packet skipped: {e}");
                     self.corrupt += 1;
@@ -536,6 +564,25 @@ impl FileSource {
                     let _ = decoder.send_eof();
                 }
             }
+        }
+    }
+}
+
+impl Stream<decoder::Video> {
+    /// Sets the decoder to skip non-reference frames for packets before `skip_before`, and to
+    /// decode everything from there on.
+    fn skip_nonref_before_target(&mut self, packet: &Packet) {
+        let skip = match (self.skip_before, packet.pts().or(packet.dts())) {
+            (Some(before), Some(ts)) => ts < before,
+            _ => false,
+        };
+        if skip != self.skipping {
+            self.skipping = skip;
+            self.decoder.skip_frame(if skip {
+                ff::Discard::NonReference
+            } else {
+                ff::Discard::Default
+            });
         }
     }
 }

@@ -252,6 +252,9 @@ pub struct VideoChain {
     /// A decoded, filtered frame waiting to be encoded (lookahead against audio).
     pub ahead: Option<(frame::Video, u64)>,
     pub scratch: frame::Video,
+    /// While catching up to a seek's target: the latest decoded frame more than one output
+    /// frame before it, not filtered (scaled) unless it turns out to be the one shown.
+    pub held: Option<frame::Video>,
 }
 
 impl std::fmt::Debug for VideoChain {
@@ -294,14 +297,41 @@ impl VideoChain {
                 return Ok(None);
             }
             if source.next_video(&mut self.scratch)? {
-                if let Err(e) = self.filter.push(&self.scratch) {
-                    tracing::warn!("video frame dropped by the filter: {e}");
+                if self.long_before_target(&self.scratch) {
+                    // Keep it aside: only the last of these can be shown (by the frame-rate
+                    // filter repeating it), so the others are never scaled.
+                    let held = self.held.get_or_insert_with(frame::Video::empty);
+                    std::mem::swap(held, &mut self.scratch);
+                    continue;
                 }
+                if let Some(held) = self.held.take() {
+                    push(&mut self.filter, &held);
+                }
+                push(&mut self.filter, &self.scratch);
             } else {
+                if let Some(held) = self.held.take() {
+                    push(&mut self.filter, &held);
+                }
                 self.filter.flush();
                 self.source_done = true;
             }
         }
+    }
+
+    /// Whether a decoded frame (pts in the source's time base) lies more than one output frame
+    /// before `drop_before`, the first frame to show.
+    fn long_before_target(&self, frame: &frame::Video) -> bool {
+        let (Some(pts), tb, fps) = (frame.pts(), self.filter.time_base, self.filter.fps) else {
+            return false;
+        };
+        if self.drop_before == 0 || tb.denominator() == 0 || fps.denominator() == 0 {
+            return false;
+        }
+        // pts·tb·fps < drop_before − 1, in integers.
+        let lhs = pts as i128 * tb.numerator() as i128 * fps.numerator() as i128;
+        let rhs =
+            (self.drop_before as i128 - 1) * tb.denominator() as i128 * fps.denominator() as i128;
+        lhs < rhs
     }
 
     /// Starts over after the source was repositioned: the next frame out is `target`.
@@ -310,6 +340,13 @@ impl VideoChain {
         self.source_done = false;
         self.drop_before = target;
         self.ahead = None;
+        self.held = None;
+    }
+}
+
+fn push(filter: &mut VideoFilter, frame: &frame::Video) {
+    if let Err(e) = filter.push(frame) {
+        tracing::warn!("video frame dropped by the filter: {e}");
     }
 }
 

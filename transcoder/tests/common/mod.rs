@@ -59,9 +59,10 @@ pub fn generated(name: &str, args: &[&str]) -> PathBuf {
 const FRAME_CODE: &str =
     "geq=lum='if(lt(Y,40),if(bitand(N,pow(2,floor(X/40))),235,16),128)':cb=128:cr=128";
 
-/// 1920×1080@30 H.264 (2 s GOP) + AAC 1 kHz, `secs` long; every frame carries its number.
+/// 1920×1080@30 H.264 (2 s GOP, B-frames as most encoders make them: three between P-frames,
+/// the middle one a reference) + AAC 1 kHz, `secs` long; every frame carries its number.
 pub fn numbered_1080p(secs: u32) -> PathBuf {
-    cached(&format!("numbered-1080p-{secs}s.mp4"), |p| {
+    cached(&format!("numbered-1080p-bframes-{secs}s.mp4"), |p| {
         let t = secs.to_string();
         ffmpeg(
             &[
@@ -81,6 +82,10 @@ pub fn numbered_1080p(secs: u32) -> PathBuf {
                 "ultrafast",
                 "-g",
                 "60",
+                "-bf",
+                "3",
+                "-x264-params",
+                "b-pyramid=normal",
                 "-pix_fmt",
                 "yuv420p",
                 "-c:a",
