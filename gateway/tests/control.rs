@@ -66,13 +66,14 @@ fn spawn_viewer(
         timeout: Duration::from_secs(60),
         duration: None,
         rtp_only: false,
-        control: Some(Control {
+        control: Some(Control::send_all(
             requests,
-            messages: tx,
-            listen: Duration::from_secs_f64(listen_secs),
-        }),
+            tx,
+            Duration::from_secs_f64(listen_secs),
+        )),
+        frames_out: None,
     };
-    let run = tokio::spawn(async move { watch(&reqwest::Client::new(), &opts, |_| {}).await });
+    let run = tokio::spawn(async move { watch(&reqwest::Client::new(), opts, |_| {}).await });
     (run, rx)
 }
 
@@ -419,4 +420,65 @@ async fn an_expiring_token_is_warned_then_disconnected_after_the_grace() {
         "{}",
         w.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeks_cli_times_each_seek_and_writes_its_first_keyframe() {
+    let w = start("seeks");
+    let dir = std::env::temp_dir().join(format!("wisp-seeks-{}", std::process::id()));
+    let run = |token: &str| {
+        Command::new(common::workspace_bin("whep-client"))
+            .args(["seeks", &format!("{}/whep/vod", w.base), "--token", token])
+            .args(["--count", "3", "--gap", "1.5", "--keyframes"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&w.token("vod", "view playback"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    for (n, seek) in (1..).zip(&lines[..3]) {
+        assert_eq!(seek["seek"], n, "{seek}");
+        assert!(seek["error"].is_null(), "{seek}");
+        let target = seek["target"].as_f64().unwrap();
+        assert!((1.0..19.0).contains(&target), "{seek}");
+        let state = seek["state_ms"].as_f64().expect("a state event");
+        let shown = seek["shown_ms"].as_f64().expect("a keyframe after it");
+        assert!(state <= shown && shown < 1500.0, "{seek}");
+        // The keyframe as received: Annex B with SPS, PPS and an IDR slice.
+        let file = seek["keyframe_files"][0].as_str().expect("a keyframe file");
+        let data = std::fs::read(file).unwrap();
+        let nal_types: Vec<u8> = data
+            .windows(4)
+            .filter(|w| w[..3] == [0, 0, 1])
+            .map(|w| w[3] & 0x1f)
+            .collect();
+        for t in [7, 8, 5] {
+            assert!(nal_types.contains(&t), "NAL types {nal_types:?} in {file}");
+        }
+    }
+    assert_eq!(lines[3]["seeks"], 3);
+    assert_eq!(lines[3]["shown"], 3);
+    assert!(lines[3]["shown_ms"]["p50"].as_f64().is_some());
+
+    // Without `playback`, every seek is refused, and the run says it measured nothing.
+    let out = run(&w.token("vod", "view"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let last: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (last["refused"].as_u64(), last["shown"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert!(stdout.contains("\"code\":\"forbidden\""), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use whep_client::{Options, watch};
+use whep_client::watch;
 
 mod common;
 mod harness;
@@ -121,9 +121,9 @@ async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_pla
     let demo_b = opts("demo", 240);
     let second = opts("second", 240);
     let (h1, h2, h3) = (http.clone(), http.clone(), http.clone());
-    let a = tokio::spawn(async move { watch(&h1, &demo_a, |_| {}).await });
-    let b = tokio::spawn(async move { watch(&h2, &demo_b, |_| {}).await });
-    let c = tokio::spawn(async move { watch(&h3, &second, |_| {}).await });
+    let a = tokio::spawn(async move { watch(&h1, demo_a, |_| {}).await });
+    let b = tokio::spawn(async move { watch(&h2, demo_b, |_| {}).await });
+    let c = tokio::spawn(async move { watch(&h3, second, |_| {}).await });
 
     // Wait until the demo's transcoder runs, then SIGKILL it.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -188,7 +188,7 @@ async fn garbage_datagrams_are_counted_and_hurt_no_viewer() {
     let t = wisp.token("demo", "view");
     let http = reqwest::Client::new();
     let opts = wisp.viewer("demo", &t, 120, 30);
-    let viewer = tokio::spawn(async move { watch(&http, &opts, |_| {}).await });
+    let viewer = tokio::spawn(async move { watch(&http, opts, |_| {}).await });
     // The RTC port, from the gateway's log line.
     assert!(wisp.wait_log("wisp is serving", 10));
     let log = wisp.log();
@@ -246,13 +246,10 @@ async fn sigterm_drains_and_no_transcoder_outlives_the_gateway() {
         let http = reqwest::Client::new();
         let opts = wisp.viewer("demo", &t, 30, 30);
         // A viewer that stays: its frames arrive, and it is still connected at the signal.
-        let long = Options {
-            frames: Some(100_000),
-            ..opts.clone()
-        };
-        watch(&http, &opts, |_| {}).await.expect("plays");
+        let long = wisp.viewer("demo", &t, 100_000, 30);
+        watch(&http, opts, |_| {}).await.expect("plays");
         let h = http.clone();
-        let stay = tokio::spawn(async move { watch(&h, &long, |_| {}).await });
+        let stay = tokio::spawn(async move { watch(&h, long, |_| {}).await });
         let s = wisp.api("/api/sessions/demo").await;
         let pid = s["transcoder_pid"].as_u64().expect("transcoder running") as u32;
         signal(wisp.child.id(), how);
@@ -301,7 +298,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     // The POST is answered at once (the transcoder starts behind it)...
     let broken = wisp.viewer("broken", &t, 1, 15);
     let h = http.clone();
-    let viewer = tokio::spawn(async move { watch(&h, &broken, |_| {}).await });
+    let viewer = tokio::spawn(async move { watch(&h, broken, |_| {}).await });
     // ...and the session turns failed with FFmpeg's reason, after bounded restarts.
     let deadline = Instant::now() + Duration::from_secs(30);
     let s = loop {
@@ -328,7 +325,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     );
     // The demo is unaffected.
     let demo = wisp.viewer("demo", &t, 30, 20);
-    let s = watch(&http, &demo, |_| {}).await.expect("demo plays");
+    let s = watch(&http, demo, |_| {}).await.expect("demo plays");
     assert!(s.video_frames >= 30);
 }
 
@@ -337,7 +334,7 @@ async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_agai
     let wisp = Wisp::start("idle", "idle_timeout = 1\n");
     let http = reqwest::Client::new();
     let opts = wisp.viewer("demo", &wisp.token("demo", "view"), 30, 20);
-    watch(&http, &opts, |_| {}).await.expect("plays");
+    watch(&http, opts, |_| {}).await.expect("plays");
     let s = wisp.api("/api/sessions/demo").await;
     let pid = s["transcoder_pid"].as_u64().expect("running") as u32;
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -359,7 +356,8 @@ async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_agai
         assert!(Instant::now() < deadline, "transcoder {pid} still alive");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let s = watch(&http, &opts, |_| {})
+    let opts = wisp.viewer("demo", &wisp.token("demo", "view"), 30, 20);
+    let s = watch(&http, opts, |_| {})
         .await
         .expect("a new viewer restarts it");
     assert!(s.video_frames >= 30);
@@ -438,7 +436,7 @@ async fn lost_video_packets_are_repaired_by_retransmission() {
     .await;
     let http = reqwest::Client::new();
     let opts = wisp.viewer("demo", &wisp.token("demo", "view"), 240, 40);
-    let s = watch(&http, &opts, |_| {})
+    let s = watch(&http, opts, |_| {})
         .await
         .expect("plays through loss");
     let dropped = dropped.load(std::sync::atomic::Ordering::Relaxed);

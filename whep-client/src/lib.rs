@@ -5,7 +5,7 @@
 //! # Layout
 //! - `lib.rs`: [`watch`], one viewer from POST to DELETE, and its [`Summary`].
 //! - `media.rs`: frame-level facts from payloads (H.264 SPS dimensions, VP8 key frame header).
-//! - `main.rs`: the `whep-client` CLI (`play`, `load`).
+//! - `main.rs`, `seeks.rs`: the `whep-client` CLI (`play`, `control`, `seeks`, `load`).
 //!
 //! It talks to any WHEP server and knows nothing of Wisp's internals.
 #![forbid(unsafe_code)]
@@ -22,9 +22,10 @@ use str0m::media::{Direction, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, RtcConfig};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, error::TryRecvError};
 
 /// What to do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
     /// The WHEP endpoint, e.g. `http://127.0.0.1:8080/whep/demo`.
     pub url: String,
@@ -39,27 +40,68 @@ pub struct Options {
     pub rtp_only: bool,
     /// Open a `control` data channel and send these requests on it.
     pub control: Option<Control>,
+    /// Every complete video frame as it arrives (not in `rtp_only` mode, which has no frames).
+    pub frames_out: Option<UnboundedSender<VideoFrame>>,
 }
 
-/// Requests for the `control` data channel. With it, [`watch`] ends once every request was
-/// answered and `listen` more passed (frames and duration are then not waited for).
+/// A complete video frame, as [`Options::frames_out`] reports it.
 #[derive(Debug, Clone)]
+pub struct VideoFrame {
+    /// When str0m handed it over.
+    pub at: Instant,
+    pub keyframe: bool,
+    /// RTP time (90 kHz, the sender's clock).
+    pub rtp_time: u64,
+    /// The frame's bitstream (H.264 Annex B, or VP8), for keyframes only.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Requests for the `control` data channel. With it, [`watch`] ends once the request sender
+/// is gone, every request was answered and `listen` more passed (frames and duration are then
+/// not waited for).
+#[derive(Debug)]
 pub struct Control {
-    /// Messages sent in order once the channel opens (JSON requests, or any text).
-    pub requests: Vec<String>,
+    /// Messages to send, in order, once the channel opens (JSON requests, or any text); more
+    /// may follow while watching.
+    pub requests: UnboundedReceiver<String>,
     /// Every message that arrives on the channel (replies and events), as text.
-    pub messages: tokio::sync::mpsc::UnboundedSender<String>,
+    pub messages: UnboundedSender<String>,
     /// How long to keep listening for events after the last reply.
     pub listen: Duration,
+}
+
+impl Control {
+    /// A control run that sends `requests` as soon as the channel opens, and nothing more.
+    pub fn send_all(
+        requests: Vec<String>,
+        messages: UnboundedSender<String>,
+        listen: Duration,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for r in requests {
+            tx.send(r).expect("the receiver is here");
+        }
+        Self {
+            requests: rx,
+            messages,
+            listen,
+        }
+    }
 }
 
 /// The control channel's progress inside [`watch`].
 #[derive(Debug, Default)]
 struct ControlRun {
     channel: Option<ChannelId>,
-    sent: bool,
+    /// The request sender is gone: no more requests will come.
+    closed: bool,
+    /// Requests sent so far.
+    sent: usize,
     /// Replies still expected.
     awaiting: usize,
+    /// Since when a reply has been awaited (the oldest unanswered request, or the last reply
+    /// while more are awaited).
+    waiting_since: Option<Instant>,
     /// When the last reply came.
     answered_at: Option<Instant>,
 }
@@ -119,10 +161,11 @@ pub enum ClientError {
 /// running summary about once a second.
 pub async fn watch(
     http: &reqwest::Client,
-    opts: &Options,
+    mut opts: Options,
     mut progress: impl FnMut(&Summary),
 ) -> Result<Summary, ClientError> {
     let started = Instant::now();
+    let mut control = opts.control.take();
     let url = reqwest::Url::parse(&opts.url).map_err(|e| ClientError::Request {
         url: opts.url.clone(),
         message: e.to_string(),
@@ -144,7 +187,7 @@ pub async fn watch(
     let mut api = rtc.sdp_api();
     let video_mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let audio_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    if opts.control.is_some() {
+    if control.is_some() {
         api.add_channel("control".into());
     }
     let (offer, pending) = api.apply().expect("adding media makes an offer");
@@ -183,7 +226,7 @@ pub async fn watch(
         resource: location.as_ref().map(|l| l.to_string()),
         ..Summary::default()
     };
-    let mut tally = Tally::new(video_mid, audio_mid);
+    let mut tally = Tally::new(video_mid, audio_mid, opts.frames_out.take());
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
     let mut end = opts.duration.map(|d| started + d);
@@ -201,7 +244,7 @@ pub async fn watch(
                 }
                 Ok(Output::Event(Event::ChannelData(d))) if Some(d.id) == ctl.channel => {
                     let text = String::from_utf8_lossy(&d.data).into_owned();
-                    if let Some(c) = &opts.control {
+                    if let Some(c) = &control {
                         on_control_message(&text, &mut ctl, &mut summary);
                         let _ = c.messages.send(text);
                     }
@@ -214,19 +257,30 @@ pub async fn watch(
                 Err(e) => break Err(ClientError::Rtc(e.to_string())),
             }
         };
-        if let (Some(c), Some(id), false) = (&opts.control, ctl.channel, ctl.sent) {
-            ctl.sent = true;
-            for r in &c.requests {
-                let written = rtc.channel(id).map(|mut ch| ch.write(false, r.as_bytes()));
-                if !matches!(written, Some(Ok(_))) {
-                    break 'run Err(ClientError::Control(format!("could not send {r:?}")));
+        // Requests waiting to go out (they queue until the channel opens).
+        if let (Some(c), Some(id), false) = (&mut control, ctl.channel, ctl.closed) {
+            let mut wrote = false;
+            loop {
+                match c.requests.try_recv() {
+                    Ok(r) => {
+                        if let Err(e) = send_request(&mut rtc, id, &r, &mut ctl) {
+                            break 'run Err(e);
+                        }
+                        wrote = true;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        ctl.closed = true;
+                        break;
+                    }
                 }
-                ctl.awaiting += 1;
             }
-            continue; // poll str0m again to send them
+            if wrote {
+                continue; // poll str0m again to send them
+            }
         }
-        if let (Some(c), Some(at), 0, None) = (&opts.control, ctl.answered_at, ctl.awaiting, end) {
-            end = Some(at + c.listen);
+        if let (Some(c), true, 0, None) = (&control, ctl.closed, ctl.awaiting, end) {
+            end = Some(ctl.answered_at.unwrap_or_else(Instant::now) + c.listen);
         }
         let deadline = match deadline {
             Ok(d) => d,
@@ -234,7 +288,7 @@ pub async fn watch(
         };
         if let Some(want) = opts.frames
             && summary.video_frames >= want
-            && opts.control.is_none()
+            && control.is_none()
         {
             break Ok(());
         }
@@ -243,17 +297,24 @@ pub async fn watch(
             break Ok(());
         }
         let waited = now.duration_since(started);
-        if end.is_none() && waited >= opts.timeout {
+        // With a control channel the timeout bounds the wait for it to open and for each
+        // reply; between requests the caller may take its time.
+        let timed_out = match (&control, ctl.channel) {
+            (Some(_), Some(_)) => ctl
+                .waiting_since
+                .is_some_and(|w| ctl.awaiting > 0 && now.duration_since(w) >= opts.timeout),
+            _ => waited >= opts.timeout,
+        };
+        if end.is_none() && timed_out {
             let secs = opts.timeout.as_secs();
             break Err(if summary.connected_ms.is_none() {
                 ClientError::NotConnected(secs)
-            } else if opts.control.is_some() && ctl.channel.is_none() {
+            } else if control.is_some() && ctl.channel.is_none() {
                 ClientError::Control(format!("the channel did not open within {secs} s"))
-            } else if opts.control.is_some() {
+            } else if control.is_some() {
                 ClientError::Control(format!(
                     "{} of {} requests unanswered after {secs} s",
-                    ctl.awaiting,
-                    opts.control.as_ref().map_or(0, |c| c.requests.len())
+                    ctl.awaiting, ctl.sent
                 ))
             } else if summary.connected_ms.is_none() {
                 ClientError::NotConnected(secs)
@@ -276,7 +337,19 @@ pub async fn watch(
         if let Some(e) = end {
             wake = wake.min(e);
         }
+        let open = ctl.channel.filter(|_| !ctl.closed);
         tokio::select! {
+            r = next_request(&mut control, open.is_some()) => {
+                let Some(id) = open else { continue };
+                match r {
+                    Some(r) => {
+                        if let Err(e) = send_request(&mut rtc, id, &r, &mut ctl) {
+                            break Err(e);
+                        }
+                    }
+                    None => ctl.closed = true,
+                }
+            }
             r = recv_batch(&socket, &udp, &mut buf) => {
                 let Ok(meta) = r else {
                     continue; // ICMP from a closed port: keep trying until timeout.
@@ -380,6 +453,36 @@ pub fn control_request(id: u64, op: &str, args: &[String]) -> Result<String, Str
     Ok(req.to_string())
 }
 
+/// The caller's next request (`None` once it will send no more); pending while the channel
+/// is not open, so requests queue until it is.
+async fn next_request(control: &mut Option<Control>, open: bool) -> Option<String> {
+    match control {
+        Some(c) if open => c.requests.recv().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Writes one request on the control channel.
+fn send_request(
+    rtc: &mut str0m::Rtc,
+    id: ChannelId,
+    request: &str,
+    ctl: &mut ControlRun,
+) -> Result<(), ClientError> {
+    let written = rtc
+        .channel(id)
+        .map(|mut ch| ch.write(false, request.as_bytes()));
+    if !matches!(written, Some(Ok(_))) {
+        return Err(ClientError::Control(format!("could not send {request:?}")));
+    }
+    ctl.sent += 1;
+    if ctl.awaiting == 0 {
+        ctl.waiting_since = Some(Instant::now());
+    }
+    ctl.awaiting += 1;
+    Ok(())
+}
+
 /// Counts a reply (a message with `id` and `ok` or `error`); events pass through.
 fn on_control_message(text: &str, ctl: &mut ControlRun, summary: &mut Summary) {
     let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(text) else {
@@ -394,6 +497,7 @@ fn on_control_message(text: &str, ctl: &mut ControlRun, summary: &mut Summary) {
     }
     ctl.awaiting = ctl.awaiting.saturating_sub(1);
     ctl.answered_at = Some(Instant::now());
+    ctl.waiting_since = ctl.answered_at;
 }
 
 /// Room for the most datagrams GRO coalesces (64 segments, each within a 1500-byte MTU).
@@ -429,15 +533,21 @@ struct Tally {
     audio_mid: Mid,
     video_packets_seen: u64,
     audio_packets_seen: u64,
+    frames_out: Option<UnboundedSender<VideoFrame>>,
 }
 
 impl Tally {
-    fn new(video_mid: Mid, audio_mid: Mid) -> Self {
+    fn new(
+        video_mid: Mid,
+        audio_mid: Mid,
+        frames_out: Option<UnboundedSender<VideoFrame>>,
+    ) -> Self {
         Self {
             video_mid,
             audio_mid,
             video_packets_seen: 0,
             audio_packets_seen: 0,
+            frames_out,
         }
     }
 
@@ -463,8 +573,17 @@ impl Tally {
                 }
                 let codec = d.params.spec().codec;
                 s.codec.get_or_insert_with(|| codec.to_string());
-                if d.is_keyframe() {
+                let keyframe = d.is_keyframe();
+                if keyframe {
                     s.keyframes += 1;
+                }
+                if let Some(out) = &self.frames_out {
+                    let _ = out.send(VideoFrame {
+                        at: Instant::now(),
+                        keyframe,
+                        rtp_time: d.time.numer(),
+                        data: keyframe.then(|| d.data.to_vec()),
+                    });
                 }
                 if !d.contiguous && s.video_frames > 1 {
                     s.discontinuities += 1;

@@ -1,5 +1,6 @@
 //! `whep-client`: watch a WHEP session (`play`), steer it over its `control` data channel
-//! (`control`), or load a server with many viewers (`load`).
+//! (`control`), measure how long its seeks take to show (`seeks`), or load a server with many
+//! viewers (`load`).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -10,6 +11,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::sync::Mutex;
 use whep_client::{Control, Options, Summary, control_request, watch};
+
+mod seeks;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,6 +65,25 @@ enum Cmd {
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Seek latency: seeks the session --count times, --gap seconds apart (targets spread over
+    /// its duration), and prints for each seek, in ms after sending it: the reply, the `state`
+    /// event at the target, and the keyframes that followed. Needs a token with `playback`.
+    Seeks {
+        url: String,
+        #[arg(long, env = "WHEP_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        count: u32,
+        /// Seconds from one seek to the next.
+        #[arg(long, default_value_t = 2.0)]
+        gap: f64,
+        /// Write each seek's keyframes here (`seek-NN-K.h264`, Annex B), to check what they show.
+        #[arg(long)]
+        keyframes: Option<std::path::PathBuf>,
+        /// Seconds to wait for the connection and for each reply.
+        #[arg(long, default_value_t = 20)]
+        timeout: u64,
+    },
     /// Many viewers in one process, ramped up, for a fixed time.
     Load {
         url: String,
@@ -109,6 +131,21 @@ fn main() -> ExitCode {
             ramp,
             json,
         } => runtime.block_on(load(url, token, viewers, duration, ramp, json)),
+        Cmd::Seeks {
+            url,
+            token,
+            count,
+            gap,
+            keyframes,
+            timeout,
+        } => runtime.block_on(seeks::run(seeks::Plan {
+            url,
+            token,
+            count,
+            gap: Duration::from_secs_f64(gap.max(0.2)),
+            keyframes,
+            timeout: Duration::from_secs(timeout),
+        })),
         Cmd::Control {
             url,
             token,
@@ -153,19 +190,19 @@ async fn control(
         timeout: Duration::from_secs(timeout),
         duration: None,
         rtp_only: true,
-        control: Some(Control {
+        control: Some(Control::send_all(
             requests,
-            messages: tx,
-            listen: Duration::from_secs_f64(listen.max(0.0)),
-        }),
+            tx,
+            Duration::from_secs_f64(listen.max(0.0)),
+        )),
+        frames_out: None,
     };
     let printer = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
             println!("{line}");
         }
     });
-    let result = watch(&http, &opts, |_| {}).await;
-    drop(opts);
+    let result = watch(&http, opts, |_| {}).await;
     let _ = printer.await;
     match result {
         Ok(s) => {
@@ -207,8 +244,9 @@ async fn play(
         duration: None,
         rtp_only: false,
         control: None,
+        frames_out: None,
     };
-    let result = watch(&http, &opts, |s| {
+    let result = watch(&http, opts, |s| {
         eprintln!(
             "{:5.1} s: {} video frames, {} audio packets{}",
             s.seconds,
@@ -264,11 +302,12 @@ async fn load(
             duration: Some(Duration::from_secs(duration)),
             rtp_only: true,
             control: None,
+            frames_out: None,
         };
         let http = http.clone();
         let results = results.clone();
         tasks.push(tokio::spawn(async move {
-            let r = watch(&http, &opts, |_| {}).await.map_err(|e| e.to_string());
+            let r = watch(&http, opts, |_| {}).await.map_err(|e| e.to_string());
             results.lock().await.push(r);
         }));
         if i + 1 < viewers {

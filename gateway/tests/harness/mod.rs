@@ -101,6 +101,7 @@ impl Wisp {
             duration: None,
             rtp_only: false,
             control: None,
+            frames_out: None,
         }
     }
 
