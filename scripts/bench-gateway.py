@@ -7,8 +7,12 @@
           2 cores and competes with the gateway, so the figures are upper bounds).
   ttff:   POST → first complete video frame at whep-client, warm (transcoder running) and
           cold (the first viewer starts the transcoder).
+  seek:   `seek` sent on the control channel → first complete frame of the new position at
+          whep-client, for a 30 s 1920x1080 H.264 file (GOP 2 s) played at 1280x720. The file
+          shows its whole second as the grey level of a box; every measured frame is decoded
+          (ffmpeg CLI) to check that it shows the target.
 
-Usage: scripts/bench-gateway.py [fanout|ttff|all] [--viewers 50,100,200] [--window 20]
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -42,16 +46,19 @@ def rss_mib(pid):
 
 
 class Gateway:
-    def __init__(self, idle_timeout=60):
+    def __init__(self, idle_timeout=60, config=""):
         self.dir = tempfile.mkdtemp(prefix="wisp-bench-")
         self.secret = os.path.join(self.dir, "secret")
         with open(self.secret, "w") as f:
             f.write(os.urandom(32).hex())
+        conf = os.path.join(self.dir, "wisp.toml")
+        with open(conf, "w") as f:
+            f.write(config)
         self.base = "http://127.0.0.1:18180"
         self.log = open(os.path.join(self.dir, "wisp.log"), "w")
         self.proc = subprocess.Popen(
             [f"{BIN}/wisp", "serve", "--http", "127.0.0.1:18180", "--rtc", "127.0.0.1:18543",
-             "--jwt-secret-file", self.secret, "--state-dir", self.dir,
+             "--jwt-secret-file", self.secret, "--state-dir", self.dir, "--config", conf,
              "--transcoder", f"{BIN}/wisp-transcoder", "--idle-timeout", str(idle_timeout)],
             stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": "warn"})
         for _ in range(200):
@@ -134,6 +141,8 @@ def first_frame(gw):
 
 
 def pct(values, p):
+    if not values:
+        return None
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
@@ -168,18 +177,98 @@ def ttff(runs):
     return result
 
 
+def seek_source():
+    """The seek benchmark's input, made once (about 30 s of ffmpeg): testsrc2 with noise at
+    8 Mb/s, GOP 60 (2 s) at 30 fps, AAC audio; a 240x240 box at the top left whose luma is
+    16 + 7 × the whole second."""
+    path = os.path.join(os.path.dirname(BIN), "bench-seek-1080p-gop2s.mp4")
+    if os.path.exists(path):
+        return path
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30",
+         "-f", "lavfi", "-i", "color=black:s=240x240:r=30,format=gray,geq=lum='16+7*floor(T)'",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-filter_complex",
+         "[0:v]noise=alls=12:allf=t[n];[n][1:v]overlay=0:0:shortest=1,format=yuv420p[v]",
+         "-map", "[v]", "-map", "2:a", "-t", "30",
+         "-c:v", "libx264", "-preset", "veryfast", "-b:v", "8M",
+         "-g", "60", "-keyint_min", "60", "-sc_threshold", "0", "-c:a", "aac", path + ".part.mp4"],
+        check=True)
+    os.rename(path + ".part.mp4", path)
+    return path
+
+
+def box_second(h264):
+    """The whole second a keyframe of the seek source shows (its box, scaled to 720p)."""
+    gray = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "h264", "-i", h264, "-frames:v", "1",
+         "-vf", "crop=80:80:40:40,format=gray", "-f", "rawvideo", "-"],
+        capture_output=True, check=True).stdout
+    if not gray:
+        return None
+    return round((sum(gray) / len(gray) - 16) / 7)
+
+
+def seek(count, gap):
+    src = seek_source()
+    gw = Gateway(config=f'[[sessions]]\nname = "film"\ninputs = [{{ url = "{src}" }}]\n'
+                        'video = { width = 1280, height = 720 }\n')
+    frames = os.path.join(gw.dir, "keyframes")
+    out = subprocess.run(
+        [f"{BIN}/whep-client", "seeks", gw.base + "/whep/film",
+         "--token", gw.mint("film", "view playback"), "--count", str(count), "--gap", str(gap),
+         "--keyframes", frames],
+        capture_output=True, text=True)
+    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        gw.close()
+        sys.exit(f"whep-client seeks failed ({out.returncode}): {out.stderr.strip()}")
+    verified, reply, state, mismatched = [], [], [], []
+    for s in lines[:-1]:
+        want = int(s["target"])
+        reply.append(s["reply_ms"])
+        state.append(s["state_ms"])
+        # The first keyframe after the send that shows the target's second.
+        shown = next((ms for ms, f in zip(s["keyframes_ms"], s["keyframe_files"])
+                      if box_second(f) == want), None)
+        if shown is None or shown != s["shown_ms"]:
+            mismatched.append({"seek": s["seek"], "target": s["target"], "by_content": shown,
+                               "after_state": s["shown_ms"],
+                               "seconds": [box_second(f) for f in s["keyframe_files"]]})
+        if shown is not None:
+            verified.append(shown)
+    gw.close()
+    result = {
+        "seeks": len(lines) - 1,
+        "verified": len(verified),
+        "mismatched": mismatched,
+        "shown_ms": {"p50": pct(verified, 50), "p95": pct(verified, 95),
+                     "min": min(verified, default=None), "max": max(verified, default=None)},
+        "reply_ms_p50": pct([r for r in reply if r is not None], 50),
+        "state_event_ms_p50": pct([s for s in state if s is not None], 50),
+        "all_shown_ms": verified,
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--seeks", type=int, default=20)
+    ap.add_argument("--gap", type=float, default=2.0)
     a = ap.parse_args()
     for b in ("wisp", "wisp-transcoder", "whep-client"):
         if not os.path.exists(f"{BIN}/{b}"):
             sys.exit(f"{BIN}/{b} missing: cargo build --release -p wisp -p wisp-transcoder -p whep-client")
     if a.what in ("ttff", "all"):
         ttff(a.runs)
+    if a.what in ("seek", "all"):
+        seek(a.seeks, a.gap)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
 

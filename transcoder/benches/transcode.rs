@@ -109,8 +109,9 @@ fn run_wisp(src: &Path, ring: &Path) -> (Duration, u64) {
 /// Wall time and peak RSS (kB, from `-benchmark`) of the equivalent ffmpeg command.
 fn run_ffmpeg(src: &Path) -> (Duration, u64) {
     let x264 = "keyint=60:min-keyint=60:scenecut=0:repeat-headers=1:bframes=0:aud=0:vbv-maxrate=2000:vbv-bufsize=2000";
+    // The source is untagged 1080p, which the transcoder reads as BT.709 (as players do).
     let vf = "scale=w='trunc(iw*sar/2)*2':h=ih,setsar=1,\
-              scale=w=1280:h=720:force_original_aspect_ratio=decrease:force_divisible_by=2:out_color_matrix=bt709:out_range=tv,\
+              scale=w=1280:h=720:force_original_aspect_ratio=decrease:force_divisible_by=2:in_color_matrix=bt709:out_color_matrix=bt709:out_range=tv,\
               pad=w=1280:h=720:x=(ow-iw)/2:y=(oh-ih)/2:color=black,setsar=1,fps=fps=30/1:round=near,format=yuv420p";
     let start = Instant::now();
     let out = Command::new("ffmpeg")
