@@ -303,7 +303,9 @@ impl Peer {
         tokio::pin!(timer);
         let stopped = session.cancelled();
         tokio::pin!(stopped);
-        let mut events = session.events();
+        // Session events, subscribed while the viewer has a control channel: a player
+        // without one is not woken for them (position events alone come 5 times a second).
+        let mut events: Option<broadcast::Receiver<Arc<str>>> = None;
         let mut events_open = true;
         let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ControlReply>();
         let mut ctl = ControlState {
@@ -324,6 +326,11 @@ impl Peer {
                     if self.on_channel(ev, &mut ctl, &session, &reply_tx) {
                         expiry.as_mut().reset(ctl.deadline(&self.grant));
                     }
+                }
+                match (ctl.channel.is_some(), events.is_some()) {
+                    (true, false) if events_open => events = Some(session.events()),
+                    (false, true) => events = None,
+                    _ => {}
                 }
                 // Poll str0m again: replies were written.
                 continue;
@@ -417,12 +424,15 @@ impl Peer {
                     self.rtc.disconnect();
                     break "session stopped".into();
                 }
-                ev = events.recv(), if events_open => match ev {
+                ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
                     Ok(text) => self.send_control(&ctl, &text),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(n, "viewer skipped session events");
                     }
-                    Err(broadcast::error::RecvError::Closed) => events_open = false,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        events_open = false;
+                        events = None;
+                    }
                 },
                 Some(r) = reply_rx.recv() => {
                     let text = match &r.result {
