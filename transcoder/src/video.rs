@@ -575,6 +575,20 @@ impl EncoderThread {
     }
 
     /// The encoded result of the oldest submitted frame, waiting for it if needed.
+    /// The oldest submitted frame's result if the encoder has finished it, without waiting.
+    pub fn try_collect(&mut self) -> Option<Result<Vec<EncodedFrame>, String>> {
+        match self.results.try_recv() {
+            Ok(r) => {
+                self.in_flight -= 1;
+                Some(r)
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Some(Err("the encoder thread is gone".to_string()))
+            }
+        }
+    }
+
     pub fn collect(&mut self) -> Result<Vec<EncodedFrame>, String> {
         let r = self
             .results
