@@ -400,6 +400,10 @@ impl Player {
         Ok(())
     }
 
+    fn video_chain(&mut self) -> &mut VideoChain {
+        self.video.as_mut().expect("video units need video")
+    }
+
     /// Wakes the ring's readers if packets were written since they were last woken.
     fn wake_readers(&mut self) {
         if std::mem::take(&mut self.unwoken) {
@@ -548,19 +552,16 @@ impl Player {
         let packets = match unit.packets {
             Some(p) => p,
             None => {
-                let v = self.video.as_mut().expect("video units need video");
-                let encoded = match v.encoder.try_collect() {
+                let ready = self.video_chain().encoder.try_collect();
+                let encoded = match ready {
                     Some(r) => r,
                     None => {
                         // Packets already written should not wait for the encoder.
-                        if std::mem::take(&mut self.unwoken) {
-                            self.writer.wake();
-                        }
-                        let v = self.video.as_mut().expect("video units need video");
-                        v.encoder.collect()
+                        self.wake_readers();
+                        self.video_chain().encoder.collect()
                     }
                 };
-                let v = self.video.as_mut().expect("video units need video");
+                let v = self.video_chain();
                 let mut packets = Vec::new();
                 for f in encoded.map_err(PlayError::Encode)? {
                     packets.extend(v.rtp.packetize(&f.data, f.ts as u64, f.key));

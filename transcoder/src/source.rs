@@ -509,13 +509,29 @@ impl FileSource {
     /// frames the decoder rejects are counted as corrupt and skipped.
     fn decode_next(&mut self, kind: Kind, out: &mut frame::Frame) -> Result<bool, SourceError> {
         loop {
-            let (decoder, queue, flushed) = match kind {
+            let (decoder, queue, flushed, skip) = match kind {
                 Kind::Video => match self.video.as_mut() {
-                    Some(v) => (&mut *v.decoder, &mut self.video_queue, &mut v.flushed),
+                    Some(v) => (
+                        &mut *v.decoder,
+                        &mut self.video_queue,
+                        &mut v.flushed,
+                        Skip {
+                            before: v.skip_before,
+                            active: &mut v.skipping,
+                        },
+                    ),
                     None => return Ok(false),
                 },
                 Kind::Audio => match self.audio.as_mut() {
-                    Some(a) => (&mut *a.decoder, &mut self.audio_queue, &mut a.flushed),
+                    Some(a) => (
+                        &mut *a.decoder,
+                        &mut self.audio_queue,
+                        &mut a.flushed,
+                        Skip {
+                            before: a.skip_before,
+                            active: &mut a.skipping,
+                        },
+                    ),
                     None => return Ok(false),
                 },
             };
@@ -531,14 +547,7 @@ impl FileSource {
             }
             // The decoder wants input.
             if let Some(packet) = queue.pop_front() {
-                if let (Kind::Video, Some(v)) = (kind, self.video.as_mut()) {
-                    v.skip_nonref_before_target(&packet);
-                }
-                let decoder: &mut ff::decoder::Opened = match kind {
-                    Kind::Video => self.video.as_mut().map(|v| &mut *v.decoder),
-                    Kind::Audio => self.audio.as_mut().map(|a| &mut *a.decoder),
-                }
-                .expect("matched above");
+                skip.apply(decoder, &packet);
                 if let Err(e) = decoder.send_packet(&packet) {
                     tracing::debug!(?kind, "corrupt packet skipped: {e}");
                     self.corrupt += 1;
@@ -568,17 +577,23 @@ impl FileSource {
     }
 }
 
-impl Stream<decoder::Video> {
-    /// Sets the decoder to skip non-reference frames for packets before `skip_before`, and to
-    /// decode everything from there on.
-    fn skip_nonref_before_target(&mut self, packet: &Packet) {
-        let skip = match (self.skip_before, packet.pts().or(packet.dts())) {
+/// A stream's skipping of non-reference frames before a seek target (only video sets one).
+struct Skip<'a> {
+    before: Option<i64>,
+    active: &'a mut bool,
+}
+
+impl Skip<'_> {
+    /// Sets `decoder` to skip non-reference frames for a packet stamped before the target, and
+    /// to decode everything from there on.
+    fn apply(self, decoder: &mut ff::decoder::Opened, packet: &Packet) {
+        let skip = match (self.before, packet.pts().or(packet.dts())) {
             (Some(before), Some(ts)) => ts < before,
             _ => false,
         };
-        if skip != self.skipping {
-            self.skipping = skip;
-            self.decoder.skip_frame(if skip {
+        if skip != *self.active {
+            *self.active = skip;
+            decoder.skip_frame(if skip {
                 ff::Discard::NonReference
             } else {
                 ff::Discard::Default
