@@ -1072,39 +1072,40 @@ mod tests {
         let (s_addr, c_addr): (SocketAddr, SocketAddr) =
             (SERVER.parse().unwrap(), CLIENT.parse().unwrap());
         loop {
-            let mut moved = false;
-            let ts = loop {
-                match server.poll_output().expect("server poll") {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        let r = Receive::new(Protocol::Udp, s_addr, c_addr, &t.contents).unwrap();
-                        client.handle_input(Input::Receive(now, r)).unwrap();
-                        moved = true;
-                    }
-                    Output::Event(_) => {}
+            let (ts, sent) = deliver(server, client, (s_addr, c_addr), now, |_| {});
+            let (tc, replied) = deliver(client, server, (c_addr, s_addr), now, |e| match e {
+                Event::Connected => seen.connected = true,
+                Event::MediaData(d) if d.params.spec().codec.is_video() => {
+                    seen.frames.push((d.is_keyframe(), d.data.to_vec()));
                 }
-            };
-            let tc = loop {
-                match client.poll_output().expect("client poll") {
-                    Output::Timeout(t) => break t,
-                    Output::Transmit(t) => {
-                        let r = Receive::new(Protocol::Udp, c_addr, s_addr, &t.contents).unwrap();
-                        server.handle_input(Input::Receive(now, r)).unwrap();
-                        moved = true;
-                    }
-                    Output::Event(Event::Connected) => seen.connected = true,
-                    Output::Event(Event::MediaData(d)) => {
-                        if d.params.spec().codec.is_video() {
-                            seen.frames.push((d.is_keyframe(), d.data.to_vec()));
-                        } else {
-                            seen.audio += 1;
-                        }
-                    }
-                    Output::Event(_) => {}
-                }
-            };
-            if !moved {
+                Event::MediaData(_) => seen.audio += 1,
+                _ => {}
+            });
+            if !sent && !replied {
                 return ts.min(tc);
+            }
+        }
+    }
+
+    /// Polls `from` to its timeout, handing what it transmits to `to` and its events to
+    /// `on_event`; returns the timeout and whether anything was transmitted.
+    fn deliver(
+        from: &mut Rtc,
+        to: &mut Rtc,
+        (from_addr, to_addr): (SocketAddr, SocketAddr),
+        now: Instant,
+        mut on_event: impl FnMut(Event),
+    ) -> (Instant, bool) {
+        let mut moved = false;
+        loop {
+            match from.poll_output().expect("poll") {
+                Output::Timeout(t) => return (t, moved),
+                Output::Transmit(t) => {
+                    let r = Receive::new(Protocol::Udp, from_addr, to_addr, &t.contents).unwrap();
+                    to.handle_input(Input::Receive(now, r)).unwrap();
+                    moved = true;
+                }
+                Output::Event(e) => on_event(e),
             }
         }
     }
