@@ -98,6 +98,20 @@ async fn viewer(
     (summary, messages)
 }
 
+/// The stdout of a CLI run that must have succeeded, one JSON value per line.
+fn succeeded_json_lines(out: &std::process::Output) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect()
+}
+
 /// The reply to request `id`.
 fn reply(messages: &[Value], id: Value) -> &Value {
     messages
@@ -159,16 +173,7 @@ async fn one_viewer_seeks_and_everyone_follows_a_view_only_token_cannot() {
         .args(["--json", "--listen", "1.5", "seek", "8"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON lines"))
-        .collect();
+    let lines = succeeded_json_lines(&out);
     assert_eq!(reply(&lines, json!(1)), &json!({"id": 1, "ok": true}));
     let after = positions_after_state_at(&lines, 8.0);
     assert!(
@@ -435,17 +440,8 @@ async fn the_seeks_cli_times_each_seek_and_writes_its_first_keyframe() {
             .unwrap()
     };
     let out = run(&w.token("vod", "view playback"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON lines"))
-        .collect();
-    assert_eq!(lines.len(), 4, "{stdout}");
+    let lines = succeeded_json_lines(&out);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
     for (n, seek) in (1..).zip(&lines[..3]) {
         assert_eq!(seek["seek"], n, "{seek}");
         assert!(seek["error"].is_null(), "{seek}");
