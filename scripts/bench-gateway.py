@@ -230,12 +230,11 @@ def seek(count, gap):
         reply.append(s["reply_ms"])
         state.append(s["state_ms"])
         # The first keyframe after the send that shows the target's second.
-        shown = next((ms for ms, f in zip(s["keyframes_ms"], s["keyframe_files"])
-                      if box_second(f) == want), None)
+        seconds = [box_second(f) for f in s["keyframe_files"]]
+        shown = next((ms for ms, sec in zip(s["keyframes_ms"], seconds) if sec == want), None)
         if shown is None or shown != s["shown_ms"]:
             mismatched.append({"seek": s["seek"], "target": s["target"], "by_content": shown,
-                               "after_state": s["shown_ms"],
-                               "seconds": [box_second(f) for f in s["keyframe_files"]]})
+                               "after_state": s["shown_ms"], "seconds": seconds})
         if shown is not None:
             verified.append(shown)
     gw.close()
