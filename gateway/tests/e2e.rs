@@ -447,3 +447,44 @@ async fn lost_video_packets_are_repaired_by_retransmission() {
         "every lost packet was retransmitted in time: {s:?} ({dropped} dropped)"
     );
 }
+
+#[test]
+fn the_load_cli_counts_every_packet_the_gateway_sent() {
+    let wisp = Wisp::start("load", "");
+    let t = wisp.token("demo", "view");
+    let out = Command::new(bin("whep-client"))
+        .args(["load", &format!("{}/whep/demo", wisp.base), "--token", &t])
+        .args(["--viewers", "2", "--duration", "4", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", wisp.log());
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("JSON summary last");
+    assert_eq!(summary["connected"], 2, "{summary}");
+    assert_eq!(summary["lost_packets"], 0, "{summary}");
+    let received =
+        summary["video_packets"].as_u64().unwrap() + summary["audio_packets"].as_u64().unwrap();
+    // Each viewer's end is logged with what the gateway sent it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sent: Vec<u64> = loop {
+        let sent: Vec<u64> = wisp
+            .log()
+            .lines()
+            .filter(|l| l.contains("viewer ended"))
+            .filter_map(|l| l.split("packets=").nth(1))
+            .filter_map(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .collect();
+        if sent.len() == 2 || Instant::now() > deadline {
+            break sent;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(sent.len(), 2, "{}", wisp.log());
+    let sent: u64 = sent.iter().sum();
+    // A few packets may still be on their way when a viewer hangs up.
+    assert!(
+        sent > 1000 && received * 100 >= sent * 97 && received <= sent,
+        "the gateway sent {sent} packets, the viewers counted {received}: {summary}"
+    );
+}

@@ -232,31 +232,15 @@ pub async fn watch(
     let mut end = opts.duration.map(|d| started + d);
     let mut ctl = ControlRun::default();
     let result = 'run: loop {
-        // Poll until str0m wants a timeout (its run-loop rule).
-        let deadline = loop {
-            match rtc.poll_output() {
-                Ok(Output::Timeout(t)) => break Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.try_send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Event(Event::ChannelOpen(id, label))) if label == "control" => {
-                    ctl.channel = Some(id);
-                }
-                Ok(Output::Event(Event::ChannelData(d))) if Some(d.id) == ctl.channel => {
-                    let text = String::from_utf8_lossy(&d.data).into_owned();
-                    if let Some(c) = &control {
-                        on_control_message(&text, &mut ctl, &mut summary);
-                        let _ = c.messages.send(text);
-                    }
-                }
-                Ok(Output::Event(e)) => {
-                    if let Err(e) = tally.event(e, &rtc, &mut summary, started) {
-                        break Err(e);
-                    }
-                }
-                Err(e) => break Err(ClientError::Rtc(e.to_string())),
-            }
-        };
+        let deadline = poll(
+            &mut rtc,
+            &socket,
+            &control,
+            &mut ctl,
+            &mut tally,
+            &mut summary,
+            started,
+        );
         // Requests waiting to go out (they queue until the channel opens).
         if let (Some(c), Some(id), false) = (&mut control, ctl.channel, ctl.closed) {
             let mut wrote = false;
@@ -355,6 +339,8 @@ pub async fn watch(
                     continue; // ICMP from a closed port: keep trying until timeout.
                 };
                 // With GRO the kernel hands over a run of equal-sized datagrams at once.
+                // str0m is polled after each one: in RTP mode it holds a single received
+                // packet until polled, and the next input would overwrite it.
                 let now = Instant::now();
                 let mut failed = None;
                 for dg in buf[..meta.len].chunks(meta.stride.max(1)) {
@@ -362,12 +348,16 @@ pub async fn watch(
                         continue;
                     };
                     if let Err(e) = rtc.handle_input(Input::Receive(now, input)) {
+                        failed = Some(ClientError::Rtc(e.to_string()));
+                        break;
+                    }
+                    if let Err(e) = poll(&mut rtc, &socket, &control, &mut ctl, &mut tally, &mut summary, started) {
                         failed = Some(e);
                         break;
                     }
                 }
                 if let Some(e) = failed {
-                    break Err(ClientError::Rtc(e.to_string()));
+                    break Err(e);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -388,6 +378,39 @@ pub async fn watch(
     }
     rtc.disconnect();
     result.map(|()| summary)
+}
+
+/// Polls str0m until it wants a timeout (its run-loop rule): sends what it transmits, counts
+/// media, passes control messages on. Returns when it next wants a timeout.
+fn poll(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    control: &Option<Control>,
+    ctl: &mut ControlRun,
+    tally: &mut Tally,
+    summary: &mut Summary,
+    started: Instant,
+) -> Result<Instant, ClientError> {
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Timeout(t)) => return Ok(t),
+            Ok(Output::Transmit(t)) => {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Ok(Output::Event(Event::ChannelOpen(id, label))) if label == "control" => {
+                ctl.channel = Some(id);
+            }
+            Ok(Output::Event(Event::ChannelData(d))) if Some(d.id) == ctl.channel => {
+                let text = String::from_utf8_lossy(&d.data).into_owned();
+                if let Some(c) = control {
+                    on_control_message(&text, ctl, summary);
+                    let _ = c.messages.send(text);
+                }
+            }
+            Ok(Output::Event(e)) => tally.event(e, rtc, summary, started)?,
+            Err(e) => return Err(ClientError::Rtc(e.to_string())),
+        }
+    }
 }
 
 /// A control request from command-line words: `seek 20` → `{"id":1,"op":"seek","to":20.0}`.
