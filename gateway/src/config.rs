@@ -105,7 +105,7 @@ pub struct IceServer {
 
 /// A VOD session definition: the inputs and encode options of one transcoder. The same shape
 /// in the TOML file and in `POST /api/sessions`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     pub name: Option<String>,

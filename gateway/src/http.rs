@@ -24,8 +24,9 @@ use crate::auth::{AuthError, Grant, Scope, Verifier};
 use crate::config::{Config, IceServer};
 use crate::metrics::Metrics;
 use crate::offer::OfferError;
-use crate::peer::{AnswerError, PatchError};
-use crate::session::{CreateError, JoinError, Registry};
+use crate::peer::AnswerError;
+use crate::resource::PatchError;
+use crate::session::{CreateError, JoinError, PublishError, Registry};
 use crate::udp::RtcPort;
 use crate::whep::Resources;
 
@@ -62,6 +63,16 @@ pub fn app(state: Shared) -> Router {
             get(crate::whep::resource_get)
                 .patch(crate::whep::patch)
                 .delete(crate::whep::delete),
+        )
+        .route(
+            "/whip/{session}",
+            get(crate::whip::endpoint_get).post(crate::whip::post),
+        )
+        .route(
+            "/whip/{session}/{resource}",
+            get(crate::whip::resource_get)
+                .patch(crate::whip::patch)
+                .delete(crate::whip::delete),
         )
         .route(
             "/api/sessions",
@@ -304,6 +315,8 @@ pub enum ApiError {
     Join(#[from] JoinError),
     #[error(transparent)]
     Create(#[from] CreateError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -342,6 +355,12 @@ impl ApiError {
                 | JoinError::GatewayFull(_)
                 | JoinError::NoTranscoder(_)
                 | JoinError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                // draft-ietf-wish-whep §4.3.8: no media to play yet.
+                JoinError::NoPublisher(_) => StatusCode::CONFLICT,
+            },
+            ApiError::Publish(e) => match e {
+                PublishError::Busy(_) | PublishError::NotLive(_) => StatusCode::CONFLICT,
+                PublishError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,
@@ -403,7 +422,7 @@ impl IntoResponse for ApiError {
                     h.insert(HeaderName::from_static(name), v);
                 }
             }
-            ApiError::Join(_) | ApiError::Draining => {
+            ApiError::Join(_) | ApiError::Draining | ApiError::Publish(PublishError::Stopping) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

@@ -6,14 +6,18 @@
 //! - `auth.rs`: JWT keys, claims and scopes; verifying and minting tokens.
 //! - `serve.rs`: startup, the printed ready URL, signal-driven drain.
 //! - `http.rs`: router, shared state, CORS, problem+json errors, health and metrics endpoints.
-//! - `whep.rs`: WHEP endpoint and resources (POST, PATCH, DELETE), resource registry.
+//! - `whep.rs`: WHEP endpoint; resources' PATCH and DELETE (shared with WHIP), the registry.
+//! - `whip.rs`: WHIP endpoint: publishing makes or takes over a live session.
+//! - `resource.rs`: a resource's ICE session: trickle, ICE restart, entity-tags.
 //! - `api.rs`: the session API (`/api/sessions`).
 //! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
 //! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
+//! - `publisher.rs`: one WHIP publisher's `Rtc`; its packets into the live session's ring.
 //! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
 //! - `udp.rs`: the shared RTC port, host candidates, datagram demultiplexing.
-//! - `session.rs`: session registry; just-in-time transcoders, restarts, keyframe throttling.
+//! - `session.rs`: session registry; just-in-time transcoders, restarts, keyframe throttling;
+//!   live sessions and their one publisher.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
 //! - `metrics.rs`: counters and the Prometheus text.
 #![forbid(unsafe_code)]
@@ -28,8 +32,11 @@ pub mod metrics;
 pub mod offer;
 pub mod peer;
 pub mod player;
+pub mod publisher;
+pub mod resource;
 pub mod serve;
 pub mod session;
 pub mod transcoder;
 pub mod udp;
 pub mod whep;
+pub mod whip;

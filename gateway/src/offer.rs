@@ -166,6 +166,93 @@ impl Offer {
         Ok(plan)
     }
 
+    /// Decides what a WHIP publisher sends (RFC 9725 §4.2): its video codec, the first of
+    /// `preference` it offers, and whether it sends audio. A live session needs video.
+    pub fn plan_whip(&self, preference: &[VideoCodec]) -> Result<(Plan, VideoCodec), OfferError> {
+        let mut plan = Plan {
+            video: false,
+            audio: false,
+            data_channel: false,
+        };
+        let mut codec = None;
+        for s in self.sections.iter().filter(|s| !s.rejected) {
+            if matches!(s.kind, Kind::Audio | Kind::Video)
+                && matches!(s.direction.as_deref(), Some("recvonly" | "inactive"))
+            {
+                return Err(OfferError::Unusable(format!(
+                    "the offer's {} section (mid {}) is {}; a WHIP publisher offers sendonly \
+                     (RFC 9725 §4.2)",
+                    kind_name(s.kind),
+                    s.mid.as_deref().unwrap_or("?"),
+                    s.direction.as_deref().unwrap_or("")
+                )));
+            }
+            match s.kind {
+                Kind::Video => {
+                    if plan.video {
+                        return Err(OfferError::Unusable(
+                            "the offer has two video sections; a session has one video track"
+                                .into(),
+                        ));
+                    }
+                    codec = preference
+                        .iter()
+                        .copied()
+                        .find(|c| s.formats.iter().any(|f| video_matches(f, *c)));
+                    if codec.is_none() {
+                        let names: Vec<&str> = s.formats.iter().map(|f| f.name.as_str()).collect();
+                        return Err(OfferError::Unusable(format!(
+                            "the offer's video is {}; this gateway takes {}",
+                            if names.is_empty() {
+                                "empty".into()
+                            } else {
+                                names.join(", ")
+                            },
+                            preference
+                                .iter()
+                                .map(|c| match c {
+                                    VideoCodec::H264 => {
+                                        "H264 with packetization-mode=1 and a constrained-baseline \
+                                         profile-level-id (42e01f)"
+                                    }
+                                    VideoCodec::Vp8 => "VP8",
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" or ")
+                        )));
+                    }
+                    plan.video = true;
+                }
+                Kind::Audio => {
+                    if plan.audio {
+                        return Err(OfferError::Unusable(
+                            "the offer has two audio sections; a session has one audio track"
+                                .into(),
+                        ));
+                    }
+                    if !s
+                        .formats
+                        .iter()
+                        .any(|f| f.name.eq_ignore_ascii_case("opus") && f.clock == 48000)
+                    {
+                        return Err(OfferError::Unusable(
+                            "the offer's audio lacks opus/48000/2, the only audio codec taken"
+                                .into(),
+                        ));
+                    }
+                    plan.audio = true;
+                }
+                Kind::Application | Kind::Other => {}
+            }
+        }
+        match codec {
+            Some(c) => Ok((plan, c)),
+            None => Err(OfferError::Unusable(
+                "the offer has no video section; a live session needs video".into(),
+            )),
+        }
+    }
+
     /// The offer with new ICE credentials everywhere they appear (session and media level), as
     /// a client's re-offer would carry them for an ICE restart.
     pub fn with_ice_credentials(&self, ufrag: &str, pwd: &str) -> String {

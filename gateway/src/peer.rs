@@ -21,7 +21,7 @@ use str0m::media::{Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use crate::auth::{Grant, Scope, Verifier, now_secs};
@@ -29,7 +29,8 @@ use crate::config::VideoCodec;
 use crate::control::{self, Action, Code, Refusal, Steering};
 use crate::fanout::{Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
-use crate::offer::{Fragment, Kind, Offer, Plan, valid_ice_credentials};
+use crate::offer::{Kind, Offer, Plan};
+use crate::resource::{IceSession, Patched, PeerMsg};
 use crate::session::{ControlReply, ReadySource, Session, Source, ViewerSlot};
 use crate::udp::{Datagram, RtcPort};
 
@@ -178,15 +179,19 @@ fn finish_answer(answer: &str) -> String {
     out
 }
 
-/// Reads the negotiated sections from our answer: the first media format of each sending
-/// section that is not a repair format (rtx, red, ulpfec).
+/// Reads the negotiated sections from our answer: the first media format of each active
+/// section (sending to a viewer, receiving from a publisher) that is not a repair format
+/// (rtx, red, ulpfec).
 fn tracks_of(answer: &str) -> Tracks {
     let mut tracks = Tracks::default();
     let Ok(parsed) = Offer::parse(answer.as_bytes()) else {
         return tracks;
     };
     for s in parsed.sections.iter().filter(|s| !s.rejected) {
-        if !matches!(s.direction.as_deref(), Some("sendonly" | "sendrecv")) {
+        if !matches!(
+            s.direction.as_deref(),
+            Some("sendonly" | "sendrecv" | "recvonly")
+        ) {
             continue;
         }
         let Some(mid) = &s.mid else { continue };
@@ -207,48 +212,13 @@ fn tracks_of(answer: &str) -> Tracks {
     tracks
 }
 
-/// Messages to a peer task from the HTTP layer.
-#[derive(Debug)]
-pub enum PeerMsg {
-    Patch {
-        fragment: Fragment,
-        if_match: Option<String>,
-        reply: oneshot::Sender<Result<Patched, PatchError>>,
-    },
-    /// DELETE: revoke consent and end (RFC 9725 §4.2, RFC 7675 §5.2).
-    Close,
-}
-
-#[derive(Debug)]
-pub enum Patched {
-    /// Candidates added: 204.
-    Trickled,
-    /// ICE restarted: 200 with this fragment and new ETag.
-    Restarted { fragment: String, etag: String },
-}
-
-/// Why a PATCH was refused. The client's.
-#[derive(Debug, thiserror::Error)]
-pub enum PatchError {
-    #[error("If-Match {0} does not match the current ICE session's entity-tag")]
-    PreconditionFailed(String),
-    #[error("the new ICE credentials are invalid (ufrag 4-256, pwd 22-256 ice-chars)")]
-    BadCredentials,
-    #[error("ICE restart failed: {0}")]
-    RestartFailed(String),
-    #[error("the session is gone")]
-    Gone,
-}
-
 /// Everything a peer task owns.
 #[derive(Debug)]
 pub struct Peer {
     pub id: String,
     pub rtc: Rtc,
-    pub offer: Offer,
-    pub ufrag: String,
+    pub ice: IceSession,
     pub tracks: Tracks,
-    pub etag: String,
     pub slot: ViewerSlot,
     pub port: Arc<RtcPort>,
     pub metrics: Arc<Metrics>,
@@ -284,8 +254,8 @@ impl Peer {
 
     async fn run(mut self) {
         let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(256);
-        self.port.register(&self.ufrag, dg_tx.clone());
-        let mut ufrags = vec![self.ufrag.clone()];
+        self.port.register(&self.ice.ufrag, dg_tx.clone());
+        let mut ufrags = vec![self.ice.ufrag.clone()];
         let session = self.slot.session().clone();
         let mut source = session.source();
         // A failure that happened before this viewer came is history (its join restarts the
@@ -371,10 +341,10 @@ impl Peer {
                         break "closed by DELETE".into();
                     }
                     Some(PeerMsg::Patch { fragment, if_match, reply }) => {
-                        let result = self.patch(fragment, if_match.as_deref());
+                        let result = self.ice.patch(&mut self.rtc, fragment, if_match.as_deref());
                         if let Ok(Patched::Restarted { .. }) = &result {
-                            self.port.register(&self.ufrag, dg_tx.clone());
-                            ufrags.push(self.ufrag.clone());
+                            self.port.register(&self.ice.ufrag, dg_tx.clone());
+                            ufrags.push(self.ice.ufrag.clone());
                         }
                         let _ = reply.send(result);
                     }
@@ -707,72 +677,8 @@ impl Peer {
             Written::Waiting { .. } | Written::Skipped => {}
         }
     }
-
-    /// A trickle-ICE or ICE-restart PATCH (RFC 9725 §4.3).
-    fn patch(&mut self, frag: Fragment, if_match: Option<&str>) -> Result<Patched, PatchError> {
-        if let Some(tag) = if_match
-            && tag != "*"
-            && tag != self.etag
-        {
-            return Err(PatchError::PreconditionFailed(tag.to_string()));
-        }
-        // RFC 9725 §4.3.3: a changed ufrag (or pwd) is an ICE restart.
-        let remote = self.remote_ufrag();
-        let restart = frag.ufrag.as_ref().is_some_and(|u| *u != remote);
-        if !restart {
-            for c in &frag.candidates {
-                // Unsupported transports and unresolvable names are skipped (RFC 9725 §4.3.2).
-                if let Ok(c) = Candidate::from_sdp_string(c) {
-                    self.rtc.add_remote_candidate(c);
-                }
-            }
-            return Ok(Patched::Trickled);
-        }
-        let (Some(ufrag), Some(pwd)) = (frag.ufrag.as_deref(), frag.pwd.as_deref()) else {
-            return Err(PatchError::BadCredentials);
-        };
-        if !valid_ice_credentials(ufrag, pwd) {
-            return Err(PatchError::BadCredentials);
-        }
-        let text = self.offer.with_ice_credentials(ufrag, pwd);
-        let sdp = SdpOffer::from_sdp_string(&text)
-            .map_err(|e| PatchError::RestartFailed(e.to_string()))?;
-        let answer = self
-            .rtc
-            .sdp_api()
-            .accept_offer(sdp)
-            .map_err(|e| PatchError::RestartFailed(e.to_string()))?
-            .to_sdp_string();
-        self.offer.text = text;
-        for c in &frag.candidates {
-            if let Ok(c) = Candidate::from_sdp_string(c) {
-                self.rtc.add_remote_candidate(c);
-            }
-        }
-        let creds = self.rtc.direct_api().local_ice_credentials();
-        self.ufrag = creds.ufrag.clone();
-        self.etag = new_etag();
-        tracing::info!("ICE restart");
-        Ok(Patched::Restarted {
-            fragment: restart_fragment(&answer),
-            etag: self.etag.clone(),
-        })
-    }
-
-    fn remote_ufrag(&self) -> String {
-        self.offer
-            .text
-            .lines()
-            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-            .unwrap_or("")
-            .trim()
-            .to_string()
-    }
 }
 
-/// The 200 body of an ICE restart (RFC 9725 §4.3.3): the answer's ICE lines (`ice-lite`,
-/// `ice-options`, bundle group, the first media section with its new ufrag, pwd and
-/// candidates).
 /// A data-channel event, taken out of `drive` to be handled with the session at hand.
 #[derive(Debug)]
 enum ChannelEvent {
@@ -813,47 +719,6 @@ fn token_fields(grant: &Grant) -> Map<String, serde_json::Value> {
     f.insert("scope".into(), json!(scope_string(grant)));
     f.insert("exp".into(), json!(grant.exp));
     f
-}
-
-fn restart_fragment(answer: &str) -> String {
-    let mut out = String::new();
-    let mut in_first_media = false;
-    let mut seen_media = false;
-    for line in answer.lines() {
-        if line.starts_with("m=") {
-            if seen_media {
-                break;
-            }
-            seen_media = true;
-            in_first_media = true;
-            out.push_str(line);
-            out.push_str("\r\n");
-            continue;
-        }
-        let keep = if in_first_media {
-            line.starts_with("a=mid:")
-                || line.starts_with("a=ice-ufrag:")
-                || line.starts_with("a=ice-pwd:")
-                || line.starts_with("a=candidate:")
-                || line.starts_with("a=end-of-candidates")
-        } else {
-            line.starts_with("a=ice-lite")
-                || line.starts_with("a=ice-options:")
-                || line.starts_with("a=group:BUNDLE")
-                || line.starts_with("a=ice-ufrag:")
-                || line.starts_with("a=ice-pwd:")
-        };
-        if keep {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out
-}
-
-/// A new strong entity-tag for an ICE session (RFC 9725 §4.3.1).
-pub fn new_etag() -> String {
-    format!("\"{}\"", crate::http::random_id())
 }
 
 /// What became of one ring record for one viewer.
@@ -1234,6 +1099,7 @@ mod tests {
             height: 720,
             fps: 30.0,
             duration: None,
+            video_codec: VideoCodec::H264,
         });
         let mut feed = Feed::new(&answered.tracks);
         feed.attach(ready);

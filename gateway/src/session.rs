@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Limits, SessionSpec};
+use crate::config::{Limits, SessionSpec, VideoCodec};
 use crate::control::{self, Code, Refusal};
 use crate::metrics::Metrics;
 use crate::transcoder::{Command, Event, TranscoderProcess};
@@ -68,6 +68,8 @@ pub struct ReadySource {
     pub height: u32,
     pub fps: f64,
     pub duration: Option<f64>,
+    /// What the video track carries (a live session's is the publisher's).
+    pub video_codec: VideoCodec,
 }
 
 impl Source {
@@ -92,6 +94,26 @@ enum Msg {
         command: Command,
         reply: mpsc::UnboundedSender<ControlReply>,
     },
+    /// A live session's publisher is connected and writes into this source's ring; keyframe
+    /// requests go to `keyframes`.
+    Published {
+        source: Arc<ReadySource>,
+        keyframes: mpsc::UnboundedSender<()>,
+    },
+    /// The publisher with this generation is gone.
+    Unpublished {
+        generation: u64,
+    },
+}
+
+/// Where a session's media comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A transcoder started just in time for viewers.
+    Vod,
+    /// A WHIP publisher.
+    Live,
 }
 
 /// The outcome of a viewer's command, for its reply.
@@ -136,6 +158,8 @@ impl Playback {
 #[derive(Debug)]
 pub struct Session {
     pub name: String,
+    pub kind: Kind,
+    /// A VOD session's inputs and encoding (empty for a live session).
     pub spec: SessionSpec,
     pub created: SystemTime,
     tx: mpsc::UnboundedSender<Msg>,
@@ -148,6 +172,52 @@ pub struct Session {
     /// Events for every viewer (JSON text, as sent on the control channel).
     events: broadcast::Sender<Arc<str>>,
     playback: Mutex<Playback>,
+    /// A live session's publisher: its resource id and generation, while one holds the claim.
+    publisher: Mutex<Option<(String, u64)>>,
+    /// Publishers so far (each one's source is a new generation for the viewers).
+    publishes: std::sync::atomic::AtomicU64,
+}
+
+/// A live session's one publisher slot, held by the publisher's task; dropping it frees the
+/// slot and tells the session (viewers see `publisher` `inactive` and wait).
+#[derive(Debug)]
+pub struct PublisherClaim {
+    session: Arc<Session>,
+    pub generation: u64,
+}
+
+impl PublisherClaim {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// The publisher is connected: viewers read `source` from now on.
+    pub fn announce(&self, source: Arc<ReadySource>, keyframes: mpsc::UnboundedSender<()>) {
+        let _ = self.session.tx.send(Msg::Published { source, keyframes });
+    }
+}
+
+impl Drop for PublisherClaim {
+    fn drop(&mut self) {
+        let mut p = self.session.publisher.lock().expect("not poisoned");
+        if p.as_ref().is_some_and(|(_, g)| *g == self.generation) {
+            *p = None;
+        }
+        let _ = self.session.tx.send(Msg::Unpublished {
+            generation: self.generation,
+        });
+    }
+}
+
+/// Why a publisher cannot take a session. The HTTP layer picks 409.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("session {0:?} already has a publisher; DELETE its resource first")]
+    Busy(String),
+    #[error("session {0:?} plays files (VOD); publish to another name")]
+    NotLive(String),
+    #[error("the session is stopping")]
+    Stopping,
 }
 
 /// A viewer's place in a session; leaving (drop) is counted and tells the session.
@@ -172,7 +242,7 @@ impl ViewerSlot {
 }
 
 /// Why a viewer cannot join. Capacity is ours; the HTTP layer picks 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
     #[error("this session has its maximum of {0} viewers")]
     SessionFull(usize),
@@ -182,13 +252,15 @@ pub enum JoinError {
     NoTranscoder(usize),
     #[error("the session is stopping")]
     Stopping,
+    #[error("live session {0:?} has no publisher yet; try again when it publishes")]
+    NoPublisher(String),
 }
 
 /// What `GET /api/sessions` shows of a session.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionInfo {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub state: &'static str,
     pub viewers: usize,
     pub uptime_seconds: u64,
@@ -220,6 +292,9 @@ impl Session {
             return Err(JoinError::Stopping);
         }
         let running = matches!(&*self.source.borrow(), Source::Starting | Source::Ready(_));
+        if self.kind == Kind::Live && !running {
+            return Err(JoinError::NoPublisher(self.name.clone()));
+        }
         if !running && metrics.transcoders.load(Ordering::Relaxed) >= limits.max_transcoders {
             return Err(JoinError::NoTranscoder(limits.max_transcoders));
         }
@@ -236,6 +311,26 @@ impl Session {
         Ok(ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
+        })
+    }
+
+    /// Takes the live session's publisher slot for resource `id`.
+    pub fn claim_publisher(self: &Arc<Self>, id: &str) -> Result<PublisherClaim, PublishError> {
+        if self.kind != Kind::Live {
+            return Err(PublishError::NotLive(self.name.clone()));
+        }
+        if self.cancel.is_cancelled() {
+            return Err(PublishError::Stopping);
+        }
+        let mut p = self.publisher.lock().expect("not poisoned");
+        if p.is_some() {
+            return Err(PublishError::Busy(self.name.clone()));
+        }
+        let generation = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
+        *p = Some((id.to_string(), generation));
+        Ok(PublisherClaim {
+            session: self.clone(),
+            generation,
         })
     }
 
@@ -279,14 +374,18 @@ impl Session {
     pub fn info(&self) -> SessionInfo {
         let source = self.source.borrow().clone();
         let (width, height) = match &source {
-            Source::Ready(r) => (Some(r.width), Some(r.height)),
+            Source::Ready(r) if r.width > 0 => (Some(r.width), Some(r.height)),
             _ => (None, None),
         };
         let pid = self.pid.load(Ordering::Relaxed);
         SessionInfo {
             name: self.name.clone(),
-            kind: "vod",
-            state: source.state_name(),
+            kind: self.kind,
+            state: match (self.kind, &source) {
+                (Kind::Live, Source::Idle) => "waiting",
+                (Kind::Live, Source::Ready(_)) => "live",
+                _ => source.state_name(),
+            },
             viewers: self.viewers.load(Ordering::Relaxed),
             uptime_seconds: self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             restarts: self.restarts.load(Ordering::Relaxed),
@@ -365,22 +464,7 @@ impl Registry {
         if sessions.contains_key(&name) {
             return Err(CreateError::Exists(name));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (source_tx, source) = watch::channel(Source::Idle);
-        let session = Arc::new(Session {
-            name: name.clone(),
-            spec,
-            created: SystemTime::now(),
-            tx,
-            source,
-            viewers: AtomicUsize::new(0),
-            restarts: AtomicUsize::new(0),
-            last_error: Mutex::new(None),
-            pid: AtomicUsize::new(0),
-            cancel: self.cancel.child_token(),
-            events: broadcast::channel(EVENT_BACKLOG).0,
-            playback: Mutex::new(Playback::default()),
-        });
+        let (session, rx, source_tx) = self.new_session(name.clone(), Kind::Vod, spec);
         sessions.insert(name.clone(), session.clone());
         let task = SessionTask {
             session: session.clone(),
@@ -404,6 +488,69 @@ impl Registry {
                 .instrument(tracing::info_span!("session", session = %name)),
         );
         Ok(session)
+    }
+
+    /// The live session `name`, created (waiting for its publisher) if there is none.
+    pub fn live(&self, name: &str) -> Result<Arc<Session>, PublishError> {
+        let mut sessions = self.sessions.lock().expect("not poisoned");
+        if let Some(s) = sessions.get(name) {
+            return match s.kind {
+                Kind::Live => Ok(s.clone()),
+                Kind::Vod => Err(PublishError::NotLive(name.to_string())),
+            };
+        }
+        let (session, rx, source_tx) =
+            self.new_session(name.to_string(), Kind::Live, SessionSpec::default());
+        sessions.insert(name.to_string(), session.clone());
+        let task = LiveTask {
+            session: session.clone(),
+            metrics: self.runtime.metrics.clone(),
+            rx,
+            source_tx,
+            viewers: 0,
+            keyframes: None,
+            last_keyframe: None,
+            keyframe_pending: false,
+        };
+        tracing::info!(session = %name, "live session created");
+        tokio::spawn(
+            task.run()
+                .instrument(tracing::info_span!("session", session = %name)),
+        );
+        Ok(session)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn new_session(
+        &self,
+        name: String,
+        kind: Kind,
+        spec: SessionSpec,
+    ) -> (
+        Arc<Session>,
+        mpsc::UnboundedReceiver<Msg>,
+        watch::Sender<Source>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (source_tx, source) = watch::channel(Source::Idle);
+        let session = Arc::new(Session {
+            name,
+            kind,
+            spec,
+            created: SystemTime::now(),
+            tx,
+            source,
+            viewers: AtomicUsize::new(0),
+            restarts: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+            pid: AtomicUsize::new(0),
+            cancel: self.cancel.child_token(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            playback: Mutex::new(Playback::default()),
+            publisher: Mutex::new(None),
+            publishes: std::sync::atomic::AtomicU64::new(0),
+        });
+        (session, rx, source_tx)
     }
 
     /// Removes and stops a session; its viewers are disconnected by their tasks.
@@ -518,6 +665,8 @@ impl SessionTask {
                 }
             }
             Msg::Control { id, command, reply } => self.on_control(id, command, reply).await,
+            // Only live sessions have publishers (`claim_publisher` refuses VOD ones).
+            Msg::Published { .. } | Msg::Unpublished { .. } => {}
         }
     }
 
@@ -702,6 +851,7 @@ impl SessionTask {
                         height,
                         fps,
                         duration,
+                        video_codec: self.session.spec.codec(),
                     })));
             }
             Event::Position { position, .. } => {
@@ -838,6 +988,114 @@ impl SessionTask {
         }
         self.position = None;
         self.set_playback(|p| *p = Playback::default());
+    }
+}
+
+/// A live session's task: counts viewers, hands the publisher's source to them, and forwards
+/// their keyframe requests to the publisher (throttled like a transcoder's).
+struct LiveTask {
+    session: Arc<Session>,
+    metrics: Arc<Metrics>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    source_tx: watch::Sender<Source>,
+    viewers: usize,
+    /// The connected publisher's keyframe requests.
+    keyframes: Option<mpsc::UnboundedSender<()>>,
+    last_keyframe: Option<Instant>,
+    keyframe_pending: bool,
+}
+
+impl LiveTask {
+    async fn run(mut self) {
+        loop {
+            let keyframe_at = self
+                .keyframe_pending
+                .then(|| self.last_keyframe.map(|t| t + KEYFRAME_INTERVAL))
+                .flatten()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.on_msg(msg),
+                    None => break,
+                },
+                _ = sleep_until(keyframe_at) => {
+                    self.keyframe_pending = false;
+                    self.send_keyframe_request();
+                }
+                _ = self.session.cancel.cancelled() => break,
+            }
+        }
+        self.source_tx
+            .send_replace(Source::Failed("the session was stopped".into()));
+        tracing::info!("session ended");
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Join => {
+                self.viewers += 1;
+                self.publish_viewers();
+            }
+            Msg::Leave => {
+                self.viewers = self.viewers.saturating_sub(1);
+                self.publish_viewers();
+            }
+            Msg::KeyframeRequest => {
+                self.metrics
+                    .keyframe_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                if self
+                    .last_keyframe
+                    .is_none_or(|t| t.elapsed() >= KEYFRAME_INTERVAL)
+                {
+                    self.send_keyframe_request();
+                } else {
+                    self.keyframe_pending = true;
+                }
+            }
+            Msg::Control { id, reply, .. } => {
+                let _ = reply.send(ControlReply {
+                    id,
+                    result: Err(Refusal::new(
+                        Code::NotSupported,
+                        "a live session plays what its publisher sends; it cannot be steered",
+                    )),
+                });
+            }
+            Msg::Published { source, keyframes } => {
+                tracing::info!(generation = source.generation, "publisher is live");
+                self.keyframes = Some(keyframes);
+                self.source_tx.send_replace(Source::Ready(source));
+                self.session
+                    .publish(control::event("publisher", json!({ "state": "active" })));
+            }
+            Msg::Unpublished { generation } => {
+                let current = matches!(&*self.source_tx.borrow(),
+                    Source::Ready(r) if r.generation == generation);
+                if current {
+                    tracing::info!(generation, "publisher left; viewers wait for the next one");
+                    self.keyframes = None;
+                    self.source_tx.send_replace(Source::Idle);
+                    self.session
+                        .publish(control::event("publisher", json!({ "state": "inactive" })));
+                }
+            }
+        }
+    }
+
+    fn publish_viewers(&self) {
+        self.session
+            .publish(control::event("viewers", json!({ "count": self.viewers })));
+    }
+
+    fn send_keyframe_request(&mut self) {
+        let Some(k) = &self.keyframes else { return };
+        self.last_keyframe = Some(Instant::now());
+        if k.send(()).is_ok() {
+            self.metrics
+                .keyframe_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

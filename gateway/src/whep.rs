@@ -22,15 +22,43 @@ use crate::http::{
     ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
 };
 use crate::offer::{Fragment, Offer, Served};
-use crate::peer::{OnEnd, Patched, Peer, PeerMsg, answer, new_etag};
+use crate::peer::{OnEnd, Peer, answer};
+use crate::resource::{IceSession, Patched, PeerMsg, new_etag};
+use crate::session::{JoinError, Kind, Source};
 
-const SDP: &str = "application/sdp";
-const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+pub const SDP: &str = "application/sdp";
+pub const TRICKLE: &str = "application/trickle-ice-sdpfrag";
 
-/// A live WHEP resource.
+/// Who a resource belongs to: its URL prefix and the scope its PATCH and DELETE need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A WHEP viewer (`/whep/...`).
+    Viewer,
+    /// A WHIP publisher (`/whip/...`).
+    Publisher,
+}
+
+impl Role {
+    fn scope(self) -> Scope {
+        match self {
+            Role::Viewer => Scope::View,
+            Role::Publisher => Scope::Publish,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Role::Viewer => "WHEP",
+            Role::Publisher => "WHIP",
+        }
+    }
+}
+
+/// A live WHEP or WHIP resource.
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub session: String,
+    pub role: Role,
     pub tx: mpsc::Sender<PeerMsg>,
 }
 
@@ -45,7 +73,18 @@ impl Resources {
         self.map.lock().expect("not poisoned").get(id).cloned()
     }
 
-    fn insert(&self, id: String, r: Resource) {
+    /// The resource `id` if it is `role`'s in `session` (else 404: the URL names no resource).
+    pub fn find(&self, session: &str, id: &str, role: Role) -> Result<Resource, ApiError> {
+        match self.get(id) {
+            Some(r) if r.session == session && r.role == role => Ok(r),
+            _ => Err(ApiError::NotFound(format!(
+                "no such {} resource",
+                role.what()
+            ))),
+        }
+    }
+
+    pub fn insert(&self, id: String, r: Resource) {
         self.map.lock().expect("not poisoned").insert(id, r);
     }
 
@@ -86,10 +125,8 @@ pub async fn resource_get(
     State(s): State<Shared>,
     Path((session, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    match s.resources.get(&id) {
-        Some(r) if r.session == session => Ok(StatusCode::OK),
-        _ => Err(ApiError::NotFound("no such WHEP resource".into())),
-    }
+    s.resources.find(&session, &id, Role::Viewer)?;
+    Ok(StatusCode::OK)
 }
 
 /// `POST /whep/{session}`: answer the offer, 201 with the answer and the resource's URL.
@@ -109,11 +146,22 @@ pub async fn post(
     let grant = authorize(&s, &headers, &name, Scope::View)?;
     require_type(&headers, SDP)?;
     let offer = Offer::parse(&body)?;
-    let codec = session.spec.codec();
-    let plan = offer.plan_whep(Served {
-        video: codec,
-        audio: true,
-    })?;
+    let served = match session.kind {
+        Kind::Vod => Served {
+            video: session.spec.codec(),
+            audio: true,
+        },
+        // A live session sends what its publisher sends.
+        Kind::Live => match &*session.source().borrow() {
+            Source::Ready(r) => Served {
+                video: r.video_codec,
+                audio: r.audio_track.is_some(),
+            },
+            _ => return Err(JoinError::NoPublisher(name).into()),
+        },
+    };
+    let codec = served.video;
+    let plan = offer.plan_whep(served)?;
     let slot = session.join(&s.config.limits, &s.metrics)?;
     let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
     let id = random_id();
@@ -123,6 +171,7 @@ pub async fn post(
         id.clone(),
         Resource {
             session: name.clone(),
+            role: Role::Viewer,
             tx,
         },
     );
@@ -132,10 +181,12 @@ pub async fn post(
     Peer {
         id: id.clone(),
         rtc: answered.rtc,
-        offer,
-        ufrag: answered.ufrag,
+        ice: IceSession {
+            offer,
+            ufrag: answered.ufrag,
+            etag: etag.clone(),
+        },
         tracks: answered.tracks,
-        etag: etag.clone(),
         slot,
         port: s.port.clone(),
         metrics: s.metrics.clone(),
@@ -154,51 +205,56 @@ pub async fn post(
         sub = grant.sub.as_deref().unwrap_or("-"),
         "viewer created"
     );
-    let location = format!("{}/whep/{name}/{id}", base_url(&headers, s.config.http));
-    let mut resp = (StatusCode::CREATED, answered.answer).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
-    h.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("host was checked to be header-safe"),
-    );
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex is header-safe"),
-    );
-    h.insert(
-        HeaderName::from_static("accept-patch"),
-        HeaderValue::from_static(TRICKLE),
-    );
-    for link in ice_server_links(&s.config.ice_servers, grant.sub.as_deref()) {
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            h.append(header::LINK, v);
-        }
-    }
-    Ok(resp)
+    Ok(created(
+        &s,
+        &headers,
+        &format!("/whep/{name}/{id}"),
+        &etag,
+        answered.answer,
+        grant.sub.as_deref(),
+    ))
 }
 
-/// `PATCH` a resource: trickle → 204; ICE restart → 200 with a fragment and a new ETag
-/// (RFC 9725 §4.3, draft-ietf-wish-whep §4.5).
+/// `PATCH /whep/{session}/{resource}`.
 pub async fn patch(
     State(s): State<Shared>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let resource = match s.resources.get(&id) {
-        Some(r) if r.session == name => r,
-        _ => return Err(ApiError::NotFound("no such WHEP resource".into())),
-    };
-    authorize(&s, &headers, &name, Scope::View)?;
-    require_type(&headers, TRICKLE)?;
-    let fragment = Fragment::parse(&body)?;
+    patch_resource(&s, &name, &id, Role::Viewer, &headers, &body).await
+}
+
+/// `DELETE /whep/{session}/{resource}`.
+pub async fn delete(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    delete_resource(&s, &name, &id, Role::Viewer, &headers)
+}
+
+/// `PATCH` a resource: trickle → 204; ICE restart → 200 with a fragment and a new ETag
+/// (RFC 9725 §4.3, draft-ietf-wish-whep §4.5). The same for WHIP and WHEP resources.
+pub async fn patch_resource(
+    s: &Shared,
+    name: &str,
+    id: &str,
+    role: Role,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let resource = s.resources.find(name, id, role)?;
+    authorize(s, headers, name, role.scope())?;
+    require_type(headers, TRICKLE)?;
+    let fragment = Fragment::parse(body)?;
     // Common browser clients omit If-Match on trickle PATCHes; the issue asks us to accept
     // them (CHECKLIST item 27 would answer 428).
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
+    let gone = || ApiError::NotFound(format!("the {} resource has ended", role.what()));
     let (reply, rx) = oneshot::channel();
     resource
         .tx
@@ -208,10 +264,8 @@ pub async fn patch(
             reply,
         })
         .await
-        .map_err(|_| ApiError::NotFound("the WHEP resource has ended".into()))?;
-    let patched = rx
-        .await
-        .map_err(|_| ApiError::NotFound("the WHEP resource has ended".into()))??;
+        .map_err(|_| gone())?;
+    let patched = rx.await.map_err(|_| gone())??;
     Ok(match patched {
         Patched::Trickled => StatusCode::NO_CONTENT.into_response(),
         Patched::Restarted { fragment, etag } => {
@@ -227,21 +281,54 @@ pub async fn patch(
     })
 }
 
-/// `DELETE` a resource: 200, and the viewer's peer is closed (RFC 9725 §4.2: OBS wants 200).
+/// `DELETE` a resource: 200, and its peer is closed (RFC 9725 §4.2: OBS wants 200).
 /// Entity-tags are ignored (RFC 9725 §4.3.1).
-pub async fn delete(
-    State(s): State<Shared>,
-    Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
+pub fn delete_resource(
+    s: &Shared,
+    name: &str,
+    id: &str,
+    role: Role,
+    headers: &HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    match s.resources.get(&id) {
-        Some(r) if r.session == name => {}
-        _ => return Err(ApiError::NotFound("no such WHEP resource".into())),
-    };
-    authorize(&s, &headers, &name, Scope::View)?;
-    if let Some(r) = s.resources.remove(&id) {
+    s.resources.find(name, id, role)?;
+    authorize(s, headers, name, role.scope())?;
+    if let Some(r) = s.resources.remove(id) {
         let _ = r.tx.try_send(PeerMsg::Close);
-        tracing::info!(session = %name, resource = %id, "viewer deleted");
+        tracing::info!(session = %name, resource = %id, "{} resource deleted", role.what());
     }
     Ok(StatusCode::OK)
+}
+
+/// The headers of a 201 that created a resource: `Content-Type`, absolute `Location`, `ETag`,
+/// `Accept-Patch` and the ICE servers' `Link`s (RFC 9725 §4.2).
+pub fn created(
+    s: &Shared,
+    headers: &HeaderMap,
+    path: &str,
+    etag: &str,
+    answer: String,
+    sub: Option<&str>,
+) -> Response {
+    let location = format!("{}{path}", base_url(headers, s.config.http));
+    let mut resp = (StatusCode::CREATED, answer).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("host was checked to be header-safe"),
+    );
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(etag).expect("hex is header-safe"),
+    );
+    h.insert(
+        HeaderName::from_static("accept-patch"),
+        HeaderValue::from_static(TRICKLE),
+    );
+    for link in ice_server_links(&s.config.ice_servers, sub) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.append(header::LINK, v);
+        }
+    }
+    resp
 }

@@ -1,0 +1,422 @@
+//! One WHIP publisher: a str0m `Rtc` in RTP mode receiving a live session's media, and the
+//! task that writes each packet into the session's ring as it arrives.
+//!
+//! Owns the publisher's side of a live session (DESIGN.md "Data path" 1): a fresh ring per
+//! publish, records flagged where a keyframe starts (read from the payload, since a
+//! publisher's packets carry no such mark) and where a frame ends, keyframe requests from the
+//! session turned into PLI, PATCH and DELETE of its resource (`resource.rs`, shared with
+//! viewers), and the end of publishing (DELETE, ICE consent expiry, DTLS close), which frees
+//! the session's publisher slot. Viewers read the ring exactly as they read a transcoder's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtp_ring::{Flags, RecordRef, Ring, Writer};
+use str0m::media::KeyframeRequestKind;
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpPacket;
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::config::VideoCodec;
+use crate::metrics::Metrics;
+use crate::peer::{OnEnd, Tracks};
+use crate::resource::{IceSession, Patched, PeerMsg};
+use crate::session::{PublisherClaim, ReadySource};
+use crate::udp::{Datagram, Outbox, RtcPort};
+
+/// A publisher that has not connected within this time is dropped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Ring size per publish: about 16 s of 8 Mb/s video at 1536-byte slots.
+const RING_BYTES: u64 = 16 << 20;
+/// Recent records whose payloads viewers share.
+const PAYLOAD_CACHE_SLOTS: usize = 2048;
+/// Ring track numbers of a live source.
+const VIDEO_TRACK: u8 = 0;
+const AUDIO_TRACK: u8 = 1;
+
+/// Everything a publisher task owns.
+#[derive(Debug)]
+pub struct Publisher {
+    pub id: String,
+    pub rtc: Rtc,
+    pub ice: IceSession,
+    pub tracks: Tracks,
+    pub codec: VideoCodec,
+    pub claim: PublisherClaim,
+    pub port: Arc<RtcPort>,
+    pub metrics: Arc<Metrics>,
+    pub inbox: mpsc::Receiver<PeerMsg>,
+    /// Called once when the task ends (removes the resource from the HTTP registry).
+    pub on_end: OnEnd,
+}
+
+impl Publisher {
+    pub fn spawn(self) {
+        let span = tracing::info_span!(
+            "publisher",
+            session = %self.claim.session().name,
+            resource = %self.id
+        );
+        tokio::spawn(self.run().instrument(span));
+    }
+
+    async fn run(mut self) {
+        let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(256);
+        self.port.register(&self.ice.ufrag, dg_tx.clone());
+        let mut ufrags = vec![self.ice.ufrag.clone()];
+        let session = self.claim.session().clone();
+        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
+        let mut keyframe_tx = Some(keyframe_tx);
+        let mut sink = match Sink::new(&session.name, &self.tracks, self.codec, &self.claim) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot make the session's ring: {e}");
+                (self.on_end.0)();
+                return;
+            }
+        };
+        let mut outbox = Outbox::default();
+        let created = Instant::now();
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let stopped = session.cancelled();
+        tokio::pin!(stopped);
+        let reason = loop {
+            let deadline = match self.drive(&mut sink, &mut outbox) {
+                Ok(t) => t,
+                Err(reason) => break reason,
+            };
+            // Viewers are handed the source once media can flow.
+            if self.rtc.is_connected()
+                && let Some(tx) = keyframe_tx.take()
+            {
+                tracing::info!(
+                    after_ms = created.elapsed().as_millis() as u64,
+                    codec = self.codec.name(),
+                    audio = self.tracks.audio.is_some(),
+                    "publisher connected"
+                );
+                self.claim.announce(sink.source.clone(), tx);
+            }
+            if keyframe_tx.is_some() && created.elapsed() > CONNECT_TIMEOUT {
+                break "no ICE/DTLS connection within 30 s".to_string();
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                dg = dg_rx.recv() => {
+                    let Some(dg) = dg else { break "datagram channel closed".into() };
+                    if let Err(e) = self.receive(&dg) {
+                        tracing::debug!("datagram refused: {e}");
+                    }
+                }
+                msg = self.inbox.recv() => match msg {
+                    None | Some(PeerMsg::Close) => {
+                        self.rtc.disconnect();
+                        break "closed by DELETE".into();
+                    }
+                    Some(PeerMsg::Patch { fragment, if_match, reply }) => {
+                        let result = self.ice.patch(&mut self.rtc, fragment, if_match.as_deref());
+                        if let Ok(Patched::Restarted { .. }) = &result {
+                            self.port.register(&self.ice.ufrag, dg_tx.clone());
+                            ufrags.push(self.ice.ufrag.clone());
+                        }
+                        let _ = reply.send(result);
+                    }
+                },
+                Some(()) = keyframe_rx.recv() => self.request_keyframe(),
+                _ = &mut timer => {
+                    if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
+                        break format!("str0m: {e}");
+                    }
+                }
+                _ = &mut stopped => {
+                    self.rtc.disconnect();
+                    break "session stopped".into();
+                }
+            }
+        };
+        let _ = self.drive(&mut sink, &mut outbox);
+        for u in &ufrags {
+            self.port.unregister(u, &dg_tx);
+        }
+        tracing::info!(
+            packets = sink.packets,
+            keyframes = sink.keyframes,
+            "publisher ended: {reason}"
+        );
+        (self.on_end.0)();
+        // Dropping the claim (with `self`) tells the session its publisher is gone.
+    }
+
+    /// Polls str0m until it wants a timeout; sends what it transmits, writes what it
+    /// receives into the ring. `Err` ends the publisher.
+    fn drive(&mut self, sink: &mut Sink, outbox: &mut Outbox) -> Result<Instant, String> {
+        let result = loop {
+            if !self.rtc.is_alive() {
+                break Err("the connection closed".into());
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break Ok(t),
+                Ok(Output::Transmit(t)) => {
+                    let port = &self.port;
+                    outbox.push(
+                        t.source,
+                        t.destination,
+                        &t.contents,
+                        port.max_segments(),
+                        &mut |src, dst, data, seg| port.send_segments(src, dst, data, seg),
+                    );
+                }
+                Ok(Output::Event(Event::RtpPacket(p))) => sink.write(&p, &self.tracks),
+                Ok(Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                ))) => break Err("ICE disconnected (consent expired)".into()),
+                Ok(Output::Event(_)) => {}
+                Err(e) => break Err(format!("str0m: {e}")),
+            }
+        };
+        let port = &self.port;
+        outbox.flush(&mut |src, dst, data, seg| port.send_segments(src, dst, data, seg));
+        result
+    }
+
+    fn receive(&mut self, dg: &Datagram) -> Result<(), String> {
+        let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
+            .map_err(|e| e.to_string())?;
+        self.rtc
+            .handle_input(Input::Receive(Instant::now(), input))
+            .map_err(|e| e.to_string())
+    }
+
+    /// A PLI to the publisher (the session throttles how often).
+    fn request_keyframe(&mut self) {
+        let Some((mid, _, _)) = self.tracks.video else {
+            return;
+        };
+        match self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            Some(rx) => {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                tracing::debug!("PLI to the publisher");
+            }
+            None => tracing::debug!("no video from the publisher yet: no PLI"),
+        }
+    }
+}
+
+/// The ring a publish writes and what viewers are told about it.
+struct Sink {
+    writer: Writer,
+    source: Arc<ReadySource>,
+    codec: VideoCodec,
+    /// The RTP timestamp of the last video packet flagged as a keyframe start, so that only
+    /// the first packet of a keyframe is flagged.
+    key_ts: Option<u32>,
+    /// A packet rebuilt from str0m's parsed header and payload.
+    packet: Vec<u8>,
+    packets: u64,
+    keyframes: u64,
+}
+
+impl Sink {
+    fn new(
+        name: &str,
+        tracks: &Tracks,
+        codec: VideoCodec,
+        claim: &PublisherClaim,
+    ) -> Result<Self, rtp_ring::OpenError> {
+        let ring = Ring::create_memfd(&format!("wisp-live-{name}"), RING_BYTES)?;
+        let writer = ring.writer();
+        let source = Arc::new(ReadySource {
+            ring,
+            payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
+            generation: claim.generation,
+            video_track: tracks.video.as_ref().map(|_| VIDEO_TRACK),
+            audio_track: tracks.audio.as_ref().map(|_| AUDIO_TRACK),
+            width: 0,
+            height: 0,
+            fps: 0.0,
+            duration: None,
+            video_codec: codec,
+        });
+        Ok(Self {
+            writer,
+            source,
+            codec,
+            key_ts: None,
+            packet: Vec::with_capacity(1500),
+            packets: 0,
+            keyframes: 0,
+        })
+    }
+
+    /// Writes one received packet into the ring with its track and flags.
+    fn write(&mut self, p: &RtpPacket, tracks: &Tracks) {
+        // Padding-only packets (bandwidth probes) carry no media.
+        if p.payload.is_empty() {
+            return;
+        }
+        let mid = p.header.ext_vals.mid;
+        let is = |t: &Option<(str0m::media::Mid, str0m::media::Pt, u32)>| {
+            t.as_ref()
+                .is_some_and(|(m, pt, _)| mid.map_or(*pt == p.header.payload_type, |x| x == *m))
+        };
+        let (track, flags) = if is(&tracks.video) {
+            let mut flags = Flags::empty();
+            if starts_keyframe(self.codec, &p.payload) && self.key_ts != Some(p.header.timestamp) {
+                self.key_ts = Some(p.header.timestamp);
+                self.keyframes += 1;
+                flags |= Flags::KEYFRAME;
+            }
+            if p.header.marker {
+                flags |= Flags::END_OF_FRAME;
+            }
+            (VIDEO_TRACK, flags)
+        } else if is(&tracks.audio) {
+            (AUDIO_TRACK, Flags::empty())
+        } else {
+            return;
+        };
+        self.packet.clear();
+        self.packet.push(0x80);
+        self.packet
+            .push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
+        self.packet
+            .extend_from_slice(&p.header.sequence_number.to_be_bytes());
+        self.packet
+            .extend_from_slice(&p.header.timestamp.to_be_bytes());
+        self.packet
+            .extend_from_slice(&(*p.header.ssrc).to_be_bytes());
+        self.packet.extend_from_slice(&p.payload);
+        let record = RecordRef {
+            track,
+            flags,
+            capture_us: rtp_ring::now_us(),
+            packet: &self.packet,
+        };
+        match self.writer.write(record) {
+            Ok(_) => self.packets += 1,
+            Err(e) => tracing::debug!("packet not written to the ring: {e}"),
+        }
+    }
+}
+
+/// Whether an RTP payload begins a frame a decoder can start from: for H.264 (RFC 6184) one
+/// holding an SPS or an IDR slice (a single NAL unit, inside a STAP-A, or the first fragment
+/// of an FU-A); for VP8 (RFC 7741) the first packet of a key frame.
+pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
+    match codec {
+        VideoCodec::H264 => h264_starts_keyframe(payload),
+        VideoCodec::Vp8 => vp8_starts_keyframe(payload),
+    }
+}
+
+fn h264_starts_keyframe(payload: &[u8]) -> bool {
+    const IDR: u8 = 5;
+    const SPS: u8 = 7;
+    let Some(&first) = payload.first() else {
+        return false;
+    };
+    match first & 0x1f {
+        // STAP-A: 16-bit size, then the NAL unit, repeated.
+        24 => {
+            let mut rest = &payload[1..];
+            while rest.len() > 2 {
+                let size = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let Some(&nal) = rest.get(2) else { break };
+                if matches!(nal & 0x1f, IDR | SPS) {
+                    return true;
+                }
+                rest = rest.get(2 + size..).unwrap_or(&[]);
+            }
+            false
+        }
+        // FU-A: the start bit and the fragmented unit's type in the FU header.
+        28 => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && matches!(fu & 0x1f, IDR | SPS)),
+        t => matches!(t, IDR | SPS),
+    }
+}
+
+fn vp8_starts_keyframe(payload: &[u8]) -> bool {
+    let Some(&d) = payload.first() else {
+        return false;
+    };
+    // S (start of partition) with partition index 0.
+    if d & 0x10 == 0 || d & 0x07 != 0 {
+        return false;
+    }
+    let mut i = 1;
+    if d & 0x80 != 0 {
+        let Some(&x) = payload.get(1) else {
+            return false;
+        };
+        i = 2;
+        if x & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            i += if payload.get(i).is_some_and(|b| b & 0x80 != 0) {
+                2
+            } else {
+                1
+            };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    // The VP8 frame header's P bit: 0 for a key frame (RFC 6386 §9.1).
+    payload.get(i).is_some_and(|b| b & 0x01 == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h264_keyframes_are_found_in_single_stap_a_and_fu_a_packets() {
+        let h = VideoCodec::H264;
+        assert!(starts_keyframe(h, &[0x67, 0x42, 0xe0, 0x1f])); // SPS
+        assert!(starts_keyframe(h, &[0x65, 0x88])); // IDR slice
+        assert!(!starts_keyframe(h, &[0x41, 0x9a])); // non-IDR slice
+        assert!(!starts_keyframe(h, &[0x68, 0xce])); // PPS alone
+        // STAP-A holding SPS and PPS.
+        assert!(starts_keyframe(
+            h,
+            &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xce]
+        ));
+        // STAP-A holding an SEI and a PPS only.
+        assert!(!starts_keyframe(
+            h,
+            &[0x78, 0x00, 0x02, 0x06, 0x05, 0x00, 0x02, 0x68, 0xce]
+        ));
+        // FU-A: first fragment of an IDR; a middle fragment of it; first of a P slice.
+        assert!(starts_keyframe(h, &[0x7c, 0x85, 0x88]));
+        assert!(!starts_keyframe(h, &[0x7c, 0x05, 0x88]));
+        assert!(!starts_keyframe(h, &[0x7c, 0x81, 0x9a]));
+        assert!(!starts_keyframe(h, &[]));
+    }
+
+    #[test]
+    fn vp8_keyframes_are_read_past_the_payload_descriptor() {
+        let v = VideoCodec::Vp8;
+        // S=1, PID=0, no extension; frame header P=0 (key) and P=1 (inter).
+        assert!(starts_keyframe(v, &[0x10, 0x50, 0x2a]));
+        assert!(!starts_keyframe(v, &[0x10, 0x51, 0x2a]));
+        // X=1 with a 15-bit PictureID (as browsers send), then a key frame.
+        assert!(starts_keyframe(v, &[0x90, 0x80, 0x81, 0x23, 0x50]));
+        assert!(!starts_keyframe(v, &[0x90, 0x80, 0x81, 0x23, 0x51]));
+        // X=1 with PictureID (7 bit), TL0PICIDX and TID: five descriptor bytes before it.
+        assert!(starts_keyframe(v, &[0x90, 0xe0, 0x12, 0x05, 0x40, 0x50]));
+        // Not the start of partition 0.
+        assert!(!starts_keyframe(v, &[0x00, 0x50]));
+        assert!(!starts_keyframe(v, &[0x11, 0x50]));
+    }
+}

@@ -1,0 +1,163 @@
+//! A WHIP or WHEP resource's ICE session: trickle and ICE-restart PATCHes (RFC 9725 §4.3,
+//! draft-ietf-wish-whep §4.5) with the resource's entity-tag, and the messages the HTTP layer
+//! sends a resource's task. Viewers (`peer.rs`) and publishers (`publisher.rs`) share it, so
+//! PATCH behaves the same on both.
+
+use str0m::change::SdpOffer;
+use str0m::{Candidate, Rtc};
+use tokio::sync::oneshot;
+
+use crate::offer::{Fragment, Offer, valid_ice_credentials};
+
+/// Messages to a resource's task (viewer or publisher) from the HTTP layer.
+#[derive(Debug)]
+pub enum PeerMsg {
+    Patch {
+        fragment: Fragment,
+        if_match: Option<String>,
+        reply: oneshot::Sender<Result<Patched, PatchError>>,
+    },
+    /// DELETE: revoke consent and end (RFC 9725 §4.2, RFC 7675 §5.2).
+    Close,
+}
+
+#[derive(Debug)]
+pub enum Patched {
+    /// Candidates added: 204.
+    Trickled,
+    /// ICE restarted: 200 with this fragment and new ETag.
+    Restarted { fragment: String, etag: String },
+}
+
+/// Why a PATCH was refused. The client's.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("If-Match {0} does not match the current ICE session's entity-tag")]
+    PreconditionFailed(String),
+    #[error("the new ICE credentials are invalid (ufrag 4-256, pwd 22-256 ice-chars)")]
+    BadCredentials,
+    #[error("ICE restart failed: {0}")]
+    RestartFailed(String),
+    #[error("the session is gone")]
+    Gone,
+}
+
+/// The ICE side of a resource: the offer it was answered from (rewritten by restarts), our
+/// current ufrag, and the entity-tag of the ICE session.
+#[derive(Debug)]
+pub struct IceSession {
+    pub offer: Offer,
+    pub ufrag: String,
+    pub etag: String,
+}
+
+impl IceSession {
+    /// A trickle-ICE or ICE-restart PATCH (RFC 9725 §4.3).
+    pub fn patch(
+        &mut self,
+        rtc: &mut Rtc,
+        frag: Fragment,
+        if_match: Option<&str>,
+    ) -> Result<Patched, PatchError> {
+        if let Some(tag) = if_match
+            && tag != "*"
+            && tag != self.etag
+        {
+            return Err(PatchError::PreconditionFailed(tag.to_string()));
+        }
+        // RFC 9725 §4.3.3: a changed ufrag (or pwd) is an ICE restart.
+        let remote = self.remote_ufrag();
+        let restart = frag.ufrag.as_ref().is_some_and(|u| *u != remote);
+        if !restart {
+            for c in &frag.candidates {
+                // Unsupported transports and unresolvable names are skipped (RFC 9725 §4.3.2).
+                if let Ok(c) = Candidate::from_sdp_string(c) {
+                    rtc.add_remote_candidate(c);
+                }
+            }
+            return Ok(Patched::Trickled);
+        }
+        let (Some(ufrag), Some(pwd)) = (frag.ufrag.as_deref(), frag.pwd.as_deref()) else {
+            return Err(PatchError::BadCredentials);
+        };
+        if !valid_ice_credentials(ufrag, pwd) {
+            return Err(PatchError::BadCredentials);
+        }
+        let text = self.offer.with_ice_credentials(ufrag, pwd);
+        let sdp = SdpOffer::from_sdp_string(&text)
+            .map_err(|e| PatchError::RestartFailed(e.to_string()))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(sdp)
+            .map_err(|e| PatchError::RestartFailed(e.to_string()))?
+            .to_sdp_string();
+        self.offer.text = text;
+        for c in &frag.candidates {
+            if let Ok(c) = Candidate::from_sdp_string(c) {
+                rtc.add_remote_candidate(c);
+            }
+        }
+        let creds = rtc.direct_api().local_ice_credentials();
+        self.ufrag = creds.ufrag.clone();
+        self.etag = new_etag();
+        tracing::info!("ICE restart");
+        Ok(Patched::Restarted {
+            fragment: restart_fragment(&answer),
+            etag: self.etag.clone(),
+        })
+    }
+
+    fn remote_ufrag(&self) -> String {
+        self.offer
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }
+}
+
+/// The 200 body of an ICE restart (RFC 9725 §4.3.3): the answer's ICE lines (`ice-lite`,
+/// `ice-options`, bundle group, the first media section with its new ufrag, pwd and
+/// candidates).
+fn restart_fragment(answer: &str) -> String {
+    let mut out = String::new();
+    let mut in_first_media = false;
+    let mut seen_media = false;
+    for line in answer.lines() {
+        if line.starts_with("m=") {
+            if seen_media {
+                break;
+            }
+            seen_media = true;
+            in_first_media = true;
+            out.push_str(line);
+            out.push_str("\r\n");
+            continue;
+        }
+        let keep = if in_first_media {
+            line.starts_with("a=mid:")
+                || line.starts_with("a=ice-ufrag:")
+                || line.starts_with("a=ice-pwd:")
+                || line.starts_with("a=candidate:")
+                || line.starts_with("a=end-of-candidates")
+        } else {
+            line.starts_with("a=ice-lite")
+                || line.starts_with("a=ice-options:")
+                || line.starts_with("a=group:BUNDLE")
+                || line.starts_with("a=ice-ufrag:")
+                || line.starts_with("a=ice-pwd:")
+        };
+        if keep {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out
+}
+
+/// A new strong entity-tag for an ICE session (RFC 9725 §4.3.1).
+pub fn new_etag() -> String {
+    format!("\"{}\"", crate::http::random_id())
+}

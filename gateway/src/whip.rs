@@ -1,0 +1,144 @@
+//! WHIP (RFC 9725): the endpoint `POST /whip/{session}` that answers a publisher's offer,
+//! makes (or takes over) the live session, and creates the publisher's resource; the
+//! resource's PATCH and DELETE are the ones viewers have (`whep.rs`).
+//!
+//! Owns the request-level rules of publishing: the `publish` scope, one publisher per session
+//! (409), codecs chosen from the gateway's preference. The publisher's task is
+//! `publisher.rs`'s.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::auth::Scope;
+use crate::auth::valid_session_name;
+use crate::config::VideoCodec;
+use crate::http::{ApiError, Shared, authorize, random_id, require_type};
+use crate::offer::Offer;
+use crate::peer::{OnEnd, answer};
+use crate::publisher::Publisher;
+use crate::resource::{IceSession, new_etag};
+use crate::whep::{Resource, Role, SDP, created, delete_resource, patch_resource};
+
+/// Video codecs a publisher may send, most wanted first: H.264 constrained baseline plays
+/// everywhere (Safari included).
+const VIDEO_PREFERENCE: [VideoCodec; 2] = [VideoCodec::H264, VideoCodec::Vp8];
+
+/// `GET /whip/{session}`: 200, no content, `Content-Type: application/sdp`. Any valid name
+/// is a WHIP endpoint (publishing creates the session).
+pub async fn endpoint_get(Path(session): Path<String>) -> Response {
+    if !valid_session_name(&session) {
+        return ApiError::NotFound(format!("{session:?} is not a valid session name"))
+            .into_response();
+    }
+    let mut resp = StatusCode::OK.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    resp
+}
+
+/// `POST /whip/{session}`: answer the publisher's offer, 201 with the answer and the
+/// resource's URL.
+pub async fn post(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if s.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    if !valid_session_name(&name) {
+        return Err(ApiError::NotFound(format!(
+            "{name:?} is not a valid session name (letters, digits, '-', '_', '.')"
+        )));
+    }
+    let grant = authorize(&s, &headers, &name, Scope::Publish)?;
+    require_type(&headers, SDP)?;
+    let offer = Offer::parse(&body)?;
+    let (plan, codec) = offer.plan_whip(&VIDEO_PREFERENCE)?;
+    let session = s.sessions.live(&name)?;
+    let id = random_id();
+    let claim = session.claim_publisher(&id)?;
+    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
+    let etag = new_etag();
+    let (tx, inbox) = mpsc::channel(8);
+    s.resources.insert(
+        id.clone(),
+        Resource {
+            session: name.clone(),
+            role: Role::Publisher,
+            tx,
+        },
+    );
+    s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
+    let state = s.clone();
+    let end_id = id.clone();
+    Publisher {
+        id: id.clone(),
+        rtc: answered.rtc,
+        ice: IceSession {
+            offer,
+            ufrag: answered.ufrag,
+            etag: etag.clone(),
+        },
+        tracks: answered.tracks,
+        codec,
+        claim,
+        port: s.port.clone(),
+        metrics: s.metrics.clone(),
+        inbox,
+        on_end: OnEnd(Box::new(move || {
+            state.resources.remove(&end_id);
+        })),
+    }
+    .spawn();
+    tracing::info!(
+        session = %name,
+        resource = %id,
+        codec = codec.name(),
+        sub = grant.sub.as_deref().unwrap_or("-"),
+        "publisher created"
+    );
+    Ok(created(
+        &s,
+        &headers,
+        &format!("/whip/{name}/{id}"),
+        &etag,
+        answered.answer,
+        grant.sub.as_deref(),
+    ))
+}
+
+/// `GET`/`HEAD` on a publisher's resource: 200, no content.
+pub async fn resource_get(
+    State(s): State<Shared>,
+    Path((session, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.resources.find(&session, &id, Role::Publisher)?;
+    Ok(StatusCode::OK)
+}
+
+/// `PATCH /whip/{session}/{resource}`: as for viewers.
+pub async fn patch(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    patch_resource(&s, &name, &id, Role::Publisher, &headers, &body).await
+}
+
+/// `DELETE /whip/{session}/{resource}`: ends publishing; viewers stay and wait.
+pub async fn delete(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    delete_resource(&s, &name, &id, Role::Publisher, &headers)
+}
