@@ -2,7 +2,8 @@
 //  1. `whep`: a page on another origin uses the whip-whep npm package's WHEPClient (CORS,
 //     trickle PATCH with If-Match, Location, ETag all exercised as a third-party player would);
 //  2. `player`: Wisp's own player page at /play/{session}?token=...
-// Usage: node chromium-whep.mjs BASE_URL TOKEN SESSION [whep|player] [FRAMES]
+// Usage: node chromium-whep.mjs BASE_URL TOKEN SESSION [whep|player] [FRAMES] [WxH|any]
+// (the decoded size must be WxH, default 1280x720; `any` for a live publisher's)
 // Prints one JSON line per check; exits non-zero if a check fails.
 
 import http from "node:http";
@@ -11,7 +12,9 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { launchChromium } from "./chromium.mjs";
 
-const [base, token, session = "demo", mode = "whep", framesArg = "60"] = process.argv.slice(2);
+const [base, token, session = "demo", mode = "whep", framesArg = "60", size = "1280x720"] =
+  process.argv.slice(2);
+const [wantWidth, wantHeight] = size === "any" ? [0, 0] : size.split("x").map(Number);
 if (!base || !token) {
   console.error("usage: node chromium-whep.mjs BASE_URL TOKEN [SESSION] [whep|player] [FRAMES]");
   process.exit(2);
@@ -91,7 +94,8 @@ async function check(name, url, pcExpr, errorExpr) {
     if (error || (s.frames >= want && s.audioPackets > 0)) break;
     await new Promise((r) => setTimeout(r, 250));
   }
-  const ok = !error && s.frames >= want && s.width === 1280 && s.height === 720 && s.audioPackets > 0;
+  const sized = size === "any" ? s.width > 0 : s.width === wantWidth && s.height === wantHeight;
+  const ok = !error && s.frames >= want && sized && s.audioPackets > 0;
   const result = { check: name, ok, ms: Date.now() - started, error, ...s };
   if (!ok) { failed = true; result.console = consoleLines.slice(-10); }
   console.log(JSON.stringify(result));

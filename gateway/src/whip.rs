@@ -62,10 +62,11 @@ pub async fn post(
     require_type(&headers, SDP)?;
     let offer = Offer::parse(&body)?;
     let (plan, codec) = offer.plan_whip(&VIDEO_PREFERENCE)?;
+    // Answered before the session is made, so that an offer str0m refuses leaves nothing.
+    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
     let session = s.sessions.live(&name)?;
     let id = random_id();
     let claim = session.claim_publisher(&id)?;
-    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
     let etag = new_etag();
     let (tx, inbox) = mpsc::channel(8);
     s.resources.insert(

@@ -1,5 +1,5 @@
-//! The HTTP surface through `tower::ServiceExt::oneshot` (no HTTP socket): WHEP POST, PATCH,
-//! DELETE, OPTIONS, GET/HEAD, auth, errors as problem+json, the session API, capacity, pages
+//! The HTTP surface through `tower::ServiceExt::oneshot` (no HTTP socket): WHEP and WHIP POST,
+//! PATCH, DELETE, OPTIONS, GET/HEAD, auth, errors as problem+json, the session API, capacity, pages
 //! and metrics. Statuses, headers and answer SDP are what is asserted, as a WHEP client or a
 //! browser would read them.
 //!
@@ -796,4 +796,206 @@ async fn the_transcoder_limit_refuses_a_session_that_would_need_one_more() {
     assert_eq!(header(&resp, "retry-after"), "5");
     // The running session still takes viewers.
     f.viewer(&offer("actpass")).await;
+}
+
+// --- WHIP (RFC 9725): publishing into live sessions -----------------------------------------
+
+/// A browser-shaped WHIP offer: the WHEP one with sendonly sections.
+fn whip_offer(setup: &str) -> String {
+    offer(setup).replace("a=recvonly", "a=sendonly")
+}
+
+/// An OBS-shaped WHIP offer: ICE credentials, fingerprint and setup at session level, a
+/// `group:LS`, H.264 only, no trickle.
+fn obs_offer() -> String {
+    "v=0\r\no=rtc 1234 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+     a=group:BUNDLE 0 1\r\na=group:LS 0 1\r\na=msid-semantic:WMS *\r\na=setup:actpass\r\n\
+     a=ice-ufrag:Obs1\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+     a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+     m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+     a=ssrc:1111 cname:obs\r\na=msid:obs obs-audio\r\na=rtcp-mux\r\n\
+     a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;maxaveragebitrate=96000;stereo=1;sprop-stereo=1;useinbandfec=1\r\n\
+     m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n\
+     a=ssrc:2222 cname:obs\r\na=msid:obs obs-video\r\na=rtcp-mux\r\n\
+     a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\n\
+     a=fmtp:96 profile-level-id=42e01f;packetization-mode=1;level-asymmetry-allowed=1\r\n"
+        .to_string()
+}
+
+impl Fixture {
+    /// POSTs a WHIP offer to `session` with a publish token.
+    async fn publish(&self, session: &str, offer: &str) -> (Response<Body>, String) {
+        let t = self.token(&[session], "publish");
+        self.post(
+            &format!("/whip/{session}"),
+            Some(&t),
+            "application/sdp",
+            offer,
+        )
+        .await
+    }
+
+    async fn session_info(&self, name: &str) -> serde_json::Value {
+        let t = self.token(&["*"], "admin");
+        let req = Request::get(format!("/api/sessions/{name}"))
+            .header("authorization", format!("Bearer {t}"))
+            .body(Body::empty())
+            .unwrap();
+        let (resp, body) = self.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_whip_publisher_gets_a_recvonly_answer_and_the_sessions_one_publisher_slot() {
+    let f = fixture("").await;
+    let (resp, answer) = f.publish("live1", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    assert_eq!(header(&resp, "content-type"), "application/sdp");
+    let loc = header(&resp, "location");
+    let id = loc
+        .strip_prefix("http://wisp.test:8080/whip/live1/")
+        .expect("absolute Location under the endpoint");
+    assert!(id.len() >= 31, "{id}");
+    assert!(header(&resp, "etag").starts_with('"'));
+    let media = sections(&answer);
+    assert_eq!(media.len(), 2, "{answer}");
+    for m in &media {
+        assert!(m.contains(&"a=recvonly"), "{m:?}");
+    }
+    // H.264 is preferred over the VP8 listed first in the offer.
+    assert!(
+        media[0].iter().any(|l| l.contains("H264/90000")) && !answer.contains("VP8"),
+        "{answer}"
+    );
+    assert!(answer.contains("a=setup:passive"));
+    let path = format!("/whip/live1/{id}");
+
+    // The session exists, live, waiting for the publisher to connect.
+    let info = f.session_info("live1").await;
+    assert_eq!(info["kind"], "live", "{info}");
+    assert_eq!(info["state"], "waiting", "{info}");
+    // No media yet: a viewer is told to come back (draft-ietf-wish-whep §4.3.8).
+    let view = f.token(&["live1"], "view");
+    let (resp, body) = f
+        .post(
+            "/whep/live1",
+            Some(&view),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::CONFLICT).contains("no publisher"));
+    assert_eq!(header(&resp, "retry-after"), "5");
+
+    // One publisher at a time.
+    let (resp, body) = f.publish("live1", &whip_offer("actpass")).await;
+    assert!(assert_problem(&resp, &body, StatusCode::CONFLICT).contains("already has a publisher"));
+
+    // The resource takes trickle PATCHes with a publish token, not a view token.
+    let pubt = f.token(&["live1"], "publish");
+    let frag = "a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host\r\n";
+    for (token, want) in [
+        (&view, StatusCode::FORBIDDEN),
+        (&pubt, StatusCode::NO_CONTENT),
+    ] {
+        let req = Request::patch(&path)
+            .header("content-type", "application/trickle-ice-sdpfrag")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(frag))
+            .unwrap();
+        assert_eq!(f.send(req).await.0.status(), want);
+    }
+    // The WHEP path does not reach a publisher's resource.
+    assert_eq!(
+        f.delete(&path.replace("/whip/", "/whep/"), None).await,
+        StatusCode::NOT_FOUND
+    );
+    // DELETE frees the slot: the next publisher is taken.
+    let req = Request::delete(&path)
+        .header("authorization", format!("Bearer {pubt}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(req).await.0.status(), StatusCode::OK);
+    let mut status = StatusCode::CONFLICT;
+    for _ in 0..100 {
+        status = f.publish("live1", &whip_offer("actpass")).await.0.status();
+        if status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn obs_and_ffmpeg_shaped_whip_offers_are_answered() {
+    let f = fixture("").await;
+    let (resp, answer) = f.publish("obs", &obs_offer()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    let media = sections(&answer);
+    assert_eq!(media.len(), 2, "{answer}");
+    assert!(
+        media[0].iter().any(|l| l.contains("opus/48000")),
+        "{answer}"
+    );
+    assert!(
+        media[1].iter().any(|l| l.contains("H264/90000")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("a=candidate:"),
+        "full candidate list: {answer}"
+    );
+    // FFmpeg's WHIP muxer offers a=setup:passive: the gateway is the DTLS client.
+    let (resp, answer) = f.publish("ffmpeg", &whip_offer("passive")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    assert!(answer.contains("a=setup:active"), "{answer}");
+}
+
+#[tokio::test]
+async fn whip_mistakes_get_the_right_4xx() {
+    let f = fixture("").await;
+    let good = whip_offer("actpass");
+    let view = f.token(&["live1"], "view");
+    let (resp, body) = f.post("/whip/live1", None, "application/sdp", &good).await;
+    assert_problem(&resp, &body, StatusCode::UNAUTHORIZED);
+    let (resp, body) = f
+        .post("/whip/live1", Some(&view), "application/sdp", &good)
+        .await;
+    assert!(assert_problem(&resp, &body, StatusCode::FORBIDDEN).contains("publish"));
+    let pubt = f.token(&["live1"], "publish");
+    let (resp, body) = f
+        .post("/whip/live1", Some(&pubt), "text/plain", &good)
+        .await;
+    assert_problem(&resp, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(header(&resp, "accept-post"), "application/sdp");
+    // A viewer's offer (recvonly) is not a publisher's.
+    let (resp, body) = f.publish("live1", &offer("actpass")).await;
+    assert!(assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY).contains("sendonly"));
+    // Video in a codec the gateway does not take: the problem names what it takes.
+    let vp9 = good
+        .replace("VP8/90000", "VP9/90000")
+        .replace("H264/90000", "H265/90000");
+    let (resp, body) = f.publish("live1", &vp9).await;
+    let detail = assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        detail.contains("VP9") && detail.contains("H264"),
+        "{detail}"
+    );
+    // A VOD session's name cannot be published to.
+    let (resp, body) = f.publish("demo", &good).await;
+    assert!(assert_problem(&resp, &body, StatusCode::CONFLICT).contains("VOD"));
+    let (resp, body) = f
+        .post("/whip/live1", Some(&pubt), "application/sdp", "hello")
+        .await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+    // Nothing above made a session.
+    let admin = f.token(&["*"], "admin");
+    let req = Request::get("/api/sessions/live1")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(req).await.0.status(), StatusCode::NOT_FOUND);
 }

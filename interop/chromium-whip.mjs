@@ -1,0 +1,100 @@
+// Headless Chromium publishes its fake camera and microphone to a Wisp WHIP endpoint from a
+// page on another origin, with the whip-whep npm package's WHIPClient (trickle PATCH, CORS,
+// Location all exercised as a third-party publisher would).
+// Usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS]
+// Prints a JSON line once connected and a last one after SECONDS (default 15) of publishing;
+// exits 0 if it connected and encoded video the whole time.
+
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { launchChromium } from "./chromium.mjs";
+
+const [base, token, session, secondsArg = "15"] = process.argv.slice(2);
+if (!base || !token || !session) {
+  console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS]");
+  process.exit(2);
+}
+const seconds = Number(secondsArg);
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+const page = `<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
+<script type="module">
+import { WHIPClient } from "/whip.js";
+const params = new URLSearchParams(location.search);
+window.whipError = null;
+try {
+  const media = await navigator.mediaDevices.getUserMedia({
+    video: { width: 1280, height: 720, frameRate: 30 }, audio: true });
+  const pc = new RTCPeerConnection();
+  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+  window.pc = pc;
+  window.client = new WHIPClient();
+  await window.client.publish(pc, params.get("url"), params.get("token"));
+} catch (e) {
+  window.whipError = String(e);
+}
+</script>`;
+
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith("/whip.js")) {
+    res.writeHead(200, { "Content-Type": "text/javascript" });
+    res.end(fs.readFileSync(path.join(here, "node_modules/whip-whep/whip.js")));
+  } else {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    res.end(page);
+  }
+});
+await new Promise((r) => server.listen(0, "127.0.0.1", r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const browser = await launchChromium();
+const ctx = await browser.newContext();
+const p = await ctx.newPage();
+const consoleLines = [];
+p.on("console", (m) => consoleLines.push(m.text()));
+const endpoint = `${base}/whip/${session}`;
+await p.goto(`${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}`);
+
+async function stats() {
+  return p.evaluate(async () => {
+    const out = { state: window.pc ? window.pc.connectionState : "none", framesEncoded: 0, codec: null, error: window.whipError };
+    if (!window.pc) return out;
+    const all = await window.pc.getStats();
+    all.forEach((r) => {
+      if (r.type === "outbound-rtp" && r.kind === "video") {
+        out.framesEncoded = r.framesEncoded || 0;
+        out.width = r.frameWidth || 0;
+        out.height = r.frameHeight || 0;
+        const c = r.codecId && all.get(r.codecId);
+        out.codec = c ? c.mimeType : null;
+      }
+    });
+    return out;
+  });
+}
+
+let s = await stats();
+const started = Date.now();
+while (Date.now() - started < 20000 && s.state !== "connected" && !s.error) {
+  await new Promise((r) => setTimeout(r, 200));
+  s = await stats();
+}
+const connected = s.state === "connected";
+console.log(JSON.stringify({ check: "Chromium WHIP publisher", connected, ms: Date.now() - started, ...s }));
+let ok = connected;
+if (connected) {
+  const before = s.framesEncoded;
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  s = await stats();
+  ok = s.state === "connected" && s.framesEncoded - before > seconds * 10;
+  // Stop publishing: the resource's DELETE.
+  await p.evaluate(() => window.client.stop()).catch(() => {});
+}
+const result = { check: "Chromium WHIP publisher", ok, ...s };
+if (!ok) result.console = consoleLines.slice(-10);
+console.log(JSON.stringify(result));
+await browser.close();
+server.close();
+process.exit(ok ? 0 : 1);
