@@ -219,6 +219,8 @@ pub struct Peer {
     pub rtc: Rtc,
     pub ice: IceSession,
     pub tracks: Tracks,
+    /// The video codec negotiated with the viewer.
+    pub video_codec: VideoCodec,
     pub slot: ViewerSlot,
     pub port: Arc<RtcPort>,
     pub metrics: Arc<Metrics>,
@@ -375,6 +377,15 @@ impl Peer {
                     }
                     let next = source.borrow_and_update().clone();
                     match next {
+                        // A live session's next publisher may send another codec than this
+                        // viewer negotiated: it has to connect again.
+                        Source::Ready(ready) if self.tracks.video.is_some() && ready.video_codec != self.video_codec => {
+                            break format!(
+                                "the source now sends {} video; this viewer negotiated {}",
+                                ready.video_codec.name(),
+                                self.video_codec.name()
+                            );
+                        }
                         Source::Ready(ready) if connected => {
                             let same = reader.as_ref().is_some_and(|(_, r)| r.generation == ready.generation);
                             if !same {

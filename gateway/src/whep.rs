@@ -187,6 +187,7 @@ pub async fn post(
             etag: etag.clone(),
         },
         tracks: answered.tracks,
+        video_codec: codec,
         slot,
         port: s.port.clone(),
         metrics: s.metrics.clone(),
