@@ -73,13 +73,15 @@ pub struct Tracks {
     pub audio: Option<(Mid, Pt, u32)>,
 }
 
-/// Builds an `Rtc` for one viewer and answers its offer.
+/// Builds an `Rtc` for one viewer (or, with `publisher`, a WHIP publisher) and answers its
+/// offer.
 pub fn answer(
     offer: &Offer,
     plan: Plan,
     codec: VideoCodec,
     cert: &DtlsCert,
     candidates: &[std::net::SocketAddr],
+    publisher: bool,
 ) -> Result<Answered, AnswerError> {
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
@@ -94,6 +96,11 @@ pub fn answer(
         // str0m's queue between write and poll (default 1000 packets per viewer).
         .set_send_buffer_video(SEND_BUFFER_VIDEO)
         .set_send_buffer_audio(SEND_BUFFER_AUDIO);
+    if publisher {
+        // A publisher's sender-side bandwidth estimation (Chromium's) works from transport-wide
+        // CC feedback, which str0m sends; without it, it has only receiver reports' loss.
+        config = config.set_extension(3, Extension::TransportSequenceNumber);
+    }
     if plan.audio {
         config = config.enable_opus(true, false);
     }
@@ -1021,6 +1028,7 @@ mod tests {
             VideoCodec::H264,
             &cert,
             &[SERVER.parse().unwrap()],
+            false,
         )
         .unwrap();
         let mut server = answered.rtc;

@@ -163,7 +163,7 @@ pub async fn post(
     let codec = served.video;
     let plan = offer.plan_whep(served)?;
     let slot = session.join(&s.config.limits, &s.metrics)?;
-    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
+    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), false)?;
     let id = random_id();
     let etag = new_etag();
     let (tx, inbox) = mpsc::channel(8);

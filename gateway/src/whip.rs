@@ -63,7 +63,7 @@ pub async fn post(
     let offer = Offer::parse(&body)?;
     let (plan, codec) = offer.plan_whip(&VIDEO_PREFERENCE)?;
     // Answered before the session is made, so that an offer str0m refuses leaves nothing.
-    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates())?;
+    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), true)?;
     let session = s.sessions.live(&name)?;
     let id = random_id();
     let claim = session.claim_publisher(&id)?;

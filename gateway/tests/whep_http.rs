@@ -870,6 +870,8 @@ async fn a_whip_publisher_gets_a_recvonly_answer_and_the_sessions_one_publisher_
         "{answer}"
     );
     assert!(answer.contains("a=setup:passive"));
+    // Transport-wide CC, so that the publisher's bandwidth estimate can grow.
+    assert!(answer.contains("transport-wide-cc"), "{answer}");
     let path = format!("/whip/live1/{id}");
 
     // The session exists, live, waiting for the publisher to connect.
