@@ -9,6 +9,7 @@ aiortc's ICE (aioice) leaves out loopback addresses when it gathers host candida
 `unshare -n` loopback is the only interface, so the lookup is patched to return 127.0.0.1.
 """
 
+import argparse
 import asyncio
 import fractions
 import json
@@ -35,21 +36,31 @@ from aiortc import (  # noqa: E402
 WIDTH, HEIGHT, FPS = 640, 360, 30
 
 
-class Picture(MediaStreamTrack):
-    """Colour bands that move one step per frame."""
+class Paced(MediaStreamTrack):
+    """A generated track whose frame `n` is due `n * period` seconds after the first."""
 
-    kind = "video"
+    period = 1.0
 
     def __init__(self):
         super().__init__()
         self.n = 0
         self.start = None
 
-    async def recv(self):
+    async def wait_for_next(self):
         if self.start is None:
             self.start = time.monotonic()
-        due = self.start + self.n / FPS
+        due = self.start + self.n * self.period
         await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
+class Picture(Paced):
+    """Colour bands that move one step per frame."""
+
+    kind = "video"
+    period = 1 / FPS
+
+    async def recv(self):
+        await self.wait_for_next()
         frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
         shift = 8 * self.n
         luma = bytes(((x + shift) % WIDTH) * 220 // WIDTH + 16 for x in range(WIDTH))
@@ -62,21 +73,14 @@ class Picture(MediaStreamTrack):
         return frame
 
 
-class Tone(MediaStreamTrack):
+class Tone(Paced):
     """A 440 Hz tone in 20 ms frames."""
 
     kind = "audio"
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-        self.start = None
+    period = 0.02
 
     async def recv(self):
-        if self.start is None:
-            self.start = time.monotonic()
-        due = self.start + self.n * 0.02
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        await self.wait_for_next()
         first = self.n * 960
         samples = array.array(
             "h", (int(math.sin(2 * math.pi * 440 * (first + i) / 48000) * 8000) for i in range(960))
@@ -135,11 +139,10 @@ async def main(url, token, seconds, codec):
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--codec")]
-    codec = None
-    for i, a in enumerate(sys.argv):
-        if a == "--codec" and i + 1 < len(sys.argv):
-            codec = sys.argv[i + 1]
-            args = [x for x in args if x != codec]
-    seconds = float(args[2]) if len(args) > 2 else 10.0
-    sys.exit(asyncio.run(main(args[0], args[1], seconds, codec)))
+    parser = argparse.ArgumentParser(description="aiortc WHIP publisher of a test picture and tone")
+    parser.add_argument("url")
+    parser.add_argument("token")
+    parser.add_argument("seconds", nargs="?", type=float, default=10.0)
+    parser.add_argument("--codec", choices=["h264", "vp8"])
+    a = parser.parse_args()
+    sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec)))

@@ -6,11 +6,7 @@
 // (the decoded size must be WxH, default 1280x720; `any` for a live publisher's)
 // Prints one JSON line per check; exits non-zero if a check fails.
 
-import http from "node:http";
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, serveThirdPartyPage } from "./chromium.mjs";
 
 const [base, token, session = "demo", mode = "whep", framesArg = "60", size = "1280x720"] =
   process.argv.slice(2);
@@ -20,7 +16,6 @@ if (!base || !token) {
   process.exit(2);
 }
 const want = Number(framesArg);
-const here = path.dirname(fileURLToPath(import.meta.url));
 
 // The third-party page, served from its own origin (another port).
 const page = `<!doctype html><meta charset="utf-8"><title>whip-whep player</title>
@@ -42,17 +37,7 @@ client.view(pc, params.get("url"), params.get("token")).catch((e) => { window.wh
 window.pc = pc;
 </script>`;
 
-const server = http.createServer((req, res) => {
-  if (req.url.startsWith("/whep.js")) {
-    res.writeHead(200, { "Content-Type": "text/javascript" });
-    res.end(fs.readFileSync(path.join(here, "node_modules/whip-whep/whep.js")));
-  } else {
-    res.writeHead(200, { "Content-Type": "text/html" });
-    res.end(page);
-  }
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const origin = `http://127.0.0.1:${server.address().port}`;
+const { server, origin } = await serveThirdPartyPage(page, "whep.js");
 
 const browser = await launchChromium();
 

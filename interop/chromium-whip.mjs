@@ -5,11 +5,7 @@
 // Prints a JSON line once connected and a last one after SECONDS (default 15) of publishing;
 // exits 0 if it connected and encoded video the whole time.
 
-import http from "node:http";
-import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, serveThirdPartyPage } from "./chromium.mjs";
 
 const [base, token, session, secondsArg = "15"] = process.argv.slice(2);
 if (!base || !token || !session) {
@@ -17,7 +13,6 @@ if (!base || !token || !session) {
   process.exit(2);
 }
 const seconds = Number(secondsArg);
-const here = path.dirname(fileURLToPath(import.meta.url));
 
 const page = `<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
 <script type="module">
@@ -37,17 +32,7 @@ try {
 }
 </script>`;
 
-const server = http.createServer((req, res) => {
-  if (req.url.startsWith("/whip.js")) {
-    res.writeHead(200, { "Content-Type": "text/javascript" });
-    res.end(fs.readFileSync(path.join(here, "node_modules/whip-whep/whip.js")));
-  } else {
-    res.writeHead(200, { "Content-Type": "text/html" });
-    res.end(page);
-  }
-});
-await new Promise((r) => server.listen(0, "127.0.0.1", r));
-const origin = `http://127.0.0.1:${server.address().port}`;
+const { server, origin } = await serveThirdPartyPage(page, "whip.js");
 
 const browser = await launchChromium();
 const ctx = await browser.newContext();

@@ -102,46 +102,26 @@ impl Offer {
         let mut missing = Vec::new();
         for s in self.sections.iter().filter(|s| !s.rejected) {
             if matches!(s.direction.as_deref(), Some("sendonly" | "inactive")) {
-                return Err(OfferError::Unusable(format!(
-                    "the offer's {} section (mid {}) is {}; a WHEP player offers recvonly \
-                     (draft-ietf-wish-whep §4.3.5)",
-                    kind_name(s.kind),
-                    s.mid.as_deref().unwrap_or("?"),
-                    s.direction.as_deref().unwrap_or("")
-                )));
+                return Err(wrong_direction(
+                    s,
+                    "a WHEP player offers recvonly (draft-ietf-wish-whep §4.3.5)",
+                ));
             }
             match s.kind {
                 Kind::Video => {
                     if plan.video {
-                        return Err(OfferError::Unusable(
-                            "the offer has two video sections; a session has one video track"
-                                .into(),
-                        ));
+                        return Err(second_section("video"));
                     }
                     if !s.formats.iter().any(|f| video_matches(f, served.video)) {
-                        missing.push(match served.video {
-                            VideoCodec::H264 => {
-                                "H264/90000 with packetization-mode=1 and a constrained-baseline \
-                                 profile-level-id (42e01f)"
-                            }
-                            VideoCodec::Vp8 => "VP8/90000",
-                        });
+                        missing.push(requirement(served.video));
                     }
                     plan.video = true;
                 }
                 Kind::Audio => {
                     if plan.audio {
-                        return Err(OfferError::Unusable(
-                            "the offer has two audio sections; a session has one audio track"
-                                .into(),
-                        ));
+                        return Err(second_section("audio"));
                     }
-                    if served.audio
-                        && !s
-                            .formats
-                            .iter()
-                            .any(|f| f.name.eq_ignore_ascii_case("opus") && f.clock == 48000)
-                    {
+                    if served.audio && !has_opus(s) {
                         missing.push("opus/48000/2");
                     }
                     plan.audio = served.audio;
@@ -179,21 +159,15 @@ impl Offer {
             if matches!(s.kind, Kind::Audio | Kind::Video)
                 && matches!(s.direction.as_deref(), Some("recvonly" | "inactive"))
             {
-                return Err(OfferError::Unusable(format!(
-                    "the offer's {} section (mid {}) is {}; a WHIP publisher offers sendonly \
-                     (RFC 9725 §4.2)",
-                    kind_name(s.kind),
-                    s.mid.as_deref().unwrap_or("?"),
-                    s.direction.as_deref().unwrap_or("")
-                )));
+                return Err(wrong_direction(
+                    s,
+                    "a WHIP publisher offers sendonly (RFC 9725 §4.2)",
+                ));
             }
             match s.kind {
                 Kind::Video => {
                     if plan.video {
-                        return Err(OfferError::Unusable(
-                            "the offer has two video sections; a session has one video track"
-                                .into(),
-                        ));
+                        return Err(second_section("video"));
                     }
                     codec = preference
                         .iter()
@@ -210,13 +184,7 @@ impl Offer {
                             },
                             preference
                                 .iter()
-                                .map(|c| match c {
-                                    VideoCodec::H264 => {
-                                        "H264 with packetization-mode=1 and a constrained-baseline \
-                                         profile-level-id (42e01f)"
-                                    }
-                                    VideoCodec::Vp8 => "VP8",
-                                })
+                                .map(|c| requirement(*c))
                                 .collect::<Vec<_>>()
                                 .join(" or ")
                         )));
@@ -225,16 +193,9 @@ impl Offer {
                 }
                 Kind::Audio => {
                     if plan.audio {
-                        return Err(OfferError::Unusable(
-                            "the offer has two audio sections; a session has one audio track"
-                                .into(),
-                        ));
+                        return Err(second_section("audio"));
                     }
-                    if !s
-                        .formats
-                        .iter()
-                        .any(|f| f.name.eq_ignore_ascii_case("opus") && f.clock == 48000)
-                    {
+                    if !has_opus(s) {
                         return Err(OfferError::Unusable(
                             "the offer's audio lacks opus/48000/2, the only audio codec taken"
                                 .into(),
@@ -274,6 +235,39 @@ impl Offer {
         }
         out
     }
+}
+
+/// An audio or video section whose direction does not suit the endpoint.
+fn wrong_direction(s: &Section, expected: &str) -> OfferError {
+    OfferError::Unusable(format!(
+        "the offer's {} section (mid {}) is {}; {expected}",
+        kind_name(s.kind),
+        s.mid.as_deref().unwrap_or("?"),
+        s.direction.as_deref().unwrap_or("")
+    ))
+}
+
+fn second_section(kind: &str) -> OfferError {
+    OfferError::Unusable(format!(
+        "the offer has two {kind} sections; a session has one {kind} track"
+    ))
+}
+
+/// What an offer's video format must be to carry `codec`.
+fn requirement(codec: VideoCodec) -> &'static str {
+    match codec {
+        VideoCodec::H264 => {
+            "H264/90000 with packetization-mode=1 and a constrained-baseline profile-level-id \
+             (42e01f)"
+        }
+        VideoCodec::Vp8 => "VP8/90000",
+    }
+}
+
+fn has_opus(s: &Section) -> bool {
+    s.formats
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case("opus") && f.clock == 48000)
 }
 
 fn kind_name(k: Kind) -> &'static str {

@@ -18,7 +18,6 @@ use str0m::change::SdpOffer;
 use str0m::channel::{ChannelData, ChannelId};
 use str0m::config::DtlsCert;
 use str0m::media::{Mid, Pt};
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{broadcast, mpsc};
@@ -30,9 +29,9 @@ use crate::control::{self, Action, Code, Refusal, Steering};
 use crate::fanout::{Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
 use crate::offer::{Kind, Offer, Plan};
-use crate::resource::{IceSession, Patched, PeerMsg};
+use crate::resource::{IceSession, PeerMsg, PortLink, receive};
 use crate::session::{ControlReply, ReadySource, Session, Source, ViewerSlot};
-use crate::udp::{Datagram, RtcPort};
+use crate::udp::RtcPort;
 
 /// A viewer that has not connected within this time is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -262,9 +261,7 @@ impl Peer {
     }
 
     async fn run(mut self) {
-        let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(256);
-        self.port.register(&self.ice.ufrag, dg_tx.clone());
-        let mut ufrags = vec![self.ice.ufrag.clone()];
+        let mut link = PortLink::new(self.port.clone(), &self.ice.ufrag);
         let session = self.slot.session().clone();
         let mut source = session.source();
         // A failure that happened before this viewer came is history (its join restarts the
@@ -338,26 +335,17 @@ impl Peer {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
-                dg = dg_rx.recv() => {
+                dg = link.rx.recv() => {
                     let Some(dg) = dg else { break "datagram channel closed".into() };
-                    if let Err(e) = self.receive(&dg) {
+                    if let Err(e) = receive(&mut self.rtc, &dg) {
                         tracing::debug!("datagram refused: {e}");
                     }
                 }
-                msg = self.inbox.recv() => match msg {
-                    None | Some(PeerMsg::Close) => {
-                        self.rtc.disconnect();
+                msg = self.inbox.recv() => {
+                    if self.ice.on_message(&mut self.rtc, msg, &mut link) {
                         break "closed by DELETE".into();
                     }
-                    Some(PeerMsg::Patch { fragment, if_match, reply }) => {
-                        let result = self.ice.patch(&mut self.rtc, fragment, if_match.as_deref());
-                        if let Ok(Patched::Restarted { .. }) = &result {
-                            self.port.register(&self.ice.ufrag, dg_tx.clone());
-                            ufrags.push(self.ice.ufrag.clone());
-                        }
-                        let _ = reply.send(result);
-                    }
-                },
+                }
                 rec = next_record(&mut reader, &mut buf), if connected => match rec {
                     Ok(Ok(meta)) => {
                         self.send_record(&mut feed, &session, &meta, &buf);
@@ -462,9 +450,6 @@ impl Peer {
         };
         // Flush what str0m still wants to send (a DTLS close_notify after disconnect).
         let _ = self.drive(&mut channel_events);
-        for u in &ufrags {
-            self.port.unregister(u, &dg_tx);
-        }
         tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
         (self.on_end.0)();
     }
@@ -489,16 +474,7 @@ impl Peer {
                         break Err(format!("str0m: {e}"));
                     }
                 }
-                Ok(Output::Transmit(t)) => {
-                    let port = &self.port;
-                    self.outbox.push(
-                        t.source,
-                        t.destination,
-                        &t.contents,
-                        port.max_segments(),
-                        &mut |src, dst, data, seg| port.send_segments(src, dst, data, seg),
-                    );
-                }
+                Ok(Output::Transmit(t)) => self.outbox.transmit(&self.port, &t),
                 Ok(Output::Event(e)) => {
                     if let Err(reason) = self.on_event(e, channel) {
                         break Err(reason);
@@ -507,9 +483,7 @@ impl Peer {
                 Err(e) => break Err(format!("str0m: {e}")),
             }
         };
-        let port = &self.port;
-        self.outbox
-            .flush(&mut |src, dst, data, seg| port.send_segments(src, dst, data, seg));
+        self.outbox.flush_to(&self.port);
         result
     }
 
@@ -665,14 +639,6 @@ impl Peer {
                 tx.set_rtx_cache(packets, RESEND_AGE, Some(0.15));
             }
         }
-    }
-
-    fn receive(&mut self, dg: &Datagram) -> Result<(), String> {
-        let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
-            .map_err(|e| e.to_string())?;
-        self.rtc
-            .handle_input(Input::Receive(Instant::now(), input))
-            .map_err(|e| e.to_string())
     }
 
     fn send_record(

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use rtp_ring::{Flags, RecordRef, Ring, Writer};
 use str0m::media::KeyframeRequestKind;
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::RtpPacket;
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
@@ -22,9 +21,9 @@ use tracing::Instrument;
 use crate::config::VideoCodec;
 use crate::metrics::Metrics;
 use crate::peer::{OnEnd, Tracks};
-use crate::resource::{IceSession, Patched, PeerMsg};
+use crate::resource::{IceSession, PeerMsg, PortLink, receive};
 use crate::session::{PublisherClaim, ReadySource};
-use crate::udp::{Datagram, Outbox, RtcPort};
+use crate::udp::{Outbox, RtcPort};
 
 /// A publisher that has not connected within this time is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,9 +62,7 @@ impl Publisher {
     }
 
     async fn run(mut self) {
-        let (dg_tx, mut dg_rx) = mpsc::channel::<Datagram>(256);
-        self.port.register(&self.ice.ufrag, dg_tx.clone());
-        let mut ufrags = vec![self.ice.ufrag.clone()];
+        let mut link = PortLink::new(self.port.clone(), &self.ice.ufrag);
         let session = self.claim.session().clone();
         let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
         let mut keyframe_tx = Some(keyframe_tx);
@@ -108,26 +105,17 @@ impl Publisher {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
-                dg = dg_rx.recv() => {
+                dg = link.rx.recv() => {
                     let Some(dg) = dg else { break "datagram channel closed".into() };
-                    if let Err(e) = self.receive(&dg) {
+                    if let Err(e) = receive(&mut self.rtc, &dg) {
                         tracing::debug!("datagram refused: {e}");
                     }
                 }
-                msg = self.inbox.recv() => match msg {
-                    None | Some(PeerMsg::Close) => {
-                        self.rtc.disconnect();
+                msg = self.inbox.recv() => {
+                    if self.ice.on_message(&mut self.rtc, msg, &mut link) {
                         break "closed by DELETE".into();
                     }
-                    Some(PeerMsg::Patch { fragment, if_match, reply }) => {
-                        let result = self.ice.patch(&mut self.rtc, fragment, if_match.as_deref());
-                        if let Ok(Patched::Restarted { .. }) = &result {
-                            self.port.register(&self.ice.ufrag, dg_tx.clone());
-                            ufrags.push(self.ice.ufrag.clone());
-                        }
-                        let _ = reply.send(result);
-                    }
-                },
+                }
                 Some(()) = keyframe_rx.recv() => self.request_keyframe(),
                 _ = &mut timer => {
                     if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
@@ -141,9 +129,6 @@ impl Publisher {
             }
         };
         let _ = self.drive(&mut sink, &mut outbox);
-        for u in &ufrags {
-            self.port.unregister(u, &dg_tx);
-        }
         tracing::info!(
             packets = sink.packets,
             keyframes = sink.keyframes,
@@ -162,16 +147,7 @@ impl Publisher {
             }
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break Ok(t),
-                Ok(Output::Transmit(t)) => {
-                    let port = &self.port;
-                    outbox.push(
-                        t.source,
-                        t.destination,
-                        &t.contents,
-                        port.max_segments(),
-                        &mut |src, dst, data, seg| port.send_segments(src, dst, data, seg),
-                    );
-                }
+                Ok(Output::Transmit(t)) => outbox.transmit(&self.port, &t),
                 Ok(Output::Event(Event::RtpPacket(p))) => sink.write(&p, &self.tracks),
                 Ok(Output::Event(Event::IceConnectionStateChange(
                     IceConnectionState::Disconnected,
@@ -180,17 +156,8 @@ impl Publisher {
                 Err(e) => break Err(format!("str0m: {e}")),
             }
         };
-        let port = &self.port;
-        outbox.flush(&mut |src, dst, data, seg| port.send_segments(src, dst, data, seg));
+        outbox.flush_to(&self.port);
         result
-    }
-
-    fn receive(&mut self, dg: &Datagram) -> Result<(), String> {
-        let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
-            .map_err(|e| e.to_string())?;
-        self.rtc
-            .handle_input(Input::Receive(Instant::now(), input))
-            .map_err(|e| e.to_string())
     }
 
     /// A PLI to the publisher (the session throttles how often).

@@ -3,11 +3,62 @@
 //! sends a resource's task. Viewers (`peer.rs`) and publishers (`publisher.rs`) share it, so
 //! PATCH behaves the same on both.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use str0m::change::SdpOffer;
-use str0m::{Candidate, Rtc};
-use tokio::sync::oneshot;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Input, Rtc};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::offer::{Fragment, Offer, valid_ice_credentials};
+use crate::udp::{Datagram, RtcPort};
+
+/// A resource's place on the shared RTC port: datagrams for each of its ICE sessions' ufrags
+/// come to `rx`. Dropping it stops the routing.
+#[derive(Debug)]
+pub struct PortLink {
+    port: Arc<RtcPort>,
+    tx: mpsc::Sender<Datagram>,
+    pub rx: mpsc::Receiver<Datagram>,
+    ufrags: Vec<String>,
+}
+
+impl PortLink {
+    pub fn new(port: Arc<RtcPort>, ufrag: &str) -> Self {
+        let (tx, rx) = mpsc::channel(256);
+        let mut link = Self {
+            port,
+            tx,
+            rx,
+            ufrags: Vec::new(),
+        };
+        link.add(ufrag);
+        link
+    }
+
+    /// Routes an ICE restart's new ufrag here too (late datagrams of the old one still come).
+    fn add(&mut self, ufrag: &str) {
+        self.port.register(ufrag, self.tx.clone());
+        self.ufrags.push(ufrag.to_string());
+    }
+}
+
+impl Drop for PortLink {
+    fn drop(&mut self) {
+        for u in &self.ufrags {
+            self.port.unregister(u, &self.tx);
+        }
+    }
+}
+
+/// Hands a datagram from the port to `rtc`.
+pub fn receive(rtc: &mut Rtc, dg: &Datagram) -> Result<(), String> {
+    let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
+        .map_err(|e| e.to_string())?;
+    rtc.handle_input(Input::Receive(Instant::now(), input))
+        .map_err(|e| e.to_string())
+}
 
 /// Messages to a resource's task (viewer or publisher) from the HTTP layer.
 #[derive(Debug)]
@@ -52,6 +103,29 @@ pub struct IceSession {
 }
 
 impl IceSession {
+    /// A message from the HTTP layer (`None`: the registry dropped the resource). PATCHes
+    /// are answered here; returns `true` when the resource is to close (its DELETE).
+    pub fn on_message(&mut self, rtc: &mut Rtc, msg: Option<PeerMsg>, link: &mut PortLink) -> bool {
+        match msg {
+            None | Some(PeerMsg::Close) => {
+                rtc.disconnect();
+                true
+            }
+            Some(PeerMsg::Patch {
+                fragment,
+                if_match,
+                reply,
+            }) => {
+                let result = self.patch(rtc, fragment, if_match.as_deref());
+                if let Ok(Patched::Restarted { .. }) = &result {
+                    link.add(&self.ufrag);
+                }
+                let _ = reply.send(result);
+                false
+            }
+        }
+    }
+
     /// A trickle-ICE or ICE-restart PATCH (RFC 9725 §4.3).
     pub fn patch(
         &mut self,

@@ -475,8 +475,7 @@ impl Registry {
             generation: 0,
             viewers: 0,
             idle_since: None,
-            last_keyframe: None,
-            keyframe_pending: false,
+            keyframes: KeyframeThrottle::default(),
             exits: VecDeque::new(),
             position: None,
             pending: HashMap::new(),
@@ -509,8 +508,7 @@ impl Registry {
             source_tx,
             viewers: 0,
             keyframes: None,
-            last_keyframe: None,
-            keyframe_pending: false,
+            keyframe_throttle: KeyframeThrottle::default(),
         };
         tracing::info!(session = %name, "live session created");
         tokio::spawn(
@@ -573,9 +571,7 @@ struct SessionTask {
     /// without a message, and a `Leave` seen then would never start the idle timer.
     viewers: usize,
     idle_since: Option<tokio::time::Instant>,
-    last_keyframe: Option<Instant>,
-    /// A request arrived within the throttle interval; send it when the interval ends.
-    keyframe_pending: bool,
+    keyframes: KeyframeThrottle,
     exits: VecDeque<Instant>,
     /// Last reported media position, seconds: where a restarted transcoder resumes.
     position: Option<f64>,
@@ -590,11 +586,7 @@ impl SessionTask {
     async fn run(mut self) {
         loop {
             let idle_at = self.idle_since.map(|t| t + self.runtime.idle_timeout);
-            let keyframe_at = self
-                .keyframe_pending
-                .then(|| self.last_keyframe.map(|t| t + KEYFRAME_INTERVAL))
-                .flatten()
-                .map(tokio::time::Instant::from_std);
+            let keyframe_at = self.keyframes.deferred_until();
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.on_msg(msg).await,
@@ -619,7 +611,7 @@ impl SessionTask {
                     self.source_tx.send_replace(Source::Idle);
                 }
                 _ = sleep_until(keyframe_at) => {
-                    self.keyframe_pending = false;
+                    self.keyframes.due();
                     self.send_keyframe_request().await;
                 }
                 _ = self.session.cancel.cancelled() => break,
@@ -655,13 +647,8 @@ impl SessionTask {
                     .metrics
                     .keyframe_requests
                     .fetch_add(1, Ordering::Relaxed);
-                let due = self
-                    .last_keyframe
-                    .is_none_or(|t| t.elapsed() >= KEYFRAME_INTERVAL);
-                if due {
+                if self.keyframes.request() {
                     self.send_keyframe_request().await;
-                } else {
-                    self.keyframe_pending = true;
                 }
             }
             Msg::Control { id, command, reply } => self.on_control(id, command, reply).await,
@@ -756,7 +743,7 @@ impl SessionTask {
         let Some(t) = &mut self.transcoder else {
             return;
         };
-        self.last_keyframe = Some(Instant::now());
+        self.keyframes.sent();
         tracing::debug!("keyframe request to the transcoder");
         if t.send(&Command::Keyframe).await.is_ok() {
             self.runtime
@@ -1001,25 +988,20 @@ struct LiveTask {
     viewers: usize,
     /// The connected publisher's keyframe requests.
     keyframes: Option<mpsc::UnboundedSender<()>>,
-    last_keyframe: Option<Instant>,
-    keyframe_pending: bool,
+    keyframe_throttle: KeyframeThrottle,
 }
 
 impl LiveTask {
     async fn run(mut self) {
         loop {
-            let keyframe_at = self
-                .keyframe_pending
-                .then(|| self.last_keyframe.map(|t| t + KEYFRAME_INTERVAL))
-                .flatten()
-                .map(tokio::time::Instant::from_std);
+            let keyframe_at = self.keyframe_throttle.deferred_until();
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.on_msg(msg),
                     None => break,
                 },
                 _ = sleep_until(keyframe_at) => {
-                    self.keyframe_pending = false;
+                    self.keyframe_throttle.due();
                     self.send_keyframe_request();
                 }
                 _ = self.session.cancel.cancelled() => break,
@@ -1044,13 +1026,8 @@ impl LiveTask {
                 self.metrics
                     .keyframe_requests
                     .fetch_add(1, Ordering::Relaxed);
-                if self
-                    .last_keyframe
-                    .is_none_or(|t| t.elapsed() >= KEYFRAME_INTERVAL)
-                {
+                if self.keyframe_throttle.request() {
                     self.send_keyframe_request();
-                } else {
-                    self.keyframe_pending = true;
                 }
             }
             Msg::Control { id, reply, .. } => {
@@ -1090,12 +1067,48 @@ impl LiveTask {
 
     fn send_keyframe_request(&mut self) {
         let Some(k) = &self.keyframes else { return };
-        self.last_keyframe = Some(Instant::now());
+        self.keyframe_throttle.sent();
         if k.send(()).is_ok() {
             self.metrics
                 .keyframe_requests_sent
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// At most one keyframe request to a source per [`KEYFRAME_INTERVAL`]; a request within the
+/// interval is deferred to its end, not dropped.
+#[derive(Debug, Default)]
+struct KeyframeThrottle {
+    last: Option<Instant>,
+    /// A request arrived within the interval; send it when the interval ends.
+    deferred: bool,
+}
+
+impl KeyframeThrottle {
+    /// A viewer asks: `true` if the request may go now, else it is deferred.
+    fn request(&mut self) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed() >= KEYFRAME_INTERVAL);
+        self.deferred |= !due;
+        due
+    }
+
+    /// The deferred request's time came (it goes now, or is dropped if there is no source).
+    fn due(&mut self) {
+        self.deferred = false;
+    }
+
+    /// A request went to the source.
+    fn sent(&mut self) {
+        self.last = Some(Instant::now());
+    }
+
+    /// When the deferred request is due, if there is one.
+    fn deferred_until(&self) -> Option<tokio::time::Instant> {
+        self.deferred
+            .then(|| self.last.map(|t| t + KEYFRAME_INTERVAL))
+            .flatten()
+            .map(tokio::time::Instant::from_std)
     }
 }
 

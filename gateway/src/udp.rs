@@ -341,6 +341,22 @@ impl Outbox {
         }
     }
 
+    /// Gathers one of str0m's transmits for `port`.
+    pub fn transmit(&mut self, port: &RtcPort, t: &str0m::net::Transmit) {
+        self.push(
+            t.source,
+            t.destination,
+            &t.contents,
+            port.max_segments(),
+            &mut |src, dst, data, seg| port.send_segments(src, dst, data, seg),
+        );
+    }
+
+    /// Sends what was gathered through `port`.
+    pub fn flush_to(&mut self, port: &RtcPort) {
+        self.flush(&mut |src, dst, data, seg| port.send_segments(src, dst, data, seg));
+    }
+
     /// Sends what was gathered.
     pub fn flush(&mut self, send: &mut impl FnMut(SocketAddr, SocketAddr, &[u8], usize)) {
         if let (Some((src, dst)), true) = (self.route, self.count > 0) {

@@ -166,18 +166,7 @@ pub async fn post(
     let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), false)?;
     let id = random_id();
     let etag = new_etag();
-    let (tx, inbox) = mpsc::channel(8);
-    s.resources.insert(
-        id.clone(),
-        Resource {
-            session: name.clone(),
-            role: Role::Viewer,
-            tx,
-        },
-    );
-    s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
-    let state = s.clone();
-    let end_id = id.clone();
+    let (inbox, on_end) = register(&s, &name, &id, Role::Viewer);
     Peer {
         id: id.clone(),
         rtc: answered.rtc,
@@ -195,9 +184,7 @@ pub async fn post(
         outbox: crate::udp::Outbox::default(),
         grant: grant.clone(),
         verifier: s.verifier.clone(),
-        on_end: OnEnd(Box::new(move || {
-            state.resources.remove(&end_id);
-        })),
+        on_end,
     }
     .spawn();
     tracing::info!(
@@ -214,6 +201,32 @@ pub async fn post(
         answered.answer,
         grant.sub.as_deref(),
     ))
+}
+
+/// Registers a new resource `id` of `role` in `session`: the inbox its task reads, and the
+/// callback that removes it when the task ends.
+pub fn register(
+    s: &Shared,
+    session: &str,
+    id: &str,
+    role: Role,
+) -> (mpsc::Receiver<PeerMsg>, OnEnd) {
+    let (tx, inbox) = mpsc::channel(8);
+    s.resources.insert(
+        id.to_string(),
+        Resource {
+            session: session.to_string(),
+            role,
+            tx,
+        },
+    );
+    s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
+    let state = s.clone();
+    let id = id.to_string();
+    let on_end = OnEnd(Box::new(move || {
+        state.resources.remove(&id);
+    }));
+    (inbox, on_end)
 }
 
 /// `PATCH /whep/{session}/{resource}`.

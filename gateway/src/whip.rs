@@ -13,17 +13,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 
 use crate::auth::Scope;
 use crate::auth::valid_session_name;
 use crate::config::VideoCodec;
 use crate::http::{ApiError, Shared, authorize, random_id, require_type};
 use crate::offer::Offer;
-use crate::peer::{OnEnd, answer};
+use crate::peer::answer;
 use crate::publisher::Publisher;
 use crate::resource::{IceSession, new_etag};
-use crate::whep::{Resource, Role, SDP, created, delete_resource, patch_resource};
+use crate::whep::{Role, SDP, created, delete_resource, patch_resource, register};
 
 /// Video codecs a publisher may send, most wanted first: H.264 constrained baseline plays
 /// everywhere (Safari included).
@@ -68,18 +67,7 @@ pub async fn post(
     let id = random_id();
     let claim = session.claim_publisher(&id)?;
     let etag = new_etag();
-    let (tx, inbox) = mpsc::channel(8);
-    s.resources.insert(
-        id.clone(),
-        Resource {
-            session: name.clone(),
-            role: Role::Publisher,
-            tx,
-        },
-    );
-    s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
-    let state = s.clone();
-    let end_id = id.clone();
+    let (inbox, on_end) = register(&s, &name, &id, Role::Publisher);
     Publisher {
         id: id.clone(),
         rtc: answered.rtc,
@@ -94,9 +82,7 @@ pub async fn post(
         port: s.port.clone(),
         metrics: s.metrics.clone(),
         inbox,
-        on_end: OnEnd(Box::new(move || {
-            state.resources.remove(&end_id);
-        })),
+        on_end,
     }
     .spawn();
     tracing::info!(
