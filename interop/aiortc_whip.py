@@ -1,9 +1,15 @@
 """An aiortc WHIP publisher: sends a generated test picture (moving colour bands, 640x360 at
 30 fps) and a 440 Hz tone to a WHIP endpoint for some seconds, then DELETEs its resource.
 
-Usage: python aiortc_whip.py URL TOKEN [SECONDS] [--codec h264|vp8]
+Usage: python aiortc_whip.py URL TOKEN [SECONDS] [--codec h264|vp8] [--size WxH]
+       [--bitrate BPS] [--gop-seconds S] [--ignore-pli] [--frame-log PATH] [--noise-rows N]
 Prints one JSON line (`{"ok", "status", "location", "delete_status", ...}`) and exits 0 when
 the POST got 201 and the publish ran its time (SECONDS, default 10; 0 = until killed).
+
+For benchmarks it can behave like OBS or FFmpeg: a fixed H.264 keyframe interval
+(--gop-seconds) and keyframe requests ignored (--ignore-pli); --frame-log writes one JSON line
+per encoded video frame (`at_us` on the monotonic clock, `rtp_time`, `keyframe`, `tail`: the
+last 16 bytes of its last RTP payload, hex) to match with `whep-client play --frame-log`.
 
 aiortc's ICE (aioice) leaves out loopback addresses when it gathers host candidates; inside
 `unshare -n` loopback is the only interface, so the lookup is patched to return 127.0.0.1.
@@ -14,6 +20,7 @@ import asyncio
 import fractions
 import json
 import math
+import os
 import sys
 import time
 import urllib.error
@@ -34,6 +41,64 @@ from aiortc import (  # noqa: E402
 )
 
 WIDTH, HEIGHT, FPS = 640, 360, 30
+# Rows of random luma at the bottom of every picture (--noise-rows): unpredictable, so frames are
+# unique (matched by their bytes) and cost bits like camera noise does.
+NOISE_ROWS = 0
+
+
+def shape_h264(gop_frames, ignore_pli, bitrate, frame_log):
+    """Changes aiortc's H.264 sender for benchmarks: libx264's keyframe interval, PLI handling,
+    target bitrate, and a log of what was encoded."""
+    import types
+
+    from aiortc.codecs import h264
+
+    if gop_frames:
+        # A fixed interval: no scene-cut keyframes either (the moving bands would trigger
+        # them). aiortc sets the encoder's options itself, so they are merged in as it does.
+        params = f"keyint={gop_frames}:min-keyint={gop_frames}:scenecut=0"
+
+        class FixedGop:
+            def __init__(self, codec):
+                object.__setattr__(self, "_codec", codec)
+
+            def __getattr__(self, name):
+                return getattr(self._codec, name)
+
+            def __setattr__(self, name, value):
+                if name == "options":
+                    value = {**value, "x264-params": params}
+                setattr(self._codec, name, value)
+
+        class CodecContext:
+            @staticmethod
+            def create(*args, **kwargs):
+                return FixedGop(av.CodecContext.create(*args, **kwargs))
+
+        shim = types.ModuleType("av_with_gop")
+        shim.__getattr__ = lambda name: getattr(av, name)
+        shim.CodecContext = CodecContext
+        h264.av = shim
+    if ignore_pli:
+        RTCRtpSender._send_keyframe = lambda self: None
+    encode = h264.H264Encoder.encode
+
+    def shaped_encode(self, frame, force_keyframe=False):
+        if bitrate and self.target_bitrate != bitrate:
+            self.target_bitrate = bitrate
+        payloads, timestamp = encode(self, frame, force_keyframe)
+        if frame_log and payloads:
+            # A keyframe starts with SPS (alone, or first in a STAP-A).
+            first = payloads[0]
+            key = first[0] & 0x1F == 7 or (first[0] & 0x1F == 24 and first[3] & 0x1F == 7)
+            line = {"at_us": time.monotonic_ns() // 1000, "rtp_time": timestamp,
+                    "keyframe": bool(key), "tail": payloads[-1][-16:].hex(),
+                    "bytes": sum(len(p) for p in payloads)}
+            frame_log.write(json.dumps(line) + "\n")
+            frame_log.flush()
+        return payloads, timestamp
+
+    h264.H264Encoder.encode = shaped_encode
 
 
 class Paced(MediaStreamTrack):
@@ -64,7 +129,8 @@ class Picture(Paced):
         frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
         shift = 8 * self.n
         luma = bytes(((x + shift) % WIDTH) * 220 // WIDTH + 16 for x in range(WIDTH))
-        frame.planes[0].update(luma * HEIGHT)
+        noise = os.urandom(WIDTH * NOISE_ROWS)
+        frame.planes[0].update(luma * (HEIGHT - NOISE_ROWS) + noise)
         for plane, value in ((1, (self.n * 3) % 256), (2, 128)):
             frame.planes[plane].update(bytes([value]) * (WIDTH // 2) * (HEIGHT // 2))
         frame.pts = self.n * 3000
@@ -144,5 +210,16 @@ if __name__ == "__main__":
     parser.add_argument("token")
     parser.add_argument("seconds", nargs="?", type=float, default=10.0)
     parser.add_argument("--codec", choices=["h264", "vp8"])
+    parser.add_argument("--size", default=f"{WIDTH}x{HEIGHT}", help="picture size, WxH")
+    parser.add_argument("--bitrate", type=int, help="H.264 target bitrate, b/s")
+    parser.add_argument("--gop-seconds", type=float, help="H.264 keyframe interval")
+    parser.add_argument("--ignore-pli", action="store_true", help="never answer keyframe requests")
+    parser.add_argument("--frame-log", help="write a JSON line per encoded H.264 frame here")
+    parser.add_argument("--noise-rows", type=int, default=0, help="rows of random luma at the bottom")
     a = parser.parse_args()
+    WIDTH, HEIGHT = (int(v) for v in a.size.split("x"))
+    NOISE_ROWS = min(a.noise_rows, HEIGHT)
+    log = open(a.frame_log, "w") if a.frame_log else None
+    if a.gop_seconds or a.ignore_pli or a.bitrate or log:
+        shape_h264(int(a.gop_seconds * FPS) if a.gop_seconds else None, a.ignore_pli, a.bitrate, log)
     sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec)))

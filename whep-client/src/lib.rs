@@ -49,11 +49,24 @@ pub struct Options {
 pub struct VideoFrame {
     /// When str0m handed it over.
     pub at: Instant,
+    /// The same moment on the system's monotonic clock (µs), to compare with other
+    /// processes' timestamps (`CLOCK_MONOTONIC`, as Python's `time.monotonic`).
+    pub at_us: u64,
     pub keyframe: bool,
     /// RTP time (90 kHz, the sender's clock).
     pub rtp_time: u64,
     /// The frame's bitstream (H.264 Annex B, or VP8), for keyframes only.
     pub data: Option<Vec<u8>>,
+    /// The frame's last (up to) 16 bytes: the tail of its last NAL unit or partition, which
+    /// is also the tail of the sender's last RTP payload, so frames can be matched to what a
+    /// publisher sent.
+    pub tail: Vec<u8>,
+}
+
+/// Now on the system's monotonic clock, µs.
+pub fn monotonic_us() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 /// Requests for the `control` data channel. With it, [`watch`] ends once the request sender
@@ -603,9 +616,11 @@ impl Tally {
                 if let Some(out) = &self.frames_out {
                     let _ = out.send(VideoFrame {
                         at: Instant::now(),
+                        at_us: monotonic_us(),
                         keyframe,
                         rtp_time: d.time.numer(),
                         data: keyframe.then(|| d.data.to_vec()),
+                        tail: d.data[d.data.len().saturating_sub(16)..].to_vec(),
                     });
                 }
                 if !d.contiguous && s.video_frames > 1 {

@@ -42,6 +42,11 @@ enum Cmd {
         /// Print the summary as JSON (last line of stdout).
         #[arg(long)]
         json: bool,
+        /// Write one JSON line per video frame here: `at_us` (arrival, monotonic clock, µs),
+        /// `rtp_time` (90 kHz), `keyframe`, `tail` (its last 16 bytes, hex), for latency
+        /// measurements against a publisher's log.
+        #[arg(long)]
+        frame_log: Option<std::path::PathBuf>,
     },
     /// Send one request on the session's `control` data channel; print the reply and then the
     /// events seen for --listen seconds, one JSON object per line. Exit 1 on an error reply.
@@ -122,7 +127,8 @@ fn main() -> ExitCode {
             frames,
             timeout,
             json,
-        } => runtime.block_on(play(url, token, frames, timeout, json)),
+            frame_log,
+        } => runtime.block_on(play(url, token, frames, timeout, json, frame_log)),
         Cmd::Load {
             url,
             token,
@@ -234,8 +240,22 @@ async fn play(
     frames: u64,
     timeout: u64,
     json: bool,
+    frame_log: Option<std::path::PathBuf>,
 ) -> ExitCode {
     let http = reqwest::Client::new();
+    let (frames_out, writer) = match frame_log {
+        Some(path) => match std::fs::File::create(&path) {
+            Ok(file) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(tokio::spawn(write_frame_log(file, rx))))
+            }
+            Err(e) => {
+                eprintln!("whep-client: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (None, None),
+    };
     let opts = Options {
         url,
         token,
@@ -244,7 +264,7 @@ async fn play(
         duration: None,
         rtp_only: false,
         control: None,
-        frames_out: None,
+        frames_out,
     };
     let result = watch(&http, opts, |s| {
         eprintln!(
@@ -259,6 +279,12 @@ async fn play(
         );
     })
     .await;
+    if let Some(w) = writer
+        && let Ok(Err(e)) = w.await
+    {
+        eprintln!("whep-client: writing the frame log: {e}");
+        return ExitCode::FAILURE;
+    }
     match result {
         Ok(s) => {
             if json {
@@ -278,6 +304,24 @@ async fn play(
         }
         Err(e) => failed(&e, json),
     }
+}
+
+/// Writes `--frame-log` lines until the frame sender is gone.
+async fn write_frame_log(
+    file: std::fs::File,
+    mut frames: tokio::sync::mpsc::UnboundedReceiver<whep_client::VideoFrame>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    // Unbuffered: one write per frame (30 a second), and nothing lost if the process is
+    // killed.
+    let mut out = file;
+    while let Some(f) = frames.recv().await {
+        let tail: String = f.tail.iter().map(|b| format!("{b:02x}")).collect();
+        let line =
+            json!({"at_us": f.at_us, "rtp_time": f.rtp_time, "keyframe": f.keyframe, "tail": tail});
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
 }
 
 async fn load(
