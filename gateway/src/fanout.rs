@@ -66,6 +66,58 @@ pub fn payload_range(packet: &[u8]) -> Option<std::ops::Range<usize>> {
     (off <= end).then_some(off..end)
 }
 
+/// A viewer starting from a keyframe younger than this gets its backlog at once.
+const CATCHUP_MIN_AGE_US: u64 = 50_000;
+/// How long catching up should take, whatever the backlog (within `CATCHUP_MAX_SPEED`).
+const CATCHUP_TARGET_US: f64 = 1_500_000.0;
+/// The most a backlog is sped up: the viewer's bitrate is this many times the stream's
+/// while it catches up.
+const CATCHUP_MAX_SPEED: f64 = 4.0;
+
+/// A viewer that starts from a keyframe in the past (a live publisher's GOP can be seconds
+/// long, and many publishers ignore keyframe requests) gets the packets since that keyframe
+/// faster than real time, with timestamps compressed to match (`TrackMap::compress`), until
+/// it reaches the packets arriving now. Its first frame is then immediate and its latency
+/// settles to a live viewer's within `CATCHUP_TARGET_US`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Catchup {
+    /// When catching up began, and the capture time of the record it began with (µs,
+    /// `rtp_ring::now_us` clock).
+    start_us: u64,
+    from_us: u64,
+    speed: f64,
+}
+
+impl Catchup {
+    /// Catching up from a keyframe captured at `keyframe_us`, or `None` if it is recent
+    /// enough to send at once.
+    pub fn new(now_us: u64, keyframe_us: u64) -> Option<Self> {
+        let age = now_us.saturating_sub(keyframe_us);
+        (age >= CATCHUP_MIN_AGE_US).then(|| Self {
+            start_us: now_us,
+            from_us: keyframe_us,
+            speed: (1.0 + age as f64 / CATCHUP_TARGET_US).min(CATCHUP_MAX_SPEED),
+        })
+    }
+
+    /// How many times faster than real time the backlog goes out.
+    pub fn speed(&self) -> f64 {
+        self.speed
+    }
+
+    /// When the record captured at `capture_us` is due.
+    pub fn due_us(&self, capture_us: u64) -> u64 {
+        let behind = capture_us.saturating_sub(self.from_us) as f64;
+        self.start_us + (behind / self.speed) as u64
+    }
+
+    /// Whether the record captured at `capture_us` would be due no earlier than it was
+    /// captured: from it on, the viewer is live.
+    pub fn caught_up(&self, capture_us: u64) -> bool {
+        self.due_us(capture_us) <= capture_us
+    }
+}
+
 /// What to do with one source packet for one viewer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -103,6 +155,17 @@ pub struct TrackMap {
     requested: bool,
     /// The next packet sent sets `ts_offset` afresh.
     reanchor: bool,
+    /// While catching up: source time runs this many times faster than the viewer's clock.
+    compress: Option<Compress>,
+}
+
+/// Timestamp compression while a viewer catches up: the viewer's clock advances by the
+/// source's time divided by `speed`, from a base pair taken at the first packet sent.
+#[derive(Debug, Clone, Copy)]
+struct Compress {
+    speed: f64,
+    /// (source timestamp, viewer timestamp) of the first packet sent while compressing.
+    base: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +189,23 @@ impl TrackMap {
             waiting: video,
             requested: false,
             reanchor: true,
+            compress: None,
+        }
+    }
+
+    /// From the next packet on, the viewer's clock runs `speed` times slower than the
+    /// source's, so that a backlog sent `speed` times faster than real time keeps its
+    /// timestamps in step with its arrival (a player's jitter buffer then does not hold it).
+    pub fn compress(&mut self, speed: f64) {
+        self.compress = Some(Compress { speed, base: None });
+    }
+
+    /// Back to real time, continuing the viewer's clock from the last packet sent.
+    pub fn end_compress(&mut self) {
+        if self.compress.take().is_some()
+            && let (Some(last_in), Some((out, _))) = (self.last_in, self.last_out)
+        {
+            self.ts_offset = out.wrapping_sub(last_in.timestamp);
         }
     }
 
@@ -175,7 +255,8 @@ impl TrackMap {
                 return Step::WaitKeyframe { request_keyframe };
             }
         }
-        if std::mem::take(&mut self.reanchor) {
+        let reanchored = std::mem::take(&mut self.reanchor);
+        if reanchored {
             // Re-anchor: continue the viewer's clock from its last packet by the time that
             // passed, at least one tick, so its jitter buffer sees time move forward.
             let timestamp = match self.last_out {
@@ -194,7 +275,15 @@ impl TrackMap {
             seq: hdr.seq,
             timestamp: hdr.timestamp,
         });
-        let timestamp = hdr.timestamp.wrapping_add(self.ts_offset);
+        let mut timestamp = hdr.timestamp.wrapping_add(self.ts_offset);
+        if let Some(c) = self.compress.as_mut() {
+            let (base_in, base_out) = match c.base {
+                Some(b) if !reanchored => b,
+                _ => *c.base.insert((hdr.timestamp, timestamp)),
+            };
+            let ticks = hdr.timestamp.wrapping_sub(base_in) as i32 as f64 / c.speed;
+            timestamp = base_out.wrapping_add(ticks.round() as i32 as u32);
+        }
         self.last_out = Some((timestamp, capture_us.max(1)));
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -294,6 +383,36 @@ mod tests {
         let (seq, ts) = sent(t.step(&hdr(1, 4, 9_003_000, true), Flags::KEYFRAME, 100_000));
         assert_eq!(seq, 2);
         assert_eq!(ts, 3000 + 90000 * 67 / 1000);
+    }
+
+    #[test]
+    fn a_backlog_goes_out_faster_with_its_clock_compressed_then_runs_live() {
+        // The newest keyframe came 3 s ago: the backlog goes out 3x as fast, over 1.5 s.
+        let c = Catchup::new(10_000_000, 7_000_000).expect("3 s is a backlog");
+        assert_eq!(c.speed(), 3.0);
+        assert_eq!(c.due_us(7_000_000), 10_000_000, "the keyframe goes at once");
+        assert_eq!(c.due_us(8_500_000), 10_500_000);
+        assert!(!c.caught_up(10_000_000));
+        // 4.5 s of source is due at 11.5 s, when it arrives: live from there.
+        assert_eq!(c.due_us(11_500_000), 11_500_000);
+        assert!(c.caught_up(11_500_000));
+        assert_eq!(Catchup::new(10_000_000, 9_990_000), None, "10 ms is not");
+        assert_eq!(Catchup::new(100_000_000, 0).unwrap().speed(), 4.0, "capped");
+
+        let mut t = TrackMap::new(96, 90000, true, 0, 1000);
+        t.compress(3.0);
+        let (_, t0) = sent(t.step(&hdr(1, 1, 90_000, false), Flags::KEYFRAME, 7_000_000));
+        assert_eq!(t0, 1000);
+        let (_, t1) = sent(t.step(&hdr(1, 2, 90_000, true), Flags::empty(), 7_000_000));
+        assert_eq!(t1, 1000, "packets of one frame share its time");
+        let (_, t2) = sent(t.step(&hdr(1, 3, 93_000, true), Flags::empty(), 7_033_000));
+        assert_eq!(t2, 2000, "a frame interval takes a third of the time");
+        t.end_compress();
+        let (_, t3) = sent(t.step(&hdr(1, 4, 96_000, true), Flags::empty(), 7_066_000));
+        assert_eq!(
+            t3, 5000,
+            "after catching up, real time again, without a jump"
+        );
     }
 
     #[test]

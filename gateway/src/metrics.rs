@@ -25,8 +25,64 @@ pub struct Metrics {
     pub udp_unrouted: AtomicU64,
     pub udp_dropped: AtomicU64,
     pub udp_send_errors: AtomicU64,
+    /// Packet arrival → sent to a viewer (see `render`).
+    pub forward_latency: LatencyHistogram,
     /// `(status code, count)`, few distinct codes, so a small vector.
     http_status: Mutex<Vec<(u16, u64)>>,
+}
+
+/// Upper bounds of the latency buckets, µs.
+const LATENCY_BOUNDS_US: [u64; 12] = [
+    50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 5_000, 10_000, 50_000,
+];
+
+/// A Prometheus histogram of latencies, with fixed buckets from 50 µs to 50 ms.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Adds a batch of samples (µs): counted locally first, so that a batch costs one atomic
+    /// add per bucket it touches rather than one per sample.
+    pub fn observe(&self, samples_us: impl IntoIterator<Item = u64>) {
+        let mut counts = [0u64; LATENCY_BOUNDS_US.len() + 1];
+        let mut sum = 0;
+        for us in samples_us {
+            let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+            counts[i] += 1;
+            sum += us;
+        }
+        for (bucket, n) in self.buckets.iter().zip(counts) {
+            if n > 0 {
+                bucket.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if sum > 0 {
+            self.sum_us.fetch_add(sum, Ordering::Relaxed);
+        }
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            cumulative += bucket.load(Ordering::Relaxed);
+            match LATENCY_BOUNDS_US.get(i) {
+                Some(b) => {
+                    let le = *b as f64 / 1e6;
+                    let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
 }
 
 impl Metrics {
@@ -135,6 +191,13 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
             );
         }
+        self.forward_latency.render(
+            &mut out,
+            "wisp_forward_latency_seconds",
+            "From a packet's arrival (read from a publisher's datagram, or written to the ring by \
+             a transcoder) to its sending to a viewer; backlogs sent to viewers catching up are \
+             not counted.",
+        );
         let _ = writeln!(
             out,
             "# HELP wisp_http_responses_total HTTP responses by status.\n\
@@ -168,6 +231,17 @@ mod tests {
         assert!(text.contains("wisp_sessions 2\n"));
         assert!(text.contains("wisp_http_responses_total{code=\"404\"} 2\n"));
         assert!(text.contains("# TYPE wisp_packets_out_total counter\n"));
+        m.forward_latency.observe([40, 120, 120, 900, 80_000]);
+        let text = m.render(2);
+        assert!(
+            text.contains("wisp_forward_latency_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("wisp_forward_latency_seconds_bucket{le=\"0.0002\"} 3\n"));
+        assert!(text.contains("wisp_forward_latency_seconds_bucket{le=\"0.001\"} 4\n"));
+        assert!(text.contains("wisp_forward_latency_seconds_bucket{le=\"+Inf\"} 5\n"));
+        assert!(text.contains("wisp_forward_latency_seconds_count 5\n"));
+        assert!(text.contains("wisp_forward_latency_seconds_sum 0.08118\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");

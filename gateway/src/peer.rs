@@ -26,17 +26,19 @@ use tracing::Instrument;
 use crate::auth::{Grant, Scope, Verifier, now_secs};
 use crate::config::VideoCodec;
 use crate::control::{self, Action, Code, Refusal, Steering};
-use crate::fanout::{Step, TrackMap, payload_range};
+use crate::fanout::{Catchup, Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
 use crate::offer::{Kind, Offer, Plan};
 use crate::resource::{IceSession, PeerMsg, PortLink, receive};
-use crate::session::{ControlReply, ReadySource, Session, Source, ViewerSlot};
+use crate::session::{ControlReply, Kind as SessionKind, ReadySource, Session, Source, ViewerSlot};
 use crate::udp::RtcPort;
 
 /// A viewer that has not connected within this time is dropped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A keyframe older than this is not worth starting from: ask for a fresh one instead.
+/// A VOD keyframe older than this is not worth starting from: ask for a fresh one instead.
 const MAX_START_AGE_US: u64 = 1_000_000;
+/// A live session's keyframe up to this old is started from (catching up on the backlog).
+const MAX_LIVE_BACKLOG_US: u64 = 10_000_000;
 /// Packets str0m may queue between write and poll, per viewer (a keyframe's worth).
 const SEND_BUFFER_VIDEO: usize = 256;
 /// Sent video packets kept to answer NACKs, and for how long.
@@ -279,6 +281,10 @@ impl Peer {
         tokio::pin!(timer);
         let stopped = session.cancelled();
         tokio::pin!(stopped);
+        // A record read while catching up that is not due yet, and when it is.
+        let mut held = Held::default();
+        let pace = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(pace);
         // Session events, subscribed while the viewer has a control channel: a player
         // without one is not woken for them (position events alone come 5 times a second).
         let mut events: Option<broadcast::Receiver<Arc<str>>> = None;
@@ -297,6 +303,11 @@ impl Peer {
                 Ok(t) => t,
                 Err(reason) => break reason,
             };
+            // What was written is on the wire now.
+            let now = rtp_ring::now_us();
+            self.metrics
+                .forward_latency
+                .observe(feed.take_written().map(|c| now.saturating_sub(c)));
             if !channel_events.is_empty() {
                 for ev in std::mem::take(&mut channel_events) {
                     if self.on_channel(ev, &mut ctl, &session, &reply_tx) {
@@ -346,17 +357,12 @@ impl Peer {
                         break "closed by DELETE".into();
                     }
                 }
-                rec = next_record(&mut reader, &mut buf), if connected => match rec {
+                rec = next_record(&mut reader, &mut buf), if connected && held.meta.is_none() => match rec {
                     Ok(Ok(meta)) => {
-                        self.send_record(&mut feed, &session, &meta, &buf);
-                        // Drain what else is there before polling str0m again.
-                        let Some((r, _)) = reader.as_mut() else { continue };
-                        for _ in 0..DRAIN_BATCH {
-                            match r.reader().try_next_into(&mut buf) {
-                                Ok(Some(m)) => self.send_record(&mut feed, &session, &m, &buf),
-                                Ok(None) => break,
-                                Err(overrun) => { on_overrun(r, &mut feed, &self.metrics, overrun.lost); break; }
-                            }
+                        if let Some((r, _)) = reader.as_mut()
+                            && let Some(due) = self.deliver(&mut feed, &session, r, meta, &mut buf, &mut held)
+                        {
+                            pace.as_mut().reset(tokio::time::Instant::now() + Duration::from_micros(due));
                         }
                     }
                     Ok(Err(overrun)) => {
@@ -366,6 +372,14 @@ impl Peer {
                     }
                     Err(e) => break format!("reading the session ring: {e}"),
                 },
+                _ = &mut pace, if held.meta.is_some() => {
+                    let meta = held.take(&mut buf);
+                    if let Some((r, _)) = reader.as_mut()
+                        && let Some(due) = self.deliver(&mut feed, &session, r, meta, &mut buf, &mut held)
+                    {
+                        pace.as_mut().reset(tokio::time::Instant::now() + Duration::from_micros(due));
+                    }
+                }
                 changed = source.changed() => {
                     if changed.is_err() {
                         break "session ended".into();
@@ -384,6 +398,7 @@ impl Peer {
                         Source::Ready(ready) if connected => {
                             let same = reader.as_ref().is_some_and(|(_, r)| r.generation == ready.generation);
                             if !same {
+                                held.meta = None;
                                 reader = open_reader(&ready, &mut feed, &session);
                             }
                         }
@@ -452,6 +467,46 @@ impl Peer {
         let _ = self.drive(&mut channel_events);
         tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
         (self.on_end.0)();
+    }
+
+    /// Writes `first` and then what else waits in the ring (up to a batch). A record that is
+    /// not due yet (the viewer is catching up) is held instead; the return value is then how
+    /// long until it is due, in µs.
+    fn deliver(
+        &mut self,
+        feed: &mut Feed,
+        session: &Session,
+        r: &mut AsyncReader,
+        first: rtp_ring::RecordMeta,
+        buf: &mut Vec<u8>,
+        held: &mut Held,
+    ) -> Option<u64> {
+        let mut next = Some(first);
+        for _ in 0..=DRAIN_BATCH {
+            let meta = match next.take() {
+                Some(m) => m,
+                None => match r.reader().try_next_into(buf) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(overrun) => {
+                        on_overrun(r, feed, &self.metrics, overrun.lost);
+                        break;
+                    }
+                },
+            };
+            if feed.catching_up() {
+                let now = rtp_ring::now_us();
+                if let Some(due) = feed.due(meta.capture_us, now) {
+                    held.hold(meta, buf);
+                    return Some(due - now);
+                }
+                if !feed.catching_up() {
+                    tracing::debug!("caught up: live from here");
+                }
+            }
+            self.send_record(feed, session, &meta, buf);
+        }
+        None
     }
 
     /// Polls str0m until it wants a timeout; sends what it transmits. `Err` ends the peer.
@@ -725,6 +780,10 @@ pub struct Feed {
     video: Option<TrackMap>,
     audio: Option<TrackMap>,
     sent: u64,
+    /// Set while the viewer catches up on a backlog (video only; audio resumes when live).
+    catchup: Option<Catchup>,
+    /// Capture times of the records written since [`Feed::take_written`].
+    written: Vec<u64>,
 }
 
 impl Feed {
@@ -745,6 +804,8 @@ impl Feed {
                 .as_ref()
                 .map(|(_, pt, clock)| TrackMap::new(**pt, *clock, false, r16(2), r32(8))),
             sent: 0,
+            catchup: None,
+            written: Vec::with_capacity(DRAIN_BATCH + 1),
         }
     }
 
@@ -754,14 +815,55 @@ impl Feed {
         self.ready = Some(ready);
     }
 
+    /// Sends what follows as a backlog, paced by `catchup` (see [`Feed::due`]).
+    pub fn begin_catchup(&mut self, catchup: Catchup) {
+        if let Some(v) = self.video.as_mut() {
+            v.compress(catchup.speed());
+        }
+        self.catchup = Some(catchup);
+    }
+
+    /// Whether the viewer is still catching up on a backlog.
+    pub fn catching_up(&self) -> bool {
+        self.catchup.is_some()
+    }
+
+    /// When to write the record captured at `capture_us`: `None` now, else at the returned
+    /// time (µs, `rtp_ring::now_us` clock). The first record that needs no wait ends the
+    /// catching up.
+    pub fn due(&mut self, capture_us: u64, now_us: u64) -> Option<u64> {
+        let c = self.catchup?;
+        if c.caught_up(capture_us) {
+            self.end_catchup();
+            return None;
+        }
+        let due = c.due_us(capture_us);
+        (due > now_us).then_some(due)
+    }
+
+    fn end_catchup(&mut self) {
+        if self.catchup.take().is_some()
+            && let Some(v) = self.video.as_mut()
+        {
+            v.end_compress();
+        }
+    }
+
     /// A break in what this viewer read (an overrun).
     pub fn discontinuity(&mut self) {
+        self.end_catchup();
         if let Some(v) = self.video.as_mut() {
             v.discontinuity();
         }
         if let Some(a) = self.audio.as_mut() {
             a.discontinuity();
         }
+    }
+
+    /// The capture times of the live records written since the last call (a backlog sent
+    /// while catching up is late on purpose and not among them).
+    pub fn take_written(&mut self) -> std::vec::Drain<'_, u64> {
+        self.written.drain(..)
     }
 
     /// Packets sent so far.
@@ -787,6 +889,8 @@ impl Feed {
             }
         } else if Some(meta.track) == ready.audio_track {
             match (&mut self.audio, &tracks.audio) {
+                // Sound cannot be sped up: audio joins once the viewer is live.
+                _ if self.catchup.is_some() => return Written::Skipped,
                 (Some(m), Some((mid, _, _))) => (m, *mid, false),
                 _ => return Written::Skipped,
             }
@@ -821,6 +925,9 @@ impl Feed {
                     .nackable(video),
                 );
                 self.sent += 1;
+                if self.catchup.is_none() {
+                    self.written.push(meta.capture_us);
+                }
                 Written::Sent {
                     first: self.sent == 1,
                     video,
@@ -830,34 +937,79 @@ impl Feed {
     }
 }
 
-/// A cursor on a (new) source's ring: at its newest keyframe if that is recent, else at the
-/// newest record (and a keyframe is requested).
+/// A cursor on a (new) source's ring: at its newest keyframe if there is one young enough
+/// to start from, else at the newest record (and a keyframe is requested). A VOD transcoder
+/// makes a keyframe on request at once, so a keyframe older than `MAX_START_AGE_US` is not
+/// worth it; a live publisher may ignore requests and have a GOP of seconds, so any keyframe
+/// up to `MAX_LIVE_BACKLOG_US` old is. Starting from an older keyframe, the viewer catches up
+/// on the backlog (`fanout::Catchup`).
 fn open_reader(
     ready: &Arc<ReadySource>,
     feed: &mut Feed,
     session: &crate::session::Session,
 ) -> Option<(AsyncReader, Arc<ReadySource>)> {
     let mut reader = ready.ring.reader();
+    feed.attach(ready.clone());
     if let Some(track) = ready.video_track {
         let mut probe = ready.ring.reader();
         let mut scratch = Vec::new();
-        let fresh = probe.resync_to_keyframe(track)
-            && matches!(probe.try_next_into(&mut scratch), Ok(Some(m))
-                if rtp_ring::now_us().saturating_sub(m.capture_us) < MAX_START_AGE_US);
-        tracing::debug!(fresh, "reader opened");
-        if fresh {
-            reader.resync_to_keyframe(track);
-        } else {
-            session.request_keyframe();
+        let now = rtp_ring::now_us();
+        let keyframe_us = match probe.resync_to_keyframe(track) {
+            true => match probe.try_next_into(&mut scratch) {
+                Ok(Some(m)) => Some(m.capture_us),
+                _ => None,
+            },
+            false => None,
+        };
+        let max_age = match session.kind {
+            SessionKind::Live => MAX_LIVE_BACKLOG_US,
+            SessionKind::Vod => MAX_START_AGE_US,
+        };
+        match keyframe_us.filter(|&k| now.saturating_sub(k) < max_age) {
+            Some(k) => {
+                reader.resync_to_keyframe(track);
+                let catchup = Catchup::new(now, k);
+                tracing::debug!(
+                    keyframe_age_ms = now.saturating_sub(k) / 1000,
+                    speed = catchup.map_or(1.0, |c| c.speed()),
+                    "reader opened at a keyframe"
+                );
+                if let Some(c) = catchup {
+                    feed.begin_catchup(c);
+                }
+            }
+            None => {
+                tracing::debug!("reader opened at the newest record; keyframe requested");
+                session.request_keyframe();
+            }
         }
     }
-    feed.attach(ready.clone());
     match reader.into_async() {
         Ok(r) => Some((r, ready.clone())),
         Err(e) => {
             tracing::error!("cannot wait on the session ring: {e}");
             None
         }
+    }
+}
+
+/// A record read from the ring and kept until it is due.
+#[derive(Debug, Default)]
+struct Held {
+    meta: Option<rtp_ring::RecordMeta>,
+    buf: Vec<u8>,
+}
+
+impl Held {
+    fn hold(&mut self, meta: rtp_ring::RecordMeta, buf: &mut Vec<u8>) {
+        std::mem::swap(&mut self.buf, buf);
+        self.meta = Some(meta);
+    }
+
+    /// The held record, its bytes put back into `buf`.
+    fn take(&mut self, buf: &mut Vec<u8>) -> rtp_ring::RecordMeta {
+        std::mem::swap(&mut self.buf, buf);
+        self.meta.take().expect("a record is held")
     }
 }
 

@@ -107,6 +107,8 @@ impl Publisher {
             tokio::select! {
                 dg = link.rx.recv() => {
                     let Some(dg) = dg else { break "datagram channel closed".into() };
+                    // What str0m hands out before the next poll came in this datagram.
+                    sink.arrived_us = Some(dg.at_us);
                     if let Err(e) = receive(&mut self.rtc, &dg) {
                         tracing::debug!("datagram refused: {e}");
                     }
@@ -157,6 +159,7 @@ impl Publisher {
             }
         };
         outbox.flush_to(&self.port);
+        sink.arrived_us = None;
         result
     }
 
@@ -187,6 +190,9 @@ struct Sink {
     packet: Vec<u8>,
     packets: u64,
     keyframes: u64,
+    /// When the datagram being processed was read from the socket: the records' capture
+    /// time, so that the forwarding latency viewers observe starts at the socket.
+    arrived_us: Option<u64>,
 }
 
 impl Sink {
@@ -218,6 +224,7 @@ impl Sink {
             packet: Vec::with_capacity(1500),
             packets: 0,
             keyframes: 0,
+            arrived_us: None,
         })
     }
 
@@ -262,7 +269,7 @@ impl Sink {
         let record = RecordRef {
             track,
             flags,
-            capture_us: rtp_ring::now_us(),
+            capture_us: self.arrived_us.unwrap_or_else(rtp_ring::now_us),
             packet: &self.packet,
         };
         match self.writer.write(record) {

@@ -27,6 +27,8 @@ pub struct Datagram {
     pub source: SocketAddr,
     pub destination: SocketAddr,
     pub data: Vec<u8>,
+    /// When it was read from the socket (µs, `rtp_ring::now_us` clock).
+    pub at_us: u64,
 }
 
 /// Why the RTC port could not be opened. The operator's to fix.
@@ -185,6 +187,7 @@ impl RtcPort {
                 source,
                 destination,
                 data: data.to_vec(),
+                at_us: rtp_ring::now_us(),
             };
             if peer.try_send(dg).is_err() {
                 // The peer is gone or too far behind to keep up; UDP may drop.
