@@ -12,7 +12,20 @@
           shows its whole second as the grey level of a box; every measured frame is decoded
           (ffmpeg CLI) to check that it shows the target.
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|all] [--viewers 50,100,200] [--window 20]
+  live:   an aiortc WHIP publisher (640x360@30 H.264, keyframe every 4 s, keyframe requests
+          ignored, like OBS or FFmpeg) and one viewer watching throughout; --runs viewers join
+          at random points of the GOP. Per joining viewer: time to first frame, and its latency
+          5-6 s after joining next to the long-standing viewer's for the same frames (frames
+          matched to the publisher's by their last bytes). Latency is taken two ways: arrival
+          (frame complete at whep-client − publisher sent it) and playout, for a player that
+          shows each frame at its RTP time plus the largest arrival offset of the last 2 s (a
+          jitter buffer at its minimum delay; a backlog sent in a burst with its original
+          timestamps would keep its delay there), and how long after joining the playout
+          latency came within 100 ms of the steady viewer's. Also the gateway's own
+          forwarding latency (packet read from the publisher's datagram → sent to a viewer) from
+          its /metrics histogram. Needs the interop venv (scripts/interop makes it).
+
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -83,7 +96,8 @@ class Gateway:
     def close(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=20)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def fanout(viewers_list, window):
@@ -252,9 +266,150 @@ def seek(count, gap):
     return result
 
 
+VENV_PY = os.path.join(os.path.dirname(BIN), "interop-venv", "bin", "python")
+
+
+def read_log(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass  # the line a killed process was writing
+    return rows
+
+
+def playout(frames, memory_us=2_000_000):
+    """Playout times (µs) of a viewer's frames for a player that shows each frame at its RTP
+    time plus the largest arrival offset seen over the last `memory_us` (a jitter buffer at
+    its minimum delay, forgetting old jitter after a while)."""
+    out, window = [], []
+    first = frames[0]["rtp_time"] if frames else 0
+    for f in frames:
+        media = (f["rtp_time"] - first) * 1000 // 90
+        window.append((f["at_us"], f["at_us"] - media))
+        while window[0][0] < f["at_us"] - memory_us:
+            window.pop(0)
+        out.append(max(o for _, o in window) + media)
+    return out
+
+
+def latencies(frames, sent):
+    """(at_us, arrival latency ms, playout latency ms) per frame matched to the publisher's."""
+    rows = []
+    for f, shown in zip(frames, playout(frames)):
+        s = sent.get(f["tail"])
+        if s is not None:
+            rows.append((f["at_us"], (f["at_us"] - s) / 1000, (shown - s) / 1000))
+    return rows
+
+
+def histogram_quantile(text, name, q):
+    """The upper bound of the bucket holding quantile q of a Prometheus histogram."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), int(line.rsplit(" ", 1)[1])))
+    total = buckets[-1][1] if buckets else 0
+    for le, n in buckets:
+        if total and n >= q * total:
+            return le * 1000, total
+    return None, total
+
+
+def live(runs):
+    if not os.path.exists(VENV_PY):
+        sys.exit(f"{VENV_PY} missing: run scripts/interop once (it makes the aiortc venv)")
+    import random
+
+    gw = Gateway()
+    name = "bench-live"
+    url = f"{gw.base}/whep/{name}"
+    view = gw.mint(name, "view")
+    pub_log = os.path.join(gw.dir, "publisher.jsonl")
+    publisher = subprocess.Popen(
+        [VENV_PY, os.path.join(ROOT, "interop", "aiortc_whip.py"), f"{gw.base}/whip/{name}",
+         gw.mint(name, "publish"), "0", "--codec", "h264", "--gop-seconds", "4", "--ignore-pli",
+         "--frame-log", pub_log, "--noise-rows", "16"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    base_log = os.path.join(gw.dir, "steady.jsonl")
+    steady = subprocess.Popen([f"{BIN}/whep-client", "play", url, "--token", view, "--frames",
+                               "100000000", "--timeout", "100000", "--frame-log", base_log],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(5)
+    joins = []
+    for i in range(runs):
+        time.sleep(random.uniform(0.5, 4.5))
+        log = os.path.join(gw.dir, f"join-{i}.jsonl")
+        out = subprocess.run([f"{BIN}/whep-client", "play", url, "--token", view, "--frames", "300",
+                              "--timeout", "20", "--json", "--frame-log", log],
+                             capture_output=True, text=True)
+        summary = json.loads(out.stdout.strip().splitlines()[-1])
+        joins.append((log, summary))
+    metrics = urllib.request.urlopen(gw.base + "/metrics", timeout=5).read().decode()
+    steady.terminate()
+    steady.wait()
+    publisher.terminate()
+    publisher.wait()
+    sent_frames = read_log(pub_log)
+    sent = {}
+    for f in sent_frames:
+        sent.setdefault(f["tail"], f["at_us"])
+    repeated = len(sent_frames) - len(sent)
+    keyframes = [f["at_us"] for f in sent_frames if f["keyframe"]]
+    gops = [(b - a) / 1e6 for a, b in zip(keyframes, keyframes[1:])]
+    base = latencies(read_log(base_log), sent)
+    rows, unmatched = [], 0
+    for log, summary in joins:
+        frames = read_log(log)
+        lat = latencies(frames, sent)
+        unmatched += len(frames) - len(lat)
+        if not lat or summary.get("first_frame_ms") is None:
+            continue
+        joined = frames[0]["at_us"] - summary["first_frame_ms"] * 1000
+        window = (joined + 5_000_000, joined + 6_000_000)
+        mine = [r for r in lat if window[0] <= r[0] < window[1]]
+        theirs = [r for r in base if window[0] <= r[0] < window[1]]
+        if not mine or not theirs:
+            continue
+        steady_ms = statistics.median(r[2] for r in theirs)
+        settled = next((r[0] for r in lat if r[2] <= steady_ms + 100), None)
+        rows.append({
+            "first_frame_ms": summary["first_frame_ms"],
+            "settled_ms": None if settled is None else round((settled - joined) / 1000),
+            "backlog_ms": round(lat[0][1]),
+            "arrival_ms": round(statistics.mean(r[1] for r in mine), 1),
+            "playout_ms": round(statistics.mean(r[2] for r in mine), 1),
+            "steady_arrival_ms": round(statistics.mean(r[1] for r in theirs), 1),
+            "steady_playout_ms": round(statistics.mean(r[2] for r in theirs), 1),
+        })
+    gw.close()
+    p50, count = histogram_quantile(metrics, "wisp_forward_latency_seconds", 0.5)
+    p99, _ = histogram_quantile(metrics, "wisp_forward_latency_seconds", 0.99)
+    ttffs = [r["first_frame_ms"] for r in rows]
+    gap = [r["playout_ms"] - r["steady_playout_ms"] for r in rows]
+    settled = [r["settled_ms"] for r in rows if r["settled_ms"] is not None]
+    result = {
+        "publisher_gop_s": round(statistics.median(gops), 2) if gops else None,
+        "joins": len(rows),
+        "unmatched_frames": unmatched,
+        "publisher_frames_with_repeated_tails": repeated,
+        "first_frame_ms": {"p50": pct(ttffs, 50), "max": max(ttffs, default=None)},
+        "playout_gap_after_5s_ms": {"p50": pct(gap, 50), "max": max(gap, default=None)},
+        "settled_ms": {"p50": pct(settled, 50), "max": max(settled, default=None)},
+        "forward_latency_ms": {"packets": count, "p50_le": p50, "p99_le": p99},
+        "runs": rows,
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
@@ -268,6 +423,8 @@ def main():
         ttff(a.runs)
     if a.what in ("seek", "all"):
         seek(a.seeks, a.gap)
+    if a.what in ("live", "all"):
+        live(a.runs)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
 
