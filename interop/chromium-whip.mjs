@@ -1,13 +1,14 @@
 // Headless Chromium publishes its fake camera and microphone to a Wisp WHIP endpoint from a
 // page on another origin, with the whip-whep npm package's WHIPClient (trickle PATCH, CORS,
 // Location all exercised as a third-party publisher would).
-// Usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS]
+// Usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [simulcast]
+// With `simulcast`, video goes out as three layers (RIDs q, h, f: a quarter, half and full size).
 // Prints a JSON line once connected and a last one after SECONDS (default 15) of publishing;
 // exits 0 if it connected and encoded video the whole time.
 
 import { launchChromium, serveThirdPartyPage } from "./chromium.mjs";
 
-const [base, token, session, secondsArg = "15"] = process.argv.slice(2);
+const [base, token, session, secondsArg = "15", mode = ""] = process.argv.slice(2);
 if (!base || !token || !session) {
   console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS]");
   process.exit(2);
@@ -23,7 +24,16 @@ try {
   const media = await navigator.mediaDevices.getUserMedia({
     video: { width: 1280, height: 720, frameRate: 30 }, audio: true });
   const pc = new RTCPeerConnection();
-  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+  const layers = params.get("simulcast") ? [
+    { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 300000 },
+    { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 900000 },
+    { rid: "f", maxBitrate: 2500000 },
+  ] : null;
+  for (const track of media.getTracks()) {
+    const init = { direction: "sendonly" };
+    if (track.kind === "video" && layers) init.sendEncodings = layers;
+    pc.addTransceiver(track, init);
+  }
   window.pc = pc;
   window.client = new WHIPClient();
   await window.client.publish(pc, params.get("url"), params.get("token"));
@@ -40,7 +50,8 @@ const p = await ctx.newPage();
 const consoleLines = [];
 p.on("console", (m) => consoleLines.push(m.text()));
 const endpoint = `${base}/whip/${session}`;
-await p.goto(`${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}`);
+const simulcast = mode === "simulcast" ? "&simulcast=1" : "";
+await p.goto(`${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}${simulcast}`);
 
 async function stats() {
   return p.evaluate(async () => {
@@ -48,12 +59,16 @@ async function stats() {
     if (!window.pc) return out;
     const all = await window.pc.getStats();
     all.forEach((r) => {
-      if (r.type === "outbound-rtp" && r.kind === "video") {
+      // One report per simulcast layer: the busiest one counts.
+      if (r.type === "outbound-rtp" && r.kind === "video" && (r.framesEncoded || 0) >= out.framesEncoded) {
         out.framesEncoded = r.framesEncoded || 0;
         out.width = r.frameWidth || 0;
         out.height = r.frameHeight || 0;
         const c = r.codecId && all.get(r.codecId);
         out.codec = c ? c.mimeType : null;
+      }
+      if (r.type === "outbound-rtp" && r.kind === "video" && r.rid) {
+        (out.layers ||= []).push(`${r.rid}:${r.frameWidth || 0}x${r.frameHeight || 0}`);
       }
     });
     return out;

@@ -101,6 +101,11 @@ pub fn answer(
         // A publisher's sender-side bandwidth estimation (Chromium's) works from transport-wide
         // CC feedback, which str0m sends; without it, it has only receiver reports' loss.
         config = config.set_extension(3, Extension::TransportSequenceNumber);
+        // Simulcast layers are told apart by RID (RFC 8852); their repair streams by
+        // repaired RID.
+        config = config
+            .set_extension(10, Extension::RtpStreamId)
+            .set_extension(11, Extension::RepairedRtpStreamId);
     }
     if plan.audio {
         config = config.enable_opus(true, false);

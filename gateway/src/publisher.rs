@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtp_ring::{Flags, RecordRef, Ring, Writer};
-use str0m::media::KeyframeRequestKind;
-use str0m::rtp::RtpPacket;
+use str0m::media::{KeyframeRequestKind, Rid};
+use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -80,11 +80,21 @@ impl Publisher {
         tokio::pin!(timer);
         let stopped = session.cancelled();
         tokio::pin!(stopped);
+        let mut forwarding = None;
         let reason = loop {
             let deadline = match self.drive(&mut sink, &mut outbox) {
                 Ok(t) => t,
                 Err(reason) => break reason,
             };
+            if let Some(rid) = sink.wants_keyframe.take() {
+                self.request_keyframe(Some(rid));
+            }
+            if sink.layers.active() != forwarding {
+                forwarding = sink.layers.active();
+                if let Some(rid) = forwarding {
+                    session.set_simulcast_forwarding(&rid);
+                }
+            }
             // Viewers are handed the source once media can flow.
             if self.rtc.is_connected()
                 && let Some(tx) = keyframe_tx.take()
@@ -118,7 +128,7 @@ impl Publisher {
                         break "closed by DELETE".into();
                     }
                 }
-                Some(()) = keyframe_rx.recv() => self.request_keyframe(),
+                Some(()) = keyframe_rx.recv() => self.request_keyframe(sink.layers.active()),
                 _ = &mut timer => {
                     if let Err(e) = self.rtc.handle_input(Input::Timeout(Instant::now())) {
                         break format!("str0m: {e}");
@@ -163,12 +173,13 @@ impl Publisher {
         result
     }
 
-    /// A PLI to the publisher (the session throttles how often).
-    fn request_keyframe(&mut self) {
+    /// A PLI to the publisher (the session throttles how often), for simulcast layer `rid`
+    /// (`None`: the forwarded layer, or the only stream).
+    fn request_keyframe(&mut self, rid: Option<Rid>) {
         let Some((mid, _, _)) = self.tracks.video else {
             return;
         };
-        match self.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        match self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             Some(rx) => {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 tracing::debug!("PLI to the publisher");
@@ -190,6 +201,12 @@ struct Sink {
     packet: Vec<u8>,
     packets: u64,
     keyframes: u64,
+    /// Simulcast layer choice (unused without simulcast).
+    layers: Layers,
+    /// The simulcast layer of each SSRC seen with a RID.
+    rids: Vec<(Ssrc, Rid)>,
+    /// A layer that needs a keyframe before it is forwarded (a PLI for the publisher task).
+    wants_keyframe: Option<Rid>,
     /// When the datagram being processed was read from the socket: the records' capture
     /// time, so that the forwarding latency viewers observe starts at the socket.
     arrived_us: Option<u64>,
@@ -225,6 +242,9 @@ impl Sink {
             packets: 0,
             keyframes: 0,
             arrived_us: None,
+            layers: Layers::default(),
+            rids: Vec::new(),
+            wants_keyframe: None,
         })
     }
 
@@ -241,7 +261,37 @@ impl Sink {
         };
         let (track, flags) = if is(&tracks.video) {
             let mut flags = Flags::empty();
-            if starts_keyframe(self.codec, &p.payload) && self.key_ts != Some(p.header.timestamp) {
+            let keyframe = starts_keyframe(self.codec, &p.payload);
+            // Senders put the RID only on a stream's first packets (until they see it
+            // acknowledged); after that the SSRC says which layer a packet is.
+            let rid = match p.header.ext_vals.rid {
+                Some(rid) => {
+                    if !self.rids.iter().any(|(s, _)| *s == p.header.ssrc) {
+                        self.rids.push((p.header.ssrc, rid));
+                    }
+                    Some(rid)
+                }
+                None => self
+                    .rids
+                    .iter()
+                    .find(|(s, _)| *s == p.header.ssrc)
+                    .map(|(_, r)| *r),
+            };
+            if let Some(rid) = rid {
+                let (forward, ask) =
+                    self.layers
+                        .on_packet(rid, p.payload.len(), keyframe, Instant::now());
+                if ask.is_some() {
+                    self.wants_keyframe = ask;
+                }
+                if !forward {
+                    return;
+                }
+            } else if !self.rids.is_empty() {
+                // A simulcast stream whose layer is not known yet.
+                return;
+            }
+            if keyframe && self.key_ts != Some(p.header.timestamp) {
                 self.key_ts = Some(p.header.timestamp);
                 self.keyframes += 1;
                 flags |= Flags::KEYFRAME;
@@ -276,6 +326,69 @@ impl Sink {
             Ok(_) => self.packets += 1,
             Err(e) => tracing::debug!("packet not written to the ring: {e}"),
         }
+    }
+}
+
+/// Simulcast: which of the publisher's video layers (RIDs) goes into the ring. Until layer
+/// choice per viewer exists, the one with the most bytes over the last second is forwarded
+/// (the highest a publisher currently sends; a sender drops its top layers when its bandwidth
+/// estimate falls). A switch happens at the new layer's next keyframe, asked for with a PLI, so
+/// viewers go on without a break.
+#[derive(Debug, Default)]
+pub struct Layers {
+    /// Bytes per layer since `window_start`.
+    bytes: Vec<(Rid, u64)>,
+    window_start: Option<Instant>,
+    /// The layer written to the ring, and the one to switch to at its next keyframe.
+    active: Option<Rid>,
+    pending: Option<Rid>,
+}
+
+/// How often the forwarded layer is reconsidered.
+const LAYER_WINDOW: Duration = Duration::from_secs(1);
+
+impl Layers {
+    /// One video packet of layer `rid`. Returns whether it goes into the ring, and a layer
+    /// to ask for a keyframe (the one to switch to).
+    pub fn on_packet(
+        &mut self,
+        rid: Rid,
+        bytes: usize,
+        keyframe: bool,
+        now: Instant,
+    ) -> (bool, Option<Rid>) {
+        match self.bytes.iter_mut().find(|(r, _)| *r == rid) {
+            Some((_, n)) => *n += bytes as u64,
+            None => self.bytes.push((rid, bytes as u64)),
+        }
+        let start = *self.window_start.get_or_insert(now);
+        let mut ask = None;
+        if now.duration_since(start) >= LAYER_WINDOW {
+            let best = self.bytes.iter().max_by_key(|(_, n)| *n).map(|(r, _)| *r);
+            for (_, n) in &mut self.bytes {
+                *n = 0;
+            }
+            self.window_start = Some(now);
+            if best.is_some() && best != self.active && best != self.pending {
+                self.pending = best;
+                ask = best;
+            }
+        }
+        // The first layer to show a keyframe starts the ring; later, the pending one takes
+        // over at its keyframe.
+        if keyframe && (self.active.is_none() || self.pending == Some(rid)) {
+            if self.active.is_some() {
+                tracing::info!(from = ?self.active, to = %rid, "simulcast: forwarding another layer");
+            }
+            self.active = Some(rid);
+            self.pending = None;
+        }
+        (self.active == Some(rid), ask)
+    }
+
+    /// The layer being forwarded.
+    pub fn active(&self) -> Option<Rid> {
+        self.active
     }
 }
 
@@ -353,6 +466,30 @@ fn vp8_starts_keyframe(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulcast_forwards_the_layer_with_the_most_bytes_switching_at_its_keyframe() {
+        let (q, f) = (Rid::from("q"), Rid::from("f"));
+        let mut l = Layers::default();
+        let t0 = Instant::now();
+        // Before any keyframe nothing is forwarded; the first layer to show one starts.
+        assert_eq!(l.on_packet(f, 1000, false, t0), (false, None));
+        assert_eq!(l.on_packet(q, 100, true, t0), (true, None));
+        assert_eq!(l.on_packet(f, 1000, false, t0), (false, None));
+        // A second on, "f" carried more: ask it for a keyframe, and keep "q" until it comes.
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(l.on_packet(f, 1000, false, t1), (false, Some(f)));
+        assert_eq!(l.on_packet(q, 100, false, t1), (true, None));
+        assert_eq!(l.on_packet(f, 1000, true, t1), (true, None));
+        assert_eq!(l.on_packet(q, 100, true, t1), (false, None));
+        assert_eq!(l.active(), Some(f));
+        // "f" stops (the sender's estimate fell): after a second without it, "q" is the best.
+        let t2 = t1 + Duration::from_millis(1000);
+        assert_eq!(l.on_packet(q, 100, false, t2), (false, None));
+        let t3 = t2 + Duration::from_millis(1000);
+        assert_eq!(l.on_packet(q, 100, false, t3), (false, Some(q)));
+        assert_eq!(l.on_packet(q, 100, true, t3), (true, None));
+    }
 
     #[test]
     fn h264_keyframes_are_found_in_single_stap_a_and_fu_a_packets() {

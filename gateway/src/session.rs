@@ -176,6 +176,8 @@ pub struct Session {
     publisher: Mutex<Option<(String, u64)>>,
     /// Publishers so far (each one's source is a new generation for the viewers).
     publishes: std::sync::atomic::AtomicU64,
+    /// The current publisher's simulcast layers, if it sends simulcast.
+    simulcast: Mutex<Option<SimulcastInfo>>,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -273,7 +275,31 @@ pub struct SessionInfo {
     pub width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// A live session whose publisher sends simulcast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<SimulcastInfo>,
     pub spec: SessionSpec,
+}
+
+/// A simulcast publisher's layers and the one viewers get.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulcastInfo {
+    /// The layers' RIDs, as offered.
+    pub layers: Vec<String>,
+    /// The layer forwarded to every viewer (`None` until one shows a keyframe).
+    pub forwarding: Option<String>,
+    pub note: &'static str,
+}
+
+impl SimulcastInfo {
+    pub fn new(layers: Vec<String>) -> Self {
+        Self {
+            layers,
+            forwarding: None,
+            note: "viewers get the layer with the highest bitrate; choosing a layer per viewer \
+                   is not supported yet",
+        }
+    }
 }
 
 impl Session {
@@ -396,7 +422,20 @@ impl Session {
             transcoder_pid: (pid != 0).then_some(pid as u32),
             width,
             height,
+            simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             spec: self.spec.clone(),
+        }
+    }
+
+    /// What the session info says about the publisher's simulcast (`None`: it sends none).
+    pub fn set_simulcast(&self, info: Option<SimulcastInfo>) {
+        *self.simulcast.lock().expect("not poisoned") = info;
+    }
+
+    /// The simulcast layer now forwarded.
+    pub fn set_simulcast_forwarding(&self, rid: &str) {
+        if let Some(info) = self.simulcast.lock().expect("not poisoned").as_mut() {
+            info.forwarding = Some(rid.to_string());
         }
     }
 }
@@ -546,6 +585,7 @@ impl Registry {
             events: broadcast::channel(EVENT_BACKLOG).0,
             playback: Mutex::new(Playback::default()),
             publisher: Mutex::new(None),
+            simulcast: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
         });
         (session, rx, source_tx)

@@ -66,6 +66,21 @@ pub async fn post(
     let session = s.sessions.live(&name)?;
     let id = random_id();
     let claim = session.claim_publisher(&id)?;
+    // RFC 8853: the layers we agreed to receive are in our answer's a=simulcast:recv.
+    let layers = answered
+        .answer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=simulcast:recv "))
+        .map(|v| {
+            v.split([';', ','])
+                .map(|r| r.trim().trim_start_matches('~').to_string())
+                .filter(|r| !r.is_empty())
+                .collect::<Vec<_>>()
+        });
+    if let Some(l) = &layers {
+        tracing::info!(session = %name, layers = ?l, "simulcast publisher: forwarding one layer");
+    }
+    session.set_simulcast(layers.map(crate::session::SimulcastInfo::new));
     let etag = new_etag();
     let (inbox, on_end) = register(&s, &name, &id, Role::Publisher);
     Publisher {

@@ -957,6 +957,44 @@ async fn obs_and_ffmpeg_shaped_whip_offers_are_answered() {
 }
 
 #[tokio::test]
+async fn a_simulcast_whip_offer_is_answered_with_its_layers_and_noted_in_the_session() {
+    let f = fixture("").await;
+    // Chromium's shape for three layers (RFC 8853): RIDs and the RID header extensions on the
+    // video section.
+    let offer = whip_offer("actpass").replacen(
+        "a=mid:0\r\na=sendonly\r\n",
+        "a=mid:0\r\na=sendonly\r\n\
+         a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+         a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id\r\n\
+         a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+        1,
+    );
+    let (resp, answer) = f.publish("layers", &offer).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    let video = &sections(&answer)[0];
+    for want in [
+        "a=simulcast:recv q;h;f",
+        "a=rid:q recv",
+        "a=rid:h recv",
+        "a=rid:f recv",
+    ] {
+        assert!(video.contains(&want), "{want} missing: {answer}");
+    }
+    assert!(
+        video
+            .iter()
+            .any(|l| l.starts_with("a=extmap:10 ") && l.ends_with("sdes:rtp-stream-id")),
+        "{answer}"
+    );
+    let info = f.session_info("layers").await;
+    assert_eq!(
+        info["simulcast"]["layers"],
+        serde_json::json!(["q", "h", "f"]),
+        "{info}"
+    );
+}
+
+#[tokio::test]
 async fn whip_mistakes_get_the_right_4xx() {
     let f = fixture("").await;
     let good = whip_offer("actpass");
