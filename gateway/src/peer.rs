@@ -308,11 +308,13 @@ impl Peer {
                 Ok(t) => t,
                 Err(reason) => break reason,
             };
-            // What was written is on the wire now.
-            let now = rtp_ring::now_us();
-            self.metrics
-                .forward_latency
-                .observe(feed.take_written().map(|c| now.saturating_sub(c)));
+            // What was written is on the wire now (most wakeups wrote nothing: no clock read).
+            if feed.wrote() {
+                let now = rtp_ring::now_us();
+                self.metrics
+                    .forward_latency
+                    .observe(feed.take_written().map(|c| now.saturating_sub(c)));
+            }
             if !channel_events.is_empty() {
                 for ev in std::mem::take(&mut channel_events) {
                     if self.on_channel(ev, &mut ctl, &session, &reply_tx) {
@@ -863,6 +865,11 @@ impl Feed {
         if let Some(a) = self.audio.as_mut() {
             a.discontinuity();
         }
+    }
+
+    /// Whether live records were written since [`Feed::take_written`].
+    pub fn wrote(&self) -> bool {
+        !self.written.is_empty()
     }
 
     /// The capture times of the live records written since the last call (a backlog sent
