@@ -46,13 +46,16 @@ pub struct FileConfig {
     pub jwt_audience: Option<String>,
     pub transcoder: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
-    /// Seconds a VOD session's transcoder keeps running with no viewer.
+    /// Seconds a VOD session's transcoder keeps running with no viewer (and a live session
+    /// stays with neither publisher nor viewer).
     pub idle_timeout: Option<u64>,
     pub demo: Option<bool>,
     /// Origins allowed by CORS; `["*"]` (the default) allows any.
     pub cors_origins: Option<Vec<String>>,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub live: LiveFile,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     #[serde(default)]
@@ -65,6 +68,38 @@ pub struct LimitsFile {
     pub max_transcoders: Option<usize>,
     pub max_viewers: Option<usize>,
     pub max_viewers_per_session: Option<usize>,
+    pub max_publishers: Option<usize>,
+    pub max_ingest_bitrate: Option<u64>,
+}
+
+/// The `[live]` table: how live (WHIP) sessions behave.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveFile {
+    pub video_codecs: Option<Vec<VideoCodec>>,
+    pub wait: Option<bool>,
+}
+
+/// How live sessions behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    /// Video codecs taken from a publisher, most wanted first (a publisher offering several
+    /// gets the first of these it has). Default: H.264 (plays everywhere, Safari included),
+    /// then VP8.
+    pub video_codecs: Vec<VideoCodec>,
+    /// A WHEP viewer of a live session with no publisher is answered 201 and waits for one
+    /// (instead of 409 with `Retry-After`); a name nobody published yet becomes a live
+    /// session then.
+    pub wait: bool,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+            wait: false,
+        }
+    }
 }
 
 /// Capacity limits; past them a POST gets 503 with `Retry-After`.
@@ -75,6 +110,11 @@ pub struct Limits {
     /// Viewers across all sessions.
     pub max_viewers: usize,
     pub max_viewers_per_session: usize,
+    /// WHIP publishers connected at once.
+    pub max_publishers: usize,
+    /// A publisher's bits/s (all its media). It is asked by REMB to stay below, and a session
+    /// over it is logged and shown in its info; nothing is dropped.
+    pub max_ingest_bitrate: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +123,8 @@ impl Default for Limits {
             max_transcoders: 16,
             max_viewers: 2000,
             max_viewers_per_session: 1000,
+            max_publishers: 64,
+            max_ingest_bitrate: 20_000_000,
         }
     }
 }
@@ -328,6 +370,7 @@ pub struct Config {
     pub demo: bool,
     pub cors_origins: Vec<String>,
     pub limits: Limits,
+    pub live: Live,
     pub ice_servers: Vec<IceServer>,
     pub sessions: BTreeMap<String, SessionSpec>,
 }
@@ -396,6 +439,42 @@ impl Config {
                 .limits
                 .max_viewers_per_session
                 .unwrap_or(defaults.max_viewers_per_session),
+            max_publishers: file
+                .limits
+                .max_publishers
+                .unwrap_or(defaults.max_publishers),
+            max_ingest_bitrate: file
+                .limits
+                .max_ingest_bitrate
+                .unwrap_or(defaults.max_ingest_bitrate),
+        };
+        if !(50_000..=1_000_000_000).contains(&limits.max_ingest_bitrate) {
+            return Err(ConfigError::Value(
+                "limits.max_ingest_bitrate must be 50000-1000000000 bits/s".into(),
+            ));
+        }
+        let live = {
+            let defaults = Live::default();
+            let video_codecs = file.live.video_codecs.unwrap_or(defaults.video_codecs);
+            if video_codecs.is_empty() {
+                return Err(ConfigError::Value(
+                    "live.video_codecs needs at least one of \"h264\", \"vp8\"".into(),
+                ));
+            }
+            let mut unique = Vec::new();
+            for c in video_codecs {
+                if unique.contains(&c) {
+                    return Err(ConfigError::Value(format!(
+                        "live.video_codecs names {} twice",
+                        c.name()
+                    )));
+                }
+                unique.push(c);
+            }
+            Live {
+                video_codecs: unique,
+                wait: file.live.wait.unwrap_or(defaults.wait),
+            }
         };
         for server in &file.ice_servers {
             validate_ice_server(server)?;
@@ -445,6 +524,7 @@ impl Config {
             demo,
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),
             limits,
+            live,
             ice_servers: file.ice_servers,
             sessions,
         })
@@ -608,6 +688,32 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with("--on-end wait --control stdin"), "{args}");
+    }
+
+    #[test]
+    fn live_settings_and_publisher_limits_come_from_the_file() {
+        let c = Config::resolve(Overrides::default(), None).unwrap();
+        assert_eq!(c.live, Live::default());
+        assert_eq!(c.live.video_codecs, [VideoCodec::H264, VideoCodec::Vp8]);
+        let f = write(
+            "[live]\nvideo_codecs = [\"vp8\"]\nwait = true\n\
+             [limits]\nmax_publishers = 2\nmax_ingest_bitrate = 500000\n",
+        );
+        let c = Config::resolve(Overrides::default(), Some(&f.0)).unwrap();
+        assert_eq!(c.live.video_codecs, [VideoCodec::Vp8]);
+        assert!(c.live.wait);
+        assert_eq!(c.limits.max_publishers, 2);
+        assert_eq!(c.limits.max_ingest_bitrate, 500_000);
+        for (text, needle) in [
+            ("[live]\nvideo_codecs = []", "live.video_codecs"),
+            ("[live]\nvideo_codecs = [\"vp8\", \"vp8\"]", "twice"),
+            ("[live]\nvideo_codecs = [\"av1\"]", "av1"),
+            ("[limits]\nmax_ingest_bitrate = 10", "max_ingest_bitrate"),
+        ] {
+            let f = write(text);
+            let e = Config::resolve(Overrides::default(), Some(&f.0)).unwrap_err();
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

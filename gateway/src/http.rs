@@ -360,7 +360,9 @@ impl ApiError {
             },
             ApiError::Publish(e) => match e {
                 PublishError::Busy(_) | PublishError::NotLive(_) => StatusCode::CONFLICT,
-                PublishError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                PublishError::Stopping | PublishError::GatewayFull(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,
@@ -422,7 +424,9 @@ impl IntoResponse for ApiError {
                     h.insert(HeaderName::from_static(name), v);
                 }
             }
-            ApiError::Join(_) | ApiError::Draining | ApiError::Publish(PublishError::Stopping) => {
+            ApiError::Join(_)
+            | ApiError::Draining
+            | ApiError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

@@ -65,7 +65,8 @@ struct ServeArgs {
     /// Where a generated key is kept [default: $XDG_STATE_HOME/wisp or ~/.local/state/wisp].
     #[arg(long, env = "WISP_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Seconds a transcoder keeps running with no viewer [default: 60].
+    /// Seconds a transcoder keeps running with no viewer, and a live session stays with
+    /// neither publisher nor viewer [default: 60].
     #[arg(long, env = "WISP_IDLE_TIMEOUT")]
     idle_timeout: Option<u64>,
     /// Do not define the built-in demo session.

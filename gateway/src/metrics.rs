@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub struct Metrics {
     pub viewers: AtomicUsize,
     pub transcoders: AtomicUsize,
+    pub publishers: AtomicUsize,
     pub peers_created: AtomicU64,
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -112,6 +113,11 @@ impl Metrics {
             "wisp_viewers",
             "WHEP viewers connected or connecting.",
             self.viewers.load(Ordering::Relaxed) as u64,
+        );
+        gauge(
+            "wisp_publishers",
+            "WHIP publishers connected or connecting.",
+            self.publishers.load(Ordering::Relaxed) as u64,
         );
         gauge(
             "wisp_transcoders",

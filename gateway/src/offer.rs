@@ -214,6 +214,18 @@ impl Offer {
         }
     }
 
+    /// The first of `preference` that the offer's video section can receive.
+    pub fn first_video_codec(&self, preference: &[VideoCodec]) -> Option<VideoCodec> {
+        let video = self
+            .sections
+            .iter()
+            .find(|s| !s.rejected && s.kind == Kind::Video)?;
+        preference
+            .iter()
+            .copied()
+            .find(|c| video.formats.iter().any(|f| video_matches(f, *c)))
+    }
+
     /// The offer with new ICE credentials everywhere they appear (session and media level), as
     /// a client's re-offer would carry them for an ICE restart.
     pub fn with_ice_credentials(&self, ufrag: &str, pwd: &str) -> String {

@@ -257,6 +257,19 @@ impl std::fmt::Debug for OnEnd {
 }
 
 impl Peer {
+    /// Why this viewer cannot play `ready`: a live session's publisher (the next one, or the
+    /// first for a viewer that waited) may send another codec than the viewer negotiated, and
+    /// the viewer has to connect again.
+    fn cannot_play(&self, ready: &ReadySource) -> Option<String> {
+        (self.tracks.video.is_some() && ready.video_codec != self.video_codec).then(|| {
+            format!(
+                "the source sends {} video; this viewer negotiated {}",
+                ready.video_codec.name(),
+                self.video_codec.name()
+            )
+        })
+    }
+
     /// Starts the peer's task.
     pub fn spawn(self) {
         let span = tracing::info_span!(
@@ -346,6 +359,9 @@ impl Peer {
                 && reader.is_none()
                 && let Source::Ready(ready) = &*source.borrow_and_update()
             {
+                if let Some(why) = self.cannot_play(ready) {
+                    break why;
+                }
                 reader = open_reader(ready, &mut feed, &session);
             }
             let deadline = tokio::time::Instant::from_std(deadline);
@@ -393,14 +409,8 @@ impl Peer {
                     }
                     let next = source.borrow_and_update().clone();
                     match next {
-                        // A live session's next publisher may send another codec than this
-                        // viewer negotiated: it has to connect again.
-                        Source::Ready(ready) if self.tracks.video.is_some() && ready.video_codec != self.video_codec => {
-                            break format!(
-                                "the source now sends {} video; this viewer negotiated {}",
-                                ready.video_codec.name(),
-                                self.video_codec.name()
-                            );
+                        Source::Ready(ready) if self.cannot_play(&ready).is_some() => {
+                            break self.cannot_play(&ready).unwrap_or_default();
                         }
                         Source::Ready(ready) if connected => {
                             let same = reader.as_ref().is_some_and(|(_, r)| r.generation == ready.generation);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtp_ring::{Flags, RecordRef, Ring, Writer};
+use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, Rid};
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
@@ -34,6 +35,34 @@ const PAYLOAD_CACHE_SLOTS: usize = 2048;
 /// Ring track numbers of a live source.
 const VIDEO_TRACK: u8 = 0;
 const AUDIO_TRACK: u8 = 1;
+/// The fixed RTP header, counted with the payload in a publisher's bitrate.
+const RTP_HEADER: usize = 12;
+/// How often a publisher's bitrate is measured and REMB sent.
+const INGEST_WINDOW: Duration = Duration::from_secs(1);
+
+/// A publisher's received bitrate, measured over [`INGEST_WINDOW`]s.
+#[derive(Debug, Default)]
+struct IngestMeter {
+    start: Option<(Instant, u64)>,
+    /// The last window was over the limit (to log changes only).
+    over: bool,
+}
+
+impl IngestMeter {
+    /// Given the bytes received so far, the bits/s of the window that just ended, if one did.
+    fn tick(&mut self, bytes: u64, now: Instant) -> Option<u64> {
+        let Some((t0, b0)) = self.start else {
+            self.start = Some((now, bytes));
+            return None;
+        };
+        let elapsed = now.duration_since(t0);
+        if elapsed < INGEST_WINDOW {
+            return None;
+        }
+        self.start = Some((now, bytes));
+        Some(((bytes - b0) as f64 * 8.0 / elapsed.as_secs_f64()) as u64)
+    }
+}
 
 /// Everything a publisher task owns.
 #[derive(Debug)]
@@ -44,6 +73,8 @@ pub struct Publisher {
     pub tracks: Tracks,
     pub codec: VideoCodec,
     pub claim: PublisherClaim,
+    /// The most bits/s this publisher may send (`limits.max_ingest_bitrate`).
+    pub max_bitrate: u64,
     pub port: Arc<RtcPort>,
     pub metrics: Arc<Metrics>,
     pub inbox: mpsc::Receiver<PeerMsg>,
@@ -81,6 +112,7 @@ impl Publisher {
         let stopped = session.cancelled();
         tokio::pin!(stopped);
         let mut forwarding = None;
+        let mut meter = IngestMeter::default();
         let reason = loop {
             let deadline = match self.drive(&mut sink, &mut outbox) {
                 Ok(t) => t,
@@ -88,6 +120,10 @@ impl Publisher {
             };
             if let Some(rid) = sink.wants_keyframe.take() {
                 self.request_keyframe(Some(rid));
+            }
+            if let Some(bps) = meter.tick(sink.bytes, Instant::now()) {
+                session.set_ingest_bitrate(bps);
+                self.on_ingest_rate(bps, &mut meter, &sink);
             }
             if sink.layers.active() != forwarding {
                 forwarding = sink.layers.active();
@@ -173,6 +209,37 @@ impl Publisher {
         result
     }
 
+    /// Once a second: asks the publisher by REMB to stay under the limit, and logs when it
+    /// does not (it is not cut off: a publisher that ignores REMB is a misconfigured encoder,
+    /// and its viewers still play).
+    fn on_ingest_rate(&mut self, bps: u64, meter: &mut IngestMeter, sink: &Sink) {
+        // Audio's share (Opus, at most ~64 kb/s for stereo speech and music) comes off the
+        // video budget.
+        let audio = if self.tracks.audio.is_some() {
+            64_000
+        } else {
+            0
+        };
+        let video_cap = self.max_bitrate.saturating_sub(audio).max(50_000);
+        for ssrc in &sink.video_ssrcs {
+            if let Some(rx) = self.rtc.direct_api().stream_rx(ssrc) {
+                rx.request_remb(Bitrate::bps(video_cap));
+            }
+        }
+        // A second over the limit by more than a tenth (bursts at keyframes are normal).
+        let over = bps > self.max_bitrate + self.max_bitrate / 10;
+        if over && !meter.over {
+            tracing::warn!(
+                bitrate = bps,
+                limit = self.max_bitrate,
+                "publisher sends over the ingest limit (asked by REMB to stay under it)"
+            );
+        } else if !over && meter.over {
+            tracing::info!(bitrate = bps, "publisher back under the ingest limit");
+        }
+        meter.over = over;
+    }
+
     /// A PLI to the publisher (the session throttles how often), for simulcast layer `rid`
     /// (`None`: the forwarded layer, or the only stream).
     fn request_keyframe(&mut self, rid: Option<Rid>) {
@@ -207,6 +274,10 @@ struct Sink {
     rids: Vec<(Ssrc, Rid)>,
     /// A layer that needs a keyframe before it is forwarded (a PLI for the publisher task).
     wants_keyframe: Option<Rid>,
+    /// Media bytes received (RTP header and payload, every layer).
+    bytes: u64,
+    /// The SSRCs video has come on (one, or one per simulcast layer): where REMB goes.
+    video_ssrcs: Vec<Ssrc>,
     /// When the datagram being processed was read from the socket: the records' capture
     /// time, so that the forwarding latency viewers observe starts at the socket.
     arrived_us: Option<u64>,
@@ -241,6 +312,8 @@ impl Sink {
             packet: Vec::with_capacity(1500),
             packets: 0,
             keyframes: 0,
+            bytes: 0,
+            video_ssrcs: Vec::new(),
             arrived_us: None,
             layers: Layers::default(),
             rids: Vec::new(),
@@ -259,7 +332,11 @@ impl Sink {
             t.as_ref()
                 .is_some_and(|(m, pt, _)| mid.map_or(*pt == p.header.payload_type, |x| x == *m))
         };
+        self.bytes += (RTP_HEADER + p.payload.len()) as u64;
         let (track, flags) = if is(&tracks.video) {
+            if !self.video_ssrcs.contains(&p.header.ssrc) {
+                self.video_ssrcs.push(p.header.ssrc);
+            }
             let mut flags = Flags::empty();
             let keyframe = starts_keyframe(self.codec, &p.payload);
             // Senders put the RID only on a stream's first packets (until they see it
@@ -466,6 +543,25 @@ fn vp8_starts_keyframe(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_meter_reports_bits_per_second_once_a_window() {
+        let mut m = IngestMeter::default();
+        let t0 = Instant::now();
+        assert_eq!(m.tick(0, t0), None, "the first call starts the window");
+        assert_eq!(m.tick(50_000, t0 + Duration::from_millis(500)), None);
+        // 250 000 bytes in 2 s: 1 Mb/s.
+        assert_eq!(
+            m.tick(250_000, t0 + Duration::from_secs(2)),
+            Some(1_000_000)
+        );
+        assert_eq!(m.tick(260_000, t0 + Duration::from_millis(2100)), None);
+        assert_eq!(
+            m.tick(375_000, t0 + Duration::from_secs(3)),
+            Some(1_000_000),
+            "the next window starts where the last ended"
+        );
+    }
 
     #[test]
     fn simulcast_forwards_the_layer_with_the_most_bytes_switching_at_its_keyframe() {

@@ -178,6 +178,8 @@ pub struct Session {
     publishes: std::sync::atomic::AtomicU64,
     /// The current publisher's simulcast layers, if it sends simulcast.
     simulcast: Mutex<Option<SimulcastInfo>>,
+    /// The current publisher's bits/s over the last second (0: none measured).
+    ingest_bps: std::sync::atomic::AtomicU64,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -185,6 +187,7 @@ pub struct Session {
 #[derive(Debug)]
 pub struct PublisherClaim {
     session: Arc<Session>,
+    metrics: Arc<Metrics>,
     pub generation: u64,
 }
 
@@ -201,6 +204,8 @@ impl PublisherClaim {
 
 impl Drop for PublisherClaim {
     fn drop(&mut self) {
+        self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+        self.session.ingest_bps.store(0, Ordering::Relaxed);
         let mut p = self.session.publisher.lock().expect("not poisoned");
         if p.as_ref().is_some_and(|(_, g)| *g == self.generation) {
             *p = None;
@@ -220,6 +225,8 @@ pub enum PublishError {
     NotLive(String),
     #[error("the session is stopping")]
     Stopping,
+    #[error("the gateway has its maximum of {0} publishers")]
+    GatewayFull(usize),
 }
 
 /// A viewer's place in a session; leaving (drop) is counted and tells the session.
@@ -278,6 +285,9 @@ pub struct SessionInfo {
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
+    /// A live session's publisher's bits/s over the last second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest_bitrate: Option<u64>,
     pub spec: SessionSpec,
 }
 
@@ -308,17 +318,19 @@ impl Session {
     }
 
     /// Takes a viewer slot within `limits`, and tells the session (which starts its
-    /// transcoder if it is not running).
+    /// transcoder if it is not running). With `wait`, a live session's viewer may join before
+    /// its publisher.
     pub fn join(
         self: &Arc<Self>,
         limits: &Limits,
+        wait: bool,
         metrics: &Arc<Metrics>,
     ) -> Result<ViewerSlot, JoinError> {
         if self.cancel.is_cancelled() {
             return Err(JoinError::Stopping);
         }
         let running = matches!(&*self.source.borrow(), Source::Starting | Source::Ready(_));
-        if self.kind == Kind::Live && !running {
+        if self.kind == Kind::Live && !running && !wait {
             return Err(JoinError::NoPublisher(self.name.clone()));
         }
         if !running && metrics.transcoders.load(Ordering::Relaxed) >= limits.max_transcoders {
@@ -340,8 +352,14 @@ impl Session {
         })
     }
 
-    /// Takes the live session's publisher slot for resource `id`.
-    pub fn claim_publisher(self: &Arc<Self>, id: &str) -> Result<PublisherClaim, PublishError> {
+    /// Takes the live session's publisher slot for resource `id`, within the gateway's
+    /// `max_publishers`.
+    pub fn claim_publisher(
+        self: &Arc<Self>,
+        id: &str,
+        max_publishers: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Result<PublisherClaim, PublishError> {
         if self.kind != Kind::Live {
             return Err(PublishError::NotLive(self.name.clone()));
         }
@@ -352,10 +370,15 @@ impl Session {
         if p.is_some() {
             return Err(PublishError::Busy(self.name.clone()));
         }
+        if metrics.publishers.fetch_add(1, Ordering::Relaxed) >= max_publishers {
+            metrics.publishers.fetch_sub(1, Ordering::Relaxed);
+            return Err(PublishError::GatewayFull(max_publishers));
+        }
         let generation = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
         *p = Some((id.to_string(), generation));
         Ok(PublisherClaim {
             session: self.clone(),
+            metrics: metrics.clone(),
             generation,
         })
     }
@@ -423,11 +446,17 @@ impl Session {
             width,
             height,
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
+            ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             spec: self.spec.clone(),
         }
     }
 
     /// What the session info says about the publisher's simulcast (`None`: it sends none).
+    /// The publisher's measured bits/s (0 clears it).
+    pub fn set_ingest_bitrate(&self, bps: u64) {
+        self.ingest_bps.store(bps, Ordering::Relaxed);
+    }
+
     pub fn set_simulcast(&self, info: Option<SimulcastInfo>) {
         *self.simulcast.lock().expect("not poisoned") = info;
     }
@@ -458,7 +487,7 @@ pub enum CreateError {
 /// All sessions by name.
 #[derive(Debug)]
 pub struct Registry {
-    sessions: Mutex<BTreeMap<String, Arc<Session>>>,
+    sessions: Arc<Mutex<BTreeMap<String, Arc<Session>>>>,
     runtime: Runtime,
     cancel: CancellationToken,
 }
@@ -466,7 +495,7 @@ pub struct Registry {
 impl Registry {
     pub fn new(runtime: Runtime, cancel: CancellationToken) -> Self {
         Self {
-            sessions: Mutex::new(BTreeMap::new()),
+            sessions: Arc::default(),
             runtime,
             cancel,
         }
@@ -543,6 +572,9 @@ impl Registry {
         let task = LiveTask {
             session: session.clone(),
             metrics: self.runtime.metrics.clone(),
+            registry: Arc::downgrade(&self.sessions),
+            idle_timeout: self.runtime.idle_timeout,
+            idle_since: None,
             rx,
             source_tx,
             viewers: 0,
@@ -587,6 +619,7 @@ impl Registry {
             publisher: Mutex::new(None),
             simulcast: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
+            ingest_bps: std::sync::atomic::AtomicU64::new(0),
         });
         (session, rx, source_tx)
     }
@@ -1023,6 +1056,12 @@ impl SessionTask {
 struct LiveTask {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    /// The registry's map, to remove this session from when nobody uses it.
+    registry: std::sync::Weak<Mutex<BTreeMap<String, Arc<Session>>>>,
+    /// A session with no publisher and no viewer for this long is removed.
+    idle_timeout: Duration,
+    /// Since when nobody uses the session (`None`: in use).
+    idle_since: Option<tokio::time::Instant>,
     rx: mpsc::UnboundedReceiver<Msg>,
     source_tx: watch::Sender<Source>,
     viewers: usize,
@@ -1033,16 +1072,31 @@ struct LiveTask {
 
 impl LiveTask {
     async fn run(mut self) {
+        self.update_idle();
         loop {
             let keyframe_at = self.keyframe_throttle.deferred_until();
+            let idle_at = self.idle_since.map(|t| t + self.idle_timeout);
             tokio::select! {
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => self.on_msg(msg),
+                    Some(msg) => {
+                        self.on_msg(msg);
+                        self.update_idle();
+                    }
                     None => break,
                 },
                 _ = sleep_until(keyframe_at) => {
                     self.keyframe_throttle.due();
                     self.send_keyframe_request();
+                }
+                _ = sleep_until(idle_at) => {
+                    if self.remove_if_unused() {
+                        tracing::info!(
+                            idle_s = self.idle_timeout.as_secs(),
+                            "live session removed: no publisher and no viewer"
+                        );
+                        break;
+                    }
+                    self.idle_since = Some(tokio::time::Instant::now());
                 }
                 _ = self.session.cancel.cancelled() => break,
             }
@@ -1103,6 +1157,43 @@ impl LiveTask {
     fn publish_viewers(&self) {
         self.session
             .publish(control::event("viewers", json!({ "count": self.viewers })));
+    }
+
+    /// Starts the idle clock when the last user left, stops it when one came.
+    fn update_idle(&mut self) {
+        let unused = self.viewers == 0 && self.keyframes.is_none();
+        match (unused, self.idle_since) {
+            (true, None) => self.idle_since = Some(tokio::time::Instant::now()),
+            (false, Some(_)) => self.idle_since = None,
+            _ => {}
+        }
+    }
+
+    /// Removes the session from the registry if, under the registry's lock, it still has no
+    /// publisher (claimed or connected) and no viewer (admitted or joining).
+    fn remove_if_unused(&self) -> bool {
+        let Some(registry) = self.registry.upgrade() else {
+            return true;
+        };
+        let mut sessions = registry.lock().expect("not poisoned");
+        let unused = self.session.viewers.load(Ordering::Relaxed) == 0
+            && self
+                .session
+                .publisher
+                .lock()
+                .expect("not poisoned")
+                .is_none();
+        if !unused {
+            return false;
+        }
+        if sessions
+            .get(&self.session.name)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.session))
+        {
+            sessions.remove(&self.session.name);
+        }
+        self.session.stop();
+        true
     }
 
     fn send_keyframe_request(&mut self) {

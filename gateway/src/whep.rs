@@ -17,7 +17,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Scope;
+use crate::auth::{Scope, valid_session_name};
 use crate::http::{
     ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
 };
@@ -139,13 +139,20 @@ pub async fn post(
     if s.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
-    let session = s
-        .sessions
-        .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+    let wait = s.config.live.wait;
+    let known = s.sessions.get(&name);
+    if known.is_none() && !(wait && valid_session_name(&name)) {
+        return Err(ApiError::NotFound(format!("no session named {name:?}")));
+    }
     let grant = authorize(&s, &headers, &name, Scope::View)?;
     require_type(&headers, SDP)?;
     let offer = Offer::parse(&body)?;
+    // With `[live] wait`, a viewer may come before the first publisher: the name becomes a
+    // live session waiting for one.
+    let session = match known {
+        Some(session) => session,
+        None => s.sessions.live(&name)?,
+    };
     let served = match session.kind {
         Kind::Vod => Served {
             video: session.spec.codec(),
@@ -157,12 +164,21 @@ pub async fn post(
                 video: r.video_codec,
                 audio: r.audio_track.is_some(),
             },
+            // A waiting viewer gets the first codec of the preference that it offers; if the
+            // publisher then sends another, the viewer is told and disconnected.
+            _ if wait => {
+                let codecs = &s.config.live.video_codecs;
+                Served {
+                    video: offer.first_video_codec(codecs).unwrap_or(codecs[0]),
+                    audio: true,
+                }
+            }
             _ => return Err(JoinError::NoPublisher(name).into()),
         },
     };
     let codec = served.video;
     let plan = offer.plan_whep(served)?;
-    let slot = session.join(&s.config.limits, &s.metrics)?;
+    let slot = session.join(&s.config.limits, wait, &s.metrics)?;
     let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), false)?;
     let id = random_id();
     let etag = new_etag();

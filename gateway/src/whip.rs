@@ -16,17 +16,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Scope;
 use crate::auth::valid_session_name;
-use crate::config::VideoCodec;
 use crate::http::{ApiError, Shared, authorize, random_id, require_type};
 use crate::offer::Offer;
 use crate::peer::answer;
 use crate::publisher::Publisher;
 use crate::resource::{IceSession, new_etag};
+use crate::session::PublishError;
 use crate::whep::{Role, SDP, created, delete_resource, patch_resource, register};
-
-/// Video codecs a publisher may send, most wanted first: H.264 constrained baseline plays
-/// everywhere (Safari included).
-const VIDEO_PREFERENCE: [VideoCodec; 2] = [VideoCodec::H264, VideoCodec::Vp8];
 
 /// `GET /whip/{session}`: 200, no content, `Content-Type: application/sdp`. Any valid name
 /// is a WHIP endpoint (publishing creates the session).
@@ -60,12 +56,25 @@ pub async fn post(
     let grant = authorize(&s, &headers, &name, Scope::Publish)?;
     require_type(&headers, SDP)?;
     let offer = Offer::parse(&body)?;
-    let (plan, codec) = offer.plan_whip(&VIDEO_PREFERENCE)?;
+    // The operator's order (`[live] video_codecs`); by default H.264 first, which plays
+    // everywhere (Safari included).
+    let (plan, codec) = offer.plan_whip(&s.config.live.video_codecs)?;
     // Answered before the session is made, so that an offer str0m refuses leaves nothing.
     let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), true)?;
-    let session = s.sessions.live(&name)?;
     let id = random_id();
-    let claim = session.claim_publisher(&id)?;
+    let max = s.config.limits.max_publishers;
+    let claim = match s
+        .sessions
+        .live(&name)?
+        .claim_publisher(&id, max, &s.metrics)
+    {
+        // The session was removed as unused between the lookup and the claim: a new one.
+        Err(PublishError::Stopping) => s
+            .sessions
+            .live(&name)?
+            .claim_publisher(&id, max, &s.metrics)?,
+        other => other?,
+    };
     // RFC 8853: the layers we agreed to receive are in our answer's a=simulcast:recv.
     let layers = answered
         .answer
@@ -80,7 +89,9 @@ pub async fn post(
     if let Some(l) = &layers {
         tracing::info!(session = %name, layers = ?l, "simulcast publisher: forwarding one layer");
     }
-    session.set_simulcast(layers.map(crate::session::SimulcastInfo::new));
+    claim
+        .session()
+        .set_simulcast(layers.map(crate::session::SimulcastInfo::new));
     let etag = new_etag();
     let (inbox, on_end) = register(&s, &name, &id, Role::Publisher);
     Publisher {
@@ -94,6 +105,7 @@ pub async fn post(
         tracks: answered.tracks,
         codec,
         claim,
+        max_bitrate: s.config.limits.max_ingest_bitrate,
         port: s.port.clone(),
         metrics: s.metrics.clone(),
         inbox,

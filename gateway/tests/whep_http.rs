@@ -931,6 +931,171 @@ async fn a_whip_publisher_gets_a_recvonly_answer_and_the_sessions_one_publisher_
     assert_eq!(status, StatusCode::CREATED);
 }
 
+impl Fixture {
+    async fn metric(&self, name: &str) -> String {
+        let req = Request::get("/metrics").body(Body::empty()).unwrap();
+        let (resp, body) = self.send(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("{name} missing: {body}"))
+    }
+}
+
+#[tokio::test]
+async fn past_max_publishers_a_whip_post_gets_503_until_one_leaves() {
+    let f = fixture("[limits]\nmax_publishers = 1\n").await;
+    let (resp, answer) = f.publish("one", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    assert_eq!(f.metric("wisp_publishers").await, "1");
+    let loc = header(&resp, "location");
+    let (resp, body) = f.publish("two", &whip_offer("actpass")).await;
+    assert!(
+        assert_problem(&resp, &body, StatusCode::SERVICE_UNAVAILABLE)
+            .contains("maximum of 1 publishers"),
+        "{body}"
+    );
+    assert_eq!(header(&resp, "retry-after"), "5");
+    let path = loc.strip_prefix("http://wisp.test:8080").unwrap();
+    let req = Request::delete(path)
+        .header(
+            "authorization",
+            format!("Bearer {}", f.token(&["one"], "publish")),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(req).await.0.status(), StatusCode::OK);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = f.publish("two", &whip_offer("actpass")).await.0.status();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::CREATED, "the freed slot is taken");
+    assert_eq!(f.metric("wisp_publishers").await, "1");
+}
+
+#[tokio::test]
+async fn the_live_codec_preference_comes_from_the_config() {
+    // The offer lists VP8 and H.264; by default H.264 is taken (see above), here VP8.
+    let f = fixture("[live]\nvideo_codecs = [\"vp8\", \"h264\"]\n").await;
+    let (resp, answer) = f.publish("pref", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    let video = &sections(&answer)[0];
+    assert!(
+        video.iter().any(|l| l.contains("VP8/90000")) && !answer.contains("H264"),
+        "{answer}"
+    );
+    // A gateway that takes VP8 only refuses an H.264-only publisher (OBS), naming VP8.
+    let f = fixture("[live]\nvideo_codecs = [\"vp8\"]\n").await;
+    let (resp, body) = f.publish("obs", &obs_offer()).await;
+    let detail = assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        detail.contains("VP8/90000") && !detail.contains("or"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn with_live_wait_a_viewer_may_come_before_the_publisher() {
+    let f = fixture("[live]\nwait = true\n").await;
+    let view = f.token(&["early"], "view");
+    let (resp, answer) = f
+        .post(
+            "/whep/early",
+            Some(&view),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    // Answered with the first codec of the live preference that the offer has.
+    assert!(
+        sections(&answer)[0]
+            .iter()
+            .any(|l| l.contains("H264/90000")),
+        "{answer}"
+    );
+    assert!(answer.contains("opus/48000"), "{answer}");
+    let info = f.session_info("early").await;
+    assert_eq!(info["kind"], "live", "{info}");
+    assert_eq!(info["state"], "waiting", "{info}");
+    assert_eq!(info["viewers"], 1, "{info}");
+    // Its publisher is taken as usual.
+    let (resp, answer) = f.publish("early", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    // Names stay checked, and VOD sessions are unchanged.
+    let any = f.token(&["*"], "view");
+    let (resp, body) = f
+        .post(
+            "/whep/bad%20name",
+            Some(&any),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+    // Without the view scope for the name, nothing is created.
+    let (resp, body) = f
+        .post(
+            "/whep/other",
+            Some(&view),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert_problem(&resp, &body, StatusCode::FORBIDDEN);
+    let t = f.token(&["*"], "admin");
+    let req = Request::get("/api/sessions/other")
+        .header("authorization", format!("Bearer {t}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(req).await.0.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_live_session_nobody_uses_is_removed_after_the_idle_timeout() {
+    let f = fixture("idle_timeout = 1\n[live]\nwait = true\n").await;
+    let view = f.token(&["brief"], "view");
+    let (resp, answer) = f
+        .post(
+            "/whep/brief",
+            Some(&view),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    let loc = header(&resp, "location");
+    // While its viewer stays, the session stays.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(f.session_info("brief").await["viewers"], 1);
+    let req = Request::delete(loc.strip_prefix("http://wisp.test:8080").unwrap())
+        .header("authorization", format!("Bearer {view}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(f.send(req).await.0.status(), StatusCode::OK);
+    let admin = f.token(&["*"], "admin");
+    let mut status = StatusCode::OK;
+    for _ in 0..50 {
+        let req = Request::get("/api/sessions/brief")
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::empty())
+            .unwrap();
+        status = f.send(req).await.0.status();
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::NOT_FOUND, "removed after 1 s unused");
+    // The name can be published (or waited on) again.
+    let (resp, answer) = f.publish("brief", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+}
+
 #[tokio::test]
 async fn obs_and_ffmpeg_shaped_whip_offers_are_answered() {
     let f = fixture("").await;
