@@ -3,6 +3,7 @@
 
 Usage: python aiortc_whip.py URL TOKEN [SECONDS] [--codec h264|vp8] [--size WxH]
        [--bitrate BPS] [--gop-seconds S] [--ignore-pli] [--frame-log PATH] [--noise-rows N]
+       [--file PATH]
 Prints one JSON line (`{"ok", "status", "location", "delete_status", ...}`) and exits 0 when
 the POST got 201 and the publish ran its time (SECONDS, default 10; 0 = until killed).
 
@@ -10,6 +11,10 @@ For benchmarks it can behave like OBS or FFmpeg: a fixed H.264 keyframe interval
 (--gop-seconds) and keyframe requests ignored (--ignore-pli); --frame-log writes one JSON line
 per encoded video frame (`at_us` on the monotonic clock, `rtp_time`, `keyframe`, `tail`: the
 last 16 bytes of its last RTP payload, hex) to match with `whep-client play --frame-log`.
+--file sends a file's H.264 video (MPEG-TS or raw Annex B: the packets must carry start codes)
+as it is, once, at its own pace, without decoding or encoding it (aiortc's MediaPlayer with
+decode=False): a publisher of any bitrate that costs almost no CPU. (Not looped: aiortc stops
+pacing the packets after a loop and sends them as fast as it can.)
 
 aiortc's ICE (aioice) leaves out loopback addresses when it gathers host candidates; inside
 `unshare -n` loopback is the only interface, so the lookup is patched to return 127.0.0.1.
@@ -172,9 +177,16 @@ def request(method, url, token, body=None):
         return e.code, None, e.read().decode()
 
 
-async def main(url, token, seconds, codec):
+async def main(url, token, seconds, codec, path=None):
     pc = RTCPeerConnection()
-    video = pc.addTransceiver(Picture(), direction="sendonly")
+    if path:
+        from aiortc.contrib.media import MediaPlayer
+
+        player = MediaPlayer(path, decode=False)
+        video = pc.addTransceiver(player.video, direction="sendonly")
+        codec = "h264"
+    else:
+        video = pc.addTransceiver(Picture(), direction="sendonly")
     pc.addTransceiver(Tone(), direction="sendonly")
     if codec:
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == f"video/{codec}"]
@@ -216,10 +228,11 @@ if __name__ == "__main__":
     parser.add_argument("--ignore-pli", action="store_true", help="never answer keyframe requests")
     parser.add_argument("--frame-log", help="write a JSON line per encoded H.264 frame here")
     parser.add_argument("--noise-rows", type=int, default=0, help="rows of random luma at the bottom")
+    parser.add_argument("--file", help="send this file's H.264 video as it is")
     a = parser.parse_args()
     WIDTH, HEIGHT = (int(v) for v in a.size.split("x"))
     NOISE_ROWS = min(a.noise_rows, HEIGHT)
     log = open(a.frame_log, "w") if a.frame_log else None
     if a.gop_seconds or a.ignore_pli or a.bitrate or log:
         shape_h264(int(a.gop_seconds * FPS) if a.gop_seconds else None, a.ignore_pli, a.bitrate, log)
-    sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec)))
+    sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec, a.file)))

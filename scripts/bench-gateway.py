@@ -25,7 +25,10 @@
           forwarding latency (packet read from the publisher's datagram → sent to a viewer) from
           its /metrics histogram. Needs the interop venv (scripts/interop makes it).
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|all] [--viewers 50,100,200] [--window 20]
+  live-fanout: as fanout, for a live session fed by an aiortc WHIP publisher that sends a
+          1280x720@30 ~2 Mb/s H.264 file as it is (no encoding on these cores) plus Opus.
+
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,8 +92,8 @@ class Gateway:
             [f"{BIN}/wisp", "token", "--jwt-secret-file", self.secret, "--sessions", sessions,
              "--scope", scope, "--ttl", "3600"], text=True).strip()
 
-    def session(self):
-        req = urllib.request.Request(self.base + "/api/sessions/demo",
+    def session(self, name="demo"):
+        req = urllib.request.Request(self.base + f"/api/sessions/{name}",
                                      headers={"Authorization": "Bearer " + self.admin})
         return json.load(urllib.request.urlopen(req, timeout=5))
 
@@ -100,50 +104,112 @@ class Gateway:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def measure_fanout(gw, n, window, url, token):
+    """N `whep-client load` viewers of `url` (one viewer already watches): the gateway's CPU and
+    RSS over a steady window."""
+    base_rss = rss_mib(gw.proc.pid)
+    ramp = 50.0
+    duration = int(n / ramp) + 5 + window + 5
+    load = subprocess.Popen([f"{BIN}/whep-client", "load", url, "--token", token,
+                             "--viewers", str(n), "--duration", str(duration),
+                             "--ramp", str(ramp), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(n / ramp + 5)  # ramp up, then settle
+    c0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
+    rss_samples = []
+    while time.monotonic() - t0 < window:
+        time.sleep(1)
+        rss_samples.append(rss_mib(gw.proc.pid))
+    c1, t1 = cpu_seconds(gw.proc.pid), time.monotonic()
+    out, _ = load.communicate(timeout=duration + 60)
+    summary = json.loads(out.strip().splitlines()[-1])
+    viewer_seconds = (n + 1) * (t1 - t0)
+    rss = statistics.median(rss_samples)
+    return {
+        "viewers": n,
+        "connected": summary["connected"],
+        "with_video": summary["with_video"],
+        "fps_mean": round(summary["fps_mean"], 1),
+        "fps_min": round(summary["fps_min"], 1),
+        "lost_packets": summary["lost_packets"],
+        "cpu_ms_per_viewer_s": round(1000 * (c1 - c0) / viewer_seconds, 3),
+        "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
+        "rss_mib": round(rss, 1),
+        "rss_mib_per_viewer": round((rss - base_rss) / n, 3),
+    }
+
+
+def watch(url, token):
+    """A viewer that stays (its frames are not looked at)."""
+    return subprocess.Popen([f"{BIN}/whep-client", "play", url, "--token", token, "--frames",
+                             "100000000", "--timeout", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def fanout(viewers_list, window):
     rows = []
     for n in viewers_list:
         gw = Gateway()
         # One viewer first, so the transcoder runs and the baseline holds a live session.
-        warm = subprocess.Popen([f"{BIN}/whep-client", "play", gw.base + "/whep/demo", "--token",
-                                 gw.token, "--frames", "100000000", "--timeout", "100000"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = gw.base + "/whep/demo"
+        warm = watch(url, gw.token)
         time.sleep(3)
-        base_rss = rss_mib(gw.proc.pid)
-        ramp = 50.0
-        duration = int(n / ramp) + 5 + window + 5
-        load = subprocess.Popen([f"{BIN}/whep-client", "load", gw.base + "/whep/demo", "--token",
-                                 gw.token, "--viewers", str(n), "--duration", str(duration),
-                                 "--ramp", str(ramp), "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(n / ramp + 5)  # ramp up, then settle
-        c0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
-        rss_samples = []
-        while time.monotonic() - t0 < window:
-            time.sleep(1)
-            rss_samples.append(rss_mib(gw.proc.pid))
-        c1, t1 = cpu_seconds(gw.proc.pid), time.monotonic()
-        out, _ = load.communicate(timeout=duration + 60)
+        row = measure_fanout(gw, n, window, url, gw.token)
         warm.terminate()
         warm.wait()
         gw.close()
-        summary = json.loads(out.strip().splitlines()[-1])
-        viewer_seconds = (n + 1) * (t1 - t0)
-        rss = statistics.median(rss_samples)
-        row = {
-            "viewers": n,
-            "connected": summary["connected"],
-            "with_video": summary["with_video"],
-            "fps_mean": round(summary["fps_mean"], 1),
-            "fps_min": round(summary["fps_min"], 1),
-            "lost_packets": summary["lost_packets"],
-            "cpu_ms_per_viewer_s": round(1000 * (c1 - c0) / viewer_seconds, 3),
-            "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
-            "rss_mib": round(rss, 1),
-            "rss_mib_per_viewer": round((rss - base_rss) / n, 3),
-        }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    return rows
+
+
+def live_fanout(viewers_list, window):
+    """As `fanout`, for a live session: an aiortc publisher sends a 1280x720@30 H.264 file
+    (~2 Mb/s constant bitrate, GOP 2 s, made here with the ffmpeg CLI) as it is, without
+    encoding it, plus its generated Opus tone."""
+    if not os.path.exists(VENV_PY):
+        sys.exit(f"{VENV_PY} missing: run scripts/interop once (it makes the aiortc venv)")
+    media = tempfile.mkdtemp(prefix="wisp-bench-media-")
+    clip = os.path.join(media, "clip.ts")
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=s=1280x720:r=30:d=20", "-vf", "noise=alls=12:allf=t",
+                    "-c:v", "libx264", "-profile:v", "baseline", "-preset", "veryfast",
+                    "-b:v", "2M", "-minrate", "2M", "-maxrate", "2M", "-bufsize", "1M",
+                    "-x264-params", "nal-hrd=cbr", "-g", "60", "-pix_fmt", "yuv420p", clip],
+                   check=True)
+    # Longer than any run (the publisher sends it once: see aiortc_whip.py --file).
+    path = os.path.join(media, "live-2mbps.ts")
+    seconds = 20 * (1 + (max(viewers_list) // 50 + 10 + window + 20) // 20)
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", str(seconds // 20 - 1),
+                    "-i", clip, "-c", "copy", path], check=True)
+    rows = []
+    for n in viewers_list:
+        gw = Gateway(config="demo = false\n")
+        name = "bench-fan"
+        token = gw.mint(name, "view publish")
+        publisher = subprocess.Popen(
+            [VENV_PY, os.path.join(ROOT, "interop", "aiortc_whip.py"), f"{gw.base}/whip/{name}",
+             token, "0", "--file", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"{gw.base}/whep/{name}"
+        for _ in range(100):
+            time.sleep(0.2)
+            try:
+                if gw.session(name).get("state") == "live":
+                    break
+            except urllib.error.HTTPError:
+                pass  # not published yet
+        warm = watch(url, token)
+        time.sleep(3)
+        row = measure_fanout(gw, n, window, url, token)
+        row["ingest_bitrate"] = gw.session(name).get("ingest_bitrate")
+        warm.terminate()
+        warm.wait()
+        publisher.terminate()
+        publisher.wait()
+        gw.close()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    shutil.rmtree(media, ignore_errors=True)
     return rows
 
 
@@ -409,7 +475,7 @@ def live(runs):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
@@ -427,6 +493,8 @@ def main():
         live(a.runs)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
+    if a.what in ("live-fanout", "all"):
+        live_fanout([int(v) for v in a.viewers.split(",")], a.window)
 
 
 if __name__ == "__main__":
