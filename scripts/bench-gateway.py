@@ -204,8 +204,14 @@ def live_fanout(viewers_list, window):
         row["ingest_bitrate"] = gw.session(name).get("ingest_bitrate")
         warm.terminate()
         warm.wait()
+        # aiortc's media-player thread can keep it from exiting on SIGTERM (and its memory
+        # then grows without bound): kill it if it does not go.
         publisher.terminate()
-        publisher.wait()
+        try:
+            publisher.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            publisher.kill()
+            publisher.wait()
         gw.close()
         rows.append(row)
         print(json.dumps(row), flush=True)

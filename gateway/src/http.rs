@@ -321,6 +321,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Unprocessable(String),
+    #[error("{0}")]
+    PreconditionRequired(String),
     #[error("the gateway is shutting down")]
     Draining,
 }
@@ -369,6 +371,7 @@ impl ApiError {
             },
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -214,6 +214,33 @@ impl Offer {
         }
     }
 
+    /// The offer with its `sendrecv` sections made one-way (`direction` is the client's:
+    /// `recvonly` for a viewer, `sendonly` for a publisher), so that the answer is one-way too
+    /// (draft-ietf-wish-whep §4.3.5, RFC 9725 §4.2: a client MAY offer sendrecv; the answer
+    /// MUST be sendonly / recvonly).
+    pub fn one_way(mut self, direction: &str) -> Self {
+        if !self.text.lines().any(|l| l.trim_end() == "a=sendrecv") {
+            return self;
+        }
+        let mut text = String::with_capacity(self.text.len());
+        for line in self.text.lines() {
+            if line.trim_end() == "a=sendrecv" {
+                text.push_str("a=");
+                text.push_str(direction);
+            } else {
+                text.push_str(line);
+            }
+            text.push_str("\r\n");
+        }
+        for s in &mut self.sections {
+            if s.direction.as_deref() == Some("sendrecv") {
+                s.direction = Some(direction.to_string());
+            }
+        }
+        self.text = text;
+        self
+    }
+
     /// The first of `preference` that the offer's video section can receive.
     pub fn first_video_codec(&self, preference: &[VideoCodec]) -> Option<VideoCodec> {
         let video = self

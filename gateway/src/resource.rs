@@ -212,6 +212,8 @@ fn restart_fragment(answer: &str) -> String {
         }
         let keep = if in_first_media {
             line.starts_with("a=mid:")
+                || line.starts_with("a=ice-options:")
+                || line.starts_with("a=ice-lite")
                 || line.starts_with("a=ice-ufrag:")
                 || line.starts_with("a=ice-pwd:")
                 || line.starts_with("a=candidate:")

@@ -146,7 +146,7 @@ pub async fn post(
     }
     let grant = authorize(&s, &headers, &name, Scope::View)?;
     require_type(&headers, SDP)?;
-    let offer = Offer::parse(&body)?;
+    let offer = Offer::parse(&body)?.one_way("recvonly");
     // With `[live] wait`, a viewer may come before the first publisher: the name becomes a
     // live session waiting for one.
     let session = match known {
@@ -278,12 +278,19 @@ pub async fn patch_resource(
     authorize(s, headers, name, role.scope())?;
     require_type(headers, TRICKLE)?;
     let fragment = Fragment::parse(body)?;
-    // Common browser clients omit If-Match on trickle PATCHes; the issue asks us to accept
-    // them (CHECKLIST item 27 would answer 428).
+    // Common browser clients omit If-Match on trickle PATCHes, so by default they are
+    // accepted; `require_if_match` answers 428 as RFC 9725 §4.3.1 has it.
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_string());
+    if if_match.is_none() && s.config.require_if_match {
+        return Err(ApiError::PreconditionRequired(
+            "a PATCH needs If-Match with the ICE session's entity-tag (or \"*\" for an ICE \
+             restart): RFC 9725 §4.3.1"
+                .into(),
+        ));
+    }
     let gone = || ApiError::NotFound(format!("the {} resource has ended", role.what()));
     let (reply, rx) = oneshot::channel();
     resource

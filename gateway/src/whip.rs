@@ -55,7 +55,7 @@ pub async fn post(
     }
     let grant = authorize(&s, &headers, &name, Scope::Publish)?;
     require_type(&headers, SDP)?;
-    let offer = Offer::parse(&body)?;
+    let offer = Offer::parse(&body)?.one_way("sendonly");
     // The operator's order (`[live] video_codecs`); by default H.264 first, which plays
     // everywhere (Safari included).
     let (plan, codec) = offer.plan_whip(&s.config.live.video_codecs)?;

@@ -1097,6 +1097,47 @@ async fn a_live_session_nobody_uses_is_removed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn sendrecv_offers_get_one_way_answers_and_if_match_can_be_required() {
+    let f = fixture("require_if_match = true\n").await;
+    let view = f.token(&["demo"], "view");
+    let sendrecv = offer("actpass").replace("a=recvonly", "a=sendrecv");
+    let (resp, answer) = f
+        .post("/whep/demo", Some(&view), "application/sdp", &sendrecv)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    for m in sections(&answer) {
+        assert!(
+            m.contains(&"a=sendonly"),
+            "draft-ietf-wish-whep §4.3.5: {m:?}"
+        );
+    }
+    let (resp, answer) = f
+        .publish(
+            "two-way",
+            &offer("actpass").replace("a=recvonly", "a=sendrecv"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    for m in sections(&answer) {
+        assert!(m.contains(&"a=recvonly"), "RFC 9725 §4.2: {m:?}");
+    }
+    // RFC 9725 §4.3.1: a PATCH without If-Match is 428 when so configured.
+    let path = header(&resp, "location").replace("http://wisp.test:8080", "");
+    let pubt = f.token(&["two-way"], "publish");
+    let frag = "a=ice-ufrag:Ab12\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\na=candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host\r\n";
+    let req = Request::patch(&path)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .header("authorization", format!("Bearer {pubt}"))
+        .body(Body::from(frag))
+        .unwrap();
+    let (resp, body) = f.send(req).await;
+    assert!(
+        assert_problem(&resp, &body, StatusCode::PRECONDITION_REQUIRED).contains("If-Match"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn obs_and_ffmpeg_shaped_whip_offers_are_answered() {
     let f = fixture("").await;
     let (resp, answer) = f.publish("obs", &obs_offer()).await;

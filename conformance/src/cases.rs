@@ -1,0 +1,2128 @@
+//! The cases, one per testable item of CHECKLIST.md, run against one endpoint at a time.
+//!
+//! Ids are the checklist's. Items the checklist states for WHIP and applies to WHEP as well
+//! (its items 53 and 58: the answer checks 15–17 and 26, and 21–41 "verbatim") run against a
+//! WHEP endpoint under the same name with `WHEP-` for `WHIP-`; items shared by both
+//! (`WHxP-…`) keep their id and are told apart by the endpoint.
+//!
+//! The suite follows the spec text, not any server: no session names, auth or codecs are
+//! assumed beyond what the URLs and the options give. Where the spec is ambiguous
+//! (CHECKLIST.md §4) a case is INFO and says why.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, Url};
+
+use crate::http::{Http, Req, Resp, cut};
+use crate::report::{Case, Level, Verdict};
+use crate::sdp::{
+    Credentials, Parsed, Side, browser_offer, direction, find_attr, formats, random_token,
+    restart_fragment, trickle_fragment,
+};
+
+const SDP: &str = "application/sdp";
+const TRICKLE: &str = "application/trickle-ice-sdpfrag";
+const ORIGIN: &str = "https://conformance.example";
+
+/// What the run was asked to do besides the endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// A WHEP endpoint of a stream with no publisher (WHEP-409-NO-PUBLISHER).
+    pub whep_no_publisher: Option<Url>,
+    /// POSTs in the rate-limit burst (0: not run).
+    pub burst: usize,
+    /// Skip the media-level cases (no WebRTC peer).
+    pub no_media: bool,
+}
+
+/// The results so far, and the filters.
+#[derive(Debug)]
+pub struct Run {
+    pub http: Http,
+    pub cases: Vec<Case>,
+    pub only: Vec<String>,
+    pub skip: Vec<String>,
+    pub settings: Settings,
+}
+
+/// A session the suite created: its URL and the answer's parts.
+#[derive(Debug, Clone)]
+struct Created {
+    url: Url,
+    resp: Resp,
+    answer: Parsed,
+    creds: Credentials,
+}
+
+impl Run {
+    fn wanted(&self, id: &str) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|o| o == id))
+            && !self.skip.iter().any(|s| s == id)
+    }
+
+    fn record(
+        &mut self,
+        endpoint: &'static str,
+        id: &str,
+        level: Level,
+        section: &'static str,
+        result: Result<String, String>,
+    ) {
+        if !self.wanted(id) {
+            return;
+        }
+        let (result, detail) = match result {
+            Ok(d) => (Verdict::Pass, d),
+            Err(d) => (Verdict::Fail, d),
+        };
+        self.cases.push(Case {
+            id: id.to_string(),
+            endpoint,
+            level,
+            section,
+            result,
+            detail,
+        });
+    }
+
+    fn skipped(
+        &mut self,
+        endpoint: &'static str,
+        id: &str,
+        level: Level,
+        section: &'static str,
+        why: String,
+    ) {
+        if !self.wanted(id) {
+            return;
+        }
+        self.cases.push(Case {
+            id: id.to_string(),
+            endpoint,
+            level,
+            section,
+            result: Verdict::Skip,
+            detail: why,
+        });
+    }
+
+    async fn send(&mut self, req: Req) -> Result<Resp, String> {
+        self.http.send(req).await
+    }
+
+    /// POSTs an offer; a WHIP endpoint that is busy with the suite's previous publisher
+    /// (409: one publisher per stream) is asked again for up to 3 s.
+    async fn post_offer(
+        &mut self,
+        side: Side,
+        endpoint: &Url,
+        content_type: Option<&str>,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Resp, String> {
+        let started = Instant::now();
+        loop {
+            let mut req = Req::new(Method::POST, endpoint).body(content_type, body);
+            for (n, v) in extra {
+                req = req.header(n, v);
+            }
+            let r = self.send(req).await?;
+            if side == Side::Whip && r.status == 409 && started.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            return Ok(r);
+        }
+    }
+
+    /// POSTs a browser-shaped offer (with `edit` applied) and returns the session if 201.
+    async fn create(
+        &mut self,
+        side: Side,
+        endpoint: &Url,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Created, String> {
+        let creds = Credentials::random();
+        let offer = edit(browser_offer(side, &creds, "actpass"));
+        let resp = self
+            .post_offer(side, endpoint, Some(SDP), &offer, &[("origin", ORIGIN)])
+            .await?;
+        if resp.status != 201 {
+            return Err(format!(
+                "POST of a browser-shaped offer got {}",
+                resp.brief()
+            ));
+        }
+        let loc = resp.header("location");
+        let url = endpoint
+            .join(&loc)
+            .map_err(|e| format!("Location {loc:?} does not resolve: {e}"))?;
+        Ok(Created {
+            url,
+            answer: Parsed::new(&resp.body),
+            resp,
+            creds,
+        })
+    }
+
+    async fn delete(&mut self, url: &Url) -> Option<u16> {
+        self.send(Req::new(Method::DELETE, url))
+            .await
+            .ok()
+            .map(|r| r.status)
+    }
+
+    async fn patch(
+        &mut self,
+        url: &Url,
+        content_type: &str,
+        if_match: Option<&str>,
+        body: &str,
+    ) -> Result<Resp, String> {
+        let mut req = Req::new(Method::PATCH, url).body(Some(content_type), body);
+        if let Some(tag) = if_match {
+            req = req.header("if-match", tag);
+        }
+        self.send(req).await
+    }
+}
+
+fn is_4xx(s: u16) -> bool {
+    (400..500).contains(&s)
+}
+
+fn check(ok: bool, pass: String, fail: String) -> Result<String, String> {
+    if ok { Ok(pass) } else { Err(fail) }
+}
+
+/// Runs every case against one endpoint.
+pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
+    let ep: &'static str = match side {
+        Side::Whip => "whip",
+        Side::Whep => "whep",
+    };
+    let p = side.name();
+    let id = |rest: &str| format!("{p}-{rest}");
+    let sec = |whip: &'static str, whep: &'static str| match side {
+        Side::Whip => whip,
+        Side::Whep => whep,
+    };
+    let errors_before = run.http.errors.len();
+    let mut locations = Vec::new();
+
+    // --- The session every later case uses.
+    let main = run.create(side, url, |o| o).await;
+    match &main {
+        Ok(c) => {
+            let r = &c.resp;
+            let mut bad = Vec::new();
+            if r.media_type() != SDP {
+                bad.push(format!("Content-Type is {:?}", r.header("content-type")));
+            }
+            if !r.body.starts_with("v=0") || !Parsed::is_valid(&r.body) {
+                bad.push(format!("the body is not SDP: {:?}", cut(&r.body, 60)));
+            }
+            locations.push(c.url.clone());
+            run.record(
+                ep,
+                &id("POST-201"),
+                Level::Must,
+                sec("W§4.2", "E§4.3.1"),
+                check(
+                    bad.is_empty(),
+                    format!(
+                        "POST browser-shaped offer → {}; Location {}",
+                        r.brief(),
+                        c.url
+                    ),
+                    bad.join("; "),
+                ),
+            );
+        }
+        Err(e) => {
+            let e = e.clone();
+            run.record(
+                ep,
+                &id("POST-201"),
+                Level::Must,
+                sec("W§4.2", "E§4.3.1"),
+                Err(e),
+            );
+        }
+    }
+    let main = main.ok();
+
+    if let Some(c) = &main {
+        answer_cases(run, side, ep, c);
+        link_cases(run, side, ep, c);
+    } else {
+        let dir = match side {
+            Side::Whip => ("WHIP-DIR-ANSWER".to_string(), "W§4.2"),
+            Side::Whep => ("WHEP-DIR".to_string(), "E§4.3.5"),
+        };
+        for (i, s) in [
+            dir,
+            (id("BUNDLE"), "W§4.4.1"),
+            (id("SETUP-ANSWER"), "J§5.3.1"),
+            (id("ANSWER-JSEP"), "J§5.3.1"),
+            (id("ANSWER-CANDS"), "W§4.3.2"),
+        ] {
+            run.skipped(
+                ep,
+                &i,
+                Level::Must,
+                s,
+                "no session: the first POST was not 201".into(),
+            );
+        }
+    }
+
+    // --- GET, HEAD, other methods.
+    {
+        let mut bad = Vec::new();
+        let mut seen = Vec::new();
+        let mut targets = vec![url.clone()];
+        if let Some(c) = &main {
+            targets.push(c.url.clone());
+        }
+        for t in &targets {
+            match run.send(Req::new(Method::GET, t)).await {
+                Ok(r) => {
+                    seen.push(format!("GET {} → {}", t.path(), r.status));
+                    if !(200..300).contains(&r.status) || !r.body.is_empty() {
+                        bad.push(format!(
+                            "GET {} → {} with {} bytes",
+                            t.path(),
+                            r.status,
+                            r.body.len()
+                        ));
+                    }
+                }
+                Err(e) => bad.push(e),
+            }
+        }
+        run.record(
+            ep,
+            "WHxP-GET-2XX",
+            Level::Must,
+            "W§4.1; E§4.1",
+            check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+        );
+    }
+    if side == Side::Whep {
+        let r = run.send(Req::new(Method::HEAD, url)).await;
+        let result = match r {
+            Ok(r) => check(
+                r.status == 200 && r.media_type() == SDP && r.body.is_empty(),
+                format!("HEAD → 200, Content-Type {}", r.header("content-type")),
+                format!(
+                    "HEAD → {}, Content-Type {:?}, {} bytes (want 200, application/sdp, no body)",
+                    r.status,
+                    r.header("content-type"),
+                    r.body.len()
+                ),
+            ),
+            Err(e) => Err(e),
+        };
+        run.record(ep, "WHEP-HEAD", Level::Should, "E§4.2", result);
+    }
+    {
+        let mut seen = Vec::new();
+        let mut ok = true;
+        let probes = [
+            (Method::PUT, url.clone(), "405 with Allow"),
+            (
+                Method::from_bytes(b"FOO").expect("a token"),
+                url.clone(),
+                "501",
+            ),
+        ];
+        for (m, u, want) in probes {
+            if let Ok(r) = run.send(Req::new(m.clone(), &u)).await {
+                let good = match want {
+                    "501" => r.status == 501 || r.status == 405,
+                    _ => r.status == 405 && r.has("allow"),
+                };
+                ok &= good;
+                seen.push(format!(
+                    "{m} {} → {}{} (recommended {want})",
+                    u.path(),
+                    r.status,
+                    if r.has("allow") {
+                        format!(", Allow: {}", r.header("allow"))
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
+        }
+        let detail = seen.join("; ");
+        run.record(
+            ep,
+            "WHxP-METHOD-OTHER",
+            Level::Info,
+            "RFC 9110 §15.5.6 (derived)",
+            if ok { Ok(detail) } else { Err(detail) },
+        );
+    }
+
+    // --- OPTIONS and CORS.
+    options_cases(run, side, ep, url, main.as_ref()).await;
+
+    // --- Auth on the endpoint.
+    auth_cases(run, side, ep, url, main.as_ref()).await;
+
+    // --- PATCH: trickle, restart, entity-tags.
+    if let Some(c) = &main {
+        patch_cases(run, side, ep, c).await;
+    } else {
+        run.skipped(
+            ep,
+            &id("TRICKLE-204"),
+            Level::Must,
+            "W§4.3.2",
+            "no session to PATCH".into(),
+        );
+    }
+
+    // --- DELETE.
+    if let Some(c) = &main {
+        let r = run
+            .send(Req::new(Method::DELETE, &c.url).header("if-match", "\"bogus\""))
+            .await;
+        run.record(
+            ep,
+            &id("DELETE-NO-ETAG"),
+            Level::Must,
+            sec("W§4.3.1", "E§4.4"),
+            match r {
+                Ok(r) => check(
+                    r.status == 200,
+                    "DELETE with If-Match: \"bogus\" → 200 (entity-tag ignored)".into(),
+                    format!("DELETE with If-Match: \"bogus\" → {} (want 200)", r.brief()),
+                ),
+                Err(e) => Err(e),
+            },
+        );
+    }
+    match run.create(side, url, |o| o).await {
+        Ok(c) => {
+            locations.push(c.url.clone());
+            let first = run.delete(&c.url).await;
+            let again = run.delete(&c.url).await;
+            let patch = run
+                .patch(&c.url, TRICKLE, Some("*"), &trickle_fragment(&c.creds, &[]))
+                .await
+                .map(|r| r.status)
+                .ok();
+            run.record(
+                ep,
+                &id("DELETE"),
+                Level::Must,
+                sec("W§4.2", "E§4.4"),
+                check(
+                    first == Some(200),
+                    format!(
+                        "DELETE → 200; again → {again:?}, PATCH after → {patch:?} (404 recommended)"
+                    ),
+                    format!("DELETE → {first:?} (want exactly 200: OBS takes nothing else)"),
+                ),
+            );
+        }
+        Err(e) => run.skipped(ep, &id("DELETE"), Level::Must, "W§4.2", e),
+    }
+    {
+        let ghost = url
+            .join(&format!(
+                "{}/{}",
+                url.path().trim_end_matches('/'),
+                random_token(32)
+            ))
+            .expect("a path joins");
+        let d = run.delete(&ghost).await;
+        let pa = run
+            .patch(&ghost, TRICKLE, Some("*"), "a=end-of-candidates\r\n")
+            .await
+            .map(|r| r.status)
+            .ok();
+        run.record(
+            ep,
+            "WHxP-UNKNOWN-SESSION",
+            Level::Info,
+            "derived (RFC 9110 §15.5.5)",
+            check(
+                d == Some(404) && pa == Some(404),
+                format!("DELETE and PATCH of a session never issued → 404, 404 ({ghost})"),
+                format!("DELETE → {d:?}, PATCH → {pa:?} of a session never issued (404 expected)"),
+            ),
+        );
+    }
+
+    // --- POST variants.
+    post_variants(run, side, ep, url, &mut locations).await;
+
+    // --- Session URL entropy.
+    entropy_case(run, ep, &locations);
+
+    // --- Deployment and load.
+    {
+        let host = url.host_str().unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback());
+        if url.scheme() == "https" {
+            run.record(
+                ep,
+                "WHxP-HTTPS",
+                Level::Must,
+                "W§5; E§5",
+                Ok("the endpoint is https".into()),
+            );
+        } else if loopback {
+            run.skipped(
+                ep,
+                "WHxP-HTTPS",
+                Level::Must,
+                "W§5; E§5",
+                format!(
+                    "plain http on a loopback address ({host}): a deployment check, run it \
+                     against the public URL"
+                ),
+            );
+        } else {
+            run.record(
+                ep,
+                "WHxP-HTTPS",
+                Level::Must,
+                "W§5; E§5",
+                Err(format!("the endpoint {url} is not https")),
+            );
+        }
+    }
+    rate_case(run, side, ep, url).await;
+
+    if side == Side::Whep {
+        whep_only(run, ep, url, main.as_ref()).await;
+    }
+
+    // Every problem-details body seen on this endpoint.
+    let seen: Vec<(String, Resp)> = run.http.errors[errors_before..].to_vec();
+    let mut bad = Vec::new();
+    let mut problems = 0;
+    let mut unavailable = Vec::new();
+    for (what, r) in &seen {
+        if r.status == 503 {
+            unavailable.push((what.clone(), r.header("retry-after")));
+        }
+        if r.media_type() != "application/problem+json" || r.body.is_empty() {
+            continue;
+        }
+        problems += 1;
+        match serde_json::from_str::<serde_json::Value>(&r.body) {
+            Ok(v) => {
+                if let Some(s) = v.get("status")
+                    && s.as_u64() != Some(u64::from(r.status))
+                {
+                    bad.push(format!("{what}: status {s} in a {} response", r.status));
+                }
+            }
+            Err(e) => bad.push(format!("{what}: problem+json that is not JSON: {e}")),
+        }
+    }
+    run.record(
+        ep,
+        "WHxP-ERR-GENERIC",
+        Level::Should,
+        "W§4.1; E§4.1; RFC 9457",
+        check(
+            bad.is_empty(),
+            format!(
+                "{} error responses, {problems} with problem details, all well-formed",
+                seen.len()
+            ),
+            bad.join("; "),
+        ),
+    );
+    if unavailable.is_empty() {
+        run.skipped(
+            ep,
+            "WHxP-503",
+            Level::May,
+            "W§4.5; E§4.7",
+            "no 503 seen in this run".into(),
+        );
+    } else {
+        let bad: Vec<String> = unavailable
+            .iter()
+            .filter(|(_, ra)| !ra.is_empty() && ra.parse::<u64>().is_err() && !ra.contains("GMT"))
+            .map(|(w, ra)| format!("{w}: Retry-After {ra:?}"))
+            .collect();
+        run.record(
+            ep,
+            "WHxP-503",
+            Level::May,
+            "W§4.5; E§4.7",
+            check(
+                bad.is_empty(),
+                format!(
+                    "{} 503s, Retry-After delay-seconds or HTTP-date where present",
+                    unavailable.len()
+                ),
+                bad.join("; "),
+            ),
+        );
+    }
+}
+
+/// Checks of the 201's answer (items 9, 11, 15–18, 54, 60).
+fn answer_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
+    let p = side.name();
+    let id = |rest: &str| format!("{p}-{rest}");
+    let a = &c.answer;
+    let offer = Parsed::new(&browser_offer(side, &c.creds, "actpass"));
+    let accepted: Vec<&Vec<String>> = a.accepted().collect();
+
+    // Direction.
+    let want = side.answer_direction();
+    let dirs: Vec<String> = accepted
+        .iter()
+        .map(|m| direction(m).unwrap_or("none").to_string())
+        .collect();
+    let (dir_id, dir_sec) = match side {
+        Side::Whip => ("WHIP-DIR-ANSWER".to_string(), "W§4.2"),
+        Side::Whep => ("WHEP-DIR".to_string(), "E§4.3.5"),
+    };
+    run.record(
+        ep,
+        &dir_id,
+        Level::Must,
+        dir_sec,
+        check(
+            !dirs.is_empty() && dirs.iter().all(|d| d == want),
+            format!("every accepted section is {want}"),
+            format!("accepted sections' directions {dirs:?}, want {want}"),
+        ),
+    );
+
+    // BUNDLE and rtcp-mux.
+    let mids: Vec<&str> = accepted
+        .iter()
+        .filter_map(|m| find_attr(m, "mid"))
+        .collect();
+    let group = find_attr(&a.session, "group").unwrap_or("");
+    let bundled: Vec<&str> = group
+        .strip_prefix("BUNDLE")
+        .map(|g| g.split_whitespace().collect())
+        .unwrap_or_default();
+    let no_mux: Vec<&str> = accepted
+        .iter()
+        .filter(|m| find_attr(m, "rtcp-mux").is_none())
+        .filter_map(|m| find_attr(m, "mid"))
+        .collect();
+    let mux_only = accepted
+        .iter()
+        .filter(|m| find_attr(m, "rtcp-mux-only").is_some())
+        .count();
+    run.record(
+        ep,
+        &id("BUNDLE"),
+        Level::Must,
+        match side {
+            Side::Whip => "W§4.4.1; J§5.3.1",
+            Side::Whep => "E§4.6.1; J§5.3.1",
+        },
+        check(
+            mids.iter().all(|m| bundled.contains(m)) && no_mux.is_empty(),
+            format!(
+                "a=group:BUNDLE {}; a=rtcp-mux in every accepted section; a=rtcp-mux-only in \
+                 {mux_only} of {} (W§4.4.1 asks for it, RFC 8858 defines it for offers: \
+                 CHECKLIST §4)",
+                bundled.join(" "),
+                accepted.len()
+            ),
+            format!(
+                "BUNDLE group {bundled:?} for accepted mids {mids:?}; sections without \
+                 a=rtcp-mux: {no_mux:?}"
+            ),
+        ),
+    );
+
+    if side == Side::Whep {
+        let streams: Vec<Option<&str>> = accepted
+            .iter()
+            .filter(|m| direction(m) == Some("sendonly"))
+            .map(|m| find_attr(m, "msid").and_then(|v| v.split_whitespace().next()))
+            .collect();
+        let first = streams.first().copied().flatten();
+        run.record(
+            ep,
+            "WHEP-MSID",
+            Level::Must,
+            "E§4.6.2",
+            check(
+                first.is_some() && streams.iter().all(|s| *s == first),
+                format!("every sendonly section has a=msid:{}", first.unwrap_or("")),
+                format!("msid stream ids per sendonly section: {streams:?}"),
+            ),
+        );
+    }
+
+    // DTLS role.
+    let setups: Vec<&str> = a.media.iter().filter_map(|m| a.attr(m, "setup")).collect();
+    run.record(
+        ep,
+        &id("SETUP-ANSWER"),
+        Level::Must,
+        "J§5.3.1",
+        check(
+            !setups.is_empty() && setups.iter().all(|s| *s == "active" || *s == "passive"),
+            format!(
+                "a=setup:{} for an actpass offer",
+                setups.first().unwrap_or(&"")
+            ),
+            format!("a=setup values {setups:?} (want active or passive)"),
+        ),
+    );
+
+    // JSEP shape.
+    let mut bad = Vec::new();
+    if a.media.len() != offer.media.len() {
+        bad.push(format!(
+            "{} m= lines for an offer of {}",
+            a.media.len(),
+            offer.media.len()
+        ));
+    }
+    for (i, (am, om)) in a.media.iter().zip(&offer.media).enumerate() {
+        let kind = |m: &Vec<String>| m[0].split_whitespace().next().unwrap_or("").to_string();
+        let proto = |m: &Vec<String>| m[0].split_whitespace().nth(2).unwrap_or("").to_string();
+        if kind(am) != kind(om) || proto(am) != proto(om) {
+            bad.push(format!(
+                "m= line {i} is {:?}, the offer's {:?}",
+                am[0], om[0]
+            ));
+        }
+        if find_attr(am, "mid") != find_attr(om, "mid") {
+            bad.push(format!("m= line {i} has mid {:?}", find_attr(am, "mid")));
+        }
+        let rejected = am[0].split_whitespace().nth(1) == Some("0");
+        if !rejected {
+            let offered = formats(om);
+            if !formats(am).iter().any(|f| offered.contains(f)) {
+                bad.push(format!("m= line {i} has no format the offer had"));
+            }
+            for attr in ["ice-ufrag", "ice-pwd", "fingerprint", "setup"] {
+                if a.attr(am, attr).is_none() {
+                    bad.push(format!("m= line {i} lacks a={attr}"));
+                }
+            }
+        }
+    }
+    let bundle_only = a.count("bundle-only");
+    run.record(
+        ep,
+        &id("ANSWER-JSEP"),
+        Level::Must,
+        "J§5.3.1",
+        check(
+            bad.is_empty(),
+            format!(
+                "{} m= lines in the offer's order with its mids, protos and formats; ICE and \
+                 DTLS attributes present{}",
+                a.media.len(),
+                if bundle_only > 0 {
+                    format!("; {bundle_only} a=bundle-only (J forbids, the spec examples use it)")
+                } else {
+                    String::new()
+                }
+            ),
+            bad.join("; "),
+        ),
+    );
+
+    // Candidates.
+    let cands: Vec<String> = a
+        .session
+        .iter()
+        .chain(a.media.iter().flatten())
+        .filter(|l| l.starts_with("a=candidate:"))
+        .cloned()
+        .collect();
+    let host_udp = cands
+        .iter()
+        .filter(|c| c.to_ascii_lowercase().contains(" udp ") && c.contains("typ host"))
+        .count();
+    let end = a.count("end-of-candidates") > 0;
+    run.record(
+        ep,
+        &id("ANSWER-CANDS"),
+        Level::Must,
+        sec_cands(side),
+        check(
+            !cands.is_empty(),
+            format!(
+                "{} candidates ({host_udp} UDP host){}",
+                cands.len(),
+                if end {
+                    ", a=end-of-candidates"
+                } else {
+                    "; no a=end-of-candidates (recommended)"
+                }
+            ),
+            "the answer has no a=candidate: the full list is required (no server trickle)".into(),
+        ),
+    );
+
+    let lite = a.count("ice-lite") > 0;
+    run.record(
+        ep,
+        &id("ICE-MODE"),
+        Level::Info,
+        match side {
+            Side::Whip => "W§4.4.5",
+            Side::Whep => "E§4.6.3",
+        },
+        Ok(if lite {
+            "ICE-lite (fine only where every client can reach the server's addresses)".into()
+        } else {
+            "full ICE".into()
+        }),
+    );
+}
+
+fn sec_cands(side: Side) -> &'static str {
+    match side {
+        Side::Whip => "W§4.3.2",
+        Side::Whep => "E§4.5.2 → W§4.3.2",
+    }
+}
+
+/// `Link` headers of the 201: ICE servers and extensions (items 42, 43, 47, 62, 63, 67).
+fn link_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
+    let p = side.name();
+    let links: Vec<String> = c
+        .resp
+        .all("link")
+        .iter()
+        .flat_map(|v| split_links(v))
+        .collect();
+    let ice: Vec<&String> = links
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().contains("rel=\"ice-server\""))
+        .collect();
+    if ice.is_empty() {
+        run.skipped(
+            ep,
+            &format!("{p}-ICE-LINK"),
+            Level::May,
+            "W§4.6",
+            "no ice-server Link on the 201 (none configured)".into(),
+        );
+    } else {
+        let mut bad = Vec::new();
+        for l in &ice {
+            let target = l
+                .trim()
+                .strip_prefix('<')
+                .and_then(|r| r.split_once('>'))
+                .map(|(t, _)| t);
+            let Some(target) = target else {
+                bad.push(format!("{l}: target not in <>"));
+                continue;
+            };
+            let scheme = target.split(':').next().unwrap_or("");
+            if !["stun", "stuns", "turn", "turns"].contains(&scheme) {
+                bad.push(format!("{target}: scheme {scheme}"));
+            }
+            if l.matches("rel=").count() != 1 {
+                bad.push(format!("{l}: rel more than once"));
+            }
+            if scheme.starts_with("turn") && !(l.contains("username=") && l.contains("credential="))
+            {
+                bad.push(format!("{target}: TURN without username and credential"));
+            }
+            if let Some((_, ct)) = l.split_once("credential-type=")
+                && !ct.trim_start_matches('"').starts_with("password")
+            {
+                bad.push(format!("{target}: credential-type {ct}"));
+            }
+        }
+        run.record(
+            ep,
+            &format!("{p}-ICE-LINK"),
+            Level::May,
+            "W§4.6; RFC 8288",
+            check(
+                bad.is_empty(),
+                format!("{} ice-server Links, well-formed", ice.len()),
+                bad.join("; "),
+            ),
+        );
+        let joined = c
+            .resp
+            .all("link")
+            .iter()
+            .filter(|v| v.contains("ice-server") && split_links(v).len() > 1)
+            .count();
+        run.record(
+            ep,
+            &format!("{p}-ICE-LINK-FORMAT"),
+            Level::Info,
+            "W§4.6 examples",
+            check(
+                joined == 0,
+                "one Link field per ICE server".into(),
+                format!(
+                    "{joined} Link fields carry several ICE servers (some clients split them \
+                     wrongly)"
+                ),
+            ),
+        );
+    }
+    let prefix = format!("urn:ietf:params:{}:ext", p.to_ascii_lowercase());
+    let exts: Vec<&String> = links.iter().filter(|l| l.contains(&prefix)).collect();
+    let bad: Vec<&&String> = exts
+        .iter()
+        .filter(|l| {
+            let t = l
+                .trim()
+                .strip_prefix('<')
+                .and_then(|r| r.split_once('>'))
+                .map(|(t, _)| t);
+            t.is_none_or(|t| c.url.join(t).is_err())
+        })
+        .collect();
+    run.record(
+        ep,
+        &format!("{p}-EXT-LINK"),
+        Level::Must,
+        match side {
+            Side::Whip => "W§4.9",
+            Side::Whep => "E§4.10",
+        },
+        check(
+            bad.is_empty(),
+            if exts.is_empty() {
+                "no extension advertised".into()
+            } else {
+                format!("{} extension Links with resolvable targets", exts.len())
+            },
+            format!("extension Links without a usable target: {bad:?}"),
+        ),
+    );
+    if side == Side::Whep {
+        let sse = links
+            .iter()
+            .find(|l| l.contains("urn:ietf:params:whep:ext:core:server-sent-events"));
+        match sse {
+            None => run.skipped(
+                ep,
+                "WHEP-EXT-SSE-LINK",
+                Level::May,
+                "X (draft-ietf-wish-whep-02 §4.9.1)",
+                "the server-sent events extension is not advertised".into(),
+            ),
+            Some(l) => {
+                let known = [
+                    "active",
+                    "inactive",
+                    "layers",
+                    "reconnect",
+                    "viewercount",
+                    "scte35",
+                ];
+                let events = l
+                    .split_once("events=")
+                    .map(|(_, e)| e.trim_matches(['"', ' ', ';']).to_string())
+                    .unwrap_or_default();
+                let unknown: Vec<&str> = events
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty() && !known.contains(e))
+                    .collect();
+                run.record(
+                    ep,
+                    "WHEP-EXT-SSE-LINK",
+                    Level::Must,
+                    "X (draft-ietf-wish-whep-02 §4.9.1)",
+                    check(
+                        unknown.is_empty(),
+                        format!("events=\"{events}\""),
+                        format!("unknown event types {unknown:?}"),
+                    ),
+                );
+            }
+        }
+        let layer = links
+            .iter()
+            .any(|l| l.contains("urn:ietf:params:whep:ext:core:layer"));
+        if layer {
+            let with_layers = sse.is_some_and(|l| l.contains("layers"));
+            run.record(
+                ep,
+                "WHEP-EXT-LAYER",
+                Level::Must,
+                "X (draft-ietf-wish-whep-02 §4.9.2)",
+                check(
+                    with_layers,
+                    "layer selection with an SSE link that offers \"layers\"".into(),
+                    "layer selection advertised without SSE \"layers\" events".into(),
+                ),
+            );
+        } else {
+            run.skipped(
+                ep,
+                "WHEP-EXT-LAYER",
+                Level::May,
+                "X (draft-ietf-wish-whep-02 §4.9.2)",
+                "the layer selection extension is not advertised".into(),
+            );
+        }
+    }
+}
+
+/// Splits a `Link` field value into link-values (commas outside `<>` and quotes).
+fn split_links(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut cur, mut angle, mut quote) = (String::new(), false, false);
+    for ch in v.chars() {
+        match ch {
+            '<' if !quote => angle = true,
+            '>' if !quote => angle = false,
+            '"' if !angle => quote = !quote,
+            ',' if !angle && !quote => {
+                out.push(std::mem::take(&mut cur).trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Items 37–41, and the CORS headers of the 201 (39).
+async fn options_cases(
+    run: &mut Run,
+    side: Side,
+    ep: &'static str,
+    url: &Url,
+    main: Option<&Created>,
+) {
+    let p = side.name();
+    let preflight = Req::new(Method::OPTIONS, url)
+        .no_auth()
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        );
+    match run.send(preflight).await {
+        Ok(r) => {
+            let lower = |n: &str| r.header(n).to_ascii_lowercase();
+            let methods = lower("access-control-allow-methods");
+            let headers = lower("access-control-allow-headers");
+            let origin = r.header("access-control-allow-origin");
+            let mut bad = Vec::new();
+            if !(200..300).contains(&r.status) {
+                bad.push(format!("status {}", r.status));
+            }
+            if origin != "*" && origin != ORIGIN {
+                bad.push(format!("Access-Control-Allow-Origin {origin:?}"));
+            }
+            if !methods.contains("post") {
+                bad.push(format!(
+                    "Access-Control-Allow-Methods {methods:?} lacks POST"
+                ));
+            }
+            for h in ["authorization", "content-type"] {
+                if !headers.contains(h) {
+                    bad.push(format!(
+                        "Access-Control-Allow-Headers {headers:?} lacks {h}"
+                    ));
+                }
+            }
+            let accept_post = r.header("accept-post");
+            run.record(
+                ep,
+                &format!("{p}-OPTIONS"),
+                Level::Must,
+                "W§4.2; E§4.4; Fetch",
+                check(
+                    bad.is_empty(),
+                    format!(
+                        "preflight → {}, allow-origin {origin}, methods {methods}, headers \
+                         {headers}; Accept-Post {}",
+                        r.status,
+                        if accept_post.is_empty() {
+                            "missing (SHOULD be application/sdp)".to_string()
+                        } else {
+                            accept_post.clone()
+                        }
+                    ),
+                    format!("preflight without credentials: {}", bad.join("; ")),
+                ),
+            );
+            let ice = r
+                .all("link")
+                .iter()
+                .any(|l| l.to_ascii_lowercase().contains("ice-server"));
+            run.record(
+                ep,
+                &format!("{p}-OPTIONS-ICE"),
+                Level::Should,
+                "W§4.6",
+                check(
+                    !ice,
+                    "no ice-server Link on a CORS preflight".into(),
+                    "ice-server Links on a CORS preflight (SHOULD NOT)".into(),
+                ),
+            );
+            let plain = Req::new(Method::OPTIONS, url)
+                .no_auth()
+                .header("origin", ORIGIN);
+            let plain = run.send(plain).await;
+            let result = match plain {
+                Ok(q) => check(
+                    (200..300).contains(&r.status)
+                        && (200..300).contains(&q.status)
+                        && q.has("access-control-allow-origin"),
+                    format!(
+                        "preflight without Authorization → {}; plain OPTIONS with Origin → {} \
+                         with Access-Control-Allow-Origin",
+                        r.status, q.status
+                    ),
+                    format!(
+                        "preflight without Authorization → {}; plain OPTIONS with Origin → {}, \
+                         Access-Control-Allow-Origin {:?}",
+                        r.status,
+                        q.status,
+                        q.header("access-control-allow-origin")
+                    ),
+                ),
+                Err(e) => Err(e),
+            };
+            run.record(
+                ep,
+                &format!("{p}-OPTIONS-NOAUTH"),
+                Level::Should,
+                "W§4.7.1 (derived)",
+                result,
+            );
+        }
+        Err(e) => run.record(ep, &format!("{p}-OPTIONS"), Level::Must, "W§4.2", Err(e)),
+    }
+    let Some(c) = main else { return };
+    let pre = Req::new(Method::OPTIONS, &c.url)
+        .no_auth()
+        .header("origin", ORIGIN)
+        .header("access-control-request-method", "PATCH")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, if-match",
+        );
+    let result = match run.send(pre).await {
+        Ok(r) => {
+            let methods = r
+                .header("access-control-allow-methods")
+                .to_ascii_lowercase();
+            let headers = r
+                .header("access-control-allow-headers")
+                .to_ascii_lowercase();
+            check(
+                (200..300).contains(&r.status)
+                    && methods.contains("patch")
+                    && methods.contains("delete")
+                    && headers.contains("if-match"),
+                format!("session preflight → {}, methods {methods}", r.status),
+                format!(
+                    "session preflight → {}, methods {methods:?}, headers {headers:?} (want \
+                     PATCH, DELETE, If-Match)",
+                    r.status
+                ),
+            )
+        }
+        Err(e) => Err(e),
+    };
+    run.record(
+        ep,
+        &format!("{p}-OPTIONS-SESSION"),
+        Level::Should,
+        "derived (ZLMediaKit#4727)",
+        result,
+    );
+    let r = &c.resp;
+    let expose = r
+        .header("access-control-expose-headers")
+        .to_ascii_lowercase();
+    let origin = r.header("access-control-allow-origin");
+    let missing: Vec<&str> = ["location", "etag", "link"]
+        .into_iter()
+        .filter(|h| !expose.contains(h) && !expose.contains('*'))
+        .collect();
+    run.record(
+        ep,
+        &format!("{p}-CORS-EXPOSE"),
+        Level::Should,
+        "Fetch (derived)",
+        check(
+            !origin.is_empty() && missing.is_empty(),
+            format!("201 to a cross-origin POST: allow-origin {origin}, expose {expose}"),
+            format!(
+                "201 to a cross-origin POST: allow-origin {origin:?}, expose {expose:?} lacks \
+                 {missing:?}"
+            ),
+        ),
+    );
+}
+
+/// Item 44, when the suite has a token: what the server does without it.
+async fn auth_cases(
+    run: &mut Run,
+    side: Side,
+    ep: &'static str,
+    url: &Url,
+    main: Option<&Created>,
+) {
+    let creds = Credentials::random();
+    let offer = browser_offer(side, &creds, "actpass");
+    let bare = run
+        .send(
+            Req::new(Method::POST, url)
+                .no_auth()
+                .body(Some(SDP), &offer),
+        )
+        .await;
+    let Ok(bare) = bare else { return };
+    if bare.status == 201 {
+        if let Ok(u) = url.join(&bare.header("location")) {
+            run.delete(&u).await;
+        }
+        run.skipped(
+            ep,
+            "WHxP-AUTH",
+            Level::Must,
+            "W§4.7; E§4.9; RFC 6750 §3",
+            "the endpoint takes a POST without credentials (auth not required)".into(),
+        );
+        return;
+    }
+    let mut bad = Vec::new();
+    let mut seen = Vec::new();
+    let challenge = |r: &Resp| r.header("www-authenticate").to_ascii_lowercase();
+    seen.push(format!("no token → {}", bare.status));
+    if bare.status != 401 || !challenge(&bare).starts_with("bearer") {
+        bad.push(format!(
+            "no token → {}, WWW-Authenticate {:?} (want 401 with a Bearer challenge)",
+            bare.status,
+            bare.header("www-authenticate")
+        ));
+    }
+    let wrong = run
+        .send(
+            Req::new(Method::POST, url)
+                .header("authorization", "Bearer not.a.valid-token")
+                .body(Some(SDP), &offer),
+        )
+        .await;
+    if let Ok(r) = wrong {
+        seen.push(format!("bad token → {}", r.status));
+        if r.status != 401 || !challenge(&r).contains("invalid_token") {
+            bad.push(format!(
+                "bad token → {}, WWW-Authenticate {:?} (want 401 error=\"invalid_token\")",
+                r.status,
+                r.header("www-authenticate")
+            ));
+        }
+    }
+    let basic = run
+        .send(
+            Req::new(Method::POST, url)
+                .header("authorization", "Basic dXNlcjpwYXNz")
+                .body(Some(SDP), &offer),
+        )
+        .await;
+    if let Ok(r) = basic {
+        seen.push(format!("Basic → {}", r.status));
+        if r.status != 401 && r.status != 201 {
+            bad.push(format!("Basic credentials → {} (want 401)", r.status));
+        }
+        if r.status == 201
+            && let Ok(u) = url.join(&r.header("location"))
+        {
+            run.delete(&u).await;
+        }
+    }
+    if let Some(c) = main {
+        let p = run
+            .send(
+                Req::new(Method::PATCH, &c.url)
+                    .no_auth()
+                    .header("if-match", "*")
+                    .body(Some(TRICKLE), &trickle_fragment(&c.creds, &[])),
+            )
+            .await;
+        let d = run.send(Req::new(Method::DELETE, &c.url).no_auth()).await;
+        for (what, r) in [("PATCH", p), ("DELETE", d)] {
+            if let Ok(r) = r {
+                seen.push(format!("session {what} without token → {}", r.status));
+                if r.status != 401 {
+                    bad.push(format!(
+                        "session {what} without token → {} (want 401)",
+                        r.status
+                    ));
+                }
+            }
+        }
+    }
+    run.record(
+        ep,
+        "WHxP-AUTH",
+        Level::Must,
+        "W§4.7; E§4.9; RFC 6750 §3",
+        check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+    );
+}
+
+/// Items 24–35: PATCH for trickle and ICE restart, and the entity-tag rules.
+async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
+    let p = side.name();
+    let id = |rest: &str| format!("{p}-{rest}");
+    let etag = c.resp.header("etag");
+    let tag = (!etag.is_empty()).then_some(etag.as_str());
+    let frag = trickle_fragment(&c.creds, &["1 1 udp 2122260223 192.0.2.1 61764 typ host"]);
+
+    let r = run.patch(&c.url, SDP, tag, &frag).await;
+    run.record(
+        ep,
+        &id("PATCH-CT"),
+        Level::Must,
+        "W§4.3.1",
+        match r {
+            Ok(r) => check(
+                is_4xx(r.status),
+                format!(
+                    "PATCH with Content-Type application/sdp → {}{}",
+                    r.status,
+                    if r.has("accept-patch") {
+                        format!(", Accept-Patch: {}", r.header("accept-patch"))
+                    } else {
+                        String::new()
+                    }
+                ),
+                format!(
+                    "PATCH with Content-Type application/sdp → {} (want 4xx)",
+                    r.brief()
+                ),
+            ),
+            Err(e) => Err(e),
+        },
+    );
+    let r = run.patch(&c.url, TRICKLE, tag, "garbage").await;
+    run.record(
+        ep,
+        &id("PATCH-MALFORMED"),
+        Level::Must,
+        "W§4.3.1",
+        match r {
+            Ok(r) => check(
+                is_4xx(r.status),
+                format!("PATCH with body \"garbage\" → {}", r.status),
+                format!("PATCH with body \"garbage\" → {} (want 4xx)", r.brief()),
+            ),
+            Err(e) => Err(e),
+        },
+    );
+
+    // Trickle.
+    let no_tag = run.patch(&c.url, TRICKLE, None, &frag).await;
+    let stale = run
+        .patch(&c.url, TRICKLE, Some("\"not-current\""), &frag)
+        .await;
+    let trickle = run.patch(&c.url, TRICKLE, tag, &frag).await;
+    let trickle_ok = trickle.as_ref().is_ok_and(|r| r.status == 204);
+    let trickle_status = trickle.as_ref().map(|r| r.status).unwrap_or(0);
+    let unsupported = |s: u16| s == 422 || s == 405 || s == 501;
+    if unsupported(trickle_status) {
+        for (rest, sec) in [
+            ("TRICKLE-204", "W§4.3.2"),
+            ("PATCH-428", "W§4.3.1"),
+            ("PATCH-412", "W§4.3.1"),
+            ("TRICKLE-DISCARD", "W§4.3.2"),
+        ] {
+            run.skipped(
+                ep,
+                &id(rest),
+                Level::Must,
+                sec,
+                format!("trickle ICE is not supported (PATCH → {trickle_status})"),
+            );
+        }
+    } else {
+        run.record(
+            ep,
+            &id("TRICKLE-204"),
+            Level::Must,
+            "W§4.3.2",
+            match &trickle {
+                Ok(r) => check(
+                    r.status == 204 && r.body.is_empty() && !r.has("etag"),
+                    "trickle PATCH with the 201's ETag → 204, no body, no ETag".into(),
+                    format!(
+                        "trickle PATCH with the 201's ETag → {}, {} bytes{} (want 204, empty, \
+                         no ETag)",
+                        r.brief(),
+                        r.body.len(),
+                        if r.has("etag") { ", an ETag" } else { "" }
+                    ),
+                ),
+                Err(e) => Err(e.clone()),
+            },
+        );
+        run.record(
+            ep,
+            &id("PATCH-428"),
+            Level::Must,
+            "W§4.3.1; W§4.3.2; RFC 6585 §3",
+            match &no_tag {
+                Ok(r) => check(
+                    r.status == 428,
+                    "trickle PATCH without If-Match → 428".into(),
+                    format!(
+                        "trickle PATCH without If-Match → {} (want 428 Precondition Required)",
+                        r.brief()
+                    ),
+                ),
+                Err(e) => Err(e.clone()),
+            },
+        );
+        run.record(
+            ep,
+            &id("PATCH-412"),
+            Level::Must,
+            "W§4.3.1",
+            match &stale {
+                Ok(r) => check(
+                    r.status == 412,
+                    "trickle PATCH with If-Match \"not-current\" → 412".into(),
+                    format!(
+                        "trickle PATCH with If-Match \"not-current\" → {} (want 412)",
+                        r.brief()
+                    ),
+                ),
+                Err(e) => Err(e.clone()),
+            },
+        );
+        let odd = trickle_fragment(
+            &c.creds,
+            &[
+                "2 1 tcp 1518280447 192.0.2.1 9 typ host tcptype active",
+                "3 1 udp 2122260223 abcd.local 5000 typ host",
+            ],
+        );
+        let r = run.patch(&c.url, TRICKLE, tag, &odd).await;
+        run.record(
+            ep,
+            &id("TRICKLE-DISCARD"),
+            Level::Must,
+            "W§4.3.2",
+            match r {
+                Ok(r) => check(
+                    r.status == 204,
+                    "TCP and .local candidates → 204 (discarded silently)".into(),
+                    format!("TCP and .local candidates → {} (want 204)", r.brief()),
+                ),
+                Err(e) => Err(e),
+            },
+        );
+        let wide = format!(
+            "{frag}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ice-ufrag:{}\r\n\
+             a=ice-pwd:{}\r\na=x-unknown:1\r\n",
+            c.creds.ufrag, c.creds.pwd
+        );
+        let r = run.patch(&c.url, TRICKLE, tag, &wide).await;
+        run.record(
+            ep,
+            &id("TRICKLE-FRAG-SCOPE"),
+            Level::Info,
+            "W§4.3.2",
+            match r {
+                Ok(r) => check(
+                    r.status == 204,
+                    "a fragment with a second m= block and an unknown attribute → 204".into(),
+                    format!(
+                        "a fragment with a second m= block and an unknown attribute → {}",
+                        r.brief()
+                    ),
+                ),
+                Err(e) => Err(e),
+            },
+        );
+    }
+
+    // ICE restart.
+    let new = Credentials::random();
+    let restart = run
+        .patch(&c.url, TRICKLE, Some("*"), &restart_fragment(&new))
+        .await;
+    let restart_status = restart.as_ref().map(|r| r.status).unwrap_or(0);
+    let restart_ok = restart_status == 200;
+    let mut new_tag = None;
+    if unsupported(restart_status) {
+        for rest in ["RESTART-200", "RESTART-ATTRS", "RESTART-OLD-ETAG"] {
+            run.skipped(
+                ep,
+                &id(rest),
+                Level::Must,
+                "W§4.3.3",
+                format!("ICE restart is not supported (PATCH → {restart_status})"),
+            );
+        }
+    } else {
+        match &restart {
+            Ok(r) => {
+                let frag = Parsed::new(&r.body);
+                let ufrag = frag.count("ice-ufrag") > 0;
+                let (old_u, old_p) = c
+                    .answer
+                    .media
+                    .first()
+                    .map(|m| (c.answer.attr(m, "ice-ufrag"), c.answer.attr(m, "ice-pwd")))
+                    .unwrap_or((None, None));
+                let all: Vec<String> = frag
+                    .session
+                    .iter()
+                    .chain(frag.media.iter().flatten())
+                    .cloned()
+                    .collect();
+                let new_u = find_attr(&all, "ice-ufrag");
+                let new_p = find_attr(&all, "ice-pwd");
+                let tag2 = r.header("etag");
+                new_tag = (!tag2.is_empty()).then(|| tag2.clone());
+                run.record(
+                    ep,
+                    &id("RESTART-200"),
+                    Level::Must,
+                    "W§4.3.3",
+                    check(
+                        r.status == 200
+                            && r.media_type() == TRICKLE
+                            && ufrag
+                            && new_u != old_u
+                            && new_p != old_p
+                            && !tag2.is_empty()
+                            && tag2 != etag,
+                        format!(
+                            "restart PATCH (If-Match: *) → 200 {TRICKLE}, new ufrag {}, new \
+                             ETag {tag2}",
+                            new_u.unwrap_or("")
+                        ),
+                        format!(
+                            "restart PATCH → {}, Content-Type {:?}, ufrag {:?} (was {:?}), ETag \
+                             {tag2:?} (was {etag:?})",
+                            r.status,
+                            r.header("content-type"),
+                            new_u,
+                            old_u
+                        ),
+                    ),
+                );
+                let mut bad = Vec::new();
+                for attr in ["ice-lite", "ice-options"] {
+                    let before = c.answer.count(attr) > 0;
+                    let after = all
+                        .iter()
+                        .any(|l| find_attr(std::slice::from_ref(l), attr).is_some());
+                    if before != after {
+                        bad.push(format!(
+                            "a={attr} {} the answer but {} the restart's",
+                            if before { "in" } else { "not in" },
+                            if after { "in" } else { "not in" }
+                        ));
+                    }
+                }
+                run.record(
+                    ep,
+                    &id("RESTART-ATTRS"),
+                    Level::Must,
+                    "W§4.3.3",
+                    check(
+                        bad.is_empty(),
+                        "ice-lite / ice-options as in the answer".into(),
+                        bad.join("; "),
+                    ),
+                );
+            }
+            Err(e) => {
+                let e = e.clone();
+                run.record(ep, &id("RESTART-200"), Level::Must, "W§4.3.3", Err(e));
+            }
+        }
+        if let Some(t2) = &new_tag {
+            let frag2 = trickle_fragment(&new, &["1 1 udp 2122260223 192.0.2.1 61765 typ host"]);
+            let old = run.patch(&c.url, TRICKLE, tag, &frag2).await;
+            let cur = run.patch(&c.url, TRICKLE, Some(t2), &frag2).await;
+            let (o, n) = (
+                old.map(|r| r.status).unwrap_or(0),
+                cur.map(|r| r.status).unwrap_or(0),
+            );
+            let trickle_expected = if trickle_ok { 204 } else { n };
+            run.record(
+                ep,
+                &id("RESTART-OLD-ETAG"),
+                Level::Must,
+                "W§4.3.1; W§4.3.3",
+                check(
+                    o == 412 && n == trickle_expected,
+                    format!("after the restart: the old ETag → 412, the new one → {n}"),
+                    format!("after the restart: the old ETag → {o} (want 412), the new one → {n}"),
+                ),
+            );
+        }
+    }
+    // One kind without the other: 422 for the missing one.
+    let result = match (trickle_ok, restart_ok) {
+        (true, false) => check(
+            restart_status == 422,
+            "trickle supported, restart → 422".into(),
+            format!("trickle supported, restart → {restart_status} (want 422)"),
+        ),
+        (false, true) => check(
+            trickle_status == 422,
+            "restart supported, trickle → 422".into(),
+            format!("restart supported, trickle → {trickle_status} (want 422)"),
+        ),
+        (t, r) => Ok(format!("trickle {t}, restart {r}: not applicable")),
+    };
+    run.record(ep, &id("PATCH-422"), Level::Must, "W§4.3.1", result);
+    run.record(
+        ep,
+        &id("ICE-SUPPORT"),
+        Level::Info,
+        "W§4.3; W§4.4.5",
+        Ok(format!(
+            "trickle ICE: {} (PATCH → {trickle_status}); ICE restart: {} (PATCH → {restart_status})",
+            if trickle_ok { "yes" } else { "no" },
+            if restart_ok { "yes" } else { "no" }
+        )),
+    );
+    let strong = etag.starts_with('"') && etag.ends_with('"') && etag.len() >= 2;
+    run.record(
+        ep,
+        &id("ETAG-201"),
+        if restart_ok { Level::Must } else { Level::May },
+        "W§4.3.1",
+        check(
+            strong || (!restart_ok && etag.is_empty()),
+            format!("ETag {etag} on the 201 (strong)"),
+            format!("ETag {etag:?} on the 201 (want a strong entity-tag, \"...\")"),
+        ),
+    );
+
+    // A restart that cannot be satisfied leaves the session as it was.
+    let bad_pwd = Credentials {
+        ufrag: random_token(8),
+        pwd: "abc".into(),
+    };
+    let r = run
+        .patch(&c.url, TRICKLE, Some("*"), &restart_fragment(&bad_pwd))
+        .await;
+    let status = r.map(|r| r.status).unwrap_or(0);
+    let alive = run
+        .send(Req::new(Method::GET, &c.url))
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0);
+    run.record(
+        ep,
+        &id("RESTART-FAIL"),
+        Level::Must,
+        "W§4.3.3",
+        check(
+            is_4xx(status) && (200..300).contains(&alive),
+            format!("restart with a 3-character ice-pwd → {status}; the session still answers GET {alive}"),
+            format!(
+                "restart with a 3-character ice-pwd → {status} (want 4xx), then GET of the \
+                 session → {alive} (want 2xx: the session must stay)"
+            ),
+        ),
+    );
+}
+
+/// POSTs of other offers: content types, malformed bodies, directions, shapes (items 6–8,
+/// 10, 12–14, 19, 54, 56).
+async fn post_variants(
+    run: &mut Run,
+    side: Side,
+    ep: &'static str,
+    url: &Url,
+    locations: &mut Vec<Url>,
+) {
+    let p = side.name();
+    let id = |rest: &str| format!("{p}-{rest}");
+    let creds = Credentials::random();
+    let good = browser_offer(side, &creds, "actpass");
+
+    // Content type.
+    let mut bad = Vec::new();
+    let mut seen = Vec::new();
+    for ct in [Some("text/plain"), None] {
+        if let Ok(r) = run.post_offer(side, url, ct, &good, &[]).await {
+            seen.push(format!(
+                "{} → {}",
+                ct.unwrap_or("no Content-Type"),
+                r.status
+            ));
+            if !is_4xx(r.status) {
+                bad.push(format!(
+                    "{} → {} (want 4xx)",
+                    ct.unwrap_or("no Content-Type"),
+                    r.status
+                ));
+            }
+            cleanup(run, url, &r).await;
+        }
+    }
+    run.record(
+        ep,
+        &id("POST-CT"),
+        Level::Must,
+        match side {
+            Side::Whip => "W§4.2",
+            Side::Whep => "E§4.3.4",
+        },
+        check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+    );
+    // Malformed.
+    let mut bad = Vec::new();
+    let mut seen = Vec::new();
+    for body in ["hello", ""] {
+        if let Ok(r) = run.post_offer(side, url, Some(SDP), body, &[]).await {
+            seen.push(format!("{body:?} → {}", r.status));
+            if !is_4xx(r.status) {
+                bad.push(format!("body {body:?} → {} (want 4xx)", r.status));
+            }
+            cleanup(run, url, &r).await;
+        }
+    }
+    run.record(
+        ep,
+        &id("POST-MALFORMED"),
+        Level::Must,
+        match side {
+            Side::Whip => "W§4.2",
+            Side::Whep => "E§4.3.4",
+        },
+        check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+    );
+    if side == Side::Whip {
+        let mut bad = Vec::new();
+        let mut seen = Vec::new();
+        for ct in ["application/sdp; charset=utf-8", "Application/SDP"] {
+            if let Ok(r) = run.post_offer(side, url, Some(ct), &good, &[]).await {
+                seen.push(format!("{ct} → {}", r.status));
+                if r.status != 201 {
+                    bad.push(format!("{ct} → {}", r.brief()));
+                }
+                cleanup(run, url, &r).await;
+            }
+        }
+        run.record(
+            ep,
+            "WHIP-POST-CT-PARAM",
+            Level::Info,
+            "RFC 9110 §8.3.1",
+            check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+        );
+    }
+
+    // sendrecv offers are allowed.
+    let sendrecv = good.replace(&format!("a={}", side.offer_direction()), "a=sendrecv");
+    if let Ok(r) = run.post_offer(side, url, Some(SDP), &sendrecv, &[]).await {
+        let dirs: Vec<String> = Parsed::new(&r.body)
+            .accepted()
+            .map(|m| direction(m).unwrap_or("none").to_string())
+            .collect();
+        let result = check(
+            r.status == 201 && dirs.iter().all(|d| d == side.answer_direction()),
+            format!("a sendrecv offer → 201, answer {dirs:?}"),
+            format!(
+                "a sendrecv offer → {}, answer directions {dirs:?} (want 201, {})",
+                r.brief(),
+                side.answer_direction()
+            ),
+        );
+        match side {
+            Side::Whip => run.record(ep, "WHIP-DIR-OFFER", Level::Should, "W§4.2", result),
+            Side::Whep => run.record(ep, "WHEP-DIR", Level::Must, "E§4.3.5", result),
+        }
+        if r.status == 201 {
+            locations.extend(url.join(&r.header("location")).ok());
+        }
+        cleanup(run, url, &r).await;
+    }
+
+    if side == Side::Whip {
+        // Two audio tracks: 422/400, or 201 if the server really takes them.
+        let two_audio = good.replacen(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
+            1,
+        );
+        let two_audio = two_audio.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 2 1");
+        let two_audio = two_audio.replacen(
+            "a=rtpmap:111 opus/48000/2\r\nm=video",
+            &format!(
+                "c=IN IP4 0.0.0.0\r\na=mid:2\r\na=sendonly\r\na=msid:conformance-stream a2\r\n\
+                 a=ice-ufrag:{}\r\na=ice-pwd:{}\r\na=fingerprint:sha-256 \
+                 5C:3B:2E:8A:91:0F:44:7D:C2:19:E6:58:AB:03:7F:D1:6E:90:42:B8:15:CA:7E:33:D9:01:6B:F4:28:A5:8C:E7\r\n\
+                 a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\nm=video",
+                creds.ufrag, creds.pwd
+            ),
+            1,
+        );
+        if let Ok(r) = run.post_offer(side, url, Some(SDP), &two_audio, &[]).await {
+            let result = check(
+                matches!(r.status, 400 | 422 | 201),
+                format!("an offer with two audio tracks → {}", r.brief()),
+                format!(
+                    "an offer with two audio tracks → {} (want 422 or 400)",
+                    r.brief()
+                ),
+            );
+            run.record(ep, "WHIP-MSID", Level::Must, "W§4.4.2", result);
+            cleanup(run, url, &r).await;
+        }
+        // Only an unknown video codec: the whole POST is refused.
+        let foo = good
+            .replace(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
+                "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            )
+            .replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 FOO/90000");
+        let foo: String = foo
+            .lines()
+            .filter(|l| {
+                !(l.starts_with("a=rtpmap:97")
+                    || l.starts_with("a=fmtp:97")
+                    || l.contains(":102")
+                    || l.contains(":103"))
+            })
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        if let Ok(r) = run.post_offer(side, url, Some(SDP), &foo, &[]).await {
+            let result = check(
+                r.status == 422 || r.status == 400,
+                format!("video offering only FOO/90000 → {}", r.brief()),
+                format!(
+                    "video offering only FOO/90000 → {} (SHOULD refuse the whole offer, 422/400)",
+                    r.brief()
+                ),
+            );
+            run.record(ep, "WHIP-NO-PARTIAL", Level::Should, "W§4.4.3", result);
+            cleanup(run, url, &r).await;
+        }
+        // DTLS roles.
+        let mut bad = Vec::new();
+        let mut seen = Vec::new();
+        for (offered, want) in [("active", "passive"), ("passive", "active")] {
+            let o = browser_offer(side, &Credentials::random(), offered);
+            if let Ok(r) = run.post_offer(side, url, Some(SDP), &o, &[]).await {
+                let got = Parsed::new(&r.body);
+                let setup = got
+                    .media
+                    .first()
+                    .and_then(|m| got.attr(m, "setup"))
+                    .unwrap_or("")
+                    .to_string();
+                seen.push(format!("setup:{offered} → {} setup:{setup}", r.status));
+                if !(r.status == 422 || r.status == 400 || (r.status == 201 && setup == want)) {
+                    bad.push(format!(
+                        "setup:{offered} → {} with setup:{setup} (want 201 with {want}, or 422/400)",
+                        r.status
+                    ));
+                }
+                cleanup(run, url, &r).await;
+            }
+        }
+        run.record(
+            ep,
+            "WHIP-SETUP-ACTIVE",
+            Level::Should,
+            "W§4.4.4; J§5.3.1",
+            check(bad.is_empty(), seen.join(", "), bad.join("; ")),
+        );
+        // Simulcast.
+        let sim = good.replacen(
+            "a=mid:1\r\n",
+            "a=mid:1\r\na=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+             a=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n",
+            1,
+        );
+        if let Ok(r) = run.post_offer(side, url, Some(SDP), &sim, &[]).await {
+            let body = &r.body;
+            let declined = !body.contains("a=simulcast");
+            let answered = body.contains("a=simulcast:recv h;l")
+                && body.contains("a=rid:h recv")
+                && body.contains("a=rid:l recv");
+            let result = if r.status != 201 {
+                Err(format!("a simulcast offer → {}", r.brief()))
+            } else {
+                check(
+                    declined || answered,
+                    if declined {
+                        "simulcast declined (no a=simulcast in the answer)".into()
+                    } else {
+                        "a=simulcast:recv h;l with a=rid:h recv, a=rid:l recv".into()
+                    },
+                    "a=simulcast in the answer without the RFC 8853 recv form".into(),
+                )
+            };
+            run.record(
+                ep,
+                "WHIP-SIMULCAST",
+                Level::Must,
+                "W§4.8; RFC 8853 §5.3.2",
+                result,
+            );
+            cleanup(run, url, &r).await;
+        }
+    }
+}
+
+/// DELETEs what a POST created, if it did.
+async fn cleanup(run: &mut Run, endpoint: &Url, r: &Resp) {
+    if r.status == 201
+        && let Ok(u) = endpoint.join(&r.header("location"))
+    {
+        run.delete(&u).await;
+    }
+}
+
+/// Item 51: session URLs carry ≥ 122 bits of apparent randomness and no counter.
+fn entropy_case(run: &mut Run, ep: &'static str, locations: &[Url]) {
+    if locations.len() < 2 {
+        run.skipped(
+            ep,
+            "WHxP-URL-ENTROPY",
+            Level::Should,
+            "W§5; RFC 4086",
+            "fewer than two sessions were created".into(),
+        );
+        return;
+    }
+    let mut bits = f64::INFINITY;
+    let mut worst = String::new();
+    for u in locations {
+        let path = u.path();
+        // The part of the path that differs between sessions.
+        let other = locations
+            .iter()
+            .find(|o| o.path() != path)
+            .map(|o| o.path())
+            .unwrap_or("");
+        let common = path
+            .chars()
+            .zip(other.chars())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let unique: String = path.chars().skip(common).collect::<String>();
+        let unique = unique.trim_end_matches('/');
+        let alphabet = if unique.chars().all(|c| c.is_ascii_digit()) {
+            10.0
+        } else if unique.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            16.0
+        } else {
+            64.0
+        };
+        let hexish = unique.chars().filter(|c| *c != '-').count() as f64;
+        let b = hexish * f64::log2(alphabet);
+        if b < bits {
+            bits = b;
+            worst = u.to_string();
+        }
+    }
+    let distinct = {
+        let mut v: Vec<&str> = locations.iter().map(|u| u.path()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
+    };
+    run.record(
+        ep,
+        "WHxP-URL-ENTROPY",
+        Level::Should,
+        "W§5; RFC 4086",
+        check(
+            bits >= 122.0 && distinct == locations.len(),
+            format!(
+                "{} session URLs, all distinct; at least {bits:.0} bits of apparent randomness each",
+                locations.len()
+            ),
+            format!("{worst}: about {bits:.0} bits of apparent randomness (want ≥ 122)"),
+        ),
+    );
+}
+
+/// Item 50: a burst of POSTs from one client meets some 429/503 (informational).
+async fn rate_case(run: &mut Run, side: Side, ep: &'static str, url: &Url) {
+    let n = run.settings.burst;
+    if n == 0 {
+        run.skipped(
+            ep,
+            "WHxP-RATE",
+            Level::Should,
+            "W§5; E§5",
+            "not run (it creates sessions on the server): give --burst N".into(),
+        );
+        return;
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    for _ in 0..n {
+        let o = browser_offer(side, &Credentials::random(), "actpass");
+        if let Ok(r) = run.post_offer(side, url, Some(SDP), &o, &[]).await {
+            *statuses.entry(r.status).or_insert(0) += 1;
+            cleanup(run, url, &r).await;
+        }
+    }
+    let limited =
+        statuses.get(&429).copied().unwrap_or(0) + statuses.get(&503).copied().unwrap_or(0);
+    run.record(
+        ep,
+        "WHxP-RATE",
+        Level::Should,
+        "W§5; E§5",
+        check(
+            limited > 0,
+            format!(
+                "{n} POSTs in {:.1} s: statuses {statuses:?}",
+                started.elapsed().as_secs_f64()
+            ),
+            format!(
+                "{n} POSTs in {:.1} s, none limited: statuses {statuses:?}",
+                started.elapsed().as_secs_f64()
+            ),
+        ),
+    );
+}
+
+/// WHEP-only items: 406 counter-offers (55), 409 without publisher (57), and the media-level
+/// case (a real peer: ICE, DTLS, media, DELETE).
+async fn whep_only(run: &mut Run, ep: &'static str, url: &Url, main: Option<&Created>) {
+    match main {
+        Some(_) => run.skipped(
+            ep,
+            "WHEP-406-COUNTER",
+            Level::May,
+            "E§4.3.2",
+            "the server answered the offer with 201 (no counter-offer to test)".into(),
+        ),
+        None => run.skipped(
+            ep,
+            "WHEP-406-COUNTER",
+            Level::May,
+            "E§4.3.2",
+            "no POST succeeded".into(),
+        ),
+    }
+    match run.settings.whep_no_publisher.clone() {
+        Some(idle) => {
+            let o = browser_offer(Side::Whep, &Credentials::random(), "actpass");
+            let result = match run.post_offer(Side::Whep, &idle, Some(SDP), &o, &[]).await {
+                Ok(r) => {
+                    let ra = r.header("retry-after");
+                    let result = check(
+                        r.status == 201 || (r.status == 409 && ra.parse::<u64>().is_ok()),
+                        format!("POST to {idle} → {} Retry-After {ra:?}", r.status),
+                        format!(
+                            "POST to {idle} → {}, Retry-After {ra:?} (want 409 with \
+                             delay-seconds, or 201)",
+                            r.brief()
+                        ),
+                    );
+                    cleanup(run, &idle, &r).await;
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            run.record(ep, "WHEP-409-NO-PUBLISHER", Level::Must, "E§4.3.8", result);
+        }
+        None => run.skipped(
+            ep,
+            "WHEP-409-NO-PUBLISHER",
+            Level::Must,
+            "E§4.3.8",
+            "give --whep-no-publisher URL (a stream without publisher) to run it".into(),
+        ),
+    }
+    if run.settings.no_media {
+        run.skipped(
+            ep,
+            "WHEP-EXT-OPTIONAL",
+            Level::Must,
+            "E§4.10; W§4.9",
+            "--no-media".into(),
+        );
+        return;
+    }
+    if !run.wanted("WHEP-EXT-OPTIONAL") {
+        return;
+    }
+    // A real peer that touches no extension URL: ICE and DTLS complete, media arrives, DELETE.
+    let opts = whep_client::Options {
+        url: url.to_string(),
+        token: run.http.token().map(str::to_string),
+        frames: Some(30),
+        timeout: Duration::from_secs(20),
+        duration: None,
+        rtp_only: false,
+        control: None,
+        frames_out: None,
+    };
+    let client = reqwest::Client::new();
+    let result = match whep_client::watch(&client, opts, |_| {}).await {
+        Ok(s) => check(
+            s.connected_ms.is_some() && s.video_frames >= 30,
+            format!(
+                "a WebRTC peer (whep-client) connected in {} ms and decoded {} video frames \
+                 ({}x{} {}), then DELETE",
+                s.connected_ms.unwrap_or(0),
+                s.video_frames,
+                s.width.unwrap_or(0),
+                s.height.unwrap_or(0),
+                s.codec.as_deref().unwrap_or("?")
+            ),
+            format!("connected {:?}, {} frames", s.connected_ms, s.video_frames),
+        ),
+        Err(e) => Err(format!("a WebRTC peer (whep-client): {e}")),
+    };
+    run.record(
+        ep,
+        "WHEP-EXT-OPTIONAL",
+        Level::Must,
+        "E§4.10; W§4.9",
+        result,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_values_split_on_commas_outside_brackets_and_quotes() {
+        let v = "<turn:t.example:3478?transport=udp>; rel=\"ice-server\"; username=\"a,b\", \
+                 <stun:s.example>; rel=\"ice-server\"";
+        let l = split_links(v);
+        assert_eq!(l.len(), 2, "{l:?}");
+        assert!(l[0].contains("username=\"a,b\""));
+        assert!(l[1].starts_with("<stun:"));
+    }
+}
