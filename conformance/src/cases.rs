@@ -1800,13 +1800,13 @@ async fn post_variants(
             cleanup(run, url, &r).await;
         }
         // Only an unknown video codec: the whole POST is refused.
-        let foo = good
+        let unknown_codec = good
             .replace(
                 "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103",
                 "m=video 9 UDP/TLS/RTP/SAVPF 96",
             )
             .replace("a=rtpmap:96 VP8/90000", "a=rtpmap:96 FOO/90000");
-        let foo: String = foo
+        let unknown_codec: String = unknown_codec
             .lines()
             .filter(|l| {
                 !(l.starts_with("a=rtpmap:97")
@@ -1816,7 +1816,10 @@ async fn post_variants(
             })
             .map(|l| format!("{l}\r\n"))
             .collect();
-        if let Ok(r) = run.post_offer(side, url, Some(SDP), &foo, &[]).await {
+        if let Ok(r) = run
+            .post_offer(side, url, Some(SDP), &unknown_codec, &[])
+            .await
+        {
             let result = check(
                 r.status == 422 || r.status == 400,
                 format!("video offering only FOO/90000 → {}", r.brief()),
