@@ -68,21 +68,11 @@ impl Run {
         section: &'static str,
         result: Result<String, String>,
     ) {
-        if !self.wanted(id) {
-            return;
-        }
         let (result, detail) = match result {
             Ok(d) => (Verdict::Pass, d),
             Err(d) => (Verdict::Fail, d),
         };
-        self.cases.push(Case {
-            id: id.to_string(),
-            endpoint,
-            level,
-            section,
-            result,
-            detail,
-        });
+        self.push(endpoint, id, level, section, result, detail);
     }
 
     fn skipped(
@@ -93,17 +83,28 @@ impl Run {
         section: &'static str,
         why: String,
     ) {
-        if !self.wanted(id) {
-            return;
+        self.push(endpoint, id, level, section, Verdict::Skip, why);
+    }
+
+    fn push(
+        &mut self,
+        endpoint: &'static str,
+        id: &str,
+        level: Level,
+        section: &'static str,
+        result: Verdict,
+        detail: String,
+    ) {
+        if self.wanted(id) {
+            self.cases.push(Case {
+                id: id.to_string(),
+                endpoint,
+                level,
+                section,
+                result,
+                detail,
+            });
         }
-        self.cases.push(Case {
-            id: id.to_string(),
-            endpoint,
-            level,
-            section,
-            result: Verdict::Skip,
-            detail: why,
-        });
     }
 
     async fn send(&mut self, req: Req) -> Result<Resp, String> {
@@ -311,8 +312,8 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
     }
     if side == Side::Whep {
         let r = run.send(Req::new(Method::HEAD, url)).await;
-        let result = match r {
-            Ok(r) => check(
+        let result = r.and_then(|r| {
+            check(
                 r.status == 200 && r.media_type() == SDP && r.body.is_empty(),
                 format!("HEAD → 200, Content-Type {}", r.header("content-type")),
                 format!(
@@ -321,9 +322,8 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
                     r.header("content-type"),
                     r.body.len()
                 ),
-            ),
-            Err(e) => Err(e),
-        };
+            )
+        });
         run.record(ep, "WHEP-HEAD", Level::Should, "E§4.2", result);
     }
     {
@@ -395,14 +395,13 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
             &id("DELETE-NO-ETAG"),
             Level::Must,
             sec("W§4.3.1", "E§4.4"),
-            match r {
-                Ok(r) => check(
+            r.and_then(|r| {
+                check(
                     r.status == 200,
                     "DELETE with If-Match: \"bogus\" → 200 (entity-tag ignored)".into(),
                     format!("DELETE with If-Match: \"bogus\" → {} (want 200)", r.brief()),
-                ),
-                Err(e) => Err(e),
-            },
+                )
+            }),
         );
     }
     match run.create(side, url, |o| o).await {
@@ -1088,8 +1087,8 @@ async fn options_cases(
                 .no_auth()
                 .header("origin", ORIGIN);
             let plain = run.send(plain).await;
-            let result = match plain {
-                Ok(q) => check(
+            let result = plain.and_then(|q| {
+                check(
                     (200..300).contains(&r.status)
                         && (200..300).contains(&q.status)
                         && q.has("access-control-allow-origin"),
@@ -1105,9 +1104,8 @@ async fn options_cases(
                         q.status,
                         q.header("access-control-allow-origin")
                     ),
-                ),
-                Err(e) => Err(e),
-            };
+                )
+            });
             run.record(
                 ep,
                 &format!("{p}-OPTIONS-NOAUTH"),
@@ -1304,8 +1302,8 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
         &id("PATCH-CT"),
         Level::Must,
         "W§4.3.1",
-        match r {
-            Ok(r) => check(
+        r.and_then(|r| {
+            check(
                 is_4xx(r.status),
                 format!(
                     "PATCH with Content-Type application/sdp → {}{}",
@@ -1320,9 +1318,8 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
                     "PATCH with Content-Type application/sdp → {} (want 4xx)",
                     r.brief()
                 ),
-            ),
-            Err(e) => Err(e),
-        },
+            )
+        }),
     );
     let r = run.patch(&c.url, TRICKLE, tag, "garbage").await;
     run.record(
@@ -1330,14 +1327,13 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
         &id("PATCH-MALFORMED"),
         Level::Must,
         "W§4.3.1",
-        match r {
-            Ok(r) => check(
+        r.and_then(|r| {
+            check(
                 is_4xx(r.status),
                 format!("PATCH with body \"garbage\" → {}", r.status),
                 format!("PATCH with body \"garbage\" → {} (want 4xx)", r.brief()),
-            ),
-            Err(e) => Err(e),
-        },
+            )
+        }),
     );
 
     // Trickle.
@@ -1370,8 +1366,8 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
             &id("TRICKLE-204"),
             Level::Must,
             "W§4.3.2",
-            match &trickle {
-                Ok(r) => check(
+            trickle.clone().and_then(|r| {
+                check(
                     r.status == 204 && r.body.is_empty() && !r.has("etag"),
                     "trickle PATCH with the 201's ETag → 204, no body, no ETag".into(),
                     format!(
@@ -1381,43 +1377,40 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
                         r.body.len(),
                         if r.has("etag") { ", an ETag" } else { "" }
                     ),
-                ),
-                Err(e) => Err(e.clone()),
-            },
+                )
+            }),
         );
         run.record(
             ep,
             &id("PATCH-428"),
             Level::Must,
             "W§4.3.1; W§4.3.2; RFC 6585 §3",
-            match &no_tag {
-                Ok(r) => check(
+            no_tag.clone().and_then(|r| {
+                check(
                     r.status == 428,
                     "trickle PATCH without If-Match → 428".into(),
                     format!(
                         "trickle PATCH without If-Match → {} (want 428 Precondition Required)",
                         r.brief()
                     ),
-                ),
-                Err(e) => Err(e.clone()),
-            },
+                )
+            }),
         );
         run.record(
             ep,
             &id("PATCH-412"),
             Level::Must,
             "W§4.3.1",
-            match &stale {
-                Ok(r) => check(
+            stale.clone().and_then(|r| {
+                check(
                     r.status == 412,
                     "trickle PATCH with If-Match \"not-current\" → 412".into(),
                     format!(
                         "trickle PATCH with If-Match \"not-current\" → {} (want 412)",
                         r.brief()
                     ),
-                ),
-                Err(e) => Err(e.clone()),
-            },
+                )
+            }),
         );
         let odd = trickle_fragment(
             &c.creds,
@@ -1432,14 +1425,13 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
             &id("TRICKLE-DISCARD"),
             Level::Must,
             "W§4.3.2",
-            match r {
-                Ok(r) => check(
+            r.and_then(|r| {
+                check(
                     r.status == 204,
                     "TCP and .local candidates → 204 (discarded silently)".into(),
                     format!("TCP and .local candidates → {} (want 204)", r.brief()),
-                ),
-                Err(e) => Err(e),
-            },
+                )
+            }),
         );
         let wide = format!(
             "{frag}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=ice-ufrag:{}\r\n\
@@ -1452,17 +1444,16 @@ async fn patch_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
             &id("TRICKLE-FRAG-SCOPE"),
             Level::Info,
             "W§4.3.2",
-            match r {
-                Ok(r) => check(
+            r.and_then(|r| {
+                check(
                     r.status == 204,
                     "a fragment with a second m= block and an unknown attribute → 204".into(),
                     format!(
                         "a fragment with a second m= block and an unknown attribute → {}",
                         r.brief()
                     ),
-                ),
-                Err(e) => Err(e),
-            },
+                )
+            }),
         );
     }
 

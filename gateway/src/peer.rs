@@ -409,18 +409,18 @@ impl Peer {
                     }
                     let next = source.borrow_and_update().clone();
                     match next {
-                        Source::Ready(ready) if self.cannot_play(&ready).is_some() => {
-                            break self.cannot_play(&ready).unwrap_or_default();
-                        }
-                        Source::Ready(ready) if connected => {
+                        Source::Ready(ready) => {
+                            if let Some(why) = self.cannot_play(&ready) {
+                                break why;
+                            }
                             let same = reader.as_ref().is_some_and(|(_, r)| r.generation == ready.generation);
-                            if !same {
+                            if connected && !same {
                                 held.meta = None;
                                 reader = open_reader(&ready, &mut feed, &session);
                             }
                         }
                         Source::Failed(reason) => break format!("session source failed: {reason}"),
-                        Source::Ready(_) | Source::Idle | Source::Starting => {}
+                        Source::Idle | Source::Starting => {}
                     }
                 }
                 _ = &mut timer => {
