@@ -429,7 +429,7 @@ impl Peer {
                     }
                 }
                 _ = &mut stopped => {
-                    self.rtc.disconnect();
+                    crate::resource::close(&mut self.rtc);
                     break "session stopped".into();
                 }
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
@@ -474,13 +474,17 @@ impl Peer {
                         // Let the event leave before the connection closes.
                         let _ = self.drive(&mut channel_events);
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        self.rtc.disconnect();
+                        crate::resource::close(&mut self.rtc);
                         break why;
                     }
                 }
             }
         };
-        // Flush what str0m still wants to send (a DTLS close_notify after disconnect).
+        // Whatever ended it, the viewer hears at once (RTCP BYE, DTLS close_notify) rather
+        // than when its consent checks go unanswered.
+        if self.rtc.is_alive() {
+            crate::resource::close(&mut self.rtc);
+        }
         let _ = self.drive(&mut channel_events);
         tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
         (self.on_end.0)();

@@ -171,11 +171,15 @@ impl Publisher {
                     }
                 }
                 _ = &mut stopped => {
-                    self.rtc.disconnect();
+                    crate::resource::close(&mut self.rtc);
                     break "session stopped".into();
                 }
             }
         };
+        // The publisher hears at once (RTCP BYE, DTLS close_notify), whatever ended it.
+        if self.rtc.is_alive() {
+            crate::resource::close(&mut self.rtc);
+        }
         let _ = self.drive(&mut sink, &mut outbox);
         tracing::info!(
             packets = sink.packets,

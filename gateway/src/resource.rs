@@ -52,6 +52,16 @@ impl Drop for PortLink {
     }
 }
 
+/// Ends a connection so the remote learns it at once (RFC 7675 §5.2, immediate revocation of
+/// consent): str0m queues an RTCP BYE and a DTLS close_notify, which the caller's next poll
+/// sends. A connection that cannot close that way (DTLS never started) is just dropped.
+pub fn close(rtc: &mut Rtc) {
+    if let Err(e) = rtc.close() {
+        tracing::debug!("no graceful close ({e}): dropping the connection");
+        rtc.disconnect();
+    }
+}
+
 /// Hands a datagram from the port to `rtc`.
 pub fn receive(rtc: &mut Rtc, dg: &Datagram) -> Result<(), String> {
     let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
@@ -108,7 +118,7 @@ impl IceSession {
     pub fn on_message(&mut self, rtc: &mut Rtc, msg: Option<PeerMsg>, link: &mut PortLink) -> bool {
         match msg {
             None | Some(PeerMsg::Close) => {
-                rtc.disconnect();
+                close(rtc);
                 true
             }
             Some(PeerMsg::Patch {

@@ -72,6 +72,7 @@ fn spawn_viewer(
             Duration::from_secs_f64(listen_secs),
         )),
         frames_out: None,
+        ..Default::default()
     };
     let run = tokio::spawn(async move { watch(&reqwest::Client::new(), opts, |_| {}).await });
     (run, rx)

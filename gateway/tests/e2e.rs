@@ -183,6 +183,66 @@ async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_pla
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickle_and_ice_restart_keep_media_flowing_and_delete_closes_the_connection() {
+    let wisp = Wisp::start("restart", "");
+    let t = wisp.token("demo", "view");
+    let http = reqwest::Client::new();
+    let mut opts = wisp.viewer("demo", &t, 90, 30);
+    opts.trickle = true;
+    opts.restart_after = Some(30);
+    opts.linger = Some(Duration::from_secs(2));
+    let s = watch(&http, opts, |_| {})
+        .await
+        .expect("the viewer plays through its ICE restart");
+    assert_eq!(s.trickle_status, Some(204), "{s:?}");
+    assert!(
+        s.restart_connected_ms.is_some(),
+        "ICE connected again: {s:?}"
+    );
+    assert!(s.frames_after_restart >= 30, "{s:?}");
+    assert_eq!(s.delete_status, Some(200));
+    // RFC 7675 §5.2: the DELETE revokes consent at once, the viewer is told (close_notify)
+    // and no media follows.
+    assert!(
+        s.closed_after_delete_ms.is_some_and(|ms| ms < 1000),
+        "closed by the server after the DELETE: {s:?}"
+    );
+    assert_eq!(s.packets_after_delete, Some(0), "{s:?}");
+    assert!(wisp.log().contains("ICE restart"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_learns_at_once_when_its_session_is_deleted() {
+    let wisp = Wisp::start("ended", "");
+    let t = wisp.token("demo", "view");
+    let http = reqwest::Client::new();
+    let opts = wisp.viewer("demo", &t, 100_000, 60);
+    let viewer = tokio::spawn(async move { watch(&http, opts, |_| {}).await });
+    assert!(wisp.wait_log("viewer connected", 20));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let admin = wisp.token("*", "admin");
+    let deleted = Instant::now();
+    let status = reqwest::Client::new()
+        .delete(format!("{}/api/sessions/demo", wisp.base))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let err = tokio::time::timeout(Duration::from_secs(5), viewer)
+        .await
+        .expect("the viewer ends within 5 s, not at its consent timeout")
+        .unwrap()
+        .expect_err("the viewer did not get its frames");
+    assert!(
+        err.to_string().contains("the server closed the connection"),
+        "{err}"
+    );
+    assert!(deleted.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_are_counted_and_hurt_no_viewer() {
     let wisp = Wisp::start("garbage", "");
     let t = wisp.token("demo", "view");

@@ -42,6 +42,35 @@ pub struct Options {
     pub control: Option<Control>,
     /// Every complete video frame as it arrives (not in `rtp_only` mode, which has no frames).
     pub frames_out: Option<UnboundedSender<VideoFrame>>,
+    /// Leave the local candidate out of the offer and send it in a trickle-ICE PATCH
+    /// (RFC 9725 §4.3.2) once the resource exists; the PATCH must get 204.
+    pub trickle: bool,
+    /// After this many video frames, restart ICE with a PATCH (RFC 9725 §4.3.3, `If-Match`
+    /// with the resource's ETag) and apply the server's new credentials; `frames` then also
+    /// waits for the restart to be done.
+    pub restart_after: Option<u64>,
+    /// After the DELETE, keep the connection open this long and note whether the server
+    /// closes it (DTLS close_notify) and whether media still comes (RFC 7675 §5.2).
+    pub linger: Option<Duration>,
+}
+
+impl Default for Options {
+    /// Watch until the timeout (20 s) with no frame target, depacketizing frames.
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            token: None,
+            frames: None,
+            timeout: Duration::from_secs(20),
+            duration: None,
+            rtp_only: false,
+            control: None,
+            frames_out: None,
+            trickle: false,
+            restart_after: None,
+            linger: None,
+        }
+    }
 }
 
 /// A complete video frame, as [`Options::frames_out`] reports it.
@@ -143,6 +172,26 @@ pub struct Summary {
     /// Replies on the control channel, and how many of them were errors.
     pub control_replies: u64,
     pub control_errors: u64,
+    /// The status of the trickle-ICE PATCH (with [`Options::trickle`]).
+    pub trickle_status: Option<u16>,
+    /// PATCH sent → the server's new ICE credentials applied, ms (with
+    /// [`Options::restart_after`]).
+    pub restart_ms: Option<u64>,
+    /// PATCH sent → ICE connected again with the new credentials, ms.
+    pub restart_connected_ms: Option<u64>,
+    /// Complete video frames after the restart was applied.
+    pub frames_after_restart: u64,
+    /// The status of the DELETE that ended the session.
+    pub delete_status: Option<u16>,
+    /// DELETE sent → the server closed the connection (DTLS close_notify), ms (with
+    /// [`Options::linger`]).
+    pub closed_after_delete_ms: Option<u64>,
+    /// DELETE sent → the server no longer answered our consent checks (ICE disconnected),
+    /// ms (with [`Options::linger`]).
+    pub unanswered_after_delete_ms: Option<u64>,
+    /// SRTP/SRTCP packets that arrived later than 250 ms after the DELETE's answer (with
+    /// [`Options::linger`]; a server that revoked consent sends none).
+    pub packets_after_delete: Option<u64>,
 }
 
 /// Why watching failed.
@@ -190,13 +239,17 @@ pub async fn watch(
     let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
     let local = socket.local_addr()?;
 
-    let mut rtc = RtcConfig::new()
+    let mut config = RtcConfig::new()
         .set_rtp_mode(opts.rtp_only)
-        .set_stats_interval(Some(Duration::from_secs(1)))
-        .build(Instant::now());
-    rtc.add_local_candidate(
-        Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?,
-    );
+        .set_stats_interval(Some(Duration::from_secs(1)));
+    if opts.linger.is_some() {
+        quick_consent_checks(&mut config);
+    }
+    let mut rtc = config.build(Instant::now());
+    let host = Candidate::host(local, "udp").map_err(|e| ClientError::Rtc(e.to_string()))?;
+    if !opts.trickle {
+        rtc.add_local_candidate(host.clone());
+    }
     let mut api = rtc.sdp_api();
     let video_mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let audio_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
@@ -205,40 +258,42 @@ pub async fn watch(
     }
     let (offer, pending) = api.apply().expect("adding media makes an offer");
 
-    let mut req = http
-        .post(url.clone())
-        .header("Content-Type", "application/sdp")
-        .body(offer.to_sdp_string());
-    if let Some(t) = &opts.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.map_err(|e| ClientError::Request {
-        url: opts.url.clone(),
-        message: e.to_string(),
-    })?;
-    let status = resp.status().as_u16();
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|l| url.join(l).ok());
-    let body = resp.text().await.unwrap_or_default();
-    if status != 201 {
-        return Err(ClientError::Http {
-            status,
-            detail: problem_detail(&body),
-        });
-    }
-    let answer =
-        SdpAnswer::from_sdp_string(&body).map_err(|e| ClientError::Answer(e.to_string()))?;
-    rtc.sdp_api()
-        .accept_answer(pending, answer)
-        .map_err(|e| ClientError::Answer(e.to_string()))?;
+    let Posted {
+        location,
+        mut etag,
+        answer: mut answer_text,
+    } = post_offer(http, &url, opts.token.as_deref(), offer, pending, &mut rtc).await?;
 
     let mut summary = Summary {
         resource: location.as_ref().map(|l| l.to_string()),
         ..Summary::default()
     };
+    let resource = Resource {
+        http,
+        url: location.clone(),
+        token: opts.token.as_deref(),
+    };
+    if opts.trickle {
+        rtc.add_local_candidate(host.clone());
+        let creds = rtc.direct_api().local_ice_credentials();
+        let fragment = format!(
+            "a=ice-ufrag:{}\r\na=ice-pwd:{}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{video_mid}\r\n\
+             a={}\r\na=end-of-candidates\r\n",
+            creds.ufrag,
+            creds.pass,
+            host.to_sdp_string()
+        );
+        let resp = resource.patch(fragment, etag.as_deref()).await?;
+        summary.trickle_status = Some(resp.status().as_u16());
+        if resp.status().as_u16() != 204 {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Http {
+                status,
+                detail: format!("trickle PATCH: {}", problem_detail(&body)),
+            });
+        }
+    }
     let mut tally = Tally::new(video_mid, audio_mid, opts.frames_out.take());
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
@@ -283,9 +338,27 @@ pub async fn watch(
             Ok(d) => d,
             Err(e) => break Err(e),
         };
+        if let Some(n) = opts.restart_after
+            && tally.restart_sent.is_none()
+            && summary.video_frames >= n
+        {
+            tally.restart_sent = Some(Instant::now());
+            match resource
+                .restart_ice(&mut rtc, &mut answer_text, &mut etag)
+                .await
+            {
+                Ok(()) => {
+                    let ms = tally.restart_sent.map(|t| t.elapsed().as_millis() as u64);
+                    summary.restart_ms = ms;
+                }
+                Err(e) => break Err(e),
+            }
+            continue; // str0m has new checks to send
+        }
         if let Some(want) = opts.frames
             && summary.video_frames >= want
             && control.is_none()
+            && (opts.restart_after.is_none() || summary.restart_ms.is_some())
         {
             break Ok(());
         }
@@ -382,15 +455,458 @@ pub async fn watch(
     };
     summary.seconds = started.elapsed().as_secs_f64();
     // Tear down the resource either way (RFC 9725 §4.2).
-    if let Some(loc) = &location {
-        let mut del = http.delete(loc.clone());
-        if let Some(t) = &opts.token {
-            del = del.bearer_auth(t);
-        }
-        let _ = del.send().await;
+    let deleted_at = Instant::now();
+    summary.delete_status = resource.delete().await;
+    if let (Ok(()), Some(time)) = (&result, opts.linger) {
+        tally.deleted_at = Some(deleted_at);
+        let after = run_until(
+            &mut rtc,
+            &socket,
+            &udp,
+            &mut buf,
+            deleted_at + time,
+            Some(Instant::now() + LATE_AFTER),
+            |e, rtc| {
+                let _ = tally.event(e, rtc, &mut summary, started);
+                false
+            },
+        )
+        .await;
+        summary.packets_after_delete = Some(after);
     }
+    close(&mut rtc, &socket);
     rtc.disconnect();
     result.map(|()| summary)
+}
+
+/// Packets in flight when a DELETE is answered may still arrive this long after it.
+const LATE_AFTER: Duration = Duration::from_millis(250);
+
+/// What the POST of an offer gave: the resource, its ETag, the answer (applied).
+struct Posted {
+    location: Option<reqwest::Url>,
+    etag: Option<String>,
+    answer: String,
+}
+
+/// POSTs `offer` (`application/sdp`, bearer `token`) and applies the 201's answer to `rtc`.
+async fn post_offer(
+    http: &reqwest::Client,
+    url: &reqwest::Url,
+    token: Option<&str>,
+    offer: str0m::change::SdpOffer,
+    pending: str0m::change::SdpPendingOffer,
+    rtc: &mut str0m::Rtc,
+) -> Result<Posted, ClientError> {
+    let mut req = http
+        .post(url.clone())
+        .header("Content-Type", "application/sdp")
+        .body(offer.to_sdp_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| ClientError::Request {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let status = resp.status().as_u16();
+    let location = header(&resp, "location").and_then(|l| url.join(&l).ok());
+    let etag = header(&resp, "etag");
+    let answer = resp.text().await.unwrap_or_default();
+    if status != 201 {
+        return Err(ClientError::Http {
+            status,
+            detail: problem_detail(&answer),
+        });
+    }
+    let sdp =
+        SdpAnswer::from_sdp_string(&answer).map_err(|e| ClientError::Answer(e.to_string()))?;
+    rtc.sdp_api()
+        .accept_answer(pending, sdp)
+        .map_err(|e| ClientError::Answer(e.to_string()))?;
+    Ok(Posted {
+        location,
+        etag,
+        answer,
+    })
+}
+
+/// What [`publish_probe`] saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProbeSummary {
+    pub resource: Option<String>,
+    /// POST sent → ICE+DTLS connected, ms.
+    pub connected_ms: Option<u64>,
+    pub delete_status: Option<u16>,
+    /// DELETE sent → the server closed the connection (DTLS close_notify), ms.
+    pub closed_after_delete_ms: Option<u64>,
+    /// DELETE sent → the server no longer answered consent checks, ms.
+    pub unanswered_after_delete_ms: Option<u64>,
+    /// SRTP/SRTCP packets from the server later than 250 ms after the DELETE's answer.
+    pub packets_after_delete: u64,
+}
+
+/// A WHIP publisher that sends no media, to check a WHIP server's session handling: POSTs
+/// a `sendonly` audio and video offer, completes ICE and DTLS, stays `hold`, DELETEs, and
+/// watches the connection for `linger` more.
+pub async fn publish_probe(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    hold: Duration,
+    linger: Duration,
+    timeout: Duration,
+) -> Result<ProbeSummary, ClientError> {
+    let started = Instant::now();
+    let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Request {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let socket = UdpSocket::bind(SocketAddr::new(local_ip_for(&parsed).await?, 0)).await?;
+    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    let mut config = RtcConfig::new();
+    quick_consent_checks(&mut config);
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(
+        Candidate::host(socket.local_addr()?, "udp")
+            .map_err(|e| ClientError::Rtc(e.to_string()))?,
+    );
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let (offer, pending) = api.apply().expect("adding media makes an offer");
+    let posted = post_offer(http, &parsed, token, offer, pending, &mut rtc).await?;
+    let resource = Resource {
+        http,
+        url: posted.location,
+        token,
+    };
+    let mut summary = ProbeSummary {
+        resource: resource.url.as_ref().map(|u| u.to_string()),
+        ..ProbeSummary::default()
+    };
+    let mut buf = vec![0u8; GRO_BUFFER];
+    let mut failed = None;
+    run_until(
+        &mut rtc,
+        &socket,
+        &udp,
+        &mut buf,
+        started + timeout,
+        None,
+        |e, _| {
+            match e {
+                Event::Connected => {
+                    summary.connected_ms = Some(started.elapsed().as_millis() as u64)
+                }
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    failed = Some("ICE disconnected");
+                }
+                Event::Closed => failed = Some("the server closed the connection"),
+                _ => return false,
+            }
+            true
+        },
+    )
+    .await;
+    if summary.connected_ms.is_some() {
+        run_until(
+            &mut rtc,
+            &socket,
+            &udp,
+            &mut buf,
+            Instant::now() + hold,
+            None,
+            |e, _| {
+                if matches!(e, Event::Closed) {
+                    failed = Some("the server closed the connection while publishing");
+                }
+                failed.is_some()
+            },
+        )
+        .await;
+    }
+    let deleted_at = Instant::now();
+    summary.delete_status = resource.delete().await;
+    let result = match (summary.connected_ms, failed) {
+        (_, Some(why)) => Err(ClientError::Disconnected(why.into())),
+        (None, None) => Err(ClientError::NotConnected(timeout.as_secs())),
+        (Some(_), None) => {
+            let ms = || Some(deleted_at.elapsed().as_millis() as u64);
+            summary.packets_after_delete = run_until(
+                &mut rtc,
+                &socket,
+                &udp,
+                &mut buf,
+                deleted_at + linger,
+                Some(Instant::now() + LATE_AFTER),
+                |e, _| {
+                    match e {
+                        Event::Closed => summary.closed_after_delete_ms = ms(),
+                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                            summary.unanswered_after_delete_ms = ms();
+                        }
+                        _ => {}
+                    }
+                    false
+                },
+            )
+            .await;
+            Ok(())
+        }
+    };
+    close(&mut rtc, &socket);
+    result.map(|()| summary)
+}
+
+/// Consent checks every 500 ms, and ICE given up after about 3 s without answers (str0m's
+/// defaults take some 20 s): to see within a few seconds whether a server stopped answering.
+fn quick_consent_checks(config: &mut RtcConfig) {
+    config.set_max_stun_rto(Duration::from_millis(500));
+    config.set_max_stun_retransmits(5);
+}
+
+/// Keeps a connection going until `end`, or until `on_event` (given str0m's events) says
+/// stop. Counts the SRTP/SRTCP datagrams (RFC 7983: first byte 128–191) that arrive from
+/// `count_from` on: after a DELETE, a server that revoked consent (RFC 7675 §5.2) sends none.
+async fn run_until(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    udp: &quinn_udp::UdpSocketState,
+    buf: &mut [u8],
+    end: Instant,
+    count_from: Option<Instant>,
+    mut on_event: impl FnMut(Event, &str0m::Rtc) -> bool,
+) -> u64 {
+    let local = socket.local_addr().ok();
+    let mut late = 0;
+    loop {
+        let mut wake = end;
+        let mut stop = false;
+        while rtc.is_alive() {
+            match rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Timeout(t)) => {
+                    wake = t.min(end);
+                    break;
+                }
+                Ok(Output::Event(e)) => stop |= on_event(e, rtc),
+                Err(_) => break,
+            }
+        }
+        if stop || Instant::now() >= end {
+            return late;
+        }
+        tokio::select! {
+            r = recv_batch(socket, udp, buf) => {
+                let (Ok(meta), Some(local)) = (r, local) else { continue };
+                let now = Instant::now();
+                for dg in buf[..meta.len].chunks(meta.stride.max(1)) {
+                    if count_from.is_some_and(|t| now >= t) && matches!(dg.first(), Some(128..=191)) {
+                        late += 1;
+                    }
+                    if rtc.is_alive()
+                        && let Ok(input) = Receive::new(Protocol::Udp, meta.addr, local, dg)
+                    {
+                        let _ = rtc.handle_input(Input::Receive(now, input));
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if rtc.is_alive() {
+                    let _ = rtc.handle_input(Input::Timeout(Instant::now()));
+                }
+            }
+        }
+    }
+}
+
+/// Ends our side, telling the server (RTCP BYE, DTLS close_notify).
+fn close(rtc: &mut str0m::Rtc, socket: &UdpSocket) {
+    if rtc.is_alive() && rtc.close().is_ok() {
+        while rtc.is_alive() {
+            match rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Timeout(_)) | Err(_) => break,
+                Ok(Output::Event(_)) => {}
+            }
+        }
+    }
+    rtc.disconnect();
+}
+
+/// A header's value as text.
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The session's resource (its `Location`), for PATCH and DELETE.
+struct Resource<'a> {
+    http: &'a reqwest::Client,
+    url: Option<reqwest::Url>,
+    token: Option<&'a str>,
+}
+
+impl Resource<'_> {
+    fn url(&self) -> Result<&reqwest::Url, ClientError> {
+        self.url.as_ref().ok_or_else(|| ClientError::Http {
+            status: 201,
+            detail: "the 201 had no usable Location header".into(),
+        })
+    }
+
+    /// A `application/trickle-ice-sdpfrag` PATCH, with `If-Match` when there is an ETag.
+    async fn patch(
+        &self,
+        fragment: String,
+        if_match: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url()?;
+        let mut req = self
+            .http
+            .patch(url.clone())
+            .header("Content-Type", "application/trickle-ice-sdpfrag")
+            .body(fragment);
+        if let Some(tag) = if_match {
+            req = req.header("If-Match", tag);
+        }
+        if let Some(t) = self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.map_err(|e| ClientError::Request {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The status of a DELETE of the resource (`None`: no resource, or no answer).
+    async fn delete(&self) -> Option<u16> {
+        let mut req = self.http.delete(self.url.clone()?);
+        if let Some(t) = self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.ok().map(|r| r.status().as_u16())
+    }
+
+    /// An ICE restart (RFC 9725 §4.3.3): new local credentials to the server by PATCH, its
+    /// new ones (in the 200's fragment) applied as an updated answer.
+    async fn restart_ice(
+        &self,
+        rtc: &mut str0m::Rtc,
+        answer: &mut String,
+        etag: &mut Option<String>,
+    ) -> Result<(), ClientError> {
+        let mut api = rtc.sdp_api();
+        let creds = api.ice_restart(true);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| ClientError::Rtc("str0m made no offer for the ICE restart".into()))?;
+        let fragment = restart_fragment(&offer.to_sdp_string(), &creds.ufrag, &creds.pass);
+        let resp = self
+            .patch(fragment, Some(etag.as_deref().unwrap_or("*")))
+            .await?;
+        let status = resp.status().as_u16();
+        let new_tag = header(&resp, "etag");
+        let body = resp.text().await.unwrap_or_default();
+        if status != 200 {
+            return Err(ClientError::Http {
+                status,
+                detail: format!("ICE restart PATCH: {}", problem_detail(&body)),
+            });
+        }
+        let updated = answer_with_fragment(answer, &body).ok_or_else(|| {
+            ClientError::Answer(format!(
+                "the ICE restart's 200 has no a=ice-ufrag/a=ice-pwd: {body:?}"
+            ))
+        })?;
+        let sdp =
+            SdpAnswer::from_sdp_string(&updated).map_err(|e| ClientError::Answer(e.to_string()))?;
+        rtc.sdp_api()
+            .accept_answer(pending, sdp)
+            .map_err(|e| ClientError::Answer(e.to_string()))?;
+        *answer = updated;
+        if new_tag.is_some() {
+            *etag = new_tag;
+        }
+        Ok(())
+    }
+}
+
+/// The body of an ICE-restart PATCH: new credentials, then the first media section's
+/// `m=` and `a=mid:` lines with the offer's candidates.
+fn restart_fragment(offer: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = format!("a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\n");
+    let mut media = 0;
+    for line in offer.lines() {
+        if line.starts_with("m=") {
+            media += 1;
+        }
+        if media == 1 && (line.starts_with("m=") || line.starts_with("a=mid:"))
+            || line.starts_with("a=ice-options:") && media <= 1
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    let mut seen = Vec::new();
+    for line in offer.lines().filter(|l| l.starts_with("a=candidate:")) {
+        if !seen.contains(&line) {
+            seen.push(line);
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("a=end-of-candidates\r\n");
+    out
+}
+
+/// `answer` with the ICE credentials and candidates of an ICE restart's `fragment`
+/// (candidates go to the first media section: the answer is bundled). `None` when the
+/// fragment lacks credentials.
+fn answer_with_fragment(answer: &str, fragment: &str) -> Option<String> {
+    let value = |prefix: &str| {
+        fragment
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(str::to_string)
+    };
+    let (ufrag, pwd) = (value("a=ice-ufrag:")?, value("a=ice-pwd:")?);
+    let candidates: Vec<&str> = fragment
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("a=candidate:"))
+        .collect();
+    let mut out = String::new();
+    let mut placed = false;
+    for line in answer.lines() {
+        if line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates") {
+            continue;
+        }
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str(&format!("a=ice-ufrag:{ufrag}\r\n"));
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str(&format!("a=ice-pwd:{pwd}\r\n"));
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        if !placed && line.starts_with("a=mid:") {
+            placed = true;
+            for c in &candidates {
+                out.push_str(c);
+                out.push_str("\r\n");
+            }
+            out.push_str("a=end-of-candidates\r\n");
+        }
+    }
+    Some(out)
 }
 
 /// Polls str0m until it wants a timeout (its run-loop rule): sends what it transmits, counts
@@ -570,6 +1086,10 @@ struct Tally {
     video_packets_seen: u64,
     audio_packets_seen: u64,
     frames_out: Option<UnboundedSender<VideoFrame>>,
+    /// When the ICE-restart PATCH went out.
+    restart_sent: Option<Instant>,
+    /// When the DELETE went out.
+    deleted_at: Option<Instant>,
 }
 
 impl Tally {
@@ -584,6 +1104,8 @@ impl Tally {
             video_packets_seen: 0,
             audio_packets_seen: 0,
             frames_out,
+            restart_sent: None,
+            deleted_at: None,
         }
     }
 
@@ -598,12 +1120,34 @@ impl Tally {
         match e {
             Event::Connected => s.connected_ms = Some(ms()),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                if let Some(t) = self.deleted_at {
+                    s.unanswered_after_delete_ms = Some(t.elapsed().as_millis() as u64);
+                }
                 return Err(ClientError::Disconnected(
                     "ICE disconnected (the server stopped answering)".into(),
                 ));
             }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                if let (Some(t), true) = (self.restart_sent, s.restart_ms.is_some()) {
+                    s.restart_connected_ms
+                        .get_or_insert(t.elapsed().as_millis() as u64);
+                }
+            }
+            Event::Closed => {
+                if let Some(t) = self.deleted_at {
+                    s.closed_after_delete_ms = Some(t.elapsed().as_millis() as u64);
+                }
+                return Err(ClientError::Disconnected(
+                    "the server closed the connection (DTLS close_notify)".into(),
+                ));
+            }
             Event::MediaData(d) if d.mid == self.video_mid => {
                 s.video_frames += 1;
+                if s.restart_ms.is_some() {
+                    s.frames_after_restart += 1;
+                }
                 if s.first_frame_ms.is_none() {
                     s.first_frame_ms = Some(ms());
                 }
@@ -728,6 +1272,39 @@ mod tests {
 
     fn words(w: &str) -> Vec<String> {
         w.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn an_ice_restart_fragment_replaces_credentials_and_candidates_of_the_answer() {
+        let answer = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=ice-lite\r\n\
+                      a=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+                      a=ice-ufrag:old1\r\na=ice-pwd:oldpassword1234567890ab\r\n\
+                      a=candidate:1 1 udp 2130706431 127.0.0.1 8443 typ host\r\n\
+                      a=end-of-candidates\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+                      a=ice-ufrag:old1\r\na=ice-pwd:oldpassword1234567890ab\r\n";
+        let fragment = "a=ice-lite\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n\
+                        a=ice-ufrag:new2\r\na=ice-pwd:newpassword1234567890ab\r\n\
+                        a=candidate:2 1 udp 2130706431 127.0.0.1 9443 typ host\r\n\
+                        a=end-of-candidates\r\n";
+        let out = answer_with_fragment(answer, fragment).unwrap();
+        assert!(
+            !out.contains("old1") && !out.contains("oldpassword"),
+            "{out}"
+        );
+        assert_eq!(out.matches("a=ice-ufrag:new2\r\n").count(), 2, "{out}");
+        assert_eq!(out.matches("a=candidate:").count(), 1, "{out}");
+        assert!(out.contains("a=mid:0\r\na=candidate:2 1 udp 2130706431 127.0.0.1 9443"));
+        assert!(answer_with_fragment(answer, "a=ice-ufrag:x\r\n").is_none());
+
+        let offer = "v=0\r\na=ice-options:trickle\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+                     a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+                     a=mid:1\r\na=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\n";
+        assert_eq!(
+            restart_fragment(offer, "u", "p"),
+            "a=ice-ufrag:u\r\na=ice-pwd:p\r\na=ice-options:trickle\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n\
+             a=candidate:1 1 udp 1 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n"
+        );
     }
 
     #[test]

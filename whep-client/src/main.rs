@@ -24,30 +24,46 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Debug, clap::Args)]
+struct PlayArgs {
+    /// WHEP endpoint URL, e.g. http://127.0.0.1:8080/whep/demo
+    url: String,
+    /// Bearer token (JWT).
+    #[arg(long, env = "WHEP_TOKEN")]
+    token: Option<String>,
+    /// Complete video frames to wait for.
+    #[arg(long, default_value_t = 60)]
+    frames: u64,
+    /// Seconds to wait for them.
+    #[arg(long, default_value_t = 20)]
+    timeout: u64,
+    /// Print the summary as JSON (last line of stdout).
+    #[arg(long)]
+    json: bool,
+    /// Write one JSON line per video frame here: `at_us` (arrival, monotonic clock, µs),
+    /// `rtp_time` (90 kHz), `keyframe`, `tail` (its last 16 bytes, hex), for latency
+    /// measurements against a publisher's log.
+    #[arg(long)]
+    frame_log: Option<std::path::PathBuf>,
+    /// Send our ICE candidate in a trickle PATCH after the POST instead of in the offer
+    /// (it must get 204).
+    #[arg(long)]
+    trickle: bool,
+    /// Restart ICE (PATCH with If-Match) after this many frames; --frames then counts on
+    /// past the restart.
+    #[arg(long, value_name = "FRAMES")]
+    restart_after: Option<u64>,
+    /// After the DELETE, keep the connection this many seconds and report whether the server
+    /// closed it and whether media still came (`closed_after_delete_ms`,
+    /// `packets_after_delete`).
+    #[arg(long, value_name = "SECONDS")]
+    linger: Option<f64>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Watch one session; exit 0 once --frames complete video frames arrived.
-    Play {
-        /// WHEP endpoint URL, e.g. http://127.0.0.1:8080/whep/demo
-        url: String,
-        /// Bearer token (JWT).
-        #[arg(long, env = "WHEP_TOKEN")]
-        token: Option<String>,
-        /// Complete video frames to wait for.
-        #[arg(long, default_value_t = 60)]
-        frames: u64,
-        /// Seconds to wait for them.
-        #[arg(long, default_value_t = 20)]
-        timeout: u64,
-        /// Print the summary as JSON (last line of stdout).
-        #[arg(long)]
-        json: bool,
-        /// Write one JSON line per video frame here: `at_us` (arrival, monotonic clock, µs),
-        /// `rtp_time` (90 kHz), `keyframe`, `tail` (its last 16 bytes, hex), for latency
-        /// measurements against a publisher's log.
-        #[arg(long)]
-        frame_log: Option<std::path::PathBuf>,
-    },
+    Play(PlayArgs),
     /// Send one request on the session's `control` data channel; print the reply and then the
     /// events seen for --listen seconds, one JSON object per line. Exit 1 on an error reply.
     ///
@@ -121,14 +137,7 @@ fn main() -> ExitCode {
         .build()
         .expect("building the tokio runtime");
     match Cli::parse().command {
-        Cmd::Play {
-            url,
-            token,
-            frames,
-            timeout,
-            json,
-            frame_log,
-        } => runtime.block_on(play(url, token, frames, timeout, json, frame_log)),
+        Cmd::Play(args) => runtime.block_on(play(args)),
         Cmd::Load {
             url,
             token,
@@ -202,6 +211,7 @@ async fn control(
             Duration::from_secs_f64(listen.max(0.0)),
         )),
         frames_out: None,
+        ..Default::default()
     };
     let printer = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
@@ -234,14 +244,26 @@ fn failed(e: &whep_client::ClientError, json: bool) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn play(
-    url: String,
-    token: Option<String>,
-    frames: u64,
-    timeout: u64,
-    json: bool,
-    frame_log: Option<std::path::PathBuf>,
-) -> ExitCode {
+async fn play(args: PlayArgs) -> ExitCode {
+    let PlayArgs {
+        url,
+        token,
+        frames,
+        timeout,
+        json,
+        frame_log,
+        trickle,
+        restart_after,
+        linger,
+    } = args;
+    if restart_after.is_some_and(|n| n >= frames) {
+        eprintln!("whep-client: --restart-after must be below --frames");
+        return ExitCode::FAILURE;
+    }
+    if linger.is_some_and(|l| !(0.0..=600.0).contains(&l)) {
+        eprintln!("whep-client: --linger takes 0 to 600 seconds");
+        return ExitCode::FAILURE;
+    }
     let http = reqwest::Client::new();
     let (frames_out, writer) = match frame_log {
         Some(path) => match std::fs::File::create(&path) {
@@ -265,6 +287,9 @@ async fn play(
         rtp_only: false,
         control: None,
         frames_out,
+        trickle,
+        restart_after,
+        linger: linger.map(Duration::from_secs_f64),
     };
     let result = watch(&http, opts, |s| {
         eprintln!(
@@ -347,6 +372,7 @@ async fn load(
             rtp_only: true,
             control: None,
             frames_out: None,
+            ..Default::default()
         };
         let http = http.clone();
         let results = results.clone();

@@ -122,6 +122,7 @@ pub async fn run(plan: Plan) -> ExitCode {
             listen: Duration::ZERO,
         }),
         frames_out: Some(frames_tx),
+        ..Default::default()
     };
     let viewer = tokio::spawn(async move { watch(&reqwest::Client::new(), opts, |_| {}).await });
     let mut inbox = Inbox { messages, frames };

@@ -102,6 +102,7 @@ impl Wisp {
             rtp_only: false,
             control: None,
             frames_out: None,
+            ..Options::default()
         }
     }
 
