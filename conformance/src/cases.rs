@@ -502,8 +502,9 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
     }
     rate_case(run, side, ep, url).await;
 
-    if side == Side::Whep {
-        whep_only(run, ep, url, main.as_ref()).await;
+    match side {
+        Side::Whep => whep_only(run, ep, url, main.as_ref()).await,
+        Side::Whip => whip_media_cases(run, ep, url).await,
     }
 
     // Every problem-details body seen on this endpoint.
@@ -2056,54 +2057,212 @@ async fn whep_only(run: &mut Run, ep: &'static str, url: &Url, main: Option<&Cre
             "give --whep-no-publisher URL (a stream without publisher) to run it".into(),
         ),
     }
+    media_cases(run, ep, url).await;
+}
+
+/// What a DELETE did to the connection, in words, and whether consent was revoked at once
+/// (RFC 7675 §5.2): the server closed the connection or stopped answering consent checks,
+/// and sent no more media.
+fn consent_verdict(
+    delete_status: Option<u16>,
+    closed_ms: Option<u64>,
+    unanswered_ms: Option<u64>,
+    late: u64,
+    linger: Duration,
+) -> Result<String, String> {
+    let how = match (closed_ms, unanswered_ms) {
+        (Some(ms), _) => {
+            format!("the server closed the connection (DTLS close_notify) {ms} ms after the DELETE")
+        }
+        (None, Some(ms)) => format!(
+            "the server sent no close_notify but stopped answering consent checks (ICE \
+             failed {ms} ms after the DELETE)"
+        ),
+        (None, None) => format!(
+            "the server neither closed the connection nor stopped answering consent checks \
+             within {} s of the DELETE",
+            linger.as_secs()
+        ),
+    };
+    let detail = format!(
+        "DELETE answered {}; {how}; {late} SRTP/SRTCP packets came from 250 ms after it",
+        delete_status.map_or("nothing".into(), |c| c.to_string())
+    );
+    check(
+        delete_status == Some(200) && late == 0 && (closed_ms.is_some() || unanswered_ms.is_some()),
+        detail.clone(),
+        detail,
+    )
+}
+
+/// How long a peer watches its connection after its DELETE: long enough for ~6 unanswered
+/// consent checks (whep-client checks every 500 ms after a DELETE).
+const CONSENT_LINGER: Duration = Duration::from_secs(5);
+
+/// The WHIP media-level cases [MEDIA]: a publisher peer (whep-client's probe: ICE and DTLS,
+/// no media sent) that touches no extension URL, then DELETEs.
+async fn whip_media_cases(run: &mut Run, ep: &'static str, url: &Url) {
+    let cases = [
+        ("WHIP-EXT-OPTIONAL", Level::Must, "W§4.9"),
+        ("WHIP-CONSENT", Level::Must, "W§4.2; RFC 7675 §5.2"),
+    ];
     if run.settings.no_media {
-        run.skipped(
-            ep,
-            "WHEP-EXT-OPTIONAL",
-            Level::Must,
-            "E§4.10; W§4.9",
-            "--no-media".into(),
-        );
+        for (id, level, section) in cases {
+            run.skipped(ep, id, level, section, "--no-media".into());
+        }
         return;
     }
-    if !run.wanted("WHEP-EXT-OPTIONAL") {
+    if !cases.iter().any(|(id, _, _)| run.wanted(id)) {
         return;
     }
-    // A real peer that touches no extension URL: ICE and DTLS complete, media arrives, DELETE.
-    let opts = whep_client::Options {
+    let token = run.http.token().map(str::to_string);
+    let probe = whep_client::publish_probe(
+        &reqwest::Client::new(),
+        url.as_str(),
+        token.as_deref(),
+        Duration::from_secs(1),
+        CONSENT_LINGER,
+        Duration::from_secs(20),
+    )
+    .await;
+    let [
+        (ext, ext_level, ext_section),
+        (consent, consent_level, consent_section),
+    ] = cases;
+    match probe {
+        Ok(p) => {
+            run.record(
+                ep,
+                ext,
+                ext_level,
+                ext_section,
+                check(
+                    p.delete_status == Some(200),
+                    format!(
+                        "a publisher peer (sendonly audio+video, no extension URL touched) \
+                         reached DTLS connected in {} ms; DELETE → 200",
+                        p.connected_ms.unwrap_or(0)
+                    ),
+                    format!(
+                        "the publisher connected, but its DELETE got {:?}",
+                        p.delete_status
+                    ),
+                ),
+            );
+            let verdict = consent_verdict(
+                p.delete_status,
+                p.closed_after_delete_ms,
+                p.unanswered_after_delete_ms,
+                p.packets_after_delete,
+                CONSENT_LINGER,
+            );
+            run.record(ep, consent, consent_level, consent_section, verdict);
+        }
+        Err(e) => {
+            let why = format!("a publisher peer (whep-client's probe): {e}");
+            run.record(ep, ext, ext_level, ext_section, Err(why.clone()));
+            run.skipped(
+                ep,
+                consent,
+                consent_level,
+                consent_section,
+                format!("no connection to revoke ({why})"),
+            );
+        }
+    }
+}
+
+/// The media-level cases [MEDIA]: a real WebRTC peer (whep-client) against the endpoint.
+const MEDIA_CASES: [(&str, Level, &str); 3] = [
+    ("WHEP-EXT-OPTIONAL", Level::Must, "E§4.10; W§4.9"),
+    ("WHEP-RESTART-MEDIA", Level::Must, "E§4.5.3"),
+    ("WHEP-CONSENT", Level::Must, "E§4.4; RFC 7675 §5.2"),
+];
+
+async fn media_cases(run: &mut Run, ep: &'static str, url: &Url) {
+    if run.settings.no_media {
+        for (id, level, section) in MEDIA_CASES {
+            run.skipped(ep, id, level, section, "--no-media".into());
+        }
+        return;
+    }
+    let token = run.http.token().map(str::to_string);
+    let peer = |frames, restart_after, linger| whep_client::Options {
         url: url.to_string(),
-        token: run.http.token().map(str::to_string),
-        frames: Some(30),
+        token: token.clone(),
+        frames: Some(frames),
         timeout: Duration::from_secs(20),
-        duration: None,
-        rtp_only: false,
-        control: None,
-        frames_out: None,
+        restart_after,
+        linger,
+        ..Default::default()
     };
     let client = reqwest::Client::new();
-    let result = match whep_client::watch(&client, opts, |_| {}).await {
-        Ok(s) => check(
-            s.connected_ms.is_some() && s.video_frames >= 30,
-            format!(
-                "a WebRTC peer (whep-client) connected in {} ms and decoded {} video frames \
-                 ({}x{} {}), then DELETE",
-                s.connected_ms.unwrap_or(0),
-                s.video_frames,
-                s.width.unwrap_or(0),
-                s.height.unwrap_or(0),
-                s.codec.as_deref().unwrap_or("?")
+    let [
+        (ext, ext_level, ext_section),
+        (restart, restart_level, restart_section),
+        (consent, consent_level, consent_section),
+    ] = MEDIA_CASES;
+
+    // A peer that touches no extension URL: ICE and DTLS complete, media arrives, DELETE.
+    if run.wanted(ext) {
+        let result = match whep_client::watch(&client, peer(30, None, None), |_| {}).await {
+            Ok(s) => check(
+                s.connected_ms.is_some() && s.video_frames >= 30,
+                format!(
+                    "a WebRTC peer (whep-client) connected in {} ms and decoded {} video frames \
+                     ({}x{} {}), then DELETE",
+                    s.connected_ms.unwrap_or(0),
+                    s.video_frames,
+                    s.width.unwrap_or(0),
+                    s.height.unwrap_or(0),
+                    s.codec.as_deref().unwrap_or("?")
+                ),
+                format!("connected {:?}, {} frames", s.connected_ms, s.video_frames),
             ),
-            format!("connected {:?}, {} frames", s.connected_ms, s.video_frames),
-        ),
-        Err(e) => Err(format!("a WebRTC peer (whep-client): {e}")),
-    };
-    run.record(
-        ep,
-        "WHEP-EXT-OPTIONAL",
-        Level::Must,
-        "E§4.10; W§4.9",
-        result,
-    );
+            Err(e) => Err(format!("a WebRTC peer (whep-client): {e}")),
+        };
+        run.record(ep, ext, ext_level, ext_section, result);
+    }
+
+    // An ICE restart while media flows: the new credentials connect and frames keep coming.
+    if run.wanted(restart) {
+        let result = match whep_client::watch(&client, peer(90, Some(30), None), |_| {}).await {
+            Ok(s) => check(
+                s.restart_connected_ms.is_some() && s.frames_after_restart >= 30,
+                format!(
+                    "after 30 frames the peer restarted ICE (PATCH, If-Match: its ETag): 200 in \
+                     {} ms, ICE connected on the new credentials after {} ms, then {} more \
+                     frames",
+                    s.restart_ms.unwrap_or(0),
+                    s.restart_connected_ms.unwrap_or(0),
+                    s.frames_after_restart
+                ),
+                format!(
+                    "after the ICE restart (200 in {:?} ms): ICE connected again {:?}, {} frames \
+                     followed",
+                    s.restart_ms, s.restart_connected_ms, s.frames_after_restart
+                ),
+            ),
+            Err(e) => Err(format!("a WebRTC peer (whep-client) restarting ICE: {e}")),
+        };
+        run.record(ep, restart, restart_level, restart_section, result);
+    }
+
+    // DELETE revokes consent at once (RFC 7675 §5.2).
+    if run.wanted(consent) {
+        let result =
+            match whep_client::watch(&client, peer(30, None, Some(CONSENT_LINGER)), |_| {}).await {
+                Ok(s) => consent_verdict(
+                    s.delete_status,
+                    s.closed_after_delete_ms,
+                    s.unanswered_after_delete_ms,
+                    s.packets_after_delete.unwrap_or(0),
+                    CONSENT_LINGER,
+                ),
+                Err(e) => Err(format!("a WebRTC peer (whep-client): {e}")),
+            };
+        run.record(ep, consent, consent_level, consent_section, result);
+    }
 }
 
 #[cfg(test)]
