@@ -1,8 +1,10 @@
 """An aiortc WHEP viewer: offers recvonly video and audio, POSTs the offer to a WHEP endpoint,
 decodes video frames with aiortc's own decoders, and prints a JSON summary.
 
-Usage: python aiortc_whep.py URL TOKEN [FRAMES]
-Exit 0 when FRAMES video frames were decoded (and audio frames arrived) within 40 s.
+Usage: python aiortc_whep.py URL TOKEN [FRAMES] [--control]
+Exit 0 when FRAMES video frames were decoded (and audio frames arrived) within 40 s. With
+--control it also opens a `control` data channel, sends {"id":1,"op":"status"} once it is
+open, and needs the reply (a message with "id": 1 and "ok") as well.
 
 aiortc's ICE (aioice) leaves out loopback addresses when it gathers host candidates; inside
 `unshare -n` loopback is the only interface, so the lookup is patched to return 127.0.0.1.
@@ -42,12 +44,28 @@ def delete(url, token):
         return resp.status
 
 
-async def main(url, token, want):
+async def main(url, token, want, control):
     pc = RTCPeerConnection()
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
     result = {"video_frames": 0, "audio_frames": 0, "width": 0, "height": 0}
     done = asyncio.Event()
+    replied = asyncio.Event()
+    if control:
+        channel = pc.createDataChannel("control")
+        channel.on("open", lambda: channel.send(json.dumps({"id": 1, "op": "status"})))
+
+        @channel.on("message")
+        def on_message(message):
+            try:
+                m = json.loads(message)
+            except ValueError:
+                return
+            if isinstance(m, dict) and m.get("id") == 1:
+                result["control_reply"] = m
+                replied.set()
+    else:
+        replied.set()
 
     async def consume(track):
         while True:
@@ -74,11 +92,13 @@ async def main(url, token, want):
         return 1
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     try:
-        await asyncio.wait_for(done.wait(), timeout=40)
+        await asyncio.wait_for(asyncio.gather(done.wait(), replied.wait()), timeout=40)
     except asyncio.TimeoutError:
         pass
     result["ms"] = int((time.monotonic() - started) * 1000)
     result["ok"] = result["video_frames"] >= want and result["audio_frames"] > 0
+    if control:
+        result["ok"] = result["ok"] and "ok" in result.get("control_reply", {})
     result["delete_status"] = await asyncio.get_running_loop().run_in_executor(
         None, delete, location, token
     )
@@ -88,5 +108,6 @@ async def main(url, token, want):
 
 
 if __name__ == "__main__":
-    frames = int(sys.argv[3]) if len(sys.argv) > 3 else 30
-    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2], frames)))
+    args = [a for a in sys.argv[1:] if a != "--control"]
+    frames = int(args[2]) if len(args) > 2 else 30
+    sys.exit(asyncio.run(main(args[0], args[1], frames, "--control" in sys.argv[1:])))

@@ -1,14 +1,16 @@
 // Headless Chromium publishes its fake camera and microphone to a Wisp WHIP endpoint from a
 // page on another origin, with the whip-whep npm package's WHIPClient (trickle PATCH, CORS,
 // Location all exercised as a third-party publisher would).
-// Usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [simulcast|noise]
+// Usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [simulcast|noise|restart]
 // With `simulcast`, video goes out as three layers (RIDs q, h, f: a quarter, half and full size).
 // With `noise`, the video is a 640x360 canvas of fresh random pixels every frame, which no
 // encoder can compress: the publisher sends as much as its bandwidth estimate allows.
+// With `restart`, halfway through it checks that its trickle PATCH got 204, then restarts ICE
+// (`client.restart()`: PATCH with If-Match "*", 200, new ufrag) and keeps publishing.
 // Prints a JSON line once connected and a last one after SECONDS (default 15) of publishing;
 // exits 0 if it connected and encoded video the whole time.
 
-import { launchChromium, serveThirdPartyPage } from "./chromium.mjs";
+import { launchChromium, localUfrag, recordFetches, serveThirdPartyPage, trickleResult } from "./chromium.mjs";
 
 const [base, token, session, secondsArg = "15", mode = ""] = process.argv.slice(2);
 if (!base || !token || !session) {
@@ -18,6 +20,7 @@ if (!base || !token || !session) {
 const seconds = Number(secondsArg);
 
 const page = `<!doctype html><meta charset="utf-8"><title>whip-whep publisher</title>
+${recordFetches}
 <script type="module">
 import { WHIPClient } from "/whip.js";
 const params = new URLSearchParams(location.search);
@@ -84,6 +87,10 @@ async function stats() {
         const c = r.codecId && all.get(r.codecId);
         out.codec = c ? c.mimeType : null;
       }
+      // Receiver reports from the gateway: they keep coming only while it receives.
+      if (r.type === "remote-inbound-rtp" && r.kind === "video") {
+        out.receiverReports = (out.receiverReports || 0) + (r.roundTripTimeMeasurements || 0);
+      }
       if (r.type === "outbound-rtp" && r.kind === "video" && r.rid) {
         (out.layers ||= []).push(`${r.rid}:${r.frameWidth || 0}x${r.frameHeight || 0}`);
       }
@@ -100,19 +107,53 @@ while (Date.now() - started < 20000 && s.state !== "connected" && !s.error) {
 }
 const connected = s.state === "connected";
 console.log(JSON.stringify({ check: "Chromium WHIP publisher", connected, ms: Date.now() - started, ...s }));
+const client = "Chromium + whip-whep WHIPClient";
 let ok = connected;
 if (connected) {
   const before = s.framesEncoded;
-  await new Promise((r) => setTimeout(r, seconds * 1000));
+  if (mode === "restart") {
+    // Trickle (from the page's fetch log), then an ICE restart halfway through.
+    await new Promise((r) => setTimeout(r, seconds * 500));
+    const trickle = { check: "trickle ICE", cell: [client, "trickle"],
+      ...trickleResult(await p.evaluate(() => window.requests)) };
+    console.log(JSON.stringify(trickle));
+    const ufragBefore = await localUfrag(p, "window.pc");
+    const atRestart = await stats();
+    const encodedBefore = atRestart.framesEncoded;
+    await p.evaluate(() => window.client.restart());
+    const t0 = Date.now();
+    let r = {};
+    while (Date.now() - t0 < 10000) {
+      const patch = (await p.evaluate(() => window.requests))
+        .find((q) => q.method === "PATCH" && q.ifMatch === "*" && q.status);
+      const now = await stats();
+      r = { restartStatus: patch ? patch.status : null, ufragBefore,
+        ufrag: await localUfrag(p, "window.pc"), state: now.state,
+        framesAfter: now.framesEncoded - encodedBefore,
+        reportsAfter: (now.receiverReports || 0) - (atRestart.receiverReports || 0) };
+      if (r.restartStatus === 200 && r.ufrag !== ufragBefore && r.state === "connected"
+          && r.framesAfter >= 30 && r.reportsAfter >= 2) break;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    // The gateway still receives on the new ICE session: its receiver reports keep coming.
+    const restarted = r.restartStatus === 200 && r.ufrag !== ufragBefore
+      && r.state === "connected" && r.framesAfter >= 30 && r.reportsAfter >= 2;
+    console.log(JSON.stringify({ check: "ICE restart while publishing", cell: [client, "ICE restart"],
+      ok: restarted, ms: Date.now() - t0, ...r }));
+    ok = trickle.ok && restarted;
+    await new Promise((res) => setTimeout(res, Math.max(0, seconds * 500 - (Date.now() - t0))));
+  } else {
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+  }
   s = await stats();
   // Noise under a low bitrate cap is encoded at a few frames a second (Chromium drops frames
   // rather than send them over its estimate): still encoding is what counts then.
   const minFps = mode === "noise" ? 1 : 10;
-  ok = s.state === "connected" && s.framesEncoded - before > seconds * minFps;
+  ok = ok && s.state === "connected" && s.framesEncoded - before > seconds * minFps;
   // Stop publishing: the resource's DELETE.
   await p.evaluate(() => window.client.stop()).catch(() => {});
 }
-const result = { check: "Chromium WHIP publisher", ok, ...s };
+const result = { check: "Chromium WHIP publisher", cell: [client, "WHIP"], ok, ...s };
 if (!ok) result.console = consoleLines.slice(-10);
 console.log(JSON.stringify(result));
 await browser.close();

@@ -35,3 +35,42 @@ export function launchChromium() {
     ],
   });
 }
+
+// A first script for third-party pages: records every fetch the page makes (method, status,
+// If-Match, candidates in the body) in `window.requests`, so a check can tell what the
+// whip-whep client sent for trickle ICE and ICE restarts and what it got back.
+export const recordFetches = `<script>
+window.requests = [];
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, init = {}) => {
+  const headers = init.headers || {};
+  const body = typeof init.body === "string" ? init.body : "";
+  const entry = { method: init.method || "GET", ifMatch: headers["If-Match"] || null,
+    candidates: (body.match(/a=candidate:/g) || []).length,
+    ufrag: (body.match(/a=ice-ufrag:(.*)/) || [])[1] || null, status: 0 };
+  window.requests.push(entry);
+  const resp = await realFetch(url, init);
+  entry.status = resp.status;
+  return resp;
+};
+</script>`;
+
+// What the page's fetch log says about trickle ICE: the PATCHes that carried candidates, and
+// whether one got 204.
+export function trickleResult(requests) {
+  const patches = requests.filter((r) => r.method === "PATCH" && r.candidates > 0);
+  return { ok: patches.some((r) => r.status === 204),
+    patches: patches.map((r) => `${r.status} (${r.candidates} candidates, If-Match ${r.ifMatch})`) };
+}
+
+// The local ICE ufrag of the page's selected candidate pair (changes with an ICE restart).
+export async function localUfrag(page, pcExpr) {
+  return page.evaluate(async (expr) => {
+    const pc = eval(expr);
+    let ufrag = null;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === "transport" && r.iceLocalUsernameFragment) ufrag = r.iceLocalUsernameFragment;
+    });
+    return ufrag;
+  }, pcExpr);
+}
