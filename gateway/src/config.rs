@@ -52,7 +52,7 @@ pub struct FileConfig {
     pub demo: Option<bool>,
     /// Origins allowed by CORS; `["*"]` (the default) allows any.
     pub cors_origins: Option<Vec<String>>,
-    /// Refuse PATCHes without `If-Match` (428), as RFC 9725 §4.3.1 has it.
+    /// Refuse PATCHes without `If-Match` (428), as RFC 9725 §4.3.1 has it (the default).
     pub require_if_match: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
@@ -371,8 +371,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub demo: bool,
     pub cors_origins: Vec<String>,
-    /// A PATCH without `If-Match` gets 428 (RFC 9725 §4.3.1). Off by default: common browser
-    /// clients (whip-whep's WHIPClient/WHEPClient) send trickle PATCHes without it.
+    /// A PATCH without `If-Match` gets 428 (RFC 9725 §4.3.1; on by default). Off accepts them:
+    /// some browser clients (whip-whep 1.2.0's WHEPClient) send trickle PATCHes without it.
     pub require_if_match: bool,
     pub limits: Limits,
     pub live: Live,
@@ -528,7 +528,7 @@ impl Config {
             idle_timeout: Duration::from_secs(idle),
             demo,
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),
-            require_if_match: file.require_if_match.unwrap_or(false),
+            require_if_match: file.require_if_match.unwrap_or(true),
             limits,
             live,
             ice_servers: file.ice_servers,

@@ -278,8 +278,8 @@ pub async fn patch_resource(
     authorize(s, headers, name, role.scope())?;
     require_type(headers, TRICKLE)?;
     let fragment = Fragment::parse(body)?;
-    // Common browser clients omit If-Match on trickle PATCHes, so by default they are
-    // accepted; `require_if_match` answers 428 as RFC 9725 §4.3.1 has it.
+    // RFC 9725 §4.3.1: a PATCH without If-Match gets 428. `require_if_match = false` accepts
+    // it, for browser clients that omit it on trickle PATCHes (whip-whep 1.2.0's WHEPClient).
     let if_match = headers
         .get(header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
