@@ -1914,21 +1914,9 @@ fn entropy_case(run: &mut Run, ep: &'static str, locations: &[Url]) {
     }
     let mut bits = f64::INFINITY;
     let mut worst = String::new();
+    let prefix = shared_prefix(locations);
     for u in locations {
-        let path = u.path();
-        // The part of the path that differs between sessions.
-        let other = locations
-            .iter()
-            .find(|o| o.path() != path)
-            .map(|o| o.path())
-            .unwrap_or("");
-        let common = path
-            .chars()
-            .zip(other.chars())
-            .take_while(|(a, b)| a == b)
-            .count();
-        let unique: String = path.chars().skip(common).collect::<String>();
-        let unique = unique.trim_end_matches('/');
+        let unique = u.path().get(prefix..).unwrap_or("").trim_end_matches('/');
         let alphabet = if unique.chars().all(|c| c.is_ascii_digit()) {
             10.0
         } else if unique.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
@@ -1963,6 +1951,29 @@ fn entropy_case(run: &mut Run, ep: &'static str, locations: &[Url]) {
             format!("{worst}: about {bits:.0} bits of apparent randomness (want ≥ 122)"),
         ),
     );
+}
+
+/// How many leading bytes every resource path shares: whole path segments, and within the
+/// first differing segment a fixed prefix only up to its last separator (`sess-` of
+/// `sess-1f3a…`). Random ids may share a few leading characters by chance; those count as
+/// randomness, not as prefix.
+fn shared_prefix(locations: &[Url]) -> usize {
+    let paths: Vec<&str> = locations.iter().map(|u| u.path()).collect();
+    let Some(first) = paths.first() else {
+        return 0;
+    };
+    let common = paths.iter().skip(1).fold(first.len(), |n, p| {
+        first
+            .bytes()
+            .zip(p.bytes())
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    // Back to just after the last separator inside the shared part.
+    first[..common]
+        .rfind(|c: char| !c.is_ascii_alphanumeric())
+        .map_or(0, |i| i + 1)
 }
 
 /// Item 50: a burst of POSTs from one client meets some 429/503 (informational).
@@ -2268,6 +2279,23 @@ async fn media_cases(run: &mut Run, ep: &'static str, url: &Url) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_that_share_leading_characters_by_chance_keep_their_full_length() {
+        let urls = |ids: &[&str]| -> Vec<Url> {
+            ids.iter()
+                .map(|i| Url::parse(&format!("http://h.example/whip/x/{i}")).unwrap())
+                .collect()
+        };
+        let a = "b871474151ce4b994018f463a5b878a8";
+        let b = "b8a0c3f2e1d4b5a69788f9e0d1c2b3a4";
+        let u = urls(&[a, b]);
+        assert_eq!(&u[0].path()[shared_prefix(&u)..], a);
+        let u = urls(&["sess-1f3a", "sess-9c0d", "sess-1e77"]);
+        assert_eq!(&u[0].path()[shared_prefix(&u)..], "1f3a");
+        let u = Vec::new();
+        assert_eq!(shared_prefix(&u), 0);
+    }
 
     #[test]
     fn link_values_split_on_commas_outside_brackets_and_quotes() {
