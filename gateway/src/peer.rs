@@ -428,10 +428,7 @@ impl Peer {
                         break format!("str0m: {e}");
                     }
                 }
-                _ = &mut stopped => {
-                    crate::resource::close(&mut self.rtc);
-                    break "session stopped".into();
-                }
+                _ = &mut stopped => break "session stopped".into(),
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
                     Ok(text) => self.send_control(&ctl, &text),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -474,7 +471,6 @@ impl Peer {
                         // Let the event leave before the connection closes.
                         let _ = self.drive(&mut channel_events);
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        crate::resource::close(&mut self.rtc);
                         break why;
                     }
                 }
@@ -482,9 +478,7 @@ impl Peer {
         };
         // Whatever ended it, the viewer hears at once (RTCP BYE, DTLS close_notify) rather
         // than when its consent checks go unanswered.
-        if self.rtc.is_alive() {
-            crate::resource::close(&mut self.rtc);
-        }
+        crate::resource::close(&mut self.rtc);
         let _ = self.drive(&mut channel_events);
         tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
         (self.on_end.0)();

@@ -170,16 +170,11 @@ impl Publisher {
                         break format!("str0m: {e}");
                     }
                 }
-                _ = &mut stopped => {
-                    crate::resource::close(&mut self.rtc);
-                    break "session stopped".into();
-                }
+                _ = &mut stopped => break "session stopped".into(),
             }
         };
         // The publisher hears at once (RTCP BYE, DTLS close_notify), whatever ended it.
-        if self.rtc.is_alive() {
-            crate::resource::close(&mut self.rtc);
-        }
+        crate::resource::close(&mut self.rtc);
         let _ = self.drive(&mut sink, &mut outbox);
         tracing::info!(
             packets = sink.packets,

@@ -114,13 +114,11 @@ pub struct IceSession {
 
 impl IceSession {
     /// A message from the HTTP layer (`None`: the registry dropped the resource). PATCHes
-    /// are answered here; returns `true` when the resource is to close (its DELETE).
+    /// are answered here; returns `true` when the resource is to close (its DELETE: the
+    /// caller's task ends and closes the connection with [`close`]).
     pub fn on_message(&mut self, rtc: &mut Rtc, msg: Option<PeerMsg>, link: &mut PortLink) -> bool {
         match msg {
-            None | Some(PeerMsg::Close) => {
-                close(rtc);
-                true
-            }
+            None | Some(PeerMsg::Close) => true,
             Some(PeerMsg::Patch {
                 fragment,
                 if_match,

@@ -219,7 +219,6 @@ async fn a_viewer_learns_at_once_when_its_session_is_deleted() {
     let opts = wisp.viewer("demo", &t, 100_000, 60);
     let viewer = tokio::spawn(async move { watch(&http, opts, |_| {}).await });
     assert!(wisp.wait_log("viewer connected", 20));
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let admin = wisp.token("*", "admin");
     let deleted = Instant::now();
     let status = reqwest::Client::new()

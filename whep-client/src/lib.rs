@@ -458,24 +458,23 @@ pub async fn watch(
     let deleted_at = Instant::now();
     summary.delete_status = resource.delete().await;
     if let (Ok(()), Some(time)) = (&result, opts.linger) {
-        tally.deleted_at = Some(deleted_at);
-        let after = run_until(
+        let seen = watch_after_delete(
             &mut rtc,
             &socket,
             &udp,
             &mut buf,
-            deleted_at + time,
-            Some(Instant::now() + LATE_AFTER),
+            deleted_at,
+            time,
             |e, rtc| {
                 let _ = tally.event(e, rtc, &mut summary, started);
-                false
             },
         )
         .await;
-        summary.packets_after_delete = Some(after);
+        summary.closed_after_delete_ms = seen.closed_ms;
+        summary.unanswered_after_delete_ms = seen.unanswered_ms;
+        summary.packets_after_delete = Some(seen.late_packets);
     }
     close(&mut rtc, &socket);
-    rtc.disconnect();
     result.map(|()| summary)
 }
 
@@ -632,26 +631,19 @@ pub async fn publish_probe(
         (_, Some(why)) => Err(ClientError::Disconnected(why.into())),
         (None, None) => Err(ClientError::NotConnected(timeout.as_secs())),
         (Some(_), None) => {
-            let ms = || Some(deleted_at.elapsed().as_millis() as u64);
-            summary.packets_after_delete = run_until(
+            let seen = watch_after_delete(
                 &mut rtc,
                 &socket,
                 &udp,
                 &mut buf,
-                deleted_at + linger,
-                Some(Instant::now() + LATE_AFTER),
-                |e, _| {
-                    match e {
-                        Event::Closed => summary.closed_after_delete_ms = ms(),
-                        Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                            summary.unanswered_after_delete_ms = ms();
-                        }
-                        _ => {}
-                    }
-                    false
-                },
+                deleted_at,
+                linger,
+                |_, _| {},
             )
             .await;
+            summary.closed_after_delete_ms = seen.closed_ms;
+            summary.unanswered_after_delete_ms = seen.unanswered_ms;
+            summary.packets_after_delete = seen.late_packets;
             Ok(())
         }
     };
@@ -664,6 +656,73 @@ pub async fn publish_probe(
 fn quick_consent_checks(config: &mut RtcConfig) {
     config.set_max_stun_rto(Duration::from_millis(500));
     config.set_max_stun_retransmits(5);
+}
+
+/// What a connection showed after its DELETE (RFC 7675 §5.2: the server revokes consent).
+#[derive(Debug, Default)]
+struct AfterDelete {
+    /// DELETE sent → the server's DTLS close_notify, ms.
+    closed_ms: Option<u64>,
+    /// DELETE sent → our consent checks went unanswered (ICE disconnected), ms.
+    unanswered_ms: Option<u64>,
+    /// SRTP/SRTCP datagrams later than [`LATE_AFTER`] after the DELETE's answer.
+    late_packets: u64,
+}
+
+/// Keeps the connection going for `linger` after a DELETE sent at `deleted_at`, and notes how
+/// the server ended it; other events go to `on_event`.
+async fn watch_after_delete(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    udp: &quinn_udp::UdpSocketState,
+    buf: &mut [u8],
+    deleted_at: Instant,
+    linger: Duration,
+    mut on_event: impl FnMut(Event, &str0m::Rtc),
+) -> AfterDelete {
+    let mut seen = AfterDelete::default();
+    let ms = || Some(deleted_at.elapsed().as_millis() as u64);
+    let late = run_until(
+        rtc,
+        socket,
+        udp,
+        buf,
+        deleted_at + linger,
+        Some(Instant::now() + LATE_AFTER),
+        |e, rtc| {
+            match e {
+                Event::Closed => seen.closed_ms = ms(),
+                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                    seen.unanswered_ms = ms();
+                }
+                e => on_event(e, rtc),
+            }
+            false
+        },
+    )
+    .await;
+    seen.late_packets = late;
+    seen
+}
+
+/// Polls str0m until it wants a timeout (returned), sending what it transmits and handing
+/// its events to `on_event`; `None` once the connection is gone.
+fn drain(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    mut on_event: impl FnMut(Event, &str0m::Rtc),
+) -> Option<Instant> {
+    while rtc.is_alive() {
+        match rtc.poll_output() {
+            Ok(Output::Transmit(t)) => {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Ok(Output::Timeout(t)) => return Some(t),
+            Ok(Output::Event(e)) => on_event(e, rtc),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Keeps a connection going until `end`, or until `on_event` (given str0m's events) says
@@ -681,21 +740,9 @@ async fn run_until(
     let local = socket.local_addr().ok();
     let mut late = 0;
     loop {
-        let mut wake = end;
         let mut stop = false;
-        while rtc.is_alive() {
-            match rtc.poll_output() {
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.try_send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Timeout(t)) => {
-                    wake = t.min(end);
-                    break;
-                }
-                Ok(Output::Event(e)) => stop |= on_event(e, rtc),
-                Err(_) => break,
-            }
-        }
+        let wake =
+            drain(rtc, socket, |e, rtc| stop |= on_event(e, rtc)).map_or(end, |t| t.min(end));
         if stop || Instant::now() >= end {
             return late;
         }
@@ -726,15 +773,7 @@ async fn run_until(
 /// Ends our side, telling the server (RTCP BYE, DTLS close_notify).
 fn close(rtc: &mut str0m::Rtc, socket: &UdpSocket) {
     if rtc.is_alive() && rtc.close().is_ok() {
-        while rtc.is_alive() {
-            match rtc.poll_output() {
-                Ok(Output::Transmit(t)) => {
-                    let _ = socket.try_send_to(&t.contents, t.destination);
-                }
-                Ok(Output::Timeout(_)) | Err(_) => break,
-                Ok(Output::Event(_)) => {}
-            }
-        }
+        drain(rtc, socket, |_, _| {});
     }
     rtc.disconnect();
 }
@@ -1088,8 +1127,6 @@ struct Tally {
     frames_out: Option<UnboundedSender<VideoFrame>>,
     /// When the ICE-restart PATCH went out.
     restart_sent: Option<Instant>,
-    /// When the DELETE went out.
-    deleted_at: Option<Instant>,
 }
 
 impl Tally {
@@ -1105,7 +1142,6 @@ impl Tally {
             audio_packets_seen: 0,
             frames_out,
             restart_sent: None,
-            deleted_at: None,
         }
     }
 
@@ -1120,9 +1156,6 @@ impl Tally {
         match e {
             Event::Connected => s.connected_ms = Some(ms()),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                if let Some(t) = self.deleted_at {
-                    s.unanswered_after_delete_ms = Some(t.elapsed().as_millis() as u64);
-                }
                 return Err(ClientError::Disconnected(
                     "ICE disconnected (the server stopped answering)".into(),
                 ));
@@ -1136,9 +1169,6 @@ impl Tally {
                 }
             }
             Event::Closed => {
-                if let Some(t) = self.deleted_at {
-                    s.closed_after_delete_ms = Some(t.elapsed().as_millis() as u64);
-                }
                 return Err(ClientError::Disconnected(
                     "the server closed the connection (DTLS close_notify)".into(),
                 ));
