@@ -8,8 +8,9 @@
 //! of ffmpeg's. ffmpeg writes to the null muxer; we also packetize to RTP and fill the ring.
 //! CPU time (user + system, from this process's reaped-children totals in /proc/self/stat) is
 //! reported too: on a shared host, wall time also carries other tenants' load, CPU time less so.
-//! Both encode with x264's sliced threads (`-thread_type slice` for the CLI), which zero-latency
-//! output needs.
+//! Both encode 720p30 with one x264 thread, so one slice per frame (the transcoder's default up
+//! to 720p30: every slice ends in a short RTP packet, which costs the gateway a system call per
+//! viewer); `zerolatency` keeps x264 from buffering frames.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -122,6 +123,8 @@ fn run_ffmpeg(src: &Path) -> (Duration, u64) {
             vf,
             "-c:v",
             "libx264",
+            "-threads:v",
+            "1",
             "-preset",
             "veryfast",
             "-tune",

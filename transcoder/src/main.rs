@@ -69,6 +69,11 @@ struct Args {
     /// Threads for decoding and encoding (0: automatic).
     #[arg(long, default_value_t = 0)]
     threads: u32,
+    /// Video encoder threads, each coding its own slice of every frame (0: one up to 720p30's
+    /// pixel rate, above it --threads). Every slice ends in a short RTP packet, and each short
+    /// packet costs the gateway a system call per viewer, so one slice is cheapest to fan out.
+    #[arg(long, default_value_t = 0)]
+    encoder_threads: u32,
     /// Decode at 1/2^N resolution where the decoder supports it (MJPEG, some older codecs).
     #[arg(long, default_value_t = 0)]
     lowres: u8,
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
         codec: args.codec,
         gop_seconds: args.gop,
         threads: args.threads,
+        encoder_threads: args.encoder_threads,
         lowres: args.lowres,
         sar: args.sar,
         colorspace: args.colorspace,

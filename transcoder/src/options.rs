@@ -204,6 +204,8 @@ pub struct Options {
     pub codec: VideoCodec,
     pub gop_seconds: f64,
     pub threads: u32,
+    /// Video encoder threads (slices per frame); 0: see [`encoder_threads`].
+    pub encoder_threads: u32,
     pub lowres: u8,
     pub sar: Option<Rational>,
     pub colorspace: Colorspace,

@@ -370,6 +370,22 @@ pub fn h264_level(width: u32, height: u32, fps: f64) -> u8 {
         .map_or(52, |l| l.0)
 }
 
+/// Output pixel rate (720p30) up to which one encoder thread, and so one slice per frame, is
+/// the default: x264 `veryfast` codes such a frame in well under a frame time on one core.
+const ONE_SLICE_PIXEL_RATE: f64 = 1280.0 * 720.0 * 30.0;
+
+/// Encoder threads (with slice threading, slices per frame): `requested` (`--encoder-threads`),
+/// or when it is 0, one up to [`ONE_SLICE_PIXEL_RATE`] and `threads` (`--threads`) above it. A
+/// slice ends in a short RTP packet, and a short packet ends the gateway's batch of equal-sized
+/// datagrams (UDP GSO), so every extra slice costs a system call per frame per viewer.
+pub fn encoder_threads(requested: u32, threads: u32, width: u32, height: u32, fps: f64) -> u32 {
+    match requested {
+        0 if width as f64 * height as f64 * fps <= ONE_SLICE_PIXEL_RATE => 1,
+        0 => threads,
+        n => n,
+    }
+}
+
 /// The video encoder with WebRTC-friendly settings.
 pub struct VideoEncoder {
     encoder: encoder::Video,
@@ -421,7 +437,7 @@ impl VideoEncoder {
         ctx.set_gop(gop);
         ctx.set_threading(codec::threading::Config {
             kind: codec::threading::Type::Slice,
-            count: opts.threads as usize,
+            count: encoder_threads(opts.encoder_threads, opts.threads, width, height, fps_f) as usize,
             ..Default::default()
         });
         let (space, prim, trc) = match opts.colorspace {

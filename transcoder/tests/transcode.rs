@@ -79,6 +79,25 @@ fn a_1080p_file_becomes_720p_h264_and_opus_with_keyframes_and_clean_timestamps()
             "frame {i} NAL types {t:?}"
         );
     }
+    // At 720p30 a frame is one slice, so only its last packet is short: the gateway sends a
+    // frame to a viewer in one batch of equal-sized datagrams (UDP GSO).
+    for (i, f) in frames.iter().enumerate().filter(|(_, f)| !f.keyframe) {
+        let slices = f.nal_types.iter().filter(|&&t| t == 1).count();
+        assert_eq!(slices, 1, "frame {i} NAL types {:?}", f.nal_types);
+    }
+    let mut sizes: Vec<Vec<usize>> = Vec::new();
+    for (j, r) in video.iter().enumerate() {
+        if j == 0 || video[j - 1].meta.flags.contains(Flags::END_OF_FRAME) {
+            sizes.push(Vec::new());
+        }
+        sizes.last_mut().expect("a frame").push(r.packet.len());
+    }
+    for (i, s) in sizes.iter().enumerate().filter(|(i, _)| !frames[*i].keyframe) {
+        assert!(
+            s[..s.len() - 1].iter().all(|&n| n == 12 + 1200),
+            "frame {i} packet sizes {s:?}"
+        );
+    }
     // Video timestamps step 3000 (90 kHz at 30 fps); audio 960; sequence numbers never skip.
     assert!(
         frames
