@@ -208,6 +208,109 @@ impl VideoCodec {
     }
 }
 
+/// An H.264 profile as SDP negotiation tells them apart (RFC 6184 §8.1: `profile_idc` and the
+/// constraint flags of `profile-iop`, as in its Table 5). Two H.264 formats play the same
+/// stream only with the same profile; the level is negotiable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H264Profile {
+    ConstrainedBaseline,
+    Baseline,
+    Main,
+    Extended,
+    ConstrainedHigh,
+    High,
+    /// Any other `profile_idc` (High 10, 4:2:2, 4:4:4, ...), compared by its value.
+    Other(u8),
+}
+
+impl H264Profile {
+    /// The profile of a `profile-level-id` (three bytes: `profile_idc`, `profile-iop`,
+    /// `level_idc`).
+    pub fn of(profile_level_id: u32) -> Self {
+        let idc = (profile_level_id >> 16) as u8;
+        let iop = (profile_level_id >> 8) as u8;
+        let set = |n: u8| iop & (0x80 >> n) != 0;
+        match idc {
+            0x42 if set(1) => Self::ConstrainedBaseline,
+            0x42 => Self::Baseline,
+            0x4d if set(0) => Self::ConstrainedBaseline,
+            0x4d => Self::Main,
+            0x58 if set(0) && set(1) => Self::ConstrainedBaseline,
+            0x58 if set(0) => Self::Baseline,
+            0x58 => Self::Extended,
+            0x64 if set(4) && set(5) => Self::ConstrainedHigh,
+            0x64 => Self::High,
+            other => Self::Other(other),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Self::ConstrainedBaseline => "constrained baseline".into(),
+            Self::Baseline => "baseline".into(),
+            Self::Main => "main".into(),
+            Self::Extended => "extended".into(),
+            Self::ConstrainedHigh => "constrained high".into(),
+            Self::High => "high".into(),
+            Self::Other(idc) => format!("profile_idc {idc}"),
+        }
+    }
+}
+
+/// What a video track carries, as viewers negotiate it: the codec and, for H.264, the
+/// profile-level-id and packetization mode of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoFormat {
+    pub codec: VideoCodec,
+    /// H.264 only (0 for VP8).
+    pub profile_level_id: u32,
+    /// H.264 only: packetization-mode=1 (FU-A and STAP-A; RFC 6184 §6.3); mode 0 is single
+    /// NAL units, which a mode-1 receiver also takes.
+    pub mode1: bool,
+}
+
+impl VideoFormat {
+    /// What our transcoder produces: H.264 constrained baseline level 3.1 in packetization
+    /// mode 1, or VP8.
+    pub const fn transcoded(codec: VideoCodec) -> Self {
+        match codec {
+            VideoCodec::H264 => Self::h264(0x42e01f, true),
+            VideoCodec::Vp8 => Self {
+                codec,
+                profile_level_id: 0,
+                mode1: false,
+            },
+        }
+    }
+
+    pub const fn h264(profile_level_id: u32, mode1: bool) -> Self {
+        Self {
+            codec: VideoCodec::H264,
+            profile_level_id,
+            mode1,
+        }
+    }
+
+    /// The H.264 profile (None for VP8).
+    pub fn profile(&self) -> Option<H264Profile> {
+        (self.codec == VideoCodec::H264).then(|| H264Profile::of(self.profile_level_id))
+    }
+
+    /// Whether a viewer that negotiated `self` can play a stream of `other`: the same codec,
+    /// and for H.264 the same profile.
+    pub fn plays(&self, other: &VideoFormat) -> bool {
+        self.codec == other.codec && self.profile() == other.profile()
+    }
+
+    /// For messages and the session API: "H264 (high)", "VP8".
+    pub fn describe(&self) -> String {
+        match self.profile() {
+            Some(p) => format!("{} ({})", self.codec.name(), p.name()),
+            None => self.codec.name().into(),
+        }
+    }
+}
+
 /// Why a session definition was refused. The client's (API) or operator's (file) mistake.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {

@@ -8,7 +8,7 @@
 
 use sdp_types::Session;
 
-use crate::config::VideoCodec;
+use crate::config::{H264Profile, VideoCodec, VideoFormat};
 
 /// Why an offer cannot be served. Always the client's (or its browser's) side.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +59,7 @@ pub struct Offer {
 /// What the session sends, for matching offers against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Served {
-    pub video: VideoCodec,
+    pub video: VideoFormat,
     pub audio: bool,
 }
 
@@ -112,8 +112,8 @@ impl Offer {
                     if plan.video {
                         return Err(second_section("video"));
                     }
-                    if !s.formats.iter().any(|f| video_matches(f, served.video)) {
-                        missing.push(requirement(served.video));
+                    if !s.formats.iter().any(|f| viewer_takes(f, &served.video)) {
+                        missing.push(requirement(&served.video));
                     }
                     plan.video = true;
                 }
@@ -122,7 +122,7 @@ impl Offer {
                         return Err(second_section("audio"));
                     }
                     if served.audio && !has_opus(s) {
-                        missing.push("opus/48000/2");
+                        missing.push("opus/48000/2".into());
                     }
                     plan.audio = served.audio;
                 }
@@ -133,7 +133,7 @@ impl Offer {
         if !missing.is_empty() {
             return Err(OfferError::Unusable(format!(
                 "this session sends {}{}; the offer lacks {}",
-                served.video.name(),
+                served.video.describe(),
                 if served.audio { " and Opus" } else { "" },
                 missing.join(" and ")
             )));
@@ -146,9 +146,10 @@ impl Offer {
         Ok(plan)
     }
 
-    /// Decides what a WHIP publisher sends (RFC 9725 §4.2): its video codec, the first of
-    /// `preference` it offers, and whether it sends audio. A live session needs video.
-    pub fn plan_whip(&self, preference: &[VideoCodec]) -> Result<(Plan, VideoCodec), OfferError> {
+    /// Decides what a WHIP publisher sends (RFC 9725 §4.2): its video format, of the first codec
+    /// of `preference` it offers (for H.264, see [`publisher_h264`]), and whether it sends
+    /// audio. A live session needs video.
+    pub fn plan_whip(&self, preference: &[VideoCodec]) -> Result<(Plan, VideoFormat), OfferError> {
         let mut plan = Plan {
             video: false,
             audio: false,
@@ -169,10 +170,7 @@ impl Offer {
                     if plan.video {
                         return Err(second_section("video"));
                     }
-                    codec = preference
-                        .iter()
-                        .copied()
-                        .find(|c| s.formats.iter().any(|f| video_matches(f, *c)));
+                    codec = preference.iter().find_map(|c| publisher_format(s, *c));
                     if codec.is_none() {
                         let names: Vec<&str> = s.formats.iter().map(|f| f.name.as_str()).collect();
                         return Err(OfferError::Unusable(format!(
@@ -184,7 +182,10 @@ impl Offer {
                             },
                             preference
                                 .iter()
-                                .map(|c| requirement(*c))
+                                .map(|c| match c {
+                                    VideoCodec::H264 => "H264/90000",
+                                    VideoCodec::Vp8 => "VP8/90000",
+                                })
                                 .collect::<Vec<_>>()
                                 .join(" or ")
                         )));
@@ -241,16 +242,18 @@ impl Offer {
         self
     }
 
-    /// The first of `preference` that the offer's video section can receive.
-    pub fn first_video_codec(&self, preference: &[VideoCodec]) -> Option<VideoCodec> {
+    /// For a viewer that waits for a publisher: the first of `preference` that the offer's
+    /// video section can receive, in the format browsers send (for H.264, constrained baseline
+    /// as our transcoder's).
+    pub fn first_video_format(&self, preference: &[VideoCodec]) -> Option<VideoFormat> {
         let video = self
             .sections
             .iter()
             .find(|s| !s.rejected && s.kind == Kind::Video)?;
         preference
             .iter()
-            .copied()
-            .find(|c| video.formats.iter().any(|f| video_matches(f, *c)))
+            .map(|c| VideoFormat::transcoded(*c))
+            .find(|want| video.formats.iter().any(|f| viewer_takes(f, want)))
     }
 
     /// The offer with new ICE credentials everywhere they appear (session and media level), as
@@ -293,13 +296,14 @@ fn second_section(kind: &str) -> OfferError {
 }
 
 /// What an offer's video format must be to carry `codec`.
-fn requirement(codec: VideoCodec) -> &'static str {
-    match codec {
-        VideoCodec::H264 => {
-            "H264/90000 with packetization-mode=1 and a constrained-baseline profile-level-id \
-             (42e01f)"
-        }
-        VideoCodec::Vp8 => "VP8/90000",
+fn requirement(want: &VideoFormat) -> String {
+    match want.profile() {
+        Some(p) => format!(
+            "H264/90000 with packetization-mode=1 and a {} profile-level-id ({:06x})",
+            p.name(),
+            want.profile_level_id
+        ),
+        None => "VP8/90000".into(),
     }
 }
 
@@ -374,28 +378,66 @@ fn section(m: &sdp_types::Media) -> Section {
     }
 }
 
-/// Whether a format can carry the session's video as packetized by our transcoder: H.264
-/// constrained baseline (any level; str0m treats the level as negotiable, RFC 6184 §8.2.2) in
-/// packetization mode 1 (RFC 6184 §6.3), or VP8.
-fn video_matches(f: &Format, codec: VideoCodec) -> bool {
-    match codec {
+/// An H.264 format's profile-level-id (RFC 6184 §8.1; absent: 420010, baseline level 1.0)
+/// and whether it is packetization-mode=1 (absent: mode 0). None for another codec.
+fn h264_params(f: &Format) -> Option<(u32, bool)> {
+    if !f.name.eq_ignore_ascii_case("H264") || f.clock != 90000 {
+        return None;
+    }
+    let param = |key: &str| {
+        f.fmtp.split(';').find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            k.eq_ignore_ascii_case(key).then(|| v.trim().to_string())
+        })
+    };
+    let mode1 = param("packetization-mode").as_deref() == Some("1");
+    let plid = match param("profile-level-id") {
+        Some(p) => u32::from_str_radix(&p, 16)
+            .ok()
+            .filter(|v| *v <= 0xff_ffff)?,
+        None => 0x42_0010,
+    };
+    Some((plid, mode1))
+}
+
+/// Whether a viewer's format can receive a stream of `want`: VP8, or H.264 of the same profile
+/// (any level: str0m treats it as negotiable, RFC 6184 §8.2.2) in packetization mode 1, which
+/// carries what we forward (FU-A, STAP-A, single NAL units; RFC 6184 §6.3).
+fn viewer_takes(f: &Format, want: &VideoFormat) -> bool {
+    match want.codec {
         VideoCodec::Vp8 => f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000,
-        VideoCodec::H264 => {
-            if !f.name.eq_ignore_ascii_case("H264") || f.clock != 90000 {
-                return false;
-            }
-            let param = |key: &str| {
-                f.fmtp.split(';').find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    k.eq_ignore_ascii_case(key).then(|| v.trim().to_string())
-                })
-            };
-            let mode1 = param("packetization-mode").as_deref() == Some("1");
-            let constrained_baseline = param("profile-level-id")
-                .and_then(|p| u32::from_str_radix(&p, 16).ok())
-                .is_some_and(|p| (p >> 16) == 0x42 && (p >> 8) & 0x40 != 0);
-            mode1 && constrained_baseline
-        }
+        VideoCodec::H264 => h264_params(f)
+            .is_some_and(|(plid, mode1)| mode1 && Some(H264Profile::of(plid)) == want.profile()),
+    }
+}
+
+/// What a publisher's video section sends in `codec`, if it offers it. For H.264 the offer's
+/// formats are ranked: constrained baseline in packetization mode 1 first (every browser
+/// decodes it, Safari included, and it is what our transcoder sends), then any other profile in
+/// mode 1 (FFmpeg's WHIP muxer describes its encoder's profile, often high), then mode 0; in
+/// the offer's order within a rank. Viewers then need a format of that profile.
+fn publisher_format(s: &Section, codec: VideoCodec) -> Option<VideoFormat> {
+    match codec {
+        VideoCodec::Vp8 => s
+            .formats
+            .iter()
+            .any(|f| f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000)
+            .then(|| VideoFormat::transcoded(VideoCodec::Vp8)),
+        VideoCodec::H264 => s
+            .formats
+            .iter()
+            .filter_map(h264_params)
+            .min_by_key(|&(plid, mode1)| {
+                match (
+                    H264Profile::of(plid) == H264Profile::ConstrainedBaseline,
+                    mode1,
+                ) {
+                    (true, true) => 0,
+                    (false, true) => 1,
+                    (_, false) => 2,
+                }
+            })
+            .map(|(plid, mode1)| VideoFormat::h264(plid, mode1)),
     }
 }
 
@@ -478,7 +520,7 @@ a=setup:actpass\r\na=mid:1\r\na=recvonly\r\na=rtcp-mux\r\n\
 a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
 
     const H264: Served = Served {
-        video: VideoCodec::H264,
+        video: VideoFormat::transcoded(VideoCodec::H264),
         audio: true,
     };
 
@@ -490,7 +532,7 @@ a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
         let plan = offer.plan_whep(H264).unwrap();
         assert!(plan.video && plan.audio && !plan.data_channel);
         let vp8 = Served {
-            video: VideoCodec::Vp8,
+            video: VideoFormat::transcoded(VideoCodec::Vp8),
             audio: true,
         };
         assert!(offer.plan_whep(vp8).is_ok());
@@ -531,6 +573,112 @@ a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
             .plan_whep(H264)
             .unwrap_err();
         assert!(e.to_string().contains("recvonly"), "{e}");
+    }
+
+    #[test]
+    fn profiles_are_told_apart_as_rfc_6184_table_5_does() {
+        use H264Profile::*;
+        for (plid, profile) in [
+            (0x42e01f, ConstrainedBaseline),
+            (0x42c01f, ConstrainedBaseline),
+            (0x42001f, Baseline),
+            (0x4d801f, ConstrainedBaseline),
+            (0x4d001f, Main),
+            (0x58c01e, ConstrainedBaseline),
+            (0x58801e, Baseline),
+            (0x58001e, Extended),
+            (0x640c1f, ConstrainedHigh),
+            (0x64001f, High),
+            (0x640028, High),
+            (0x6e0028, Other(0x6e)),
+        ] {
+            assert_eq!(H264Profile::of(plid), profile, "{plid:06x}");
+        }
+    }
+
+    /// A WHIP offer whose video section has these H.264 fmtp lines, in this order.
+    fn whip_h264_offer(fmtps: &[&str]) -> Offer {
+        let pts: Vec<String> = (0..fmtps.len()).map(|i| (100 + i).to_string()).collect();
+        let mut sdp = format!(
+            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF {}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n",
+            pts.join(" ")
+        );
+        for (pt, fmtp) in pts.iter().zip(fmtps) {
+            sdp.push_str(&format!(
+                "a=rtpmap:{pt} H264/90000\r\na=fmtp:{pt} {fmtp}\r\n"
+            ));
+        }
+        Offer::parse(sdp.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn publishers_h264_prefers_constrained_baseline_mode_1_and_takes_other_profiles() {
+        let take = |fmtps: &[&str]| {
+            let (plan, format) = whip_h264_offer(fmtps)
+                .plan_whip(&[VideoCodec::H264, VideoCodec::Vp8])
+                .unwrap();
+            assert!(plan.video);
+            (format.profile_level_id, format.mode1)
+        };
+        // FFmpeg's WHIP muxer describes its encoder: libx264's default is high.
+        assert_eq!(
+            take(&["level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=640028"]),
+            (0x640028, true)
+        );
+        // A browser lists many; constrained baseline in mode 1 wins wherever it is.
+        assert_eq!(
+            take(&[
+                "packetization-mode=1;profile-level-id=64001f",
+                "packetization-mode=0;profile-level-id=42e01f",
+                "packetization-mode=1;profile-level-id=42e01f",
+            ]),
+            (0x42e01f, true)
+        );
+        // Then another profile in mode 1, before any mode 0.
+        assert_eq!(
+            take(&[
+                "packetization-mode=0;profile-level-id=42e01f",
+                "packetization-mode=1;profile-level-id=4d001f",
+            ]),
+            (0x4d001f, true)
+        );
+        // Mode 0 alone (single NAL units) is taken too; no profile-level-id is baseline.
+        assert_eq!(take(&["packetization-mode=0"]), (0x420010, false));
+    }
+
+    #[test]
+    fn viewers_of_a_high_profile_stream_need_a_high_profile_format() {
+        let high = Served {
+            video: VideoFormat::h264(0x640028, true),
+            audio: true,
+        };
+        // CHROME_OFFER has VP8 and constrained-baseline H.264 only.
+        let e = Offer::parse(CHROME_OFFER.as_bytes())
+            .unwrap()
+            .plan_whep(high)
+            .unwrap_err();
+        assert!(
+            matches!(&e, OfferError::Unusable(m)
+                if m.contains("sends H264 (high)") && m.contains("a high profile-level-id (640028)")),
+            "{e}"
+        );
+        // Any level of high will do (str0m treats the level as negotiable).
+        let offer = CHROME_OFFER.replace("profile-level-id=42e01f", "profile-level-id=64001f");
+        assert!(
+            Offer::parse(offer.as_bytes())
+                .unwrap()
+                .plan_whep(high)
+                .is_ok()
+        );
+        // ... but not a constrained-high one: another profile.
+        let offer = CHROME_OFFER.replace("profile-level-id=42e01f", "profile-level-id=640c1f");
+        assert!(
+            Offer::parse(offer.as_bytes())
+                .unwrap()
+                .plan_whep(high)
+                .is_err()
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument;
 
 use crate::auth::{Grant, Scope, Verifier, now_secs};
-use crate::config::VideoCodec;
+use crate::config::{VideoCodec, VideoFormat};
 use crate::control::{self, Action, Code, Refusal, Steering};
 use crate::fanout::{Catchup, Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
@@ -79,7 +79,7 @@ pub struct Tracks {
 pub fn answer(
     offer: &Offer,
     plan: Plan,
-    codec: VideoCodec,
+    video: VideoFormat,
     cert: &DtlsCert,
     candidates: &[std::net::SocketAddr],
     publisher: bool,
@@ -111,12 +111,18 @@ pub fn answer(
         config = config.enable_opus(true, false);
     }
     if plan.video {
-        match codec {
-            // Payload types are placeholders: accept_offer renumbers to the offer's.
+        match video.codec {
+            // Payload types are placeholders: accept_offer renumbers to the offer's. A viewer
+            // always gets packetization mode 1 (it carries single NAL units too); a publisher
+            // gets the mode it offered.
             VideoCodec::H264 => {
-                config
-                    .codec_config()
-                    .add_h264(102.into(), Some(103.into()), true, 0x42e01f);
+                let mode1 = video.mode1 || !publisher;
+                config.codec_config().add_h264(
+                    102.into(),
+                    Some(103.into()),
+                    mode1,
+                    video.profile_level_id,
+                );
             }
             VideoCodec::Vp8 => config = config.enable_vp8(true),
         }
@@ -143,9 +149,9 @@ pub fn answer(
         return Err(AnswerError::NothingInCommon(format!(
             "no common {} format",
             if plan.video && tracks.video.is_none() {
-                codec.name()
+                video.describe()
             } else {
-                "opus"
+                "opus".into()
             }
         )));
     }
@@ -232,8 +238,8 @@ pub struct Peer {
     pub rtc: Rtc,
     pub ice: IceSession,
     pub tracks: Tracks,
-    /// The video codec negotiated with the viewer.
-    pub video_codec: VideoCodec,
+    /// The video format negotiated with the viewer.
+    pub video_format: VideoFormat,
     pub slot: ViewerSlot,
     pub port: Arc<RtcPort>,
     pub metrics: Arc<Metrics>,
@@ -261,11 +267,11 @@ impl Peer {
     /// first for a viewer that waited) may send another codec than the viewer negotiated, and
     /// the viewer has to connect again.
     fn cannot_play(&self, ready: &ReadySource) -> Option<String> {
-        (self.tracks.video.is_some() && ready.video_codec != self.video_codec).then(|| {
+        (self.tracks.video.is_some() && !self.video_format.plays(&ready.video_format)).then(|| {
             format!(
                 "the source sends {} video; this viewer negotiated {}",
-                ready.video_codec.name(),
-                self.video_codec.name()
+                ready.video_format.describe(),
+                self.video_format.describe()
             )
         })
     }
@@ -1071,7 +1077,7 @@ mod tests {
     use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
     use super::*;
-    use crate::config::VideoCodec;
+    use crate::config::{VideoCodec, VideoFormat};
     use crate::fanout::PayloadCache;
     use crate::offer::{Offer, Served};
     use crate::session::ReadySource;
@@ -1152,7 +1158,7 @@ mod tests {
         let offer = Offer::parse(offer.to_sdp_string().as_bytes()).unwrap();
         let plan = offer
             .plan_whep(Served {
-                video: VideoCodec::H264,
+                video: VideoFormat::transcoded(VideoCodec::H264),
                 audio: true,
             })
             .unwrap();
@@ -1163,7 +1169,7 @@ mod tests {
         let answered = answer(
             &offer,
             plan,
-            VideoCodec::H264,
+            VideoFormat::transcoded(VideoCodec::H264),
             &cert,
             &[SERVER.parse().unwrap()],
             false,
@@ -1256,7 +1262,7 @@ mod tests {
             height: 720,
             fps: 30.0,
             duration: None,
-            video_codec: VideoCodec::H264,
+            video_format: VideoFormat::transcoded(VideoCodec::H264),
         });
         let mut feed = Feed::new(&answered.tracks);
         feed.attach(ready);

@@ -19,7 +19,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::config::VideoCodec;
+use crate::config::{VideoCodec, VideoFormat};
 use crate::metrics::Metrics;
 use crate::peer::{OnEnd, Tracks};
 use crate::resource::{IceSession, PeerMsg, PortLink, receive};
@@ -71,7 +71,8 @@ pub struct Publisher {
     pub rtc: Rtc,
     pub ice: IceSession,
     pub tracks: Tracks,
-    pub codec: VideoCodec,
+    /// What the publisher sends (its offer's format that we answered).
+    pub video: VideoFormat,
     pub claim: PublisherClaim,
     /// The most bits/s this publisher may send (`limits.max_ingest_bitrate`).
     pub max_bitrate: u64,
@@ -97,7 +98,7 @@ impl Publisher {
         let session = self.claim.session().clone();
         let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
         let mut keyframe_tx = Some(keyframe_tx);
-        let mut sink = match Sink::new(&session.name, &self.tracks, self.codec, &self.claim) {
+        let mut sink = match Sink::new(&session.name, &self.tracks, self.video, &self.claim) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("cannot make the session's ring: {e}");
@@ -137,7 +138,7 @@ impl Publisher {
             {
                 tracing::info!(
                     after_ms = created.elapsed().as_millis() as u64,
-                    codec = self.codec.name(),
+                    video = %self.video.describe(),
                     audio = self.tracks.audio.is_some(),
                     "publisher connected"
                 );
@@ -286,7 +287,7 @@ impl Sink {
     fn new(
         name: &str,
         tracks: &Tracks,
-        codec: VideoCodec,
+        video: VideoFormat,
         claim: &PublisherClaim,
     ) -> Result<Self, rtp_ring::OpenError> {
         let ring = Ring::create_memfd(&format!("wisp-live-{name}"), RING_BYTES)?;
@@ -301,12 +302,12 @@ impl Sink {
             height: 0,
             fps: 0.0,
             duration: None,
-            video_codec: codec,
+            video_format: video,
         });
         Ok(Self {
             writer,
             source,
-            codec,
+            codec: video.codec,
             key_ts: None,
             packet: Vec::with_capacity(1500),
             packets: 0,

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Limits, SessionSpec, VideoCodec};
+use crate::config::{Limits, SessionSpec, VideoFormat};
 use crate::control::{self, Code, Refusal};
 use crate::metrics::Metrics;
 use crate::transcoder::{Command, Event, TranscoderProcess};
@@ -69,7 +69,7 @@ pub struct ReadySource {
     pub fps: f64,
     pub duration: Option<f64>,
     /// What the video track carries (a live session's is the publisher's).
-    pub video_codec: VideoCodec,
+    pub video_format: VideoFormat,
 }
 
 impl Source {
@@ -282,6 +282,10 @@ pub struct SessionInfo {
     pub width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// What the video track carries once media flows: "H264 (constrained baseline)",
+    /// "H264 (high)" (a live session's publisher decides), "VP8". Viewers need its profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<String>,
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
@@ -445,6 +449,10 @@ impl Session {
             transcoder_pid: (pid != 0).then_some(pid as u32),
             width,
             height,
+            video: match &source {
+                Source::Ready(r) if r.video_track.is_some() => Some(r.video_format.describe()),
+                _ => None,
+            },
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             spec: self.spec.clone(),
@@ -911,7 +919,7 @@ impl SessionTask {
                         height,
                         fps,
                         duration,
-                        video_codec: self.session.spec.codec(),
+                        video_format: VideoFormat::transcoded(self.session.spec.codec()),
                     })));
             }
             Event::Position { position, .. } => {

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::{Scope, valid_session_name};
+use crate::config::VideoFormat;
 use crate::http::{
     ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
 };
@@ -155,13 +156,13 @@ pub async fn post(
     };
     let served = match session.kind {
         Kind::Vod => Served {
-            video: session.spec.codec(),
+            video: VideoFormat::transcoded(session.spec.codec()),
             audio: true,
         },
         // A live session sends what its publisher sends.
         Kind::Live => match &*session.source().borrow() {
             Source::Ready(r) => Served {
-                video: r.video_codec,
+                video: r.video_format,
                 audio: r.audio_track.is_some(),
             },
             // A waiting viewer gets the first codec of the preference that it offers; if the
@@ -169,17 +170,19 @@ pub async fn post(
             _ if wait => {
                 let codecs = &s.config.live.video_codecs;
                 Served {
-                    video: offer.first_video_codec(codecs).unwrap_or(codecs[0]),
+                    video: offer
+                        .first_video_format(codecs)
+                        .unwrap_or(VideoFormat::transcoded(codecs[0])),
                     audio: true,
                 }
             }
             _ => return Err(JoinError::NoPublisher(name).into()),
         },
     };
-    let codec = served.video;
+    let format = served.video;
     let plan = offer.plan_whep(served)?;
     let slot = session.join(&s.config.limits, wait, &s.metrics)?;
-    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), false)?;
+    let answered = answer(&offer, plan, format, &s.cert, &s.port.candidates(), false)?;
     let id = random_id();
     let etag = new_etag();
     let (inbox, on_end) = register(&s, &name, &id, Role::Viewer);
@@ -192,7 +195,7 @@ pub async fn post(
             etag: etag.clone(),
         },
         tracks: answered.tracks,
-        video_codec: codec,
+        video_format: format,
         slot,
         port: s.port.clone(),
         metrics: s.metrics.clone(),

@@ -58,9 +58,9 @@ pub async fn post(
     let offer = Offer::parse(&body)?.one_way("sendonly");
     // The operator's order (`[live] video_codecs`); by default H.264 first, which plays
     // everywhere (Safari included).
-    let (plan, codec) = offer.plan_whip(&s.config.live.video_codecs)?;
+    let (plan, video) = offer.plan_whip(&s.config.live.video_codecs)?;
     // Answered before the session is made, so that an offer str0m refuses leaves nothing.
-    let answered = answer(&offer, plan, codec, &s.cert, &s.port.candidates(), true)?;
+    let answered = answer(&offer, plan, video, &s.cert, &s.port.candidates(), true)?;
     let id = random_id();
     let max = s.config.limits.max_publishers;
     let claim = match s
@@ -103,7 +103,7 @@ pub async fn post(
             etag: etag.clone(),
         },
         tracks: answered.tracks,
-        codec,
+        video,
         claim,
         max_bitrate: s.config.limits.max_ingest_bitrate,
         port: s.port.clone(),
@@ -115,7 +115,7 @@ pub async fn post(
     tracing::info!(
         session = %name,
         resource = %id,
-        codec = codec.name(),
+        video = %video.describe(),
         sub = grant.sub.as_deref().unwrap_or("-"),
         "publisher created"
     );

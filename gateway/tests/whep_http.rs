@@ -1158,6 +1158,40 @@ async fn obs_and_ffmpeg_shaped_whip_offers_are_answered() {
     let (resp, answer) = f.publish("ffmpeg", &whip_offer("passive")).await;
     assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
     assert!(answer.contains("a=setup:active"), "{answer}");
+    // It describes its encoder's profile, which for libx264 is high unless told otherwise:
+    // taken, and answered with that profile (viewers then need a high-profile format).
+    let (resp, answer) = f.publish("ffmpeg-high", &ffmpeg_offer("640028")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{answer}");
+    let video = &sections(&answer)[1];
+    assert!(
+        video.iter().any(|l| l.contains("H264/90000"))
+            && video
+                .iter()
+                .any(|l| l.starts_with("a=fmtp:") && l.contains("profile-level-id=64")),
+        "{answer}"
+    );
+    assert!(answer.contains("a=setup:active"), "{answer}");
+}
+
+/// Shaped as FFmpeg's WHIP muxer offers: passive setup, no candidates, one Opus and one H.264
+/// format whose profile-level-id describes the encoder's stream.
+fn ffmpeg_offer(profile_level_id: &str) -> String {
+    format!(
+        "v=0\r\no=FFmpeg 77 2 IN IP4 127.0.0.1\r\ns=FFmpegPublishSession\r\nt=0 0\r\n\
+         a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n\
+         a=ice-ufrag:ffab\r\na=ice-pwd:ffmpegffmpegffmpegffmpeg\r\n\
+         a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+         a=setup:passive\r\na=mid:0\r\na=sendonly\r\na=msid:FFmpeg audio\r\na=rtcp-mux\r\n\
+         a=rtpmap:111 opus/48000/2\r\na=ssrc:101 cname:FFmpeg\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 106\r\nc=IN IP4 0.0.0.0\r\n\
+         a=ice-ufrag:ffab\r\na=ice-pwd:ffmpegffmpegffmpegffmpeg\r\n\
+         a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+         a=setup:passive\r\na=mid:1\r\na=sendonly\r\na=msid:FFmpeg video\r\na=rtcp-mux\r\n\
+         a=rtcp-rsize\r\na=rtpmap:106 H264/90000\r\n\
+         a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}\r\n\
+         a=ssrc:102 cname:FFmpeg\r\n"
+    )
 }
 
 #[tokio::test]

@@ -437,7 +437,8 @@ impl VideoEncoder {
         ctx.set_gop(gop);
         ctx.set_threading(codec::threading::Config {
             kind: codec::threading::Type::Slice,
-            count: encoder_threads(opts.encoder_threads, opts.threads, width, height, fps_f) as usize,
+            count: encoder_threads(opts.encoder_threads, opts.threads, width, height, fps_f)
+                as usize,
             ..Default::default()
         });
         let (space, prim, trc) = match opts.colorspace {

@@ -92,7 +92,11 @@ fn a_1080p_file_becomes_720p_h264_and_opus_with_keyframes_and_clean_timestamps()
         }
         sizes.last_mut().expect("a frame").push(r.packet.len());
     }
-    for (i, s) in sizes.iter().enumerate().filter(|(i, _)| !frames[*i].keyframe) {
+    for (i, s) in sizes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !frames[*i].keyframe)
+    {
         assert!(
             s[..s.len() - 1].iter().all(|&n| n == 12 + 1200),
             "frame {i} packet sizes {s:?}"
