@@ -14,7 +14,7 @@ import { launchChromium, localUfrag, recordFetches, serveThirdPartyPage, trickle
 
 const [base, token, session, secondsArg = "15", mode = ""] = process.argv.slice(2);
 if (!base || !token || !session) {
-  console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS]");
+  console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [restart|simulcast|noise|profile=PLID]");
   process.exit(2);
 }
 const seconds = Number(secondsArg);
@@ -52,7 +52,17 @@ try {
   for (const track of media.getTracks()) {
     const init = { direction: "sendonly" };
     if (track.kind === "video" && layers) init.sendEncodings = layers;
-    pc.addTransceiver(track, init);
+    const transceiver = pc.addTransceiver(track, init);
+    // Offer one H.264 profile only (e.g. 4d001f, main), as FFmpeg and OBS offer their
+    // encoder's.
+    const profile = params.get("profile");
+    if (track.kind === "video" && profile) {
+      const codecs = RTCRtpReceiver.getCapabilities("video").codecs.filter((c) =>
+        c.mimeType === "video/H264" && (c.sdpFmtpLine || "").includes("packetization-mode=1")
+        && (c.sdpFmtpLine || "").includes("profile-level-id=" + profile));
+      if (!codecs.length) throw new Error("this browser has no H.264 " + profile + " to offer");
+      transceiver.setCodecPreferences(codecs);
+    }
   }
   window.pc = pc;
   window.client = new WHIPClient();
@@ -70,7 +80,9 @@ const p = await ctx.newPage();
 const consoleLines = [];
 p.on("console", (m) => consoleLines.push(m.text()));
 const endpoint = `${base}/whip/${session}`;
-const simulcast = mode === "simulcast" ? "&simulcast=1" : mode === "noise" ? "&noise=1" : "";
+// Modes: restart, simulcast, noise, or profile=PLID (offer that H.264 profile only).
+const simulcast = mode === "simulcast" ? "&simulcast=1" : mode === "noise" ? "&noise=1"
+  : mode.startsWith("profile=") ? `&profile=${mode.slice(8)}` : "";
 await p.goto(`${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}${simulcast}`);
 
 async function stats() {
