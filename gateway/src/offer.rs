@@ -663,22 +663,15 @@ a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
                 if m.contains("sends H264 (high)") && m.contains("a high profile-level-id (640028)")),
             "{e}"
         );
-        // Any level of high will do (str0m treats the level as negotiable).
-        let offer = CHROME_OFFER.replace("profile-level-id=42e01f", "profile-level-id=64001f");
-        assert!(
-            Offer::parse(offer.as_bytes())
-                .unwrap()
-                .plan_whep(high)
-                .is_ok()
-        );
+        // A viewer whose H.264 format has this profile-level-id instead of 42e01f.
+        let offering = |plid: &str| {
+            let offer = CHROME_OFFER.replace("profile-level-id=42e01f", plid);
+            Offer::parse(offer.as_bytes()).unwrap().plan_whep(high)
+        };
+        // Any level of high will do (str0m treats the level as negotiable) ...
+        assert!(offering("profile-level-id=64001f").is_ok());
         // ... but not a constrained-high one: another profile.
-        let offer = CHROME_OFFER.replace("profile-level-id=42e01f", "profile-level-id=640c1f");
-        assert!(
-            Offer::parse(offer.as_bytes())
-                .unwrap()
-                .plan_whep(high)
-                .is_err()
-        );
+        assert!(offering("profile-level-id=640c1f").is_err());
     }
 
     #[test]
