@@ -136,6 +136,10 @@ pub enum Event {
         bytes: u64,
         corrupt_packets: u64,
         peak_rss_kb: Option<u64>,
+        /// Times the ring's readers were woken (each wakeup is a turn of every viewer's loop
+        /// in the gateway).
+        #[serde(default)]
+        wakeups: u64,
     },
     /// An event this side does not know (the other side is newer). Never sent.
     #[serde(other, skip_serializing)]

@@ -26,7 +26,8 @@ use crate::options::{ChannelSel, OnEnd, Options, Pace, VideoCodec};
 use crate::rtp::{RtpPacket, RtpTrack};
 use crate::source::{Source, SourceError};
 use crate::timeline::{
-    OPUS_FRAME_TICKS, Segment, frame_at_secs, frame_ticks, secs, ts48, ts90, us_to_ticks,
+    OPUS_FRAME_TICKS, Segment, frame_at_secs, frame_ticks, secs, ticks_to_us, ts48, ts90,
+    us_to_ticks,
 };
 use crate::video::{self, EncoderThread, VideoChain, VideoEncoder, VideoFilter};
 
@@ -35,11 +36,16 @@ const POSITION_EVERY_US: u64 = 200_000;
 /// Past this lateness, pacing re-anchors instead of bursting to catch up.
 const MAX_LATE_US: i64 = 1_000_000;
 /// Units due within this much of one being written go out with it, and the ring's readers are
-/// woken once for all of them: with audio every 20 ms and video every 33 ms, about 50 wakeups a
-/// second instead of 70, for every viewer the gateway feeds (each wakeup costs it a turn of
-/// every viewer's loop). Viewers see some packets up to this much early, well within the
-/// jitter their buffers absorb.
+/// woken once for all of them (each wakeup costs the gateway a turn of every viewer's loop).
+/// Video goes out at most this early.
 const COALESCE_US: u64 = 15_000;
+/// Audio goes out up to one video frame early (plus this), so that it joins the next video
+/// frame's write: one wakeup per video frame (30 a second at 30 fps) instead of about 50 with
+/// audio every 20 ms between them. An audio packet arrives at most a frame interval early,
+/// which a viewer's jitter buffer holds; lip sync follows the RTP timestamps.
+const AUDIO_AHEAD_SLACK_US: u64 = 1_000;
+/// Never send audio more than this early, whatever the frame rate.
+const MAX_AUDIO_AHEAD_US: u64 = 50_000;
 
 /// Why playback stopped with an error (the caller reports it and exits non-zero).
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,7 @@ struct Stats {
     audio_frames: u64,
     packets: u64,
     bytes: u64,
+    wakeups: u64,
 }
 
 pub struct Player {
@@ -365,7 +372,7 @@ impl Player {
         }
         if !self.produced_all && self.pending.len() < depth {
             match self.produce()? {
-                Some(unit) => self.pending.push_back(unit),
+                Some(unit) => self.enqueue(unit),
                 None => self.produced_all = true,
             }
             return Ok(true);
@@ -385,19 +392,73 @@ impl Player {
         self.poll_commands()
     }
 
-    /// Writes a unit while playing; the ring's readers are woken unless the next unit is due
-    /// within [`COALESCE_US`] (it is then written next, before anything else is done).
+    /// Writes a unit while playing; the ring's readers are woken unless the next unit joins
+    /// this write: a video frame due within [`COALESCE_US`], or audio due before the next video
+    /// frame (see [`AUDIO_AHEAD_SLACK_US`]). A joining unit is written next, before anything
+    /// else is done. After a video frame, the audio that joins it is produced here if it is not
+    /// pending yet (audio is cheap to make; no video is decoded ahead for it, so a keyframe
+    /// request still lands on the next frame).
     fn write_coalesced(&mut self, unit: Unit) -> Result<(), PlayError> {
-        let horizon = match self.opts.pace {
-            Pace::Realtime => now_us() + COALESCE_US,
-            Pace::Max => u64::MAX,
-        };
-        let more = self.pending.front().is_some_and(|u| u.due_us <= horizon);
+        let now = now_us();
+        let video = unit.track == crate::rtp::VIDEO_TRACK;
         self.write_unit_quietly(unit)?;
+        if video && self.opts.pace == Pace::Realtime {
+            self.produce_audio_until(now + self.audio_ahead_us())?;
+        }
+        let more = match (self.opts.pace, self.pending.front()) {
+            (_, None) => false,
+            (Pace::Max, Some(_)) => true,
+            (Pace::Realtime, Some(next)) => {
+                let ahead = match next.track {
+                    crate::rtp::AUDIO_TRACK => self.audio_ahead_us(),
+                    _ => COALESCE_US,
+                };
+                next.due_us <= now + ahead
+            }
+        };
         if !more {
             self.wake_readers();
         }
         Ok(())
+    }
+
+    /// Produces audio units due by `horizon` (µs), ahead of the video between them.
+    fn produce_audio_until(&mut self, horizon: u64) -> Result<(), PlayError> {
+        let end_t = self
+            .opts
+            .duration_frames
+            .map(|n| frame_ticks(self.first_frame + n, self.fps));
+        loop {
+            let Some(a) = self.audio.as_mut() else {
+                return Ok(());
+            };
+            let Some(media_t) = a.peek(&mut self.sources[a.input], end_t)? else {
+                return Ok(());
+            };
+            if self.seg.due_of(self.seg.out_of(media_t)) > horizon {
+                return Ok(());
+            }
+            if let Some(unit) = self.encode_audio()? {
+                self.enqueue(unit);
+            }
+        }
+    }
+
+    /// Adds a produced unit to `pending`, which stays in due order (audio may be produced
+    /// ahead of video due before it).
+    fn enqueue(&mut self, unit: Unit) {
+        let at = self.pending.partition_point(|u| u.due_us <= unit.due_us);
+        self.pending.insert(at, unit);
+    }
+
+    /// How early audio may go out: a video frame's interval (so it joins the next frame), or
+    /// [`COALESCE_US`] without video.
+    fn audio_ahead_us(&self) -> u64 {
+        if self.video.is_none() {
+            return COALESCE_US;
+        }
+        let frame_us = ticks_to_us(frame_ticks(1, self.fps)).max(0) as u64;
+        (frame_us + AUDIO_AHEAD_SLACK_US).min(MAX_AUDIO_AHEAD_US)
     }
 
     fn video_chain(&mut self) -> &mut VideoChain {
@@ -408,6 +469,7 @@ impl Player {
     fn wake_readers(&mut self) {
         if std::mem::take(&mut self.unwoken) {
             self.writer.wake();
+            self.stats.wakeups += 1;
         }
     }
 
@@ -954,6 +1016,7 @@ impl Player {
             video_frames = self.stats.video_frames,
             audio_frames = self.stats.audio_frames,
             packets = self.stats.packets,
+            wakeups = self.stats.wakeups,
             corrupt_packets = corrupt,
             ?peak_rss_kb,
             "done"
@@ -965,6 +1028,7 @@ impl Player {
             bytes: self.stats.bytes,
             corrupt_packets: corrupt,
             peak_rss_kb,
+            wakeups: self.stats.wakeups,
         });
     }
 }

@@ -188,6 +188,18 @@ fn realtime_pacing_takes_as_long_as_the_media() {
         total >= Duration::from_millis(4800),
         "a 5 s file took only {total:?}"
     );
+    // Audio (every 20 ms) joins the video frames' writes (every 33 ms): the ring's readers are
+    // woken about once per frame, not once per frame and once per audio packet in between.
+    let stats = t
+        .seen
+        .iter()
+        .find(|e| e["event"] == "stats")
+        .expect("a stats event at exit");
+    let wakeups = stats["wakeups"].as_u64().expect("wakeups");
+    assert!(
+        (30..=160).contains(&wakeups),
+        "{wakeups} wakeups for 150 frames and 250 audio packets: {stats}"
+    );
 }
 
 #[test]
