@@ -132,6 +132,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         ))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (stderr's reader is gone: the gateway that read
+        // it died) is dropped; reporting that on stderr too would panic.
+        .log_internal_errors(false)
         .init();
     let overrides = Overrides {
         http: args.http,

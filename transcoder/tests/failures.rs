@@ -135,6 +135,37 @@ fn closing_stdin_ends_the_process_promptly() {
 }
 
 #[test]
+fn a_parent_gone_with_its_log_pipe_still_means_a_clean_exit() {
+    // The gateway reads the transcoder's stderr through a pipe. When the gateway dies, that
+    // pipe has no reader and stdin closes: the transcoder's last log lines cannot be written,
+    // and it must still exit 0, not panic over them.
+    let (log_reader, log_writer) = std::io::pipe().expect("pipe");
+    let ring = ring_path("logpipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
+        .args(["-i", "demo", "--width", "320", "--height", "180", "--ring"])
+        .arg(&ring)
+        .args(["--ring-size", "16777216"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log_writer)
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(log_reader);
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_file(&ring);
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
 fn sigterm_ends_it_cleanly_with_stats() {
     let mut t = Transcoder::start("sigterm", &["-i", "demo"]);
     t.wait_named("ready");
