@@ -976,7 +976,7 @@ impl SessionTask {
         };
         let pid = t.pid();
         self.abandon_pending("the transcoder exited before answering");
-        let status = t.stop(STOP_GRACE).await;
+        let (status, last_log) = t.stop_with_last_log(STOP_GRACE).await;
         self.session.pid.store(0, Ordering::Relaxed);
         self.runtime
             .metrics
@@ -990,12 +990,15 @@ impl SessionTask {
             Ok(s) => s.to_string(),
             Err(e) => format!("unknown status ({e})"),
         };
+        // What it reported, else the last thing it logged (a process that died before it
+        // could report, such as one whose shared libraries are missing, says why there).
         let last_error = self
             .session
             .last_error
             .lock()
             .expect("not poisoned")
-            .clone();
+            .clone()
+            .or_else(|| last_log.map(|line| format!("its last log line: {line}")));
         tracing::error!(
             pid,
             %status,

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use rtp_ring::Ring;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command as ProcessCommand};
+use tokio::process::{Child, ChildStderr, ChildStdin, Command as ProcessCommand};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 pub use wisp_control::{Command, Event};
 
 /// Why a transcoder could not be started. Ours (configuration or the machine), not a viewer's.
@@ -41,7 +42,14 @@ pub struct TranscoderProcess {
     events: mpsc::Receiver<Event>,
     ring: Ring,
     pid: u32,
+    /// Forwards its stderr to ours; ends with its last line when the child closed it.
+    log: Option<JoinHandle<Option<String>>>,
 }
+
+/// How long to wait, once it exited, for the rest of its stderr.
+const LOG_DRAIN: Duration = Duration::from_millis(500);
+/// A kept log line is cut to this many characters.
+const MAX_LOG_LINE: usize = 400;
 
 impl TranscoderProcess {
     /// Starts `program` with `args` (inputs and encode options) and a new memfd ring of
@@ -60,10 +68,12 @@ impl TranscoderProcess {
         if let Some(fd) = event_fd {
             cmd.arg("--ring-eventfd").arg(fd.to_string());
         }
+        // Its events come on stdout. Its logs join ours through a pipe, so that the last line
+        // can explain an exit it reported no error for (the dynamic loader's "error while
+        // loading shared libraries", say).
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            // Its logs join ours; its events come on stdout.
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
             program: program.to_path_buf(),
@@ -72,6 +82,9 @@ impl TranscoderProcess {
         let pid = child.id().expect("a just-spawned child has a pid");
         let stdout = child.stdout.take().expect("stdout was piped");
         let stdin = child.stdin.take();
+        let log = Some(tokio::spawn(forward_log(
+            child.stderr.take().expect("stderr was piped"),
+        )));
         let (tx, events) = mpsc::channel(64);
         let session = name.to_string();
         tokio::spawn(async move {
@@ -97,6 +110,7 @@ impl TranscoderProcess {
             events,
             ring,
             pid,
+            log,
         })
     }
 
@@ -134,6 +148,24 @@ impl TranscoderProcess {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Stops it as [`Self::stop`] does, then returns its exit status with the last line it
+    /// wrote to stderr (waiting up to [`LOG_DRAIN`] for the rest of its output).
+    pub async fn stop_with_last_log(
+        mut self,
+        grace: Duration,
+    ) -> (std::io::Result<ExitStatus>, Option<String>) {
+        let log = self.log.take();
+        let status = self.stop(grace).await;
+        let last = match log {
+            Some(log) => match tokio::time::timeout(LOG_DRAIN, log).await {
+                Ok(Ok(line)) => line,
+                _ => None,
+            },
+            None => None,
+        };
+        (status, last)
+    }
+
     /// Stops it: `stop` and closed stdin, then SIGTERM after half of `grace`, then SIGKILL.
     pub async fn stop(mut self, grace: Duration) -> std::io::Result<ExitStatus> {
         let _ = self.send(&Command::Stop).await;
@@ -152,4 +184,23 @@ impl TranscoderProcess {
         self.child.kill().await?;
         self.child.wait().await
     }
+}
+
+/// Copies the child's stderr to ours line by line (until it closes, so the child never blocks
+/// on a full pipe) and returns its last non-empty line.
+async fn forward_log(stderr: ChildStderr) -> Option<String> {
+    use std::io::Write;
+    let mut lines = BufReader::new(stderr).split(b'\n');
+    let mut last = None;
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        if text.is_empty() {
+            continue;
+        }
+        // Our own stderr failing (closed by whoever started us) must not stop the draining.
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+        last = Some(text.chars().take(MAX_LOG_LINE).collect());
+    }
+    last
 }

@@ -389,6 +389,56 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoder_that_cannot_start_shows_why_in_the_session_state() {
+    // A transcoder whose shared libraries are missing reports nothing: the loader prints why
+    // on stderr and it exits 127. The session state carries that line.
+    let dir = std::env::temp_dir().join(format!("wisp-noload-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let program = dir.join("wisp-transcoder");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\necho \"$0: error while loading shared libraries: libavfilter.so.8: \
+         cannot open shared object file: No such file or directory\" >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let wisp = Wisp::start_with("noload", "", &program);
+    let t = wisp.token("demo", "view");
+    let http = reqwest::Client::new();
+    let viewer = wisp.viewer("demo", &t, 1, 10);
+    let h = http.clone();
+    let viewer = tokio::spawn(async move { watch(&h, viewer, |_| {}).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = wisp.api("/api/sessions/demo").await;
+        if s["state"] == "failed" {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never failed: {s}\n{}",
+            wisp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("exit status: 127")
+            && error.contains("its last log line:")
+            && error.contains("libavfilter.so.8: cannot open shared object file"),
+        "{error}"
+    );
+    // The gateway's log shows the transcoder's own line too.
+    assert!(wisp.log().contains("error while loading shared libraries"));
+    assert!(viewer.await.unwrap().is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_stops_its_transcoder_and_the_next_viewer_starts_it_again() {
     let wisp = Wisp::start("idle", "idle_timeout = 1\n");
     let http = reqwest::Client::new();

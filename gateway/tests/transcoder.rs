@@ -145,6 +145,42 @@ async fn an_input_that_cannot_be_opened_is_an_error_event_then_an_exit() {
     assert!(!status.success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcoder_that_dies_before_reporting_leaves_its_last_log_line() {
+    // What the dynamic loader prints when a runtime library is missing, then its exit status.
+    let dir = std::env::temp_dir().join(format!("wisp-dies-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let program = dir.join("wisp-transcoder");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\necho starting >&2\necho \"$0: error while loading shared libraries: \
+         libavfilter.so.8: cannot open shared object file\" >&2\nexit 127\n",
+    )
+    .expect("write the script");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut t =
+        TranscoderProcess::spawn(&program, &args(&["-i", "demo"]), 1 << 20, "dies").expect("spawn");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), t.next_event())
+            .await
+            .expect("stdout closes")
+            .is_none(),
+        "no event: it died first"
+    );
+    let (status, last) = t.stop_with_last_log(Duration::from_secs(2)).await;
+    assert_eq!(status.expect("status").code(), Some(127));
+    let last = last.expect("a last log line");
+    assert!(
+        last.ends_with("libavfilter.so.8: cannot open shared object file"),
+        "{last}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Stands in for a gateway: starts a transcoder, prints its pid, then waits to be killed.
 #[test]
 #[ignore = "runs only as a child process of no_transcoder_outlives_a_killed_gateway"]

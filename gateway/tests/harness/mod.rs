@@ -23,6 +23,11 @@ pub struct Wisp {
 
 impl Wisp {
     pub fn start(name: &str, toml: &str) -> Self {
+        Self::start_with(name, toml, &crate::common::workspace_bin("wisp-transcoder"))
+    }
+
+    /// As [`Wisp::start`], with another program as the transcoder.
+    pub fn start_with(name: &str, toml: &str, transcoder: &std::path::Path) -> Self {
         let dir = std::env::temp_dir().join(format!("wisp-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -35,7 +40,7 @@ impl Wisp {
             .arg("--config")
             .arg(dir.join("wisp.toml"))
             .arg("--transcoder")
-            .arg(crate::common::workspace_bin("wisp-transcoder"))
+            .arg(transcoder)
             .env("WISP_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
