@@ -342,6 +342,23 @@ async fn sigterm_drains_and_no_transcoder_outlives_the_gateway() {
     }
 }
 
+/// The session's API state once it shows `failed` (within 30 s).
+async fn failed_state(wisp: &Wisp, session: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = wisp.api(&format!("/api/sessions/{session}")).await;
+        if s["state"] == "failed" {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never failed: {s}\n{}",
+            wisp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     let wisp = Wisp::start(
@@ -359,19 +376,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
     let h = http.clone();
     let viewer = tokio::spawn(async move { watch(&h, broken, |_| {}).await });
     // ...and the session turns failed with FFmpeg's reason, after bounded restarts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let s = loop {
-        let s = wisp.api("/api/sessions/broken").await;
-        if s["state"] == "failed" {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never failed: {s}\n{}",
-            wisp.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = failed_state(&wisp, "broken").await;
     let error = s["error"].as_str().unwrap();
     assert!(
         error.contains("exited") && error.contains("film.mp4"),
@@ -412,19 +417,7 @@ async fn a_transcoder_that_cannot_start_shows_why_in_the_session_state() {
     let viewer = wisp.viewer("demo", &t, 1, 10);
     let h = http.clone();
     let viewer = tokio::spawn(async move { watch(&h, viewer, |_| {}).await });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let s = loop {
-        let s = wisp.api("/api/sessions/demo").await;
-        if s["state"] == "failed" {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never failed: {s}\n{}",
-            wisp.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let s = failed_state(&wisp, "demo").await;
     let error = s["error"].as_str().unwrap();
     assert!(
         error.contains("exit status: 127")
