@@ -253,8 +253,8 @@ pub struct Peer {
     pub on_end: OnEnd,
 }
 
-/// A callback run once when a peer ends.
-pub struct OnEnd(pub Box<dyn FnOnce() + Send>);
+/// A callback run once when a peer ends, with why.
+pub struct OnEnd(pub Box<dyn FnOnce(&str) + Send>);
 
 impl std::fmt::Debug for OnEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -487,7 +487,7 @@ impl Peer {
         crate::resource::close(&mut self.rtc);
         let _ = self.drive(&mut channel_events);
         tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
-        (self.on_end.0)();
+        (self.on_end.0)(&reason);
     }
 
     /// Writes `first` and then what else waits in the ring (up to a batch). A record that is

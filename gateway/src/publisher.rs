@@ -101,8 +101,9 @@ impl Publisher {
         let mut sink = match Sink::new(&session.name, &self.tracks, self.video, &self.claim) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!("cannot make the session's ring: {e}");
-                (self.on_end.0)();
+                let reason = format!("cannot make the session's ring: {e}");
+                tracing::error!("{reason}");
+                (self.on_end.0)(&reason);
                 return;
             }
         };
@@ -182,7 +183,7 @@ impl Publisher {
             keyframes = sink.keyframes,
             "publisher ended: {reason}"
         );
-        (self.on_end.0)();
+        (self.on_end.0)(&reason);
         // Dropping the claim (with `self`) tells the session its publisher is gone.
     }
 

@@ -6,9 +6,10 @@
 //! registry of live resources. The offer policy is `offer.rs`'s, the peer is `peer.rs`'s, and
 //! statuses come from `http::ApiError`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -63,26 +64,76 @@ pub struct Resource {
     pub tx: mpsc::Sender<PeerMsg>,
 }
 
-/// All live resources by id.
+/// All live resources by id, and why recent ones ended.
 #[derive(Debug, Default)]
 pub struct Resources {
     map: Mutex<HashMap<String, Resource>>,
+    ended: Mutex<VecDeque<Ended>>,
 }
+
+/// A resource that ended, kept for a while so that its client can learn why: a peer ended
+/// before ICE connected (its session failed, say) has no other way to tell its client.
+#[derive(Debug)]
+struct Ended {
+    id: String,
+    session: String,
+    role: Role,
+    at: Instant,
+    reason: String,
+}
+
+/// Ended resources are remembered this long, and this many at most.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
+const MAX_ENDED: usize = 1024;
 
 impl Resources {
     pub fn get(&self, id: &str) -> Option<Resource> {
         self.map.lock().expect("not poisoned").get(id).cloned()
     }
 
-    /// The resource `id` if it is `role`'s in `session` (else 404: the URL names no resource).
+    /// The resource `id` if it is `role`'s in `session` (else 404: the URL names no resource;
+    /// the problem detail says why if it ended in the last ten minutes).
     pub fn find(&self, session: &str, id: &str, role: Role) -> Result<Resource, ApiError> {
         match self.get(id) {
             Some(r) if r.session == session && r.role == role => Ok(r),
-            _ => Err(ApiError::NotFound(format!(
-                "no such {} resource",
-                role.what()
-            ))),
+            _ => Err(ApiError::NotFound(
+                self.why_ended(session, id, role)
+                    .unwrap_or_else(|| format!("no such {} resource", role.what())),
+            )),
         }
+    }
+
+    fn why_ended(&self, session: &str, id: &str, role: Role) -> Option<String> {
+        let ended = self.ended.lock().expect("not poisoned");
+        let e = ended
+            .iter()
+            .rev()
+            .find(|e| e.id == id && e.session == session && e.role == role)?;
+        Some(format!(
+            "this {} resource ended {} s ago: {}",
+            role.what(),
+            e.at.elapsed().as_secs(),
+            e.reason
+        ))
+    }
+
+    /// The peer of resource `id` ended for `reason`: it is gone, and the reason is kept.
+    pub fn end(&self, id: &str, session: &str, role: Role, reason: &str) {
+        self.remove(id);
+        let mut ended = self.ended.lock().expect("not poisoned");
+        while ended
+            .front()
+            .is_some_and(|e| ended.len() >= MAX_ENDED || e.at.elapsed() > ENDED_KEPT)
+        {
+            ended.pop_front();
+        }
+        ended.push_back(Ended {
+            id: id.to_string(),
+            session: session.to_string(),
+            role,
+            at: Instant::now(),
+            reason: reason.to_string(),
+        });
     }
 
     pub fn insert(&self, id: String, r: Resource) {
@@ -242,8 +293,9 @@ pub fn register(
     s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);
     let state = s.clone();
     let id = id.to_string();
-    let on_end = OnEnd(Box::new(move || {
-        state.resources.remove(&id);
+    let session = session.to_string();
+    let on_end = OnEnd(Box::new(move |reason: &str| {
+        state.resources.end(&id, &session, role, reason);
     }));
     (inbox, on_end)
 }

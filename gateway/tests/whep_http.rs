@@ -503,8 +503,24 @@ async fn trickle_restart_and_etags() {
         "DELETE ignores ETags"
     );
     assert_eq!(f.delete(&path, None).await, StatusCode::NOT_FOUND);
-    let (resp, _) = f.patch(&path, None, trickle, frag).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // Once its peer has closed, the 404's problem detail says why the resource ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (resp, body) = f.patch(&path, None, trickle, frag).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        if body.contains("ended") {
+            assert!(
+                body.contains("this WHEP resource ended") && body.contains("closed by DELETE"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never said why: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let unknown = "/whep/demo/0123456789abcdef0123456789abcdef";
     assert_eq!(f.delete(unknown, None).await, StatusCode::NOT_FOUND);
 }

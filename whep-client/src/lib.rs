@@ -217,6 +217,34 @@ pub enum ClientError {
     Rtc(String),
     #[error("control channel: {0}")]
     Control(String),
+    /// A failure after which the DELETE of the resource got 404 with this problem detail:
+    /// the server had ended the resource, and a gateway says why (Wisp does). The peer of an
+    /// ICE-lite server that ended before or during the handshake gives no other sign.
+    #[error("{error}; the server says: {server}")]
+    Ended {
+        error: Box<ClientError>,
+        server: String,
+    },
+}
+
+impl ClientError {
+    /// `self`, with what the server answered to the DELETE of the resource when that was a
+    /// 404: the resource had ended before (connection, media and frame failures only).
+    fn with_server_detail(self, status: Option<u16>, detail: Option<String>) -> Self {
+        let (Some(404), Some(server)) = (status, detail) else {
+            return self;
+        };
+        match self {
+            ClientError::NotConnected(_)
+            | ClientError::Disconnected(_)
+            | ClientError::NoMedia(_)
+            | ClientError::TooFewFrames { .. } => ClientError::Ended {
+                error: Box::new(self),
+                server,
+            },
+            e => e,
+        }
+    }
 }
 
 /// Watches one WHEP session: POST, connect, count, DELETE. `progress` is called with the
@@ -456,7 +484,9 @@ pub async fn watch(
     summary.seconds = started.elapsed().as_secs_f64();
     // Tear down the resource either way (RFC 9725 §4.2).
     let deleted_at = Instant::now();
-    summary.delete_status = resource.delete().await;
+    let (status, detail) = resource.delete().await;
+    summary.delete_status = status;
+    let result = result.map_err(|e| e.with_server_detail(status, detail));
     if let (Ok(()), Some(time)) = (&result, opts.linger) {
         let seen = watch_after_delete(
             &mut rtc,
@@ -626,10 +656,15 @@ pub async fn publish_probe(
         .await;
     }
     let deleted_at = Instant::now();
-    summary.delete_status = resource.delete().await;
+    let (status, detail) = resource.delete().await;
+    summary.delete_status = status;
     let result = match (summary.connected_ms, failed) {
-        (_, Some(why)) => Err(ClientError::Disconnected(why.into())),
-        (None, None) => Err(ClientError::NotConnected(timeout.as_secs())),
+        (_, Some(why)) => {
+            Err(ClientError::Disconnected(why.into()).with_server_detail(status, detail))
+        }
+        (None, None) => {
+            Err(ClientError::NotConnected(timeout.as_secs()).with_server_detail(status, detail))
+        }
         (Some(_), None) => {
             let seen = watch_after_delete(
                 &mut rtc,
@@ -825,13 +860,25 @@ impl Resource<'_> {
         })
     }
 
-    /// The status of a DELETE of the resource (`None`: no resource, or no answer).
-    async fn delete(&self) -> Option<u16> {
-        let mut req = self.http.delete(self.url.clone()?);
+    /// The status of a DELETE of the resource (`None`: no resource, or no answer), and the
+    /// problem detail of an error.
+    async fn delete(&self) -> (Option<u16>, Option<String>) {
+        let Some(url) = self.url.clone() else {
+            return (None, None);
+        };
+        let mut req = self.http.delete(url);
         if let Some(t) = self.token {
             req = req.bearer_auth(t);
         }
-        req.send().await.ok().map(|r| r.status().as_u16())
+        let Ok(resp) = req.send().await else {
+            return (None, None);
+        };
+        let status = resp.status();
+        let detail = match status.is_success() {
+            true => None,
+            false => Some(problem_detail(&resp.text().await.unwrap_or_default())),
+        };
+        (Some(status.as_u16()), detail)
     }
 
     /// An ICE restart (RFC 9725 §4.3.3): new local credentials to the server by PATCH, its
@@ -1299,6 +1346,30 @@ pub fn problem_detail(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_connection_carries_what_the_server_said_of_the_ended_resource() {
+        let said = "this WHEP resource ended 0 s ago: session source failed";
+        assert_eq!(
+            ClientError::NotConnected(5)
+                .with_server_detail(Some(404), Some(said.into()))
+                .to_string(),
+            format!("ICE/DTLS did not connect within 5 s; the server says: {said}")
+        );
+        assert_eq!(
+            ClientError::NoMedia(5)
+                .with_server_detail(Some(404), Some(said.into()))
+                .to_string(),
+            format!("no media within 5 s; the server says: {said}")
+        );
+        // A DELETE that found the resource says nothing about why it failed.
+        assert_eq!(
+            ClientError::NotConnected(5)
+                .with_server_detail(Some(200), None)
+                .to_string(),
+            "ICE/DTLS did not connect within 5 s"
+        );
+    }
 
     fn words(w: &str) -> Vec<String> {
         w.split_whitespace().map(String::from).collect()
