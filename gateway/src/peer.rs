@@ -256,6 +256,14 @@ pub struct Peer {
 /// A callback run once when a peer ends, with why.
 pub struct OnEnd(pub Box<dyn FnOnce(&str) + Send>);
 
+impl OnEnd {
+    /// Runs the callback; later calls do nothing.
+    pub fn run(&mut self, reason: &str) {
+        let f = std::mem::replace(&mut self.0, Box::new(|_| {}));
+        f(reason);
+    }
+}
+
 impl std::fmt::Debug for OnEnd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("OnEnd")
@@ -289,10 +297,9 @@ impl Peer {
     async fn run(mut self) {
         let mut link = PortLink::new(self.port.clone(), &self.ice.ufrag);
         let session = self.slot.session().clone();
-        let mut source = session.source();
-        // A failure that happened before this viewer came is history (its join restarts the
-        // transcoder); only failures seen from now on end it.
-        source.mark_unchanged();
+        // As of the join: a failure from before it is history (the join restarts the
+        // transcoder); one since then ends this viewer, even if it came before this task ran.
+        let mut source = self.slot.take_source();
         let mut feed = Feed::new(&self.tracks);
         let mut reader: Option<(AsyncReader, Arc<ReadySource>)> = None;
         let mut connected = false;
@@ -361,14 +368,22 @@ impl Peer {
                 break "no ICE/DTLS connection within 30 s".to_string();
             }
             // The cursor is placed when the viewer can receive, so it starts at a fresh keyframe.
-            if connected
-                && reader.is_none()
-                && let Source::Ready(ready) = &*source.borrow_and_update()
-            {
-                if let Some(why) = self.cannot_play(ready) {
-                    break why;
+            // Reading the source here marks it seen, so a failure not yet seen ends the viewer
+            // here too (else `changed()` below would never report it).
+            if connected && reader.is_none() {
+                let news = source.has_changed().unwrap_or(false);
+                match &*source.borrow_and_update() {
+                    Source::Ready(ready) => {
+                        if let Some(why) = self.cannot_play(ready) {
+                            break why;
+                        }
+                        reader = open_reader(ready, &mut feed, &session);
+                    }
+                    Source::Failed(reason) if news => {
+                        break format!("session source failed: {reason}");
+                    }
+                    _ => {}
                 }
-                reader = open_reader(ready, &mut feed, &session);
             }
             let deadline = tokio::time::Instant::from_std(deadline);
             if timer.deadline() != deadline {
@@ -482,12 +497,14 @@ impl Peer {
                 }
             }
         };
+        tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
+        // The resource is gone, with its reason kept, before the viewer can hear of the end:
+        // a client that DELETEs on close_notify then gets the 404 that says why.
+        self.on_end.run(&reason);
         // Whatever ended it, the viewer hears at once (RTCP BYE, DTLS close_notify) rather
         // than when its consent checks go unanswered.
         crate::resource::close(&mut self.rtc);
         let _ = self.drive(&mut channel_events);
-        tracing::info!(packets = feed.sent(), "viewer ended: {reason}");
-        (self.on_end.0)(&reason);
     }
 
     /// Writes `first` and then what else waits in the ring (up to a batch). A record that is

@@ -103,7 +103,7 @@ impl Publisher {
             Err(e) => {
                 let reason = format!("cannot make the session's ring: {e}");
                 tracing::error!("{reason}");
-                (self.on_end.0)(&reason);
+                self.on_end.run(&reason);
                 return;
             }
         };
@@ -175,15 +175,17 @@ impl Publisher {
                 _ = &mut stopped => break "session stopped".into(),
             }
         };
-        // The publisher hears at once (RTCP BYE, DTLS close_notify), whatever ended it.
-        crate::resource::close(&mut self.rtc);
-        let _ = self.drive(&mut sink, &mut outbox);
         tracing::info!(
             packets = sink.packets,
             keyframes = sink.keyframes,
             "publisher ended: {reason}"
         );
-        (self.on_end.0)(&reason);
+        // Gone, with its reason kept, before the publisher can hear of the end (a DELETE on
+        // close_notify then gets the 404 that says why).
+        self.on_end.run(&reason);
+        // The publisher hears at once (RTCP BYE, DTLS close_notify), whatever ended it.
+        crate::resource::close(&mut self.rtc);
+        let _ = self.drive(&mut sink, &mut outbox);
         // Dropping the claim (with `self`) tells the session its publisher is gone.
     }
 

@@ -234,6 +234,8 @@ pub enum PublishError {
 pub struct ViewerSlot {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    /// The session's source as of the join (taken by the viewer's task).
+    source: Option<watch::Receiver<Source>>,
 }
 
 impl Drop for ViewerSlot {
@@ -247,6 +249,16 @@ impl Drop for ViewerSlot {
 impl ViewerSlot {
     pub fn session(&self) -> &Arc<Session> {
         &self.session
+    }
+
+    /// The session's source, with what changed since the join still unseen (once; later
+    /// calls get a receiver with the current state seen).
+    pub fn take_source(&mut self) -> watch::Receiver<Source> {
+        self.source.take().unwrap_or_else(|| {
+            let mut source = self.session.source();
+            source.mark_unchanged();
+            source
+        })
     }
 }
 
@@ -349,10 +361,16 @@ impl Session {
             self.viewers.fetch_sub(1, Ordering::Relaxed);
             return Err(JoinError::GatewayFull(limits.max_viewers));
         }
+        // The viewer's view of the source starts here, before the session hears of the join:
+        // a failure from before is history (this join restarts the transcoder), one after
+        // is news to the viewer however late its task starts.
+        let mut source = self.source.clone();
+        source.mark_unchanged();
         let _ = self.tx.send(Msg::Join);
         Ok(ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
+            source: Some(source),
         })
     }
 

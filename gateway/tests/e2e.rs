@@ -433,7 +433,8 @@ async fn a_transcoder_that_cannot_start_shows_why_in_the_session_state() {
     assert!(
         err.contains("; the server says: this WHEP resource ended")
             && err.contains("libavfilter.so.8"),
-        "{err}"
+        "{err}\n{}",
+        wisp.log()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
