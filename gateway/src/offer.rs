@@ -405,10 +405,14 @@ fn h264_params(f: &Format) -> Option<(u32, bool)> {
 /// carries what we forward (FU-A, STAP-A, single NAL units; RFC 6184 §6.3).
 fn viewer_takes(f: &Format, want: &VideoFormat) -> bool {
     match want.codec {
-        VideoCodec::Vp8 => f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000,
+        VideoCodec::Vp8 => is_vp8(f),
         VideoCodec::H264 => h264_params(f)
-            .is_some_and(|(plid, mode1)| mode1 && Some(H264Profile::of(plid)) == want.profile()),
+            .is_some_and(|(plid, mode1)| mode1 && VideoFormat::h264(plid, mode1).plays(want)),
     }
+}
+
+fn is_vp8(f: &Format) -> bool {
+    f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000
 }
 
 /// What a publisher's video section sends in `codec`, if it offers it. For H.264 the offer's
@@ -421,7 +425,7 @@ fn publisher_format(s: &Section, codec: VideoCodec) -> Option<VideoFormat> {
         VideoCodec::Vp8 => s
             .formats
             .iter()
-            .any(|f| f.name.eq_ignore_ascii_case("VP8") && f.clock == 90000)
+            .any(is_vp8)
             .then(|| VideoFormat::transcoded(VideoCodec::Vp8)),
         VideoCodec::H264 => s
             .formats

@@ -299,7 +299,7 @@ impl Peer {
         let session = self.slot.session().clone();
         // As of the join: a failure from before it is history (the join restarts the
         // transcoder); one since then ends this viewer, even if it came before this task ran.
-        let mut source = self.slot.take_source();
+        let mut source = self.slot.source();
         let mut feed = Feed::new(&self.tracks);
         let mut reader: Option<(AsyncReader, Arc<ReadySource>)> = None;
         let mut connected = false;

@@ -234,8 +234,8 @@ pub enum PublishError {
 pub struct ViewerSlot {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
-    /// The session's source as of the join (taken by the viewer's task).
-    source: Option<watch::Receiver<Source>>,
+    /// The session's source as of the join.
+    source: watch::Receiver<Source>,
 }
 
 impl Drop for ViewerSlot {
@@ -251,14 +251,9 @@ impl ViewerSlot {
         &self.session
     }
 
-    /// The session's source, with what changed since the join still unseen (once; later
-    /// calls get a receiver with the current state seen).
-    pub fn take_source(&mut self) -> watch::Receiver<Source> {
-        self.source.take().unwrap_or_else(|| {
-            let mut source = self.session.source();
-            source.mark_unchanged();
-            source
-        })
+    /// The session's source, with what changed since the join still unseen.
+    pub fn source(&self) -> watch::Receiver<Source> {
+        self.source.clone()
     }
 }
 
@@ -370,7 +365,7 @@ impl Session {
         Ok(ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
-            source: Some(source),
+            source,
         })
     }
 

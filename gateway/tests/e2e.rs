@@ -397,20 +397,7 @@ async fn a_session_whose_input_cannot_be_opened_shows_failed_with_the_reason() {
 async fn a_transcoder_that_cannot_start_shows_why_in_the_session_state() {
     // A transcoder whose shared libraries are missing reports nothing: the loader prints why
     // on stderr and it exits 127. The session state carries that line.
-    let dir = std::env::temp_dir().join(format!("wisp-noload-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let program = dir.join("wisp-transcoder");
-    std::fs::write(
-        &program,
-        "#!/bin/sh\necho \"$0: error while loading shared libraries: libavfilter.so.8: \
-         cannot open shared object file: No such file or directory\" >&2\nexit 127\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let (dir, program) = common::unloadable_transcoder("noload");
     let wisp = Wisp::start_with("noload", "", &program);
     let t = wisp.token("demo", "view");
     let http = reqwest::Client::new();

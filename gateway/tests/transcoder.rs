@@ -147,21 +147,7 @@ async fn an_input_that_cannot_be_opened_is_an_error_event_then_an_exit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transcoder_that_dies_before_reporting_leaves_its_last_log_line() {
-    // What the dynamic loader prints when a runtime library is missing, then its exit status.
-    let dir = std::env::temp_dir().join(format!("wisp-dies-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let program = dir.join("wisp-transcoder");
-    std::fs::write(
-        &program,
-        "#!/bin/sh\necho starting >&2\necho \"$0: error while loading shared libraries: \
-         libavfilter.so.8: cannot open shared object file\" >&2\nexit 127\n",
-    )
-    .expect("write the script");
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    let (dir, program) = common::unloadable_transcoder("dies");
     let mut t =
         TranscoderProcess::spawn(&program, &args(&["-i", "demo"]), 1 << 20, "dies").expect("spawn");
     assert!(
@@ -174,10 +160,7 @@ async fn a_transcoder_that_dies_before_reporting_leaves_its_last_log_line() {
     let (status, last) = t.stop_with_last_log(Duration::from_secs(2)).await;
     assert_eq!(status.expect("status").code(), Some(127));
     let last = last.expect("a last log line");
-    assert!(
-        last.ends_with("libavfilter.so.8: cannot open shared object file"),
-        "{last}"
-    );
+    assert!(last.ends_with(common::LOADER_ERROR), "{last}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -400,17 +400,18 @@ impl Player {
     /// request still lands on the next frame).
     fn write_coalesced(&mut self, unit: Unit) -> Result<(), PlayError> {
         let now = now_us();
+        let audio_ahead = self.audio_ahead_us();
         let video = unit.track == crate::rtp::VIDEO_TRACK;
         self.write_unit_quietly(unit)?;
         if video && self.opts.pace == Pace::Realtime {
-            self.produce_audio_until(now + self.audio_ahead_us())?;
+            self.produce_audio_until(now + audio_ahead)?;
         }
         let more = match (self.opts.pace, self.pending.front()) {
             (_, None) => false,
             (Pace::Max, Some(_)) => true,
             (Pace::Realtime, Some(next)) => {
                 let ahead = match next.track {
-                    crate::rtp::AUDIO_TRACK => self.audio_ahead_us(),
+                    crate::rtp::AUDIO_TRACK => audio_ahead,
                     _ => COALESCE_US,
                 };
                 next.due_us <= now + ahead
@@ -424,10 +425,7 @@ impl Player {
 
     /// Produces audio units due by `horizon` (µs), ahead of the video between them.
     fn produce_audio_until(&mut self, horizon: u64) -> Result<(), PlayError> {
-        let end_t = self
-            .opts
-            .duration_frames
-            .map(|n| frame_ticks(self.first_frame + n, self.fps));
+        let end_t = self.end_t();
         loop {
             let Some(a) = self.audio.as_mut() else {
                 return Ok(());
@@ -442,6 +440,16 @@ impl Player {
                 self.enqueue(unit);
             }
         }
+    }
+
+    /// The frame playing ends before (`--duration`), if any.
+    fn end_frame(&self) -> Option<u64> {
+        self.opts.duration_frames.map(|n| self.first_frame + n)
+    }
+
+    /// [`Self::end_frame`] as a media time.
+    fn end_t(&self) -> Option<i64> {
+        self.end_frame().map(|f| frame_ticks(f, self.fps))
     }
 
     /// Adds a produced unit to `pending`, which stays in due order (audio may be produced
@@ -518,8 +526,8 @@ impl Player {
 
     /// Encodes the next unit in media order (video frame or Opus frame), or `None` at the end.
     fn produce(&mut self) -> Result<Option<Unit>, PlayError> {
-        let end_frame = self.opts.duration_frames.map(|n| self.first_frame + n);
-        let end_t = end_frame.map(|f| frame_ticks(f, self.fps));
+        let end_frame = self.end_frame();
+        let end_t = self.end_t();
         let fps = self.fps;
         let v_next = match self.video.as_mut() {
             Some(v) => v

@@ -146,11 +146,15 @@ fn a_parent_gone_with_its_log_pipe_still_means_a_clean_exit() {
         .arg(&ring)
         .args(["--ring-size", "16777216"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(log_writer)
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(500));
+    // Once it is playing (its first event, `ready`), its log pipe loses its reader.
+    let mut events = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut events, &mut first).expect("an event");
+    assert!(first.contains("\"ready\""), "{first}");
     drop(log_reader);
     drop(child.stdin.take());
     let deadline = Instant::now() + Duration::from_secs(10);
