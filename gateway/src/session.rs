@@ -35,6 +35,14 @@ pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Unexpected exits tolerated in `RESTART_WINDOW` before the session is marked failed.
 const MAX_RESTARTS: usize = 3;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long after its first, second and third exit in the window a transcoder is restarted:
+/// at once after one crash, with time for a passing fault (an input URL that is briefly
+/// unreachable) to clear after more.
+const RESTART_DELAYS: [Duration; MAX_RESTARTS] = [
+    Duration::ZERO,
+    Duration::from_millis(500),
+    Duration::from_millis(1500),
+];
 /// Grace for `stop` then SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 /// Viewers' commands kept while a transcoder starts; more are refused as `unavailable`.
@@ -566,6 +574,7 @@ impl Registry {
             idle_since: None,
             keyframes: KeyframeThrottle::default(),
             exits: VecDeque::new(),
+            restart_at: None,
             position: None,
             pending: HashMap::new(),
             next_request: 1,
@@ -667,6 +676,8 @@ struct SessionTask {
     idle_since: Option<tokio::time::Instant>,
     keyframes: KeyframeThrottle,
     exits: VecDeque<Instant>,
+    /// When the transcoder that exited is started again (`None`: no restart waits).
+    restart_at: Option<tokio::time::Instant>,
     /// Last reported media position, seconds: where a restarted transcoder resumes.
     position: Option<f64>,
     /// Viewers' commands sent to the transcoder, by request id, waiting for `done`/`error`.
@@ -708,6 +719,20 @@ impl SessionTask {
                     self.keyframes.due();
                     self.send_keyframe_request().await;
                 }
+                _ = sleep_until(self.restart_at) => {
+                    self.restart_at = None;
+                    if self.viewers == 0 {
+                        tracing::info!("no viewers left: the transcoder is not restarted");
+                        self.source_tx.send_replace(Source::Idle);
+                    } else {
+                        tracing::warn!(
+                            position = self.position.unwrap_or(0.0),
+                            "restarting the transcoder for {} viewers",
+                            self.viewers
+                        );
+                        self.start_transcoder();
+                    }
+                }
                 _ = self.session.cancel.cancelled() => break,
             }
         }
@@ -723,7 +748,7 @@ impl SessionTask {
                 self.viewers += 1;
                 self.publish_viewers();
                 self.idle_since = None;
-                if self.transcoder.is_none() {
+                if self.transcoder.is_none() && self.restart_at.is_none() {
                     // A viewer after a failure tries again.
                     self.exits.clear();
                     self.start_transcoder();
@@ -1038,22 +1063,21 @@ impl SessionTask {
             return;
         }
         self.session.restarts.fetch_add(1, Ordering::Relaxed);
+        let delay = RESTART_DELAYS[self.exits.len() - 1];
         self.session.publish(control::event(
             "error",
             json!({
                 "code": "unavailable",
                 "message": format!(
-                    "the transcoder exited ({status}); restarting at {:.1} s",
+                    "the transcoder exited ({status}); restarting in {:.1} s at {:.1} s",
+                    delay.as_secs_f64(),
                     self.position.unwrap_or(0.0)
                 ),
             }),
         ));
-        tracing::warn!(
-            position = self.position.unwrap_or(0.0),
-            "restarting the transcoder for {} viewers",
-            self.viewers
-        );
-        self.start_transcoder();
+        // Viewers wait (their connections stay); the API shows the session starting.
+        self.source_tx.send_replace(Source::Starting);
+        self.restart_at = Some(tokio::time::Instant::now() + delay);
     }
 
     async fn stop_transcoder(&mut self) {

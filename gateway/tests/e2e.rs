@@ -403,8 +403,17 @@ async fn a_transcoder_that_cannot_start_shows_why_in_the_session_state() {
     let http = reqwest::Client::new();
     let viewer = wisp.viewer("demo", &t, 1, 5);
     let h = http.clone();
+    let started = Instant::now();
     let viewer = tokio::spawn(async move { watch(&h, viewer, |_| {}).await });
     let s = failed_state(&wisp, "demo").await;
+    // Restarts are spaced (at once, then 0.5 s, then 1.5 s), not a burst of four processes
+    // within milliseconds.
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "failed after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s["restarts"], 3, "{s}");
     let error = s["error"].as_str().unwrap();
     assert!(
         error.contains("exit status: 127")
