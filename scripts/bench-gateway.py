@@ -115,16 +115,24 @@ def measure_fanout(gw, n, window, url, token):
                              "--ramp", str(ramp), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(n / ramp + 5)  # ramp up, then settle
+    m0 = counters(gw)
     c0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
     rss_samples = []
     while time.monotonic() - t0 < window:
         time.sleep(1)
         rss_samples.append(rss_mib(gw.proc.pid))
     c1, t1 = cpu_seconds(gw.proc.pid), time.monotonic()
+    m1 = counters(gw)
     out, _ = load.communicate(timeout=duration + 60)
     summary = json.loads(out.strip().splitlines()[-1])
     viewer_seconds = (n + 1) * (t1 - t0)
     rss = statistics.median(rss_samples)
+    rate = {k: (m1[k] - m0.get(k, 0)) / (t1 - t0) for k in m1}
+    extra = {}
+    if rate.get("wisp_live_ring_wakeups_total"):
+        # How the publisher's packets woke the viewers (each wakeup is a turn of every task).
+        extra = {"live_records_per_s": round(rate["wisp_live_records_total"]),
+                 "live_wakeups_per_s": round(rate["wisp_live_ring_wakeups_total"])}
     return {
         "viewers": n,
         "connected": summary["connected"],
@@ -136,7 +144,20 @@ def measure_fanout(gw, n, window, url, token):
         "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
         "rss_mib": round(rss, 1),
         "rss_mib_per_viewer": round((rss - base_rss) / n, 3),
+        "packets_per_viewer_s": round(rate.get("wisp_packets_out_total", 0) / (n + 1), 1),
+        **extra,
     }
+
+
+def counters(gw):
+    """The gateway's /metrics counters (`*_total`), by name."""
+    text = urllib.request.urlopen(gw.base + "/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.endswith("_total") and value:
+            out[name] = float(value)
+    return out
 
 
 def watch(url, token):
