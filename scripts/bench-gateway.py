@@ -127,12 +127,7 @@ def measure_fanout(gw, n, window, url, token):
     summary = json.loads(out.strip().splitlines()[-1])
     viewer_seconds = (n + 1) * (t1 - t0)
     rss = statistics.median(rss_samples)
-    rate = {k: (m1[k] - m0.get(k, 0)) / (t1 - t0) for k in m1}
-    extra = {}
-    if rate.get("wisp_live_ring_wakeups_total"):
-        # How the publisher's packets woke the viewers (each wakeup is a turn of every task).
-        extra = {"live_records_per_s": round(rate["wisp_live_records_total"]),
-                 "live_wakeups_per_s": round(rate["wisp_live_ring_wakeups_total"])}
+    sent = m1["wisp_packets_out_total"] - m0["wisp_packets_out_total"]
     return {
         "viewers": n,
         "connected": summary["connected"],
@@ -144,8 +139,7 @@ def measure_fanout(gw, n, window, url, token):
         "gateway_cpu_percent": round(100 * (c1 - c0) / (t1 - t0), 1),
         "rss_mib": round(rss, 1),
         "rss_mib_per_viewer": round((rss - base_rss) / n, 3),
-        "packets_per_viewer_s": round(rate.get("wisp_packets_out_total", 0) / (n + 1), 1),
-        **extra,
+        "packets_per_viewer_s": round(sent / viewer_seconds, 1),
     }
 
 
