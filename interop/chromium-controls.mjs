@@ -1,15 +1,16 @@
 // Headless Chromium drives the controls of Wisp's player page on a VOD session whose first
 // half is red and second half blue: it seeks with the page's seek bar and checks that the
 // position events move and that the decoded picture turns blue (frames from the new
-// position); it pauses with the page's button; a view-only token gets disabled controls.
-// Usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN SESSION
+// position); it pauses with the page's button; a view-only token gets disabled controls; with
+// an admin token, it removes the session under a playing page, which must say why it ended.
+// Usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN SESSION [ADMIN_TOKEN]
 // Prints one JSON line per check; exits non-zero if a check fails.
 
 import { launchChromium } from "./chromium.mjs";
 
-const [base, steerToken, viewToken, session = "vod"] = process.argv.slice(2);
+const [base, steerToken, viewToken, session = "vod", adminToken] = process.argv.slice(2);
 if (!base || !steerToken || !viewToken) {
-  console.error("usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN [SESSION]");
+  console.error("usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN [SESSION [ADMIN_TOKEN]]");
   process.exit(2);
 }
 
@@ -109,6 +110,33 @@ const data = (p, key) => p.evaluate((k) => document.body.dataset[k], key);
     result.ok = result.seekDisabled && result.pauseDisabled;
   } catch (e) {
     result.error = String(e.message || e);
+  }
+  report(result);
+  await ctx.close();
+}
+
+// 3. The gateway ends the viewer (an admin removes the session): the page says why, in words
+// taken from the ended resource's 404, not "connection failed".
+if (adminToken) {
+  const ctx = await browser.newContext();
+  const p = await ctx.newPage();
+  const result = { check: "player page: says why the gateway ended it", ok: false };
+  try {
+    await p.goto(`${base}/play/${session}?token=${encodeURIComponent(viewToken)}`);
+    await waitFor("playing", async () => (await data(p, "state")) === "playing", 20000);
+    await waitFor("frames", async () => Number(await data(p, "frames")) > 0, 10000);
+    const resp = await fetch(`${base}/api/sessions/${session}`, {
+      method: "DELETE", headers: { Authorization: "Bearer " + adminToken } });
+    result.deleteStatus = resp.status;
+    const removed = Date.now();
+    await waitFor("the ended state", async () => (await data(p, "state")) === "ended", 15000);
+    result.afterMs = Date.now() - removed;
+    result.error = await data(p, "error");
+    result.ok = resp.status === 200 &&
+      /^The stream ended: this WHEP resource ended \d+ s ago: .*the session was stopped/.test(result.error);
+  } catch (e) {
+    result.error = String(e.message || e);
+    result.shown = await data(p, "error").catch(() => null);
   }
   report(result);
   await ctx.close();

@@ -449,7 +449,7 @@ impl Peer {
                         break format!("str0m: {e}");
                     }
                 }
-                _ = &mut stopped => break "session stopped".into(),
+                _ = &mut stopped => break "the session was stopped".into(),
                 ev = async { events.as_mut().expect("guarded").recv().await }, if events.is_some() => match ev {
                     Ok(text) => self.send_control(&ctl, &text),
                     Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -172,7 +172,7 @@ impl Publisher {
                         break format!("str0m: {e}");
                     }
                 }
-                _ = &mut stopped => break "session stopped".into(),
+                _ = &mut stopped => break "the session was stopped".into(),
             }
         };
         tracing::info!(
