@@ -262,6 +262,7 @@ impl Publisher {
 /// The ring a publish writes and what viewers are told about it.
 struct Sink {
     writer: Writer,
+    session: Arc<crate::session::Session>,
     source: Arc<ReadySource>,
     codec: VideoCodec,
     /// The RTP timestamp of the last video packet flagged as a keyframe start, so that only
@@ -309,6 +310,7 @@ impl Sink {
         });
         Ok(Self {
             writer,
+            session: claim.session().clone(),
             source,
             codec: video.codec,
             key_ts: None,
@@ -375,6 +377,10 @@ impl Sink {
                 self.key_ts = Some(p.header.timestamp);
                 self.keyframes += 1;
                 flags |= Flags::KEYFRAME;
+                // A keyframe's first packet carries the picture size (H.264 SPS, VP8 header).
+                if let Some((w, h)) = picture_size(self.codec, &p.payload) {
+                    self.session.set_picture_size(w, h);
+                }
             }
             if p.header.marker {
                 flags |= Flags::END_OF_FRAME;
@@ -511,18 +517,20 @@ fn h264_starts_keyframe(payload: &[u8]) -> bool {
 }
 
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&d) = payload.first() else {
-        return false;
-    };
-    // S (start of partition) with partition index 0.
+    // The VP8 frame header's P bit: 0 for a key frame (RFC 6386 §9.1).
+    vp8_frame_start(payload).is_some_and(|f| f.first().is_some_and(|b| b & 0x01 == 0))
+}
+
+/// The VP8 frame's first bytes, if this payload starts a frame: after the payload descriptor
+/// (RFC 7741 §4.2), with S set and partition index 0.
+fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
+    let &d = payload.first()?;
     if d & 0x10 == 0 || d & 0x07 != 0 {
-        return false;
+        return None;
     }
     let mut i = 1;
     if d & 0x80 != 0 {
-        let Some(&x) = payload.get(1) else {
-            return false;
-        };
+        let &x = payload.get(1)?;
         i = 2;
         if x & 0x80 != 0 {
             // PictureID: 7 or 15 bits.
@@ -539,8 +547,49 @@ fn vp8_starts_keyframe(payload: &[u8]) -> bool {
             i += 1; // TID/Y/KEYIDX
         }
     }
-    // The VP8 frame header's P bit: 0 for a key frame (RFC 6386 §9.1).
-    payload.get(i).is_some_and(|b| b & 0x01 == 0)
+    payload.get(i..)
+}
+
+/// Width and height from a keyframe's first packet, if it carries them: an H.264 SPS (a single
+/// NAL unit or inside a STAP-A), or a VP8 key frame header.
+pub fn picture_size(codec: VideoCodec, payload: &[u8]) -> Option<(u32, u32)> {
+    const SPS: u8 = 7;
+    match codec {
+        VideoCodec::H264 => {
+            let sps = match payload.first()? & 0x1f {
+                SPS => payload,
+                // STAP-A: 16-bit size, then the NAL unit, repeated.
+                24 => {
+                    let mut rest = &payload[1..];
+                    loop {
+                        let size = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+                        let nal = rest.get(2..2 + size)?;
+                        if nal.first().is_some_and(|h| h & 0x1f == SPS) {
+                            break nal;
+                        }
+                        rest = &rest[2 + size..];
+                    }
+                }
+                _ => return None,
+            };
+            let rbsp = h264_reader::rbsp::decode_nal(sps).ok()?;
+            let sps = h264_reader::nal::sps::SeqParameterSet::from_bits(
+                h264_reader::rbsp::BitReader::new(&rbsp[..]),
+            )
+            .ok()?;
+            sps.pixel_dimensions().ok()
+        }
+        // Frame tag (3 bytes), start code 9d 01 2a, 14-bit width and height (RFC 6386 §9.1).
+        VideoCodec::Vp8 => {
+            let f = vp8_frame_start(payload)?;
+            if f.len() < 10 || f[0] & 1 != 0 || f[3..6] != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let w = u16::from_le_bytes([f[6], f[7]]) & 0x3fff;
+            let h = u16::from_le_bytes([f[8], f[9]]) & 0x3fff;
+            Some((w.into(), h.into()))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -628,5 +677,37 @@ mod tests {
         // Not the start of partition 0.
         assert!(!starts_keyframe(v, &[0x00, 0x50]));
         assert!(!starts_keyframe(v, &[0x11, 0x50]));
+    }
+
+    #[test]
+    fn picture_size_comes_from_the_sps_alone_or_in_a_stap_a_and_from_the_vp8_header() {
+        let h = VideoCodec::H264;
+        // SPS of a 1280x720 constrained-baseline stream (x264).
+        let sps = [
+            0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8, 0x40, 0x00, 0x00, 0x03, 0x00,
+            0x40, 0x00, 0x00, 0x0f, 0x03, 0xc6, 0x0c, 0xa8,
+        ];
+        assert_eq!(picture_size(h, &sps), Some((1280, 720)));
+        // STAP-A: an SEI, the SPS, the PPS (as browsers send a keyframe's first packet).
+        let mut stap = vec![0x78, 0x00, 0x02, 0x06, 0x05];
+        stap.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        stap.extend_from_slice(&sps);
+        stap.extend_from_slice(&[0x00, 0x02, 0x68, 0xce]);
+        assert_eq!(picture_size(h, &stap), Some((1280, 720)));
+        // No SPS: an IDR slice; a STAP-A with a PPS only; a cut-off STAP-A; a broken SPS.
+        assert_eq!(picture_size(h, &[0x65, 0x88]), None);
+        assert_eq!(picture_size(h, &[0x78, 0x00, 0x02, 0x68, 0xce]), None);
+        assert_eq!(picture_size(h, &stap[..10]), None);
+        assert_eq!(picture_size(h, &sps[..4]), None);
+        let v = VideoCodec::Vp8;
+        // Descriptor with a 15-bit PictureID, then a 1280x720 key frame header.
+        let key = [
+            0x90, 0x80, 0x81, 0x23, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x00, 0x05, 0xd0, 0x02,
+        ];
+        assert_eq!(picture_size(v, &key), Some((1280, 720)));
+        let mut inter = key;
+        inter[4] = 0x51;
+        assert_eq!(picture_size(v, &inter), None);
+        assert_eq!(picture_size(v, &key[..12]), None);
     }
 }

@@ -188,6 +188,8 @@ pub struct Session {
     simulcast: Mutex<Option<SimulcastInfo>>,
     /// The current publisher's bits/s over the last second (0: none measured).
     ingest_bps: std::sync::atomic::AtomicU64,
+    /// The current publisher's picture, width << 32 | height (0: not seen yet).
+    picture_size: std::sync::atomic::AtomicU64,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -214,6 +216,7 @@ impl Drop for PublisherClaim {
     fn drop(&mut self) {
         self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
         self.session.ingest_bps.store(0, Ordering::Relaxed);
+        self.session.picture_size.store(0, Ordering::Relaxed);
         let mut p = self.session.publisher.lock().expect("not poisoned");
         if p.as_ref().is_some_and(|(_, g)| *g == self.generation) {
             *p = None;
@@ -447,8 +450,13 @@ impl Session {
 
     pub fn info(&self) -> SessionInfo {
         let source = self.source.borrow().clone();
+        let live_size = self.picture_size.load(Ordering::Relaxed);
         let (width, height) = match &source {
             Source::Ready(r) if r.width > 0 => (Some(r.width), Some(r.height)),
+            // A publisher's, from its last keyframe.
+            Source::Ready(_) if live_size > 0 => {
+                (Some((live_size >> 32) as u32), Some(live_size as u32))
+            }
             _ => (None, None),
         };
         let pid = self.pid.load(Ordering::Relaxed);
@@ -484,6 +492,14 @@ impl Session {
     /// The publisher's measured bits/s (0 clears it).
     pub fn set_ingest_bitrate(&self, bps: u64) {
         self.ingest_bps.store(bps, Ordering::Relaxed);
+    }
+
+    /// The picture size the publisher's last keyframe announced.
+    pub fn set_picture_size(&self, width: u32, height: u32) {
+        self.picture_size.store(
+            (u64::from(width) << 32) | u64::from(height),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn set_simulcast(&self, info: Option<SimulcastInfo>) {
@@ -650,6 +666,7 @@ impl Registry {
             simulcast: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
+            picture_size: std::sync::atomic::AtomicU64::new(0),
         });
         (session, rx, source_tx)
     }
