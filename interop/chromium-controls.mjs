@@ -54,75 +54,69 @@ async function waitFor(what, fn, ms) {
 
 const data = (p, key) => p.evaluate((k) => document.body.dataset[k], key);
 
-// 1. Seek and pause from the page.
-{
+// One check: a fresh browser context with the player page open on `token`; `body` fills in
+// `result` and sets `result.ok`. A thrown error fails the check with the page's own error
+// text beside it.
+async function pageCheck(name, token, body) {
   const ctx = await browser.newContext();
   const p = await ctx.newPage();
   const started = Date.now();
-  const result = { check: "player controls: seek bar and pause", ok: false };
+  const result = { check: name, ok: false };
   try {
-    await p.goto(`${base}/play/${session}?token=${encodeURIComponent(steerToken)}`);
-    await waitFor("playing", async () => (await data(p, "playstate")) === "playing", 20000);
-    await waitFor("the seek bar enabled", () => p.isEnabled("#seek"), 5000);
-    result.before = await waitFor("a red picture", async () => {
-      const c = await centreColour(p);
-      return isRed(c) ? c : null;
-    }, 10000);
-    const seekAt = Date.now();
-    await p.locator("#seek").fill("14");
-    result.position = Number(await waitFor("position ≥ 14", async () => {
-      const pos = Number(await data(p, "position"));
-      return pos >= 14 && pos < 17 ? pos : null;
-    }, 5000));
-    result.after = await waitFor("a blue picture", async () => {
-      const c = await centreColour(p);
-      return isBlue(c) ? c : null;
-    }, 5000);
-    result.seekToBlueMs = Date.now() - seekAt;
-    await p.click("#playpause");
-    await waitFor("paused", async () => (await data(p, "playstate")) === "paused", 5000);
-    const pausedAt = Number(await data(p, "position"));
-    await new Promise((r) => setTimeout(r, 1000));
-    result.pausedStill = Number(await data(p, "position")) === pausedAt;
-    await p.click("#playpause");
-    await waitFor("playing again", async () => (await data(p, "playstate")) === "playing", 5000);
-    result.error = (await data(p, "error")) || null;
-    result.ok = result.pausedStill && !result.error;
+    await p.goto(`${base}/play/${session}?token=${encodeURIComponent(token)}`);
+    await body(p, result);
   } catch (e) {
     result.error = String(e.message || e);
+    result.shown = await data(p, "error").catch(() => null);
   }
   result.ms = Date.now() - started;
   report(result);
   await ctx.close();
 }
 
+// 1. Seek and pause from the page.
+await pageCheck("player controls: seek bar and pause", steerToken, async (p, result) => {
+  await waitFor("playing", async () => (await data(p, "playstate")) === "playing", 20000);
+  await waitFor("the seek bar enabled", () => p.isEnabled("#seek"), 5000);
+  result.before = await waitFor("a red picture", async () => {
+    const c = await centreColour(p);
+    return isRed(c) ? c : null;
+  }, 10000);
+  const seekAt = Date.now();
+  await p.locator("#seek").fill("14");
+  result.position = Number(await waitFor("position ≥ 14", async () => {
+    const pos = Number(await data(p, "position"));
+    return pos >= 14 && pos < 17 ? pos : null;
+  }, 5000));
+  result.after = await waitFor("a blue picture", async () => {
+    const c = await centreColour(p);
+    return isBlue(c) ? c : null;
+  }, 5000);
+  result.seekToBlueMs = Date.now() - seekAt;
+  await p.click("#playpause");
+  await waitFor("paused", async () => (await data(p, "playstate")) === "paused", 5000);
+  const pausedAt = Number(await data(p, "position"));
+  await new Promise((r) => setTimeout(r, 1000));
+  result.pausedStill = Number(await data(p, "position")) === pausedAt;
+  await p.click("#playpause");
+  await waitFor("playing again", async () => (await data(p, "playstate")) === "playing", 5000);
+  result.error = (await data(p, "error")) || null;
+  result.ok = result.pausedStill && !result.error;
+});
+
 // 2. A view-only token: the page shows the controls disabled; the session plays on.
-{
-  const ctx = await browser.newContext();
-  const p = await ctx.newPage();
-  const result = { check: "player controls: view-only token", ok: false };
-  try {
-    await p.goto(`${base}/play/${session}?token=${encodeURIComponent(viewToken)}`);
-    await waitFor("playing", async () => (await data(p, "playstate")) === "playing", 20000);
-    await waitFor("the status", async () => (await data(p, "scope")) === "view", 5000);
-    result.seekDisabled = await p.isDisabled("#seek");
-    result.pauseDisabled = await p.isDisabled("#playpause");
-    result.ok = result.seekDisabled && result.pauseDisabled;
-  } catch (e) {
-    result.error = String(e.message || e);
-  }
-  report(result);
-  await ctx.close();
-}
+await pageCheck("player controls: view-only token", viewToken, async (p, result) => {
+  await waitFor("playing", async () => (await data(p, "playstate")) === "playing", 20000);
+  await waitFor("the status", async () => (await data(p, "scope")) === "view", 5000);
+  result.seekDisabled = await p.isDisabled("#seek");
+  result.pauseDisabled = await p.isDisabled("#playpause");
+  result.ok = result.seekDisabled && result.pauseDisabled;
+});
 
 // 3. The gateway ends the viewer (an admin removes the session): the page says why, in words
 // taken from the ended resource's 404, not "connection failed".
 if (adminToken) {
-  const ctx = await browser.newContext();
-  const p = await ctx.newPage();
-  const result = { check: "player page: says why the gateway ended it", ok: false };
-  try {
-    await p.goto(`${base}/play/${session}?token=${encodeURIComponent(viewToken)}`);
+  await pageCheck("player page: says why the gateway ended it", viewToken, async (p, result) => {
     await waitFor("playing", async () => (await data(p, "state")) === "playing", 20000);
     await waitFor("frames", async () => Number(await data(p, "frames")) > 0, 10000);
     const resp = await fetch(`${base}/api/sessions/${session}`, {
@@ -134,12 +128,7 @@ if (adminToken) {
     result.error = await data(p, "error");
     result.ok = resp.status === 200 &&
       /^The stream ended: this WHEP resource ended \d+ s ago: .*the session was stopped/.test(result.error);
-  } catch (e) {
-    result.error = String(e.message || e);
-    result.shown = await data(p, "error").catch(() => null);
-  }
-  report(result);
-  await ctx.close();
+  });
 }
 
 await browser.close();

@@ -143,11 +143,15 @@ def measure_fanout(gw, n, window, url, token):
     }
 
 
+def metrics_text(gw):
+    """The gateway's /metrics page."""
+    return urllib.request.urlopen(gw.base + "/metrics", timeout=5).read().decode()
+
+
 def counters(gw):
     """The gateway's /metrics counters (`*_total`), by name."""
-    text = urllib.request.urlopen(gw.base + "/metrics", timeout=5).read().decode()
     out = {}
-    for line in text.splitlines():
+    for line in metrics_text(gw).splitlines():
         name, _, value = line.partition(" ")
         if name.endswith("_total") and value:
             out[name] = float(value)
@@ -436,7 +440,7 @@ def live(runs):
                              capture_output=True, text=True)
         summary = json.loads(out.stdout.strip().splitlines()[-1])
         joins.append((log, summary))
-    metrics = urllib.request.urlopen(gw.base + "/metrics", timeout=5).read().decode()
+    metrics = metrics_text(gw)
     steady.terminate()
     steady.wait()
     publisher.terminate()

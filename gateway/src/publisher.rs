@@ -488,32 +488,36 @@ pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     }
 }
 
+const H264_IDR: u8 = 5;
+const H264_SPS: u8 = 7;
+
 fn h264_starts_keyframe(payload: &[u8]) -> bool {
-    const IDR: u8 = 5;
-    const SPS: u8 = 7;
-    let Some(&first) = payload.first() else {
-        return false;
-    };
-    match first & 0x1f {
-        // STAP-A: 16-bit size, then the NAL unit, repeated.
-        24 => {
-            let mut rest = &payload[1..];
-            while rest.len() > 2 {
-                let size = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-                let Some(&nal) = rest.get(2) else { break };
-                if matches!(nal & 0x1f, IDR | SPS) {
-                    return true;
-                }
-                rest = rest.get(2 + size..).unwrap_or(&[]);
-            }
-            false
-        }
+    let is_key = |t: u8| matches!(t & 0x1f, H264_IDR | H264_SPS);
+    match payload.first().map(|b| b & 0x1f) {
         // FU-A: the start bit and the fragmented unit's type in the FU header.
-        28 => payload
+        Some(28) => payload
             .get(1)
-            .is_some_and(|fu| fu & 0x80 != 0 && matches!(fu & 0x1f, IDR | SPS)),
-        t => matches!(t, IDR | SPS),
+            .is_some_and(|fu| fu & 0x80 != 0 && is_key(*fu)),
+        _ => h264_whole_nal_units(payload).any(|nal| is_key(nal[0])),
     }
+}
+
+/// The whole NAL units of an H.264 RTP payload: the payload itself (a single NAL unit), or
+/// the units of a STAP-A (16-bit size, then the unit, repeated; a cut-off one ends the walk).
+/// None for fragments (FU-A) and other aggregates. Every unit yielded has its header byte.
+fn h264_whole_nal_units(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (single, mut rest) = match payload.first().map(|b| b & 0x1f) {
+        Some(1..=23) => (Some(payload), &[][..]),
+        Some(24) => (None, &payload[1..]),
+        _ => (None, &[][..]),
+    };
+    let stap = std::iter::from_fn(move || {
+        let size = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+        let nal = rest.get(2..2 + size).filter(|n| !n.is_empty())?;
+        rest = &rest[2 + size..];
+        Some(nal)
+    });
+    single.into_iter().chain(stap)
 }
 
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
@@ -553,25 +557,9 @@ fn vp8_frame_start(payload: &[u8]) -> Option<&[u8]> {
 /// Width and height from a keyframe's first packet, if it carries them: an H.264 SPS (a single
 /// NAL unit or inside a STAP-A), or a VP8 key frame header.
 pub fn picture_size(codec: VideoCodec, payload: &[u8]) -> Option<(u32, u32)> {
-    const SPS: u8 = 7;
     match codec {
         VideoCodec::H264 => {
-            let sps = match payload.first()? & 0x1f {
-                SPS => payload,
-                // STAP-A: 16-bit size, then the NAL unit, repeated.
-                24 => {
-                    let mut rest = &payload[1..];
-                    loop {
-                        let size = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
-                        let nal = rest.get(2..2 + size)?;
-                        if nal.first().is_some_and(|h| h & 0x1f == SPS) {
-                            break nal;
-                        }
-                        rest = &rest[2 + size..];
-                    }
-                }
-                _ => return None,
-            };
+            let sps = h264_whole_nal_units(payload).find(|nal| nal[0] & 0x1f == H264_SPS)?;
             let rbsp = h264_reader::rbsp::decode_nal(sps).ok()?;
             let sps = h264_reader::nal::sps::SeqParameterSet::from_bits(
                 h264_reader::rbsp::BitReader::new(&rbsp[..]),
