@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub cors_origins: Option<Vec<String>>,
     /// Refuse PATCHes without `If-Match` (428), as RFC 9725 §4.3.1 has it (the default).
     pub require_if_match: Option<bool>,
+    /// Seconds a new WHEP or WHIP resource has to connect (ICE and DTLS) before it is removed.
+    pub connect_timeout: Option<f64>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -72,6 +74,11 @@ pub struct LimitsFile {
     pub max_viewers_per_session: Option<usize>,
     pub max_publishers: Option<usize>,
     pub max_ingest_bitrate: Option<u64>,
+    pub max_http_connections: Option<usize>,
+    /// Seconds.
+    pub http_header_timeout: Option<f64>,
+    pub http_body_timeout: Option<f64>,
+    pub http_idle_timeout: Option<f64>,
 }
 
 /// The `[live]` table: how live (WHIP) sessions behave.
@@ -127,6 +134,35 @@ impl Default for Limits {
             max_viewers_per_session: 1000,
             max_publishers: 64,
             max_ingest_bitrate: 20_000_000,
+        }
+    }
+}
+
+/// What an HTTP connection may take of the gateway (see `connections.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once (`None`: half the descriptor limit, at most 4096). Past it,
+    /// the connection idle the longest is closed for a new one.
+    pub max_connections: Option<usize>,
+    /// A request's headers must arrive within this, from when the connection is ready to read
+    /// them (opened, or done with the previous response).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this after its headers (else 408).
+    pub body_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// The largest request body taken (413 past it).
+    pub max_body: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_body: 256 * 1024,
         }
     }
 }
@@ -477,7 +513,11 @@ pub struct Config {
     /// A PATCH without `If-Match` gets 428 (RFC 9725 §4.3.1; on by default). Off accepts them:
     /// some browser clients (whip-whep 1.2.0's WHEPClient) send trickle PATCHes without it.
     pub require_if_match: bool,
+    /// A WHEP or WHIP resource not connected (ICE and DTLS) within this is removed, with its
+    /// viewer slot or publisher claim.
+    pub connect_timeout: Duration,
     pub limits: Limits,
+    pub http_limits: HttpLimits,
     pub live: Live,
     pub ice_servers: Vec<IceServer>,
     pub sessions: BTreeMap<String, SessionSpec>,
@@ -556,6 +596,42 @@ impl Config {
                 .max_ingest_bitrate
                 .unwrap_or(defaults.max_ingest_bitrate),
         };
+        let http_limits = {
+            let d = HttpLimits::default();
+            let secs = |v: Option<f64>, name: &str, default: Duration| match v {
+                None => Ok(default),
+                Some(s) if s.is_finite() && (0.1..=3600.0).contains(&s) => {
+                    Ok(Duration::from_secs_f64(s))
+                }
+                Some(_) => Err(ConfigError::Value(format!(
+                    "limits.{name} must be 0.1-3600 seconds"
+                ))),
+            };
+            if file.limits.max_http_connections == Some(0) {
+                return Err(ConfigError::Value(
+                    "limits.max_http_connections must be at least 1".into(),
+                ));
+            }
+            HttpLimits {
+                max_connections: file.limits.max_http_connections,
+                header_timeout: secs(
+                    file.limits.http_header_timeout,
+                    "http_header_timeout",
+                    d.header_timeout,
+                )?,
+                body_timeout: secs(
+                    file.limits.http_body_timeout,
+                    "http_body_timeout",
+                    d.body_timeout,
+                )?,
+                idle_timeout: secs(
+                    file.limits.http_idle_timeout,
+                    "http_idle_timeout",
+                    d.idle_timeout,
+                )?,
+                max_body: d.max_body,
+            }
+        };
         if !(50_000..=1_000_000_000).contains(&limits.max_ingest_bitrate) {
             return Err(ConfigError::Value(
                 "limits.max_ingest_bitrate must be 50000-1000000000 bits/s".into(),
@@ -602,6 +678,15 @@ impl Config {
                 return Err(ConfigError::Duplicate(name));
             }
         }
+        let connect_timeout = match file.connect_timeout {
+            None => Duration::from_secs(30),
+            Some(s) if s.is_finite() && (0.5..=600.0).contains(&s) => Duration::from_secs_f64(s),
+            Some(_) => {
+                return Err(ConfigError::Value(
+                    "connect_timeout must be 0.5-600 seconds".into(),
+                ));
+            }
+        };
         let mut public_ips = over.public_ip;
         if public_ips.is_empty() {
             public_ips = file.public_ip;
@@ -632,7 +717,9 @@ impl Config {
             demo,
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),
             require_if_match: file.require_if_match.unwrap_or(true),
+            connect_timeout,
             limits,
+            http_limits,
             live,
             ice_servers: file.ice_servers,
             sessions,

@@ -240,6 +240,7 @@ impl Steering {
                         frame: None,
                     },
                 },
+                (Some(_), None) => bad(&id, "seek \"to\" must be 0 or more seconds"),
                 (None, Some(f)) => Action::Command {
                     id,
                     command: Command::Seek {
@@ -247,9 +248,13 @@ impl Steering {
                         frame: Some(f),
                     },
                 },
-                _ => bad(
+                (Some(_), Some(_)) => bad(
                     &id,
-                    "seek takes \"to\" (seconds, 0 or more) or \"frame\" (an index), not both",
+                    "seek takes \"to\" (seconds) or \"frame\" (an index), not both",
+                ),
+                (None, None) => bad(
+                    &id,
+                    "seek needs \"to\" (seconds, 0 or more) or \"frame\" (an index)",
                 ),
             },
             Op::Step { frames } if frames == 0 || frames.unsigned_abs() > 10_000 => {
@@ -470,6 +475,30 @@ mod tests {
             ),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_bad_seek_is_told_what_is_wrong_with_it() {
+        let g = grant(&Scope::ALL, &["demo"]);
+        let message = |msg: &str| match run(msg, &g) {
+            Action::Reply(r) => r,
+            other => panic!("{msg}: {other:?}"),
+        };
+        for (msg, says) in [
+            (
+                r#"{"id":1,"op":"seek","to":-1e308}"#,
+                "must be 0 or more seconds",
+            ),
+            (
+                r#"{"id":1,"op":"seek","to":-0.5}"#,
+                "must be 0 or more seconds",
+            ),
+            (r#"{"id":1,"op":"seek","to":1,"frame":2}"#, "not both"),
+            (r#"{"id":1,"op":"seek"}"#, "seek needs"),
+        ] {
+            let r = message(msg);
+            assert!(r.contains(says), "{msg}: {r}");
+        }
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn app(state: Shared) -> Router {
             get(crate::api::show).delete(crate::api::remove),
         )
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cors_and_count,
@@ -128,7 +129,7 @@ async fn cors_and_count(State(s): State<Shared>, req: Request, next: Next) -> Re
     let mut resp = if req.method() == Method::OPTIONS {
         options_response(req.uri().path())
     } else {
-        next.run(req).await
+        as_problem(next.run(req).await).await
     };
     let h = resp.headers_mut();
     if let Some(o) = allow_origin {
@@ -145,6 +146,84 @@ async fn cors_and_count(State(s): State<Shared>, req: Request, next: Next) -> Re
     }
     s.metrics.count_status(resp.status().as_u16());
     resp
+}
+
+/// Reads a request's body before the handler runs: within the body timeout (else 408, rather
+/// than a connection held open by a client that announced more than it sends) and the size
+/// limit (else 413).
+async fn read_body(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let limits = s.config.http_limits;
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return ApiError::PayloadTooLarge(limits.max_body).into_response();
+    }
+    let limited = http_body_util::Limited::new(body, limits.max_body);
+    let collected = tokio::time::timeout(
+        limits.body_timeout,
+        http_body_util::BodyExt::collect(limited),
+    )
+    .await;
+    let bytes = match collected {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::PayloadTooLarge(limits.max_body).into_response();
+        }
+        Ok(Err(e)) => {
+            return ApiError::BadRequest(format!("reading the request body: {e}")).into_response();
+        }
+        Err(_) => {
+            s.metrics.http_body_timeouts.fetch_add(1, Ordering::Relaxed);
+            return ApiError::RequestTimeout(limits.body_timeout).into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// Error responses not made by [`ApiError`] (axum's own: 405, a rejected path or JSON body)
+/// rendered as problem details too, their text as the detail.
+async fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => "this path does not take that method".into(),
+        (true, _) => ApiError::title(status).to_string(),
+    };
+    let body = problem_body(status, &detail);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// An RFC 9457 problem details document.
+fn problem_body(status: StatusCode, detail: &str) -> String {
+    json!({
+        "type": "about:blank",
+        "title": ApiError::title(status),
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+    .to_string()
 }
 
 fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<String> {
@@ -325,6 +404,10 @@ pub enum ApiError {
     PreconditionRequired(String),
     #[error("the gateway is shutting down")]
     Draining,
+    #[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+    RequestTimeout(std::time::Duration),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
 }
 
 impl ApiError {
@@ -373,6 +456,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -384,18 +469,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let detail = self.to_string();
-        // RFC 9457 problem details.
-        let body = json!({
-            "type": "about:blank",
-            "title": ApiError::title(status),
-            "status": status.as_u16(),
-            "detail": detail,
-        });
         let mut resp = Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/problem+json")
-            .body(Body::from(body.to_string()))
+            .body(Body::from(problem_body(status, &self.to_string())))
             .expect("static parts make a valid response");
         let h = resp.headers_mut();
         match &self {
@@ -426,6 +503,10 @@ impl IntoResponse for ApiError {
                 if let Ok(v) = HeaderValue::from_str(expected) {
                     h.insert(HeaderName::from_static(name), v);
                 }
+            }
+            ApiError::RequestTimeout(_) => {
+                // The rest of the body may still come; the connection cannot be reused.
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Join(_)
             | ApiError::Draining

@@ -5,6 +5,7 @@
 //! - `config.rs`: flags > `WISP_*` env > TOML file > defaults, and session definitions.
 //! - `auth.rs`: JWT keys, claims and scopes; verifying and minting tokens.
 //! - `serve.rs`: startup, the printed ready URL, signal-driven drain.
+//! - `connections.rs`: the HTTP accept loop: connection cap, eviction, timeouts, shutdown.
 //! - `http.rs`: router, shared state, CORS, problem+json errors, health and metrics endpoints.
 //! - `whep.rs`: WHEP endpoint; resources' PATCH and DELETE (shared with WHIP), the registry.
 //! - `whip.rs`: WHIP endpoint: publishing makes or takes over a live session.
@@ -25,6 +26,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod fanout;
 pub mod http;

@@ -26,6 +26,15 @@ pub struct Metrics {
     pub udp_unrouted: AtomicU64,
     pub udp_dropped: AtomicU64,
     pub udp_send_errors: AtomicU64,
+    /// HTTP connections open now, and what became of them (see `connections.rs`).
+    pub http_conns_open: AtomicUsize,
+    pub http_conns_accepted: AtomicU64,
+    pub http_conns_evicted: AtomicU64,
+    pub http_conns_refused: AtomicU64,
+    pub http_conns_timed_out: AtomicU64,
+    pub http_conns_idle_closed: AtomicU64,
+    /// Requests whose body did not arrive in time (408).
+    pub http_body_timeouts: AtomicU64,
     /// Packet arrival → sent to a viewer (see `render`).
     pub forward_latency: LatencyHistogram,
     /// `(status code, count)`, few distinct codes, so a small vector.
@@ -124,7 +133,12 @@ impl Metrics {
             "Transcoder processes running.",
             self.transcoders.load(Ordering::Relaxed) as u64,
         );
-        let counters: [(&str, &str, u64); 13] = [
+        gauge(
+            "wisp_http_connections",
+            "HTTP connections open.",
+            self.http_conns_open.load(Ordering::Relaxed) as u64,
+        );
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "wisp_peers_created_total",
                 "WebRTC peers created.",
@@ -189,6 +203,38 @@ impl Metrics {
                 "wisp_udp_send_errors_total",
                 "UDP sends that failed.",
                 get(&self.udp_send_errors),
+            ),
+            (
+                "wisp_http_connections_accepted_total",
+                "HTTP connections accepted.",
+                get(&self.http_conns_accepted),
+            ),
+            (
+                "wisp_http_connections_evicted_total",
+                "HTTP connections closed to make room under the connection cap (the longest \
+                 idle first).",
+                get(&self.http_conns_evicted),
+            ),
+            (
+                "wisp_http_connections_refused_total",
+                "HTTP connections refused with 503: the cap was reached and none could be evicted.",
+                get(&self.http_conns_refused),
+            ),
+            (
+                "wisp_http_connections_timed_out_total",
+                "HTTP connections closed for sending no complete request headers, or no traffic, \
+                 within their timeout.",
+                get(&self.http_conns_timed_out),
+            ),
+            (
+                "wisp_http_connections_idle_closed_total",
+                "Kept-alive HTTP connections closed after their idle time between requests.",
+                get(&self.http_conns_idle_closed),
+            ),
+            (
+                "wisp_http_body_timeouts_total",
+                "Requests answered 408 because their body did not arrive within the body timeout.",
+                get(&self.http_body_timeouts),
             ),
         ];
         for (name, help, v) in counters {

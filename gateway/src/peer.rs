@@ -33,8 +33,6 @@ use crate::resource::{IceSession, PeerMsg, PortLink, receive};
 use crate::session::{ControlReply, Kind as SessionKind, ReadySource, Session, Source, ViewerSlot};
 use crate::udp::RtcPort;
 
-/// A viewer that has not connected within this time is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A VOD keyframe older than this is not worth starting from: ask for a fresh one instead.
 const MAX_START_AGE_US: u64 = 1_000_000;
 /// A live session's keyframe up to this old is started from (catching up on the backlog).
@@ -251,6 +249,8 @@ pub struct Peer {
     pub verifier: Arc<Verifier>,
     /// Called once when the task ends (removes the resource from the HTTP registry).
     pub on_end: OnEnd,
+    /// Not connected (ICE and DTLS) within this: the resource is removed.
+    pub connect_timeout: Duration,
 }
 
 /// A callback run once when a peer ends, with why.
@@ -364,8 +364,11 @@ impl Peer {
                     "viewer connected"
                 );
             }
-            if !connected && created.elapsed() > CONNECT_TIMEOUT {
-                break "no ICE/DTLS connection within 30 s".to_string();
+            if !connected && created.elapsed() >= self.connect_timeout {
+                break format!(
+                    "no ICE/DTLS connection within {} s",
+                    self.connect_timeout.as_secs_f64()
+                );
             }
             // The cursor is placed when the viewer can receive, so it starts at a fresh keyframe.
             // Reading the source here marks it seen, so a failure not yet seen ends the viewer
@@ -385,6 +388,12 @@ impl Peer {
                     _ => {}
                 }
             }
+            // Not connected yet: the connect timeout fires on time, whatever str0m waits for
+            // (an ICE-lite agent that never heard from its peer has nothing to time).
+            let deadline = match connected {
+                false => deadline.min(created + self.connect_timeout),
+                true => deadline,
+            };
             let deadline = tokio::time::Instant::from_std(deadline);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);

@@ -26,8 +26,6 @@ use crate::resource::{IceSession, PeerMsg, PortLink, receive};
 use crate::session::{PublisherClaim, ReadySource};
 use crate::udp::{Outbox, RtcPort};
 
-/// A publisher that has not connected within this time is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Ring size per publish: about 16 s of 8 Mb/s video at 1536-byte slots.
 const RING_BYTES: u64 = 16 << 20;
 /// Recent records whose payloads viewers share.
@@ -81,6 +79,8 @@ pub struct Publisher {
     pub inbox: mpsc::Receiver<PeerMsg>,
     /// Called once when the task ends (removes the resource from the HTTP registry).
     pub on_end: OnEnd,
+    /// Not connected (ICE and DTLS) within this: the resource is removed.
+    pub connect_timeout: Duration,
 }
 
 impl Publisher {
@@ -145,9 +145,17 @@ impl Publisher {
                 );
                 self.claim.announce(sink.source.clone(), tx);
             }
-            if keyframe_tx.is_some() && created.elapsed() > CONNECT_TIMEOUT {
-                break "no ICE/DTLS connection within 30 s".to_string();
+            if keyframe_tx.is_some() && created.elapsed() >= self.connect_timeout {
+                break format!(
+                    "no ICE/DTLS connection within {} s",
+                    self.connect_timeout.as_secs_f64()
+                );
             }
+            // Not connected yet: the connect timeout fires on time, whatever str0m waits for.
+            let deadline = match keyframe_tx {
+                Some(_) => deadline.min(created + self.connect_timeout),
+                None => deadline,
+            };
             let deadline = tokio::time::Instant::from_std(deadline);
             if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);

@@ -61,12 +61,16 @@ pub struct Gateway {
     pub demo_url: Option<String>,
     listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
+    /// How many HTTP connections may be open (below the descriptor limit).
+    connection_cap: usize,
 }
 
 impl Gateway {
     /// Binds everything; nothing is served until [`Gateway::run`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (verifier, minter) = load_keys(&config)?;
+        let nofile = crate::connections::raise_descriptor_limit();
+        let connection_cap = crate::connections::connection_cap(&config.http_limits, nofile);
         if config.transcoder.components().count() > 1 && !config.transcoder.exists() {
             return Err(StartError::Transcoder(
                 config.transcoder.display().to_string(),
@@ -149,6 +153,7 @@ impl Gateway {
             demo_url,
             listener: Some(listener),
             cancel,
+            connection_cap,
         })
     }
 
@@ -161,12 +166,15 @@ impl Gateway {
             shutdown.await;
             drain(&state, &cancel).await;
         };
-        if let Err(e) = axum::serve(listener, app(self.state.clone()))
-            .with_graceful_shutdown(drain)
-            .await
-        {
-            tracing::error!("HTTP server: {e}");
-        }
+        crate::connections::serve(
+            listener,
+            app(self.state.clone()),
+            self.state.config.http_limits,
+            self.connection_cap,
+            self.state.metrics.clone(),
+            drain,
+        )
+        .await;
         self.cancel.cancel();
         tracing::info!("wisp stopped");
     }

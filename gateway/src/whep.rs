@@ -255,6 +255,7 @@ pub async fn post(
         grant: grant.clone(),
         verifier: s.verifier.clone(),
         on_end,
+        connect_timeout: s.config.connect_timeout,
     }
     .spawn();
     tracing::info!(

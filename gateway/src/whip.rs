@@ -110,6 +110,7 @@ pub async fn post(
         metrics: s.metrics.clone(),
         inbox,
         on_end,
+        connect_timeout: s.config.connect_timeout,
     }
     .spawn();
     tracing::info!(

@@ -1293,3 +1293,79 @@ async fn whip_mistakes_get_the_right_4xx() {
         .unwrap();
     assert_eq!(f.send(req).await.0.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn resources_that_never_connect_are_gone_at_the_connect_timeout() {
+    // Abandoned POSTs (an offer whose peer never does ICE) fill a session of two viewers and
+    // take a publisher's claim; at the connect timeout they are all gone, with the reason.
+    let f = fixture("connect_timeout = 1\n[limits]\nmax_viewers_per_session = 2\n").await;
+    let (first, _, _) = f.viewer(&offer("actpass")).await;
+    f.viewer(&offer("actpass")).await;
+    let t = f.token(&["demo"], "view");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &offer("actpass"))
+        .await;
+    assert_problem(&resp, &body, StatusCode::SERVICE_UNAVAILABLE);
+    let (resp, body) = f.publish("abandoned", &whip_offer("actpass")).await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{body}");
+    let started = std::time::Instant::now();
+    while !f.gateway.state.resources.is_empty() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{} resources still there after 3 s (connect timeout 1 s)",
+            f.gateway.state.resources.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+    assert_eq!(f.metric("wisp_viewers").await, "0");
+    assert_eq!(f.metric("wisp_publishers").await, "0");
+    let (resp, body) = f
+        .patch(&first, Some("*"), "application/trickle-ice-sdpfrag", "")
+        .await;
+    let detail = assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+    assert!(
+        detail.contains("no ICE/DTLS connection within 1 s"),
+        "{detail}"
+    );
+    f.viewer(&offer("actpass")).await;
+    let (resp, body) = f.publish("abandoned", &whip_offer("actpass")).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "the claim is free: {body}"
+    );
+}
+
+#[tokio::test]
+async fn errors_the_framework_makes_are_problem_details_too() {
+    let f = fixture("").await;
+    let t = f.token(&["demo"], "view");
+    // A body over the limit: 413, said in problem+json like every other error.
+    let big = format!("v=0\r\n{}", "a=x\r\n".repeat(60_000));
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &big)
+        .await;
+    let detail = assert_problem(&resp, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(detail.contains("262144 bytes"), "{detail}");
+    // A method the path does not take.
+    let req = Request::put("/whep/demo").body(Body::empty()).unwrap();
+    let (resp, body) = f.send(req).await;
+    assert_problem(&resp, &body, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        header(&resp, "allow").contains("POST"),
+        "{:?}",
+        resp.headers()
+    );
+    // A session definition that is not JSON of the right shape.
+    let a = f.token(&["*"], "admin");
+    let (resp, body) = f
+        .post(
+            "/api/sessions",
+            Some(&a),
+            "application/json",
+            "{\"name\": 5}",
+        )
+        .await;
+    assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
+}

@@ -28,12 +28,32 @@ impl Wisp {
 
     /// As [`Wisp::start`], with another program as the transcoder.
     pub fn start_with(name: &str, toml: &str, transcoder: &std::path::Path) -> Self {
+        Self::start_limited(name, toml, transcoder, None)
+    }
+
+    /// As [`Wisp::start_with`], run under `prlimit` with this many file descriptors at most
+    /// (soft and hard), as a small `ulimit -n` would leave it.
+    pub fn start_limited(
+        name: &str,
+        toml: &str,
+        transcoder: &std::path::Path,
+        nofile: Option<u64>,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("wisp-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("secret"), SECRET).unwrap();
         std::fs::write(dir.join("wisp.toml"), toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg(env!("CARGO_BIN_EXE_wisp"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_wisp")),
+        };
+        let mut child = command
             .args(["serve", "--http", "127.0.0.1:0", "--rtc", "127.0.0.1:0"])
             .arg("--jwt-secret-file")
             .arg(dir.join("secret"))
