@@ -406,8 +406,8 @@ impl Peer {
                     }
                 }
                 msg = self.inbox.recv() => {
-                    if self.ice.on_message(&mut self.rtc, msg, &mut link) {
-                        break "closed by DELETE".into();
+                    if let Some(why) = self.ice.on_message(&mut self.rtc, msg, &mut link) {
+                        break why.to_string();
                     }
                 }
                 rec = next_record(&mut reader, &mut buf), if connected && held.meta.is_none() => match rec {

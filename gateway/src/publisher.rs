@@ -170,8 +170,8 @@ impl Publisher {
                     }
                 }
                 msg = self.inbox.recv() => {
-                    if self.ice.on_message(&mut self.rtc, msg, &mut link) {
-                        break "closed by DELETE".into();
+                    if let Some(why) = self.ice.on_message(&mut self.rtc, msg, &mut link) {
+                        break why.to_string();
                     }
                 }
                 Some(()) = keyframe_rx.recv() => self.request_keyframe(sink.layers.active()),

@@ -78,8 +78,29 @@ pub enum PeerMsg {
         if_match: Option<String>,
         reply: oneshot::Sender<Result<Patched, PatchError>>,
     },
-    /// DELETE: revoke consent and end (RFC 9725 §4.2, RFC 7675 §5.2).
-    Close,
+    /// Revoke consent and end (RFC 9725 §4.2, RFC 7675 §5.2), for this reason.
+    Close(Closed),
+}
+
+/// Why the HTTP layer ends a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Its client's DELETE.
+    Deleted,
+    /// The gateway drains (SIGTERM, SIGINT).
+    Shutdown,
+    /// The registry dropped it without a word (it is gone from the HTTP layer).
+    Dropped,
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Closed::Deleted => "closed by DELETE",
+            Closed::Shutdown => "the gateway is shutting down",
+            Closed::Dropped => "the resource was removed",
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -114,11 +135,17 @@ pub struct IceSession {
 
 impl IceSession {
     /// A message from the HTTP layer (`None`: the registry dropped the resource). PATCHes
-    /// are answered here; returns `true` when the resource is to close (its DELETE: the
-    /// caller's task ends and closes the connection with [`close`]).
-    pub fn on_message(&mut self, rtc: &mut Rtc, msg: Option<PeerMsg>, link: &mut PortLink) -> bool {
+    /// are answered here; returns why when the resource is to close (its DELETE, the
+    /// gateway's shutdown: the caller's task ends and closes the connection with [`close`]).
+    pub fn on_message(
+        &mut self,
+        rtc: &mut Rtc,
+        msg: Option<PeerMsg>,
+        link: &mut PortLink,
+    ) -> Option<Closed> {
         match msg {
-            None | Some(PeerMsg::Close) => true,
+            None => Some(Closed::Dropped),
+            Some(PeerMsg::Close(why)) => Some(why),
             Some(PeerMsg::Patch {
                 fragment,
                 if_match,
@@ -129,7 +156,7 @@ impl IceSession {
                     link.add(&self.ufrag);
                 }
                 let _ = reply.send(result);
-                false
+                None
             }
         }
     }

@@ -292,6 +292,12 @@ pub struct SessionInfo {
     pub viewers: usize,
     pub uptime_seconds: u64,
     pub restarts: usize,
+    /// A VOD session's media position, seconds (once its transcoder reported one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<f64>,
+    /// A VOD session's media duration, seconds (`None` for endless or unknown inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -460,14 +466,22 @@ impl Session {
             _ => (None, None),
         };
         let pid = self.pid.load(Ordering::Relaxed);
+        let playback = self.playback();
         SessionInfo {
             name: self.name.clone(),
             kind: self.kind,
             state: match (self.kind, &source) {
                 (Kind::Live, Source::Idle) => "waiting",
                 (Kind::Live, Source::Ready(_)) => "live",
+                // The transcoder waits at the end of its media (viewers may seek back).
+                (Kind::Vod, Source::Ready(_)) if playback.state == Some(PlayState::Ended) => {
+                    "ended"
+                }
                 _ => source.state_name(),
             },
+            position: (self.kind == Kind::Vod && playback.state.is_some())
+                .then(|| control::seconds(playback.position)),
+            duration: playback.duration,
             viewers: self.viewers.load(Ordering::Relaxed),
             uptime_seconds: self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             restarts: self.restarts.load(Ordering::Relaxed),
@@ -955,6 +969,8 @@ impl SessionTask {
                     return;
                 }
                 self.generation += 1;
+                // A new transcoder is up: what failed before is history, not the state now.
+                *self.session.last_error.lock().expect("not poisoned") = None;
                 let find = |kind: &str| tracks.iter().find(|t| t.kind == kind).map(|t| t.index);
                 tracing::info!(
                     width,

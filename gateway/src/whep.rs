@@ -25,7 +25,7 @@ use crate::http::{
 };
 use crate::offer::{Fragment, Offer, Served};
 use crate::peer::{OnEnd, Peer, answer};
-use crate::resource::{IceSession, Patched, PeerMsg, new_etag};
+use crate::resource::{Closed, IceSession, Patched, PeerMsg, new_etag};
 use crate::session::{JoinError, Kind, Source};
 
 pub const SDP: &str = "application/sdp";
@@ -155,7 +155,7 @@ impl Resources {
     /// Asks every peer to close (shutdown).
     pub fn close_all(&self) {
         for r in self.map.lock().expect("not poisoned").values() {
-            let _ = r.tx.try_send(PeerMsg::Close);
+            let _ = r.tx.try_send(PeerMsg::Close(Closed::Shutdown));
         }
     }
 }
@@ -386,7 +386,7 @@ pub fn delete_resource(
     s.resources.find(name, id, role)?;
     authorize(s, headers, name, role.scope())?;
     if let Some(r) = s.resources.remove(id) {
-        let _ = r.tx.try_send(PeerMsg::Close);
+        let _ = r.tx.try_send(PeerMsg::Close(Closed::Deleted));
         tracing::info!(session = %name, resource = %id, "{} resource deleted", role.what());
     }
     Ok(StatusCode::OK)

@@ -147,3 +147,101 @@ async fn a_body_shorter_than_its_content_length_gets_408_not_an_open_wait() {
         started.elapsed()
     );
 }
+
+/// A 6 s 320x180@30 H.264 + AAC file with its index first (so a truncated copy still opens).
+fn clip(path: &std::path::Path) {
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x180:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "6"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "30"])
+        .args([
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-movflags",
+            "+faststart",
+        ])
+        .arg(path)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(ok.success(), "ffmpeg made the clip");
+}
+
+/// Polls the session's API state until `done` holds (15 s at most).
+async fn session_until(
+    wisp: &Wisp,
+    name: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = wisp.api(&format!("/api/sessions/{name}")).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", wisp.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_state_says_what_is_true_now_after_a_recovery_and_after_an_early_end() {
+    let dir = std::env::temp_dir().join(format!("wisp-state-media-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let full = dir.join("full.mp4");
+    clip(&full);
+    // A copy cut in half: its index says 6 s, its media ends near 3 s.
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let later = dir.join("later.mp4");
+    let wisp = Wisp::start(
+        "state",
+        &format!(
+            "[[sessions]]\nname = \"later\"\ninputs = [{{ url = \"{}\" }}]\n\
+             [[sessions]]\nname = \"cut\"\ninputs = [{{ url = \"{}\" }}]\n",
+            later.display(),
+            cut.display()
+        ),
+    );
+    let t = wisp.token("later,cut", "view");
+    let http = reqwest::Client::new();
+
+    // The file is missing: the session fails, saying why.
+    let h = http.clone();
+    let opts = wisp.viewer("later", &t, 1, 10);
+    let failing = tokio::spawn(async move { whep_client::watch(&h, opts, |_| {}).await });
+    let s = session_until(&wisp, "later", |s| s["state"] == "failed").await;
+    assert!(s["error"].as_str().unwrap().contains("later.mp4"), "{s}");
+    let _ = failing.await;
+    // The operator puts the file in place; the next viewer plays, and the session no longer
+    // shows the old failure.
+    std::fs::copy(&full, &later).unwrap();
+    let played = whep_client::watch(&http, wisp.viewer("later", &t, 30, 20), |_| {})
+        .await
+        .expect("plays once the file is there");
+    assert!(played.video_frames >= 30);
+    let s = session_until(&wisp, "later", |s| s["state"] == "running").await;
+    assert!(
+        s.get("error").is_none(),
+        "a recovered session shows no error: {s}"
+    );
+
+    // The cut file ends early: the session says ended, not running, where it ended, and that
+    // the input was longer.
+    let opts = wisp.viewer("cut", &t, 60, 20);
+    whep_client::watch(&http, opts, |_| {})
+        .await
+        .expect("the first half plays");
+    let s = session_until(&wisp, "cut", |s| {
+        s["state"] != "running" && s["state"] != "starting"
+    })
+    .await;
+    assert_eq!(s["state"], "ended", "{s}");
+    let position = s["position"].as_f64().unwrap();
+    assert!(position > 1.0 && position < 5.0, "{s}");
+    assert_eq!(s["duration"], 6.0, "{s}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

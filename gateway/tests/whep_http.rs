@@ -1369,3 +1369,24 @@ async fn errors_the_framework_makes_are_problem_details_too() {
         .await;
     assert_problem(&resp, &body, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_viewer_ended_by_shutdown_is_told_the_gateway_shut_down() {
+    let f = fixture("").await;
+    let (path, _, _) = f.viewer(&offer("actpass")).await;
+    // What SIGTERM's drain does to every resource.
+    f.gateway.state.resources.close_all();
+    let started = std::time::Instant::now();
+    while !f.gateway.state.resources.is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(3));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (resp, body) = f
+        .patch(&path, Some("*"), "application/trickle-ice-sdpfrag", "")
+        .await;
+    let detail = assert_problem(&resp, &body, StatusCode::NOT_FOUND);
+    assert!(
+        detail.contains("the gateway is shutting down") && !detail.contains("DELETE"),
+        "{detail}"
+    );
+}
