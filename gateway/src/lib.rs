@@ -19,6 +19,7 @@
 //! - `udp.rs`: the shared RTC port, host candidates, datagram demultiplexing.
 //! - `session.rs`: session registry; just-in-time transcoders, restarts, keyframe throttling;
 //!   live sessions and their one publisher.
+//! - `slots.rs`: who holds one of `max_transcoders` slots; idle holders give way.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
 //! - `metrics.rs`: counters and the Prometheus text.
 #![forbid(unsafe_code)]
@@ -38,6 +39,7 @@ pub mod publisher;
 pub mod resource;
 pub mod serve;
 pub mod session;
+pub mod slots;
 pub mod transcoder;
 pub mod udp;
 pub mod whep;

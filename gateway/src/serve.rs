@@ -98,6 +98,9 @@ impl Gateway {
                 transcoder: config.transcoder.clone(),
                 idle_timeout: config.idle_timeout,
                 metrics: metrics.clone(),
+                slots: Arc::new(crate::slots::TranscoderSlots::new(
+                    config.limits.max_transcoders,
+                )),
             },
             cancel.child_token(),
         );

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::config::{Limits, SessionSpec, VideoFormat};
 use crate::control::{self, Code, Refusal};
 use crate::metrics::Metrics;
+use crate::slots::TranscoderSlots;
 use crate::transcoder::{Command, Event, TranscoderProcess};
 use wisp_control::{InputInfo, PlayState};
 
@@ -112,6 +113,8 @@ enum Msg {
     Unpublished {
         generation: u64,
     },
+    /// The session named here took this session's transcoder slot while it was idle: stop.
+    GiveWay(String),
 }
 
 /// Where a session's media comes from.
@@ -165,6 +168,8 @@ impl Playback {
 /// A handle on a session, shared by HTTP handlers and its viewers.
 #[derive(Debug)]
 pub struct Session {
+    /// Unique for the gateway's life (a name may be reused after a session is removed).
+    id: u64,
     pub name: String,
     pub kind: Kind,
     /// A VOD session's inputs and encoding (empty for a live session).
@@ -190,6 +195,8 @@ pub struct Session {
     ingest_bps: std::sync::atomic::AtomicU64,
     /// The current publisher's picture, width << 32 | height (0: not seen yet).
     picture_size: std::sync::atomic::AtomicU64,
+    /// The gateway's transcoder slots (a VOD session holds one while its transcoder runs).
+    slots: Arc<TranscoderSlots>,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -361,8 +368,13 @@ impl Session {
         if self.kind == Kind::Live && !running && !wait {
             return Err(JoinError::NoPublisher(self.name.clone()));
         }
-        if !running && metrics.transcoders.load(Ordering::Relaxed) >= limits.max_transcoders {
-            return Err(JoinError::NoTranscoder(limits.max_transcoders));
+        if self.kind == Kind::Vod {
+            if self.slots.holds(self.id) {
+                // Not idle any more: its slot cannot be taken from under this viewer.
+                self.slots.set_idle(self.id, false);
+            } else if !self.slots.available() {
+                return Err(JoinError::NoTranscoder(self.slots.max()));
+            }
         }
         if self.viewers.fetch_add(1, Ordering::Relaxed) >= limits.max_viewers_per_session {
             self.viewers.fetch_sub(1, Ordering::Relaxed);
@@ -534,6 +546,7 @@ pub struct Runtime {
     pub transcoder: PathBuf,
     pub idle_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    pub slots: Arc<TranscoderSlots>,
 }
 
 /// Why a session could not be created.
@@ -662,7 +675,9 @@ impl Registry {
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (source_tx, source) = watch::channel(Source::Idle);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let session = Arc::new(Session {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name,
             kind,
             spec,
@@ -681,6 +696,7 @@ impl Registry {
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
             picture_size: std::sync::atomic::AtomicU64::new(0),
+            slots: self.runtime.slots.clone(),
         });
         (session, rx, source_tx)
     }
@@ -754,6 +770,7 @@ impl SessionTask {
                     self.restart_at = None;
                     if self.viewers == 0 {
                         tracing::info!("no viewers left: the transcoder is not restarted");
+                        self.runtime.slots.release(self.session.id);
                         self.source_tx.send_replace(Source::Idle);
                     } else {
                         tracing::warn!(
@@ -779,6 +796,7 @@ impl SessionTask {
                 self.viewers += 1;
                 self.publish_viewers();
                 self.idle_since = None;
+                self.runtime.slots.set_idle(self.session.id, false);
                 if self.transcoder.is_none() && self.restart_at.is_none() {
                     // A viewer after a failure tries again.
                     self.exits.clear();
@@ -790,8 +808,10 @@ impl SessionTask {
                 self.publish_viewers();
                 if self.viewers == 0 && self.transcoder.is_some() {
                     self.idle_since = Some(tokio::time::Instant::now());
+                    self.runtime.slots.set_idle(self.session.id, true);
                 }
             }
+            Msg::GiveWay(taker) => self.give_way(&taker).await,
             Msg::KeyframeRequest => {
                 self.runtime
                     .metrics
@@ -807,9 +827,43 @@ impl SessionTask {
         }
     }
 
+    /// Another session took this one's slot while it was idle: its transcoder stops now
+    /// rather than at the end of the idle timeout.
+    async fn give_way(&mut self, taker: &str) {
+        if self.transcoder.is_none() {
+            return;
+        }
+        if self.viewers > 0 {
+            // A viewer joined as the slot was taken (the join saw the slot still held). Keep
+            // playing for it; the slot is taken back, another idle one giving way if need be.
+            if !self.take_slot() {
+                tracing::warn!(
+                    "session {taker:?} took this session's transcoder slot as a viewer joined; \
+                     running one transcoder over limits.max_transcoders until it stops"
+                );
+            }
+            return;
+        }
+        tracing::info!("stopping the idle transcoder: session {taker:?} needs its slot");
+        self.idle_since = None;
+        self.stop_transcoder().await;
+        self.source_tx.send_replace(Source::Idle);
+    }
+
     fn publish_viewers(&self) {
         self.session
             .publish(control::event("viewers", json!({ "count": self.viewers })));
+    }
+
+    /// Takes (or keeps) a transcoder slot; if it is taken from this session while idle, the
+    /// task hears `GiveWay`. `false`: every slot is held by a session with viewers.
+    fn take_slot(&self) -> bool {
+        let tx = self.session.tx.clone();
+        self.runtime
+            .slots
+            .take(self.session.id, &self.session.name, move |taker| {
+                let _ = tx.send(Msg::GiveWay(taker.to_string()));
+            })
     }
 
     /// A viewer's command: to the transcoder when it is ready, else refused at once.
@@ -904,6 +958,14 @@ impl SessionTask {
     }
 
     fn start_transcoder(&mut self) {
+        if !self.take_slot() {
+            // Another session took the last slot between this viewer's admission and now.
+            self.fail(format!(
+                "the gateway runs its maximum of {} transcoders, all with viewers",
+                self.runtime.slots.max()
+            ));
+            return;
+        }
         let mut spec = self.session.spec.clone();
         if let Some(pos) = self.position {
             // Resume where the previous transcoder was.
@@ -934,6 +996,7 @@ impl SessionTask {
     }
 
     fn fail(&mut self, reason: String) {
+        self.runtime.slots.release(self.session.id);
         *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
         self.session.publish(control::event(
             "error",
@@ -1081,6 +1144,7 @@ impl SessionTask {
             .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         self.exits.push_back(now);
         if self.viewers == 0 {
+            self.runtime.slots.release(self.session.id);
             self.source_tx.send_replace(Source::Idle);
             return;
         }
@@ -1127,6 +1191,7 @@ impl SessionTask {
                 .transcoders
                 .fetch_sub(1, Ordering::Relaxed);
         }
+        self.runtime.slots.release(self.session.id);
         self.position = None;
         self.set_playback(|p| *p = Playback::default());
     }
@@ -1221,6 +1286,8 @@ impl LiveTask {
                 self.session
                     .publish(control::event("publisher", json!({ "state": "active" })));
             }
+            // A live session holds no transcoder slot.
+            Msg::GiveWay(_) => {}
             Msg::Unpublished { generation } => {
                 let current = matches!(&*self.source_tx.borrow(),
                     Source::Ready(r) if r.generation == generation);

@@ -245,3 +245,43 @@ async fn the_session_state_says_what_is_true_now_after_a_recovery_and_after_an_e
     assert_eq!(s["duration"], 6.0, "{s}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transcoder_gives_its_slot_to_a_session_with_viewers() {
+    // One transcoder at a time; idle transcoders would keep theirs for a minute.
+    let wisp = Wisp::start(
+        "give-way",
+        "idle_timeout = 60\n[limits]\nmax_transcoders = 1\n\
+         [[sessions]]\nname = \"second\"\ninputs = [{ url = \"demo\" }]\n\
+         video = { width = 320, height = 180 }\n",
+    );
+    let t = wisp.token("demo,second", "view");
+    let http = reqwest::Client::new();
+    whep_client::watch(&http, wisp.viewer("demo", &t, 30, 20), |_| {})
+        .await
+        .expect("demo plays");
+    // Nobody watches the demo now; its transcoder idles. A viewer of another session gets
+    // the slot at once instead of a minute of 503s.
+    let s = whep_client::watch(&http, wisp.viewer("second", &t, 30, 20), |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("second plays: {e}\n{}", wisp.log()));
+    assert_eq!(s.width, Some(320));
+    let demo = session_until(&wisp, "demo", |s| s["state"] == "idle").await;
+    assert!(demo.get("transcoder_pid").is_none(), "{demo}");
+    assert!(
+        wisp.log()
+            .contains("stopping the idle transcoder: session \"second\" needs its slot"),
+        "{}",
+        wisp.log()
+    );
+    // A transcoder with viewers keeps its slot: while one watches "second", the demo is 503.
+    let h = http.clone();
+    let opts = wisp.viewer("second", &t, 100_000, 30);
+    let staying = tokio::spawn(async move { whep_client::watch(&h, opts, |_| {}).await });
+    session_until(&wisp, "second", |s| s["viewers"] == 1).await;
+    let err = whep_client::watch(&http, wisp.viewer("demo", &t, 1, 5), |_| {})
+        .await
+        .expect_err("no slot for the demo");
+    assert!(err.to_string().contains("503"), "{err}");
+    staying.abort();
+}
