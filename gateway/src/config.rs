@@ -56,6 +56,8 @@ pub struct FileConfig {
     pub require_if_match: Option<bool>,
     /// Seconds a new WHEP or WHIP resource has to connect (ICE and DTLS) before it is removed.
     pub connect_timeout: Option<f64>,
+    /// Bytes of kernel receive buffer asked for each RTC socket.
+    pub udp_recv_buffer: Option<usize>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -516,6 +518,9 @@ pub struct Config {
     /// A WHEP or WHIP resource not connected (ICE and DTLS) within this is removed, with its
     /// viewer slot or publisher claim.
     pub connect_timeout: Duration,
+    /// Receive buffer asked for each RTC socket, bytes: a burst that does not fit is dropped
+    /// by the kernel (counted in `wisp_udp_kernel_drops_total`).
+    pub udp_recv_buffer: usize,
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
@@ -687,6 +692,12 @@ impl Config {
                 ));
             }
         };
+        let udp_recv_buffer = file.udp_recv_buffer.unwrap_or(4 << 20);
+        if !(4096..=(256 << 20)).contains(&udp_recv_buffer) {
+            return Err(ConfigError::Value(
+                "udp_recv_buffer must be 4096 to 268435456 bytes".into(),
+            ));
+        }
         let mut public_ips = over.public_ip;
         if public_ips.is_empty() {
             public_ips = file.public_ip;
@@ -718,6 +729,7 @@ impl Config {
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),
             require_if_match: file.require_if_match.unwrap_or(true),
             connect_timeout,
+            udp_recv_buffer,
             limits,
             http_limits,
             live,

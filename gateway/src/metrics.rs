@@ -110,8 +110,9 @@ impl Metrics {
         }
     }
 
-    /// The exposition text. `sessions` is the number of defined sessions.
-    pub fn render(&self, sessions: usize) -> String {
+    /// The exposition text. `sessions` is the number of defined sessions, `kernel_drops` the
+    /// datagrams the kernel dropped for the RTC sockets.
+    pub fn render(&self, sessions: usize, kernel_drops: u64) -> String {
         let mut out = String::with_capacity(2048);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut gauge = |name: &str, help: &str, v: u64| {
@@ -138,7 +139,7 @@ impl Metrics {
             "HTTP connections open.",
             self.http_conns_open.load(Ordering::Relaxed) as u64,
         );
-        let counters: [(&str, &str, u64); 19] = [
+        let counters: [(&str, &str, u64); 20] = [
             (
                 "wisp_peers_created_total",
                 "WebRTC peers created.",
@@ -198,6 +199,12 @@ impl Metrics {
                 "wisp_udp_dropped_total",
                 "Datagrams dropped because a peer's queue was full.",
                 get(&self.udp_dropped),
+            ),
+            (
+                "wisp_udp_kernel_drops_total",
+                "Datagrams for the RTC port the kernel dropped: its receive buffer was full \
+                 (see udp_recv_buffer).",
+                kernel_drops,
             ),
             (
                 "wisp_udp_send_errors_total",
@@ -278,13 +285,13 @@ mod tests {
         m.count_status(404);
         m.count_status(201);
         m.count_status(404);
-        let text = m.render(2);
+        let text = m.render(2, 0);
         assert!(text.contains("\nwisp_viewers 3\n"), "{text}");
         assert!(text.contains("wisp_sessions 2\n"));
         assert!(text.contains("wisp_http_responses_total{code=\"404\"} 2\n"));
         assert!(text.contains("# TYPE wisp_packets_out_total counter\n"));
         m.forward_latency.observe([40, 120, 120, 900, 80_000]);
-        let text = m.render(2);
+        let text = m.render(2, 0);
         assert!(
             text.contains("wisp_forward_latency_seconds_bucket{le=\"0.00005\"} 1\n"),
             "{text}"

@@ -77,7 +77,13 @@ impl Gateway {
             ));
         }
         let metrics = Arc::new(Metrics::default());
-        let port = RtcPort::bind(config.rtc, &config.public_ips, metrics.clone()).await?;
+        let port = RtcPort::bind(
+            config.rtc,
+            &config.public_ips,
+            config.udp_recv_buffer,
+            metrics.clone(),
+        )
+        .await?;
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()

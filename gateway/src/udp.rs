@@ -55,6 +55,8 @@ pub struct RtcPort {
     candidates: Vec<(SocketAddr, usize)>,
     routes: Mutex<Routes>,
     metrics: Arc<Metrics>,
+    /// The sockets' inode numbers, to find their drop counts in /proc/self/net/udp{,6}.
+    inodes: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,7 @@ impl RtcPort {
     pub async fn bind(
         addr: SocketAddr,
         public_ips: &[IpAddr],
+        recv_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, BindError> {
         let locals: Vec<IpAddr> = if addr.ip().is_unspecified() {
@@ -105,8 +108,14 @@ impl RtcPort {
                 quinn_udp::UdpSocketState::new((&socket).into())
                     .map_err(|source| BindError::Bind { addr: at, source })?,
             );
+            set_recv_buffer(&socket, recv_buffer, at);
             sockets.push(Arc::new(socket));
         }
+        let inodes = sockets
+            .iter()
+            .filter_map(|s| rustix::fs::fstat(s.as_ref()).ok())
+            .map(|st| st.st_ino)
+            .collect();
         let candidates = if public_ips.is_empty() {
             locals
                 .iter()
@@ -125,7 +134,18 @@ impl RtcPort {
             candidates,
             routes: Mutex::new(Routes::default()),
             metrics,
+            inodes,
         }))
+    }
+
+    /// Datagrams the kernel dropped for these sockets because their receive queues were full
+    /// (the `drops` column of /proc/self/net/udp and udp6), 0 where /proc cannot be read.
+    pub fn kernel_drops(&self) -> u64 {
+        ["/proc/self/net/udp", "/proc/self/net/udp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|table| drops_of(&table, &self.inodes))
+            .sum()
     }
 
     /// The addresses to write into answers as host candidates.
@@ -292,6 +312,44 @@ impl RtcPort {
     }
 }
 
+/// Asks for a receive buffer of `bytes` (forcing past `net.core.rmem_max` where the process
+/// may), and logs what the kernel granted: bursts that overflow it are dropped by the kernel.
+fn set_recv_buffer(socket: &UdpSocket, bytes: usize, at: SocketAddr) {
+    use rustix::net::sockopt;
+    // The kernel doubles what it is asked for (for its bookkeeping) and reports the double.
+    let half = bytes / 2;
+    if sockopt::set_socket_recv_buffer_size_force(socket, half).is_err()
+        && let Err(e) = sockopt::set_socket_recv_buffer_size(socket, half)
+    {
+        tracing::warn!(%at, "setting the UDP receive buffer: {e}");
+    }
+    match sockopt::socket_recv_buffer_size(socket) {
+        Ok(granted) if granted < bytes => tracing::warn!(
+            %at,
+            "UDP receive buffer: asked for {bytes} bytes, the kernel granted {granted} (raise \
+             the sysctl net.core.rmem_max, or run with CAP_NET_ADMIN, for more)"
+        ),
+        Ok(granted) => {
+            tracing::info!(%at, "UDP receive buffer: asked for {bytes} bytes, granted {granted}")
+        }
+        Err(e) => tracing::warn!(%at, "reading the UDP receive buffer size: {e}"),
+    }
+}
+
+/// The sum of the `drops` column of a /proc/net/udp table over the sockets with these inodes.
+fn drops_of(table: &str, inodes: &[u64]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            let drops: u64 = f.get(12)?.parse().ok()?;
+            inodes.contains(&inode).then_some(drops)
+        })
+        .sum()
+}
+
 fn is_link_local(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
@@ -374,6 +432,17 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_drops_are_read_from_the_sockets_lines_of_the_udp_table() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            \x20 1: 0100007F:20FB 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+            \x20 2: 0100007F:20FC 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4343 2 0000000000000000 5\n\
+            \x20 3: 0100007F:20FD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4444 2 0000000000000000 100\n";
+        assert_eq!(drops_of(table, &[4242, 4343]), 22);
+        assert_eq!(drops_of(table, &[]), 0);
+        assert_eq!(drops_of("garbage\n1 2 3\n", &[1]), 0);
+    }
 
     #[test]
     fn equal_datagrams_to_one_peer_leave_together() {

@@ -285,3 +285,48 @@ async fn an_idle_transcoder_gives_its_slot_to_a_session_with_viewers() {
     assert!(err.to_string().contains("503"), "{err}");
     staying.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_the_kernel_drops_are_counted_and_the_granted_buffer_is_logged() {
+    let wisp = Wisp::start("kernel-drops", "udp_recv_buffer = 65536\n");
+    let log = wisp.log();
+    let rtc: std::net::SocketAddr = log
+        .split("rtc=[")
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the RTC address is logged\n{log}"));
+    assert!(
+        log.contains("UDP receive buffer: asked for 65536 bytes"),
+        "the buffer the kernel granted is logged\n{log}"
+    );
+    // The gateway is stopped while 20 MB arrive for a 64 KiB buffer: the kernel drops most.
+    let pid = wisp.child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    kill("-STOP");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let junk = [0x80u8; 1000];
+    for _ in 0..20_000 {
+        let _ = sock.send_to(&junk, rtc);
+    }
+    kill("-CONT");
+    let (_, _, text) = get(&format!("{}/metrics", wisp.base), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let drops = metric(&text, "wisp_udp_kernel_drops_total")
+        .unwrap_or_else(|| panic!("no kernel drop counter\n{text}"));
+    let taken = metric(&text, "wisp_udp_datagrams_in_total").unwrap();
+    assert!(drops > 1000.0, "kernel drops {drops}, read {taken}");
+    assert!(
+        drops + taken >= 19_000.0,
+        "kernel drops {drops} + read {taken}"
+    );
+}
