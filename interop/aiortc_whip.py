@@ -177,8 +177,25 @@ def request(method, url, token, body=None):
         return e.code, None, e.read().decode()
 
 
-async def main(url, token, seconds, codec, path=None):
+def ffmpeg_like(sdp):
+    """The offer as FFmpeg's WHIP muxer writes one: audio first (the caller's order), a=ssrc
+    lines but no MID or RID header extension, a=setup:passive, no candidates."""
+    out = []
+    for line in sdp.splitlines():
+        if line.startswith("a=extmap:") and ("sdes:mid" in line or "rtp-stream-id" in line):
+            continue
+        if line.startswith("a=candidate:") or line.startswith("a=end-of-candidates"):
+            continue
+        if line.startswith("a=setup:"):
+            line = "a=setup:passive"
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"
+
+
+async def main(url, token, seconds, codec, path=None, ffmpeg=False):
     pc = RTCPeerConnection()
+    if ffmpeg:
+        pc.addTransceiver(Tone(), direction="sendonly")
     if path:
         from aiortc.contrib.media import MediaPlayer
 
@@ -187,15 +204,17 @@ async def main(url, token, seconds, codec, path=None):
         codec = "h264"
     else:
         video = pc.addTransceiver(Picture(), direction="sendonly")
-    pc.addTransceiver(Tone(), direction="sendonly")
+    if not ffmpeg:
+        pc.addTransceiver(Tone(), direction="sendonly")
     if codec:
         prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() == f"video/{codec}"]
         video.setCodecPreferences(prefs)
     await pc.setLocalDescription(await pc.createOffer())
     loop = asyncio.get_running_loop()
-    status, location, body = await loop.run_in_executor(
-        None, request, "POST", url, token, pc.localDescription.sdp.encode()
-    )
+    offer = pc.localDescription.sdp
+    if ffmpeg:
+        offer = ffmpeg_like(offer)
+    status, location, body = await loop.run_in_executor(None, request, "POST", url, token, offer.encode())
     result = {"ok": False, "status": status, "location": location}
     if status != 201:
         result["body"] = body[:300]
@@ -229,10 +248,15 @@ if __name__ == "__main__":
     parser.add_argument("--frame-log", help="write a JSON line per encoded H.264 frame here")
     parser.add_argument("--noise-rows", type=int, default=0, help="rows of random luma at the bottom")
     parser.add_argument("--file", help="send this file's H.264 video as it is")
+    parser.add_argument(
+        "--ffmpeg-like",
+        action="store_true",
+        help="offer as FFmpeg's WHIP muxer does (audio first, no MID extension, setup:passive, no candidates)",
+    )
     a = parser.parse_args()
     WIDTH, HEIGHT = (int(v) for v in a.size.split("x"))
     NOISE_ROWS = min(a.noise_rows, HEIGHT)
     log = open(a.frame_log, "w") if a.frame_log else None
     if a.gop_seconds or a.ignore_pli or a.bitrate or log:
         shape_h264(int(a.gop_seconds * FPS) if a.gop_seconds else None, a.ignore_pli, a.bitrate, log)
-    sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec, a.file)))
+    sys.exit(asyncio.run(main(a.url, a.token, a.seconds, a.codec, a.file, a.ffmpeg_like)))

@@ -163,6 +163,10 @@ pub struct Summary {
     pub codec: Option<String>,
     /// POST sent → first complete video frame, ms.
     pub first_frame_ms: Option<u64>,
+    /// POST sent → first audio packet, ms.
+    pub first_audio_ms: Option<u64>,
+    /// Whether the answer said the server sends audio (then `play` waits for some).
+    pub audio_expected: bool,
     /// POST sent → ICE+DTLS connected, ms.
     pub connected_ms: Option<u64>,
     /// Packets lost as the receiver reports count them (str0m's ingress stats).
@@ -194,6 +198,28 @@ pub struct Summary {
     pub packets_after_delete: Option<u64>,
 }
 
+/// Whether the SDP `answer` has the media section `mid` active with the server sending
+/// (sendonly or sendrecv, port not 0).
+fn sends(answer: &str, mid: &str) -> bool {
+    let mut port_open = false;
+    let mut this = false;
+    let mut sending = false;
+    for line in answer.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            if this {
+                break;
+            }
+            port_open = m.split_whitespace().nth(1).is_some_and(|p| p != "0");
+            sending = false;
+        } else if line.strip_prefix("a=mid:").is_some_and(|m| m.trim() == mid) {
+            this = true;
+        } else if line == "a=sendonly" || line == "a=sendrecv" {
+            sending = true;
+        }
+    }
+    this && port_open && sending
+}
+
 /// Why watching failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -211,6 +237,9 @@ pub enum ClientError {
     NoMedia(u64),
     #[error("only {got} of {want} frames within {secs} s")]
     TooFewFrames { got: u64, want: u64, secs: u64 },
+    /// The frames came, but no audio although the answer said the server sends it.
+    #[error("video but no audio within {0} s (the answer has an active audio section)")]
+    NoAudio(u64),
     #[error("local socket: {0}")]
     Io(#[from] std::io::Error),
     #[error("webrtc: {0}")]
@@ -238,6 +267,7 @@ impl ClientError {
             ClientError::NotConnected(_)
             | ClientError::Disconnected(_)
             | ClientError::NoMedia(_)
+            | ClientError::NoAudio(_)
             | ClientError::TooFewFrames { .. } => ClientError::Ended {
                 error: Box::new(self),
                 server,
@@ -294,6 +324,7 @@ pub async fn watch(
 
     let mut summary = Summary {
         resource: location.as_ref().map(|l| l.to_string()),
+        audio_expected: sends(&answer_text, &audio_mid.to_string()),
         ..Summary::default()
     };
     let resource = Resource {
@@ -383,8 +414,11 @@ pub async fn watch(
             }
             continue; // str0m has new checks to send
         }
+        // A live viewer that joins mid-GOP gets its backlog of video first, faster than real
+        // time, and audio once it is live: N frames may all come before any audio does.
         if let Some(want) = opts.frames
             && summary.video_frames >= want
+            && (summary.audio_packets > 0 || !summary.audio_expected)
             && control.is_none()
             && (opts.restart_after.is_none() || summary.restart_ms.is_some())
         {
@@ -418,6 +452,8 @@ pub async fn watch(
                 ClientError::NotConnected(secs)
             } else if summary.video_frames == 0 && summary.audio_packets == 0 {
                 ClientError::NoMedia(secs)
+            } else if opts.frames.is_some_and(|n| summary.video_frames >= n) {
+                ClientError::NoAudio(secs)
             } else {
                 ClientError::TooFewFrames {
                     got: summary.video_frames,
@@ -1222,6 +1258,9 @@ impl Tally {
             }
             Event::MediaData(d) if d.mid == self.video_mid => {
                 s.video_frames += 1;
+                // The packets the frame was made of (sequence numbers are extended: no wrap).
+                let (first, last) = (**d.seq_range.start(), **d.seq_range.end());
+                s.video_packets += last.saturating_sub(first) + 1;
                 if s.restart_ms.is_some() {
                     s.frames_after_restart += 1;
                 }
@@ -1254,7 +1293,10 @@ impl Tally {
                     s.height = Some(h);
                 }
             }
-            Event::MediaData(d) if d.mid == self.audio_mid => s.audio_packets += 1,
+            Event::MediaData(d) if d.mid == self.audio_mid => {
+                s.audio_packets += 1;
+                s.first_audio_ms.get_or_insert_with(ms);
+            }
             Event::RtpPacket(p) => {
                 let params = rtc
                     .codec_config()
@@ -1369,6 +1411,19 @@ mod tests {
                 .to_string(),
             "ICE/DTLS did not connect within 5 s"
         );
+    }
+
+    #[test]
+    fn the_answer_tells_whether_audio_comes() {
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n\
+                      m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\n";
+        assert!(sends(answer, "0") && sends(answer, "1"));
+        assert!(!sends(answer, "2"), "no such section");
+        let rejected = answer.replace("m=audio 9", "m=audio 0");
+        assert!(!sends(&rejected, "1"), "port 0: rejected");
+        let inactive = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=inactive\r\n\
+                        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=sendonly\r\n";
+        assert!(!sends(inactive, "1") && sends(inactive, "0"));
     }
 
     fn words(w: &str) -> Vec<String> {
