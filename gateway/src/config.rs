@@ -29,6 +29,41 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub idle_timeout_secs: Option<u64>,
     pub no_demo: bool,
+    pub public_sessions: Option<bool>,
+    pub metrics: Option<MetricsAt>,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// On the HTTP listener, with everything else, to anyone who reaches it (the default).
+    Main,
+    /// On a listener of its own (say a loopback or private address); not on the HTTP one.
+    Addr(SocketAddr),
+    /// Nowhere.
+    Off,
+}
+
+impl std::str::FromStr for MetricsAt {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "main" => Ok(Self::Main),
+            "off" => Ok(Self::Off),
+            addr => addr
+                .parse()
+                .map(Self::Addr)
+                .map_err(|_| format!("metrics: {addr:?} is not \"main\", \"off\" or an ADDR:PORT")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The TOML file, as written by an operator. Every field is optional.
@@ -58,6 +93,10 @@ pub struct FileConfig {
     pub connect_timeout: Option<f64>,
     /// Bytes of kernel receive buffer asked for each RTC socket.
     pub udp_recv_buffer: Option<usize>,
+    /// `GET /` lists session names to visitors without a token.
+    pub public_sessions: Option<bool>,
+    /// Where `/metrics` is served: `"main"` (the HTTP listener), an address, or `"off"`.
+    pub metrics: Option<MetricsAt>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -521,6 +560,10 @@ pub struct Config {
     /// Receive buffer asked for each RTC socket, bytes: a burst that does not fit is dropped
     /// by the kernel (counted in `wisp_udp_kernel_drops_total`).
     pub udp_recv_buffer: usize,
+    /// `GET /` lists session names to anonymous visitors (off: only to a token naming them).
+    pub public_sessions: bool,
+    /// Where Prometheus metrics are served.
+    pub metrics: MetricsAt,
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
@@ -730,6 +773,11 @@ impl Config {
             require_if_match: file.require_if_match.unwrap_or(true),
             connect_timeout,
             udp_recv_buffer,
+            public_sessions: over
+                .public_sessions
+                .or(file.public_sessions)
+                .unwrap_or(false),
+            metrics: over.metrics.or(file.metrics).unwrap_or(MetricsAt::Main),
             limits,
             http_limits,
             live,

@@ -233,9 +233,12 @@ pub async fn serve(
         // one idle between requests: hyper's timer runs whenever it waits for a request head.
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024);
+    let at = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(
-        "HTTP: at most {cap} connections open; request headers within {:?}, bodies within \
-         {:?}, no connection idle over {:?}",
+        "HTTP {at}: at most {cap} connections open; request headers within {:?}, bodies \
+         within {:?}, no connection idle over {:?}",
         limits.header_timeout,
         limits.body_timeout,
         limits.idle_timeout

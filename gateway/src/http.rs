@@ -21,7 +21,7 @@ use serde_json::json;
 use str0m::config::DtlsCert;
 
 use crate::auth::{AuthError, Grant, Scope, Verifier};
-use crate::config::{Config, IceServer};
+use crate::config::{Config, IceServer, MetricsAt};
 use crate::metrics::Metrics;
 use crate::offer::OfferError;
 use crate::peer::AnswerError;
@@ -48,12 +48,11 @@ pub type Shared = Arc<AppState>;
 
 /// Builds the router (tests call it with `oneshot`).
 pub fn app(state: Shared) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(crate::player::index))
         .route("/play/{session}", get(crate::player::play))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route(
             "/whep/{session}",
             get(crate::whep::endpoint_get).post(crate::whep::post),
@@ -81,13 +80,28 @@ pub fn app(state: Shared) -> Router {
         .route(
             "/api/sessions/{session}",
             get(crate::api::show).delete(crate::api::remove),
-        )
+        );
+    // Metrics on their own listener (see `metrics_app`), or nowhere, leave this one.
+    let router = match state.config.metrics {
+        MetricsAt::Main => router.route("/metrics", get(metrics)),
+        MetricsAt::Addr(_) | MetricsAt::Off => router,
+    };
+    router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             cors_and_count,
         ))
+        .with_state(state)
+}
+
+/// The router of a listener of `/metrics` alone (`metrics = "ADDR:PORT"`).
+pub fn metrics_app(state: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .with_state(state)
 }
 

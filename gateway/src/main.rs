@@ -72,6 +72,14 @@ struct ServeArgs {
     /// Do not define the built-in demo session.
     #[arg(long, env = "WISP_NO_DEMO")]
     no_demo: bool,
+    /// List session names on / to visitors without a token (by default only a token's own
+    /// sessions are listed, to it).
+    #[arg(long, env = "WISP_PUBLIC_SESSIONS")]
+    public_sessions: bool,
+    /// Where /metrics is served: "main" (the HTTP listener), ADDR:PORT (a listener of its
+    /// own, e.g. 127.0.0.1:9090), or "off" [default: main].
+    #[arg(long, env = "WISP_METRICS")]
+    metrics: Option<wisp::config::MetricsAt>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +155,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         state_dir: args.state_dir,
         idle_timeout_secs: args.idle_timeout,
         no_demo: args.no_demo,
+        public_sessions: args.public_sessions.then_some(true),
+        metrics: args.metrics,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,

@@ -60,6 +60,8 @@ pub struct Gateway {
     /// A token printed at startup for the demo, when the gateway can mint one.
     pub demo_url: Option<String>,
     listener: Option<tokio::net::TcpListener>,
+    /// `/metrics` on a listener of its own, when configured.
+    metrics_listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
     /// How many HTTP connections may be open (below the descriptor limit).
     connection_cap: usize,
@@ -98,6 +100,18 @@ impl Gateway {
             addr: config.http,
             source,
         })?;
+        let metrics_listener = match config.metrics {
+            crate::config::MetricsAt::Addr(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Http { addr, source })?;
+                if let Ok(a) = l.local_addr() {
+                    tracing::info!("metrics on http://{a}/metrics (and not on the HTTP listener)");
+                }
+                Some(l)
+            }
+            crate::config::MetricsAt::Main | crate::config::MetricsAt::Off => None,
+        };
         let cancel = CancellationToken::new();
         let sessions = Registry::new(
             Runtime {
@@ -161,6 +175,7 @@ impl Gateway {
             http_addr,
             demo_url,
             listener: Some(listener),
+            metrics_listener,
             cancel,
             connection_cap,
         })
@@ -169,6 +184,17 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let listener = self.listener.take().expect("run is called once");
+        if let Some(l) = self.metrics_listener.take() {
+            let stop = self.cancel.clone();
+            tokio::spawn(crate::connections::serve(
+                l,
+                crate::http::metrics_app(self.state.clone()),
+                self.state.config.http_limits,
+                64,
+                self.state.metrics.clone(),
+                async move { stop.cancelled().await },
+            ));
+        }
         let state = self.state.clone();
         let cancel = self.cancel.clone();
         let drain = async move {

@@ -330,3 +330,24 @@ async fn datagrams_the_kernel_drops_are_counted_and_the_granted_buffer_is_logged
         "kernel drops {drops} + read {taken}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_their_own_address_away_from_the_public_listener() {
+    let wisp = Wisp::start("metrics-addr", "metrics = \"127.0.0.1:0\"\n");
+    assert!(wisp.wait_log("metrics on http://", 5), "{}", wisp.log());
+    let log = wisp.log();
+    let url = log
+        .split("metrics on ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (status, _, text) = get(&url, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metric(&text, "wisp_viewers").is_some(), "{text}");
+    let (status, ctype, _) = get(&format!("{}/metrics", wisp.base), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "not on the public listener");
+    assert_eq!(ctype, "application/problem+json");
+}

@@ -740,9 +740,26 @@ async fn the_session_api_creates_lists_shows_and_deletes() {
 async fn pages_health_and_metrics() {
     let f = fixture("").await;
     let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
+    // Anonymous visitors do not see session names (public_sessions is off by default)...
     let (resp, body) = f.send(get("/")).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(body.contains("href=\"/play/demo\""), "{body}");
+    assert!(!body.contains("/play/demo"), "{body}");
+    assert!(
+        body.contains("?token="),
+        "the page says how to see them: {body}"
+    );
+    // ...a token shows the sessions it names, with players that carry it.
+    let t = f.token(&["demo"], "view");
+    let (_, body) = f.send(get(&format!("/?token={t}"))).await;
+    assert!(
+        body.contains(&format!("href=\"/play/demo?token={t}\"")),
+        "{body}"
+    );
+    let (_, body) = f.send(get("/?token=forged.token.here")).await;
+    assert!(
+        !body.contains("/play/demo") && body.contains("token"),
+        "{body}"
+    );
     let (resp, body) = f.send(get("/play/demo")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(header(&resp, "content-type").starts_with("text/html"));
@@ -776,6 +793,14 @@ async fn pages_health_and_metrics() {
         body.contains("\nwisp_transcoders 1\n"),
         "the viewer started the transcoder: {body}"
     );
+}
+
+#[tokio::test]
+async fn public_sessions_lists_session_names_to_anyone() {
+    let f = fixture("public_sessions = true\n").await;
+    let (resp, body) = f.send(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(body.contains("href=\"/play/demo\""), "{body}");
 }
 
 #[tokio::test]
