@@ -186,6 +186,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_seek_target_reaches_the_transcoder_exactly() {
+        // Found by fuzz/transcoder_control: parsed with serde_json's default (fast, not always
+        // nearest) float reading, this target came back one unit in the last place off.
+        for to in [1.6666666666666665e53, 0.1, 1.0 / 3.0, 12.033333333333333] {
+            let line = request_line(
+                Some(1),
+                &Command::Seek {
+                    to: Some(to),
+                    frame: None,
+                },
+            );
+            let (_, back) = parse_request(&line).unwrap();
+            assert_eq!(
+                back,
+                Command::Seek {
+                    to: Some(to),
+                    frame: None
+                },
+                "{line}"
+            );
+        }
+        let (_, c) = parse_request(
+            r#"{"op":"seek","to":166666666666666666666666666666666666666666666666666663}"#,
+        )
+        .unwrap();
+        let (_, again) = parse_request(&request_line(None, &c)).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
     fn commands_round_trip_in_their_wire_form() {
         for (cmd, line) in [
             (Command::Play, r#"{"op":"play"}"#),

@@ -288,6 +288,12 @@ fn options_response(path: &str) -> Response {
 
 /// The bearer token of a request, verified, or why not.
 pub fn grant(s: &AppState, headers: &HeaderMap) -> Result<Grant, AuthError> {
+    s.verifier.verify(bearer_token(headers)?)
+}
+
+/// The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), unverified.
+/// Another scheme counts as no token (a 401 that asks for a bearer one).
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(AuthError::Missing)?
@@ -297,7 +303,7 @@ pub fn grant(s: &AppState, headers: &HeaderMap) -> Result<Grant, AuthError> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);
     }
-    s.verifier.verify(token.trim())
+    Ok(token.trim())
 }
 
 /// `grant` + `check` for a session and scope.

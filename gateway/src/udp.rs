@@ -195,7 +195,7 @@ impl RtcPort {
             };
             let data = &buf[..n];
             self.metrics.udp_in.fetch_add(1, Ordering::Relaxed);
-            if DatagramRecv::try_from(data).is_err() {
+            if !demultiplexable(data) {
                 self.metrics.udp_garbage.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -217,14 +217,7 @@ impl RtcPort {
     }
 
     fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
-        // RFC 7983 §7: only a first byte of 0-3 can be STUN; SRTP and DTLS skip the parse.
-        let stun_ufrag = data
-            .first()
-            .is_some_and(|b| *b < 4)
-            .then(|| StunMessage::parse(data).ok())
-            .flatten()
-            .filter(|m| m.is_binding_request())
-            .and_then(|m| m.split_username().map(|(local, _)| local.to_string()));
+        let stun_ufrag = stun_ufrag(data);
         let mut routes = self.routes.lock().expect("routes lock is never poisoned");
         if let Some(ufrag) = stun_ufrag {
             let peer = routes.by_ufrag.get(&ufrag)?.clone();
@@ -310,6 +303,23 @@ impl RtcPort {
             }
         }
     }
+}
+
+/// Whether a datagram is one the RTC port takes at all (STUN, DTLS, RTP or RTCP: RFC 7983).
+pub fn demultiplexable(data: &[u8]) -> bool {
+    DatagramRecv::try_from(data).is_ok()
+}
+
+/// The local ICE ufrag named by a STUN binding request (its USERNAME is `local:remote`,
+/// RFC 8445 §7.2.2), which routes it to a peer; `None` for anything else.
+pub fn stun_ufrag(data: &[u8]) -> Option<String> {
+    // RFC 7983 §7: only a first byte of 0-3 can be STUN; SRTP and DTLS skip the parse.
+    data.first()
+        .is_some_and(|b| *b < 4)
+        .then(|| StunMessage::parse(data).ok())
+        .flatten()
+        .filter(|m| m.is_binding_request())
+        .and_then(|m| m.split_username().map(|(local, _)| local.to_string()))
 }
 
 /// Asks for a receive buffer of `bytes` (forcing past `net.core.rmem_max` where the process

@@ -4,12 +4,14 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`watch`], one viewer from POST to DELETE, and its [`Summary`].
+//! - `link.rs`: the ICE servers of a 201's `Link` headers.
 //! - `media.rs`: frame-level facts from payloads (H.264 SPS dimensions, VP8 key frame header).
 //! - `main.rs`, `seeks.rs`: the `whep-client` CLI (`play`, `control`, `seeks`, `load`).
 //!
 //! It talks to any WHEP server and knows nothing of Wisp's internals.
 #![forbid(unsafe_code)]
 
+pub mod link;
 pub mod media;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -167,6 +169,9 @@ pub struct Summary {
     pub first_audio_ms: Option<u64>,
     /// Whether the answer said the server sends audio (then `play` waits for some).
     pub audio_expected: bool,
+    /// The ICE servers the 201's `Link` headers offered (RFC 9725 §4.6).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<link::IceServerLink>,
     /// POST sent → ICE+DTLS connected, ms.
     pub connected_ms: Option<u64>,
     /// Packets lost as the receiver reports count them (str0m's ingress stats).
@@ -320,11 +325,13 @@ pub async fn watch(
         location,
         mut etag,
         answer: mut answer_text,
+        ice_servers,
     } = post_offer(http, &url, opts.token.as_deref(), offer, pending, &mut rtc).await?;
 
     let mut summary = Summary {
         resource: location.as_ref().map(|l| l.to_string()),
         audio_expected: sends(&answer_text, &audio_mid.to_string()),
+        ice_servers,
         ..Summary::default()
     };
     let resource = Resource {
@@ -552,6 +559,7 @@ struct Posted {
     location: Option<reqwest::Url>,
     etag: Option<String>,
     answer: String,
+    ice_servers: Vec<link::IceServerLink>,
 }
 
 /// POSTs `offer` (`application/sdp`, bearer `token`) and applies the 201's answer to `rtc`.
@@ -577,6 +585,12 @@ async fn post_offer(
     let status = resp.status().as_u16();
     let location = header(&resp, "location").and_then(|l| url.join(&l).ok());
     let etag = header(&resp, "etag");
+    let ice_servers = link::ice_servers(
+        resp.headers()
+            .get_all("link")
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let answer = resp.text().await.unwrap_or_default();
     if status != 201 {
         return Err(ClientError::Http {
@@ -593,6 +607,7 @@ async fn post_offer(
         location,
         etag,
         answer,
+        ice_servers,
     })
 }
 
@@ -1383,6 +1398,69 @@ pub fn problem_detail(body: &str) -> String {
                 .take(300)
                 .collect()
         })
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (compiled with `--cfg fuzzing` only): what the
+/// client does with the bytes a server sends it.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use super::*;
+
+    /// A 201's body applied as the answer to a fresh offer made as [`watch`] makes it, then an
+    /// ICE restart's 200 body applied to that answer and the connection, as `restart_ice` does.
+    /// str0m names media sections at random: `{0}`, `{1}` and `{2}` in the input stand for the
+    /// offer's video, audio and data-channel mids, so that inputs mean the same every run.
+    pub fn answer_then_restart(cert: &str0m::config::DtlsCert, answer: &str, fragment: &str) {
+        let mut rtc = RtcConfig::new()
+            .set_dtls_cert(cert.clone())
+            .build(Instant::now());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        let audio = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        api.add_channel("control".into());
+        let (offer, pending) = api.apply().expect("adding media makes an offer");
+        let mids: Vec<String> = offer
+            .to_sdp_string()
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=mid:"))
+            .map(str::to_string)
+            .collect();
+        let name = |text: &str| {
+            mids.iter().enumerate().fold(text.to_string(), |t, (i, m)| {
+                t.replace(&format!("{{{i}}}"), m)
+            })
+        };
+        let (answer, fragment) = (name(answer), name(fragment));
+        let (answer, fragment) = (answer.as_str(), fragment.as_str());
+        let _ = sends(answer, &audio.to_string());
+        let _ = problem_detail(answer);
+        let Ok(sdp) = SdpAnswer::from_sdp_string(answer) else {
+            return;
+        };
+        if rtc.sdp_api().accept_answer(pending, sdp).is_err() {
+            return;
+        }
+        let mut api = rtc.sdp_api();
+        api.ice_restart(true);
+        let Some((_, pending)) = api.apply() else {
+            return;
+        };
+        let Some(updated) = answer_with_fragment(answer, fragment) else {
+            return;
+        };
+        if let Ok(sdp) = SdpAnswer::from_sdp_string(&updated) {
+            let _ = rtc.sdp_api().accept_answer(pending, sdp);
+        }
+    }
+
+    /// A message on the control channel, as [`watch`] counts it.
+    pub fn control_message(text: &str) {
+        let mut ctl = ControlRun {
+            awaiting: 1,
+            ..ControlRun::default()
+        };
+        on_control_message(text, &mut ctl, &mut Summary::default());
+    }
 }
 
 #[cfg(test)]
