@@ -126,7 +126,13 @@ async fn metrics(State(s): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        s.metrics.render(s.sessions.len(), s.port.kernel_drops()),
+        s.metrics.render(
+            s.sessions.len(),
+            s.port.kernel_drops(),
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+        ),
     )
         .into_response()
 }

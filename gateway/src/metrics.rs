@@ -111,8 +111,8 @@ impl Metrics {
     }
 
     /// The exposition text. `sessions` is the number of defined sessions, `kernel_drops` the
-    /// datagrams the kernel dropped for the RTC sockets.
-    pub fn render(&self, sessions: usize, kernel_drops: u64) -> String {
+    /// datagrams the kernel dropped for the RTC sockets, `tasks` the runtime's live tasks.
+    pub fn render(&self, sessions: usize, kernel_drops: u64, tasks: usize) -> String {
         let mut out = String::with_capacity(2048);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut gauge = |name: &str, help: &str, v: u64| {
@@ -133,6 +133,11 @@ impl Metrics {
             "wisp_transcoders",
             "Transcoder processes running.",
             self.transcoders.load(Ordering::Relaxed) as u64,
+        );
+        gauge(
+            "wisp_tasks",
+            "Tasks alive in the gateway's runtime (a leak shows as growth with nothing running).",
+            tasks as u64,
         );
         gauge(
             "wisp_http_connections",
@@ -285,13 +290,13 @@ mod tests {
         m.count_status(404);
         m.count_status(201);
         m.count_status(404);
-        let text = m.render(2, 0);
+        let text = m.render(2, 0, 0);
         assert!(text.contains("\nwisp_viewers 3\n"), "{text}");
         assert!(text.contains("wisp_sessions 2\n"));
         assert!(text.contains("wisp_http_responses_total{code=\"404\"} 2\n"));
         assert!(text.contains("# TYPE wisp_packets_out_total counter\n"));
         m.forward_latency.observe([40, 120, 120, 900, 80_000]);
-        let text = m.render(2, 0);
+        let text = m.render(2, 0, 0);
         assert!(
             text.contains("wisp_forward_latency_seconds_bucket{le=\"0.00005\"} 1\n"),
             "{text}"
