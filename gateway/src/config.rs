@@ -44,8 +44,13 @@ pub enum MetricsAt {
     Off,
 }
 
+/// A `metrics` setting that is none of its forms. The operator's to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("metrics: {0:?} is not \"main\", \"off\" or an ADDR:PORT")]
+pub struct BadMetricsAt(String);
+
 impl std::str::FromStr for MetricsAt {
-    type Err = String;
+    type Err = BadMetricsAt;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -54,7 +59,7 @@ impl std::str::FromStr for MetricsAt {
             addr => addr
                 .parse()
                 .map(Self::Addr)
-                .map_err(|_| format!("metrics: {addr:?} is not \"main\", \"off\" or an ADDR:PORT")),
+                .map_err(|_| BadMetricsAt(addr.to_string())),
         }
     }
 }

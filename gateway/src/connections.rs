@@ -76,20 +76,47 @@ pub fn raise_descriptor_limit() -> u64 {
 struct Conn {
     /// Milliseconds since the tracker's epoch of the last byte read or written.
     last_io_ms: AtomicU64,
-    /// Requests whose response is not produced yet.
+    /// Requests in their handler (body read, response not produced yet): such a connection is
+    /// busy and not evicted. One still sending its body is not counted (see [`InFlight`]).
     in_flight: AtomicUsize,
     /// Responses produced so far.
     served: AtomicU64,
     /// Bytes came in since the last response: a request has begun.
     read_since_response: AtomicBool,
-    /// Closes the connection at once (eviction) ...
+    /// Closes the connection at once: it was the longest idle when the cap was reached.
     evict: CancellationToken,
+}
+
+/// A request's connection, as an extension of the request: the body-reading middleware
+/// (`http.rs`) marks the connection busy with [`InFlight::begin`] once the body has arrived,
+/// so a client that announces a body and sends nothing cannot make its connection unevictable.
+#[derive(Debug, Clone)]
+pub struct InFlight(Arc<Conn>);
+
+impl InFlight {
+    /// The request is in its handler until the guard drops.
+    pub fn begin(&self) -> InFlightGuard {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(self.0.clone())
+    }
+}
+
+/// See [`InFlight::begin`].
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<Conn>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Every open connection, for the cap and for eviction.
 #[derive(Debug)]
 struct Tracker {
+    /// The zero of the connections' millisecond clocks (an atomic holds a u64, not an Instant).
     epoch: Instant,
+    /// By connection number; a connection leaves it when closed, or when chosen for eviction.
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
 }
@@ -145,6 +172,7 @@ impl Tracker {
 /// Counts of closed and refused connections not logged yet, and when the last line went out.
 #[derive(Debug, Default)]
 struct Report {
+    /// When the last line went out (`None`: never; the first event is logged at once).
     last: Option<Instant>,
     evicted: u64,
     timed_out: u64,
@@ -164,6 +192,8 @@ enum Outcome {
 struct ReportLog {
     report: Mutex<Report>,
     cap: usize,
+    /// When an out-of-descriptors accept error was last logged.
+    last_accept_error: Mutex<Option<Instant>>,
 }
 
 impl ReportLog {
@@ -224,6 +254,7 @@ pub async fn serve(
     let log = Arc::new(ReportLog {
         report: Mutex::new(Report::default()),
         cap,
+        last_accept_error: Mutex::new(None),
     });
     let closing = CancellationToken::new();
     let mut builder = http1::Builder::new();
@@ -245,13 +276,15 @@ pub async fn serve(
     );
     tokio::pin!(shutdown);
     let mut report_tick = tokio::time::interval(LOG_INTERVAL);
+    let mut tasks = tokio::task::JoinSet::new();
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        on_accept_error(&e).await;
+                        on_accept_error(&e, &log).await;
                         continue;
                     }
                 };
@@ -262,13 +295,15 @@ pub async fn serve(
                     } else {
                         metrics.http_conns_refused.fetch_add(1, Ordering::Relaxed);
                         log.note(Outcome::Refused);
-                        refuse(stream);
+                        refuse(stream, &refusing);
                         continue;
                     }
                 }
                 let _ = stream.set_nodelay(true);
                 let (id, conn) = tracker.add();
                 metrics.http_conns_accepted.fetch_add(1, Ordering::Relaxed);
+                // Counted here and uncounted by the task's drop, even one never polled.
+                metrics.http_conns_open.fetch_add(1, Ordering::Relaxed);
                 let task = ConnTask {
                     id,
                     conn,
@@ -278,7 +313,8 @@ pub async fn serve(
                     idle_timeout: limits.idle_timeout,
                     closing: closing.clone(),
                 };
-                tokio::spawn(task.run(stream, builder.clone(), router.clone()));
+                tasks.spawn(task.run(stream, builder.clone(), router.clone()));
+                while tasks.try_join_next().is_some() {}
             }
             _ = report_tick.tick() => log.flush(),
             _ = &mut shutdown => break,
@@ -286,21 +322,23 @@ pub async fn serve(
     }
     drop(listener);
     closing.cancel();
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE + Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while tracker.len() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What did not finish within the grace is dropped.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
 }
 
 /// An accept that failed. Out of descriptors: the listener is ready again at once, so back off
 /// a little instead of spinning (the connection waits in the kernel's backlog).
-async fn on_accept_error(e: &io::Error) {
+async fn on_accept_error(e: &io::Error, report: &ReportLog) {
     use rustix::io::Errno;
     let errno = e.raw_os_error().map(Errno::from_raw_os_error);
     if errno == Some(Errno::MFILE) || errno == Some(Errno::NFILE) {
-        static LAST: Mutex<Option<Instant>> = Mutex::new(None);
         let log = {
-            let mut last = LAST.lock().expect("not poisoned");
+            let mut last = report.last_accept_error.lock().expect("not poisoned");
             let due = last.is_none_or(|t| t.elapsed() >= LOG_INTERVAL);
             if due {
                 *last = Some(Instant::now());
@@ -319,9 +357,31 @@ async fn on_accept_error(e: &io::Error) {
     }
 }
 
-/// Tells a connection there is no room for it, without waiting on it, and closes it.
-fn refuse(stream: TcpStream) {
-    let _ = stream.try_write(refusal().as_bytes());
+/// Refusals being delivered at most: past it a refused connection is just closed.
+const MAX_REFUSING: usize = 64;
+
+/// Tells a connection there is no room for it, and closes it. Its request bytes are drained
+/// first (for half a second at most), or the close would reset the connection and the client
+/// might not read the 503.
+fn refuse(stream: TcpStream, refusing: &Arc<AtomicUsize>) {
+    if refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let refusing = refusing.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        let deliver = async {
+            stream.write_all(refusal().as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<(), io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), deliver).await;
+        refusing.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// The 503 a connection that cannot be served gets before it is closed.
@@ -348,7 +408,6 @@ struct ConnTask {
 
 impl ConnTask {
     async fn run(self, stream: TcpStream, builder: http1::Builder, router: Router) {
-        self.metrics.http_conns_open.fetch_add(1, Ordering::Relaxed);
         let io = TokioIo::new(Tracked {
             inner: stream,
             conn: self.conn.clone(),
@@ -360,10 +419,10 @@ impl ConnTask {
             hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut router = router.clone();
                 let conn = conn.clone();
-                conn.in_flight.fetch_add(1, Ordering::Relaxed);
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(InFlight(conn.clone()));
                 async move {
-                    let resp = router.call(req.map(axum::body::Body::new)).await;
-                    conn.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let resp = router.call(req).await;
                     conn.served.fetch_add(1, Ordering::Relaxed);
                     conn.read_since_response.store(false, Ordering::Relaxed);
                     conn.last_io_ms
@@ -410,8 +469,12 @@ impl ConnTask {
         self.tracker.remove(self.id);
     }
 
-    /// When the connection has been without traffic for the idle timeout.
+    /// When the connection has been without traffic for the idle timeout. A request in its
+    /// handler is not idle, however quiet: looked at again an idle timeout later.
     fn idle_deadline(&self) -> tokio::time::Instant {
+        if self.conn.in_flight.load(Ordering::Relaxed) > 0 {
+            return tokio::time::Instant::now() + self.idle_timeout;
+        }
         let last = self.conn.last_io_ms.load(Ordering::Relaxed);
         let idle_for = Duration::from_millis(self.tracker.now_ms().saturating_sub(last));
         tokio::time::Instant::now() + self.idle_timeout.saturating_sub(idle_for)

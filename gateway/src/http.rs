@@ -201,6 +201,11 @@ async fn read_body(State(s): State<Shared>, req: Request, next: Next) -> Respons
             return ApiError::RequestTimeout(limits.body_timeout).into_response();
         }
     };
+    // From here the connection is busy with this request (not evicted for a newer one).
+    let _busy = parts
+        .extensions
+        .get::<crate::connections::InFlight>()
+        .map(|c| c.begin());
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }

@@ -85,7 +85,21 @@ impl Offer {
         if session.medias.is_empty() {
             return Err(OfferError::Malformed("the offer has no m= sections".into()));
         }
-        let sections = session.medias.iter().map(section).collect();
+        for m in &session.medias {
+            if let Some(bad) = m
+                .fmt
+                .split_whitespace()
+                .find(|f| f.parse::<u8>().is_ok_and(|pt| pt > 127))
+            {
+                return Err(OfferError::Malformed(format!(
+                    "payload type {bad} in \"m={} ...\": RTP payload types are 0-127 \
+                     (RFC 3550 §5.1)",
+                    m.media
+                )));
+            }
+        }
+        let sections: Vec<Section> = session.medias.iter().map(section).collect();
+        check_payload_types(&sections)?;
         Ok(Self {
             sections,
             text: text.to_string(),
@@ -320,6 +334,33 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Application => "application",
         Kind::Other => "other",
     }
+}
+
+/// Refuses what no SDP may say and str0m does not survive: a payload type outside 0-127, or
+/// one that names two codecs (a bundled offer may reuse a payload type in another media
+/// section only for the same codec: RFC 8843 §7.3.1).
+fn check_payload_types(sections: &[Section]) -> Result<(), OfferError> {
+    let mut seen: Vec<(u8, &str, u32)> = Vec::new();
+    for f in sections.iter().flat_map(|s| &s.formats) {
+        if f.pt > 127 {
+            return Err(OfferError::Malformed(format!(
+                "payload type {} in an a=rtpmap: RTP payload types are 0-127 (RFC 3550 §5.1)",
+                f.pt
+            )));
+        }
+        match seen.iter().find(|(pt, _, _)| *pt == f.pt) {
+            Some((_, name, clock)) if !name.eq_ignore_ascii_case(&f.name) || *clock != f.clock => {
+                return Err(OfferError::Malformed(format!(
+                    "payload type {} is {name}/{clock} and {}/{}: a bundled offer may not \
+                     reuse a payload type for another codec (RFC 8843 §7.3.1)",
+                    f.pt, f.name, f.clock
+                )));
+            }
+            Some(_) => {}
+            None => seen.push((f.pt, &f.name, f.clock)),
+        }
+    }
+    Ok(())
 }
 
 fn section(m: &sdp_types::Media) -> Section {

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 use tokio::sync::{mpsc, oneshot};
@@ -193,13 +192,7 @@ impl IceSession {
             return Err(PatchError::BadCredentials);
         }
         let text = self.offer.with_ice_credentials(ufrag, pwd);
-        let sdp = SdpOffer::from_sdp_string(&text)
-            .map_err(|e| PatchError::RestartFailed(e.to_string()))?;
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(sdp)
-            .map_err(|e| PatchError::RestartFailed(e.to_string()))?
-            .to_sdp_string();
+        let answer = crate::peer::accept_offer(rtc, &text).map_err(PatchError::RestartFailed)?;
         self.offer.text = text;
         for c in &frag.candidates {
             if let Ok(c) = Candidate::from_sdp_string(c) {

@@ -21,6 +21,9 @@ use crate::session::{Registry, Runtime};
 use crate::udp::RtcPort;
 use crate::whep::Resources;
 
+/// Connections the `/metrics` listener of its own keeps open at most (scrapers are few).
+const METRICS_CONNECTIONS: usize = 64;
+
 /// Why the gateway could not start. The operator's to fix; the message says how.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -190,7 +193,7 @@ impl Gateway {
                 l,
                 crate::http::metrics_app(self.state.clone()),
                 self.state.config.http_limits,
-                64,
+                METRICS_CONNECTIONS,
                 self.state.metrics.clone(),
                 async move { stop.cancelled().await },
             ));

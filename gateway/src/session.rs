@@ -113,8 +113,12 @@ enum Msg {
     Unpublished {
         generation: u64,
     },
-    /// The session named here took this session's transcoder slot while it was idle: stop.
-    GiveWay(String),
+    /// The session named `taker` took this session's transcoder slot (held under `lease`)
+    /// while its transcoder idled: stop it.
+    GiveWay {
+        taker: String,
+        lease: u64,
+    },
 }
 
 /// Where a session's media comes from.
@@ -195,7 +199,8 @@ pub struct Session {
     ingest_bps: std::sync::atomic::AtomicU64,
     /// The current publisher's picture, width << 32 | height (0: not seen yet).
     picture_size: std::sync::atomic::AtomicU64,
-    /// The gateway's transcoder slots (a VOD session holds one while its transcoder runs).
+    /// The gateway's transcoder slots (a VOD session holds one while it has viewers or a
+    /// running transcoder).
     slots: Arc<TranscoderSlots>,
 }
 
@@ -258,6 +263,9 @@ pub struct ViewerSlot {
 
 impl Drop for ViewerSlot {
     fn drop(&mut self) {
+        if self.session.kind == Kind::Vod {
+            self.session.slots.leave(self.session.id, Instant::now());
+        }
         self.session.viewers.fetch_sub(1, Ordering::Relaxed);
         self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
         let _ = self.session.tx.send(Msg::Leave);
@@ -368,14 +376,6 @@ impl Session {
         if self.kind == Kind::Live && !running && !wait {
             return Err(JoinError::NoPublisher(self.name.clone()));
         }
-        if self.kind == Kind::Vod {
-            if self.slots.holds(self.id) {
-                // Not idle any more: its slot cannot be taken from under this viewer.
-                self.slots.set_idle(self.id, false);
-            } else if !self.slots.available() {
-                return Err(JoinError::NoTranscoder(self.slots.max()));
-            }
-        }
         if self.viewers.fetch_add(1, Ordering::Relaxed) >= limits.max_viewers_per_session {
             self.viewers.fetch_sub(1, Ordering::Relaxed);
             return Err(JoinError::SessionFull(limits.max_viewers_per_session));
@@ -384,6 +384,21 @@ impl Session {
             metrics.viewers.fetch_sub(1, Ordering::Relaxed);
             self.viewers.fetch_sub(1, Ordering::Relaxed);
             return Err(JoinError::GatewayFull(limits.max_viewers));
+        }
+        // Last, so that a viewer refused above takes no slot: a VOD session needs a transcoder
+        // slot for its viewers (an idle transcoder elsewhere may give its own).
+        let tx = self.tx.clone();
+        let admitted = self.kind == Kind::Live
+            || self.slots.admit(self.id, &self.name, move |taker, lease| {
+                let _ = tx.send(Msg::GiveWay {
+                    taker: taker.to_string(),
+                    lease,
+                });
+            });
+        if !admitted {
+            metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+            self.viewers.fetch_sub(1, Ordering::Relaxed);
+            return Err(JoinError::NoTranscoder(self.slots.max()));
         }
         // The viewer's view of the source starts here, before the session hears of the join:
         // a failure from before is history (this join restarts the transcoder), one after
@@ -560,6 +575,9 @@ pub enum CreateError {
 #[derive(Debug)]
 pub struct Registry {
     sessions: Arc<Mutex<BTreeMap<String, Arc<Session>>>>,
+    /// Numbers sessions for the gateway's life: a name may be reused after a removal, and the
+    /// transcoder slots must not confuse the two.
+    next_id: std::sync::atomic::AtomicU64,
     runtime: Runtime,
     cancel: CancellationToken,
 }
@@ -568,6 +586,7 @@ impl Registry {
     pub fn new(runtime: Runtime, cancel: CancellationToken) -> Self {
         Self {
             sessions: Arc::default(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
             runtime,
             cancel,
         }
@@ -622,6 +641,7 @@ impl Registry {
             pending: HashMap::new(),
             next_request: 1,
             held: Vec::new(),
+            lease: None,
         };
         tokio::spawn(
             task.run()
@@ -675,9 +695,8 @@ impl Registry {
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (source_tx, source) = watch::channel(Source::Idle);
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let session = Arc::new(Session {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
             name,
             kind,
             spec,
@@ -732,6 +751,9 @@ struct SessionTask {
     next_request: u64,
     /// Viewers' commands that came while the transcoder was starting, sent once it is ready.
     held: Vec<(Value, Command, mpsc::UnboundedSender<ControlReply>)>,
+    /// The transcoder slot lease the transcoder runs under (`None`: none running or waiting
+    /// for a restart).
+    lease: Option<u64>,
 }
 
 impl SessionTask {
@@ -770,7 +792,7 @@ impl SessionTask {
                     self.restart_at = None;
                     if self.viewers == 0 {
                         tracing::info!("no viewers left: the transcoder is not restarted");
-                        self.runtime.slots.release(self.session.id);
+                        self.release_slot();
                         self.source_tx.send_replace(Source::Idle);
                     } else {
                         tracing::warn!(
@@ -796,7 +818,6 @@ impl SessionTask {
                 self.viewers += 1;
                 self.publish_viewers();
                 self.idle_since = None;
-                self.runtime.slots.set_idle(self.session.id, false);
                 if self.transcoder.is_none() && self.restart_at.is_none() {
                     // A viewer after a failure tries again.
                     self.exits.clear();
@@ -808,10 +829,9 @@ impl SessionTask {
                 self.publish_viewers();
                 if self.viewers == 0 && self.transcoder.is_some() {
                     self.idle_since = Some(tokio::time::Instant::now());
-                    self.runtime.slots.set_idle(self.session.id, true);
                 }
             }
-            Msg::GiveWay(taker) => self.give_way(&taker).await,
+            Msg::GiveWay { taker, lease } => self.give_way(&taker, lease).await,
             Msg::KeyframeRequest => {
                 self.runtime
                     .metrics
@@ -827,24 +847,15 @@ impl SessionTask {
         }
     }
 
-    /// Another session took this one's slot while it was idle: its transcoder stops now
-    /// rather than at the end of the idle timeout.
-    async fn give_way(&mut self, taker: &str) {
-        if self.transcoder.is_none() {
-            return;
-        }
-        if self.viewers > 0 {
-            // A viewer joined as the slot was taken (the join saw the slot still held). Keep
-            // playing for it; the slot is taken back, another idle one giving way if need be.
-            if !self.take_slot() {
-                tracing::warn!(
-                    "session {taker:?} took this session's transcoder slot as a viewer joined; \
-                     running one transcoder over limits.max_transcoders until it stops"
-                );
-            }
+    /// Another session took this one's slot (its `lease`) while its transcoder idled: the
+    /// transcoder stops now rather than at the end of the idle timeout. An order for a lease
+    /// this session no longer runs under comes too late and is ignored.
+    async fn give_way(&mut self, taker: &str, lease: u64) {
+        if self.lease != Some(lease) || self.transcoder.is_none() {
             return;
         }
         tracing::info!("stopping the idle transcoder: session {taker:?} needs its slot");
+        self.lease = None;
         self.idle_since = None;
         self.stop_transcoder().await;
         self.source_tx.send_replace(Source::Idle);
@@ -855,15 +866,11 @@ impl SessionTask {
             .publish(control::event("viewers", json!({ "count": self.viewers })));
     }
 
-    /// Takes (or keeps) a transcoder slot; if it is taken from this session while idle, the
-    /// task hears `GiveWay`. `false`: every slot is held by a session with viewers.
-    fn take_slot(&self) -> bool {
-        let tx = self.session.tx.clone();
-        self.runtime
-            .slots
-            .take(self.session.id, &self.session.name, move |taker| {
-                let _ = tx.send(Msg::GiveWay(taker.to_string()));
-            })
+    /// The transcoder is gone for good (not restarting): its slot is freed unless viewers wait.
+    fn release_slot(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.runtime.slots.stopped(self.session.id, lease);
+        }
     }
 
     /// A viewer's command: to the transcoder when it is ready, else refused at once.
@@ -958,13 +965,15 @@ impl SessionTask {
     }
 
     fn start_transcoder(&mut self) {
-        if !self.take_slot() {
-            // Another session took the last slot between this viewer's admission and now.
-            self.fail(format!(
-                "the gateway runs its maximum of {} transcoders, all with viewers",
-                self.runtime.slots.max()
-            ));
-            return;
+        if self.lease.is_none() {
+            match self.runtime.slots.started(self.session.id, Instant::now()) {
+                Some(lease) => self.lease = Some(lease),
+                None => {
+                    // Its viewers all left (and freed the slot) before it could start.
+                    self.source_tx.send_replace(Source::Idle);
+                    return;
+                }
+            }
         }
         let mut spec = self.session.spec.clone();
         if let Some(pos) = self.position {
@@ -996,7 +1005,7 @@ impl SessionTask {
     }
 
     fn fail(&mut self, reason: String) {
-        self.runtime.slots.release(self.session.id);
+        self.release_slot();
         *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
         self.session.publish(control::event(
             "error",
@@ -1144,7 +1153,7 @@ impl SessionTask {
             .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         self.exits.push_back(now);
         if self.viewers == 0 {
-            self.runtime.slots.release(self.session.id);
+            self.release_slot();
             self.source_tx.send_replace(Source::Idle);
             return;
         }
@@ -1191,7 +1200,7 @@ impl SessionTask {
                 .transcoders
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        self.runtime.slots.release(self.session.id);
+        self.release_slot();
         self.position = None;
         self.set_playback(|p| *p = Playback::default());
     }
@@ -1287,7 +1296,7 @@ impl LiveTask {
                     .publish(control::event("publisher", json!({ "state": "active" })));
             }
             // A live session holds no transcoder slot.
-            Msg::GiveWay(_) => {}
+            Msg::GiveWay { .. } => {}
             Msg::Unpublished { generation } => {
                 let current = matches!(&*self.source_tx.borrow(),
                     Source::Ready(r) if r.generation == generation);

@@ -57,6 +57,9 @@ pub struct RtcPort {
     metrics: Arc<Metrics>,
     /// The sockets' inode numbers, to find their drop counts in /proc/self/net/udp{,6}.
     inodes: Vec<u64>,
+    /// The last drop count read and when: /metrics is anonymous by default, and the table is
+    /// the whole namespace's, so it is read at most once a second.
+    drops: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 #[derive(Debug, Default)]
@@ -135,17 +138,26 @@ impl RtcPort {
             routes: Mutex::new(Routes::default()),
             metrics,
             inodes,
+            drops: Mutex::new(None),
         }))
     }
 
     /// Datagrams the kernel dropped for these sockets because their receive queues were full
     /// (the `drops` column of /proc/self/net/udp and udp6), 0 where /proc cannot be read.
     pub fn kernel_drops(&self) -> u64 {
-        ["/proc/self/net/udp", "/proc/self/net/udp6"]
+        let mut last = self.drops.lock().expect("not poisoned");
+        if let Some((at, n)) = *last
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return n;
+        }
+        let n = ["/proc/self/net/udp", "/proc/self/net/udp6"]
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
             .map(|table| drops_of(&table, &self.inodes))
-            .sum()
+            .sum();
+        *last = Some((std::time::Instant::now(), n));
+        n
     }
 
     /// The addresses to write into answers as host candidates.

@@ -64,15 +64,35 @@ async fn idle_connections_cannot_pin_the_gateway_under_a_small_descriptor_limit(
     // more than the gateway can hold open.
     let wisp = Wisp::start_limited(
         "idle-conns",
-        "[limits]\nhttp_header_timeout = 3\nhttp_body_timeout = 2\n",
+        "[limits]\nhttp_header_timeout = 3\nhttp_body_timeout = 3\n",
         &common::workspace_bin("wisp-transcoder"),
         Some(256),
     );
     let addr = http_addr(&wisp);
     let mut idle = Vec::new();
-    for _ in 0..300 {
+    // Whole heads whose bodies never come (a client that announces more than it sends), more
+    // than the gateway's 128 connections: they must not count as busy and lock others out.
+    for _ in 0..150 {
         let mut s = TcpStream::connect(&addr).await.expect("connect");
-        // The start of a request, and nothing more (a slow or dead client).
+        s.write_all(b"POST /whep/demo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        idle.push(s);
+    }
+    // For a second (within the 3 s the bodies have), the gateway keeps answering.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let health = get(&format!("{}/healthz", wisp.base), Duration::from_secs(5)).await;
+        assert!(
+            matches!(&health, Ok((200, _, _))),
+            "/healthz with 150 connections waiting for their bodies: {health:?}\n{}",
+            wisp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then the starts of requests and nothing more (slow or dead clients).
+    for _ in 0..150 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
         s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         idle.push(s);
     }
@@ -85,8 +105,8 @@ async fn idle_connections_cannot_pin_the_gateway_under_a_small_descriptor_limit(
         started.elapsed(),
         wisp.log()
     );
-    // Every idle connection is closed by the gateway within its header timeout (3 s), either
-    // to make room for a newer one or when its time is up.
+    // Every idle connection is closed by the gateway within its header or body timeout (3 s),
+    // either to make room for a newer one or when its time is up.
     let closing = Instant::now();
     let mut held = 0;
     for s in &mut idle {
@@ -101,9 +121,10 @@ async fn idle_connections_cannot_pin_the_gateway_under_a_small_descriptor_limit(
         .unwrap();
     let evicted = metric(&text, "wisp_http_connections_evicted_total").unwrap();
     let timed_out = metric(&text, "wisp_http_connections_timed_out_total").unwrap();
+    let no_body = metric(&text, "wisp_http_body_timeouts_total").unwrap();
     assert!(
-        evicted + timed_out >= 300.0,
-        "evicted {evicted} + timed out {timed_out}"
+        evicted + timed_out + no_body >= 300.0,
+        "evicted {evicted} + timed out {timed_out} + bodies that never came {no_body}"
     );
     assert!(
         metric(&text, "wisp_http_connections").unwrap() <= 2.0,
@@ -223,7 +244,11 @@ async fn the_session_state_says_what_is_true_now_after_a_recovery_and_after_an_e
         .await
         .expect("plays once the file is there");
     assert!(played.video_frames >= 30);
-    let s = session_until(&wisp, "later", |s| s["state"] == "running").await;
+    // Running, or already at the end of the 6 s clip on a slow machine.
+    let s = session_until(&wisp, "later", |s| {
+        s["state"] == "running" || s["state"] == "ended"
+    })
+    .await;
     assert!(
         s.get("error").is_none(),
         "a recovered session shows no error: {s}"
@@ -242,7 +267,8 @@ async fn the_session_state_says_what_is_true_now_after_a_recovery_and_after_an_e
     assert_eq!(s["state"], "ended", "{s}");
     let position = s["position"].as_f64().unwrap();
     assert!(position > 1.0 && position < 5.0, "{s}");
-    assert_eq!(s["duration"], 6.0, "{s}");
+    let duration = s["duration"].as_f64().unwrap();
+    assert!((6.0..6.1).contains(&duration), "the index's duration: {s}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -260,6 +286,8 @@ async fn an_idle_transcoder_gives_its_slot_to_a_session_with_viewers() {
     whep_client::watch(&http, wisp.viewer("demo", &t, 30, 20), |_| {})
         .await
         .expect("demo plays");
+    // The viewer's DELETE was answered; the gateway lets it go.
+    session_until(&wisp, "demo", |s| s["viewers"] == 0).await;
     // Nobody watches the demo now; its transcoder idles. A viewer of another session gets
     // the slot at once instead of a minute of 503s.
     let s = whep_client::watch(&http, wisp.viewer("second", &t, 30, 20), |_| {})

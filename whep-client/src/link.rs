@@ -14,8 +14,10 @@ pub struct IceServerLink {
     pub url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Never printed (the summary goes to logs): `has_credential` says whether there is one.
+    #[serde(skip)]
     pub credential: Option<String>,
+    pub has_credential: bool,
 }
 
 /// The ICE servers among the link-values of these `Link` header values, in order.
@@ -37,10 +39,12 @@ pub fn ice_servers<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<IceServ
                     .find(|(k, _)| k == name)
                     .map(|(_, v)| v.clone())
             };
+            let credential = param("credential");
             out.push(IceServerLink {
                 url,
                 username: param("username"),
-                credential: param("credential"),
+                has_credential: credential.is_some(),
+                credential,
             });
         }
     }
@@ -153,19 +157,27 @@ mod tests {
                 IceServerLink {
                     url: "stun:stun.example.net".into(),
                     username: None,
-                    credential: None
+                    credential: None,
+                    has_credential: false,
                 },
                 IceServerLink {
                     url: "turn:turn.example.net:3478?transport=udp".into(),
                     username: Some("1700000000:wisp".into()),
                     credential: Some("a,b;c\"d".into()),
+                    has_credential: true,
                 },
                 IceServerLink {
                     url: "turns:t.example.net:5349".into(),
                     username: Some("u".into()),
                     credential: Some("p".into()),
+                    has_credential: true,
                 },
             ]
+        );
+        let printed = serde_json::to_string(&servers[2]).unwrap();
+        assert!(
+            !printed.contains("\"p\"") && printed.contains("\"has_credential\":true"),
+            "{printed}"
         );
     }
 
