@@ -31,6 +31,7 @@ pub mod connections;
 pub mod control;
 pub mod fanout;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod offer;
 pub mod peer;

@@ -121,6 +121,18 @@ enum Msg {
     },
 }
 
+/// How a live session's publisher reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ingest {
+    /// WebRTC (a WHIP publisher): its RTP goes into the ring as it is.
+    Whip,
+    /// RTMP (OBS, FFmpeg, encoders), transcoded into the ring.
+    Rtmp,
+    /// SRT with MPEG-TS, transcoded into the ring.
+    Srt,
+}
+
 /// Where a session's media comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -193,6 +205,8 @@ pub struct Session {
     publisher: Mutex<Option<(String, u64)>>,
     /// Publishers so far (each one's source is a new generation for the viewers).
     publishes: std::sync::atomic::AtomicU64,
+    /// How the current (or last) publisher reached the gateway.
+    ingest: Mutex<Option<Ingest>>,
     /// The current publisher's simulcast layers, if it sends simulcast.
     simulcast: Mutex<Option<SimulcastInfo>>,
     /// The current publisher's bits/s over the last second (0: none measured).
@@ -325,6 +339,9 @@ pub struct SessionInfo {
     /// "H264 (high)" (a live session's publisher decides), "VP8". Viewers need its profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<String>,
+    /// A live session's publisher's protocol: `whip`, `rtmp` or `srt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<Ingest>,
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
@@ -418,6 +435,7 @@ impl Session {
     pub fn claim_publisher(
         self: &Arc<Self>,
         id: &str,
+        ingest: Ingest,
         max_publishers: usize,
         metrics: &Arc<Metrics>,
     ) -> Result<PublisherClaim, PublishError> {
@@ -437,6 +455,7 @@ impl Session {
         }
         let generation = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
         *p = Some((id.to_string(), generation));
+        *self.ingest.lock().expect("not poisoned") = Some(ingest);
         Ok(PublisherClaim {
             session: self.clone(),
             metrics: metrics.clone(),
@@ -523,6 +542,7 @@ impl Session {
                 Source::Ready(r) if r.video_track.is_some() => Some(r.video_format.describe()),
                 _ => None,
             },
+            ingest: *self.ingest.lock().expect("not poisoned"),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             spec: self.spec.clone(),
@@ -571,13 +591,13 @@ pub enum CreateError {
     Exists(String),
 }
 
-/// All sessions by name.
-#[derive(Debug)]
+/// All sessions by name. Clones share the sessions.
+#[derive(Debug, Clone)]
 pub struct Registry {
     sessions: Arc<Mutex<BTreeMap<String, Arc<Session>>>>,
     /// Numbers sessions for the gateway's life: a name may be reused after a removal, and the
     /// transcoder slots must not confuse the two.
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
     runtime: Runtime,
     cancel: CancellationToken,
 }
@@ -586,7 +606,7 @@ impl Registry {
     pub fn new(runtime: Runtime, cancel: CancellationToken) -> Self {
         Self {
             sessions: Arc::default(),
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             runtime,
             cancel,
         }
@@ -712,6 +732,7 @@ impl Registry {
             playback: Mutex::new(Playback::default()),
             publisher: Mutex::new(None),
             simulcast: Mutex::new(None),
+            ingest: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
             picture_size: std::sync::atomic::AtomicU64::new(0),
