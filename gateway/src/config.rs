@@ -31,6 +31,50 @@ pub struct Overrides {
     pub no_demo: bool,
     pub public_sessions: Option<bool>,
     pub metrics: Option<MetricsAt>,
+    pub rtmp: Option<Listen>,
+    pub srt: Option<Listen>,
+}
+
+/// An optional listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+/// A listener setting that is neither `off` nor an address. The operator's to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not \"off\" or an ADDR:PORT")]
+pub struct BadListen(String);
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = BadListen;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            addr => addr
+                .parse()
+                .map(Self::At)
+                .map_err(|_| BadListen(addr.to_string())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where `/metrics` is served.
@@ -102,6 +146,10 @@ pub struct FileConfig {
     pub public_sessions: Option<bool>,
     /// Where `/metrics` is served: `"main"` (the HTTP listener), an address, or `"off"`.
     pub metrics: Option<MetricsAt>,
+    /// The RTMP listener's address, or `"off"`.
+    pub rtmp: Option<Listen>,
+    /// The SRT listener's address, or `"off"`.
+    pub srt: Option<Listen>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -569,6 +617,10 @@ pub struct Config {
     pub public_sessions: bool,
     /// Where Prometheus metrics are served.
     pub metrics: MetricsAt,
+    /// RTMP publishers (`None`: off).
+    pub rtmp: Option<SocketAddr>,
+    /// SRT publishers (`None`: off).
+    pub srt: Option<SocketAddr>,
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
@@ -783,6 +835,16 @@ impl Config {
                 .or(file.public_sessions)
                 .unwrap_or(false),
             metrics: over.metrics.or(file.metrics).unwrap_or(MetricsAt::Main),
+            rtmp: over
+                .rtmp
+                .or(file.rtmp)
+                .unwrap_or(Listen::At(SocketAddr::from(([0, 0, 0, 0], 1935))))
+                .addr(),
+            srt: over
+                .srt
+                .or(file.srt)
+                .unwrap_or(Listen::At(SocketAddr::from(([0, 0, 0, 0], 8890))))
+                .addr(),
             limits,
             http_limits,
             live,

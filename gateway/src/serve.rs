@@ -53,6 +53,21 @@ pub enum StartError {
     Certificate,
     #[error("transcoder {0} not found: build it (cargo build --release) or pass --transcoder")]
     Transcoder(String),
+    #[error(
+        "listening for {what} on {addr}: {source} (is another process using the port? see \
+         --{flag}, or --{flag} off)"
+    )]
+    Ingest {
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the directory for ingest pipes {path}: {source}")]
+    FifoDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway (what tests and `main` hold).
@@ -65,6 +80,8 @@ pub struct Gateway {
     listener: Option<tokio::net::TcpListener>,
     /// `/metrics` on a listener of its own, when configured.
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// RTMP publishers, when configured.
+    rtmp_listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
     /// How many HTTP connections may be open (below the descriptor limit).
     connection_cap: usize,
@@ -114,6 +131,23 @@ impl Gateway {
                 Some(l)
             }
             crate::config::MetricsAt::Main | crate::config::MetricsAt::Off => None,
+        };
+        let rtmp_listener = match config.rtmp {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
+                    StartError::Ingest {
+                        what: "RTMP",
+                        flag: "rtmp",
+                        addr,
+                        source,
+                    }
+                })?;
+                if let Ok(a) = l.local_addr() {
+                    tracing::info!("RTMP publishers on rtmp://{a}/live (stream key NAME?token=JWT)");
+                }
+                Some(l)
+            }
+            None => None,
         };
         let cancel = CancellationToken::new();
         let sessions = Registry::new(
@@ -179,6 +213,7 @@ impl Gateway {
             demo_url,
             listener: Some(listener),
             metrics_listener,
+            rtmp_listener,
             cancel,
             connection_cap,
         })
@@ -187,6 +222,14 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let listener = self.listener.take().expect("run is called once");
+        if let Some(l) = self.rtmp_listener.take() {
+            match self.ingest_context() {
+                Ok(ctx) => {
+                    tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
+                }
+                Err(e) => tracing::error!("RTMP ingest is off: {e}"),
+            }
+        }
         if let Some(l) = self.metrics_listener.take() {
             let stop = self.cancel.clone();
             tokio::spawn(crate::connections::serve(
@@ -215,6 +258,29 @@ impl Gateway {
         .await;
         self.cancel.cancel();
         tracing::info!("wisp stopped");
+    }
+}
+
+impl Gateway {
+    /// What the RTMP and SRT listeners share, with a private directory for their FIFOs.
+    fn ingest_context(&self) -> Result<crate::ingest::publish::IngestContext, StartError> {
+        let dir = std::env::temp_dir().join(format!("wisp-ingest-{}", std::process::id()));
+        let fail = |source| StartError::FifoDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(fail)?;
+        let s = &self.state;
+        Ok(crate::ingest::publish::IngestContext {
+            sessions: s.sessions.clone(),
+            verifier: s.verifier.clone(),
+            max_publishers: s.config.limits.max_publishers,
+            metrics: s.metrics.clone(),
+            transcoder: s.config.transcoder.clone(),
+            fifo_dir: dir,
+        })
     }
 }
 

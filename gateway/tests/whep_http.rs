@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode};
 use tower::ServiceExt;
 use wisp::auth::{Claims, Minter, now_secs};
-use wisp::config::{Config, Overrides};
+use wisp::config::{Config, Listen, Overrides};
 use wisp::http::app;
 use wisp::serve::Gateway;
 
@@ -53,6 +53,8 @@ async fn fixture(toml: &str) -> Fixture {
             jwt_secret_file: Some(secret),
             transcoder: Some(fake),
             state_dir: Some(dir.join("state")),
+            rtmp: Some(Listen::Off),
+            srt: Some(Listen::Off),
             ..Overrides::default()
         },
         Some(&config_file),

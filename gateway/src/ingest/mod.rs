@@ -11,3 +11,4 @@
 pub mod flv;
 pub mod key;
 pub mod publish;
+pub mod rtmp;

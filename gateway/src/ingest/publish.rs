@@ -21,7 +21,7 @@ use crate::auth::{AuthError, Scope, Verifier};
 use crate::config::{VideoCodec, VideoFormat};
 use crate::ingest::key::PublishKey;
 use crate::metrics::Metrics;
-use crate::session::{Ingest, PublishError, PublisherClaim, ReadySource, Registry};
+use crate::session::{Ingest, PublishError, PublisherClaim, ReadySource, Registry, Session};
 use crate::transcoder::{Command, Event, SpawnError, TranscoderProcess};
 
 /// The ring of an ingest transcoder: about 10 s of 8 Mb/s video.
@@ -69,7 +69,7 @@ pub struct Publishing {
     /// `Some(reason)` once the publish ended from the gateway's side (transcoder exited,
     /// session stopped): the listener closes its connection then.
     pub ended: watch::Receiver<Option<String>>,
-    pub session: String,
+    pub session: Arc<Session>,
 }
 
 /// Checks `key`'s token for `publish`, claims the session's publisher slot for resource `id`,
@@ -83,10 +83,8 @@ pub async fn begin(
 ) -> Result<Publishing, IngestError> {
     let grant = ctx.verifier.verify(&key.token)?;
     grant.check(&key.session, Scope::Publish)?;
-    let claim = ctx
-        .sessions
-        .live(&key.session)?
-        .claim_publisher(id, ingest, ctx.max_publishers, &ctx.metrics)?;
+    let session = ctx.sessions.live(&key.session)?;
+    let claim = session.claim_publisher(id, ingest, ctx.max_publishers, &ctx.metrics)?;
     let fifo = ctx.fifo_dir.join(format!("{}-{id}.{format}", key.session));
     make_fifo(&fifo).map_err(IngestError::Pipe)?;
     // Opened read-write so that it opens before the transcoder does; the transcoder sees EOF
@@ -102,7 +100,7 @@ pub async fn begin(
             return Err(e);
         }
     };
-    let args = transcoder_args(&fifo, format);
+    let args = transcoder_args(&fifo);
     let spawned = TranscoderProcess::spawn(&ctx.transcoder, &args, RING_BYTES, &key.session);
     let transcoder = match spawned {
         Ok(t) => t,
@@ -128,18 +126,17 @@ pub async fn begin(
     Ok(Publishing {
         input,
         ended,
-        session: key.session.clone(),
+        session,
     })
 }
 
-/// The transcoder of an ingest: the stream's format forced (a pipe cannot be probed twice),
-/// written as fast as it arrives (the publisher paces it), H.264 constrained baseline and Opus
-/// for every WebRTC viewer, and done at the stream's end.
-fn transcoder_args(fifo: &Path, format: &str) -> Vec<String> {
+/// The transcoder of an ingest: the stream (its format probed from its first bytes) written
+/// as fast as it arrives (the publisher paces it), H.264 constrained baseline and Opus for
+/// every WebRTC viewer, and done at the stream's end.
+fn transcoder_args(fifo: &Path) -> Vec<String> {
     vec![
         "-i".into(),
         fifo.display().to_string(),
-        format!("format={format}"),
         "--codec".into(),
         "h264".into(),
         "--pace".into(),
