@@ -82,6 +82,8 @@ pub struct Gateway {
     metrics_listener: Option<tokio::net::TcpListener>,
     /// RTMP publishers, when configured.
     rtmp_listener: Option<tokio::net::TcpListener>,
+    /// SRT publishers, when configured.
+    srt_listener: Option<crate::ingest::srt::Bound>,
     cancel: CancellationToken,
     /// How many HTTP connections may be open (below the descriptor limit).
     connection_cap: usize,
@@ -134,17 +136,38 @@ impl Gateway {
         };
         let rtmp_listener = match config.rtmp {
             Some(addr) => {
-                let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| {
-                    StartError::Ingest {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Ingest {
                         what: "RTMP",
                         flag: "rtmp",
                         addr,
                         source,
-                    }
-                })?;
+                    })?;
                 if let Ok(a) = l.local_addr() {
-                    tracing::info!("RTMP publishers on rtmp://{a}/live (stream key NAME?token=JWT)");
+                    tracing::info!(
+                        "RTMP publishers on rtmp://{a}/live (stream key NAME?token=JWT)"
+                    );
                 }
+                Some(l)
+            }
+            None => None,
+        };
+        let srt_listener = match config.srt {
+            Some(addr) => {
+                let l =
+                    crate::ingest::srt::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Ingest {
+                            what: "SRT",
+                            flag: "srt",
+                            addr,
+                            source,
+                        })?;
+                tracing::info!(
+                    "SRT publishers on srt://{} (udp; streamid=publish:NAME:JWT, MPEG-TS)",
+                    l.addr
+                );
                 Some(l)
             }
             None => None,
@@ -214,6 +237,7 @@ impl Gateway {
             listener: Some(listener),
             metrics_listener,
             rtmp_listener,
+            srt_listener,
             cancel,
             connection_cap,
         })
@@ -222,12 +246,19 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let listener = self.listener.take().expect("run is called once");
-        if let Some(l) = self.rtmp_listener.take() {
+        if self.rtmp_listener.is_some() || self.srt_listener.is_some() {
             match self.ingest_context() {
                 Ok(ctx) => {
-                    tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
+                    if let Some(l) = self.rtmp_listener.take() {
+                        let ctx = ctx.clone();
+                        tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
+                    }
+                    if let Some(bound) = self.srt_listener.take() {
+                        let c = self.cancel.clone();
+                        tokio::spawn(crate::ingest::srt::serve(bound, ctx, c));
+                    }
                 }
-                Err(e) => tracing::error!("RTMP ingest is off: {e}"),
+                Err(e) => tracing::error!("RTMP and SRT ingest are off: {e}"),
             }
         }
         if let Some(l) = self.metrics_listener.take() {

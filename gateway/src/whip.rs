@@ -69,10 +69,11 @@ pub async fn post(
         .claim_publisher(&id, Ingest::Whip, max, &s.metrics)
     {
         // The session was removed as unused between the lookup and the claim: a new one.
-        Err(PublishError::Stopping) => s
-            .sessions
-            .live(&name)?
-            .claim_publisher(&id, Ingest::Whip, max, &s.metrics)?,
+        Err(PublishError::Stopping) => {
+            s.sessions
+                .live(&name)?
+                .claim_publisher(&id, Ingest::Whip, max, &s.metrics)?
+        }
         other => other?,
     };
     // RFC 8853: the layers we agreed to receive are in our answer's a=simulcast:recv.

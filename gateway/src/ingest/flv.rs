@@ -16,7 +16,7 @@ pub enum TagKind {
 /// The file header (E.2) for a stream with audio and video, and PreviousTagSize0 (E.3).
 pub fn header() -> [u8; 13] {
     [
-        b'F', b'L', b'V', 1, // signature, version 1
+        b'F', b'L', b'V', 1,    // signature, version 1
         0x05, // TypeFlagsAudio | TypeFlagsVideo
         0, 0, 0, 9, // DataOffset: this header's size
         0, 0, 0, 0, // PreviousTagSize0
@@ -71,7 +71,11 @@ mod tests {
         let t = &out[13..];
         assert_eq!(t[0], 9);
         assert_eq!(&t[1..4], &[0, 0, 4], "data size");
-        assert_eq!(&t[4..8], &[0x23, 0x45, 0x67, 0x01], "24 low bits, then the high byte");
+        assert_eq!(
+            &t[4..8],
+            &[0x23, 0x45, 0x67, 0x01],
+            "24 low bits, then the high byte"
+        );
         assert_eq!(&t[8..11], &[0, 0, 0]);
         assert_eq!(&t[11..15], &[0x17, 0, 1, 2]);
         assert_eq!(&t[15..], &15u32.to_be_bytes(), "previous tag size: 11 + 4");

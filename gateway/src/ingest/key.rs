@@ -77,7 +77,10 @@ mod tests {
         let k = PublishKey::from_rtmp("cam?foo=1&token=a.b.c&bar").unwrap();
         assert_eq!(k.token, "a.b.c");
         assert_eq!(PublishKey::from_rtmp("cam"), Err(KeyError::RtmpNoToken));
-        assert_eq!(PublishKey::from_rtmp("cam?token="), Err(KeyError::RtmpNoToken));
+        assert_eq!(
+            PublishKey::from_rtmp("cam?token="),
+            Err(KeyError::RtmpNoToken)
+        );
         assert!(matches!(
             PublishKey::from_rtmp("a b?token=x"),
             Err(KeyError::Name(_))
@@ -92,7 +95,14 @@ mod tests {
     fn srt_stream_ids() {
         let k = PublishKey::from_srt("publish:cam2:a.b.c").unwrap();
         assert_eq!((k.session.as_str(), k.token.as_str()), ("cam2", "a.b.c"));
-        for bad in ["", "publish", "publish:cam2", "publish:cam2:", "read:cam2:a.b.c", "#!::r=cam"] {
+        for bad in [
+            "",
+            "publish",
+            "publish:cam2",
+            "publish:cam2:",
+            "read:cam2:a.b.c",
+            "#!::r=cam",
+        ] {
             assert!(
                 matches!(PublishKey::from_srt(bad), Err(KeyError::SrtStreamId(_))),
                 "{bad}"

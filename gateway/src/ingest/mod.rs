@@ -12,3 +12,4 @@ pub mod flv;
 pub mod key;
 pub mod publish;
 pub mod rtmp;
+pub mod srt;

@@ -141,6 +141,7 @@ fn transcoder_args(fifo: &Path) -> Vec<String> {
         "h264".into(),
         "--pace".into(),
         "max".into(),
+        "--live".into(),
         "--on-end".into(),
         "exit".into(),
         "--control".into(),

@@ -40,10 +40,7 @@ enum RtmpError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("nothing for {} s {why}", .waited.as_secs())]
-    Timeout {
-        waited: Duration,
-        why: &'static str,
-    },
+    Timeout { waited: Duration, why: &'static str },
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("RTMP: {0}")]
@@ -98,10 +95,7 @@ pub async fn serve(listener: TcpListener, ctx: IngestContext, cancel: Cancellati
 
 /// rml_rtmp has asserts a peer's malformed commands can reach (an empty argument list, say):
 /// such a panic ends this connection as a protocol error rather than the task with no word.
-fn guarded<T>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, String>,
-) -> Result<T, RtmpError> {
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, RtmpError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|_| Err(format!("{what}: a message the RTMP library cannot take")))
         .map_err(RtmpError::Protocol)
@@ -182,11 +176,10 @@ async fn handshake(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Vec<u8>, Rt
             return Err(RtmpError::Handshake("closed during the handshake".into()));
         }
         let data = &buf[..n];
-        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            hs.process_bytes(data)
-        }))
-        .map_err(|_| RtmpError::Handshake("malformed".into()))?
-        .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?;
+        let step =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hs.process_bytes(data)))
+                .map_err(|_| RtmpError::Handshake("malformed".into()))?
+                .map_err(|e| RtmpError::Handshake(format!("{e:?}")))?;
         match step {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 stream.write_all(&response_bytes).await?;
@@ -329,7 +322,10 @@ impl Conn<'_> {
         }
         self.meter.add(body.len());
         if !flv::tag(&mut self.tags, kind, timestamp_ms, body) {
-            tracing::debug!(bytes = body.len(), "an RTMP message too large for one FLV tag");
+            tracing::debug!(
+                bytes = body.len(),
+                "an RTMP message too large for one FLV tag"
+            );
         }
     }
 
