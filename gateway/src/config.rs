@@ -283,13 +283,25 @@ pub struct IceServer {
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputSpec>,
+    /// A live session pulled from a URL while it has viewers (instead of `inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<PullSpec>,
     pub video: Option<VideoSpec>,
     pub audio: Option<AudioSpec>,
     /// Start at this media time, seconds.
     pub start: Option<f64>,
     #[serde(rename = "loop")]
     pub looping: Option<bool>,
+}
+
+/// Where a pulled live session's media comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSpec {
+    /// An RTSP, SRT, RTMP or HLS (`http(s)://….m3u8`) URL.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -446,8 +458,12 @@ impl VideoFormat {
 pub enum SpecError {
     #[error("session name {0:?} is not allowed: use 1-64 of [A-Za-z0-9._-]")]
     Name(String),
-    #[error("a session needs at least one input")]
+    #[error("a session needs at least one input (VOD) or a live url (pulled)")]
     NoInputs,
+    #[error("a session has inputs (VOD) or a live url (pulled), not both")]
+    InputsAndLive,
+    #[error("live.url must be rtsp://, srt://, rtmp:// or an http(s):// .m3u8 playlist")]
+    LiveUrl,
     #[error("input url must not be empty or start with '-'")]
     InputUrl,
     #[error("{0} is out of range")]
@@ -464,6 +480,7 @@ impl SessionSpec {
                 channel_count: None,
                 id: None,
             }],
+            live: None,
             video: Some(VideoSpec {
                 width: Some(1280),
                 height: Some(720),
@@ -490,6 +507,19 @@ impl SessionSpec {
             && !valid_session_name(name)
         {
             return Err(SpecError::Name(name.clone()));
+        }
+        if let Some(live) = &self.live {
+            if !self.inputs.is_empty() {
+                return Err(SpecError::InputsAndLive);
+            }
+            let scheme = live.url.split("://").next().unwrap_or("");
+            let hls = live.url.contains(".m3u8");
+            if !["rtsp", "rtsps", "srt", "rtmp", "rtmps"].contains(&scheme)
+                && !((scheme == "http" || scheme == "https") && hls)
+            {
+                return Err(SpecError::LiveUrl);
+            }
+            return Ok(());
         }
         if self.inputs.is_empty() {
             return Err(SpecError::NoInputs);

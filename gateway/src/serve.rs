@@ -93,6 +93,7 @@ impl Gateway {
     /// Binds everything; nothing is served until [`Gateway::run`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (verifier, minter) = load_keys(&config)?;
+        let verifier = Arc::new(verifier);
         let nofile = crate::connections::raise_descriptor_limit();
         let connection_cap = crate::connections::connection_cap(&config.http_limits, nofile);
         if config.transcoder.components().count() > 1 && !config.transcoder.exists() {
@@ -184,10 +185,12 @@ impl Gateway {
             },
             cancel.child_token(),
         );
+        let ingest = ingest_context(&config, &sessions, &verifier, &metrics)?;
         for (name, spec) in &config.sessions {
-            sessions
+            let session = sessions
                 .create(name.clone(), spec.clone())
                 .expect("config sessions have unique names");
+            crate::ingest::pull::spawn(session, ingest.clone(), config.idle_timeout);
         }
         port.spawn_receivers(cancel.clone());
         tracing::info!(
@@ -222,13 +225,14 @@ impl Gateway {
         };
         let state = Arc::new(AppState {
             config,
-            verifier: Arc::new(verifier),
+            verifier,
             sessions,
             resources: Resources::default(),
             port,
             cert,
             metrics,
             draining: AtomicBool::new(false),
+            ingest,
         });
         Ok(Self {
             state,
@@ -246,20 +250,13 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let listener = self.listener.take().expect("run is called once");
-        if self.rtmp_listener.is_some() || self.srt_listener.is_some() {
-            match self.ingest_context() {
-                Ok(ctx) => {
-                    if let Some(l) = self.rtmp_listener.take() {
-                        let ctx = ctx.clone();
-                        tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
-                    }
-                    if let Some(bound) = self.srt_listener.take() {
-                        let c = self.cancel.clone();
-                        tokio::spawn(crate::ingest::srt::serve(bound, ctx, c));
-                    }
-                }
-                Err(e) => tracing::error!("RTMP and SRT ingest are off: {e}"),
-            }
+        if let Some(l) = self.rtmp_listener.take() {
+            let ctx = self.state.ingest.clone();
+            tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
+        }
+        if let Some(bound) = self.srt_listener.take() {
+            let ctx = self.state.ingest.clone();
+            tokio::spawn(crate::ingest::srt::serve(bound, ctx, self.cancel.clone()));
         }
         if let Some(l) = self.metrics_listener.take() {
             let stop = self.cancel.clone();
@@ -292,27 +289,30 @@ impl Gateway {
     }
 }
 
-impl Gateway {
-    /// What the RTMP and SRT listeners share, with a private directory for their FIFOs.
-    fn ingest_context(&self) -> Result<crate::ingest::publish::IngestContext, StartError> {
-        let dir = std::env::temp_dir().join(format!("wisp-ingest-{}", std::process::id()));
-        let fail = |source| StartError::FifoDir {
-            path: dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&dir).map_err(fail)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .map_err(fail)?;
-        let s = &self.state;
-        Ok(crate::ingest::publish::IngestContext {
-            sessions: s.sessions.clone(),
-            verifier: s.verifier.clone(),
-            max_publishers: s.config.limits.max_publishers,
-            metrics: s.metrics.clone(),
-            transcoder: s.config.transcoder.clone(),
-            fifo_dir: dir,
-        })
-    }
+/// What pulled sessions and the RTMP and SRT listeners share, with a private directory (mode
+/// 0700, under the temporary directory) for the FIFOs their transcoders read.
+fn ingest_context(
+    config: &Config,
+    sessions: &Registry,
+    verifier: &Arc<Verifier>,
+    metrics: &Arc<Metrics>,
+) -> Result<crate::ingest::publish::IngestContext, StartError> {
+    let dir = std::env::temp_dir().join(format!("wisp-ingest-{}", std::process::id()));
+    let fail = |source| StartError::FifoDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(fail)?;
+    Ok(crate::ingest::publish::IngestContext {
+        sessions: sessions.clone(),
+        verifier: verifier.clone(),
+        max_publishers: config.limits.max_publishers,
+        metrics: metrics.clone(),
+        transcoder: config.transcoder.clone(),
+        fifo_dir: dir,
+    })
 }
 
 /// New POSTs get 503; peers close; transcoders stop. Waits up to 10 s for them.

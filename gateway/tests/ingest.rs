@@ -341,3 +341,146 @@ async fn garbage_on_the_ingest_ports_ends_only_that_connection() {
     let _ = p.wait();
     assert!(!wisp.log().contains("panicked"), "{}", wisp.log());
 }
+
+/// A port nobody listens on now (UDP or TCP, as asked), for a source started later.
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// An SRT source as encoders serve one: ffmpeg in listener mode, 640x360 H.264 and AAC in
+/// MPEG-TS, waiting for the gateway to call.
+fn srt_source(port: u16) -> Child {
+    Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "120"])
+        .args([
+            "-c:v", "libx264", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        ])
+        .args(["-f", "mpegts"])
+        .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs")
+}
+
+/// An RTSP source: GStreamer's RTSP server (interop/rtsp_server.py; FFmpeg cannot serve RTSP).
+fn rtsp_source(port: u16) -> Child {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/rtsp_server.py");
+    let mut p = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the RTSP server runs (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(p.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("serving"),
+        "the RTSP server started: {line:?}"
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_sessions_play_their_source_and_pick_up_again_after_it_restarts() {
+    let (srt_port, rtsp_port) = (free_port(true), free_port(false));
+    let mut srt = srt_source(srt_port);
+    let mut rtsp = rtsp_source(rtsp_port);
+    let wisp = Wisp::start(
+        "ingest-pull",
+        &format!(
+            "idle_timeout = 5\n\
+             [[sessions]]\nname = \"fromsrt\"\nlive = {{ url = \"srt://127.0.0.1:{srt_port}\" }}\n\
+             [[sessions]]\nname = \"fromrtsp\"\nlive = {{ url = \"rtsp://127.0.0.1:{rtsp_port}/cam\" }}\n"
+        ),
+    );
+    let v = wisp.token("fromsrt,fromrtsp", "view admin");
+    let http = reqwest::Client::new();
+    // Nothing is pulled before a viewer comes.
+    let s = wisp.api("/api/sessions/fromsrt").await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    for name in ["fromrtsp", "fromsrt"] {
+        let s = watch(&http, wisp.viewer(name, &v, 60, 30), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
+        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{name}");
+        assert!(s.audio_packets > 0, "{name}: {s:?}");
+        let info = wisp.api(&format!("/api/sessions/{name}")).await;
+        assert_eq!(info["ingest"], "pull", "{info}");
+    }
+    // A viewer stays while the SRT source goes away and comes back.
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let opts = Options {
+        frames_out: Some(frames_tx),
+        control: Some(Control::send_all(
+            vec![r#"{"id":1,"op":"status"}"#.to_string()],
+            tx,
+            Duration::from_secs(120),
+        )),
+        ..wisp.viewer("fromsrt", &v, 100_000, 60)
+    };
+    let h = http.clone();
+    let viewer = tokio::spawn(async move { watch(&h, opts, |_| {}).await });
+    let first = tokio::time::timeout(Duration::from_secs(30), frames.recv()).await;
+    assert!(matches!(first, Ok(Some(_))), "no frames\n{}", wisp.log());
+    let _ = srt.kill();
+    let _ = srt.wait();
+    let wait_event = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+                            needle: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(e)) if e.contains(needle) => return,
+                Ok(Some(_)) => {}
+                other => panic!("no {needle}: {other:?}"),
+            }
+        }
+    };
+    wait_event(&mut events, r#""state":"inactive""#).await;
+    let s = wisp.api("/api/sessions/fromsrt").await;
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retrying in")),
+        "the session says it retries: {s}"
+    );
+    srt = srt_source(srt_port);
+    wait_event(&mut events, r#""state":"active""#).await;
+    while frames.try_recv().is_ok() {}
+    let mut after = 0;
+    while after < 30 {
+        match tokio::time::timeout(Duration::from_secs(10), frames.recv()).await {
+            Ok(Some(_)) => after += 1,
+            other => panic!(
+                "frames after the source came back: {after} ({other:?})\n{}",
+                wisp.log()
+            ),
+        }
+    }
+    assert!(!viewer.is_finished(), "the viewer kept its connection");
+    viewer.abort();
+    for p in [&mut srt, &mut rtsp] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}

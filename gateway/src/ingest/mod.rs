@@ -7,9 +7,11 @@
 //! - `publish.rs`: auth, the session's publisher claim, the transcoder reading a FIFO.
 //! - `rtmp.rs`: the RTMP listener (handshake, connect, publish) and its connections.
 //! - `srt.rs`: the SRT listener (stream id at the handshake) and its connections.
+//! - `pull.rs`: pulled sessions: a URL read while the session has viewers, with backoff.
 
 pub mod flv;
 pub mod key;
 pub mod publish;
+pub mod pull;
 pub mod rtmp;
 pub mod srt;

@@ -162,6 +162,44 @@ fn make_fifo(path: &Path) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Hands a live transcoder's ring to the session's viewers once it reported `ready`; the
+/// session's keyframe requests come on `keyframes`.
+pub fn announce(
+    claim: &PublisherClaim,
+    transcoder: &TranscoderProcess,
+    ready: &Event,
+    keyframes: mpsc::UnboundedSender<()>,
+) {
+    let Event::Ready {
+        tracks,
+        fps,
+        width,
+        height,
+        ..
+    } = ready
+    else {
+        return;
+    };
+    let find = |kind: &str| tracks.iter().find(|t| t.kind == kind).map(|t| t.index);
+    tracing::info!(width, height, fps, "live transcoder ready");
+    claim.announce(
+        Arc::new(ReadySource {
+            ring: transcoder.ring().clone(),
+            payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
+            generation: claim.generation,
+            video_track: find("video"),
+            audio_track: find("audio"),
+            width: *width,
+            height: *height,
+            fps: *fps,
+            duration: None,
+            video_format: VideoFormat::transcoded(VideoCodec::H264),
+        }),
+        keyframes,
+    );
+    claim.session().set_picture_size(*width, *height);
+}
+
 /// Watches one ingest's transcoder for the session.
 struct Supervisor {
     claim: PublisherClaim,
@@ -183,28 +221,9 @@ impl Supervisor {
         let reason = loop {
             tokio::select! {
                 event = self.transcoder.next_event() => match event {
-                    Some(Event::Ready { tracks, fps, width, height, .. }) => {
+                    Some(ready @ Event::Ready { .. }) => {
                         let Some(tx) = keyframe_tx.take() else { continue };
-                        let find = |kind: &str| {
-                            tracks.iter().find(|t| t.kind == kind).map(|t| t.index)
-                        };
-                        tracing::info!(width, height, fps, "ingest transcoder ready: live");
-                        self.claim.announce(
-                            Arc::new(ReadySource {
-                                ring: self.transcoder.ring().clone(),
-                                payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
-                                generation: self.claim.generation,
-                                video_track: find("video"),
-                                audio_track: find("audio"),
-                                width,
-                                height,
-                                fps,
-                                duration: None,
-                                video_format: VideoFormat::transcoded(VideoCodec::H264),
-                            }),
-                            tx,
-                        );
-                        session.set_picture_size(width, height);
+                        announce(&self.claim, &self.transcoder, &ready, tx);
                     }
                     Some(Event::Error { id: None, code, message }) => {
                         tracing::warn!(%code, "ingest transcoder: {message}");

@@ -119,9 +119,9 @@ fn reject_reason(e: &IngestError) -> RejectReason {
         IngestError::Auth(AuthError::WrongSession { .. } | AuthError::MissingScope { .. }) => {
             ServerRejectReason::Forbidden
         }
-        IngestError::Publish(PublishError::Busy(_) | PublishError::NotLive(_)) => {
-            ServerRejectReason::Conflict
-        }
+        IngestError::Publish(
+            PublishError::Busy(_) | PublishError::NotLive(_) | PublishError::Pulled(_),
+        ) => ServerRejectReason::Conflict,
         IngestError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {
             ServerRejectReason::Overload
         }
