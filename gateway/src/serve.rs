@@ -285,6 +285,8 @@ impl Gateway {
         )
         .await;
         self.cancel.cancel();
+        // The ingest FIFOs are gone with their publishes; their directory goes too.
+        let _ = std::fs::remove_dir_all(&self.state.ingest.fifo_dir);
         tracing::info!("wisp stopped");
     }
 }

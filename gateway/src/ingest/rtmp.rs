@@ -101,6 +101,62 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, Rt
         .map_err(RtmpError::Protocol)
 }
 
+/// What the listener does with a peer's bytes before any I/O of its own, for the fuzz target
+/// (`fuzz/fuzz_targets/rtmp.rs`): the handshake, then rml_rtmp's session on what follows,
+/// accepting its connect, reading publish keys and writing media as FLV tags, under the same
+/// panic guard. Returns the FLV bytes the media made.
+pub fn read_as_listener(bytes: &[u8]) -> Vec<u8> {
+    let mut hs = Handshake::new(PeerType::Server);
+    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hs.process_bytes(bytes)));
+    let rest = match step {
+        Ok(Ok(HandshakeProcessResult::Completed {
+            remaining_bytes, ..
+        })) => remaining_bytes,
+        _ => return Vec::new(),
+    };
+    let Ok((mut session, _)) = ServerSession::new(ServerSessionConfig::new()) else {
+        return Vec::new();
+    };
+    let mut tags = Vec::new();
+    let mut pending: Vec<ServerSessionResult> = match guarded("fuzz", || {
+        session.handle_input(&rest).map_err(|e| format!("{e:?}"))
+    }) {
+        Ok(r) => r,
+        Err(_) => return tags,
+    };
+    while let Some(r) = pending.pop() {
+        let ServerSessionResult::RaisedEvent(ev) = r else {
+            continue;
+        };
+        match ev {
+            ServerSessionEvent::ConnectionRequested { request_id, .. } => {
+                if let Ok(more) = guarded("fuzz", || {
+                    session
+                        .accept_request(request_id)
+                        .map_err(|e| format!("{e:?}"))
+                }) {
+                    pending.extend(more);
+                }
+            }
+            ServerSessionEvent::PublishStreamRequested { stream_key, .. } => {
+                let _ = PublishKey::from_rtmp(&stream_key);
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => {
+                flv::tag(&mut tags, TagKind::Video, timestamp.value, &data);
+            }
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => {
+                flv::tag(&mut tags, TagKind::Audio, timestamp.value, &data);
+            }
+            _ => {}
+        }
+    }
+    tags
+}
+
 /// One connection: handshake, session, then the publish.
 async fn connection(
     mut stream: TcpStream,
