@@ -75,6 +75,7 @@ class Gateway:
         self.log = open(os.path.join(self.dir, "wisp.log"), "w")
         self.proc = subprocess.Popen(
             [f"{BIN}/wisp", "serve", "--http", "127.0.0.1:18180", "--rtc", "127.0.0.1:18543",
+             "--rtmp", "off", "--srt", "off",
              "--jwt-secret-file", self.secret, "--state-dir", self.dir, "--config", conf,
              "--transcoder", f"{BIN}/wisp-transcoder", "--idle-timeout", str(idle_timeout)],
             stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": "warn"})

@@ -68,7 +68,8 @@ pub async fn create(
         name: Some(name.clone()),
         ..spec
     };
-    s.sessions.create(name.clone(), spec)?;
+    let session = s.sessions.create(name.clone(), spec)?;
+    crate::ingest::pull::spawn(session, s.ingest.clone(), s.config.idle_timeout);
     let base = base_url(&headers, s.config.http);
     tracing::info!(session = %name, "session created through the API");
     let mut resp = (

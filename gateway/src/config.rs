@@ -31,6 +31,50 @@ pub struct Overrides {
     pub no_demo: bool,
     pub public_sessions: Option<bool>,
     pub metrics: Option<MetricsAt>,
+    pub rtmp: Option<Listen>,
+    pub srt: Option<Listen>,
+}
+
+/// An optional listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+/// A listener setting that is neither `off` nor an address. The operator's to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not \"off\" or an ADDR:PORT")]
+pub struct BadListen(String);
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(a) => Some(a),
+        }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = BadListen;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            addr => addr
+                .parse()
+                .map(Self::At)
+                .map_err(|_| BadListen(addr.to_string())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Where `/metrics` is served.
@@ -102,6 +146,10 @@ pub struct FileConfig {
     pub public_sessions: Option<bool>,
     /// Where `/metrics` is served: `"main"` (the HTTP listener), an address, or `"off"`.
     pub metrics: Option<MetricsAt>,
+    /// The RTMP listener's address, or `"off"`.
+    pub rtmp: Option<Listen>,
+    /// The SRT listener's address, or `"off"`.
+    pub srt: Option<Listen>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -235,13 +283,25 @@ pub struct IceServer {
 #[serde(deny_unknown_fields)]
 pub struct SessionSpec {
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputSpec>,
+    /// A live session pulled from a URL while it has viewers (instead of `inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<PullSpec>,
     pub video: Option<VideoSpec>,
     pub audio: Option<AudioSpec>,
     /// Start at this media time, seconds.
     pub start: Option<f64>,
     #[serde(rename = "loop")]
     pub looping: Option<bool>,
+}
+
+/// Where a pulled live session's media comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSpec {
+    /// An RTSP, SRT, RTMP or HLS (`http(s)://….m3u8`) URL.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -398,8 +458,12 @@ impl VideoFormat {
 pub enum SpecError {
     #[error("session name {0:?} is not allowed: use 1-64 of [A-Za-z0-9._-]")]
     Name(String),
-    #[error("a session needs at least one input")]
+    #[error("a session needs at least one input (VOD) or a live url (pulled)")]
     NoInputs,
+    #[error("a session has inputs (VOD) or a live url (pulled), not both")]
+    InputsAndLive,
+    #[error("live.url must be rtsp://, srt://, rtmp:// or an http(s):// .m3u8 playlist")]
+    LiveUrl,
     #[error("input url must not be empty or start with '-'")]
     InputUrl,
     #[error("{0} is out of range")]
@@ -416,6 +480,7 @@ impl SessionSpec {
                 channel_count: None,
                 id: None,
             }],
+            live: None,
             video: Some(VideoSpec {
                 width: Some(1280),
                 height: Some(720),
@@ -442,6 +507,19 @@ impl SessionSpec {
             && !valid_session_name(name)
         {
             return Err(SpecError::Name(name.clone()));
+        }
+        if let Some(live) = &self.live {
+            if !self.inputs.is_empty() {
+                return Err(SpecError::InputsAndLive);
+            }
+            let scheme = live.url.split("://").next().unwrap_or("");
+            let hls = live.url.contains(".m3u8");
+            if !["rtsp", "rtsps", "srt", "rtmp", "rtmps"].contains(&scheme)
+                && !((scheme == "http" || scheme == "https") && hls)
+            {
+                return Err(SpecError::LiveUrl);
+            }
+            return Ok(());
         }
         if self.inputs.is_empty() {
             return Err(SpecError::NoInputs);
@@ -569,6 +647,10 @@ pub struct Config {
     pub public_sessions: bool,
     /// Where Prometheus metrics are served.
     pub metrics: MetricsAt,
+    /// RTMP publishers (`None`: off).
+    pub rtmp: Option<SocketAddr>,
+    /// SRT publishers (`None`: off).
+    pub srt: Option<SocketAddr>,
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
@@ -783,6 +865,16 @@ impl Config {
                 .or(file.public_sessions)
                 .unwrap_or(false),
             metrics: over.metrics.or(file.metrics).unwrap_or(MetricsAt::Main),
+            rtmp: over
+                .rtmp
+                .or(file.rtmp)
+                .unwrap_or(Listen::At(SocketAddr::from(([0, 0, 0, 0], 1935))))
+                .addr(),
+            srt: over
+                .srt
+                .or(file.srt)
+                .unwrap_or(Listen::At(SocketAddr::from(([0, 0, 0, 0], 8890))))
+                .addr(),
             limits,
             http_limits,
             live,

@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM/SIGINT: new sessions and viewers get 503.
     pub draining: AtomicBool,
+    /// What pulled sessions and the RTMP and SRT listeners need to start transcoders.
+    pub ingest: crate::ingest::publish::IngestContext,
 }
 
 pub type Shared = Arc<AppState>;
@@ -475,7 +477,9 @@ impl ApiError {
                 JoinError::NoPublisher(_) => StatusCode::CONFLICT,
             },
             ApiError::Publish(e) => match e {
-                PublishError::Busy(_) | PublishError::NotLive(_) => StatusCode::CONFLICT,
+                PublishError::Busy(_) | PublishError::NotLive(_) | PublishError::Pulled(_) => {
+                    StatusCode::CONFLICT
+                }
                 PublishError::Stopping | PublishError::GatewayFull(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

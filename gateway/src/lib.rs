@@ -11,6 +11,8 @@
 //! - `whip.rs`: WHIP endpoint: publishing makes or takes over a live session.
 //! - `resource.rs`: a resource's ICE session: trickle, ICE restart, entity-tags.
 //! - `api.rs`: the session API (`/api/sessions`).
+//! - `ingest/`: RTMP and SRT publishers and pulled URLs become live sessions through a
+//!   transcoder per publish (see its own layout).
 //! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
 //! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
@@ -31,6 +33,7 @@ pub mod connections;
 pub mod control;
 pub mod fanout;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod offer;
 pub mod peer;

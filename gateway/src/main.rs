@@ -80,6 +80,14 @@ struct ServeArgs {
     /// own, e.g. 127.0.0.1:9090), or "off" [default: main].
     #[arg(long, env = "WISP_METRICS")]
     metrics: Option<wisp::config::MetricsAt>,
+    /// RTMP listener for publishers (OBS, FFmpeg: rtmp://HOST:PORT/live, stream key
+    /// NAME?token=JWT), or "off" [default: 0.0.0.0:1935].
+    #[arg(long, env = "WISP_RTMP")]
+    rtmp: Option<wisp::config::Listen>,
+    /// SRT listener for publishers (srt://HOST:PORT?streamid=publish:NAME:JWT, MPEG-TS), or
+    /// "off" [default: 0.0.0.0:8890].
+    #[arg(long, env = "WISP_SRT")]
+    srt: Option<wisp::config::Listen>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -157,6 +165,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         no_demo: args.no_demo,
         public_sessions: args.public_sessions.then_some(true),
         metrics: args.metrics,
+        rtmp: args.rtmp,
+        srt: args.srt,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,

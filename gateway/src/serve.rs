@@ -53,6 +53,21 @@ pub enum StartError {
     Certificate,
     #[error("transcoder {0} not found: build it (cargo build --release) or pass --transcoder")]
     Transcoder(String),
+    #[error(
+        "listening for {what} on {addr}: {source} (is another process using the port? see \
+         --{flag}, or --{flag} off)"
+    )]
+    Ingest {
+        what: &'static str,
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the directory for ingest pipes {path}: {source}")]
+    FifoDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway (what tests and `main` hold).
@@ -65,6 +80,10 @@ pub struct Gateway {
     listener: Option<tokio::net::TcpListener>,
     /// `/metrics` on a listener of its own, when configured.
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// RTMP publishers, when configured.
+    rtmp_listener: Option<tokio::net::TcpListener>,
+    /// SRT publishers, when configured.
+    srt_listener: Option<crate::ingest::srt::Bound>,
     cancel: CancellationToken,
     /// How many HTTP connections may be open (below the descriptor limit).
     connection_cap: usize,
@@ -74,6 +93,7 @@ impl Gateway {
     /// Binds everything; nothing is served until [`Gateway::run`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (verifier, minter) = load_keys(&config)?;
+        let verifier = Arc::new(verifier);
         let nofile = crate::connections::raise_descriptor_limit();
         let connection_cap = crate::connections::connection_cap(&config.http_limits, nofile);
         if config.transcoder.components().count() > 1 && !config.transcoder.exists() {
@@ -115,6 +135,44 @@ impl Gateway {
             }
             crate::config::MetricsAt::Main | crate::config::MetricsAt::Off => None,
         };
+        let rtmp_listener = match config.rtmp {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Ingest {
+                        what: "RTMP",
+                        flag: "rtmp",
+                        addr,
+                        source,
+                    })?;
+                if let Ok(a) = l.local_addr() {
+                    tracing::info!(
+                        "RTMP publishers on rtmp://{a}/live (stream key NAME?token=JWT)"
+                    );
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        let srt_listener = match config.srt {
+            Some(addr) => {
+                let l =
+                    crate::ingest::srt::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Ingest {
+                            what: "SRT",
+                            flag: "srt",
+                            addr,
+                            source,
+                        })?;
+                tracing::info!(
+                    "SRT publishers on srt://{} (udp; streamid=publish:NAME:JWT, MPEG-TS)",
+                    l.addr
+                );
+                Some(l)
+            }
+            None => None,
+        };
         let cancel = CancellationToken::new();
         let sessions = Registry::new(
             Runtime {
@@ -127,10 +185,12 @@ impl Gateway {
             },
             cancel.child_token(),
         );
+        let ingest = ingest_context(&config, &sessions, &verifier, &metrics)?;
         for (name, spec) in &config.sessions {
-            sessions
+            let session = sessions
                 .create(name.clone(), spec.clone())
                 .expect("config sessions have unique names");
+            crate::ingest::pull::spawn(session, ingest.clone(), config.idle_timeout);
         }
         port.spawn_receivers(cancel.clone());
         tracing::info!(
@@ -165,13 +225,14 @@ impl Gateway {
         };
         let state = Arc::new(AppState {
             config,
-            verifier: Arc::new(verifier),
+            verifier,
             sessions,
             resources: Resources::default(),
             port,
             cert,
             metrics,
             draining: AtomicBool::new(false),
+            ingest,
         });
         Ok(Self {
             state,
@@ -179,6 +240,8 @@ impl Gateway {
             demo_url,
             listener: Some(listener),
             metrics_listener,
+            rtmp_listener,
+            srt_listener,
             cancel,
             connection_cap,
         })
@@ -187,6 +250,14 @@ impl Gateway {
     /// Serves until `shutdown` completes, then drains.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         let listener = self.listener.take().expect("run is called once");
+        if let Some(l) = self.rtmp_listener.take() {
+            let ctx = self.state.ingest.clone();
+            tokio::spawn(crate::ingest::rtmp::serve(l, ctx, self.cancel.clone()));
+        }
+        if let Some(bound) = self.srt_listener.take() {
+            let ctx = self.state.ingest.clone();
+            tokio::spawn(crate::ingest::srt::serve(bound, ctx, self.cancel.clone()));
+        }
         if let Some(l) = self.metrics_listener.take() {
             let stop = self.cancel.clone();
             tokio::spawn(crate::connections::serve(
@@ -214,8 +285,36 @@ impl Gateway {
         )
         .await;
         self.cancel.cancel();
+        // The ingest FIFOs are gone with their publishes; their directory goes too.
+        let _ = std::fs::remove_dir_all(&self.state.ingest.fifo_dir);
         tracing::info!("wisp stopped");
     }
+}
+
+/// What pulled sessions and the RTMP and SRT listeners share, with a private directory (mode
+/// 0700, under the temporary directory) for the FIFOs their transcoders read.
+fn ingest_context(
+    config: &Config,
+    sessions: &Registry,
+    verifier: &Arc<Verifier>,
+    metrics: &Arc<Metrics>,
+) -> Result<crate::ingest::publish::IngestContext, StartError> {
+    let dir = std::env::temp_dir().join(format!("wisp-ingest-{}", std::process::id()));
+    let fail = |source| StartError::FifoDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .map_err(fail)?;
+    Ok(crate::ingest::publish::IngestContext {
+        sessions: sessions.clone(),
+        verifier: verifier.clone(),
+        max_publishers: config.limits.max_publishers,
+        metrics: metrics.clone(),
+        transcoder: config.transcoder.clone(),
+        fifo_dir: dir,
+    })
 }
 
 /// New POSTs get 503; peers close; transcoders stop. Waits up to 10 s for them.

@@ -121,6 +121,20 @@ enum Msg {
     },
 }
 
+/// How a live session's publisher reaches the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ingest {
+    /// WebRTC (a WHIP publisher): its RTP goes into the ring as it is.
+    Whip,
+    /// RTMP (OBS, FFmpeg, encoders), transcoded into the ring.
+    Rtmp,
+    /// SRT with MPEG-TS, transcoded into the ring.
+    Srt,
+    /// A URL the gateway's transcoder pulls while the session has viewers.
+    Pull,
+}
+
 /// Where a session's media comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -193,6 +207,8 @@ pub struct Session {
     publisher: Mutex<Option<(String, u64)>>,
     /// Publishers so far (each one's source is a new generation for the viewers).
     publishes: std::sync::atomic::AtomicU64,
+    /// How the current (or last) publisher reached the gateway.
+    ingest: Mutex<Option<Ingest>>,
     /// The current publisher's simulcast layers, if it sends simulcast.
     simulcast: Mutex<Option<SimulcastInfo>>,
     /// The current publisher's bits/s over the last second (0: none measured).
@@ -202,6 +218,8 @@ pub struct Session {
     /// The gateway's transcoder slots (a VOD session holds one while it has viewers or a
     /// running transcoder).
     slots: Arc<TranscoderSlots>,
+    /// The viewer count, for whoever must act on its changes (a pulled session's source).
+    viewers_tx: watch::Sender<usize>,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -246,6 +264,8 @@ pub enum PublishError {
     Busy(String),
     #[error("session {0:?} plays files (VOD); publish to another name")]
     NotLive(String),
+    #[error("session {0:?} pulls its media from a URL; publish to another name")]
+    Pulled(String),
     #[error("the session is stopping")]
     Stopping,
     #[error("the gateway has its maximum of {0} publishers")]
@@ -269,6 +289,9 @@ impl Drop for ViewerSlot {
         self.session.viewers.fetch_sub(1, Ordering::Relaxed);
         self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
         let _ = self.session.tx.send(Msg::Leave);
+        self.session
+            .viewers_tx
+            .send_replace(self.session.viewers.load(Ordering::Relaxed));
     }
 }
 
@@ -325,6 +348,9 @@ pub struct SessionInfo {
     /// "H264 (high)" (a live session's publisher decides), "VP8". Viewers need its profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<String>,
+    /// A live session's publisher's protocol: `whip`, `rtmp` or `srt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<Ingest>,
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
@@ -373,7 +399,8 @@ impl Session {
             return Err(JoinError::Stopping);
         }
         let running = matches!(&*self.source.borrow(), Source::Starting | Source::Ready(_));
-        if self.kind == Kind::Live && !running && !wait {
+        // A pulled session's viewer is what starts its source.
+        if self.kind == Kind::Live && !running && !wait && !self.pulled() {
             return Err(JoinError::NoPublisher(self.name.clone()));
         }
         if self.viewers.fetch_add(1, Ordering::Relaxed) >= limits.max_viewers_per_session {
@@ -406,6 +433,8 @@ impl Session {
         let mut source = self.source.clone();
         source.mark_unchanged();
         let _ = self.tx.send(Msg::Join);
+        self.viewers_tx
+            .send_replace(self.viewers.load(Ordering::Relaxed));
         Ok(ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
@@ -418,6 +447,7 @@ impl Session {
     pub fn claim_publisher(
         self: &Arc<Self>,
         id: &str,
+        ingest: Ingest,
         max_publishers: usize,
         metrics: &Arc<Metrics>,
     ) -> Result<PublisherClaim, PublishError> {
@@ -426,6 +456,9 @@ impl Session {
         }
         if self.cancel.is_cancelled() {
             return Err(PublishError::Stopping);
+        }
+        if self.pulled() != (ingest == Ingest::Pull) {
+            return Err(PublishError::Pulled(self.name.clone()));
         }
         let mut p = self.publisher.lock().expect("not poisoned");
         if p.is_some() {
@@ -437,6 +470,7 @@ impl Session {
         }
         let generation = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
         *p = Some((id.to_string(), generation));
+        *self.ingest.lock().expect("not poisoned") = Some(ingest);
         Ok(PublisherClaim {
             session: self.clone(),
             metrics: metrics.clone(),
@@ -470,6 +504,21 @@ impl Session {
 
     pub fn viewer_count(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
+    }
+
+    /// The viewer count, as it changes.
+    pub fn viewers_watch(&self) -> watch::Receiver<usize> {
+        self.viewers_tx.subscribe()
+    }
+
+    /// Whether this live session pulls a URL (`spec.live`) rather than waits for a publisher.
+    pub fn pulled(&self) -> bool {
+        self.spec.live.is_some()
+    }
+
+    /// What the session info says went wrong (`None`: nothing now).
+    pub fn set_error(&self, error: Option<String>) {
+        *self.last_error.lock().expect("not poisoned") = error;
     }
 
     /// Stops the session's task (and transcoder); its viewers see `Failed`.
@@ -523,6 +572,7 @@ impl Session {
                 Source::Ready(r) if r.video_track.is_some() => Some(r.video_format.describe()),
                 _ => None,
             },
+            ingest: *self.ingest.lock().expect("not poisoned"),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             spec: self.spec.clone(),
@@ -571,13 +621,13 @@ pub enum CreateError {
     Exists(String),
 }
 
-/// All sessions by name.
-#[derive(Debug)]
+/// All sessions by name. Clones share the sessions.
+#[derive(Debug, Clone)]
 pub struct Registry {
     sessions: Arc<Mutex<BTreeMap<String, Arc<Session>>>>,
     /// Numbers sessions for the gateway's life: a name may be reused after a removal, and the
     /// transcoder slots must not confuse the two.
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
     runtime: Runtime,
     cancel: CancellationToken,
 }
@@ -586,7 +636,7 @@ impl Registry {
     pub fn new(runtime: Runtime, cancel: CancellationToken) -> Self {
         Self {
             sessions: Arc::default(),
-            next_id: std::sync::atomic::AtomicU64::new(1),
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             runtime,
             cancel,
         }
@@ -618,10 +668,18 @@ impl Registry {
     }
 
     /// Creates a session and its task. The transcoder waits for a viewer.
+    /// Creates a session and its task. A VOD session's transcoder waits for a viewer; a
+    /// pulled one (`spec.live`) is a live session whose source the caller drives
+    /// (`ingest::pull`).
     pub fn create(&self, name: String, spec: SessionSpec) -> Result<Arc<Session>, CreateError> {
         let mut sessions = self.sessions.lock().expect("not poisoned");
         if sessions.contains_key(&name) {
             return Err(CreateError::Exists(name));
+        }
+        if spec.live.is_some() {
+            let session = self.spawn_live(&name, spec);
+            sessions.insert(name, session.clone());
+            return Ok(session);
         }
         let (session, rx, source_tx) = self.new_session(name.clone(), Kind::Vod, spec);
         sessions.insert(name.clone(), session.clone());
@@ -659,9 +717,14 @@ impl Registry {
                 Kind::Vod => Err(PublishError::NotLive(name.to_string())),
             };
         }
-        let (session, rx, source_tx) =
-            self.new_session(name.to_string(), Kind::Live, SessionSpec::default());
+        let session = self.spawn_live(name, SessionSpec::default());
         sessions.insert(name.to_string(), session.clone());
+        Ok(session)
+    }
+
+    /// A live session and its task (the caller puts it in the map).
+    fn spawn_live(&self, name: &str, spec: SessionSpec) -> Arc<Session> {
+        let (session, rx, source_tx) = self.new_session(name.to_string(), Kind::Live, spec);
         let task = LiveTask {
             session: session.clone(),
             metrics: self.runtime.metrics.clone(),
@@ -679,7 +742,7 @@ impl Registry {
             task.run()
                 .instrument(tracing::info_span!("session", session = %name)),
         );
-        Ok(session)
+        session
     }
 
     #[allow(clippy::type_complexity)]
@@ -712,10 +775,12 @@ impl Registry {
             playback: Mutex::new(Playback::default()),
             publisher: Mutex::new(None),
             simulcast: Mutex::new(None),
+            ingest: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
             picture_size: std::sync::atomic::AtomicU64::new(0),
             slots: self.runtime.slots.clone(),
+            viewers_tx: watch::channel(0).0,
         });
         (session, rx, source_tx)
     }
@@ -1316,9 +1381,10 @@ impl LiveTask {
             .publish(control::event("viewers", json!({ "count": self.viewers })));
     }
 
-    /// Starts the idle clock when the last user left, stops it when one came.
+    /// Starts the idle clock when the last user left, stops it when one came. A pulled
+    /// session is defined (file or API) and stays.
     fn update_idle(&mut self) {
-        let unused = self.viewers == 0 && self.keyframes.is_none();
+        let unused = self.viewers == 0 && self.keyframes.is_none() && !self.session.pulled();
         match (unused, self.idle_since) {
             (true, None) => self.idle_since = Some(tokio::time::Instant::now()),
             (false, Some(_)) => self.idle_since = None,

@@ -216,6 +216,11 @@ pub async fn post(
                 video: r.video_format,
                 audio: r.audio_track.is_some(),
             },
+            // A pulled session's transcoder makes what VOD sessions send.
+            _ if session.pulled() => Served {
+                video: VideoFormat::transcoded(crate::config::VideoCodec::H264),
+                audio: true,
+            },
             // A waiting viewer gets the first codec of the preference that it offers; if the
             // publisher then sends another, the viewer is told and disconnected.
             _ if wait => {

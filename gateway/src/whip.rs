@@ -21,7 +21,7 @@ use crate::offer::Offer;
 use crate::peer::answer;
 use crate::publisher::Publisher;
 use crate::resource::{IceSession, new_etag};
-use crate::session::PublishError;
+use crate::session::{Ingest, PublishError};
 use crate::whep::{Role, SDP, created, delete_resource, patch_resource, register};
 
 /// `GET /whip/{session}`: 200, no content, `Content-Type: application/sdp`. Any valid name
@@ -66,13 +66,14 @@ pub async fn post(
     let claim = match s
         .sessions
         .live(&name)?
-        .claim_publisher(&id, max, &s.metrics)
+        .claim_publisher(&id, Ingest::Whip, max, &s.metrics)
     {
         // The session was removed as unused between the lookup and the claim: a new one.
-        Err(PublishError::Stopping) => s
-            .sessions
-            .live(&name)?
-            .claim_publisher(&id, max, &s.metrics)?,
+        Err(PublishError::Stopping) => {
+            s.sessions
+                .live(&name)?
+                .claim_publisher(&id, Ingest::Whip, max, &s.metrics)?
+        }
         other => other?,
     };
     // RFC 8853: the layers we agreed to receive are in our answer's a=simulcast:recv.

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, Response, StatusCode};
 use tower::ServiceExt;
 use wisp::auth::{Claims, Minter, now_secs};
-use wisp::config::{Config, Overrides};
+use wisp::config::{Config, Listen, Overrides};
 use wisp::http::app;
 use wisp::serve::Gateway;
 
@@ -53,6 +53,8 @@ async fn fixture(toml: &str) -> Fixture {
             jwt_secret_file: Some(secret),
             transcoder: Some(fake),
             state_dir: Some(dir.join("state")),
+            rtmp: Some(Listen::Off),
+            srt: Some(Listen::Off),
             ..Overrides::default()
         },
         Some(&config_file),
@@ -1441,4 +1443,46 @@ async fn offers_that_made_str0m_panic_get_400() {
         .post("/whep/demo", Some(&t), "application/sdp", &offer("actpass"))
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_pulled_session_is_defined_by_a_live_url() {
+    let f = fixture("").await;
+    let a = f.token(&["*"], "admin");
+    for (body, status) in [
+        (
+            r#"{"name":"p1","live":{"url":"rtsp://127.0.0.1:9/cam"}}"#,
+            201,
+        ),
+        (
+            r#"{"name":"p2","live":{"url":"https://cdn.example/live/index.m3u8"}}"#,
+            201,
+        ),
+        (r#"{"name":"p3","live":{"url":"file:///etc/passwd"}}"#, 422),
+        (
+            r#"{"name":"p4","live":{"url":"https://example/page.html"}}"#,
+            422,
+        ),
+        (
+            r#"{"name":"p5","inputs":[{"url":"a.mp4"}],"live":{"url":"srt://127.0.0.1:9"}}"#,
+            422,
+        ),
+    ] {
+        let (resp, text) = f
+            .post("/api/sessions", Some(&a), "application/json", body)
+            .await;
+        assert_eq!(resp.status().as_u16(), status, "{body}: {text}");
+    }
+    let info = f.session_info("p1").await;
+    assert_eq!(info["kind"], "live", "{info}");
+    assert_eq!(
+        info["state"], "waiting",
+        "nothing is pulled before a viewer: {info}"
+    );
+    // Its source is the URL, not a publisher.
+    let (resp, body) = f.publish("p1", &whip_offer("actpass")).await;
+    assert!(
+        assert_problem(&resp, &body, StatusCode::CONFLICT).contains("pulls its media"),
+        "{body}"
+    );
 }

@@ -113,6 +113,10 @@ struct Args {
     /// Start paused (showing the first frame) until a `play` command.
     #[arg(long)]
     paused: bool,
+    /// The input is a live stream (an RTMP or SRT publisher's, through a pipe): probe only its
+    /// first half second, and read without buffering, so that the first frame goes out soon.
+    #[arg(long)]
+    live: bool,
     /// Inherited ring descriptor (how the gateway runs it).
     #[arg(long, conflicts_with = "ring")]
     ring_fd: Option<i32>,
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
         control: args.control,
         on_end: args.on_end,
         paused: args.paused,
+        live: args.live,
     };
     let gop_ok = opts.gop_seconds.is_finite() && opts.gop_seconds > 0.0;
     let start_ok = opts.start.is_finite() && opts.start >= 0.0;

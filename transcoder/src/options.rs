@@ -207,6 +207,8 @@ pub struct Options {
     /// Video encoder threads (slices per frame); 0: see [`encoder_threads`].
     pub encoder_threads: u32,
     pub lowres: u8,
+    /// A live stream: probe briefly, read without buffering.
+    pub live: bool,
     pub sar: Option<Rational>,
     pub colorspace: Colorspace,
     pub tone_mapping: Option<String>,

@@ -137,6 +137,7 @@ impl Player {
                 i == 0,
                 opts.threads,
                 opts.lowres,
+                opts.live,
                 stop.clone(),
             )?);
         }

@@ -65,13 +65,14 @@ impl Source {
         want_video: bool,
         threads: u32,
         lowres: u8,
+        live: bool,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, SourceError> {
         if spec.is_demo() {
             return Ok(Source::Demo(Box::new(DemoSource::new(0.0)?)));
         }
         Ok(Source::File(Box::new(FileSource::open(
-            spec, want_video, threads, lowres, stop,
+            spec, want_video, threads, lowres, live, stop,
         )?)))
     }
 
@@ -226,6 +227,7 @@ impl FileSource {
         want_video: bool,
         threads: u32,
         lowres: u8,
+        live: bool,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, SourceError> {
         let url = spec.url.clone();
@@ -239,6 +241,13 @@ impl FileSource {
         if let Some(n) = spec.channel_count {
             opts.set("ch_layout", &format!("{n}c"));
             opts.set("channels", &n.to_string());
+        }
+        if live {
+            // A publisher's stream states its codecs in its first tags or tables: half a second
+            // finds them, where the default 5 s of probing delays the first frame as long.
+            opts.set("analyzeduration", "500000");
+            opts.set("probesize", "500000");
+            opts.set("fflags", "nobuffer");
         }
         // The deadline applies while opening; afterwards only the stop flag interrupts.
         let deadline_ms = Arc::new(AtomicU64::new(0));

@@ -55,6 +55,7 @@ impl Wisp {
         };
         let mut child = command
             .args(["serve", "--http", "127.0.0.1:0", "--rtc", "127.0.0.1:0"])
+            .args(["--rtmp", "127.0.0.1:0", "--srt", "127.0.0.1:0"])
             .arg("--jwt-secret-file")
             .arg(dir.join("secret"))
             .arg("--config")

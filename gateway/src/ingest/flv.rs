@@ -1,0 +1,93 @@
+//! FLV (Adobe Flash Video File Format Specification v10.1, Annex E) as the RTMP ingest writes
+//! it into the transcoder's pipe: what an RTMP publisher sends, one tag per RTMP audio or video
+//! message, so that libavformat's FLV demuxer reads the stream as if from a file.
+//!
+//! Owns the byte layout only (header, tags, previous-tag sizes, timestamps past 24 bits). RTMP
+//! message payloads are FLV tag bodies already (E.4.2, E.4.3), passed through untouched,
+//! sequence headers included.
+
+/// What an FLV tag carries (E.4.1 TagType).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagKind {
+    Audio = 8,
+    Video = 9,
+}
+
+/// The file header (E.2) for a stream with audio and video, and PreviousTagSize0 (E.3).
+pub fn header() -> [u8; 13] {
+    [
+        b'F', b'L', b'V', 1,    // signature, version 1
+        0x05, // TypeFlagsAudio | TypeFlagsVideo
+        0, 0, 0, 9, // DataOffset: this header's size
+        0, 0, 0, 0, // PreviousTagSize0
+    ]
+}
+
+/// Appends one tag with `body` (an RTMP message payload) at `timestamp_ms`, and its
+/// PreviousTagSize, to `out`. A body over 16 MiB cannot be one tag: `false`, nothing written.
+pub fn tag(out: &mut Vec<u8>, kind: TagKind, timestamp_ms: u32, body: &[u8]) -> bool {
+    let Ok(size) = u32::try_from(body.len()) else {
+        return false;
+    };
+    if size >= 1 << 24 {
+        return false;
+    }
+    let ts = timestamp_ms.to_be_bytes();
+    out.push(kind as u8);
+    out.extend_from_slice(&size.to_be_bytes()[1..]); // DataSize, UI24
+    out.extend_from_slice(&ts[1..]); // Timestamp, UI24 (low bits)
+    out.push(ts[0]); // TimestampExtended: the high 8 bits
+    out.extend_from_slice(&[0, 0, 0]); // StreamID, always 0
+    out.extend_from_slice(body);
+    out.extend_from_slice(&(11 + size).to_be_bytes()); // PreviousTagSize
+    true
+}
+
+/// Whether a video tag body is an AVC sequence header (E.4.3.1: AVC, AVCPacketType 0), which
+/// the demuxer needs before any frame.
+pub fn is_video_sequence_header(body: &[u8]) -> bool {
+    body.len() >= 2 && body[0] & 0x0f == 7 && body[1] == 0
+}
+
+/// Whether an audio tag body is an AAC sequence header (E.4.2.1: AAC, AACPacketType 0).
+pub fn is_audio_sequence_header(body: &[u8]) -> bool {
+    body.len() >= 2 && body[0] >> 4 == 10 && body[1] == 0
+}
+
+/// Whether a video tag body starts a keyframe (E.4.3.1 FrameType 1).
+pub fn is_keyframe(body: &[u8]) -> bool {
+    body.first().is_some_and(|b| b >> 4 == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_laid_out_as_annex_e_says() {
+        let mut out = header().to_vec();
+        assert!(tag(&mut out, TagKind::Video, 0x0123_4567, &[0x17, 0, 1, 2]));
+        assert_eq!(&out[..3], b"FLV");
+        let t = &out[13..];
+        assert_eq!(t[0], 9);
+        assert_eq!(&t[1..4], &[0, 0, 4], "data size");
+        assert_eq!(
+            &t[4..8],
+            &[0x23, 0x45, 0x67, 0x01],
+            "24 low bits, then the high byte"
+        );
+        assert_eq!(&t[8..11], &[0, 0, 0]);
+        assert_eq!(&t[11..15], &[0x17, 0, 1, 2]);
+        assert_eq!(&t[15..], &15u32.to_be_bytes(), "previous tag size: 11 + 4");
+        assert!(!tag(&mut Vec::new(), TagKind::Audio, 0, &vec![0; 1 << 24]));
+    }
+
+    #[test]
+    fn sequence_headers_and_keyframes_are_told_apart() {
+        assert!(is_video_sequence_header(&[0x17, 0, 0, 0, 0]));
+        assert!(!is_video_sequence_header(&[0x17, 1]));
+        assert!(is_keyframe(&[0x17, 1]) && !is_keyframe(&[0x27, 1]));
+        assert!(is_audio_sequence_header(&[0xaf, 0, 0x12, 0x10]));
+        assert!(!is_audio_sequence_header(&[0xaf, 1]) && !is_audio_sequence_header(&[0x2f, 0]));
+    }
+}

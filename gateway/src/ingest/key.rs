@@ -1,0 +1,116 @@
+//! Who an RTMP or SRT publisher says it is: the session name and token in an RTMP stream key
+//! (`NAME?token=JWT`, as OBS's "Stream Key" or the tail of FFmpeg's `rtmp://HOST/live/...`)
+//! or an SRT stream id (`publish:NAME:JWT`).
+//!
+//! Owns parsing only: it checks the shape and the session name, not the token (`auth.rs`
+//! does, as for WHIP). Every refusal says what the publisher should have sent.
+
+use crate::auth::valid_session_name;
+
+/// A publisher's claim: the live session it wants and the token it offers for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishKey {
+    pub session: String,
+    pub token: String,
+}
+
+/// Why a stream key or stream id names no session and token. The publisher's to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("no token: use the stream key NAME?token=JWT (a token with scope publish for NAME)")]
+    RtmpNoToken,
+    #[error(
+        "the stream id must be publish:NAME:JWT (a token with scope publish for NAME), not {0:?}"
+    )]
+    SrtStreamId(String),
+    #[error("{0:?} is not a session name: use 1-64 of [A-Za-z0-9._-]")]
+    Name(String),
+}
+
+impl PublishKey {
+    /// From an RTMP publish: the stream key as the client sent it (`NAME?token=JWT`, more
+    /// query parameters allowed). The application name (`live` in the documented URLs) is not
+    /// part of the session name.
+    pub fn from_rtmp(stream_key: &str) -> Result<Self, KeyError> {
+        let (name, query) = stream_key.split_once('?').unwrap_or((stream_key, ""));
+        let name = name.trim_matches('/');
+        let token = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .filter(|t| !t.is_empty())
+            .ok_or(KeyError::RtmpNoToken)?;
+        Self::new(name, token)
+    }
+
+    /// From an SRT stream id, `publish:NAME:JWT` (SRT's access-control stream id, as
+    /// mediamtx and FFmpeg's `streamid=` write it).
+    pub fn from_srt(stream_id: &str) -> Result<Self, KeyError> {
+        let bad = || KeyError::SrtStreamId(stream_id.chars().take(80).collect());
+        let mut parts = stream_id.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("publish"), Some(name), Some(token)) if !token.is_empty() => {
+                Self::new(name, token)
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    fn new(name: &str, token: &str) -> Result<Self, KeyError> {
+        if name == "*" || !valid_session_name(name) {
+            return Err(KeyError::Name(name.chars().take(80).collect()));
+        }
+        Ok(Self {
+            session: name.to_string(),
+            token: token.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtmp_stream_keys_as_obs_and_ffmpeg_send_them() {
+        let k = PublishKey::from_rtmp("cam?token=a.b.c").unwrap();
+        assert_eq!((k.session.as_str(), k.token.as_str()), ("cam", "a.b.c"));
+        let k = PublishKey::from_rtmp("cam?foo=1&token=a.b.c&bar").unwrap();
+        assert_eq!(k.token, "a.b.c");
+        assert_eq!(PublishKey::from_rtmp("cam"), Err(KeyError::RtmpNoToken));
+        assert_eq!(
+            PublishKey::from_rtmp("cam?token="),
+            Err(KeyError::RtmpNoToken)
+        );
+        assert!(matches!(
+            PublishKey::from_rtmp("a b?token=x"),
+            Err(KeyError::Name(_))
+        ));
+        assert!(matches!(
+            PublishKey::from_rtmp("*?token=x"),
+            Err(KeyError::Name(_))
+        ));
+    }
+
+    #[test]
+    fn srt_stream_ids() {
+        let k = PublishKey::from_srt("publish:cam2:a.b.c").unwrap();
+        assert_eq!((k.session.as_str(), k.token.as_str()), ("cam2", "a.b.c"));
+        for bad in [
+            "",
+            "publish",
+            "publish:cam2",
+            "publish:cam2:",
+            "read:cam2:a.b.c",
+            "#!::r=cam",
+        ] {
+            assert!(
+                matches!(PublishKey::from_srt(bad), Err(KeyError::SrtStreamId(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            PublishKey::from_srt("publish:../x:t"),
+            Err(KeyError::Name(_))
+        ));
+    }
+}

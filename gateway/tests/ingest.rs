@@ -1,0 +1,486 @@
+//! Live ingest beyond WHIP, end to end on 127.0.0.1: Debian's `ffmpeg` CLI publishes over RTMP
+//! (FLV) and SRT (MPEG-TS) as an encoder would (H.264 High with B-frames, AAC), `whep-client`
+//! watches; refused publishers, a publisher that comes back, and garbage on the ingest ports.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use whep_client::{Control, Options, watch};
+
+mod common;
+mod harness;
+
+use harness::Wisp;
+
+/// The address a log line `... PREFIX ADDR...` names (the listeners log where they are).
+fn logged_addr(wisp: &Wisp, prefix: &str) -> String {
+    assert!(wisp.wait_log(prefix, 10), "{}", wisp.log());
+    let log = wisp.log();
+    let rest = log.split(prefix).nth(1).unwrap();
+    rest.split(|c: char| c == '/' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn rtmp_addr(wisp: &Wisp) -> String {
+    logged_addr(wisp, "RTMP publishers on rtmp://")
+}
+
+fn srt_addr(wisp: &Wisp) -> String {
+    logged_addr(wisp, "SRT publishers on srt://")
+}
+
+/// An encoder's stream: 1280x720@30 H.264 High with 2 B-frames and a 2 s GOP, AAC, in real
+/// time, for `secs`, to `url` as `format` (`flv` or `mpegts`).
+fn publish(url: &str, format: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=1280x720:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440"])
+        .args(["-t", &secs.to_string()])
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "high",
+            "-bf",
+            "2",
+            "-g",
+            "60",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", format, url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg runs")
+}
+
+/// Waits (30 s at most) until the session's API state satisfies `done`.
+async fn until(wisp: &Wisp, name: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = wisp.api(&format!("/api/sessions/{name}")).await;
+        if done(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{s}\n{}", wisp.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() {
+    let wisp = Wisp::start("ingest-play", "");
+    let t = wisp.token("cam,cam2", "publish");
+    let v = wisp.token("cam,cam2", "view admin");
+    let rtmp = format!("rtmp://{}/live/cam?token={t}", rtmp_addr(&wisp));
+    let srt = format!("srt://{}?streamid=publish:cam2:{t}", srt_addr(&wisp));
+    let mut publishers = [publish(&rtmp, "flv", 30), publish(&srt, "mpegts", 30)];
+    let http = reqwest::Client::new();
+    for (name, ingest) in [("cam", "rtmp"), ("cam2", "srt")] {
+        until(&wisp, name, |s| s["state"] == "live").await;
+        let s = watch(&http, wisp.viewer(name, &v, 90, 30), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
+        assert!(s.video_frames >= 90, "{name}: {s:?}");
+        assert_eq!((s.width, s.height), (Some(1280), Some(720)), "{name}");
+        assert!(s.audio_packets > 0, "{name}: audio too: {s:?}");
+        let info = wisp.api(&format!("/api/sessions/{name}")).await;
+        assert_eq!(info["ingest"], ingest, "{info}");
+        assert_eq!(info["width"], 1280, "{info}");
+        assert!(
+            info["ingest_bitrate"].as_u64().unwrap_or(0) > 100_000,
+            "{info}"
+        );
+    }
+    for p in &mut publishers {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
+
+/// Runs ffmpeg to `url` for a few seconds; its exit status and what it said.
+fn publish_and_wait(url: &str, format: &str) -> (bool, String) {
+    let mut p = publish(url, format, 4);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = p.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = p.kill();
+            break p.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = p.stderr.take().unwrap().read_to_string(&mut err);
+    (status.success(), err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_without_a_good_token_are_refused_and_leave_nothing_behind() {
+    let wisp = Wisp::start("ingest-refuse", "");
+    let (rtmp, srt) = (rtmp_addr(&wisp), srt_addr(&wisp));
+    let other = wisp.token("other", "publish");
+    let viewer = wisp.token("nope", "view");
+    let expired = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.e30.bad";
+    for (what, url, format) in [
+        ("no token", format!("rtmp://{rtmp}/live/nope"), "flv"),
+        (
+            "a bad token",
+            format!("rtmp://{rtmp}/live/nope?token={expired}"),
+            "flv",
+        ),
+        (
+            "a view token",
+            format!("rtmp://{rtmp}/live/nope?token={viewer}"),
+            "flv",
+        ),
+        (
+            "another session's token",
+            format!("rtmp://{rtmp}/live/nope?token={other}"),
+            "flv",
+        ),
+        ("no token", format!("srt://{srt}?streamid=nope"), "mpegts"),
+        (
+            "a view token",
+            format!("srt://{srt}?streamid=publish:nope:{viewer}"),
+            "mpegts",
+        ),
+        (
+            "another session's token",
+            format!("srt://{srt}?streamid=publish:nope:{other}"),
+            "mpegts",
+        ),
+    ] {
+        let started = Instant::now();
+        let (ok, said) = publish_and_wait(&url, format);
+        assert!(!ok, "{what} ({url}) was taken: {said}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{what}: refused at connect, not after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        wisp.log().contains("RTMP publish refused"),
+        "{}",
+        wisp.log()
+    );
+    assert!(wisp.log().contains("SRT publish refused"), "{}", wisp.log());
+    let list = wisp.api("/api/sessions").await;
+    assert!(
+        list.as_array().unwrap().iter().all(|s| s["name"] == "demo"),
+        "no session appeared: {list}"
+    );
+
+    // One publisher per session, whatever the protocol.
+    let t = wisp.token("busy", "publish");
+    let mut first = publish(&format!("rtmp://{rtmp}/live/busy?token={t}"), "flv", 30);
+    until(&wisp, "busy", |s| s["state"] == "live").await;
+    let (ok, _) = publish_and_wait(&format!("srt://{srt}?streamid=publish:busy:{t}"), "mpegts");
+    assert!(!ok, "a second publisher (SRT) was taken");
+    let (ok, _) = publish_and_wait(&format!("rtmp://{rtmp}/live/busy?token={t}"), "flv");
+    assert!(!ok, "a second publisher (RTMP) was taken");
+    // The demo plays on.
+    let v = wisp.token("demo", "view");
+    let s = watch(
+        &reqwest::Client::new(),
+        wisp.viewer("demo", &v, 30, 20),
+        |_| {},
+    )
+    .await
+    .expect("the demo plays");
+    assert!(s.video_frames >= 30);
+    let _ = first.kill();
+    let _ = first.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_comes_back_resumes_its_viewers_without_a_reconnect() {
+    let wisp = Wisp::start("ingest-back", "");
+    let t = wisp.token("back", "publish");
+    let v = wisp.token("back", "view");
+    let url = format!("rtmp://{}/live/back?token={t}", rtmp_addr(&wisp));
+    let mut first = publish(&url, "flv", 60);
+    until(&wisp, "back", |s| s["state"] == "live").await;
+    // A viewer with a control channel, listening to its session's events.
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let opts = Options {
+        frames_out: Some(frames_tx),
+        control: Some(Control::send_all(
+            vec![r#"{"id":1,"op":"status"}"#.to_string()],
+            tx,
+            Duration::from_secs(60),
+        )),
+        ..wisp.viewer("back", &v, 100_000, 60)
+    };
+    let http = reqwest::Client::new();
+    let viewer = tokio::spawn(async move { watch(&http, opts, |_| {}).await });
+    let next_event = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+                            needle: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(e)) if e.contains(needle) => return,
+                Ok(Some(_)) => {}
+                other => panic!("no {needle} event: {other:?}"),
+            }
+        }
+    };
+    // Frames flow; then the encoder dies without a word.
+    let frame = |frames: &mut tokio::sync::mpsc::UnboundedReceiver<whep_client::VideoFrame>| {
+        frames.try_recv().is_ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !frame(&mut frames) {
+        assert!(Instant::now() < deadline, "no frame\n{}", wisp.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = first.kill();
+    let _ = first.wait();
+    next_event(&mut events, r#""state":"inactive""#).await;
+    while frames.try_recv().is_ok() {}
+    // It comes back: the same viewer, on the same connection, plays again.
+    let mut second = publish(&url, "flv", 60);
+    next_event(&mut events, r#""state":"active""#).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after = 0;
+    while after < 30 {
+        assert!(Instant::now() < deadline, "{after} frames after the return");
+        match tokio::time::timeout(Duration::from_secs(5), frames.recv()).await {
+            Ok(Some(_)) => after += 1,
+            other => panic!("frames stopped: {other:?}\n{}", wisp.log()),
+        }
+    }
+    assert!(!viewer.is_finished(), "the viewer kept its connection");
+    viewer.abort();
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_ingest_ports_ends_only_that_connection() {
+    let wisp = Wisp::start("ingest-garbage", "");
+    let (rtmp, srt) = (rtmp_addr(&wisp), srt_addr(&wisp));
+    let mut junk = vec![0u8; 64 * 1024];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i * 7919 % 251) as u8;
+    }
+    // Random bytes instead of a handshake.
+    let mut s = tokio::net::TcpStream::connect(&rtmp).await.unwrap();
+    let _ = s.write_all(&junk).await;
+    // A valid simple handshake, then random bytes as chunks.
+    let mut s2 = tokio::net::TcpStream::connect(&rtmp).await.unwrap();
+    let mut c0c1 = vec![3u8];
+    c0c1.extend(std::iter::repeat_n(0u8, 8));
+    c0c1.extend(junk[..1528].iter());
+    s2.write_all(&c0c1).await.unwrap();
+    let mut s0s1s2 = vec![0u8; 1 + 1536 * 2];
+    s2.read_exact(&mut s0s1s2)
+        .await
+        .expect("the server answers the handshake");
+    s2.write_all(&s0s1s2[1..1537]).await.unwrap();
+    let _ = s2.write_all(&junk).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), s2.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the gateway closes a connection that sends garbage"
+    );
+    // A publisher whose FLV stops in the middle of a tag.
+    let dir = std::env::temp_dir().join(format!("wisp-ingest-garbage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flv = dir.join("whole.flv");
+    let made = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x180:rate=30")
+        .args([
+            "-t", "4", "-c:v", "libx264", "-g", "30", "-pix_fmt", "yuv420p",
+        ])
+        .arg(&flv)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&flv).unwrap();
+    let cut = dir.join("cut.flv");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2 + 7]).unwrap();
+    let t = wisp.token("cut", "publish");
+    let _ = Command::new("ffmpeg")
+        .args(["-loglevel", "quiet", "-re", "-i"])
+        .arg(&cut)
+        .args(["-c", "copy", "-f", "flv"])
+        .arg(format!("rtmp://{rtmp}/live/cut?token={t}"))
+        .status();
+    let _ = std::fs::remove_dir_all(&dir);
+    // Random datagrams on the SRT port.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..2000 {
+        let _ = udp.send_to(&junk[i % 1000..i % 1000 + 200], &srt);
+    }
+    // None of it hurt the gateway: a real publisher goes live and is watched.
+    let t = wisp.token("after", "publish");
+    let v = wisp.token("after", "view");
+    let mut p = publish(&format!("rtmp://{rtmp}/live/after?token={t}"), "flv", 30);
+    until(&wisp, "after", |s| s["state"] == "live").await;
+    let s = watch(
+        &reqwest::Client::new(),
+        wisp.viewer("after", &v, 30, 30),
+        |_| {},
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", wisp.log()));
+    assert!(s.video_frames >= 30);
+    let _ = p.kill();
+    let _ = p.wait();
+    assert!(!wisp.log().contains("panicked"), "{}", wisp.log());
+}
+
+/// A port nobody listens on now (UDP or TCP, as asked), for a source started later.
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+/// An SRT source as encoders serve one: ffmpeg in listener mode, 640x360 H.264 and AAC in
+/// MPEG-TS, waiting for the gateway to call.
+fn srt_source(port: u16) -> Child {
+    Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=30")
+        .args(["-f", "lavfi", "-i", "sine=frequency=440", "-t", "120"])
+        .args([
+            "-c:v", "libx264", "-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        ])
+        .args(["-f", "mpegts"])
+        .arg(format!("srt://127.0.0.1:{port}?mode=listener"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs")
+}
+
+/// An RTSP source: GStreamer's RTSP server (interop/rtsp_server.py; FFmpeg cannot serve RTSP).
+fn rtsp_source(port: u16) -> Child {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/rtsp_server.py");
+    let mut p = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the RTSP server runs (python3-gi, gir1.2-gst-rtsp-server-1.0)");
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(p.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("serving"),
+        "the RTSP server started: {line:?}"
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_sessions_play_their_source_and_pick_up_again_after_it_restarts() {
+    let (srt_port, rtsp_port) = (free_port(true), free_port(false));
+    let mut srt = srt_source(srt_port);
+    let mut rtsp = rtsp_source(rtsp_port);
+    let wisp = Wisp::start(
+        "ingest-pull",
+        &format!(
+            "idle_timeout = 5\n\
+             [[sessions]]\nname = \"fromsrt\"\nlive = {{ url = \"srt://127.0.0.1:{srt_port}\" }}\n\
+             [[sessions]]\nname = \"fromrtsp\"\nlive = {{ url = \"rtsp://127.0.0.1:{rtsp_port}/cam\" }}\n"
+        ),
+    );
+    let v = wisp.token("fromsrt,fromrtsp", "view admin");
+    let http = reqwest::Client::new();
+    // Nothing is pulled before a viewer comes.
+    let s = wisp.api("/api/sessions/fromsrt").await;
+    assert_eq!(s["state"], "waiting", "{s}");
+    for name in ["fromrtsp", "fromsrt"] {
+        let s = watch(&http, wisp.viewer(name, &v, 60, 30), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
+        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{name}");
+        assert!(s.audio_packets > 0, "{name}: {s:?}");
+        let info = wisp.api(&format!("/api/sessions/{name}")).await;
+        assert_eq!(info["ingest"], "pull", "{info}");
+    }
+    // A viewer stays while the SRT source goes away and comes back.
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let opts = Options {
+        frames_out: Some(frames_tx),
+        control: Some(Control::send_all(
+            vec![r#"{"id":1,"op":"status"}"#.to_string()],
+            tx,
+            Duration::from_secs(120),
+        )),
+        ..wisp.viewer("fromsrt", &v, 100_000, 60)
+    };
+    let h = http.clone();
+    let viewer = tokio::spawn(async move { watch(&h, opts, |_| {}).await });
+    let first = tokio::time::timeout(Duration::from_secs(30), frames.recv()).await;
+    assert!(matches!(first, Ok(Some(_))), "no frames\n{}", wisp.log());
+    let _ = srt.kill();
+    let _ = srt.wait();
+    let wait_event = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+                            needle: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(e)) if e.contains(needle) => return,
+                Ok(Some(_)) => {}
+                other => panic!("no {needle}: {other:?}"),
+            }
+        }
+    };
+    wait_event(&mut events, r#""state":"inactive""#).await;
+    let s = wisp.api("/api/sessions/fromsrt").await;
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("retrying in")),
+        "the session says it retries: {s}"
+    );
+    srt = srt_source(srt_port);
+    wait_event(&mut events, r#""state":"active""#).await;
+    while frames.try_recv().is_ok() {}
+    let mut after = 0;
+    while after < 30 {
+        match tokio::time::timeout(Duration::from_secs(10), frames.recv()).await {
+            Ok(Some(_)) => after += 1,
+            other => panic!(
+                "frames after the source came back: {after} ({other:?})\n{}",
+                wisp.log()
+            ),
+        }
+    }
+    assert!(!viewer.is_finished(), "the viewer kept its connection");
+    viewer.abort();
+    for p in [&mut srt, &mut rtsp] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
