@@ -302,6 +302,25 @@ pub struct SessionSpec {
 pub struct PullSpec {
     /// An RTSP, SRT, RTMP or HLS (`http(s)://….m3u8`) URL.
     pub url: String,
+    /// `copy`: the source's H.264 goes to viewers as it is (it must be baseline, with its
+    /// parameter sets in band); `transcode` (the default) makes it constrained baseline.
+    #[serde(default, skip_serializing_if = "LiveVideo::is_transcode")]
+    pub video: LiveVideo,
+}
+
+/// What a live session does with its source's video.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveVideo {
+    #[default]
+    Transcode,
+    Copy,
+}
+
+impl LiveVideo {
+    pub fn is_transcode(&self) -> bool {
+        *self == LiveVideo::Transcode
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

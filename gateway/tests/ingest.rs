@@ -35,21 +35,24 @@ fn srt_addr(wisp: &Wisp) -> String {
 /// An encoder's stream: 1280x720@30 H.264 High with 2 B-frames and a 2 s GOP, AAC, in real
 /// time, for `secs`, to `url` as `format` (`flv` or `mpegts`).
 fn publish(url: &str, format: &str, secs: u32) -> Child {
+    publish_as(
+        url,
+        format,
+        secs,
+        "1280x720",
+        &["-profile:v", "high", "-bf", "2", "-g", "60"],
+    )
+}
+
+/// As [`publish`], at `size` with these x264 options.
+fn publish_as(url: &str, format: &str, secs: u32, size: &str, x264: &[&str]) -> Child {
     Command::new("ffmpeg")
         .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
-        .arg("testsrc2=size=1280x720:rate=30")
+        .arg(format!("testsrc2=size={size}:rate=30"))
         .args(["-f", "lavfi", "-i", "sine=frequency=440"])
         .args(["-t", &secs.to_string()])
-        .args([
-            "-c:v",
-            "libx264",
-            "-profile:v",
-            "high",
-            "-bf",
-            "2",
-            "-g",
-            "60",
-        ])
+        .args(["-c:v", "libx264"])
+        .args(x264)
         .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", format, url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -100,6 +103,79 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
         let _ = p.kill();
         let _ = p.wait();
     }
+}
+
+/// The SPS of an Annex B keyframe: profile_idc, constraint flags, level_idc.
+fn sps_of(keyframe: &[u8]) -> Option<[u8; 3]> {
+    keyframe
+        .windows(7)
+        .find(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)
+        .map(|w| [w[4], w[5], w[6]])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_copy_passes_baseline_through_and_refuses_what_viewers_cannot_decode() {
+    let wisp = Wisp::start("ingest-copy", "");
+    let t = wisp.token("cpy,cpy2,high", "publish");
+    let v = wisp.token("cpy,cpy2,high", "view admin");
+    // x264's baseline (constraint flags 0xc0; the gateway's own encoder writes 0xe0) with a
+    // keyframe every 15 frames (the gateway's own: every 60), at 640x360 (level 3.0).
+    let baseline = ["-profile:v", "baseline", "-g", "15", "-keyint_min", "15"];
+    let rtmp = format!("rtmp://{}/live/cpy?token={t}&video=copy", rtmp_addr(&wisp));
+    let srt = format!(
+        "srt://{}?streamid=publish:cpy2:{t}?video=copy",
+        srt_addr(&wisp)
+    );
+    let mut publishers = [
+        publish_as(&rtmp, "flv", 30, "640x360", &baseline),
+        publish_as(&srt, "mpegts", 30, "640x360", &baseline),
+    ];
+    let http = reqwest::Client::new();
+    for name in ["cpy", "cpy2"] {
+        until(&wisp, name, |s| s["state"] == "live").await;
+        let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+        let opts = Options {
+            frames_out: Some(frames_tx),
+            ..wisp.viewer(name, &v, 90, 30)
+        };
+        let s = watch(&http, opts, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
+        assert!(s.video_frames >= 90, "{name}: {s:?}");
+        assert_eq!((s.width, s.height), (Some(640), Some(360)), "{name}");
+        assert!(s.audio_packets > 0, "{name}: audio too: {s:?}");
+        assert!(s.keyframes >= 5, "{name}: the publisher's GOP: {s:?}");
+        let mut sps = None;
+        while let Ok(f) = frames.try_recv() {
+            if let Some(data) = f.data.filter(|_| f.keyframe) {
+                sps = sps.or(sps_of(&data));
+            }
+        }
+        assert_eq!(sps, Some([66, 0xc0, 30]), "{name}: x264's own SPS");
+    }
+    for p in &mut publishers {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    // High with B-frames cannot be copied: the publish ends, and the session says why.
+    let high = format!("rtmp://{}/live/high?token={t}&video=copy", rtmp_addr(&wisp));
+    let mut p = publish(&high, "flv", 30);
+    until(&wisp, "high", |s| {
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("baseline") && e.contains("H.264 high"))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the refused publisher is let go");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        wisp.log().contains("the stream was refused"),
+        "{}",
+        wisp.log()
+    );
 }
 
 /// Runs ffmpeg to `url` for a few seconds; its exit status and what it said.

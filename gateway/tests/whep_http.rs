@@ -1467,14 +1467,25 @@ async fn a_pulled_session_is_defined_by_a_live_url() {
             r#"{"name":"p5","inputs":[{"url":"a.mp4"}],"live":{"url":"srt://127.0.0.1:9"}}"#,
             422,
         ),
+        (
+            r#"{"name":"p6","live":{"url":"srt://127.0.0.1:9","video":"copy"}}"#,
+            201,
+        ),
+        (
+            r#"{"name":"p7","live":{"url":"srt://127.0.0.1:9","video":"raw"}}"#,
+            400,
+        ),
     ] {
         let (resp, text) = f
             .post("/api/sessions", Some(&a), "application/json", body)
             .await;
         assert_eq!(resp.status().as_u16(), status, "{body}: {text}");
     }
+    let info = f.session_info("p6").await;
+    assert_eq!(info["spec"]["live"]["video"], "copy", "{info}");
     let info = f.session_info("p1").await;
     assert_eq!(info["kind"], "live", "{info}");
+    assert!(info["spec"]["live"].get("video").is_none(), "{info}");
     assert_eq!(
         info["state"], "waiting",
         "nothing is pulled before a viewer: {info}"

@@ -8,6 +8,7 @@
 //! - `audio.rs`: channel selection to stereo, resampling, Opus encoder.
 //! - `rtp.rs`: RTP packetizing (str0m's packetizers) and track descriptions.
 //! - `player.rs`: playback state, exact seek and step, pacing, ring writes.
+//! - `remux.rs`: `--copy-video`, a live stream's H.264 passed through as it came.
 //! - `timeline.rs`: media time → output (RTP) time and due time.
 //! - `control.rs`: JSON-lines commands on stdin and events on stdout.
 //!
@@ -19,6 +20,7 @@ mod audio;
 mod control;
 mod options;
 mod player;
+mod remux;
 mod rtp;
 mod source;
 mod timeline;
@@ -117,6 +119,10 @@ struct Args {
     /// first half second, and read without buffering, so that the first frame goes out soon.
     #[arg(long)]
     live: bool,
+    /// Pass the input's H.264 through instead of encoding it (a live publisher that already
+    /// sends baseline; anything else is refused with an error event). Audio still becomes Opus.
+    #[arg(long)]
+    copy_video: bool,
     /// Inherited ring descriptor (how the gateway runs it).
     #[arg(long, conflicts_with = "ring")]
     ring_fd: Option<i32>,
@@ -225,6 +231,18 @@ fn main() -> ExitCode {
         )),
         ControlSource::None => None,
     };
+    if args.copy_video {
+        let remux = match remux::Remux::new(&opts, ring.writer(), stop, control) {
+            Ok(r) => r,
+            Err(remux::CopyError::NotCopyable(m)) => return fatal("not_supported", &m),
+            Err(e) => return fatal("input", &e.to_string()),
+        };
+        return match remux.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(remux::CopyError::NotCopyable(m)) => fatal("not_supported", &m),
+            Err(e) => fatal("playback", &e.to_string()),
+        };
+    }
     let player = match player::Player::new(opts, ring.writer(), stop, control) {
         Ok(p) => p,
         Err(e) => return fatal("input", &e.to_string()),

@@ -60,6 +60,25 @@ impl RtpTrack {
         )
     }
 
+    /// H.264 passed through: `profile_level_id` as the source's SPS states it (its first three
+    /// bytes after the NAL header).
+    pub fn h264_passthrough(profile_level_id: [u8; 3]) -> Self {
+        let [p, c, l] = profile_level_id;
+        let fmtp = format!(
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={p:02x}{c:02x}{l:02x}"
+        );
+        Self::new(
+            VIDEO_TRACK,
+            "video",
+            "H264",
+            96,
+            90_000,
+            None,
+            fmtp,
+            Box::new(H264Packetizer::default()),
+        )
+    }
+
     pub fn vp8() -> Self {
         Self::new(
             VIDEO_TRACK,

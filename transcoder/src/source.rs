@@ -221,6 +221,61 @@ fn ff_reason(e: ff::Error) -> String {
     e.to_string()
 }
 
+/// Opens `spec` with libavformat: its streams probed, a deadline on opening, `stop` polled
+/// throughout. `live`: a publisher's stream, probed briefly and read without buffering.
+pub fn open_input(
+    spec: &InputSpec,
+    live: bool,
+    stop: &Arc<AtomicBool>,
+) -> Result<format::context::Input, SourceError> {
+    let url = spec.url.clone();
+    let open_err = |reason: String| SourceError::Open {
+        url: url.clone(),
+        reason,
+    };
+    let mut opts = Dictionary::new();
+    // Network reads that stall this long fail instead of hanging the session.
+    opts.set("rw_timeout", "10000000");
+    if let Some(n) = spec.channel_count {
+        opts.set("ch_layout", &format!("{n}c"));
+        opts.set("channels", &n.to_string());
+    }
+    if live {
+        // A publisher's stream states its codecs in its first tags or tables: half a second
+        // finds them, where the default 5 s of probing delays the first frame as long.
+        opts.set("analyzeduration", "500000");
+        opts.set("probesize", "500000");
+        opts.set("fflags", "nobuffer");
+    }
+    // The deadline applies while opening; afterwards only the stop flag interrupts.
+    let deadline_ms = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    deadline_ms.store(OPEN_TIMEOUT.as_millis() as u64, Ordering::Relaxed);
+    let interrupt = {
+        let deadline_ms = deadline_ms.clone();
+        let stop = stop.clone();
+        move || {
+            let d = deadline_ms.load(Ordering::Relaxed);
+            stop.load(Ordering::Relaxed) || (d > 0 && started.elapsed().as_millis() as u64 > d)
+        }
+    };
+    let input =
+        format::input_with_interrupt_and_dictionary(&spec.url, interrupt, opts).map_err(|e| {
+            if stop.load(Ordering::Relaxed) {
+                SourceError::Stopped
+            } else if started.elapsed() >= OPEN_TIMEOUT {
+                open_err(format!(
+                    "timed out after {} s ({e})",
+                    OPEN_TIMEOUT.as_secs()
+                ))
+            } else {
+                open_err(ff_reason(e))
+            }
+        })?;
+    deadline_ms.store(0, Ordering::Relaxed);
+    Ok(input)
+}
+
 impl FileSource {
     fn open(
         spec: &InputSpec,
@@ -235,46 +290,7 @@ impl FileSource {
             url: url.clone(),
             reason,
         };
-        let mut opts = Dictionary::new();
-        // Network reads that stall this long fail instead of hanging the session.
-        opts.set("rw_timeout", "10000000");
-        if let Some(n) = spec.channel_count {
-            opts.set("ch_layout", &format!("{n}c"));
-            opts.set("channels", &n.to_string());
-        }
-        if live {
-            // A publisher's stream states its codecs in its first tags or tables: half a second
-            // finds them, where the default 5 s of probing delays the first frame as long.
-            opts.set("analyzeduration", "500000");
-            opts.set("probesize", "500000");
-            opts.set("fflags", "nobuffer");
-        }
-        // The deadline applies while opening; afterwards only the stop flag interrupts.
-        let deadline_ms = Arc::new(AtomicU64::new(0));
-        let started = Instant::now();
-        deadline_ms.store(OPEN_TIMEOUT.as_millis() as u64, Ordering::Relaxed);
-        let interrupt = {
-            let deadline_ms = deadline_ms.clone();
-            let stop = stop.clone();
-            move || {
-                let d = deadline_ms.load(Ordering::Relaxed);
-                stop.load(Ordering::Relaxed) || (d > 0 && started.elapsed().as_millis() as u64 > d)
-            }
-        };
-        let input = format::input_with_interrupt_and_dictionary(&spec.url, interrupt, opts)
-            .map_err(|e| {
-                if stop.load(Ordering::Relaxed) {
-                    SourceError::Stopped
-                } else if started.elapsed() >= OPEN_TIMEOUT {
-                    open_err(format!(
-                        "timed out after {} s ({e})",
-                        OPEN_TIMEOUT.as_secs()
-                    ))
-                } else {
-                    open_err(ff_reason(e))
-                }
-            })?;
-        deadline_ms.store(0, Ordering::Relaxed);
+        let input = open_input(spec, live, &stop)?;
 
         let duration = (input.duration() > 0).then(|| input.duration() as f64 / 1e6);
         let threading = codec::threading::Config {

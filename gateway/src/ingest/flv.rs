@@ -59,9 +59,85 @@ pub fn is_keyframe(body: &[u8]) -> bool {
     body.first().is_some_and(|b| b >> 4 == 1)
 }
 
+/// The SPS and PPS of an AVC sequence header (E.4.3.1, then ISO/IEC 14496-15
+/// AVCDecoderConfigurationRecord), each after a 4-byte length as frames carry their NAL units.
+/// `None` when the header is cut short or frames use another length size.
+pub fn avc_parameter_sets(body: &[u8]) -> Option<Vec<u8>> {
+    if !is_video_sequence_header(body) {
+        return None;
+    }
+    let record = body.get(5..)?;
+    // configurationVersion, profile, compatibility, level, then 6 bits + lengthSizeMinusOne.
+    if record.len() < 6 || record[4] & 3 != 3 {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = &record[5..];
+    // numOfSequenceParameterSets (low 5 bits), then numOfPictureParameterSets (all 8).
+    for mask in [0x1f, 0xff] {
+        let (&count, tail) = rest.split_first()?;
+        rest = tail;
+        for _ in 0..count & mask {
+            let (len, tail) = rest.split_first_chunk::<2>()?;
+            let len = u16::from_be_bytes(*len) as usize;
+            let nal = tail.get(..len)?;
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+            out.extend_from_slice(nal);
+            rest = &tail[len..];
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A keyframe's tag body (AVC, AVCPacketType 1) with `sets` (from [`avc_parameter_sets`])
+/// before its NAL units, so that a reader without the sequence header decodes from it.
+pub fn with_parameter_sets(body: &[u8], sets: &[u8]) -> Option<Vec<u8>> {
+    if !(is_keyframe(body) && body.len() > 5 && body[0] & 0x0f == 7 && body[1] == 1) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + sets.len());
+    out.extend_from_slice(&body[..5]);
+    out.extend_from_slice(sets);
+    out.extend_from_slice(&body[5..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_sets_go_before_keyframes() {
+        let sps = [0x67, 0x42, 0xc0, 0x1f, 0xd9];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let mut header = vec![0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1f, 0xff, 0xe1];
+        header.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        header.extend_from_slice(&sps);
+        header.push(1);
+        header.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+        header.extend_from_slice(&pps);
+        let sets = avc_parameter_sets(&header).unwrap();
+        let mut want = vec![0, 0, 0, 5];
+        want.extend_from_slice(&sps);
+        want.extend_from_slice(&[0, 0, 0, 4]);
+        want.extend_from_slice(&pps);
+        assert_eq!(sets, want);
+        // Cut short anywhere: nothing, never a panic.
+        for n in 0..header.len() {
+            assert_eq!(avc_parameter_sets(&header[..n]), None, "{n}");
+        }
+        let key = [0x17, 1, 0, 0, 0, 0, 0, 0, 2, 0x65, 0x88];
+        let with = with_parameter_sets(&key, &sets).unwrap();
+        assert_eq!(&with[..5], &key[..5]);
+        assert_eq!(&with[5..5 + sets.len()], &sets[..]);
+        assert_eq!(&with[5 + sets.len()..], &key[5..]);
+        // Not a keyframe, or the sequence header itself: left alone.
+        assert_eq!(
+            with_parameter_sets(&[0x27, 1, 0, 0, 0, 0, 0, 0, 1, 0x41], &sets),
+            None
+        );
+        assert_eq!(with_parameter_sets(&header, &sets), None);
+    }
 
     #[test]
     fn tags_are_laid_out_as_annex_e_says() {

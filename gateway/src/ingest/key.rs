@@ -12,6 +12,8 @@ use crate::auth::valid_session_name;
 pub struct PublishKey {
     pub session: String,
     pub token: String,
+    /// `video=copy`: the publisher's H.264 goes to viewers as it is (it must be baseline).
+    pub copy_video: bool,
 }
 
 /// Why a stream key or stream id names no session and token. The publisher's to fix.
@@ -25,6 +27,17 @@ pub enum KeyError {
     SrtStreamId(String),
     #[error("{0:?} is not a session name: use 1-64 of [A-Za-z0-9._-]")]
     Name(String),
+    #[error("video={0:?}: use video=copy (pass baseline H.264 through) or video=transcode")]
+    Video(String),
+}
+
+/// The `video=` choice of a stream key's query, if any.
+fn copy_video(query: &str) -> Result<bool, KeyError> {
+    match query.split('&').find_map(|kv| kv.strip_prefix("video=")) {
+        None | Some("transcode") => Ok(false),
+        Some("copy") => Ok(true),
+        Some(other) => Err(KeyError::Video(other.chars().take(40).collect())),
+    }
 }
 
 impl PublishKey {
@@ -39,7 +52,9 @@ impl PublishKey {
             .find_map(|kv| kv.strip_prefix("token="))
             .filter(|t| !t.is_empty())
             .ok_or(KeyError::RtmpNoToken)?;
-        Self::new(name, token)
+        let mut key = Self::new(name, token)?;
+        key.copy_video = copy_video(query)?;
+        Ok(key)
     }
 
     /// From an SRT stream id, `publish:NAME:JWT` (SRT's access-control stream id, as
@@ -49,7 +64,14 @@ impl PublishKey {
         let mut parts = stream_id.splitn(3, ':');
         match (parts.next(), parts.next(), parts.next()) {
             (Some("publish"), Some(name), Some(token)) if !token.is_empty() => {
-                Self::new(name, token)
+                // A token has no `?`: what follows one is options, as in an RTMP key.
+                let (token, query) = token.split_once('?').unwrap_or((token, ""));
+                if token.is_empty() {
+                    return Err(bad());
+                }
+                let mut key = Self::new(name, token)?;
+                key.copy_video = copy_video(query)?;
+                Ok(key)
             }
             _ => Err(bad()),
         }
@@ -62,6 +84,7 @@ impl PublishKey {
         Ok(Self {
             session: name.to_string(),
             token: token.to_string(),
+            copy_video: false,
         })
     }
 }
@@ -89,6 +112,21 @@ mod tests {
             PublishKey::from_rtmp("*?token=x"),
             Err(KeyError::Name(_))
         ));
+        assert!(!PublishKey::from_rtmp("cam?token=t").unwrap().copy_video);
+        assert!(
+            PublishKey::from_rtmp("cam?token=t&video=copy")
+                .unwrap()
+                .copy_video
+        );
+        assert!(
+            !PublishKey::from_rtmp("cam?video=transcode&token=t")
+                .unwrap()
+                .copy_video
+        );
+        assert_eq!(
+            PublishKey::from_rtmp("cam?token=t&video=raw"),
+            Err(KeyError::Video("raw".into()))
+        );
     }
 
     #[test]
@@ -111,6 +149,12 @@ mod tests {
         assert!(matches!(
             PublishKey::from_srt("publish:../x:t"),
             Err(KeyError::Name(_))
+        ));
+        let k = PublishKey::from_srt("publish:cam2:a.b.c?video=copy").unwrap();
+        assert_eq!((k.token.as_str(), k.copy_video), ("a.b.c", true));
+        assert!(matches!(
+            PublishKey::from_srt("publish:cam2:?video=copy"),
+            Err(KeyError::SrtStreamId(_))
         ));
     }
 }

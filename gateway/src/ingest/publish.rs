@@ -100,7 +100,7 @@ pub async fn begin(
             return Err(e);
         }
     };
-    let args = transcoder_args(&fifo);
+    let args = transcoder_args(&fifo, key.copy_video);
     let spawned = TranscoderProcess::spawn(&ctx.transcoder, &args, RING_BYTES, &key.session);
     let transcoder = match spawned {
         Ok(t) => t,
@@ -131,10 +131,11 @@ pub async fn begin(
 }
 
 /// The transcoder of an ingest: the stream (its format probed from its first bytes) written
-/// as fast as it arrives (the publisher paces it), H.264 constrained baseline and Opus for
-/// every WebRTC viewer, and done at the stream's end.
-fn transcoder_args(fifo: &Path) -> Vec<String> {
-    vec![
+/// as fast as it arrives (the publisher paces it), H.264 constrained baseline (or the
+/// publisher's own, with `copy_video`) and Opus for every WebRTC viewer, and done at the
+/// stream's end.
+fn transcoder_args(fifo: &Path, copy_video: bool) -> Vec<String> {
+    let mut args = vec![
         "-i".into(),
         fifo.display().to_string(),
         "--codec".into(),
@@ -146,7 +147,11 @@ fn transcoder_args(fifo: &Path) -> Vec<String> {
         "exit".into(),
         "--control".into(),
         "stdin".into(),
-    ]
+    ];
+    if copy_video {
+        args.push("--copy-video".into());
+    }
+    args
 }
 
 /// Makes a FIFO at `path` for the transcoder to read (mode 0600).
@@ -193,11 +198,28 @@ pub fn announce(
             height: *height,
             fps: *fps,
             duration: None,
-            video_format: VideoFormat::transcoded(VideoCodec::H264),
+            video_format: video_format(tracks),
         }),
         keyframes,
     );
     claim.session().set_picture_size(*width, *height);
+}
+
+/// What the transcoder's video track carries: its own constrained baseline, or with
+/// `--copy-video` the profile and level of the publisher's SPS (from the track's fmtp).
+fn video_format(tracks: &[wisp_control::TrackInfo]) -> VideoFormat {
+    tracks
+        .iter()
+        .find(|t| t.kind == "video")
+        .and_then(|t| {
+            t.fmtp
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("profile-level-id="))
+        })
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .map_or(VideoFormat::transcoded(VideoCodec::H264), |id| {
+            VideoFormat::h264(id, true)
+        })
 }
 
 /// Watches one ingest's transcoder for the session.
@@ -215,6 +237,7 @@ impl Supervisor {
         let session = self.claim.session().clone();
         let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
         let mut keyframe_tx = Some(keyframe_tx);
+        let mut refusal = None;
         let ready_by = tokio::time::sleep(READY_TIMEOUT);
         tokio::pin!(ready_by);
         tracing::info!(ingest = ?self.ingest, "publisher connected; transcoder starting");
@@ -224,12 +247,22 @@ impl Supervisor {
                     Some(ready @ Event::Ready { .. }) => {
                         let Some(tx) = keyframe_tx.take() else { continue };
                         announce(&self.claim, &self.transcoder, &ready, tx);
+                        session.set_error(None);
                     }
                     Some(Event::Error { id: None, code, message }) => {
                         tracing::warn!(%code, "ingest transcoder: {message}");
+                        refusal = Some(message);
                     }
                     Some(_) => {}
-                    None => break "the stream ended".to_string(),
+                    // A stream the transcoder refused (e.g. copy of video that is not
+                    // baseline) says why in the session's info until the next publish plays.
+                    None => match refusal.take() {
+                        Some(why) => {
+                            session.set_error(Some(why.clone()));
+                            break format!("the stream was refused: {why}");
+                        }
+                        None => break "the stream ended".to_string(),
+                    },
                 },
                 Some(()) = keyframe_rx.recv() => {
                     let _ = self.transcoder.send(&Command::Keyframe).await;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::config::LiveVideo;
 use crate::ingest::publish::{IngestContext, announce};
 use crate::session::{Ingest, PublishError, Session};
 use crate::transcoder::{Command, Event, TranscoderProcess};
@@ -30,7 +31,7 @@ const STOP_GRACE: Duration = Duration::from_secs(4);
 
 /// Starts pulling `session`'s URL whenever it has viewers, until the session is stopped.
 pub fn spawn(session: Arc<Session>, ctx: IngestContext, idle_timeout: Duration) {
-    let Some(url) = session.spec.live.as_ref().map(|l| l.url.clone()) else {
+    let Some((url, video)) = session.spec.live.as_ref().map(|l| (l.url.clone(), l.video)) else {
         return;
     };
     let span = tracing::info_span!("pull", session = %session.name);
@@ -39,6 +40,7 @@ pub fn spawn(session: Arc<Session>, ctx: IngestContext, idle_timeout: Duration) 
             session,
             ctx,
             url,
+            copy_video: video == LiveVideo::Copy,
             idle_timeout,
         }
         .run()
@@ -50,6 +52,7 @@ struct Puller {
     session: Arc<Session>,
     ctx: IngestContext,
     url: String,
+    copy_video: bool,
     idle_timeout: Duration,
 }
 
@@ -115,7 +118,7 @@ impl Puller {
             Err(PublishError::Stopping) => return RunEnd::Stopped,
             Err(e) => return RunEnd::Dropped(format!("has no slot: {e}")),
         };
-        let args = [
+        let mut args = [
             "-i",
             &self.url,
             "--codec",
@@ -128,7 +131,11 @@ impl Puller {
             "--control",
             "stdin",
         ]
-        .map(String::from);
+        .map(String::from)
+        .to_vec();
+        if self.copy_video {
+            args.push("--copy-video".into());
+        }
         let mut transcoder = match TranscoderProcess::spawn(
             &self.ctx.transcoder,
             &args,

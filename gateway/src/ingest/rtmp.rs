@@ -181,6 +181,8 @@ async fn connection(
         peer,
         meter: Meter::default(),
         finished: false,
+        copy_video: false,
+        parameter_sets: None,
     };
     conn.act(&mut stream, first, ctx).await?;
     let mut input = rest;
@@ -263,6 +265,10 @@ struct Conn<'a> {
     meter: Meter,
     /// The publisher said it is done (deleteStream, FCUnpublish).
     finished: bool,
+    /// `video=copy`: keyframes get the sequence header's SPS and PPS in band, which the
+    /// transcoder's pass-through needs (FLV keeps them in the header only).
+    copy_video: bool,
+    parameter_sets: Option<Vec<u8>>,
 }
 
 impl Conn<'_> {
@@ -313,7 +319,10 @@ impl Conn<'_> {
                     ));
                 }
                 let begun = match PublishKey::from_rtmp(&stream_key).map_err(IngestError::from) {
-                    Ok(key) => begin(ctx, &key, Ingest::Rtmp, "flv", &self.id).await,
+                    Ok(key) => {
+                        self.copy_video = key.copy_video;
+                        begin(ctx, &key, Ingest::Rtmp, "flv", &self.id).await
+                    }
                     Err(e) => Err(e),
                 };
                 match begun {
@@ -377,6 +386,21 @@ impl Conn<'_> {
             return;
         }
         self.meter.add(body.len());
+        let with_sets;
+        let body = match (&self.parameter_sets, kind) {
+            (_, TagKind::Video) if self.copy_video && flv::is_video_sequence_header(body) => {
+                self.parameter_sets = flv::avc_parameter_sets(body);
+                body
+            }
+            (Some(sets), TagKind::Video) => match flv::with_parameter_sets(body, sets) {
+                Some(b) => {
+                    with_sets = b;
+                    &with_sets[..]
+                }
+                None => body,
+            },
+            _ => body,
+        };
         if !flv::tag(&mut self.tags, kind, timestamp_ms, body) {
             tracing::debug!(
                 bytes = body.len(),
