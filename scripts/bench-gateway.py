@@ -28,7 +28,11 @@
   live-fanout: as fanout, for a live session fed by an aiortc WHIP publisher that sends a
           1280x720@30 ~2 Mb/s H.264 file as it is (no encoding on these cores) plus Opus.
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|all] [--viewers 50,100,200] [--window 20]
+  ingest: RTMP ingest latency, transcoded and copied: an ffmpeg CLI publisher (1280x720@30,
+          --seconds long), one whep-client viewer; a frame's last byte in at the gateway → the
+          frame complete at the viewer, p50/p99 (frames matched by presentation time).
+
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -63,7 +67,7 @@ def rss_mib(pid):
 
 
 class Gateway:
-    def __init__(self, idle_timeout=60, config=""):
+    def __init__(self, idle_timeout=60, config="", rtmp="off", log="warn"):
         self.dir = tempfile.mkdtemp(prefix="wisp-bench-")
         self.secret = os.path.join(self.dir, "secret")
         with open(self.secret, "w") as f:
@@ -75,10 +79,10 @@ class Gateway:
         self.log = open(os.path.join(self.dir, "wisp.log"), "w")
         self.proc = subprocess.Popen(
             [f"{BIN}/wisp", "serve", "--http", "127.0.0.1:18180", "--rtc", "127.0.0.1:18543",
-             "--rtmp", "off", "--srt", "off",
+             "--rtmp", rtmp, "--srt", "off",
              "--jwt-secret-file", self.secret, "--state-dir", self.dir, "--config", conf,
              "--transcoder", f"{BIN}/wisp-transcoder", "--idle-timeout", str(idle_timeout)],
-            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": "warn"})
+            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": log})
         for _ in range(200):
             try:
                 urllib.request.urlopen(self.base + "/healthz", timeout=1)
@@ -499,14 +503,81 @@ def live(runs):
     return result
 
 
+def ingest_latency(mode, seconds):
+    """RTMP ingest latency: a video frame's last byte read by the gateway (its trace log
+    `wisp::ingest::tags`, monotonic µs and the frame's presentation time) → the frame complete
+    at a whep-client viewer (its --frame-log, same clock). The viewer waits for the publish
+    (`[live] wait`), so its first frame is the publish's first keyframe; later frames map to
+    the publisher's by RTP time. mode: transcode (H.264 High, 2 B-frames, AAC: what encoders
+    send) or copy (baseline, `video=copy`)."""
+    import re
+    gw = Gateway(config="[live]\nwait = true\n", rtmp="127.0.0.1:19350",
+                 log="warn,wisp::ingest::tags=trace")
+    name = f"ingest-{mode}"
+    log = os.path.join(gw.dir, "viewer.jsonl")
+    viewer = subprocess.Popen([f"{BIN}/whep-client", "play", f"{gw.base}/whep/{name}", "--token",
+                               gw.mint(name, "view"), "--frames", "100000000", "--timeout",
+                               str(seconds + 30), "--frame-log", log],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    key = gw.mint(name, "publish")
+    if mode == "copy":
+        url = f"rtmp://127.0.0.1:19350/live/{name}?token={key}&video=copy"
+        x264 = ["-profile:v", "baseline", "-g", "60"]
+    else:
+        url = f"rtmp://127.0.0.1:19350/live/{name}?token={key}"
+        x264 = ["-profile:v", "high", "-bf", "2", "-g", "60"]
+    publisher = subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+         "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine", "-t", str(seconds),
+         "-c:v", "libx264", *x264, "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    publisher.wait()
+    time.sleep(2)
+    viewer.terminate()
+    viewer.wait()
+    with open(os.path.join(gw.dir, "wisp.log")) as f:
+        text = f.read()
+    gw.close()
+    tags = [(int(m[2]), int(m[1]), m[3] == "true")
+            for m in re.finditer(r"at_us=(\d+) pts_ms=(-?\d+) key=(\w+)", text)]
+    frames = read_log(log)
+    if not tags or not frames:
+        sys.exit(f"ingest {mode}: {len(tags)} frames logged in, {len(frames)} out")
+    first_key = next(pts for pts, _, k in tags if k)
+    arrived = {}
+    for pts, at, _ in tags:
+        arrived.setdefault(pts, at)
+    r0 = frames[0]["rtp_time"]
+    start = frames[0]["at_us"] + 5_000_000
+    lat, unmatched = [], 0
+    for f in frames:
+        t = first_key + (f["rtp_time"] - r0) / 90
+        near = min(arrived, key=lambda p: abs(p - t))
+        if abs(near - t) > 16:
+            unmatched += 1
+            continue
+        if f["at_us"] >= start:
+            lat.append((f["at_us"] - arrived[near]) / 1000)
+    result = {
+        "mode": mode, "frames_in": len(tags), "frames_out": len(frames),
+        "unmatched": unmatched, "measured": len(lat),
+        "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99), "min": min(lat, default=None),
+                       "max": max(lat, default=None)},
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seeks", type=int, default=20)
     ap.add_argument("--gap", type=float, default=2.0)
+    ap.add_argument("--seconds", type=int, default=40, help="ingest: how long the publisher sends")
     a = ap.parse_args()
     for b in ("wisp", "wisp-transcoder", "whep-client"):
         if not os.path.exists(f"{BIN}/{b}"):
@@ -517,6 +588,9 @@ def main():
         seek(a.seeks, a.gap)
     if a.what in ("live", "all"):
         live(a.runs)
+    if a.what in ("ingest", "all"):
+        for mode in ("transcode", "copy"):
+            ingest_latency(mode, a.seconds)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
     if a.what in ("live-fanout", "all"):

@@ -181,6 +181,7 @@ pub struct LimitsFile {
 pub struct LiveFile {
     pub video_codecs: Option<Vec<VideoCodec>>,
     pub wait: Option<bool>,
+    pub max_height: Option<u32>,
 }
 
 /// How live sessions behave.
@@ -194,6 +195,9 @@ pub struct Live {
     /// (instead of 409 with `Retry-After`); a name nobody published yet becomes a live
     /// session then.
     pub wait: bool,
+    /// RTMP, SRT and pulled sources taller than this are scaled down to it when transcoded
+    /// (e.g. 720: a 1080p encoder's stream reaches viewers as 1280x720). `None`: their size.
+    pub max_height: Option<u32>,
 }
 
 impl Default for Live {
@@ -201,6 +205,7 @@ impl Default for Live {
         Self {
             video_codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
             wait: false,
+            max_height: None,
         }
     }
 }
@@ -809,9 +814,17 @@ impl Config {
                 }
                 unique.push(c);
             }
+            if let Some(h) = file.live.max_height
+                && !(144..=4320).contains(&h)
+            {
+                return Err(ConfigError::Value(format!(
+                    "live.max_height must be 144-4320 pixels, not {h}"
+                )));
+            }
             Live {
                 video_codecs: unique,
                 wait: file.live.wait.unwrap_or(defaults.wait),
+                max_height: file.live.max_height.map(|h| h & !1),
             }
         };
         for server in &file.ice_servers {
@@ -1068,16 +1081,18 @@ mod tests {
         assert_eq!(c.live, Live::default());
         assert_eq!(c.live.video_codecs, [VideoCodec::H264, VideoCodec::Vp8]);
         let f = write(
-            "[live]\nvideo_codecs = [\"vp8\"]\nwait = true\n\
+            "[live]\nvideo_codecs = [\"vp8\"]\nwait = true\nmax_height = 720\n\
              [limits]\nmax_publishers = 2\nmax_ingest_bitrate = 500000\n",
         );
         let c = Config::resolve(Overrides::default(), Some(&f.0)).unwrap();
         assert_eq!(c.live.video_codecs, [VideoCodec::Vp8]);
         assert!(c.live.wait);
+        assert_eq!(c.live.max_height, Some(720));
         assert_eq!(c.limits.max_publishers, 2);
         assert_eq!(c.limits.max_ingest_bitrate, 500_000);
         for (text, needle) in [
             ("[live]\nvideo_codecs = []", "live.video_codecs"),
+            ("[live]\nmax_height = 100", "live.max_height"),
             ("[live]\nvideo_codecs = [\"vp8\", \"vp8\"]", "twice"),
             ("[live]\nvideo_codecs = [\"av1\"]", "av1"),
             ("[limits]\nmax_ingest_bitrate = 10", "max_ingest_bitrate"),

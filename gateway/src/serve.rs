@@ -314,6 +314,7 @@ fn ingest_context(
         metrics: metrics.clone(),
         transcoder: config.transcoder.clone(),
         fifo_dir: dir,
+        max_height: config.live.max_height,
     })
 }
 

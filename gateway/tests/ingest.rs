@@ -114,10 +114,12 @@ fn sps_of(keyframe: &[u8]) -> Option<[u8; 3]> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn video_copy_passes_baseline_through_and_refuses_what_viewers_cannot_decode() {
-    let wisp = Wisp::start("ingest-copy", "");
-    let t = wisp.token("cpy,cpy2,high", "publish");
-    let v = wisp.token("cpy,cpy2,high", "view admin");
+async fn video_copy_passes_baseline_through_and_refuses_what_viewers_cannot_decode_and_max_height_scales()
+ {
+    // Transcoded publishes taller than 360 are scaled down; copied ones cannot be.
+    let wisp = Wisp::start("ingest-copy", "[live]\nmax_height = 360\n");
+    let t = wisp.token("cpy,cpy2,high,small", "publish");
+    let v = wisp.token("cpy,cpy2,high,small", "view admin");
     // x264's baseline (constraint flags 0xc0; the gateway's own encoder writes 0xe0) with a
     // keyframe every 15 frames (the gateway's own: every 60), at 640x360 (level 3.0).
     let baseline = ["-profile:v", "baseline", "-g", "15", "-keyint_min", "15"];
@@ -126,11 +128,18 @@ async fn video_copy_passes_baseline_through_and_refuses_what_viewers_cannot_deco
         "srt://{}?streamid=publish:cpy2:{t}?video=copy",
         srt_addr(&wisp)
     );
+    let small = format!("rtmp://{}/live/small?token={t}", rtmp_addr(&wisp));
     let mut publishers = [
         publish_as(&rtmp, "flv", 30, "640x360", &baseline),
         publish_as(&srt, "mpegts", 30, "640x360", &baseline),
+        publish(&small, "flv", 30),
     ];
     let http = reqwest::Client::new();
+    until(&wisp, "small", |s| s["state"] == "live").await;
+    let s = watch(&http, wisp.viewer("small", &v, 30, 30), |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("small: {e}\n{}", wisp.log()));
+    assert_eq!((s.width, s.height), (Some(640), Some(360)), "max_height");
     for name in ["cpy", "cpy2"] {
         until(&wisp, name, |s| s["state"] == "live").await;
         let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();

@@ -53,6 +53,10 @@ struct Args {
     /// Output height (with --width: fit inside and pad; alone: width follows the aspect).
     #[arg(long)]
     height: Option<u32>,
+    /// Scale pictures taller than this down to it, keeping their aspect (a live source's
+    /// size is not known in advance); smaller ones keep their size.
+    #[arg(long, conflicts_with_all = ["width", "height"])]
+    max_height: Option<u32>,
     /// Output frame rate, e.g. 30 or 30000/1001 (default: the source's).
     #[arg(long)]
     fps: Option<Rational>,
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
         width: args.width,
         height: args.height,
         fps: args.fps,
+        max_height: args.max_height,
         video_bitrate: args.video_bitrate,
         audio_bitrate: args.audio_bitrate,
         codec: args.codec,
@@ -197,8 +202,15 @@ fn main() -> ExitCode {
     };
     let gop_ok = opts.gop_seconds.is_finite() && opts.gop_seconds > 0.0;
     let start_ok = opts.start.is_finite() && opts.start >= 0.0;
-    if !gop_ok || !start_ok || opts.width == Some(0) || opts.height == Some(0) {
-        return usage_error("--gop must be > 0, --start ≥ 0, --width/--height > 0");
+    if !gop_ok
+        || !start_ok
+        || opts.width == Some(0)
+        || opts.height == Some(0)
+        || opts.max_height.is_some_and(|h| h < 2)
+    {
+        return usage_error(
+            "--gop must be > 0, --start ≥ 0, --width/--height > 0, --max-height ≥ 2",
+        );
     }
 
     // No orphan: a parent controls us through a stdin pipe, whose end (even after `kill -9` of

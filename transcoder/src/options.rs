@@ -198,6 +198,8 @@ pub struct Options {
     pub inputs: Vec<InputSpec>,
     pub width: Option<u32>,
     pub height: Option<u32>,
+    /// Pictures taller than this are scaled down to it (aspect kept); smaller ones stay.
+    pub max_height: Option<u32>,
     pub fps: Option<Rational>,
     pub video_bitrate: u64,
     pub audio_bitrate: u64,
@@ -237,6 +239,39 @@ impl Colorspace {
             Colorspace::Bt709 => "bt709",
             Colorspace::Bt601 => "bt601",
             Colorspace::Bt2020 => "bt2020",
+        }
+    }
+}
+
+#[cfg(test)]
+impl Options {
+    /// Defaults as the command line's, with no input.
+    pub fn for_tests() -> Self {
+        Self {
+            inputs: Vec::new(),
+            width: None,
+            height: None,
+            max_height: None,
+            fps: None,
+            video_bitrate: 2_000_000,
+            audio_bitrate: 96_000,
+            codec: VideoCodec::H264,
+            gop_seconds: 2.0,
+            threads: 0,
+            encoder_threads: 0,
+            lowres: 0,
+            live: false,
+            sar: None,
+            colorspace: Colorspace::Bt709,
+            tone_mapping: None,
+            start: 0.0,
+            duration_frames: None,
+            looping: false,
+            channels: ChannelSel(Vec::new()),
+            pace: Pace::Realtime,
+            control: ControlSource::None,
+            on_end: OnEnd::Exit,
+            paused: false,
         }
     }
 }

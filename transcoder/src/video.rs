@@ -63,7 +63,11 @@ pub fn output_size(opts: &Options, w: u32, h: u32, sar: FfRational) -> (u32, u32
     });
     let display_w = w as f64 * sar;
     let even = |v: f64| ((v / 2.0).round() as u32 * 2).max(2);
-    match (opts.width, opts.height) {
+    let height = match (opts.height, opts.max_height) {
+        (None, Some(max)) if h > max => Some(max),
+        (height, _) => height,
+    };
+    match (opts.width, height) {
         (Some(bw), Some(bh)) => (bw & !1, bh & !1),
         (Some(bw), None) => (bw & !1, even(bw as f64 * h as f64 / display_w)),
         (None, Some(bh)) => (even(bh as f64 * display_w / h as f64), bh & !1),
@@ -628,6 +632,21 @@ impl Drop for EncoderThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_height_scales_down_only() {
+        let opts = |max_height| Options {
+            max_height,
+            ..crate::options::Options::for_tests()
+        };
+        let square = FfRational::new(1, 1);
+        assert_eq!(
+            output_size(&opts(Some(720)), 1920, 1080, square),
+            (1280, 720)
+        );
+        assert_eq!(output_size(&opts(Some(720)), 640, 360, square), (640, 360));
+        assert_eq!(output_size(&opts(None), 1920, 1080, square), (1920, 1080));
+    }
 
     #[test]
     fn levels_follow_size_and_rate() {

@@ -43,6 +43,8 @@ pub struct IngestContext {
     pub transcoder: PathBuf,
     /// A private directory (mode 0700) for the FIFOs the transcoders read.
     pub fifo_dir: PathBuf,
+    /// `[live] max_height`: taller sources are scaled down when transcoded.
+    pub max_height: Option<u32>,
 }
 
 /// Why a publisher is refused. The publisher's (a bad key or token, a busy session) or ours
@@ -100,7 +102,7 @@ pub async fn begin(
             return Err(e);
         }
     };
-    let args = transcoder_args(&fifo, key.copy_video);
+    let args = transcoder_args(&fifo, key.copy_video, ctx.max_height);
     let spawned = TranscoderProcess::spawn(&ctx.transcoder, &args, RING_BYTES, &key.session);
     let transcoder = match spawned {
         Ok(t) => t,
@@ -134,7 +136,7 @@ pub async fn begin(
 /// as fast as it arrives (the publisher paces it), H.264 constrained baseline (or the
 /// publisher's own, with `copy_video`) and Opus for every WebRTC viewer, and done at the
 /// stream's end.
-fn transcoder_args(fifo: &Path, copy_video: bool) -> Vec<String> {
+fn transcoder_args(fifo: &Path, copy_video: bool, max_height: Option<u32>) -> Vec<String> {
     let mut args = vec![
         "-i".into(),
         fifo.display().to_string(),
@@ -148,8 +150,10 @@ fn transcoder_args(fifo: &Path, copy_video: bool) -> Vec<String> {
         "--control".into(),
         "stdin".into(),
     ];
-    if copy_video {
-        args.push("--copy-video".into());
+    match (copy_video, max_height) {
+        (true, _) => args.push("--copy-video".into()),
+        (false, Some(h)) => args.extend(["--max-height".into(), h.to_string()]),
+        (false, None) => {}
     }
     args
 }

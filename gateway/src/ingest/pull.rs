@@ -133,8 +133,10 @@ impl Puller {
         ]
         .map(String::from)
         .to_vec();
-        if self.copy_video {
-            args.push("--copy-video".into());
+        match (self.copy_video, self.ctx.max_height) {
+            (true, _) => args.push("--copy-video".into()),
+            (false, Some(h)) => args.extend(["--max-height".into(), h.to_string()]),
+            (false, None) => {}
         }
         let mut transcoder = match TranscoderProcess::spawn(
             &self.ctx.transcoder,
