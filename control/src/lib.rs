@@ -106,6 +106,12 @@ pub enum Event {
         audio_input: Option<String>,
         #[serde(default)]
         audio_channels: Vec<u32>,
+        /// What the source sends, as people name it: `"h264 High 1920x1080 30 fps"`,
+        /// `"aac 44100 Hz 2 ch"` (none for the demo).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_video: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source_audio: Option<String>,
     },
     State {
         state: PlayState,

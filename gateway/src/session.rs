@@ -213,6 +213,8 @@ pub struct Session {
     simulcast: Mutex<Option<SimulcastInfo>>,
     /// The current publisher's bits/s over the last second (0: none measured).
     ingest_bps: std::sync::atomic::AtomicU64,
+    /// What the source sends, as its transcoder described it.
+    source_desc: Mutex<Option<SourceDesc>>,
     /// The current publisher's picture, width << 32 | height (0: not seen yet).
     picture_size: std::sync::atomic::AtomicU64,
     /// The gateway's transcoder slots (a VOD session holds one while it has viewers or a
@@ -247,6 +249,7 @@ impl Drop for PublisherClaim {
         self.metrics.publishers.fetch_sub(1, Ordering::Relaxed);
         self.session.ingest_bps.store(0, Ordering::Relaxed);
         self.session.picture_size.store(0, Ordering::Relaxed);
+        self.session.set_source_desc(None);
         let mut p = self.session.publisher.lock().expect("not poisoned");
         if p.as_ref().is_some_and(|(_, g)| *g == self.generation) {
             *p = None;
@@ -357,7 +360,25 @@ pub struct SessionInfo {
     /// A live session's publisher's bits/s over the last second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest_bitrate: Option<u64>,
+    /// What the source sends (an RTMP/SRT publisher's or a file's codecs, size and rate),
+    /// before the transcoder makes it what viewers get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceDesc>,
     pub spec: SessionSpec,
+}
+
+/// The description a `ready` event gives, if it gives one.
+pub fn source_desc(video: Option<String>, audio: Option<String>) -> Option<SourceDesc> {
+    (video.is_some() || audio.is_some()).then_some(SourceDesc { video, audio })
+}
+
+/// A source's streams as its transcoder named them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SourceDesc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
 }
 
 /// A simulcast publisher's layers and the one viewers get.
@@ -575,11 +596,17 @@ impl Session {
             ingest: *self.ingest.lock().expect("not poisoned"),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
+            source: self.source_desc.lock().expect("not poisoned").clone(),
             spec: self.spec.clone(),
         }
     }
 
     /// What the session info says about the publisher's simulcast (`None`: it sends none).
+    /// What the source sends, from its transcoder's `ready` (`None` clears it).
+    pub fn set_source_desc(&self, desc: Option<SourceDesc>) {
+        *self.source_desc.lock().expect("not poisoned") = desc;
+    }
+
     /// The publisher's measured bits/s (0 clears it).
     pub fn set_ingest_bitrate(&self, bps: u64) {
         self.ingest_bps.store(bps, Ordering::Relaxed);
@@ -778,6 +805,7 @@ impl Registry {
             ingest: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
+            source_desc: Mutex::new(None),
             picture_size: std::sync::atomic::AtomicU64::new(0),
             slots: self.runtime.slots.clone(),
             viewers_tx: watch::channel(0).0,
@@ -1090,7 +1118,11 @@ impl SessionTask {
                 inputs,
                 audio_input,
                 audio_channels,
+                source_video,
+                source_audio,
             } => {
+                self.session
+                    .set_source_desc(source_desc(source_video, source_audio));
                 let Some(t) = &self.transcoder else { return };
                 self.set_playback(|p| {
                     p.duration = duration;

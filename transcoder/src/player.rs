@@ -287,6 +287,11 @@ impl Player {
                 .audio
                 .as_ref()
                 .map_or(Vec::new(), |a| a.filter.channels().0.clone()),
+            source_video: self.sources.first().and_then(|s| s.describe_video()),
+            source_audio: self
+                .audio
+                .as_ref()
+                .and_then(|a| self.sources[a.input].describe_audio()),
         }
     }
 

@@ -144,6 +144,8 @@ struct VideoCopy {
     scratch: Vec<u8>,
     /// When the first video packet came (µs, as [`Remux::rel_us`]).
     first_us: Option<i64>,
+    /// The profile the SPS states, for the `ready` event.
+    profile: Option<String>,
 }
 
 /// The audio, decoded and made Opus.
@@ -211,7 +213,9 @@ impl Remux {
                 let dec = codec::Context::from_parameters(params)
                     .and_then(|c| c.decoder().video())
                     .map_err(|e| setup("reading the video's parameters", e))?;
-                let rate = [st.avg_frame_rate(), st.rate()]
+                // The stream's base rate first: FLV's millisecond timestamps make the average
+                // 30.3 for 30 fps.
+                let rate = [st.rate(), st.avg_frame_rate()]
                     .into_iter()
                     .find(|r| r.numerator() > 0 && r.denominator() > 0)
                     .map_or(30.0, |r| r.numerator() as f64 / r.denominator() as f64);
@@ -225,6 +229,7 @@ impl Remux {
                     param_sets: Vec::new(),
                     scratch: Vec::new(),
                     first_us: None,
+                    profile: None,
                 })
             }
             None => None,
@@ -356,6 +361,7 @@ impl Remux {
                             "passing the stream's H.264 through"
                         );
                         v.rtp = Some(RtpTrack::h264_passthrough([nal[1], nal[2], nal[3]]));
+                        v.profile = Some(profile_name(nal[1], nal[2]));
                     }
                     has_sps = true;
                     sets.extend_from_slice(&[0, 0, 0, 1]);
@@ -495,6 +501,23 @@ impl Remux {
             inputs: Vec::new(),
             audio_input: None,
             audio_channels: Vec::new(),
+            source_video: v.map(|v| {
+                format!(
+                    "h264 {} {}x{} {} fps (passed through)",
+                    v.profile.as_deref().unwrap_or("?"),
+                    v.width,
+                    v.height,
+                    (v.fps * 100.0).round() / 100.0
+                )
+            }),
+            source_audio: self.audio.as_ref().map(|a| {
+                format!(
+                    "{} {} Hz {} ch",
+                    a.decoder.id().name(),
+                    a.decoder.rate(),
+                    a.decoder.channel_layout().channels()
+                )
+            }),
         });
     }
 

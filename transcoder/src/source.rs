@@ -127,6 +127,37 @@ impl Source {
         }
     }
 
+    /// The source's video as people name it: codec, profile, size, rate (`None` for the demo).
+    pub fn describe_video(&self) -> Option<String> {
+        let Source::File(s) = self else { return None };
+        let v = s.video.as_ref()?;
+        let fps = v.fps.numerator() as f64 / v.fps.denominator().max(1) as f64;
+        Some(
+            [
+                Some(v.decoder.id().name().to_string()),
+                profile_label(v.decoder.profile()),
+                Some(format!("{}x{}", v.decoder.width(), v.decoder.height())),
+                Some(format!("{} fps", (fps * 100.0).round() / 100.0)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+        )
+    }
+
+    /// The source's audio as people name it: codec, rate, channels.
+    pub fn describe_audio(&self) -> Option<String> {
+        let Source::File(s) = self else { return None };
+        let a = s.audio.as_ref()?;
+        Some(format!(
+            "{} {} Hz {} ch",
+            a.decoder.id().name(),
+            a.decoder.rate(),
+            a.decoder.channel_layout().channels()
+        ))
+    }
+
     /// Whether the source's audio should be decoded (false drops its audio packets).
     pub fn set_want_audio(&mut self, want: bool) {
         if let Source::File(s) = self {
@@ -173,6 +204,30 @@ impl Source {
             Source::Demo(_) => 0,
         }
     }
+}
+
+/// A codec profile as FFmpeg names it ("High", "Constrained Baseline"), if it has one.
+pub fn profile_label(profile: ff::codec::Profile) -> Option<String> {
+    use ff::codec::Profile;
+    let name = match profile {
+        Profile::Unknown | Profile::Reserved => return None,
+        Profile::H264(p) => format!("{p:?}"),
+        Profile::HEVC(p) => format!("{p:?}"),
+        Profile::AAC(p) => format!("{p:?}"),
+        Profile::VP9(p) => format!("{p:?}"),
+        _ => return None,
+    };
+    // CamelCase → words ("ConstrainedBaseline" → "Constrained Baseline"; "HEv2" stays).
+    let mut out = String::new();
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if prev_lower && c.is_ascii_uppercase() {
+            out.push(' ');
+        }
+        prev_lower = c.is_ascii_lowercase();
+        out.push(c);
+    }
+    Some(out)
 }
 
 /// One decoded stream of a demuxed input.

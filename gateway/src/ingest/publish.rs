@@ -184,6 +184,8 @@ pub fn announce(
         fps,
         width,
         height,
+        source_video,
+        source_audio,
         ..
     } = ready
     else {
@@ -207,6 +209,10 @@ pub fn announce(
         keyframes,
     );
     claim.session().set_picture_size(*width, *height);
+    claim.session().set_source_desc(crate::session::source_desc(
+        source_video.clone(),
+        source_audio.clone(),
+    ));
 }
 
 /// What the transcoder's video track carries: its own constrained baseline, or with
