@@ -120,7 +120,7 @@ struct Args {
     #[arg(long)]
     paused: bool,
     /// The input is a live stream (an RTMP or SRT publisher's, through a pipe): probe only its
-    /// first half second, and read without buffering, so that the first frame goes out soon.
+    /// first second, and read without buffering, so that the first frame goes out soon.
     #[arg(long)]
     live: bool,
     /// Pass the input's H.264 through instead of encoding it (a live publisher that already

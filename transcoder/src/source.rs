@@ -296,10 +296,12 @@ pub fn open_input(
         opts.set("channels", &n.to_string());
     }
     if live {
-        // A publisher's stream states its codecs in its first tags or tables: half a second
-        // finds them, where the default 5 s of probing delays the first frame as long.
-        opts.set("analyzeduration", "500000");
-        opts.set("probesize", "500000");
+        // A publisher's stream states its codecs in its first tags or tables: a second finds
+        // them, where the default 5 s of probing delays the first frame as long. Not less: an
+        // MPEG-TS muxer may hold audio up to 0.7 s behind video (FFmpeg's muxdelay), and a
+        // probe that ends before the first audio packet leaves the publish without audio.
+        opts.set("analyzeduration", "1000000");
+        opts.set("probesize", "1000000");
         opts.set("fflags", "nobuffer");
     }
     // The deadline applies while opening; afterwards only the stop flag interrupts.
