@@ -28,11 +28,10 @@
   live-fanout: as fanout, for a live session fed by an aiortc WHIP publisher that sends a
           1280x720@30 ~2 Mb/s H.264 file as it is (no encoding on these cores) plus Opus.
 
-  ingest: RTMP ingest latency, transcoded and copied: an ffmpeg CLI publisher (1280x720@30,
-          --seconds long), one whep-client viewer; a frame's last byte in at the gateway → the
-          frame complete at the viewer, p50/p99 (frames matched by presentation time).
+  ingest-cpu: CPU of the gateway's transcoder for a 1080p30 RTMP publish scaled to 720p,
+          next to the ffmpeg CLI doing the same transcode of the same stream at the same time.
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest|all] [--viewers 50,100,200] [--window 20]
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest-cpu|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -67,7 +66,7 @@ def rss_mib(pid):
 
 
 class Gateway:
-    def __init__(self, idle_timeout=60, config="", rtmp="off", log="warn"):
+    def __init__(self, idle_timeout=60, config="", rtmp="off"):
         self.dir = tempfile.mkdtemp(prefix="wisp-bench-")
         self.secret = os.path.join(self.dir, "secret")
         with open(self.secret, "w") as f:
@@ -82,7 +81,7 @@ class Gateway:
              "--rtmp", rtmp, "--srt", "off",
              "--jwt-secret-file", self.secret, "--state-dir", self.dir, "--config", conf,
              "--transcoder", f"{BIN}/wisp-transcoder", "--idle-timeout", str(idle_timeout)],
-            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": log})
+            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "WISP_LOG": "warn"})
         for _ in range(200):
             try:
                 urllib.request.urlopen(self.base + "/healthz", timeout=1)
@@ -503,67 +502,77 @@ def live(runs):
     return result
 
 
-def ingest_latency(mode, seconds):
-    """RTMP ingest latency: a video frame's last byte read by the gateway (its trace log
-    `wisp::ingest::tags`, monotonic µs and the frame's presentation time) → the frame complete
-    at a whep-client viewer (its --frame-log, same clock). The viewer waits for the publish
-    (`[live] wait`), so its first frame is the publish's first keyframe; later frames map to
-    the publisher's by RTP time. mode: transcode (H.264 High, 2 B-frames, AAC: what encoders
-    send) or copy (baseline, `video=copy`)."""
-    import re
-    gw = Gateway(config="[live]\nwait = true\n", rtmp="127.0.0.1:19350",
-                 log="warn,wisp::ingest::tags=trace")
-    name = f"ingest-{mode}"
-    log = os.path.join(gw.dir, "viewer.jsonl")
-    viewer = subprocess.Popen([f"{BIN}/whep-client", "play", f"{gw.base}/whep/{name}", "--token",
-                               gw.mint(name, "view"), "--frames", "100000000", "--timeout",
-                               str(seconds + 30), "--frame-log", log],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2)
-    key = gw.mint(name, "publish")
-    if mode == "copy":
-        url = f"rtmp://127.0.0.1:19350/live/{name}?token={key}&video=copy"
-        x264 = ["-profile:v", "baseline", "-g", "60"]
-    else:
-        url = f"rtmp://127.0.0.1:19350/live/{name}?token={key}"
-        x264 = ["-profile:v", "high", "-bf", "2", "-g", "60"]
-    publisher = subprocess.Popen(
-        ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
-         "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine", "-t", str(seconds),
-         "-c:v", "libx264", *x264, "-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", url],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    publisher.wait()
-    time.sleep(2)
-    viewer.terminate()
-    viewer.wait()
-    with open(os.path.join(gw.dir, "wisp.log")) as f:
-        text = f.read()
-    gw.close()
-    tags = [(int(m[2]), int(m[1]), m[3] == "true")
-            for m in re.finditer(r"at_us=(\d+) pts_ms=(-?\d+) key=(\w+)", text)]
-    frames = read_log(log)
-    if not tags or not frames:
-        sys.exit(f"ingest {mode}: {len(tags)} frames logged in, {len(frames)} out")
-    first_key = next(pts for pts, _, k in tags if k)
-    arrived = {}
-    for pts, at, _ in tags:
-        arrived.setdefault(pts, at)
-    r0 = frames[0]["rtp_time"]
-    start = frames[0]["at_us"] + 5_000_000
-    lat, unmatched = [], 0
-    for f in frames:
-        t = first_key + (f["rtp_time"] - r0) / 90
-        near = min(arrived, key=lambda p: abs(p - t))
-        if abs(near - t) > 16:
-            unmatched += 1
+def children(pid, comm):
+    """Pids of `pid`'s child processes named `comm`."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
             continue
-        if f["at_us"] >= start:
-            lat.append((f["at_us"] - arrived[near]) / 1000)
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name == comm and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(d))
+    return out
+
+
+def ingest_cpu(window):
+    """CPU of one 1080p30 RTMP ingest transcoded to 720p (the gateway's transcoder, with
+    `[live] max_height = 720`) next to the ffmpeg CLI doing the same transcode of the same
+    stream in the same run: both read the same pre-encoded 1080p30 H.264 High + AAC file in
+    real time (the publisher only remuxes it: `ffmpeg -re -c copy -f flv rtmp://…`), and the
+    CLI has the transcoder's settings (scale to 720p, libx264 veryfast/zerolatency/baseline,
+    one thread, GOP 60, 2 Mb/s; libopus 96 kb/s). Over a `window`-second steady window."""
+    src = os.path.join(tempfile.mkdtemp(prefix="wisp-ingest-cpu-"), "src.flv")
+    seconds = window + 20
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=1920x1080:rate=30", "-f", "lavfi", "-i", "sine", "-t",
+                    str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high",
+                    "-bf", "2", "-g", "60", "-b:v", "6M", "-pix_fmt", "yuv420p", "-c:a", "aac",
+                    "-f", "flv", src], check=True)
+    gw = Gateway(config="[live]\nmax_height = 720\n", rtmp="127.0.0.1:19350")
+    name = "ingest-cpu"
+    url = f"rtmp://127.0.0.1:19350/live/{name}?token={gw.mint(name, 'publish')}"
+    publisher = subprocess.Popen(["ffmpeg", "-loglevel", "error", "-re", "-i", src, "-c", "copy",
+                                  "-f", "flv", url], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    x264 = ("keyint=60:min-keyint=60:scenecut=0:repeat-headers=1:bframes=0:aud=0:"
+            "vbv-maxrate=2000:vbv-bufsize=2000")
+    cli = subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-nostdin", "-re", "-i", src, "-vf",
+         "scale=w=-2:h=720:in_color_matrix=bt709:out_color_matrix=bt709:out_range=tv,"
+         "fps=fps=30/1:round=near,format=yuv420p",
+         "-c:v", "libx264", "-threads:v", "1", "-preset", "veryfast", "-tune", "zerolatency",
+         "-profile:v", "baseline", "-level", "3.1", "-forced-idr", "1", "-b:v", "2000000",
+         "-g", "60", "-x264-params", x264, "-af", "pan=stereo|c0=c0|c1=c0,aresample=48000",
+         "-c:a", "libopus", "-b:a", "96000", "-frame_duration", "20", "-f", "null", "-"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)
+    pids = children(gw.proc.pid, "wisp-transcoder")
+    if len(pids) != 1:
+        sys.exit(f"ingest-cpu: expected one transcoder, found {pids}")
+    info = gw.session(name)
+    t0 = (cpu_seconds(pids[0]), cpu_seconds(cli.pid), cpu_seconds(gw.proc.pid), time.time())
+    time.sleep(window)
+    t1 = (cpu_seconds(pids[0]), cpu_seconds(cli.pid), cpu_seconds(gw.proc.pid), time.time())
+    wall = t1[3] - t0[3]
+    wisp_cpu, cli_cpu, gw_cpu = ((b - a) / wall for a, b in zip(t0[:3], t1[:3]))
+    for p in (publisher, cli):
+        p.terminate()
+        p.wait()
+    gw.close()
+    shutil.rmtree(os.path.dirname(src), ignore_errors=True)
     result = {
-        "mode": mode, "frames_in": len(tags), "frames_out": len(frames),
-        "unmatched": unmatched, "measured": len(lat),
-        "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99), "min": min(lat, default=None),
-                       "max": max(lat, default=None)},
+        "picture": f"{info.get('width')}x{info.get('height')}",
+        "source": info.get("source"),
+        "window_s": round(wall, 1),
+        "transcoder_cpu_cores": round(wisp_cpu, 3),
+        "ffmpeg_cli_cpu_cores": round(cli_cpu, 3),
+        "gateway_cpu_cores": round(gw_cpu, 3),
+        "ratio_ffmpeg_over_wisp": round(cli_cpu / wisp_cpu, 3) if wisp_cpu else None,
     }
     print(json.dumps(result), flush=True)
     return result
@@ -571,13 +580,12 @@ def ingest_latency(mode, seconds):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest-cpu", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seeks", type=int, default=20)
     ap.add_argument("--gap", type=float, default=2.0)
-    ap.add_argument("--seconds", type=int, default=40, help="ingest: how long the publisher sends")
     a = ap.parse_args()
     for b in ("wisp", "wisp-transcoder", "whep-client"):
         if not os.path.exists(f"{BIN}/{b}"):
@@ -588,9 +596,8 @@ def main():
         seek(a.seeks, a.gap)
     if a.what in ("live", "all"):
         live(a.runs)
-    if a.what in ("ingest", "all"):
-        for mode in ("transcode", "copy"):
-            ingest_latency(mode, a.seconds)
+    if a.what in ("ingest-cpu", "all"):
+        ingest_cpu(a.window)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
     if a.what in ("live-fanout", "all"):

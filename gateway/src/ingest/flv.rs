@@ -59,16 +59,6 @@ pub fn is_keyframe(body: &[u8]) -> bool {
     body.first().is_some_and(|b| b >> 4 == 1)
 }
 
-/// A video frame's presentation time, ms: the tag's timestamp (its decoding time) plus the
-/// AVC composition time offset (E.4.3.1, SI24). `None` for what is not an AVC frame.
-pub fn frame_pts_ms(timestamp_ms: u32, body: &[u8]) -> Option<i64> {
-    if body.len() < 5 || body[0] & 0x0f != 7 || body[1] != 1 {
-        return None;
-    }
-    let cts = i32::from_be_bytes([body[2], body[3], body[4], 0]) >> 8;
-    Some(i64::from(timestamp_ms) + i64::from(cts))
-}
-
 /// The SPS and PPS of an AVC sequence header (E.4.3.1, then ISO/IEC 14496-15
 /// AVCDecoderConfigurationRecord), each after a 4-byte length as frames carry their NAL units.
 /// `None` when the header is cut short or frames use another length size.
@@ -115,21 +105,6 @@ pub fn with_parameter_sets(body: &[u8], sets: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_times_add_the_composition_offset() {
-        assert_eq!(frame_pts_ms(1000, &[0x17, 1, 0, 0, 66, 0x65]), Some(1066));
-        assert_eq!(
-            frame_pts_ms(1000, &[0x27, 1, 0xff, 0xff, 0xdf, 0x41]),
-            Some(967)
-        );
-        assert_eq!(
-            frame_pts_ms(1000, &[0x17, 0, 0, 0, 0, 1]),
-            None,
-            "sequence header"
-        );
-        assert_eq!(frame_pts_ms(1000, &[0x27, 1, 0]), None);
-    }
 
     #[test]
     fn parameter_sets_go_before_keyframes() {

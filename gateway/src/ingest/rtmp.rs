@@ -386,20 +386,6 @@ impl Conn<'_> {
             return;
         }
         self.meter.add(body.len());
-        if kind == TagKind::Video
-            && tracing::enabled!(target: "wisp::ingest::tags", tracing::Level::TRACE)
-        {
-            // For the ingest latency benchmark: when each frame's last byte came in.
-            if let Some(pts_ms) = flv::frame_pts_ms(timestamp_ms, body) {
-                tracing::trace!(
-                    target: "wisp::ingest::tags",
-                    at_us = rtp_ring::now_us(),
-                    pts_ms,
-                    key = flv::is_keyframe(body),
-                    "video frame in"
-                );
-            }
-        }
         let with_sets;
         let body = match (&self.parameter_sets, kind) {
             (_, TagKind::Video) if self.copy_video && flv::is_video_sequence_header(body) => {
