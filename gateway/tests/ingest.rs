@@ -92,7 +92,11 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
             .unwrap_or_else(|e| panic!("{name}: {e}\n{}", wisp.log()));
         assert!(s.video_frames >= 90, "{name}: {s:?}");
         assert_eq!((s.width, s.height), (Some(1280), Some(720)), "{name}");
-        assert!(s.audio_packets > 0, "{name}: audio too: {s:?}");
+        assert!(
+            s.audio_packets > 0,
+            "{name}: audio too: {s:?}\n{}",
+            wisp.log()
+        );
         let info = wisp.api(&format!("/api/sessions/{name}")).await;
         assert_eq!(info["ingest"], ingest, "{info}");
         assert_eq!(info["width"], 1280, "{info}");

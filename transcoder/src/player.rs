@@ -653,7 +653,15 @@ impl Player {
             );
             self.seg.wall_us += now - unit.due_us;
         }
-        let capture_us = unit.due_us.min(now);
+        // Viewers joining later pace their catch-up by capture times. A live input's frames
+        // exist when they are written: due times anchored at the start drift behind when the
+        // input or this machine falls behind (with `--pace max` nothing re-anchors them), and a
+        // joining viewer chasing them never caught up, so never got audio.
+        let capture_us = if self.opts.live {
+            now
+        } else {
+            unit.due_us.min(now)
+        };
         let is_audio = unit.track == crate::rtp::AUDIO_TRACK;
         if let (false, Some((frame, at))) = (is_audio, self.seek_started) {
             self.seek_started = None;
