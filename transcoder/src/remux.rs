@@ -21,7 +21,7 @@ use crate::audio::{AudioFilter, OpusEncoder};
 use crate::control::{self, Command, Event, Incoming, PlayState};
 use crate::options::{ChannelSel, Options};
 use crate::rtp::{AUDIO_TRACK, RtpPacket, RtpTrack, VIDEO_TRACK};
-use crate::source::{SourceError, open_input};
+use crate::source::{SourceError, describe_audio_decoder, open_input};
 
 /// Added to every timestamp so that audio a little older than the first packet read still
 /// gets a positive one.
@@ -510,14 +510,10 @@ impl Remux {
                     (v.fps * 100.0).round() / 100.0
                 )
             }),
-            source_audio: self.audio.as_ref().map(|a| {
-                format!(
-                    "{} {} Hz {} ch",
-                    a.decoder.id().name(),
-                    a.decoder.rate(),
-                    a.decoder.channel_layout().channels()
-                )
-            }),
+            source_audio: self
+                .audio
+                .as_ref()
+                .map(|a| describe_audio_decoder(&a.decoder)),
         });
     }
 

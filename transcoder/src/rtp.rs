@@ -43,21 +43,10 @@ fn random_u32() -> u32 {
 }
 
 impl RtpTrack {
-    /// H.264 at 90 kHz, packetization-mode 1; `level_idc` as the encoder was configured.
+    /// H.264 at 90 kHz, packetization-mode 1, constrained baseline; `level_idc` as the encoder
+    /// was configured.
     pub fn h264(level_idc: u8) -> Self {
-        let fmtp = format!(
-            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e0{level_idc:02x}"
-        );
-        Self::new(
-            VIDEO_TRACK,
-            "video",
-            "H264",
-            96,
-            90_000,
-            None,
-            fmtp,
-            Box::new(H264Packetizer::default()),
-        )
+        Self::h264_passthrough([0x42, 0xe0, level_idc])
     }
 
     /// H.264 passed through: `profile_level_id` as the source's SPS states it (its first three

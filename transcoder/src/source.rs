@@ -149,13 +149,7 @@ impl Source {
     /// The source's audio as people name it: codec, rate, channels.
     pub fn describe_audio(&self) -> Option<String> {
         let Source::File(s) = self else { return None };
-        let a = s.audio.as_ref()?;
-        Some(format!(
-            "{} {} Hz {} ch",
-            a.decoder.id().name(),
-            a.decoder.rate(),
-            a.decoder.channel_layout().channels()
-        ))
+        Some(describe_audio_decoder(&s.audio.as_ref()?.decoder))
     }
 
     /// Whether the source's audio should be decoded (false drops its audio packets).
@@ -204,6 +198,16 @@ impl Source {
             Source::Demo(_) => 0,
         }
     }
+}
+
+/// An audio decoder's input as people name it: codec, rate, channels.
+pub fn describe_audio_decoder(decoder: &decoder::Audio) -> String {
+    format!(
+        "{} {} Hz {} ch",
+        decoder.id().name(),
+        decoder.rate(),
+        decoder.channel_layout().channels()
+    )
 }
 
 /// A codec profile as FFmpeg names it ("High", "Constrained Baseline"), if it has one.

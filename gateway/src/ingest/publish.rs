@@ -150,12 +150,18 @@ fn transcoder_args(fifo: &Path, copy_video: bool, max_height: Option<u32>) -> Ve
         "--control".into(),
         "stdin".into(),
     ];
-    match (copy_video, max_height) {
-        (true, _) => args.push("--copy-video".into()),
-        (false, Some(h)) => args.extend(["--max-height".into(), h.to_string()]),
-        (false, None) => {}
-    }
+    args.extend(video_args(copy_video, max_height));
     args
+}
+
+/// The transcoder's video options for a live source: pass it through, or scale it down to
+/// `max_height` when taller (`[live] max_height`).
+pub fn video_args(copy_video: bool, max_height: Option<u32>) -> Vec<String> {
+    match (copy_video, max_height) {
+        (true, _) => vec!["--copy-video".into()],
+        (false, Some(h)) => vec!["--max-height".into(), h.to_string()],
+        (false, None) => Vec::new(),
+    }
 }
 
 /// Makes a FIFO at `path` for the transcoder to read (mode 0600).

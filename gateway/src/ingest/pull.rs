@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::LiveVideo;
-use crate::ingest::publish::{IngestContext, announce};
+use crate::ingest::publish::{IngestContext, announce, video_args};
 use crate::session::{Ingest, PublishError, Session};
 use crate::transcoder::{Command, Event, TranscoderProcess};
 
@@ -133,11 +133,7 @@ impl Puller {
         ]
         .map(String::from)
         .to_vec();
-        match (self.copy_video, self.ctx.max_height) {
-            (true, _) => args.push("--copy-video".into()),
-            (false, Some(h)) => args.extend(["--max-height".into(), h.to_string()]),
-            (false, None) => {}
-        }
+        args.extend(video_args(self.copy_video, self.ctx.max_height));
         let mut transcoder = match TranscoderProcess::spawn(
             &self.ctx.transcoder,
             &args,
