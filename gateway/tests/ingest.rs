@@ -63,6 +63,43 @@ fn publish_as(url: &str, format: &str, secs: u32, size: &str, x264: &[&str]) -> 
         .expect("ffmpeg runs")
 }
 
+type Events = tokio::sync::mpsc::UnboundedReceiver<String>;
+type Frames = tokio::sync::mpsc::UnboundedReceiver<whep_client::VideoFrame>;
+
+/// A viewer of `name` for a long time, with a control channel (open `control_secs`) whose
+/// session events come out of `Events`, and its frames out of `Frames`.
+fn listening_viewer(
+    wisp: &Wisp,
+    name: &str,
+    token: &str,
+    control_secs: u64,
+) -> (Options, Events, Frames) {
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (frames_tx, frames) = tokio::sync::mpsc::unbounded_channel();
+    let opts = Options {
+        frames_out: Some(frames_tx),
+        control: Some(Control::send_all(
+            vec![r#"{"id":1,"op":"status"}"#.to_string()],
+            tx,
+            Duration::from_secs(control_secs),
+        )),
+        ..wisp.viewer(name, token, 100_000, 60)
+    };
+    (opts, events, frames)
+}
+
+/// Waits (`secs` at most) for a control-channel message containing `needle`.
+async fn next_event(events: &mut Events, needle: &str, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) if e.contains(needle) => return,
+            Ok(Some(_)) => {}
+            other => panic!("no {needle} event: {other:?}"),
+        }
+    }
+}
+
 /// Waits (30 s at most) until the session's API state satisfies `done`.
 async fn until(wisp: &Wisp, name: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -321,31 +358,9 @@ async fn a_publisher_that_comes_back_resumes_its_viewers_without_a_reconnect() {
     let url = format!("rtmp://{}/live/back?token={t}", rtmp_addr(&wisp));
     let mut first = publish(&url, "flv", 60);
     until(&wisp, "back", |s| s["state"] == "live").await;
-    // A viewer with a control channel, listening to its session's events.
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
-    let opts = Options {
-        frames_out: Some(frames_tx),
-        control: Some(Control::send_all(
-            vec![r#"{"id":1,"op":"status"}"#.to_string()],
-            tx,
-            Duration::from_secs(60),
-        )),
-        ..wisp.viewer("back", &v, 100_000, 60)
-    };
+    let (opts, mut events, mut frames) = listening_viewer(&wisp, "back", &v, 60);
     let http = reqwest::Client::new();
     let viewer = tokio::spawn(async move { watch(&http, opts, |_| {}).await });
-    let next_event = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-                            needle: &str| {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(e)) if e.contains(needle) => return,
-                Ok(Some(_)) => {}
-                other => panic!("no {needle} event: {other:?}"),
-            }
-        }
-    };
     // Frames flow; then the encoder dies without a word.
     let frame = |frames: &mut tokio::sync::mpsc::UnboundedReceiver<whep_client::VideoFrame>| {
         frames.try_recv().is_ok()
@@ -357,11 +372,11 @@ async fn a_publisher_that_comes_back_resumes_its_viewers_without_a_reconnect() {
     }
     let _ = first.kill();
     let _ = first.wait();
-    next_event(&mut events, r#""state":"inactive""#).await;
+    next_event(&mut events, r#""state":"inactive""#, 30).await;
     while frames.try_recv().is_ok() {}
     // It comes back: the same viewer, on the same connection, plays again.
     let mut second = publish(&url, "flv", 60);
-    next_event(&mut events, r#""state":"active""#).await;
+    next_event(&mut events, r#""state":"active""#, 30).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut after = 0;
     while after < 30 {
@@ -540,35 +555,14 @@ async fn pulled_sessions_play_their_source_and_pick_up_again_after_it_restarts()
         assert_eq!(info["ingest"], "pull", "{info}");
     }
     // A viewer stays while the SRT source goes away and comes back.
-    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
-    let opts = Options {
-        frames_out: Some(frames_tx),
-        control: Some(Control::send_all(
-            vec![r#"{"id":1,"op":"status"}"#.to_string()],
-            tx,
-            Duration::from_secs(120),
-        )),
-        ..wisp.viewer("fromsrt", &v, 100_000, 60)
-    };
+    let (opts, mut events, mut frames) = listening_viewer(&wisp, "fromsrt", &v, 120);
     let h = http.clone();
     let viewer = tokio::spawn(async move { watch(&h, opts, |_| {}).await });
     let first = tokio::time::timeout(Duration::from_secs(30), frames.recv()).await;
     assert!(matches!(first, Ok(Some(_))), "no frames\n{}", wisp.log());
     let _ = srt.kill();
     let _ = srt.wait();
-    let wait_event = async |events: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
-                            needle: &str| {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(e)) if e.contains(needle) => return,
-                Ok(Some(_)) => {}
-                other => panic!("no {needle}: {other:?}"),
-            }
-        }
-    };
-    wait_event(&mut events, r#""state":"inactive""#).await;
+    next_event(&mut events, r#""state":"inactive""#, 40).await;
     let s = wisp.api("/api/sessions/fromsrt").await;
     assert!(
         s["error"]
@@ -577,7 +571,7 @@ async fn pulled_sessions_play_their_source_and_pick_up_again_after_it_restarts()
         "the session says it retries: {s}"
     );
     srt = srt_source(srt_port);
-    wait_event(&mut events, r#""state":"active""#).await;
+    next_event(&mut events, r#""state":"active""#, 40).await;
     while frames.try_recv().is_ok() {}
     let mut after = 0;
     while after < 30 {
