@@ -37,31 +37,70 @@ pub struct Metrics {
     pub http_body_timeouts: AtomicU64,
     /// Packet arrival → sent to a viewer (see `render`).
     pub forward_latency: LatencyHistogram,
+    /// A live publisher's video frame in at the gateway → its last packet sent to a viewer.
+    pub ingest_latency: IngestLatency,
     /// `(status code, count)`, few distinct codes, so a small vector.
     http_status: Mutex<Vec<(u16, u64)>>,
 }
 
-/// Upper bounds of the latency buckets, µs.
-const LATENCY_BOUNDS_US: [u64; 12] = [
+/// Upper bounds of the forwarding latency buckets, µs: 50 µs to 50 ms.
+const FORWARD_BOUNDS_US: [u64; 12] = [
     50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 5_000, 10_000, 50_000,
 ];
 
-/// A Prometheus histogram of latencies, with fixed buckets from 50 µs to 50 ms.
-#[derive(Debug, Default)]
+/// Upper bounds of the ingest latency buckets, µs: 1 ms to 2 s, 5 ms apart where the goals
+/// are (30 ms copying, 150 ms transcoding) so that quantiles read from them are close.
+const INGEST_BOUNDS_US: [u64; 44] = [
+    1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 25_000, 30_000, 35_000, 40_000,
+    45_000, 50_000, 60_000, 70_000, 80_000, 90_000, 100_000, 105_000, 110_000, 115_000, 120_000,
+    125_000, 130_000, 135_000, 140_000, 145_000, 150_000, 160_000, 170_000, 180_000, 190_000,
+    200_000, 225_000, 250_000, 300_000, 350_000, 400_000, 500_000, 750_000, 1_000_000, 1_500_000,
+    2_000_000,
+];
+
+/// A Prometheus histogram of latencies, with fixed buckets.
+#[derive(Debug)]
 pub struct LatencyHistogram {
+    /// Upper bounds, µs, ascending.
+    bounds: &'static [u64],
     /// Per bucket (not cumulative); the last one is above every bound.
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    buckets: Box<[AtomicU64]>,
     sum_us: AtomicU64,
 }
 
+/// The forwarding histogram's buckets.
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new(&FORWARD_BOUNDS_US)
+    }
+}
+
+/// [`LatencyHistogram`] with the ingest buckets.
+#[derive(Debug)]
+pub struct IngestLatency(pub LatencyHistogram);
+
+impl Default for IngestLatency {
+    fn default() -> Self {
+        Self(LatencyHistogram::new(&INGEST_BOUNDS_US))
+    }
+}
+
 impl LatencyHistogram {
+    fn new(bounds: &'static [u64]) -> Self {
+        Self {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     /// Adds a batch of samples (µs): counted locally first, so that a batch costs one atomic
     /// add per bucket it touches rather than one per sample.
     pub fn observe(&self, samples_us: impl IntoIterator<Item = u64>) {
-        let mut counts = [0u64; LATENCY_BOUNDS_US.len() + 1];
+        let mut counts = [0u64; INGEST_BOUNDS_US.len() + 1];
         let mut sum = 0;
         for us in samples_us {
-            let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+            let i = self.bounds.partition_point(|&b| b < us);
             counts[i] += 1;
             sum += us;
         }
@@ -80,7 +119,7 @@ impl LatencyHistogram {
         let mut cumulative = 0;
         for (i, bucket) in self.buckets.iter().enumerate() {
             cumulative += bucket.load(Ordering::Relaxed);
-            match LATENCY_BOUNDS_US.get(i) {
+            match self.bounds.get(i) {
                 Some(b) => {
                     let le = *b as f64 / 1e6;
                     let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
@@ -260,6 +299,14 @@ impl Metrics {
             "wisp_forward_latency_seconds",
             "From a packet's arrival (read from a publisher's datagram, or written to the ring by \
              a transcoder) to its sending to a viewer; backlogs sent to viewers catching up are \
+             not counted.",
+        );
+        self.ingest_latency.0.render(
+            &mut out,
+            "wisp_ingest_latency_seconds",
+            "From a live publisher's video frame in at the gateway (the read of its last byte \
+             from a WHIP, RTMP or SRT publisher) to the sending of its last RTP packet to a \
+             viewer: transcoding or copying included; frames sent to viewers catching up are \
              not counted.",
         );
         let _ = writeln!(

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rtp_ring::{AsyncReader, RtpHeaderView};
+use rtp_ring::{AsyncReader, Flags, RtpHeaderView};
 use serde_json::{Map, json};
 use str0m::change::SdpOffer;
 use str0m::channel::{ChannelData, ChannelId};
@@ -30,7 +30,9 @@ use crate::fanout::{Catchup, Step, TrackMap, payload_range};
 use crate::metrics::Metrics;
 use crate::offer::{Kind, Offer, Plan};
 use crate::resource::{IceSession, PeerMsg, PortLink, receive};
-use crate::session::{ControlReply, Kind as SessionKind, ReadySource, Session, Source, ViewerSlot};
+use crate::session::{
+    Capture, ControlReply, Kind as SessionKind, ReadySource, Session, Source, ViewerSlot,
+};
 use crate::udp::RtcPort;
 
 /// A VOD keyframe older than this is not worth starting from: ask for a fresh one instead.
@@ -356,6 +358,10 @@ impl Peer {
                 self.metrics
                     .forward_latency
                     .observe(feed.take_written().map(|c| now.saturating_sub(c)));
+                self.metrics
+                    .ingest_latency
+                    .0
+                    .observe(feed.take_frames().map(|c| now.saturating_sub(c)));
             }
             if !channel_events.is_empty() {
                 for ev in std::mem::take(&mut channel_events) {
@@ -845,8 +851,12 @@ pub struct Feed {
     sent: u64,
     /// Set while the viewer catches up on a backlog (video only; audio resumes when live).
     catchup: Option<Catchup>,
-    /// Capture times of the records written since [`Feed::take_written`].
+    /// Capture times of the records written since [`Feed::take_written`], for the
+    /// forwarding latency.
     written: Vec<u64>,
+    /// Capture times of the live video frames whose last packet was written since
+    /// [`Feed::take_frames`], for the ingest latency (sources stamped at the gateway's ingest).
+    frames: Vec<u64>,
 }
 
 impl Feed {
@@ -869,6 +879,7 @@ impl Feed {
             sent: 0,
             catchup: None,
             written: Vec::with_capacity(DRAIN_BATCH + 1),
+            frames: Vec::new(),
         }
     }
 
@@ -925,13 +936,19 @@ impl Feed {
 
     /// Whether live records were written since [`Feed::take_written`].
     pub fn wrote(&self) -> bool {
-        !self.written.is_empty()
+        !self.written.is_empty() || !self.frames.is_empty()
     }
 
     /// The capture times of the live records written since the last call (a backlog sent
     /// while catching up is late on purpose and not among them).
     pub fn take_written(&mut self) -> std::vec::Drain<'_, u64> {
         self.written.drain(..)
+    }
+
+    /// The capture times of the live video frames finished since the last call, from a
+    /// source stamped at the gateway's ingest (none otherwise).
+    pub fn take_frames(&mut self) -> std::vec::Drain<'_, u64> {
+        self.frames.drain(..)
     }
 
     /// Packets sent so far.
@@ -994,7 +1011,15 @@ impl Feed {
                 );
                 self.sent += 1;
                 if self.catchup.is_none() {
-                    self.written.push(meta.capture_us);
+                    if ready.capture != Capture::Ingested {
+                        self.written.push(meta.capture_us);
+                    }
+                    if video
+                        && ready.capture != Capture::Written
+                        && meta.flags.contains(Flags::END_OF_FRAME)
+                    {
+                        self.frames.push(meta.capture_us);
+                    }
                 }
                 Written::Sent {
                     first: self.sent == 1,
@@ -1112,7 +1137,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use rtp_ring::{Flags, RecordRef, Ring};
+    use rtp_ring::{RecordRef, Ring};
     use str0m::change::SdpAnswer;
     use str0m::media::{Direction, MediaKind};
     use str0m::net::{Protocol, Receive};
@@ -1323,6 +1348,7 @@ mod tests {
             fps: 30.0,
             duration: None,
             video_format: VideoFormat::transcoded(VideoCodec::H264),
+            capture: Capture::Ingested,
         });
         let mut feed = Feed::new(&answered.tracks);
         feed.attach(ready);
@@ -1339,6 +1365,12 @@ mod tests {
             "the P-frame before the keyframe is held back, and a keyframe is asked for once"
         );
         assert_eq!(feed.sent(), (records.len() - 1) as u64, "{outcomes:?}");
+        // Stamped at the ingest: each video frame sent counts once, for the ingest latency,
+        // and no packet for the forwarding latency (it would include the transcoding).
+        assert!(feed.wrote());
+        assert_eq!(feed.take_frames().count(), 5);
+        assert_eq!(feed.take_written().count(), 0);
+        assert!(!feed.wrote());
         for _ in 0..50 {
             let next = pump(&mut server, &mut client, now, &mut seen);
             if seen.frames.len() >= 5 && seen.audio >= 5 {

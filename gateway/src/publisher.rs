@@ -315,6 +315,7 @@ impl Sink {
             fps: 0.0,
             duration: None,
             video_format: video,
+            capture: crate::session::Capture::Received,
         });
         Ok(Self {
             writer,

@@ -79,6 +79,21 @@ pub struct ReadySource {
     pub duration: Option<f64>,
     /// What the video track carries (a live session's is the publisher's).
     pub video_format: VideoFormat,
+    /// What its records' capture times are, and so which latency they measure.
+    pub capture: Capture,
+}
+
+/// What the capture time of a source's records says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// When a transcoder wrote the record (VOD and pulled sources): forwarding latency.
+    Written,
+    /// When its datagram came from a WHIP publisher: forwarding latency, and for a video
+    /// frame's last packet, ingest latency.
+    Received,
+    /// When the input it was made from reached the gateway (RTMP, SRT; the transcoder's
+    /// `--timed-input`): ingest latency.
+    Ingested,
 }
 
 impl Source {
@@ -1160,6 +1175,7 @@ impl SessionTask {
                         fps,
                         duration,
                         video_format: VideoFormat::transcoded(self.session.spec.codec()),
+                        capture: Capture::Written,
                     })));
             }
             Event::Position { position, .. } => {

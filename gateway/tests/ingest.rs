@@ -156,6 +156,28 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
             "{info}"
         );
     }
+    // Frames are timed from their arrival at the gateway, transcoding included: a stamp
+    // taken when the transcoder wrote them would put most frames under a millisecond.
+    let metrics = reqwest::get(format!("{}/metrics", wisp.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    let frames = value("wisp_ingest_latency_seconds_count");
+    let mean_ms = value("wisp_ingest_latency_seconds_sum") / frames * 1000.0;
+    let under_1ms = value("wisp_ingest_latency_seconds_bucket{le=\"0.001\"}");
+    assert!(frames >= 20.0, "{metrics}");
+    assert!(
+        (5.0..3000.0).contains(&mean_ms) && under_1ms < frames / 10.0,
+        "mean {mean_ms} ms, {under_1ms} of {frames} frames under 1 ms"
+    );
     for p in &mut publishers {
         let _ = p.kill();
         let _ = p.wait();

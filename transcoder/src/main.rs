@@ -16,6 +16,7 @@
 //! through its inputs.
 #![forbid(unsafe_code)]
 
+mod arrival;
 mod audio;
 mod control;
 mod options;
@@ -127,6 +128,10 @@ struct Args {
     /// sends baseline; anything else is refused with an error event). Audio still becomes Opus.
     #[arg(long)]
     copy_video: bool,
+    /// The first input is the gateway's FIFO of timed records (see `arrival.rs`): packets are
+    /// stamped with when their bytes reached the gateway, for its ingest latency.
+    #[arg(long, requires = "live")]
+    timed_input: bool,
     /// Inherited ring descriptor (how the gateway runs it).
     #[arg(long, conflicts_with = "ring")]
     ring_fd: Option<i32>,
@@ -172,7 +177,7 @@ fn main() -> ExitCode {
     if inputs.is_empty() {
         return usage_error("give at least one input: -i FILE|URL|demo");
     }
-    let opts = Options {
+    let mut opts = Options {
         inputs,
         width: args.width,
         height: args.height,
@@ -199,6 +204,7 @@ fn main() -> ExitCode {
         on_end: args.on_end,
         paused: args.paused,
         live: args.live,
+        arrivals: None,
     };
     let gop_ok = opts.gop_seconds.is_finite() && opts.gop_seconds > 0.0;
     let start_ok = opts.start.is_finite() && opts.start >= 0.0;
@@ -237,6 +243,16 @@ fn main() -> ExitCode {
     }
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
 
+    if args.timed_input {
+        let input = &mut opts.inputs[0];
+        match arrival::unframe(&input.url) {
+            Ok((url, arrivals)) => {
+                input.url = url;
+                opts.arrivals = Some(arrivals);
+            }
+            Err(e) => return fatal("input", &format!("cannot read {}: {e}", input.url)),
+        }
+    }
     let control = match opts.control {
         ControlSource::Stdin => Some(control::spawn_stdin_reader(
             control::stdin_is_parent_channel(),

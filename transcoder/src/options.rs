@@ -211,6 +211,8 @@ pub struct Options {
     pub lowres: u8,
     /// A live stream: probe briefly, read without buffering.
     pub live: bool,
+    /// When each byte of the first input reached the gateway (`--timed-input`).
+    pub arrivals: Option<crate::arrival::Arrivals>,
     pub sar: Option<Rational>,
     pub colorspace: Colorspace,
     pub tone_mapping: Option<String>,
@@ -261,6 +263,7 @@ impl Options {
             encoder_threads: 0,
             lowres: 0,
             live: false,
+            arrivals: None,
             sar: None,
             colorspace: Colorspace::Bt709,
             tone_mapping: None,

@@ -65,6 +65,8 @@ struct Unit {
     /// `None` for a video frame still with the encoder thread (collected, in order, on write).
     packets: Option<Vec<RtpPacket>>,
     due_us: u64,
+    /// When the input the unit was made from reached the gateway (`--timed-input` video).
+    arrived_us: Option<u64>,
 }
 
 /// Totals for the `stats` event.
@@ -561,6 +563,9 @@ impl Player {
     fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
         let v = self.video.as_mut().expect("peeked");
         let (frame, idx) = v.ahead.take().expect("peeked");
+        // The decoder and the filters carry the position of the packet the picture came in.
+        let pkt_pos = frame.packet().position;
+        let arrived_us = self.opts.arrivals.as_ref().and_then(|a| a.of(pkt_pos));
         let media_t = frame_ticks(idx, self.fps);
         let out_t = self.seg.out_of(media_t);
         let ts = ts90(out_t);
@@ -577,6 +582,7 @@ impl Player {
             track: crate::rtp::VIDEO_TRACK,
             packets: None,
             due_us: self.seg.due_of(out_t),
+            arrived_us,
         }))
     }
 
@@ -592,6 +598,7 @@ impl Player {
                 track: crate::rtp::AUDIO_TRACK,
                 packets: Some(Vec::new()),
                 due_us,
+                arrived_us: None,
             }));
         }
         a.next_ts = ts + FRAME_SAMPLES as i64;
@@ -614,6 +621,7 @@ impl Player {
             track: crate::rtp::AUDIO_TRACK,
             packets: Some(packets),
             due_us,
+            arrived_us: None,
         }))
     }
 
@@ -656,9 +664,11 @@ impl Player {
         // Viewers joining later pace their catch-up by capture times. A live input's frames
         // exist when they are written: due times anchored at the start drift behind when the
         // input or this machine falls behind (with `--pace max` nothing re-anchors them), and a
-        // joining viewer chasing them never caught up, so never got audio.
+        // joining viewer chasing them never caught up, so never got audio. A publisher's
+        // video is stamped with when it reached the gateway (`--timed-input`), as a WHIP
+        // publisher's packets are: the gateway's ingest latency counts from there.
         let capture_us = if self.opts.live {
-            now
+            unit.arrived_us.map_or(now, |at| at.min(now))
         } else {
             unit.due_us.min(now)
         };

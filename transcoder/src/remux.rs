@@ -17,6 +17,7 @@ use ff::{Packet, Rational as FfRational, codec, frame, media};
 use ffmpeg_next as ff;
 use rtp_ring::{Flags, RecordRef, Writer, now_us};
 
+use crate::arrival::Arrivals;
 use crate::audio::{AudioFilter, OpusEncoder};
 use crate::control::{self, Command, Event, Incoming, PlayState};
 use crate::options::{ChannelSel, Options};
@@ -167,6 +168,8 @@ pub struct Remux {
     writer: Writer,
     stop: Arc<AtomicBool>,
     control: Option<Receiver<Incoming>>,
+    /// When the input's bytes reached the gateway (`--timed-input`).
+    arrivals: Option<Arrivals>,
     /// The first timestamp read (µs), which becomes [`HEADROOM_US`].
     origin_us: Option<i64>,
     announced: bool,
@@ -272,6 +275,7 @@ impl Remux {
             writer,
             stop,
             control,
+            arrivals: opts.arrivals.clone(),
             origin_us: None,
             announced: false,
             last_us: 0,
@@ -407,7 +411,11 @@ impl Remux {
             self.announce();
         }
         self.frames += 1;
-        self.write(VIDEO_TRACK, &packets);
+        let arrived_us = self
+            .arrivals
+            .as_ref()
+            .and_then(|a| a.of(packet.position() as i64));
+        self.write(VIDEO_TRACK, &packets, arrived_us);
         Ok(())
     }
 
@@ -450,12 +458,15 @@ impl Remux {
             }
         }
         if !out.is_empty() {
-            self.write(AUDIO_TRACK, &out);
+            self.write(AUDIO_TRACK, &out, None);
         }
     }
 
-    fn write(&mut self, track: u8, packets: &[RtpPacket]) {
-        let capture_us = now_us();
+    /// Writes a unit's packets, stamped with when its input reached the gateway when known
+    /// (as the transcoding path does), else now.
+    fn write(&mut self, track: u8, packets: &[RtpPacket], arrived_us: Option<u64>) {
+        let now = now_us();
+        let capture_us = arrived_us.map_or(now, |at| at.min(now));
         for p in packets {
             let mut flags = Flags::empty();
             if p.keyframe_start {

@@ -21,7 +21,9 @@ use crate::auth::{AuthError, Scope, Verifier};
 use crate::config::{VideoCodec, VideoFormat};
 use crate::ingest::key::PublishKey;
 use crate::metrics::Metrics;
-use crate::session::{Ingest, PublishError, PublisherClaim, ReadySource, Registry, Session};
+use crate::session::{
+    Capture, Ingest, PublishError, PublisherClaim, ReadySource, Registry, Session,
+};
 use crate::transcoder::{Command, Event, SpawnError, TranscoderProcess};
 
 /// The ring of an ingest transcoder: about 10 s of 8 Mb/s video.
@@ -72,6 +74,24 @@ pub struct Publishing {
     /// session stopped): the listener closes its connection then.
     pub ended: watch::Receiver<Option<String>>,
     pub session: Arc<Session>,
+}
+
+impl Publishing {
+    /// Passes bytes of the stream to the transcoder, with when they were read from the
+    /// publisher (`rtp_ring::now_us`): a record of the transcoder's `--timed-input` (a
+    /// 12-byte header, length u32 LE and that time u64 LE, then the bytes). The time becomes
+    /// the capture time of what it makes from them, and the ingest latency counts from it.
+    pub async fn send(&mut self, bytes: &[u8], arrived_us: u64) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let len = u32::try_from(bytes.len()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "a record over 4 GiB")
+        })?;
+        let mut header = [0u8; 12];
+        header[..4].copy_from_slice(&len.to_le_bytes());
+        header[4..].copy_from_slice(&arrived_us.to_le_bytes());
+        self.input.write_all(&header).await?;
+        self.input.write_all(bytes).await
+    }
 }
 
 /// Checks `key`'s token for `publish`, claims the session's publisher slot for resource `id`,
@@ -145,6 +165,7 @@ fn transcoder_args(fifo: &Path, copy_video: bool, max_height: Option<u32>) -> Ve
         "--pace".into(),
         "max".into(),
         "--live".into(),
+        "--timed-input".into(),
         "--on-end".into(),
         "exit".into(),
         "--control".into(),
@@ -184,6 +205,7 @@ pub fn announce(
     transcoder: &TranscoderProcess,
     ready: &Event,
     keyframes: mpsc::UnboundedSender<()>,
+    capture: Capture,
 ) {
     let Event::Ready {
         tracks,
@@ -211,6 +233,7 @@ pub fn announce(
             fps: *fps,
             duration: None,
             video_format: video_format(tracks),
+            capture,
         }),
         keyframes,
     );
@@ -262,7 +285,7 @@ impl Supervisor {
                 event = self.transcoder.next_event() => match event {
                     Some(ready @ Event::Ready { .. }) => {
                         let Some(tx) = keyframe_tx.take() else { continue };
-                        announce(&self.claim, &self.transcoder, &ready, tx);
+                        announce(&self.claim, &self.transcoder, &ready, tx, Capture::Ingested);
                         session.set_error(None);
                     }
                     Some(Event::Error { id: None, code, message }) => {

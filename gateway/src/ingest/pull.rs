@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::config::LiveVideo;
 use crate::ingest::publish::{IngestContext, announce, video_args};
-use crate::session::{Ingest, PublishError, Session};
+use crate::session::{Capture, Ingest, PublishError, Session};
 use crate::transcoder::{Command, Event, TranscoderProcess};
 
 /// The first retry after a source dropped or failed, and the longest.
@@ -158,7 +158,7 @@ impl Puller {
                 event = transcoder.next_event() => match event {
                     Some(ready @ Event::Ready { .. }) => {
                         if let Some(tx) = keyframe_tx.take() {
-                            announce(&claim, &transcoder, &ready, tx);
+                            announce(&claim, &transcoder, &ready, tx, Capture::Written);
                             self.session.set_error(None);
                         }
                     }

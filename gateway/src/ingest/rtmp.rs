@@ -183,6 +183,7 @@ async fn connection(
         finished: false,
         copy_video: false,
         parameter_sets: None,
+        read_at: rtp_ring::now_us(),
     };
     conn.act(&mut stream, first, ctx).await?;
     let mut input = rest;
@@ -220,6 +221,7 @@ async fn connection(
             // deleteStream): the publish ends.
             return Ok(());
         }
+        conn.read_at = rtp_ring::now_us();
         input = buf[..n].to_vec();
     }
 }
@@ -269,6 +271,9 @@ struct Conn<'a> {
     /// transcoder's pass-through needs (FLV keeps them in the header only).
     copy_video: bool,
     parameter_sets: Option<Vec<u8>>,
+    /// When the bytes being handled were read from the publisher (`rtp_ring::now_us`): the
+    /// arrival of every message they complete, which the tags sent on carry.
+    read_at: u64,
 }
 
 impl Conn<'_> {
@@ -423,7 +428,7 @@ impl Conn<'_> {
         }
         let mut ended = p.ended.clone();
         tokio::select! {
-            r = p.input.write_all(&self.tags) => r?,
+            r = p.send(&self.tags, self.read_at) => r?,
             why = ended.wait_for(|e| e.is_some()) => {
                 let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
                 return Err(RtmpError::Ended(why));

@@ -13,7 +13,6 @@ use futures_util::StreamExt;
 use srt_tokio::SrtListener;
 use srt_tokio::access::{RejectReason, ServerRejectReason};
 use srt_tokio::options::PacketSize;
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -169,6 +168,7 @@ async fn connection(
             }
         };
         let (_, bytes) = item;
+        let arrived_us = rtp_ring::now_us();
         meter_bytes += bytes.len() as u64;
         if meter_since.elapsed() >= Duration::from_secs(1) {
             let bps = meter_bytes * 8 * 1000 / meter_since.elapsed().as_millis().max(1) as u64;
@@ -178,7 +178,7 @@ async fn connection(
         }
         let mut ended = publishing.ended.clone();
         tokio::select! {
-            r = publishing.input.write_all(&bytes) => r?,
+            r = publishing.send(&bytes, arrived_us) => r?,
             why = ended.wait_for(|e| e.is_some()) => {
                 let why = why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default();
                 return Err(SrtError::Ended(why));
