@@ -366,9 +366,12 @@ impl Player {
     /// One step of playing: produce ahead, or write the oldest unit when due. Returns false to
     /// exit. Up to `depth` units are in flight, so the next frame decodes while one encodes.
     fn step_playing(&mut self) -> Result<bool, PlayError> {
-        let depth = match self.opts.pace {
-            Pace::Max => 3,
-            Pace::Realtime => 2,
+        // Units made ahead of writing them: encoding the next frame while the last one is
+        // written. A live stream's next frame has not arrived yet: a unit made waits for none.
+        let depth = match (self.opts.live, self.opts.pace) {
+            (true, _) => 1,
+            (false, Pace::Max) => 3,
+            (false, Pace::Realtime) => 2,
         };
         if self.unwoken {
             // The previous write left the next unit due with it: send it before producing more.

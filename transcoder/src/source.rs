@@ -354,8 +354,15 @@ impl FileSource {
         let input = open_input(spec, live, &stop)?;
 
         let duration = (input.duration() > 0).then(|| input.duration() as f64 / 1e6);
+        // Frame threads decode frames side by side, each picture coming out a frame later
+        // per thread: a live stream's would wait that long for nothing (its frames come one
+        // at a time), so it decodes on slice threads, which add no delay.
         let threading = codec::threading::Config {
-            kind: codec::threading::Type::Frame,
+            kind: if live {
+                codec::threading::Type::Slice
+            } else {
+                codec::threading::Type::Frame
+            },
             count: threads as usize,
             ..Default::default()
         };
