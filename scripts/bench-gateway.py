@@ -637,6 +637,13 @@ def ingest_latency(window):
                                       "-f", "flv", f"rtmp://127.0.0.1:19350/live/{key}"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            time.sleep(0.2)
+            try:
+                if gw.session(name).get("state") == "live":
+                    break
+            except urllib.error.HTTPError:
+                pass  # not published yet
         viewer = subprocess.Popen([f"{BIN}/whep-client", "load", f"{gw.base}/whep/{name}",
                                    "--token", gw.mint(name, "view"), "--viewers", "1",
                                    "--duration", str(window + 15), "--json"],
