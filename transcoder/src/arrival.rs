@@ -45,6 +45,17 @@ impl Arrivals {
         log.kept.push_back((end, arrived_us));
     }
 
+    /// When the last byte of a packet demuxed at `pos` with `size` bytes of payload arrived:
+    /// that of byte `pos + size - 1`, which is inside the packet's last record (exact for FLV,
+    /// whose tags come whole in one record; for MPEG-TS, whose headers the payload size does
+    /// not count, a record or two before the last of a large frame).
+    pub fn of_packet(&self, pos: i64, size: usize) -> Option<u64> {
+        if pos < 0 {
+            return None;
+        }
+        self.of(pos.checked_add(size.saturating_sub(1) as i64)?)
+    }
+
     /// When the byte at `pos` of the bare stream arrived: `None` when `pos` is unknown (< 0),
     /// forgotten, or not read yet.
     pub fn of(&self, pos: i64) -> Option<u64> {
@@ -137,6 +148,12 @@ mod tests {
         assert_eq!(arrivals.of(10), Some(300));
         assert_eq!(arrivals.of(13), None, "past the end");
         assert_eq!(arrivals.of(-1), None, "unknown position");
+        // A packet is timed by its last byte: one starting in the first record and ending in
+        // the third arrived with the third.
+        assert_eq!(arrivals.of_packet(2, 9), Some(300));
+        assert_eq!(arrivals.of_packet(3, 7), Some(200));
+        assert_eq!(arrivals.of_packet(3, 0), Some(200));
+        assert_eq!(arrivals.of_packet(-1, 10), None);
     }
 
     #[test]

@@ -364,10 +364,12 @@ impl Player {
     }
 
     /// One step of playing: produce ahead, or write the oldest unit when due. Returns false to
-    /// exit. Up to `depth` units are in flight, so the next frame decodes while one encodes.
+    /// exit. Up to `depth` units are in flight, so the next frame of a file decodes while one
+    /// encodes.
     fn step_playing(&mut self) -> Result<bool, PlayError> {
-        // Units made ahead of writing them: encoding the next frame while the last one is
-        // written. A live stream's next frame has not arrived yet: a unit made waits for none.
+        // A live stream's next frame has not arrived when the last is made: making it first
+        // would hold the last one back until it comes, so each is written as soon as it is
+        // made (the next frame could not be decoded before it arrives anyway).
         let depth = match (self.opts.live, self.opts.pace) {
             (true, _) => 1,
             (false, Pace::Max) => 3,
@@ -566,9 +568,14 @@ impl Player {
     fn encode_video(&mut self) -> Result<Option<Unit>, PlayError> {
         let v = self.video.as_mut().expect("peeked");
         let (frame, idx) = v.ahead.take().expect("peeked");
-        // The decoder and the filters carry the position of the packet the picture came in.
-        let pkt_pos = frame.packet().position;
-        let arrived_us = self.opts.arrivals.as_ref().and_then(|a| a.of(pkt_pos));
+        // The decoder and the filters carry the position and size of the packet the picture
+        // came in.
+        let packet = frame.packet();
+        let arrived_us = self
+            .opts
+            .arrivals
+            .as_ref()
+            .and_then(|a| a.of_packet(packet.position, packet.size));
         let media_t = frame_ticks(idx, self.fps);
         let out_t = self.seg.out_of(media_t);
         let ts = ts90(out_t);

@@ -414,7 +414,7 @@ impl Remux {
         let arrived_us = self
             .arrivals
             .as_ref()
-            .and_then(|a| a.of(packet.position() as i64));
+            .and_then(|a| a.of_packet(packet.position() as i64, packet.size()));
         self.write(VIDEO_TRACK, &packets, arrived_us);
         Ok(())
     }
