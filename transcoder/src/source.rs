@@ -276,6 +276,9 @@ pub struct FileSource {
     corrupt: u64,
 }
 
+/// Pixels per second up to which a live stream is decoded on slice threads (1080p60).
+const LIVE_SLICE_THREADS_MAX_PIXEL_RATE: f64 = 1920.0 * 1088.0 * 60.0;
+
 fn ff_reason(e: ff::Error) -> String {
     e.to_string()
 }
@@ -354,35 +357,8 @@ impl FileSource {
         let input = open_input(spec, live, &stop)?;
 
         let duration = (input.duration() > 0).then(|| input.duration() as f64 / 1e6);
-        // Frame threads decode frames side by side, each picture coming out a frame later
-        // per thread: a live stream's would wait that long for nothing (its frames come one
-        // at a time), so it decodes on slice threads, which add no delay.
-        let threading = codec::threading::Config {
-            kind: if live {
-                codec::threading::Type::Slice
-            } else {
-                codec::threading::Type::Frame
-            },
-            count: threads as usize,
-            ..Default::default()
-        };
         let video = match (want_video, input.streams().best(media::Type::Video)) {
             (true, Some(st)) => {
-                let mut ctx = codec::Context::from_parameters(st.parameters())
-                    .map_err(|e| open_err(ff_reason(e)))?;
-                ctx.set_threading(threading);
-                let mut dopts = Dictionary::new();
-                if lowres > 0 {
-                    dopts.set("lowres", &lowres.to_string());
-                }
-                let id = ctx.id();
-                let codec = decoder::find(id)
-                    .ok_or_else(|| open_err(format!("no decoder for video codec {id:?}")))?;
-                let dec = ctx
-                    .decoder()
-                    .open_as_with(codec, dopts)
-                    .and_then(|d| d.video())
-                    .map_err(|e| open_err(format!("video decoder: {e}")))?;
                 let fps = [st.avg_frame_rate(), st.rate()]
                     .into_iter()
                     .find(|r| {
@@ -391,6 +367,41 @@ impl FileSource {
                             && r.numerator() / r.denominator().max(1) <= 240
                     })
                     .unwrap_or(FfRational::new(30, 1));
+                let open = |kind| {
+                    let mut ctx = codec::Context::from_parameters(st.parameters())
+                        .map_err(|e| open_err(ff_reason(e)))?;
+                    ctx.set_threading(codec::threading::Config {
+                        kind,
+                        count: threads as usize,
+                        ..Default::default()
+                    });
+                    let mut dopts = Dictionary::new();
+                    if lowres > 0 {
+                        dopts.set("lowres", &lowres.to_string());
+                    }
+                    let id = ctx.id();
+                    let codec = decoder::find(id)
+                        .ok_or_else(|| open_err(format!("no decoder for video codec {id:?}")))?;
+                    ctx.decoder()
+                        .open_as_with(codec, dopts)
+                        .and_then(|d| d.video())
+                        .map_err(|e| open_err(format!("video decoder: {e}")))
+                };
+                // Frame threads decode frames side by side, each picture coming out a frame
+                // later per thread: a live stream's would wait that long for nothing (its
+                // frames come one at a time), so it decodes on slice threads, which add no
+                // delay but little speed to an encoder's one-slice frames. Past 1080p60 one
+                // thread may not keep up: such a stream keeps frame threads.
+                let mut dec = open(if live {
+                    codec::threading::Type::Slice
+                } else {
+                    codec::threading::Type::Frame
+                })?;
+                let pixel_rate = dec.width() as f64 * dec.height() as f64 * fps.numerator() as f64
+                    / fps.denominator().max(1) as f64;
+                if live && pixel_rate > LIVE_SLICE_THREADS_MAX_PIXEL_RATE {
+                    dec = open(codec::threading::Type::Frame)?;
+                }
                 Some(Stream {
                     index: st.index(),
                     decoder: dec,
