@@ -556,7 +556,15 @@ impl Peer {
                 Some(m) => m,
                 None => match r.reader().try_next_into(buf) {
                     Ok(Some(m)) => m,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // Everything written so far was sent: the viewer is at the live edge,
+                        // whatever the capture times say (a transcoded live source stamps its
+                        // frames with their arrival, a transcode earlier than their writing).
+                        if feed.reached_live_edge() {
+                            tracing::debug!("caught up: at the live edge");
+                        }
+                        break;
+                    }
                     Err(overrun) => {
                         on_overrun(r, feed, &self.metrics, overrun.lost);
                         break;
@@ -915,6 +923,14 @@ impl Feed {
         (due > now_us).then_some(due)
     }
 
+    /// The viewer has sent everything in the ring: it is live. Returns whether it was still
+    /// catching up.
+    pub fn reached_live_edge(&mut self) -> bool {
+        let was = self.catchup.is_some();
+        self.end_catchup();
+        was
+    }
+
     fn end_catchup(&mut self) {
         if self.catchup.take().is_some()
             && let Some(v) = self.video.as_mut()
@@ -1229,6 +1245,27 @@ mod tests {
                     a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
                     a=setup:actpass\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n";
         assert!(accept_offer(&mut rtc, good).is_ok());
+    }
+
+    #[test]
+    fn a_viewer_catching_up_is_live_once_it_has_sent_everything_written() {
+        let tracks = Tracks {
+            video: Some((Mid::from("0"), Pt::from(96), 90_000)),
+            audio: None,
+        };
+        let mut feed = Feed::new(&tracks);
+        // A keyframe two seconds old: records are paced by their capture times, and one
+        // stamped 100 ms before it was written (a transcoded live source's arrival stamp)
+        // would not count as caught up yet.
+        let now = 10_000_000;
+        feed.begin_catchup(Catchup::new(now, now - 2_000_000).expect("old enough"));
+        assert!(feed.due(now + 500_000 - 100_000, now + 500_000).is_some());
+        assert!(feed.catching_up());
+        // The ring drained: nothing written is left to send, so it is live.
+        assert!(feed.reached_live_edge());
+        assert!(!feed.catching_up());
+        assert_eq!(feed.due(now + 600_000, now + 600_000), None);
+        assert!(!feed.reached_live_edge(), "already live");
     }
 
     #[test]
