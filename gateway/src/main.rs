@@ -207,10 +207,14 @@ fn serve(args: ServeArgs) -> ExitCode {
 /// (docs/soak.md).
 fn give_back_freed_memory() {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
     thread_local! {
         static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
     }
+    // glibc's arenas belong to the process, not the thread: one thread trims them, at most
+    // once a second (trimming locks each arena in turn).
+    static LAST_TRIM_S: AtomicU64 = AtomicU64::new(0);
     let now = Instant::now();
     if LAST
         .get()
@@ -219,12 +223,25 @@ fn give_back_freed_memory() {
         return;
     }
     LAST.set(Some(now));
-    // SAFETY: neither takes pointers; both may be called from any thread at any time and
-    // only return memory their allocator holds free.
+    // SAFETY: it takes no pointers and may be called from any thread at any time; it only
+    // returns memory this thread's heap holds free.
     #[allow(unsafe_code)]
     unsafe {
         libmimalloc_sys::mi_collect(true);
-        libc::malloc_trim(0);
+    }
+    let second = wisp::auth::now_secs();
+    let last = LAST_TRIM_S.load(Ordering::Relaxed);
+    if second > last
+        && LAST_TRIM_S
+            .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        // SAFETY: as above, for glibc's malloc and all its arenas.
+        #[cfg(target_env = "gnu")]
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }
 
