@@ -297,9 +297,10 @@ impl Metrics {
         self.forward_latency.render(
             &mut out,
             "wisp_forward_latency_seconds",
-            "From a packet's arrival (read from a publisher's datagram, or written to the ring by \
-             a transcoder) to its sending to a viewer; backlogs sent to viewers catching up are \
-             not counted.",
+            "From a packet's arrival (read from a WHIP publisher's datagram, or written to the \
+             ring by a VOD or pulled session's transcoder) to its sending to a viewer; backlogs \
+             sent to viewers catching up are not counted (RTMP and SRT publishes count in \
+             wisp_ingest_latency_seconds).",
         );
         self.ingest_latency.0.render(
             &mut out,
