@@ -156,8 +156,9 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
             "{info}"
         );
     }
-    // Frames are timed from their arrival at the gateway, transcoding included: a stamp
-    // taken when the transcoder wrote them would put most frames under a millisecond.
+    // Frames are timed from their arrival at the gateway, transcoding included: B-frame
+    // reordering and the frame-rate filter alone hold each picture 33-100 ms. A stamp taken
+    // when the transcoder wrote them put all 124 frames under 10 ms (mean 1.8 ms, debug build).
     let metrics = reqwest::get(format!("{}/metrics", wisp.base))
         .await
         .unwrap()
@@ -172,11 +173,11 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
     };
     let frames = value("wisp_ingest_latency_seconds_count");
     let mean_ms = value("wisp_ingest_latency_seconds_sum") / frames * 1000.0;
-    let under_1ms = value("wisp_ingest_latency_seconds_bucket{le=\"0.001\"}");
+    let under_25ms = value("wisp_ingest_latency_seconds_bucket{le=\"0.025\"}");
     assert!(frames >= 20.0, "{metrics}");
     assert!(
-        (5.0..3000.0).contains(&mean_ms) && under_1ms < frames / 10.0,
-        "mean {mean_ms} ms, {under_1ms} of {frames} frames under 1 ms"
+        (20.0..3000.0).contains(&mean_ms) && under_25ms < frames / 4.0,
+        "mean {mean_ms} ms, {under_25ms} of {frames} frames under 25 ms"
     );
     for p in &mut publishers {
         let _ = p.kill();
