@@ -139,16 +139,8 @@ async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_pla
     };
     // Kill it once the viewers are being fed (the gateway's packet counter moves).
     let packets_out = || async {
-        let text = reqwest::get(format!("{}/metrics", wisp.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("wisp_packets_out_total "))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+        let page = common::metrics(&wisp.base).await;
+        common::metric(&page, "wisp_packets_out_total").unwrap_or(0.0) as u64
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while packets_out().await < 2000 {
@@ -278,19 +270,8 @@ async fn garbage_datagrams_are_counted_and_hurt_no_viewer() {
         .unwrap()
         .expect("the viewer plays through garbage");
     assert!(s.video_frames >= 120);
-    let metrics = reqwest::get(format!("{}/metrics", wisp.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let count = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let metrics = common::metrics(&wisp.base).await;
+    let count = |name: &str| common::metric(&metrics, name).unwrap_or(0.0) as u64;
     assert!(
         count("wisp_udp_garbage_total") + count("wisp_udp_unrouted_total") >= 1900,
         "{metrics}"

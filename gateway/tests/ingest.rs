@@ -159,17 +159,9 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
     // Frames are timed from their arrival at the gateway, transcoding included: B-frame
     // reordering and the frame-rate filter alone hold each picture 33-100 ms. A stamp taken
     // when the transcoder wrote them put all 124 frames under 10 ms (mean 1.8 ms, debug build).
-    let metrics = reqwest::get(format!("{}/metrics", wisp.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    let metrics = common::metrics(&wisp.base).await;
+    let value = |name: &str| {
+        common::metric(&metrics, name).unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
     };
     let frames = value("wisp_ingest_latency_seconds_count");
     let mean_ms = value("wisp_ingest_latency_seconds_sum") / frames * 1000.0;

@@ -44,3 +44,19 @@ pub fn unloadable_transcoder(tag: &str) -> (PathBuf, PathBuf) {
     .expect("chmod");
     (dir, program)
 }
+
+/// The gateway's `/metrics` page at `base` (`http://host:port`).
+pub async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics page")
+}
+
+/// The value of the sample named `name` (with its labels, if any) on a metrics page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
