@@ -110,6 +110,17 @@ class Gateway:
                                      headers={"Authorization": "Bearer " + self.admin})
         return json.load(urllib.request.urlopen(req, timeout=5))
 
+    def wait_live(self, name, seconds=20):
+        """Waits until session `name` is live (its publisher's media flows); False if not."""
+        for _ in range(int(seconds / 0.2)):
+            time.sleep(0.2)
+            try:
+                if self.session(name).get("state") == "live":
+                    return True
+            except urllib.error.HTTPError:
+                pass  # not published yet
+        return False
+
     def close(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=20)
@@ -223,13 +234,7 @@ def live_fanout(viewers_list, window):
             [VENV_PY, os.path.join(ROOT, "interop", "aiortc_whip.py"), f"{gw.base}/whip/{name}",
              token, "0", "--file", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"{gw.base}/whep/{name}"
-        for _ in range(100):
-            time.sleep(0.2)
-            try:
-                if gw.session(name).get("state") == "live":
-                    break
-            except urllib.error.HTTPError:
-                pass  # not published yet
+        gw.wait_live(name)
         warm = watch(url, token)
         time.sleep(3)
         row = measure_fanout(gw, n, window, url, token)
@@ -637,13 +642,7 @@ def ingest_latency(window):
                                       "-f", "flv", f"rtmp://127.0.0.1:19350/live/{key}"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            time.sleep(0.2)
-            try:
-                if gw.session(name).get("state") == "live":
-                    break
-            except urllib.error.HTTPError:
-                pass  # not published yet
+        gw.wait_live(name)
         viewer = subprocess.Popen([f"{BIN}/whep-client", "load", f"{gw.base}/whep/{name}",
                                    "--token", gw.mint(name, "view"), "--viewers", "1",
                                    "--duration", str(window + 15), "--json"],
