@@ -24,6 +24,7 @@
 //! - `slots.rs`: who holds one of `max_transcoders` slots; idle holders give way.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
 //! - `metrics.rs`: counters and the Prometheus text.
+//! - `heap.rs`: the live heap, as the `wisp` binary's counting allocator reports it.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -32,6 +33,7 @@ pub mod config;
 pub mod connections;
 pub mod control;
 pub mod fanout;
+pub mod heap;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

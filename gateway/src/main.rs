@@ -2,7 +2,8 @@
 //! JWTs that viewers, publishers and operators present (DESIGN.md "Auth").
 //!
 //! Only clap types live here; `config.rs` resolves them with the environment and the file.
-//! The one `unsafe` is the allocator's collect call (see [`give_back_freed_memory`]).
+//! The `unsafe` here is the allocator's: the counting wrapper around mimalloc ([`Counting`])
+//! and its collect call (see [`give_back_freed_memory`]).
 #![deny(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,8 +15,51 @@ use clap::{Parser, Subcommand};
 /// mimalloc instead of glibc's malloc: the media path allocates and frees a datagram per packet
 /// per viewer between long-lived per-viewer state, which left glibc's heap fragmented (RSS per
 /// viewer measured in docs/benchmarks.md).
+/// Counted, so that `wisp_heap_bytes` shows the live heap next to the RSS (`wisp::heap`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+
+/// mimalloc, reporting each block's size to `wisp::heap` (one uncontended atomic add).
+struct Counting(mimalloc::MiMalloc);
+
+// SAFETY: every call is passed unchanged to mimalloc, which upholds `GlobalAlloc`'s contract;
+// the counting beside it neither allocates nor touches the blocks.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { self.0.alloc(layout) };
+        if !p.is_null() {
+            wisp::heap::allocated(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if !p.is_null() {
+            wisp::heap::allocated(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { self.0.dealloc(ptr, layout) };
+        wisp::heap::freed(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, forwarded.
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            wisp::heap::freed(layout.size());
+            wisp::heap::allocated(new_size);
+        }
+        p
+    }
+}
 use wisp::auth::{self, Claims, Minter, Scope};
 use wisp::config::{Config, Overrides};
 
@@ -127,6 +171,7 @@ struct TokenArgs {
 }
 
 fn main() -> ExitCode {
+    wisp::heap::install();
     match Cli::parse().command {
         Cmd::Serve(args) => serve(args),
         Cmd::Token(args) => match token(args) {

@@ -178,6 +178,14 @@ impl Metrics {
             "Tasks alive in the gateway's runtime (a leak shows as growth with nothing running).",
             tasks as u64,
         );
+        if let Some(bytes) = crate::heap::live_bytes() {
+            gauge(
+                "wisp_heap_bytes",
+                "Bytes the gateway's Rust code has allocated and not freed: its live heap. \
+                 The RSS above it is memory the allocators keep free for reuse, and C code's.",
+                bytes,
+            );
+        }
         gauge(
             "wisp_http_connections",
             "HTTP connections open.",
