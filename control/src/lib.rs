@@ -152,6 +152,39 @@ pub enum Event {
     Unknown,
 }
 
+/// An event from a transcoder in egress mode (`wisp-transcoder egress …`), one JSON line on
+/// its stdout. Its only command is `stop` (or its stdin closing): finish the output and exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EgressEvent {
+    /// The output is open and its header written: `output` is the file or URL, `video` and
+    /// `audio` what it carries (`"h264 1280x720"`, `"opus 48000 Hz 2 ch"`).
+    Started {
+        output: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        video: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audio: Option<String>,
+    },
+    /// Written so far: bytes out, seconds of media.
+    Progress { bytes: u64, seconds: f64 },
+    /// The video lost packets: a keyframe would let it go on (the gateway asks the source).
+    KeyframeRequest,
+    /// Finished and closed (the file plays to its end): why it stopped (`stopped`,
+    /// `max_seconds`, `source_ended`).
+    Ended {
+        reason: String,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// `code`: `usage`, `ring`, `output` (cannot write where it was told), `not_supported`
+    /// (the container cannot hold the session's codecs), `media`.
+    Error { code: String, message: String },
+    /// An event this side does not know (the other side is newer). Never sent.
+    #[serde(other, skip_serializing)]
+    Unknown,
+}
+
 /// A command as one line, tagged with `id` when the sender wants a reply: the transcoder then
 /// answers it with exactly one `done` or `error` event carrying that id.
 pub fn request_line(id: Option<u64>, command: &Command) -> String {

@@ -11,6 +11,8 @@
 //! - `remux.rs`: `--copy-video`, a live stream's H.264 passed through as it came.
 //! - `timeline.rs`: media time → output (RTP) time and due time.
 //! - `control.rs`: JSON-lines commands on stdin and events on stdout.
+//! - `egress/`: `wisp-transcoder egress …`, a reader of a session's ring that records it (see
+//!   its own layout).
 //!
 //! It links no WebRTC or HTTP code beyond str0m's RTP packetizers, and reads the network only
 //! through its inputs.
@@ -19,6 +21,7 @@
 mod arrival;
 mod audio;
 mod control;
+mod egress;
 mod options;
 mod player;
 mod remux;
@@ -152,6 +155,8 @@ Control (JSON lines on stdin): {\"op\":\"play\"} {\"op\":\"pause\"} {\"op\":\"se
   {\"op\":\"select_audio\",\"input\":\"music\",\"channels\":[0,1]} {\"op\":\"status\"}
 Events (JSON lines on stdout): ready, state, position, error, stats. Logs on stderr (RUST_LOG).
 
+Egress (read a session's ring and record it): wisp-transcoder egress --help
+
 Examples:
   wisp-transcoder -i demo --ring /dev/shm/demo --ring-size 67108864
   wisp-transcoder -i film.mp4 -i dub.wav id=dub --width 1280 --height 720 --ring /dev/shm/x --ring-size 67108864
@@ -169,6 +174,9 @@ fn main() -> ExitCode {
         )
         .init();
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("egress") {
+        return egress::main(argv);
+    }
     let (inputs, rest) = match options::split_inputs(argv[1..].to_vec()) {
         Ok(v) => v,
         Err(e) => return usage_error(&e),

@@ -1,0 +1,369 @@
+//! `wisp-transcoder egress …`: one more reader of a session's ring, in its own process, that
+//! turns what viewers get into something else: a recording today (DESIGN.md "Egress").
+//!
+//! The gateway starts it with the session's ring (`--ring-fd`/`--ring-eventfd`, inherited as
+//! the transcoder's are) and the tracks it carries (`--video 0:h264 --audio 1:opus`); by hand,
+//! `--ring PATH` opens a file-backed ring a `wisp-transcoder --ring PATH` writes. It reads
+//! from the newest keyframe on with its own cursor, so it never slows the writer or a viewer,
+//! and a crash here touches nothing else. It stops, finishing its output, when told `stop` on
+//! stdin, when stdin (a pipe from the gateway) closes, on SIGTERM or SIGINT, or at
+//! `--max-seconds`.
+//!
+//! Events are JSON lines on stdout ([`wisp_control::EgressEvent`]); logs go to stderr.
+//!
+//! # Layout
+//! - `mod.rs`: command line, the read loop, stopping, events.
+//! - `frames.rs`: records → frames with output times (depacketizing, loss, timeline).
+//! - `probe.rs`: codec parameters from the first keyframe, as FFmpeg reads them.
+//! - `record.rs`: containers and writing a file.
+
+mod frames;
+mod probe;
+mod record;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use rtp_ring::Ring;
+use wisp_control::{Command, EgressEvent};
+
+use frames::{Frame, Framer, TrackSpec};
+use record::{Container, Recorder};
+
+/// How often progress is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// At most one keyframe request per this interval.
+const KEYFRAME_REQUEST_EVERY: Duration = Duration::from_millis(500);
+
+/// Read a Wisp session's ring and write what it carries elsewhere.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wisp-transcoder egress",
+    after_help = "Example (a demo written to a file ring, recorded for 10 s):\n  \
+        wisp-transcoder -i demo --ring /dev/shm/demo --ring-size 67108864 &\n  \
+        wisp-transcoder egress --ring /dev/shm/demo --video 0:h264 --audio 1:opus \\\n    \
+        record --format mp4 --output demo.mp4 --max-seconds 10"
+)]
+struct Args {
+    /// Inherited ring descriptor (how the gateway runs it).
+    #[arg(long, conflicts_with = "ring")]
+    ring_fd: Option<i32>,
+    /// Inherited eventfd that wakes the ring's readers (with --ring-fd).
+    #[arg(long, requires = "ring_fd")]
+    ring_eventfd: Option<i32>,
+    /// Open this file-backed ring.
+    #[arg(long)]
+    ring: Option<PathBuf>,
+    /// The ring's video track: INDEX:CODEC (h264 or vp8).
+    #[arg(long)]
+    video: Option<TrackSpec>,
+    /// The ring's audio track: INDEX:opus.
+    #[arg(long)]
+    audio: Option<TrackSpec>,
+    #[command(subcommand)]
+    job: Job,
+}
+
+#[derive(Debug, Subcommand)]
+enum Job {
+    /// Write the session to a file, as it was sent (no re-encoding).
+    Record {
+        /// Container (mp4: fragmented, H.264 + Opus; webm: VP8 + Opus; mkv: any; ogg: audio).
+        #[arg(long, value_enum)]
+        format: Container,
+        /// The file to create.
+        #[arg(long)]
+        output: PathBuf,
+        /// Stop after this many seconds of media.
+        #[arg(long)]
+        max_seconds: Option<f64>,
+    },
+}
+
+/// An egress's failure: a code for the gateway and a message for people.
+#[derive(Debug)]
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs `wisp-transcoder egress ARGS` (`argv[0]` is the program, `argv[1]` `egress`).
+pub fn main(argv: Vec<String>) -> ExitCode {
+    let args = match Args::try_parse_from(argv.into_iter().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            tracing::warn!("cannot handle signal {sig}: {e}");
+        }
+    }
+    watch_stdin(stop.clone());
+    match run(args, &stop) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            tracing::error!("{}", f.message);
+            emit(&EgressEvent::Error {
+                code: f.code.into(),
+                message: f.message,
+            });
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args, stop: &AtomicBool) -> Result<(), Failure> {
+    let ring = match (&args.ring, args.ring_fd) {
+        (Some(path), _) => Ring::open(path),
+        (None, Some(fd)) => Ring::from_inherited_fds(fd, args.ring_eventfd),
+        (None, None) => return Err(Failure::new("usage", "give --ring PATH or --ring-fd N")),
+    }
+    .map_err(|e| Failure::new("ring", e.to_string()))?;
+    for (track, video) in [(args.video, true), (args.audio, false)] {
+        if let Some(t) = track
+            && t.codec.is_video() != video
+        {
+            return Err(Failure::new(
+                "usage",
+                format!(
+                    "--{} cannot be {}",
+                    ["audio", "video"][video as usize],
+                    t.codec.name()
+                ),
+            ));
+        }
+    }
+    ffmpeg_next::init().map_err(|e| Failure::new("media", format!("FFmpeg: {e}")))?;
+    ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
+    match args.job {
+        Job::Record {
+            format,
+            output,
+            max_seconds,
+        } => record(
+            &ring,
+            args.video,
+            args.audio,
+            format,
+            output,
+            max_seconds,
+            stop,
+        ),
+    }
+}
+
+/// Records until stopped, then finishes the file.
+fn record(
+    ring: &Ring,
+    video: Option<TrackSpec>,
+    audio: Option<TrackSpec>,
+    container: Container,
+    output: PathBuf,
+    max_seconds: Option<f64>,
+    stop: &AtomicBool,
+) -> Result<(), Failure> {
+    let (v, a) = container
+        .tracks(video.map(|t| t.codec), audio.map(|t| t.codec))
+        .map_err(|m| Failure::new("not_supported", m))?;
+    let video = video.filter(|_| v.is_some());
+    let audio = audio.filter(|_| a.is_some());
+    let audio_params = match audio {
+        Some(_) => Some(probe::opus().map_err(|m| Failure::new("media", m))?),
+        None => None,
+    };
+    let mut reader = ring.reader();
+    let mut keyframes = KeyframeRequests::default();
+    if let Some(v) = video
+        && !reader.resync_to_keyframe(v.index)
+    {
+        // None in the ring yet: ask for one rather than wait out a GOP.
+        keyframes.request();
+    }
+    let mut framer = Framer::new(video, audio);
+    let mut recorder: Option<Recorder> = None;
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut packet = Vec::with_capacity(rtp_ring::MAX_PAYLOAD);
+    let mut last_progress = Instant::now();
+    let reason = loop {
+        if stop.load(Ordering::Relaxed) {
+            break "stopped";
+        }
+        if let (Some(max), Some(r)) = (max_seconds, &recorder)
+            && r.seconds() >= max
+        {
+            break "max_seconds";
+        }
+        match reader.try_next_into(&mut packet) {
+            Ok(Some(meta)) => {
+                if framer.push(&meta, &packet, &mut frames).wants_keyframe {
+                    keyframes.request();
+                }
+            }
+            Ok(None) => {
+                reader
+                    .wait(Duration::from_millis(100))
+                    .map_err(|e| Failure::new("ring", format!("waiting on the ring: {e}")))?;
+            }
+            Err(overrun) => {
+                tracing::warn!(lost = overrun.lost, "fell a lap behind the ring; resyncing");
+                framer.lost_records();
+                if let Some(v) = video {
+                    reader.resync_to_keyframe(v.index);
+                }
+                keyframes.request();
+            }
+        }
+        for frame in frames.drain(..) {
+            if recorder.is_none() {
+                // The first frame is the video's first keyframe (or, without video, the
+                // first audio packet): the header can be written now.
+                let video = match video {
+                    Some(v) => Some((
+                        v.codec,
+                        probe::video(v.codec, &frame.data).map_err(|m| Failure::new("media", m))?,
+                    )),
+                    None => None,
+                };
+                let r = Recorder::create(
+                    &output,
+                    container,
+                    video.as_ref().map(|(c, p)| (*c, p)),
+                    audio.zip(audio_params.as_ref()).map(|(t, p)| (t.codec, p)),
+                )
+                .map_err(|e| Failure::new("output", e.to_string()))?;
+                tracing::info!(output = %output.display(), "recording");
+                emit(&EgressEvent::Started {
+                    output: output.display().to_string(),
+                    video: video.as_ref().map(|(_, p)| p.description.clone()),
+                    audio: audio_params.as_ref().map(|p| p.description.clone()),
+                });
+                recorder = Some(r);
+            }
+            if let Some(r) = recorder.as_mut() {
+                r.write(&frame)
+                    .map_err(|e| Failure::new("output", e.to_string()))?;
+            }
+        }
+        if keyframes.due() {
+            emit(&EgressEvent::KeyframeRequest);
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            if let Some(r) = &recorder {
+                emit(&EgressEvent::Progress {
+                    bytes: r.bytes(),
+                    seconds: round_ms(r.seconds()),
+                });
+            }
+        }
+    };
+    let (bytes, seconds) = match recorder {
+        Some(r) => {
+            let seconds = r.seconds();
+            let path = output.clone();
+            r.finish()
+                .map_err(|e| Failure::new("output", e.to_string()))?;
+            (std::fs::metadata(&path).map_or(0, |m| m.len()), seconds)
+        }
+        None => (0, 0.0),
+    };
+    if framer.lost_packets > 0 {
+        tracing::warn!(
+            lost = framer.lost_packets,
+            "video packets were missing from the ring"
+        );
+    }
+    tracing::info!(reason, bytes, seconds, "recording finished");
+    emit(&EgressEvent::Ended {
+        reason: reason.into(),
+        bytes,
+        seconds: round_ms(seconds),
+    });
+    Ok(())
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+/// Keyframe requests, at most one per [`KEYFRAME_REQUEST_EVERY`].
+#[derive(Debug, Default)]
+struct KeyframeRequests {
+    wanted: bool,
+    last: Option<Instant>,
+}
+
+impl KeyframeRequests {
+    fn request(&mut self) {
+        self.wanted = true;
+    }
+
+    /// Whether to send one now.
+    fn due(&mut self) -> bool {
+        if !self.wanted
+            || self
+                .last
+                .is_some_and(|t| t.elapsed() < KEYFRAME_REQUEST_EVERY)
+        {
+            return false;
+        }
+        self.wanted = false;
+        self.last = Some(Instant::now());
+        true
+    }
+}
+
+/// Sets `stop` on a `stop` command, and when stdin (a pipe from the gateway) closes.
+fn watch_stdin(stop: Arc<AtomicBool>) {
+    let end_on_eof = crate::control::stdin_is_parent_channel();
+    let spawned = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                match wisp_control::parse_request(line.trim()) {
+                    Ok((_, Command::Stop)) => {
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    Ok((_, other)) => tracing::warn!(?other, "an egress only takes stop"),
+                    Err(e) if line.trim().is_empty() => drop(e),
+                    Err(e) => tracing::warn!("{}", e.message),
+                }
+            }
+            if end_on_eof {
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot read stdin: {e}");
+    }
+}
+
+/// Writes one event line to stdout. A gone reader is not ours to report.
+fn emit(event: &EgressEvent) {
+    let Ok(line) = serde_json::to_string(event) else {
+        return;
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
