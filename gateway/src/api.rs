@@ -1,7 +1,8 @@
 //! The session API (`/api/sessions`, admin scope): create VOD sessions from inputs and encode
-//! options, list and inspect them, stop them.
+//! options, list and inspect them, stop them; start, list and stop their egresses
+//! (`/api/sessions/{session}/egress`).
 //!
-//! Owns request validation and the JSON shapes; sessions themselves are `session.rs`'s.
+//! Owns request handling; sessions themselves are `session.rs`'s, egresses `egress/`'s.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use crate::auth::{Scope, valid_session_name};
 use crate::config::SessionSpec;
+use crate::egress::{EgressInfo, EgressSpec};
 use crate::http::{ApiError, Shared, authorize, base_url, random_id, require_type};
 use crate::session::SessionInfo;
 
@@ -100,3 +102,94 @@ pub async fn remove(
     tracing::info!(session = %name, "session deleted through the API");
     Ok(StatusCode::OK)
 }
+
+/// `POST /api/sessions/{session}/egress`: 201 with the egress (its `id`, state, file), and
+/// `Location` for GET and DELETE. It starts at once: a VOD session's transcoder starts for it.
+pub async fn egress_start(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, &name, Scope::Admin)?;
+    if s.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    require_type(&headers, "application/json")?;
+    let spec = EgressSpec::parse(&body)?;
+    let session = s
+        .sessions
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+    // A VOD session's codec is known before it runs: refuse a container that cannot hold it
+    // now rather than fail later. (A live session's is the publisher's, known at publish.)
+    if session.kind == crate::session::Kind::Vod {
+        let EgressSpec::Record { format, .. } = &spec;
+        let codec = session
+            .spec
+            .video
+            .as_ref()
+            .and_then(|v| v.codec)
+            .unwrap_or_default();
+        if let Some(why) = format.refuses(codec) {
+            return Err(ApiError::Unprocessable(why));
+        }
+    }
+    let egress = s.egresses.start(&session, spec)?;
+    let base = base_url(&headers, s.config.http);
+    let mut resp = (StatusCode::CREATED, Json(egress.info())).into_response();
+    let location = format!("{base}/api/sessions/{name}/egress/{}", egress.id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /api/sessions/{session}/egress`: the session's egresses, running and recently
+/// finished, oldest first.
+pub async fn egress_list(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<EgressInfo>>, ApiError> {
+    authorize(&s, &headers, &name, Scope::Admin)?;
+    let egresses = s.egresses.of(&name);
+    if egresses.is_empty() && s.sessions.get(&name).is_none() {
+        return Err(ApiError::NotFound(format!("no session named {name:?}")));
+    }
+    Ok(Json(egresses.iter().map(|e| e.info()).collect()))
+}
+
+/// `GET /api/sessions/{session}/egress/{id}`.
+pub async fn egress_show(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<EgressInfo>, ApiError> {
+    authorize(&s, &headers, &name, Scope::Admin)?;
+    let egress = s
+        .egresses
+        .get(&name, &id)
+        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))?;
+    Ok(Json(egress.info()))
+}
+
+/// `DELETE /api/sessions/{session}/egress/{id}`: stops it and answers once its output is
+/// finished (the file closed), with its final state.
+pub async fn egress_stop(
+    State(s): State<Shared>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<EgressInfo>, ApiError> {
+    authorize(&s, &headers, &name, Scope::Admin)?;
+    let egress = s
+        .egresses
+        .get(&name, &id)
+        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))?;
+    let info = egress.stop(EGRESS_STOP_WAIT).await;
+    tracing::info!(session = %name, egress = %id, "egress stopped through the API");
+    Ok(Json(info))
+}
+
+/// How long DELETE waits for an egress to finish its output.
+const EGRESS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);

@@ -27,6 +27,7 @@ pub struct Overrides {
     pub jwks: Option<PathBuf>,
     pub transcoder: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub recordings: Option<PathBuf>,
     pub idle_timeout_secs: Option<u64>,
     pub no_demo: bool,
     pub public_sessions: Option<bool>,
@@ -130,6 +131,8 @@ pub struct FileConfig {
     pub jwt_audience: Option<String>,
     pub transcoder: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// Where recordings are written (default: `<state_dir>/recordings`).
+    pub recordings: Option<PathBuf>,
     /// Seconds a VOD session's transcoder keeps running with no viewer (and a live session
     /// stays with neither publisher nor viewer).
     pub idle_timeout: Option<u64>,
@@ -655,6 +658,8 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     pub transcoder: PathBuf,
     pub state_dir: PathBuf,
+    /// Recordings go under `{recordings}/{session}/`.
+    pub recordings: PathBuf,
     pub idle_timeout: Duration,
     pub demo: bool,
     pub cors_origins: Vec<String>,
@@ -865,6 +870,14 @@ impl Config {
             public_ips = file.public_ip;
         }
         let idle = over.idle_timeout_secs.or(file.idle_timeout).unwrap_or(60);
+        let state_dir = over
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(default_state_dir);
+        let recordings = over
+            .recordings
+            .or(file.recordings)
+            .unwrap_or_else(|| state_dir.join("recordings"));
         Ok(Self {
             http: over
                 .http
@@ -882,10 +895,8 @@ impl Config {
                 .transcoder
                 .or(file.transcoder)
                 .unwrap_or_else(default_transcoder),
-            state_dir: over
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(default_state_dir),
+            state_dir,
+            recordings,
             idle_timeout: Duration::from_secs(idle),
             demo,
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),

@@ -44,6 +44,8 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// What pulled sessions and the RTMP and SRT listeners need to start transcoders.
     pub ingest: crate::ingest::publish::IngestContext,
+    /// Recordings and other egresses.
+    pub egresses: crate::egress::Egresses,
 }
 
 pub type Shared = Arc<AppState>;
@@ -82,6 +84,14 @@ pub fn app(state: Shared) -> Router {
         .route(
             "/api/sessions/{session}",
             get(crate::api::show).delete(crate::api::remove),
+        )
+        .route(
+            "/api/sessions/{session}/egress",
+            get(crate::api::egress_list).post(crate::api::egress_start),
+        )
+        .route(
+            "/api/sessions/{session}/egress/{id}",
+            get(crate::api::egress_show).delete(crate::api::egress_stop),
         );
     // Metrics on their own listener (see `metrics_app`), or nowhere, leave this one.
     let router = match state.config.metrics {
@@ -429,6 +439,8 @@ pub enum ApiError {
     Create(#[from] CreateError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Egress(#[from] crate::egress::SpecError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -483,6 +495,10 @@ impl ApiError {
                 PublishError::Stopping | PublishError::GatewayFull(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+            },
+            ApiError::Egress(e) => match e {
+                crate::egress::SpecError::Invalid(_) => StatusCode::BAD_REQUEST,
+                crate::egress::SpecError::NotYet(_) => StatusCode::NOT_IMPLEMENTED,
             },
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,

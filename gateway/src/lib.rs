@@ -10,7 +10,9 @@
 //! - `whep.rs`: WHEP endpoint; resources' PATCH and DELETE (shared with WHIP), the registry.
 //! - `whip.rs`: WHIP endpoint: publishing makes or takes over a live session.
 //! - `resource.rs`: a resource's ICE session: trickle, ICE restart, entity-tags.
-//! - `api.rs`: the session API (`/api/sessions`).
+//! - `api.rs`: the session API (`/api/sessions`) and its egress endpoints.
+//! - `egress/`: recordings of sessions by `wisp-transcoder egress` processes: the request
+//!   model, the registry, supervision (see its own layout).
 //! - `ingest/`: RTMP and SRT publishers and pulled URLs become live sessions through a
 //!   transcoder per publish (see its own layout).
 //! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
@@ -32,6 +34,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod control;
+pub mod egress;
 pub mod fanout;
 pub mod heap;
 pub mod http;

@@ -110,6 +110,9 @@ struct ServeArgs {
     /// Where a generated key is kept [default: $XDG_STATE_HOME/wisp or ~/.local/state/wisp].
     #[arg(long, env = "WISP_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Where recordings are written, as SESSION/UTC-START.EXT [default: STATE_DIR/recordings].
+    #[arg(long, env = "WISP_RECORDINGS")]
+    recordings: Option<PathBuf>,
     /// Seconds a transcoder keeps running with no viewer, and a live session stays with
     /// neither publisher nor viewer [default: 60].
     #[arg(long, env = "WISP_IDLE_TIMEOUT")]
@@ -207,6 +210,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         jwks: args.jwks,
         transcoder: args.transcoder,
         state_dir: args.state_dir,
+        recordings: args.recordings,
         idle_timeout_secs: args.idle_timeout,
         no_demo: args.no_demo,
         public_sessions: args.public_sessions.then_some(true),

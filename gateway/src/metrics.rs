@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 pub struct Metrics {
     pub viewers: AtomicUsize,
     pub transcoders: AtomicUsize,
+    /// Egress processes running (recordings, ...).
+    pub egresses: AtomicUsize,
     pub publishers: AtomicUsize,
     pub peers_created: AtomicU64,
     pub packets_out: AtomicU64,
@@ -172,6 +174,11 @@ impl Metrics {
             "wisp_transcoders",
             "Transcoder processes running.",
             self.transcoders.load(Ordering::Relaxed) as u64,
+        );
+        gauge(
+            "wisp_egresses",
+            "Egress processes running (recordings).",
+            self.egresses.load(Ordering::Relaxed) as u64,
         );
         gauge(
             "wisp_tasks",

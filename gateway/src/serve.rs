@@ -186,6 +186,12 @@ impl Gateway {
             cancel.child_token(),
         );
         let ingest = ingest_context(&config, &sessions, &verifier, &metrics)?;
+        let egresses = crate::egress::Egresses::new(crate::egress::EgressContext {
+            program: config.transcoder.clone(),
+            recordings: config.recordings.clone(),
+            metrics: metrics.clone(),
+            cancel: cancel.clone(),
+        });
         for (name, spec) in &config.sessions {
             let session = sessions
                 .create(name.clone(), spec.clone())
@@ -233,6 +239,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             ingest,
+            egresses,
         });
         Ok(Self {
             state,
@@ -326,7 +333,9 @@ async fn drain(state: &AppState, cancel: &CancellationToken) {
     cancel.cancel();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline
-        && (state.metrics.transcoders.load(Ordering::Relaxed) > 0 || !state.resources.is_empty())
+        && (state.metrics.transcoders.load(Ordering::Relaxed) > 0
+            || state.egresses.running() > 0
+            || !state.resources.is_empty())
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -110,8 +110,13 @@ impl Source {
 /// Messages to a session task.
 #[derive(Debug)]
 enum Msg {
-    Join,
-    Leave,
+    /// A viewer, or with `egress` an egress, came or left: both keep the source running.
+    Join {
+        egress: bool,
+    },
+    Leave {
+        egress: bool,
+    },
     KeyframeRequest,
     Control {
         id: Value,
@@ -211,6 +216,8 @@ pub struct Session {
     tx: mpsc::UnboundedSender<Msg>,
     source: watch::Receiver<Source>,
     viewers: AtomicUsize,
+    /// Egresses reading the session (recordings, ...): consumers that are not viewers.
+    egresses: AtomicUsize,
     restarts: AtomicUsize,
     last_error: Mutex<Option<String>>,
     pid: AtomicUsize,
@@ -235,7 +242,7 @@ pub struct Session {
     /// The gateway's transcoder slots (a VOD session holds one while it has viewers or a
     /// running transcoder).
     slots: Arc<TranscoderSlots>,
-    /// The viewer count, for whoever must act on its changes (a pulled session's source).
+    /// Viewers and egresses, for whoever must act on its changes (a pulled session's source).
     viewers_tx: watch::Sender<usize>,
 }
 
@@ -295,6 +302,8 @@ pub enum PublishError {
 pub struct ViewerSlot {
     session: Arc<Session>,
     metrics: Arc<Metrics>,
+    /// An egress's slot: not a viewer in the counts, limits and events.
+    egress: bool,
     /// The session's source as of the join.
     source: watch::Receiver<Source>,
 }
@@ -304,12 +313,18 @@ impl Drop for ViewerSlot {
         if self.session.kind == Kind::Vod {
             self.session.slots.leave(self.session.id, Instant::now());
         }
-        self.session.viewers.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.session.tx.send(Msg::Leave);
+        if self.egress {
+            self.session.egresses.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            self.session.viewers.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.viewers.fetch_sub(1, Ordering::Relaxed);
+        }
+        let _ = self.session.tx.send(Msg::Leave {
+            egress: self.egress,
+        });
         self.session
             .viewers_tx
-            .send_replace(self.session.viewers.load(Ordering::Relaxed));
+            .send_replace(self.session.consumers());
     }
 }
 
@@ -346,6 +361,9 @@ pub struct SessionInfo {
     pub kind: Kind,
     pub state: &'static str,
     pub viewers: usize,
+    /// Egresses reading the session (recordings, ...).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub egresses: usize,
     pub uptime_seconds: u64,
     pub restarts: usize,
     /// A VOD session's media position, seconds (once its transcoder reported one).
@@ -380,6 +398,10 @@ pub struct SessionInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceDesc>,
     pub spec: SessionSpec,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The description a `ready` event gives, if it gives one.
@@ -468,14 +490,50 @@ impl Session {
         // is news to the viewer however late its task starts.
         let mut source = self.source.clone();
         source.mark_unchanged();
-        let _ = self.tx.send(Msg::Join);
-        self.viewers_tx
-            .send_replace(self.viewers.load(Ordering::Relaxed));
+        let _ = self.tx.send(Msg::Join { egress: false });
+        self.viewers_tx.send_replace(self.consumers());
         Ok(ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
+            egress: false,
             source,
         })
+    }
+
+    /// Takes a slot for an egress (a recording, ...): like a viewer's, it starts the
+    /// session's transcoder and keeps it running, but it is not counted or limited as a
+    /// viewer, and a live session's egress may wait for a publisher.
+    pub fn join_egress(self: &Arc<Self>, metrics: &Arc<Metrics>) -> Result<ViewerSlot, JoinError> {
+        if self.cancel.is_cancelled() {
+            return Err(JoinError::Stopping);
+        }
+        let tx = self.tx.clone();
+        let admitted = self.kind == Kind::Live
+            || self.slots.admit(self.id, &self.name, move |taker, lease| {
+                let _ = tx.send(Msg::GiveWay {
+                    taker: taker.to_string(),
+                    lease,
+                });
+            });
+        if !admitted {
+            return Err(JoinError::NoTranscoder(self.slots.max()));
+        }
+        self.egresses.fetch_add(1, Ordering::Relaxed);
+        let mut source = self.source.clone();
+        source.mark_unchanged();
+        let _ = self.tx.send(Msg::Join { egress: true });
+        self.viewers_tx.send_replace(self.consumers());
+        Ok(ViewerSlot {
+            session: self.clone(),
+            metrics: metrics.clone(),
+            egress: true,
+            source,
+        })
+    }
+
+    /// Viewers and egresses: what keeps the source running.
+    fn consumers(&self) -> usize {
+        self.viewers.load(Ordering::Relaxed) + self.egresses.load(Ordering::Relaxed)
     }
 
     /// Takes the live session's publisher slot for resource `id`, within the gateway's
@@ -595,6 +653,7 @@ impl Session {
                 .then(|| control::seconds(playback.position)),
             duration: playback.duration,
             viewers: self.viewers.load(Ordering::Relaxed),
+            egresses: self.egresses.load(Ordering::Relaxed),
             uptime_seconds: self.created.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             restarts: self.restarts.load(Ordering::Relaxed),
             error: match &source {
@@ -733,6 +792,7 @@ impl Registry {
             transcoder: None,
             generation: 0,
             viewers: 0,
+            egresses: 0,
             idle_since: None,
             keyframes: KeyframeThrottle::default(),
             exits: VecDeque::new(),
@@ -776,6 +836,7 @@ impl Registry {
             rx,
             source_tx,
             viewers: 0,
+            egresses: 0,
             keyframes: None,
             keyframe_throttle: KeyframeThrottle::default(),
         };
@@ -809,6 +870,7 @@ impl Registry {
             tx,
             source,
             viewers: AtomicUsize::new(0),
+            egresses: AtomicUsize::new(0),
             restarts: AtomicUsize::new(0),
             last_error: Mutex::new(None),
             pid: AtomicUsize::new(0),
@@ -847,6 +909,8 @@ struct SessionTask {
     /// `Session::viewers`: an admission that fails a limit raises that counter for a moment
     /// without a message, and a `Leave` seen then would never start the idle timer.
     viewers: usize,
+    /// Egresses, counted the same way; with viewers, what keeps the transcoder running.
+    egresses: usize,
     idle_since: Option<tokio::time::Instant>,
     keyframes: KeyframeThrottle,
     exits: VecDeque<Instant>,
@@ -898,7 +962,7 @@ impl SessionTask {
                 }
                 _ = sleep_until(self.restart_at) => {
                     self.restart_at = None;
-                    if self.viewers == 0 {
+                    if self.viewers + self.egresses == 0 {
                         tracing::info!("no viewers left: the transcoder is not restarted");
                         self.release_slot();
                         self.source_tx.send_replace(Source::Idle);
@@ -922,9 +986,14 @@ impl SessionTask {
 
     async fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Join => {
-                self.viewers += 1;
-                self.publish_viewers();
+            Msg::Join { egress } => {
+                match egress {
+                    true => self.egresses += 1,
+                    false => {
+                        self.viewers += 1;
+                        self.publish_viewers();
+                    }
+                }
                 self.idle_since = None;
                 if self.transcoder.is_none() && self.restart_at.is_none() {
                     // A viewer after a failure tries again.
@@ -932,10 +1001,15 @@ impl SessionTask {
                     self.start_transcoder();
                 }
             }
-            Msg::Leave => {
-                self.viewers = self.viewers.saturating_sub(1);
-                self.publish_viewers();
-                if self.viewers == 0 && self.transcoder.is_some() {
+            Msg::Leave { egress } => {
+                match egress {
+                    true => self.egresses = self.egresses.saturating_sub(1),
+                    false => {
+                        self.viewers = self.viewers.saturating_sub(1);
+                        self.publish_viewers();
+                    }
+                }
+                if self.viewers + self.egresses == 0 && self.transcoder.is_some() {
                     self.idle_since = Some(tokio::time::Instant::now());
                 }
             }
@@ -1265,7 +1339,7 @@ impl SessionTask {
         self.exits
             .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
         self.exits.push_back(now);
-        if self.viewers == 0 {
+        if self.viewers + self.egresses == 0 {
             self.release_slot();
             self.source_tx.send_replace(Source::Idle);
             return;
@@ -1333,6 +1407,7 @@ struct LiveTask {
     rx: mpsc::UnboundedReceiver<Msg>,
     source_tx: watch::Sender<Source>,
     viewers: usize,
+    egresses: usize,
     /// The connected publisher's keyframe requests.
     keyframes: Option<mpsc::UnboundedSender<()>>,
     keyframe_throttle: KeyframeThrottle,
@@ -1376,11 +1451,13 @@ impl LiveTask {
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Join => {
+            Msg::Join { egress: true } => self.egresses += 1,
+            Msg::Leave { egress: true } => self.egresses = self.egresses.saturating_sub(1),
+            Msg::Join { egress: false } => {
                 self.viewers += 1;
                 self.publish_viewers();
             }
-            Msg::Leave => {
+            Msg::Leave { egress: false } => {
                 self.viewers = self.viewers.saturating_sub(1);
                 self.publish_viewers();
             }
@@ -1432,7 +1509,8 @@ impl LiveTask {
     /// Starts the idle clock when the last user left, stops it when one came. A pulled
     /// session is defined (file or API) and stays.
     fn update_idle(&mut self) {
-        let unused = self.viewers == 0 && self.keyframes.is_none() && !self.session.pulled();
+        let unused =
+            self.viewers + self.egresses == 0 && self.keyframes.is_none() && !self.session.pulled();
         match (unused, self.idle_since) {
             (true, None) => self.idle_since = Some(tokio::time::Instant::now()),
             (false, Some(_)) => self.idle_since = None,
@@ -1447,7 +1525,7 @@ impl LiveTask {
             return true;
         };
         let mut sessions = registry.lock().expect("not poisoned");
-        let unused = self.session.viewers.load(Ordering::Relaxed) == 0
+        let unused = self.session.consumers() == 0
             && self
                 .session
                 .publisher

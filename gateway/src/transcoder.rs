@@ -188,7 +188,7 @@ impl TranscoderProcess {
 
 /// Copies the child's stderr to ours line by line (until it closes, so the child never blocks
 /// on a full pipe) and returns its last non-empty line.
-async fn forward_log(stderr: ChildStderr) -> Option<String> {
+pub(crate) async fn forward_log(stderr: ChildStderr) -> Option<String> {
     use std::io::Write;
     let mut lines = BufReader::new(stderr).split(b'\n');
     let mut last = None;

@@ -1,0 +1,306 @@
+//! Egress: what a session sends, turned into something else by a process that reads its ring
+//! (DESIGN.md "Egress"). Today a recording to a file; HLS, restreams and audio over WebSocket
+//! are named by the API and answered 501 until they exist.
+//!
+//! Owns the API model (what a POST may ask for and what GET shows), the registry of a
+//! gateway's egresses, and their supervision; the muxing is the transcoder's (`wisp-transcoder
+//! egress`). HTTP status codes are chosen in `http.rs`, the handlers are in `api.rs`.
+//!
+//! # Layout
+//! - `mod.rs`: the request model and its validation, the registry.
+//! - `process.rs`: one `wisp-transcoder egress` child: spawn with the ring, events, stop.
+//! - `supervise.rs`: one task per egress: waits for the session's source, runs the process,
+//!   starts a new file for a new source, restarts after a crash, keeps the state the API shows.
+
+mod process;
+mod supervise;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::VideoCodec;
+use crate::metrics::Metrics;
+use crate::session::{JoinError, Session};
+pub use supervise::{Egress, EgressInfo, EgressState};
+
+/// Every kind the API knows, as error messages list them.
+pub const KINDS: &str = "record, hls, rtmp, srt, websocket";
+/// The longest recording `max_seconds` may ask for: a week.
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+/// Finished egresses a session keeps for GET (the oldest go first).
+const KEEP_FINISHED: usize = 20;
+
+/// What an egress makes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EgressSpec {
+    /// The session, as sent, into a file under the recordings directory.
+    Record {
+        format: RecordFormat,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        max_seconds: Option<f64>,
+    },
+}
+
+/// A recording's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    Mp4,
+    Webm,
+    Mkv,
+    Ogg,
+}
+
+impl RecordFormat {
+    pub const NAMES: &'static str = "mp4, webm, mkv, ogg";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordFormat::Mp4 => "mp4",
+            RecordFormat::Webm => "webm",
+            RecordFormat::Mkv => "mkv",
+            RecordFormat::Ogg => "ogg",
+        }
+    }
+
+    /// Why this container cannot hold `video`, if it cannot (as the egress process would
+    /// refuse it).
+    pub fn refuses(self, video: VideoCodec) -> Option<String> {
+        match (self, video) {
+            (RecordFormat::Mp4, VideoCodec::Vp8) => Some(
+                "MP4 recordings hold H.264 video, and this session's video is VP8: record webm \
+                 or mkv"
+                    .into(),
+            ),
+            (RecordFormat::Webm, VideoCodec::H264) => Some(
+                "WebM holds VP8 video, and this session's video is H.264: record mp4 or mkv".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "mp4" => RecordFormat::Mp4,
+            "webm" => RecordFormat::Webm,
+            "mkv" => RecordFormat::Mkv,
+            "ogg" => RecordFormat::Ogg,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an egress request is refused: the client's request, or a kind not built yet.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("egress kind {0:?} is not available in this version of Wisp yet (record is)")]
+    NotYet(String),
+}
+
+impl EgressSpec {
+    /// Reads a POST body, naming what is wrong and what is allowed.
+    pub fn parse(body: &[u8]) -> Result<Self, SpecError> {
+        let invalid = |m: String| SpecError::Invalid(m);
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the egress is not JSON: {e}")))?;
+        let Value::Object(fields) = value else {
+            return Err(invalid(
+                "an egress is a JSON object, e.g. {\"kind\":\"record\",\"format\":\"mp4\"}".into(),
+            ));
+        };
+        let kind = match fields.get("kind") {
+            Some(Value::String(k)) => k.as_str(),
+            _ => return Err(invalid(format!("give \"kind\": one of {KINDS}"))),
+        };
+        match kind {
+            "record" => {
+                const FIELDS: &str = "kind, format, max_seconds";
+                if let Some(unknown) = fields
+                    .keys()
+                    .find(|k| !["kind", "format", "max_seconds"].contains(&k.as_str()))
+                {
+                    return Err(invalid(format!(
+                        "unknown field {unknown:?} for a record egress (it takes {FIELDS})"
+                    )));
+                }
+                let format = match fields.get("format") {
+                    Some(Value::String(f)) => RecordFormat::parse(f).ok_or_else(|| {
+                        invalid(format!(
+                            "unknown format {f:?}; one of {}",
+                            RecordFormat::NAMES
+                        ))
+                    })?,
+                    _ => {
+                        return Err(invalid(format!(
+                            "give \"format\": one of {}",
+                            RecordFormat::NAMES
+                        )));
+                    }
+                };
+                let max_seconds = match fields.get("max_seconds") {
+                    None | Some(Value::Null) => None,
+                    Some(v) => match v.as_f64() {
+                        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_SECONDS => Some(s),
+                        _ => {
+                            return Err(invalid(format!(
+                                "\"max_seconds\" is a number of seconds, more than 0 and at \
+                                 most {MAX_SECONDS}"
+                            )));
+                        }
+                    },
+                };
+                Ok(EgressSpec::Record {
+                    format,
+                    max_seconds,
+                })
+            }
+            "hls" | "rtmp" | "srt" | "websocket" => Err(SpecError::NotYet(kind.into())),
+            other => Err(invalid(format!(
+                "unknown egress kind {other:?}; one of {KINDS}"
+            ))),
+        }
+    }
+}
+
+/// What egresses need from the gateway.
+#[derive(Debug, Clone)]
+pub struct EgressContext {
+    /// The `wisp-transcoder` executable (its `egress` mode).
+    pub program: PathBuf,
+    /// Recordings go under `{recordings}/{session}/`.
+    pub recordings: PathBuf,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the gateway shuts down.
+    pub cancel: CancellationToken,
+}
+
+/// A gateway's egresses, running and recently finished.
+#[derive(Debug)]
+pub struct Egresses {
+    ctx: EgressContext,
+    all: Mutex<Vec<Arc<Egress>>>,
+}
+
+impl Egresses {
+    pub fn new(ctx: EgressContext) -> Self {
+        Self {
+            ctx,
+            all: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Starts an egress of `session`. It holds a consumer slot in the session (a VOD
+    /// session's transcoder starts for it and keeps running) until it finishes.
+    pub fn start(
+        &self,
+        session: &Arc<Session>,
+        spec: EgressSpec,
+    ) -> Result<Arc<Egress>, JoinError> {
+        let slot = session.join_egress(&self.ctx.metrics)?;
+        let egress = Egress::new(&session.name, spec);
+        let mut all = self.all.lock().expect("not poisoned");
+        // Forget the oldest finished ones of this session beyond the ones kept.
+        let finished: Vec<String> = all
+            .iter()
+            .filter(|e| e.session == session.name && e.is_finished())
+            .map(|e| e.id.clone())
+            .collect();
+        if finished.len() >= KEEP_FINISHED {
+            let gone = &finished[..finished.len() + 1 - KEEP_FINISHED];
+            all.retain(|e| !gone.contains(&e.id));
+        }
+        all.push(egress.clone());
+        drop(all);
+        let span = tracing::info_span!("egress", session = %session.name, egress = %egress.id);
+        tokio::spawn(tracing::Instrument::instrument(
+            supervise::run(egress.clone(), slot, self.ctx.clone()),
+            span,
+        ));
+        Ok(egress)
+    }
+
+    /// A session's egresses, oldest first.
+    pub fn of(&self, session: &str) -> Vec<Arc<Egress>> {
+        let all = self.all.lock().expect("not poisoned");
+        all.iter()
+            .filter(|e| e.session == session)
+            .cloned()
+            .collect()
+    }
+
+    /// One egress of a session.
+    pub fn get(&self, session: &str, id: &str) -> Option<Arc<Egress>> {
+        let all = self.all.lock().expect("not poisoned");
+        all.iter()
+            .find(|e| e.session == session && e.id == id)
+            .cloned()
+    }
+
+    /// Egress processes running now.
+    pub fn running(&self) -> usize {
+        self.ctx
+            .metrics
+            .egresses
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<EgressSpec, SpecError> {
+        EgressSpec::parse(json.as_bytes())
+    }
+
+    #[test]
+    fn a_record_request_names_its_format_and_optional_length() {
+        assert_eq!(
+            parse(r#"{"kind":"record","format":"mp4"}"#),
+            Ok(EgressSpec::Record {
+                format: RecordFormat::Mp4,
+                max_seconds: None
+            })
+        );
+        assert_eq!(
+            parse(r#"{"kind":"record","format":"ogg","max_seconds":12.5}"#),
+            Ok(EgressSpec::Record {
+                format: RecordFormat::Ogg,
+                max_seconds: Some(12.5)
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_is_allowed() {
+        let message = |json| match parse(json) {
+            Err(SpecError::Invalid(m)) => m,
+            other => panic!("{json}: {other:?}"),
+        };
+        assert!(message(r#"{"kind":"podcast"}"#).contains(KINDS));
+        assert!(message(r#"{"format":"mp4"}"#).contains("give \"kind\""));
+        assert!(message(r#"{"kind":"record"}"#).contains("mp4, webm, mkv, ogg"));
+        assert!(message(r#"{"kind":"record","format":"avi"}"#).contains("unknown format \"avi\""));
+        assert!(
+            message(r#"{"kind":"record","format":"mp4","max_seconds":-1}"#).contains("max_seconds")
+        );
+        assert!(
+            message(r#"{"kind":"record","format":"mp4","max_seconds":"10"}"#)
+                .contains("max_seconds")
+        );
+        assert!(message(r#"{"kind":"record","format":"mp4","path":"/etc"}"#).contains("\"path\""));
+        assert!(message(r#"["record"]"#).contains("JSON object"));
+        assert!(message("{").contains("not JSON"));
+        assert_eq!(
+            parse(r#"{"kind":"hls"}"#),
+            Err(SpecError::NotYet("hls".into()))
+        );
+    }
+}

@@ -1,0 +1,545 @@
+//! One task per egress: it waits for the session's source, runs a `wisp-transcoder egress`
+//! process on its ring, and keeps the state the API shows.
+//!
+//! Owns the egress's lifecycle: a new source (a publisher's new publish, a transcoder's
+//! restart) finishes the current file and starts the next, so each file holds one continuous
+//! stream; a process that crashes is restarted after a pause (a new file), and given up after
+//! [`MAX_CRASHES`] in [`CRASH_WINDOW`]; a failure that another try would repeat (the file
+//! cannot be written, the container cannot hold the session's codecs) fails at once. Stopping
+//! (DELETE, the session's end, the gateway's shutdown) lets the process finish its file.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wisp_control::EgressEvent;
+
+use super::process::EgressProcess;
+use super::{EgressContext, EgressSpec};
+use crate::config::VideoCodec;
+use crate::session::{ReadySource, Source, ViewerSlot};
+
+/// How long a process gets to finish its output when stopped.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// Crashes tolerated in [`CRASH_WINDOW`] before the egress fails.
+const MAX_CRASHES: usize = 3;
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Pause before a restart after the first, second, third crash in the window.
+const RESTART_DELAYS: [Duration; MAX_CRASHES] = [
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+/// Error codes of the egress process that another try would only repeat.
+const FINAL_CODES: [&str; 4] = ["output", "not_supported", "usage", "ring"];
+
+/// Where an egress is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressState {
+    /// For the session's source: a VOD session's transcoder starting, a live session's
+    /// publisher to publish.
+    Waiting,
+    /// Its process started and has not written its header yet.
+    Starting,
+    /// Writing.
+    Running,
+    /// Stopped by DELETE; its output is finished.
+    Stopped,
+    /// Finished by itself: `max_seconds`, or the session ended.
+    Ended,
+    /// Gave up; `error` says why.
+    Failed,
+}
+
+/// What `GET /api/sessions/{session}/egress` shows of an egress.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressInfo {
+    pub id: String,
+    pub session: String,
+    #[serde(flatten)]
+    pub spec: EgressSpec,
+    pub state: EgressState,
+    /// The file being written, or the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Every file written, one per run of the session's source.
+    pub files: Vec<String>,
+    /// Bytes in all of them.
+    pub bytes_written: u64,
+    /// Seconds of media in all of them.
+    pub seconds: f64,
+    /// What the output carries, as the egress process read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
+    pub restarts: u32,
+    /// The egress process's pid while one runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The last error, if any (also while it retries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why it finished: `stopped`, `max_seconds`, `session_ended`, `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// UTC, RFC 3339.
+    pub created: String,
+}
+
+/// A running or finished egress.
+#[derive(Debug)]
+pub struct Egress {
+    pub id: String,
+    pub session: String,
+    info: Mutex<EgressInfo>,
+    /// Bytes and seconds of the files already finished (the current one adds its progress).
+    done: Mutex<(u64, f64)>,
+    stop: CancellationToken,
+    finished: watch::Sender<bool>,
+}
+
+impl Egress {
+    pub(super) fn new(session: &str, spec: EgressSpec) -> Arc<Self> {
+        let id = crate::http::random_id()[..16].to_string();
+        Arc::new(Self {
+            info: Mutex::new(EgressInfo {
+                id: id.clone(),
+                session: session.to_string(),
+                spec,
+                state: EgressState::Waiting,
+                file: None,
+                files: Vec::new(),
+                bytes_written: 0,
+                seconds: 0.0,
+                video: None,
+                audio: None,
+                restarts: 0,
+                pid: None,
+                error: None,
+                reason: None,
+                created: utc(SystemTime::now(), ':'),
+            }),
+            id,
+            session: session.to_string(),
+            done: Mutex::new((0, 0.0)),
+            stop: CancellationToken::new(),
+            finished: watch::Sender::new(false),
+        })
+    }
+
+    pub fn info(&self) -> EgressInfo {
+        self.info.lock().expect("not poisoned").clone()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        *self.finished.borrow()
+    }
+
+    /// Stops it and waits up to `timeout` for its output to be finished; returns its state.
+    pub async fn stop(&self, timeout: Duration) -> EgressInfo {
+        self.stop.cancel();
+        let mut finished = self.finished.subscribe();
+        let _ = tokio::time::timeout(timeout, finished.wait_for(|f| *f)).await;
+        self.info()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut EgressInfo)) {
+        f(&mut self.info.lock().expect("not poisoned"));
+    }
+
+    fn spec(&self) -> EgressSpec {
+        self.info.lock().expect("not poisoned").spec.clone()
+    }
+
+    /// The current file's progress, on top of the finished files'.
+    fn progress(&self, bytes: u64, seconds: f64) {
+        let (b, s) = *self.done.lock().expect("not poisoned");
+        self.update(|i| {
+            i.bytes_written = b + bytes;
+            i.seconds = round_ms(s + seconds);
+        });
+    }
+
+    /// The current file is finished with `bytes` and `seconds`.
+    fn file_done(&self, bytes: u64, seconds: f64) {
+        let mut done = self.done.lock().expect("not poisoned");
+        done.0 += bytes;
+        done.1 += seconds;
+        let (b, s) = *done;
+        drop(done);
+        self.update(|i| {
+            i.bytes_written = b;
+            i.seconds = round_ms(s);
+        });
+    }
+
+    fn finish(&self, state: EgressState, reason: &str, error: Option<String>) {
+        self.update(|i| {
+            i.state = state;
+            i.reason = Some(reason.to_string());
+            if error.is_some() {
+                i.error = error;
+            }
+        });
+        tracing::info!(?state, reason, "egress finished");
+        self.finished.send_replace(true);
+    }
+}
+
+/// How one run of the process ended.
+enum Outcome {
+    /// It exited by itself.
+    Exited,
+    /// The session's source changed (a new one, or none): finish this file.
+    SourceChanged,
+    /// DELETE.
+    Stop,
+    /// The session or the gateway is stopping.
+    SessionEnded,
+}
+
+/// What one run of the process reported.
+#[derive(Default)]
+struct Run {
+    ended: Option<(String, u64, f64)>,
+    error: Option<(String, String)>,
+    progress: (u64, f64),
+}
+
+/// Runs `egress` until it finishes, holding `slot` (the session's source runs for it).
+pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContext) {
+    let session = slot.session().clone();
+    let mut source = slot.source();
+    let mut crashes: VecDeque<Instant> = VecDeque::new();
+    tracing::info!(spec = ?egress.spec(), "egress created");
+    loop {
+        // The session's source, once it runs.
+        let ready = loop {
+            let current = source.borrow_and_update().clone();
+            if let Source::Ready(r) = current {
+                break Some(r);
+            }
+            egress.update(|i| i.state = EgressState::Waiting);
+            tokio::select! {
+                changed = source.changed() => if changed.is_err() { break None },
+                _ = egress.stop.cancelled() => break None,
+                _ = session.cancelled() => break None,
+                _ = ctx.cancel.cancelled() => break None,
+            }
+        };
+        let Some(ready) = ready else {
+            match egress.stop.is_cancelled() {
+                true => egress.finish(EgressState::Stopped, "stopped", None),
+                false => egress.finish(EgressState::Ended, "session_ended", None),
+            }
+            break;
+        };
+        let EgressSpec::Record {
+            format,
+            max_seconds,
+        } = egress.spec();
+        let left = max_seconds.map(|m| m - egress.info().seconds);
+        if left.is_some_and(|l| l < 0.05) {
+            egress.finish(EgressState::Ended, "max_seconds", None);
+            break;
+        }
+        let dir = ctx.recordings.join(&session.name);
+        let path = match new_file(&dir, format.name()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                egress.finish(EgressState::Failed, "failed", Some(e));
+                break;
+            }
+        };
+        let mut args = track_args(&ready);
+        args.extend([
+            "record".to_string(),
+            "--format".into(),
+            format.name().into(),
+            "--output".into(),
+            path.display().to_string(),
+        ]);
+        if let Some(l) = left {
+            args.extend(["--max-seconds".to_string(), format!("{l:.3}")]);
+        }
+        let mut process = match EgressProcess::spawn(&ctx.program, &ready.ring, &args) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = format!("starting {}: {e}", ctx.program.display());
+                tracing::error!("{e}");
+                let _ = std::fs::remove_file(&path);
+                egress.finish(EgressState::Failed, "failed", Some(e));
+                break;
+            }
+        };
+        ctx.metrics.egresses.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pid = process.pid, file = %path.display(), "egress process started");
+        let pid = process.pid;
+        egress.update(|i| {
+            i.pid = Some(pid);
+            i.state = EgressState::Starting;
+            i.file = Some(path.display().to_string());
+            i.files.push(path.display().to_string());
+        });
+        let generation = ready.generation;
+        let mut run = Run::default();
+        let outcome = loop {
+            tokio::select! {
+                event = process.next_event() => match event {
+                    Some(event) => on_event(&egress, &session, &mut run, event),
+                    None => break Outcome::Exited,
+                },
+                changed = source.changed() => {
+                    let same = changed.is_ok() && matches!(&*source.borrow(),
+                        Source::Ready(r) if r.generation == generation);
+                    if !same {
+                        break Outcome::SourceChanged;
+                    }
+                }
+                _ = egress.stop.cancelled() => break Outcome::Stop,
+                _ = session.cancelled() => break Outcome::SessionEnded,
+                _ = ctx.cancel.cancelled() => break Outcome::SessionEnded,
+            }
+        };
+        let (status, last_log) = match outcome {
+            Outcome::Exited => process.wait(Duration::from_secs(2)).await,
+            _ => {
+                let (events, status, last) = process.finish(FINISH_GRACE).await;
+                for event in events {
+                    on_event(&egress, &session, &mut run, event);
+                }
+                (status, last)
+            }
+        };
+        ctx.metrics.egresses.fetch_sub(1, Ordering::Relaxed);
+        egress.update(|i| i.pid = None);
+        let (bytes, seconds) = match &run.ended {
+            Some((_, b, s)) => (*b, *s),
+            None => {
+                let on_disk = std::fs::metadata(&path).map_or(0, |m| m.len());
+                (on_disk, run.progress.1)
+            }
+        };
+        egress.file_done(bytes, seconds);
+        if bytes == 0 {
+            // Nothing came (stopped before the first keyframe, or a refusal): no empty file.
+            let _ = std::fs::remove_file(&path);
+            egress.update(|i| {
+                i.files.retain(|f| Path::new(f) != path);
+                i.file = i.files.last().cloned();
+            });
+        }
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        tracing::info!(%status, bytes, seconds, "egress process exited");
+        match outcome {
+            Outcome::Stop => {
+                egress.finish(EgressState::Stopped, "stopped", None);
+                break;
+            }
+            Outcome::SessionEnded => {
+                egress.finish(EgressState::Ended, "session_ended", None);
+                break;
+            }
+            Outcome::SourceChanged => continue,
+            Outcome::Exited => {}
+        }
+        if run
+            .ended
+            .as_ref()
+            .is_some_and(|(r, _, _)| r == "max_seconds")
+        {
+            egress.finish(EgressState::Ended, "max_seconds", None);
+            break;
+        }
+        if let Some((code, message)) = &run.error
+            && FINAL_CODES.contains(&code.as_str())
+        {
+            egress.finish(EgressState::Failed, "failed", Some(message.clone()));
+            break;
+        }
+        // A crash (or an error another try may not repeat): try again, a while later.
+        let error = match (&run.error, last_log) {
+            (Some((_, m)), _) => m.clone(),
+            (None, Some(line)) => format!("exited ({status}); its last log line: {line}"),
+            (None, None) => format!("exited ({status})"),
+        };
+        let now = Instant::now();
+        crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+        crashes.push_back(now);
+        if crashes.len() > MAX_CRASHES {
+            let e = format!(
+                "the egress process exited {} times within {CRASH_WINDOW:?}; last: {error}",
+                crashes.len()
+            );
+            tracing::error!("{e}");
+            egress.finish(EgressState::Failed, "failed", Some(e));
+            break;
+        }
+        let delay = RESTART_DELAYS[crashes.len() - 1];
+        tracing::warn!("egress process failed ({error}); again in {delay:?}");
+        egress.update(|i| {
+            i.error = Some(error);
+            i.restarts += 1;
+            i.state = EgressState::Waiting;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = egress.stop.cancelled() => {}
+            _ = session.cancelled() => {}
+            _ = ctx.cancel.cancelled() => {}
+        }
+    }
+    drop(slot);
+}
+
+fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, event: EgressEvent) {
+    match event {
+        EgressEvent::Started {
+            output: _,
+            video,
+            audio,
+        } => egress.update(|i| {
+            i.state = EgressState::Running;
+            i.video = video;
+            i.audio = audio;
+        }),
+        EgressEvent::Progress { bytes, seconds } => {
+            run.progress = (bytes, seconds);
+            egress.progress(bytes, seconds);
+        }
+        EgressEvent::KeyframeRequest => session.request_keyframe(),
+        EgressEvent::Ended {
+            reason,
+            bytes,
+            seconds,
+        } => run.ended = Some((reason, bytes, seconds)),
+        EgressEvent::Error { code, message } => {
+            tracing::warn!(%code, "egress: {message}");
+            egress.update(|i| i.error = Some(message.clone()));
+            run.error = Some((code, message));
+        }
+        EgressEvent::Unknown => {}
+    }
+}
+
+/// The egress process's `--video`/`--audio` for a source.
+fn track_args(source: &ReadySource) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(t) = source.video_track {
+        let codec = match source.video_format.codec {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "vp8",
+        };
+        args.extend(["--video".to_string(), format!("{t}:{codec}")]);
+    }
+    if let Some(t) = source.audio_track {
+        args.extend(["--audio".to_string(), format!("{t}:opus")]);
+    }
+    args
+}
+
+/// Creates a new, empty file `{dir}/{UTC now}.{ext}` (`-2`, `-3`, … if one exists already),
+/// making `dir` if needed.
+fn new_file(dir: &Path, ext: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the recordings directory {}: {e}",
+            dir.display()
+        )
+    })?;
+    let stamp = utc(SystemTime::now(), '-');
+    for n in 1..1000 {
+        let name = match n {
+            1 => format!("{stamp}.{ext}"),
+            n => format!("{stamp}-{n}.{ext}"),
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot write {}: {e}", path.display())),
+        }
+    }
+    Err(format!(
+        "{}: too many recordings started this second",
+        dir.display()
+    ))
+}
+
+/// `t` in UTC as `2026-12-06T10:20:00Z`, with `sep` between hours, minutes and seconds (`-`
+/// for file names, which a colon makes awkward on some systems and in FFmpeg's URL syntax).
+pub fn utc(t: SystemTime, sep: char) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 → civil date (the proleptic Gregorian calendar; H. Hinnant's
+    // days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}{sep}{:02}{sep}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn round_ms(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_are_civil_dates() {
+        let at = |s: u64| utc(SystemTime::UNIX_EPOCH + Duration::from_secs(s), ':');
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_796_551_444), "2026-12-06T10:04:04Z");
+        assert_eq!(
+            utc(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(4_102_444_799),
+                '-'
+            ),
+            "2099-12-31T23-59-59Z"
+        );
+    }
+
+    #[test]
+    fn recordings_get_new_files_and_never_overwrite() {
+        let dir = std::env::temp_dir().join(format!("wisp-egress-{}", crate::http::random_id()));
+        let a = new_file(&dir.join("demo"), "mp4").unwrap();
+        std::fs::write(&a, b"kept").unwrap();
+        let b = new_file(&dir.join("demo"), "mp4").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"kept");
+        // A file where the directory should be: a clear error naming it.
+        let blocked = dir.join("file");
+        std::fs::write(&blocked, b"").unwrap();
+        let e = new_file(&blocked.join("demo"), "mp4").unwrap_err();
+        assert!(e.contains("cannot create the recordings directory"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
