@@ -1,0 +1,404 @@
+//! Recordings, end to end: `POST /api/sessions/{name}/egress` on a running gateway, the files
+//! read back with Debian's `ffprobe` and decoded with `ffmpeg`; a recorder killed mid-way, a
+//! gateway killed under one, and requests that must be refused.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+mod harness;
+
+use harness::Wisp;
+
+/// A gateway whose recordings go to a directory of its own (and `extra` TOML after).
+fn gateway(name: &str, extra: &str) -> (Wisp, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("wisp-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let wisp = Wisp::start(
+        name,
+        &format!("recordings = {:?}\n{extra}", dir.display().to_string()),
+    );
+    (wisp, dir)
+}
+
+async fn post(wisp: &Wisp, session: &str, token: &str, body: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/sessions/{session}/egress", wisp.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+}
+
+async fn delete(wisp: &Wisp, session: &str, id: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/sessions/{session}/egress/{id}", wisp.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// Polls the egress until `done` holds (60 s at most); returns what it last showed.
+async fn until(
+    wisp: &Wisp,
+    session: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let e = wisp
+            .api(&format!("/api/sessions/{session}/egress/{id}"))
+            .await;
+        if done(&e) {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "{what}: {e}\n{}", wisp.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `ffprobe` reads of a file: each stream's codec and decoded frame count, and the
+/// duration.
+struct Probe {
+    streams: Vec<(String, u64)>,
+    duration: f64,
+}
+
+fn probe(file: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-of", "json"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames:format=duration",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "ffprobe {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let streams = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["codec_name"].as_str().unwrap().to_string(),
+                s["nb_read_frames"].as_str().unwrap_or("0").parse().unwrap(),
+            )
+        })
+        .collect();
+    let duration = v["format"]["duration"].as_str().unwrap().parse().unwrap();
+    Probe { streams, duration }
+}
+
+/// Decodes every frame of `file`; returns what FFmpeg complained of (nothing, for a good file).
+fn decode_errors(file: &Path) -> String {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg -i {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_records_for_as_long_as_asked_in_every_container_that_holds_it() {
+    let (wisp, dir) = gateway("egress-record", "");
+    let admin = wisp.token("demo", "admin");
+    let mut ids = Vec::new();
+    for format in ["mp4", "mkv", "ogg"] {
+        let (status, e) = post(
+            &wisp,
+            "demo",
+            &admin,
+            &format!(r#"{{"kind":"record","format":"{format}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 201, "{format}: {e}");
+        assert_eq!(e["kind"], "record");
+        assert_eq!(e["format"], format);
+        ids.push((format, e["id"].as_str().unwrap().to_string()));
+    }
+    // The egresses started the demo's transcoder without being viewers.
+    let info = wisp.api("/api/sessions/demo").await;
+    assert_eq!(info["viewers"], 0, "{info}");
+    assert_eq!(info["egresses"], 3, "{info}");
+    for (format, id) in &ids {
+        let e = until(&wisp, "demo", id, "10 s recorded", |e| {
+            e["seconds"].as_f64().unwrap_or(0.0) >= 10.0
+        })
+        .await;
+        assert_eq!(e["state"], "running", "{format}: {e}");
+    }
+    let mut files = Vec::new();
+    for (format, id) in &ids {
+        let (status, e) = delete(&wisp, "demo", id, &admin).await;
+        assert_eq!(status, 200, "{e}");
+        assert_eq!(e["state"], "stopped", "{e}");
+        assert_eq!(e["reason"], "stopped", "{e}");
+        let file = PathBuf::from(e["file"].as_str().unwrap());
+        assert!(file.starts_with(dir.join("demo")), "{e}");
+        assert!(file.extension().unwrap() == *format, "{e}");
+        assert_eq!(
+            e["bytes_written"].as_u64(),
+            Some(std::fs::metadata(&file).unwrap().len()),
+            "{e}"
+        );
+        files.push((format, file, e));
+    }
+    for (format, file, e) in &files {
+        let p = probe(file);
+        let codecs: Vec<&str> = p.streams.iter().map(|(c, _)| c.as_str()).collect();
+        let want: &[&str] = if **format == "ogg" {
+            &["opus"]
+        } else {
+            &["h264", "opus"]
+        };
+        assert_eq!(codecs, want, "{format}");
+        assert!(
+            (9.0..=12.5).contains(&p.duration),
+            "{format}: {} s; {e}",
+            p.duration
+        );
+        // The demo is 30 fps and 50 Opus packets a second.
+        for (codec, frames) in &p.streams {
+            let per_second = if codec == "h264" { 30.0 } else { 50.0 };
+            let expected = p.duration * per_second;
+            assert!(
+                *frames as f64 > expected * 0.9,
+                "{format}: {frames} {codec} frames in {} s",
+                p.duration
+            );
+        }
+        assert_eq!(decode_errors(file), "", "{format}");
+    }
+    let list = wisp.api("/api/sessions/demo/egress").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let metrics = common::metrics(&wisp.base).await;
+    assert_eq!(common::metric(&metrics, "wisp_egresses"), Some(0.0));
+    let info = wisp.api("/api/sessions/demo").await;
+    assert!(info.get("egresses").is_none(), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_ends_by_itself_at_max_seconds_and_a_vp8_session_records_to_webm() {
+    let toml = "[[sessions]]\nname = \"vp8\"\ninputs = [{ url = \"demo\" }]\n\
+                video = { codec = \"vp8\", width = 640, height = 360 }\n";
+    let (wisp, _dir) = gateway("egress-webm", toml);
+    let admin = wisp.token("vp8", "admin");
+    let (status, e) = post(&wisp, "vp8", &admin, r#"{"kind":"record","format":"mp4"}"#).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("record webm or mkv"),
+        "{e}"
+    );
+    let (status, e) = post(
+        &wisp,
+        "vp8",
+        &admin,
+        r#"{"kind":"record","format":"webm","max_seconds":4}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    let id = e["id"].as_str().unwrap();
+    let e = until(&wisp, "vp8", id, "ended", |e| e["state"] == "ended").await;
+    assert_eq!(e["reason"], "max_seconds", "{e}");
+    assert!(e.get("pid").is_none(), "{e}");
+    let file = PathBuf::from(e["file"].as_str().unwrap());
+    let p = probe(&file);
+    let codecs: Vec<&str> = p.streams.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(codecs, ["vp8", "opus"]);
+    assert!((3.5..=4.5).contains(&p.duration), "{} s", p.duration);
+    assert_eq!(decode_errors(&file), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_recorder_leaves_a_playable_file_and_so_does_a_killed_gateway() {
+    let (mut wisp, _dir) = gateway("egress-kill", "");
+    let admin = wisp.token("demo", "admin");
+    let (status, e) = post(&wisp, "demo", &admin, r#"{"kind":"record","format":"mp4"}"#).await;
+    assert_eq!(status, 201, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    let e = until(&wisp, "demo", &id, "5 s recorded", |e| {
+        e["seconds"].as_f64().unwrap_or(0.0) >= 5.0
+    })
+    .await;
+    let first = PathBuf::from(e["file"].as_str().unwrap());
+    let pid = e["pid"].as_u64().unwrap() as i32;
+    // The classic failure: a recorder killed before it could write a trailer.
+    signal(pid, "KILL");
+    let e = until(&wisp, "demo", &id, "restarted into a new file", |e| {
+        e["restarts"] == 1
+            && e["files"].as_array().is_some_and(|f| f.len() == 2)
+            && e["state"] == "running"
+    })
+    .await;
+    assert!(
+        e["error"].as_str().is_some_and(|m| m.contains("signal")),
+        "{e}"
+    );
+    let p = probe(&first);
+    assert!(
+        p.duration >= 3.0,
+        "the killed recording plays {} s",
+        p.duration
+    );
+    assert_eq!(decode_errors(&first), "");
+    // Its gateway killed: the recorder sees its stdin close, finishes its file and exits.
+    let e = until(&wisp, "demo", &id, "3 s into the second file", |e| {
+        e["seconds"].as_f64().unwrap_or(0.0) >= p.duration + 3.0
+    })
+    .await;
+    let second = PathBuf::from(e["file"].as_str().unwrap());
+    let pid = e["pid"].as_u64().unwrap();
+    wisp.child.kill().unwrap();
+    wisp.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the recorder outlived its gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = probe(&second);
+    assert!(p.duration >= 2.0, "{} s", p.duration);
+    assert_eq!(decode_errors(&second), "");
+}
+
+/// `kill -SIG pid`.
+fn signal(pid: i32, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_egress_requests_are_refused_and_an_unwritable_directory_fails_only_its_egress() {
+    // Recordings "directory" that is a file: nothing can be created under it, even by root.
+    let blocked = std::env::temp_dir().join(format!("wisp-rec-blocked-{}", std::process::id()));
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    let wisp = Wisp::start(
+        "egress-bad",
+        &format!(
+            "recordings = {:?}\n",
+            blocked.join("rec").display().to_string()
+        ),
+    );
+    let admin = wisp.token("demo", "admin");
+    for (body, status, says) in [
+        (
+            r#"{"kind":"podcast"}"#,
+            400,
+            "one of record, hls, rtmp, srt, websocket",
+        ),
+        (r#"{"format":"mp4"}"#, 400, "give \"kind\""),
+        (r#"{"kind":"record"}"#, 400, "one of mp4, webm, mkv, ogg"),
+        (
+            r#"{"kind":"record","format":"avi"}"#,
+            400,
+            "unknown format \"avi\"",
+        ),
+        (
+            r#"{"kind":"record","format":"mp4","max_seconds":0}"#,
+            400,
+            "max_seconds",
+        ),
+        (
+            r#"{"kind":"record","format":"mp4","to":"/etc/passwd"}"#,
+            400,
+            "unknown field \"to\"",
+        ),
+        ("not json", 400, "not JSON"),
+        (
+            r#"{"kind":"record","format":"webm"}"#,
+            422,
+            "record mp4 or mkv",
+        ),
+        (r#"{"kind":"hls"}"#, 501, "not available"),
+    ] {
+        let (got, e) = post(&wisp, "demo", &admin, body).await;
+        assert_eq!(got, status, "{body}: {e}");
+        assert!(
+            e["detail"].as_str().is_some_and(|d| d.contains(says)),
+            "{body}: {e}"
+        );
+    }
+    let (got, e) = post(
+        &wisp,
+        "nosuch",
+        &wisp.token("*", "admin"),
+        r#"{"kind":"record","format":"mp4"}"#,
+    )
+    .await;
+    assert_eq!(got, 404, "{e}");
+    let (got, _) = post(
+        &wisp,
+        "demo",
+        &wisp.token("demo", "view"),
+        r#"{"kind":"record","format":"mp4"}"#,
+    )
+    .await;
+    assert_eq!(got, 403);
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/sessions/demo/egress", wisp.base))
+        .bearer_auth(&admin)
+        .header("content-type", "text/plain")
+        .body(json!({"kind":"record","format":"mp4"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let (got, _) = delete(&wisp, "demo", "0000", &admin).await;
+    assert_eq!(got, 404);
+
+    // Accepted, then failed with the reason; the session's viewers never notice.
+    let (got, e) = post(&wisp, "demo", &admin, r#"{"kind":"record","format":"mp4"}"#).await;
+    assert_eq!(got, 201, "{e}");
+    let id = e["id"].as_str().unwrap();
+    let e = until(&wisp, "demo", id, "failed", |e| e["state"] == "failed").await;
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot create the recordings directory")),
+        "{e}"
+    );
+    let view = wisp.token("demo", "view");
+    let s = whep_client::watch(
+        &reqwest::Client::new(),
+        wisp.viewer("demo", &view, 60, 30),
+        |_| {},
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", wisp.log()));
+    assert!(s.video_frames >= 60, "{s:?}");
+    let _ = std::fs::remove_file(&blocked);
+}
