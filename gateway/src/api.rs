@@ -71,6 +71,9 @@ pub async fn create(
         ..spec
     };
     let session = s.sessions.create(name.clone(), spec)?;
+    if s.hls_mode(&session) == crate::config::HlsMode::Always {
+        crate::serve::start_hls(&s.egresses, &session);
+    }
     crate::ingest::pull::spawn(session, s.ingest.clone(), s.config.idle_timeout);
     let base = base_url(&headers, s.config.http);
     tracing::info!(session = %name, "session created through the API");
@@ -124,18 +127,22 @@ pub async fn egress_start(
     // A VOD session's codec is known before it runs: refuse a container that cannot hold it
     // now rather than fail later. (A live session's is the publisher's, known at publish.)
     if session.kind == crate::session::Kind::Vod {
-        let EgressSpec::Record { format, .. } = &spec;
         let codec = session
             .spec
             .video
             .as_ref()
             .and_then(|v| v.codec)
             .unwrap_or_default();
-        if let Some(why) = format.refuses(codec) {
+        let refusal = match &spec {
+            EgressSpec::Record { format, .. } => format.refuses(codec),
+            EgressSpec::Hls { .. } => (codec != crate::config::VideoCodec::H264)
+                .then(|| "HLS takes H.264 video, and this session's video is VP8".to_string()),
+        };
+        if let Some(why) = refusal {
             return Err(ApiError::Unprocessable(why));
         }
     }
-    let egress = s.egresses.start(&session, spec)?;
+    let egress = s.egresses.start(&session, spec, false)?;
     let base = base_url(&headers, s.config.http);
     let mut resp = (StatusCode::CREATED, Json(egress.info())).into_response();
     let location = format!("{base}/api/sessions/{name}/egress/{}", egress.id);

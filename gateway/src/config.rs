@@ -28,6 +28,7 @@ pub struct Overrides {
     pub transcoder: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub recordings: Option<PathBuf>,
+    pub hls: Option<HlsMode>,
     pub idle_timeout_secs: Option<u64>,
     pub no_demo: bool,
     pub public_sessions: Option<bool>,
@@ -133,6 +134,9 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     /// Where recordings are written (default: `<state_dir>/recordings`).
     pub recordings: Option<PathBuf>,
+    /// HLS of every session (a session's own `hls` overrides it): `on-demand` (the default),
+    /// `always` or `off`.
+    pub hls: Option<HlsMode>,
     /// Seconds a VOD session's transcoder keeps running with no viewer (and a live session
     /// stays with neither publisher nor viewer).
     pub idle_timeout: Option<u64>,
@@ -302,6 +306,34 @@ pub struct SessionSpec {
     pub start: Option<f64>,
     #[serde(rename = "loop")]
     pub looping: Option<bool>,
+    /// This session's HLS (default: the gateway's `hls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls: Option<HlsMode>,
+}
+
+impl std::str::FromStr for HlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on-demand" => Ok(HlsMode::OnDemand),
+            "always" => Ok(HlsMode::Always),
+            "off" => Ok(HlsMode::Off),
+            other => Err(format!("{other:?}: one of on-demand, always, off")),
+        }
+    }
+}
+
+/// When a session is served as HLS (`/hls/{session}/index.m3u8`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HlsMode {
+    /// Started by a player's first request, stopped after the idle timeout with none.
+    #[default]
+    OnDemand,
+    /// From the session's start, for as long as it lives (a VOD session's transcoder with it).
+    Always,
+    /// Never.
+    Off,
 }
 
 /// Where a pulled live session's media comes from.
@@ -517,6 +549,7 @@ impl SessionSpec {
             audio: None,
             start: None,
             looping: None,
+            hls: None,
         }
     }
 
@@ -660,6 +693,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Recordings go under `{recordings}/{session}/`.
     pub recordings: PathBuf,
+    /// HLS of sessions without their own setting.
+    pub hls: HlsMode,
     pub idle_timeout: Duration,
     pub demo: bool,
     pub cors_origins: Vec<String>,
@@ -897,6 +932,7 @@ impl Config {
                 .unwrap_or_else(default_transcoder),
             state_dir,
             recordings,
+            hls: over.hls.or(file.hls).unwrap_or_default(),
             idle_timeout: Duration::from_secs(idle),
             demo,
             cors_origins: file.cors_origins.unwrap_or_else(|| vec!["*".into()]),

@@ -50,6 +50,13 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
+impl AppState {
+    /// A session's HLS setting: its own, else the gateway's.
+    pub fn hls_mode(&self, session: &crate::session::Session) -> crate::config::HlsMode {
+        session.spec.hls.unwrap_or(self.config.hls)
+    }
+}
+
 /// Builds the router (tests call it with `oneshot`).
 pub fn app(state: Shared) -> Router {
     let router = Router::new()
@@ -92,7 +99,9 @@ pub fn app(state: Shared) -> Router {
         .route(
             "/api/sessions/{session}/egress/{id}",
             get(crate::api::egress_show).delete(crate::api::egress_stop),
-        );
+        )
+        .route("/hls/{session}/index.m3u8", get(crate::hls::master))
+        .route("/hls/{session}/{rendition}/{file}", get(crate::hls::file));
     // Metrics on their own listener (see `metrics_app`), or nowhere, leave this one.
     let router = match state.config.metrics {
         MetricsAt::Main => router.route("/metrics", get(metrics)),
@@ -441,6 +450,8 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Egress(#[from] crate::egress::SpecError),
+    #[error(transparent)]
+    EgressStart(#[from] crate::egress::StartError),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -449,6 +460,9 @@ pub enum ApiError {
     PreconditionRequired(String),
     #[error("the gateway is shutting down")]
     Draining,
+    /// Ours, passing: try again shortly (`Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the request body did not arrive within {} s", .0.as_secs_f64())]
     RequestTimeout(std::time::Duration),
     #[error("the request body is larger than {0} bytes")]
@@ -500,13 +514,17 @@ impl ApiError {
                 crate::egress::SpecError::Invalid(_) => StatusCode::BAD_REQUEST,
                 crate::egress::SpecError::NotYet(_) => StatusCode::NOT_IMPLEMENTED,
             },
+            ApiError::EgressStart(e) => match e {
+                crate::egress::StartError::Join(j) => ApiError::Join(j.clone()).status(),
+                crate::egress::StartError::HlsRunning(_) => StatusCode::CONFLICT,
+            },
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,
             },
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
-            ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Draining | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
@@ -560,6 +578,8 @@ impl IntoResponse for ApiError {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Join(_)
+            | ApiError::EgressStart(crate::egress::StartError::Join(_))
+            | ApiError::Unavailable(_)
             | ApiError::Draining
             | ApiError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

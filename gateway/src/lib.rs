@@ -15,6 +15,7 @@
 //!   model, the registry, supervision (see its own layout).
 //! - `ingest/`: RTMP and SRT publishers and pulled URLs become live sessions through a
 //!   transcoder per publish (see its own layout).
+//! - `hls.rs`: HLS files for players (`/hls/{session}/…`): auth, on-demand start, playlists.
 //! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
 //! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
@@ -37,6 +38,7 @@ pub mod control;
 pub mod egress;
 pub mod fanout;
 pub mod heap;
+pub mod hls;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -113,6 +113,10 @@ struct ServeArgs {
     /// Where recordings are written, as SESSION/UTC-START.EXT [default: STATE_DIR/recordings].
     #[arg(long, env = "WISP_RECORDINGS")]
     recordings: Option<PathBuf>,
+    /// HLS of sessions without their own `hls` setting: on-demand (started by a player's
+    /// request for /hls/NAME/index.m3u8), always, or off [default: on-demand].
+    #[arg(long, env = "WISP_HLS")]
+    hls: Option<wisp::config::HlsMode>,
     /// Seconds a transcoder keeps running with no viewer, and a live session stays with
     /// neither publisher nor viewer [default: 60].
     #[arg(long, env = "WISP_IDLE_TIMEOUT")]
@@ -211,6 +215,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         transcoder: args.transcoder,
         state_dir: args.state_dir,
         recordings: args.recordings,
+        hls: args.hls,
         idle_timeout_secs: args.idle_timeout,
         no_demo: args.no_demo,
         public_sessions: args.public_sessions.then_some(true),

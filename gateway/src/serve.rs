@@ -189,6 +189,8 @@ impl Gateway {
         let egresses = crate::egress::Egresses::new(crate::egress::EgressContext {
             program: config.transcoder.clone(),
             recordings: config.recordings.clone(),
+            hls: config.state_dir.join("hls"),
+            idle_timeout: config.idle_timeout,
             metrics: metrics.clone(),
             cancel: cancel.clone(),
         });
@@ -229,6 +231,13 @@ impl Gateway {
             }
             _ => None,
         };
+        for (name, spec) in &config.sessions {
+            if spec.hls.unwrap_or(config.hls) == crate::config::HlsMode::Always
+                && let Some(session) = sessions.get(name)
+            {
+                start_hls(&egresses, &session);
+            }
+        }
         let state = Arc::new(AppState {
             config,
             verifier,
@@ -323,6 +332,21 @@ fn ingest_context(
         fifo_dir: dir,
         max_height: config.live.max_height,
     })
+}
+
+/// Starts a session's HLS for good (`hls = "always"`).
+pub fn start_hls(egresses: &crate::egress::Egresses, session: &Arc<crate::session::Session>) {
+    if session.spec.codec() != crate::config::VideoCodec::H264 {
+        tracing::warn!(session = %session.name, "hls = \"always\" needs H.264 video; this session's is VP8");
+        return;
+    }
+    let spec = crate::egress::EgressSpec::Hls { ladder: Vec::new() };
+    match egresses.start(session, spec, false) {
+        Ok(e) => {
+            tracing::info!(session = %session.name, egress = %e.id, "HLS started (hls = always)")
+        }
+        Err(e) => tracing::warn!(session = %session.name, "HLS not started: {e}"),
+    }
 }
 
 /// New POSTs get 503; peers close; transcoders stop. Waits up to 10 s for them.

@@ -34,7 +34,10 @@ async fn post(wisp: &Wisp, session: &str, token: &str, body: &str) -> (u16, Valu
         .await
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 async fn delete(wisp: &Wisp, session: &str, id: &str, token: &str) -> (u16, Value) {
@@ -45,7 +48,10 @@ async fn delete(wisp: &Wisp, session: &str, id: &str, token: &str) -> (u16, Valu
         .await
         .unwrap();
     let status = r.status().as_u16();
-    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+    )
 }
 
 /// Polls the egress until `done` holds (60 s at most); returns what it last showed.
@@ -343,7 +349,16 @@ async fn bad_egress_requests_are_refused_and_an_unwritable_directory_fails_only_
             422,
             "record mp4 or mkv",
         ),
-        (r#"{"kind":"hls"}"#, 501, "not available"),
+        (
+            r#"{"kind":"hls","ladder":[{"height":7}]}"#,
+            400,
+            "32 to 4320",
+        ),
+        (
+            r#"{"kind":"srt","url":"srt://127.0.0.1:9"}"#,
+            501,
+            "not available",
+        ),
     ] {
         let (got, e) = post(&wisp, "demo", &admin, body).await;
         assert_eq!(got, status, "{body}: {e}");
@@ -401,4 +416,194 @@ async fn bad_egress_requests_are_refused_and_an_unwritable_directory_fails_only_
     .unwrap_or_else(|e| panic!("{e}\n{}", wisp.log()));
     assert!(s.video_frames >= 60, "{s:?}");
     let _ = std::fs::remove_file(&blocked);
+}
+
+/// Frames `ffmpeg` decodes from `url` (at most `max`), and whether it exited well.
+fn decoded_frames(url: &str, max: u32) -> (u64, String) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-rw_timeout", "10000000", "-i", url])
+        .args([
+            "-map",
+            "0:v:0",
+            "-frames:v",
+            &max.to_string(),
+            "-f",
+            "framemd5",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg runs");
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count() as u64;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
+        frames,
+        if out.status.success() {
+            err
+        } else {
+            format!("exit {}: {err}", out.status)
+        },
+    )
+}
+
+async fn get(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_starts_when_a_player_asks_serves_every_rendition_and_stops_when_none_does() {
+    let toml = "idle_timeout = 4\n[[sessions]]\nname = \"quiet\"\ninputs = [{ url = \"demo\" }]\nhls = \"off\"\n";
+    let (wisp, _dir) = gateway("egress-hls", toml);
+    let view = wisp.token("demo", "view");
+    let master = format!("{}/hls/demo/index.m3u8?token={view}", wisp.base);
+    // The first request starts HLS and is answered once every rendition has a segment.
+    let (status, headers, text) = get(&master).await;
+    assert_eq!(status, 200, "{text}\n{}", wisp.log());
+    assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
+    assert_eq!(headers["cache-control"], "no-cache");
+    let variants: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let infs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-STREAM-INF"))
+        .collect();
+    assert_eq!(variants.len(), 3, "{text}");
+    for (want, inf) in ["1280x720", "640x360", "320x180"].iter().zip(&infs) {
+        assert!(
+            inf.contains(&format!("RESOLUTION={want}")) && inf.contains("mp4a.40.2"),
+            "{inf}"
+        );
+    }
+    // Every URI carries the token: players resolve them without the master's query.
+    assert!(
+        variants
+            .iter()
+            .all(|v| v.ends_with(&format!("?token={view}"))),
+        "{text}"
+    );
+    // The master playlist as ffmpeg reads it, then each rendition: 150 frames (5 s) each.
+    let (frames, err) = decoded_frames(&master, 150);
+    assert_eq!((frames, err.as_str()), (150, ""), "master");
+    for v in &variants {
+        let url = format!("{}/hls/demo/{v}", wisp.base);
+        let (frames, err) = decoded_frames(&url, 150);
+        assert_eq!((frames, err.as_str()), (150, ""), "{v}");
+        // A media playlist: fMP4 segments no longer than its target duration.
+        let (status, headers, text) = get(&url).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "application/vnd.apple.mpegurl");
+        let target: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(target <= 2.0, "{text}");
+        let durations: Vec<f64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("#EXTINF:"))
+            .map(|d| d.trim_end_matches(',').parse().unwrap())
+            .collect();
+        assert!(
+            !durations.is_empty() && durations.iter().all(|d| *d <= target),
+            "{text}"
+        );
+        assert!(text.contains("#EXT-X-MAP:URI=\"init.mp4?token="), "{text}");
+        let segment = text.lines().find(|l| l.starts_with("seg")).unwrap();
+        let rendition = v.split('/').next().unwrap();
+        let (status, headers, _) =
+            get(&format!("{}/hls/demo/{rendition}/{segment}", wisp.base)).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["content-type"], "video/iso.segment");
+    }
+    // Refusals: no token, another session's token, names outside the directory, HLS off.
+    let other = wisp.token("quiet", "view");
+    for (url, status) in [
+        (format!("{}/hls/demo/index.m3u8", wisp.base), 401),
+        (
+            format!("{}/hls/demo/index.m3u8?token={other}", wisp.base),
+            403,
+        ),
+        (
+            format!("{}/hls/demo/360p/..%2f..%2fsecret?token={view}", wisp.base),
+            404,
+        ),
+        (
+            format!("{}/hls/demo/.hidden/index.m3u8?token={view}", wisp.base),
+            404,
+        ),
+        (
+            format!("{}/hls/demo/360p/secret.txt?token={view}", wisp.base),
+            404,
+        ),
+        (
+            format!("{}/hls/quiet/index.m3u8?token={other}", wisp.base),
+            404,
+        ),
+    ] {
+        let (got, _, body) = get(&url).await;
+        assert_eq!(got, status, "{url}: {body}");
+    }
+    // Nobody asks any more: after the idle timeout it stops, and its files go.
+    let list = wisp.api("/api/sessions/demo/egress").await;
+    let e = &list[0];
+    assert_eq!(e["kind"], "hls", "{list}");
+    assert_eq!(e["on_demand"], true, "{list}");
+    let id = e["id"].as_str().unwrap();
+    let dir = PathBuf::from(e["file"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let e = until(&wisp, "demo", id, "idle", |e| e["state"] == "ended").await;
+    assert_eq!(e["reason"], "idle", "{e}");
+    assert!(!dir.exists(), "{}", dir.display());
+    let metrics = common::metrics(&wisp.base).await;
+    assert_eq!(common::metric(&metrics, "wisp_egresses"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_egress_from_the_api_takes_a_ladder_and_ends_its_playlists_when_deleted() {
+    let (wisp, _dir) = gateway("egress-hls-api", "");
+    let admin = wisp.token("demo", "admin");
+    let (status, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        r#"{"kind":"hls","ladder":[{"height":720},{"height":270,"bitrate":400000}]}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    assert_eq!(e["url"], "/hls/demo/index.m3u8", "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    let (status, again) = post(&wisp, "demo", &admin, r#"{"kind":"hls"}"#).await;
+    assert_eq!(status, 409, "{again}");
+    let e = until(&wisp, "demo", &id, "running", |e| e["state"] == "running").await;
+    assert_eq!(e["on_demand"], Value::Null, "{e}");
+    let master = PathBuf::from(e["file"].as_str().unwrap());
+    let view = wisp.token("demo", "view");
+    let (status, _, text) = get(&format!("{}/hls/demo/index.m3u8?token={view}", wisp.base)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("RESOLUTION=1280x720") && text.contains("RESOLUTION=480x270"),
+        "{text}"
+    );
+    assert_eq!(text.matches("#EXT-X-STREAM-INF").count(), 2, "{text}");
+    let (status, e) = delete(&wisp, "demo", &id, &admin).await;
+    assert_eq!((status, e["state"].as_str()), (200, Some("stopped")), "{e}");
+    // Stopped, not idle: the files stay, each playlist ended.
+    let dir = master.parent().unwrap();
+    for r in ["720p", "270p"] {
+        let playlist = std::fs::read_to_string(dir.join(r).join("index.m3u8")).unwrap();
+        assert!(
+            playlist.trim_end().ends_with("#EXT-X-ENDLIST"),
+            "{r}: {playlist}"
+        );
+    }
 }

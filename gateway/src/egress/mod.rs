@@ -1,6 +1,7 @@
 //! Egress: what a session sends, turned into something else by a process that reads its ring
-//! (DESIGN.md "Egress"). Today a recording to a file; HLS, restreams and audio over WebSocket
-//! are named by the API and answered 501 until they exist.
+//! (DESIGN.md "Egress"): a recording to a file, or HLS (a ladder of renditions the gateway
+//! serves under `/hls/`). Restreams and audio over WebSocket are named by the API and answered
+//! 501 until they exist.
 //!
 //! Owns the API model (what a POST may ask for and what GET shows), the registry of a
 //! gateway's egresses, and their supervision; the muxing is the transcoder's (`wisp-transcoder
@@ -44,7 +45,25 @@ pub enum EgressSpec {
         #[serde(skip_serializing_if = "Option::is_none")]
         max_seconds: Option<f64>,
     },
+    /// A ladder of renditions as HLS (CMAF segments), served at `/hls/{session}/index.m3u8`.
+    Hls {
+        /// Empty: the source copied, 360p and 180p.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ladder: Vec<LadderRung>,
+    },
 }
+
+/// One rendition of an HLS ladder: a height, and optionally a video bitrate. A rung as tall as
+/// the source or taller is the source's video, copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LadderRung {
+    pub height: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
+}
+
+/// At most this many renditions.
+const MAX_RUNGS: usize = 6;
 
 /// A recording's container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -95,12 +114,21 @@ impl RecordFormat {
     }
 }
 
+/// Why an egress cannot start now.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    #[error("the session already has an HLS egress ({0}); DELETE it first")]
+    HlsRunning(String),
+}
+
 /// Why an egress request is refused: the client's request, or a kind not built yet.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     #[error("{0}")]
     Invalid(String),
-    #[error("egress kind {0:?} is not available in this version of Wisp yet (record is)")]
+    #[error("egress kind {0:?} is not available in this version of Wisp yet (record and hls are)")]
     NotYet(String),
 }
 
@@ -161,10 +189,74 @@ impl EgressSpec {
                     max_seconds,
                 })
             }
-            "hls" | "rtmp" | "srt" | "websocket" => Err(SpecError::NotYet(kind.into())),
+            "hls" => {
+                if let Some(unknown) = fields
+                    .keys()
+                    .find(|k| !["kind", "ladder"].contains(&k.as_str()))
+                {
+                    return Err(invalid(format!(
+                        "unknown field {unknown:?} for an hls egress (it takes kind, ladder)"
+                    )));
+                }
+                let ladder = match fields.get("ladder") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(rungs)) if (1..=MAX_RUNGS).contains(&rungs.len()) => rungs
+                        .iter()
+                        .map(LadderRung::parse)
+                        .collect::<Result<_, _>>()
+                        .map_err(invalid)?,
+                    Some(_) => {
+                        return Err(invalid(format!(
+                            "\"ladder\" is a list of 1 to {MAX_RUNGS} renditions, e.g. \
+                             [{{\"height\":720}},{{\"height\":360,\"bitrate\":800000}}]"
+                        )));
+                    }
+                };
+                Ok(EgressSpec::Hls { ladder })
+            }
+            "rtmp" | "srt" | "websocket" => Err(SpecError::NotYet(kind.into())),
             other => Err(invalid(format!(
                 "unknown egress kind {other:?}; one of {KINDS}"
             ))),
+        }
+    }
+}
+
+impl LadderRung {
+    fn parse(v: &Value) -> Result<Self, String> {
+        let Value::Object(f) = v else {
+            return Err("a rendition is an object: {\"height\":360,\"bitrate\":800000}".into());
+        };
+        if let Some(unknown) = f
+            .keys()
+            .find(|k| !["height", "bitrate"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown field {unknown:?} for a rendition (it takes height, bitrate)"
+            ));
+        }
+        let height = f
+            .get("height")
+            .and_then(Value::as_u64)
+            .filter(|h| (32..=4320).contains(h))
+            .ok_or("a rendition's \"height\" is a number of lines, 32 to 4320")?
+            as u32;
+        let bitrate = match f.get("bitrate") {
+            None | Some(Value::Null) => None,
+            Some(b) => Some(
+                b.as_u64()
+                    .filter(|b| (50_000..=50_000_000).contains(b))
+                    .ok_or("a rendition's \"bitrate\" is bits per second, 50000 to 50000000")?,
+            ),
+        };
+        Ok(Self { height, bitrate })
+    }
+
+    /// As `wisp-transcoder egress hls --rendition` takes it.
+    pub fn arg(&self) -> String {
+        match self.bitrate {
+            Some(b) => format!("{}:{b}", self.height),
+            None => self.height.to_string(),
         }
     }
 }
@@ -176,6 +268,10 @@ pub struct EgressContext {
     pub program: PathBuf,
     /// Recordings go under `{recordings}/{session}/`.
     pub recordings: PathBuf,
+    /// HLS goes under `{hls}/{session}/`.
+    pub hls: PathBuf,
+    /// An on-demand HLS egress stops after this long with no request.
+    pub idle_timeout: std::time::Duration,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the gateway shuts down.
     pub cancel: CancellationToken,
@@ -197,15 +293,26 @@ impl Egresses {
     }
 
     /// Starts an egress of `session`. It holds a consumer slot in the session (a VOD
-    /// session's transcoder starts for it and keeps running) until it finishes.
+    /// session's transcoder starts for it and keeps running) until it finishes. An
+    /// `on_demand` one (HLS started by a player's request) stops after the idle timeout with no
+    /// request.
     pub fn start(
         &self,
         session: &Arc<Session>,
         spec: EgressSpec,
-    ) -> Result<Arc<Egress>, JoinError> {
-        let slot = session.join_egress(&self.ctx.metrics)?;
-        let egress = Egress::new(&session.name, spec);
+        on_demand: bool,
+    ) -> Result<Arc<Egress>, StartError> {
         let mut all = self.all.lock().expect("not poisoned");
+        if matches!(spec, EgressSpec::Hls { .. })
+            && let Some(running) = all
+                .iter()
+                .find(|e| e.session == session.name && e.is_hls() && !e.is_finished())
+        {
+            return Err(StartError::HlsRunning(running.id.clone()));
+        }
+        let slot = session.join_egress(&self.ctx.metrics)?;
+        let hls_dir = self.ctx.hls.join(&session.name);
+        let egress = Egress::new(&session.name, spec, on_demand, hls_dir);
         // Forget the oldest finished ones of this session beyond the ones kept.
         let finished: Vec<String> = all
             .iter()
@@ -241,6 +348,28 @@ impl Egresses {
         all.iter()
             .find(|e| e.session == session && e.id == id)
             .cloned()
+    }
+
+    /// The session's HLS egress that is not finished, if any.
+    pub fn hls_of(&self, session: &str) -> Option<Arc<Egress>> {
+        let all = self.all.lock().expect("not poisoned");
+        all.iter()
+            .find(|e| e.session == session && e.is_hls() && !e.is_finished())
+            .cloned()
+    }
+
+    /// The session's HLS egress, started on demand if none runs.
+    pub fn hls_on_demand(&self, session: &Arc<Session>) -> Result<Arc<Egress>, StartError> {
+        if let Some(e) = self.hls_of(&session.name) {
+            return Ok(e);
+        }
+        match self.start(session, EgressSpec::Hls { ladder: Vec::new() }, true) {
+            // Another request started it in between.
+            Err(StartError::HlsRunning(_)) => self
+                .hls_of(&session.name)
+                .ok_or(StartError::Join(JoinError::Stopping)),
+            other => other,
+        }
     }
 
     /// Egress processes running now.
@@ -279,6 +408,22 @@ mod tests {
     }
 
     #[test]
+    fn an_hls_request_may_give_its_ladder() {
+        assert_eq!(
+            parse(r#"{"kind":"hls"}"#),
+            Ok(EgressSpec::Hls { ladder: vec![] })
+        );
+        let spec =
+            parse(r#"{"kind":"hls","ladder":[{"height":720},{"height":360,"bitrate":800000}]}"#)
+                .unwrap();
+        let EgressSpec::Hls { ladder } = spec else {
+            panic!("{spec:?}")
+        };
+        let args: Vec<String> = ladder.iter().map(LadderRung::arg).collect();
+        assert_eq!(args, ["720", "360:800000"]);
+    }
+
+    #[test]
     fn refusals_say_what_is_allowed() {
         let message = |json| match parse(json) {
             Err(SpecError::Invalid(m)) => m,
@@ -299,8 +444,17 @@ mod tests {
         assert!(message(r#"["record"]"#).contains("JSON object"));
         assert!(message("{").contains("not JSON"));
         assert_eq!(
-            parse(r#"{"kind":"hls"}"#),
-            Err(SpecError::NotYet("hls".into()))
+            parse(r#"{"kind":"rtmp","url":"rtmp://x/y"}"#),
+            Err(SpecError::NotYet("rtmp".into()))
         );
+        assert!(message(r#"{"kind":"hls","ladder":[]}"#).contains("1 to 6 renditions"));
+        assert!(message(r#"{"kind":"hls","ladder":[{"height":5}]}"#).contains("32 to 4320"));
+        assert!(
+            message(r#"{"kind":"hls","ladder":[{"height":360,"bitrate":1}]}"#).contains("bitrate")
+        );
+        assert!(
+            message(r#"{"kind":"hls","ladder":[{"height":360,"fps":60}]}"#).contains("\"fps\"")
+        );
+        assert!(message(r#"{"kind":"hls","segments":4}"#).contains("\"segments\""));
     }
 }

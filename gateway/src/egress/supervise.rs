@@ -1,5 +1,6 @@
 //! One task per egress: it waits for the session's source, runs a `wisp-transcoder egress`
-//! process on its ring, and keeps the state the API shows.
+//! process on its ring, and keeps the state the API shows. An HLS egress started on demand
+//! (by a player's request) stops after the idle timeout with no request, and its files go.
 //!
 //! Owns the egress's lifecycle: a new source (a publisher's new publish, a transcoder's
 //! restart) finishes the current file and starts the next, so each file holds one continuous
@@ -65,9 +66,15 @@ pub struct EgressInfo {
     #[serde(flatten)]
     pub spec: EgressSpec,
     pub state: EgressState,
-    /// The file being written, or the last one.
+    /// The file being written, or the last one (HLS: the master playlist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Where players get it (HLS): the master playlist's path on this gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Started by a player's request; stops when no player asks for the idle timeout.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
     /// Every file written, one per run of the session's source.
     pub files: Vec<String>,
     /// Bytes in all of them.
@@ -86,7 +93,7 @@ pub struct EgressInfo {
     /// The last error, if any (also while it retries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Why it finished: `stopped`, `max_seconds`, `session_ended`, `failed`.
+    /// Why it finished: `stopped`, `max_seconds`, `session_ended`, `idle`, `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// UTC, RFC 3339.
@@ -103,11 +110,23 @@ pub struct Egress {
     done: Mutex<(u64, f64)>,
     stop: CancellationToken,
     finished: watch::Sender<bool>,
+    on_demand: bool,
+    /// When a player last asked for its files (on-demand HLS).
+    last_used: Mutex<Instant>,
+    /// Where an HLS egress writes.
+    hls_dir: PathBuf,
 }
 
 impl Egress {
-    pub(super) fn new(session: &str, spec: EgressSpec) -> Arc<Self> {
+    pub(super) fn new(
+        session: &str,
+        spec: EgressSpec,
+        on_demand: bool,
+        hls_dir: PathBuf,
+    ) -> Arc<Self> {
         let id = crate::http::random_id()[..16].to_string();
+        let url =
+            matches!(spec, EgressSpec::Hls { .. }).then(|| format!("/hls/{session}/index.m3u8"));
         Arc::new(Self {
             info: Mutex::new(EgressInfo {
                 id: id.clone(),
@@ -115,6 +134,8 @@ impl Egress {
                 spec,
                 state: EgressState::Waiting,
                 file: None,
+                url,
+                on_demand,
                 files: Vec::new(),
                 bytes_written: 0,
                 seconds: 0.0,
@@ -131,7 +152,37 @@ impl Egress {
             done: Mutex::new((0, 0.0)),
             stop: CancellationToken::new(),
             finished: watch::Sender::new(false),
+            on_demand,
+            last_used: Mutex::new(Instant::now()),
+            hls_dir,
         })
+    }
+
+    pub fn is_hls(&self) -> bool {
+        matches!(
+            self.info.lock().expect("not poisoned").spec,
+            EgressSpec::Hls { .. }
+        )
+    }
+
+    /// Where an HLS egress writes its playlists and segments.
+    pub fn hls_dir(&self) -> &Path {
+        &self.hls_dir
+    }
+
+    /// A player asked for its files.
+    pub fn touch(&self) {
+        *self.last_used.lock().expect("not poisoned") = Instant::now();
+    }
+
+    /// An on-demand egress nobody asked for within `timeout`.
+    fn idle(&self, timeout: Duration) -> bool {
+        self.on_demand && self.last_used.lock().expect("not poisoned").elapsed() >= timeout
+    }
+
+    /// Whether it is writing (its process has written its header).
+    pub fn is_running(&self) -> bool {
+        self.info.lock().expect("not poisoned").state == EgressState::Running
     }
 
     pub fn info(&self) -> EgressInfo {
@@ -203,6 +254,8 @@ enum Outcome {
     Stop,
     /// The session or the gateway is stopping.
     SessionEnded,
+    /// On demand, and no player asked for the idle timeout.
+    Idle,
 }
 
 /// What one run of the process reported.
@@ -218,6 +271,7 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
     let session = slot.session().clone();
     let mut source = slot.source();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(spec = ?egress.spec(), "egress created");
     loop {
         // The session's source, once it runs.
@@ -232,44 +286,80 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
                 _ = egress.stop.cancelled() => break None,
                 _ = session.cancelled() => break None,
                 _ = ctx.cancel.cancelled() => break None,
+                _ = tick.tick(), if egress.on_demand => if egress.idle(ctx.idle_timeout) { break None },
             }
         };
         let Some(ready) = ready else {
-            match egress.stop.is_cancelled() {
-                true => egress.finish(EgressState::Stopped, "stopped", None),
-                false => egress.finish(EgressState::Ended, "session_ended", None),
+            if egress.stop.is_cancelled() {
+                egress.finish(EgressState::Stopped, "stopped", None);
+            } else if egress.idle(ctx.idle_timeout) {
+                let _ = std::fs::remove_dir_all(&egress.hls_dir);
+                egress.finish(EgressState::Ended, "idle", None);
+            } else {
+                egress.finish(EgressState::Ended, "session_ended", None);
             }
             break;
         };
-        let EgressSpec::Record {
-            format,
-            max_seconds,
-        } = egress.spec();
-        let left = max_seconds.map(|m| m - egress.info().seconds);
-        if left.is_some_and(|l| l < 0.05) {
-            egress.finish(EgressState::Ended, "max_seconds", None);
-            break;
-        }
-        let dir = ctx.recordings.join(&session.name);
-        let path = match new_file(&dir, format.name()) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("{e}");
-                egress.finish(EgressState::Failed, "failed", Some(e));
-                break;
+        let (path, args) = match egress.spec() {
+            EgressSpec::Record {
+                format,
+                max_seconds,
+            } => {
+                let left = max_seconds.map(|m| m - egress.info().seconds);
+                if left.is_some_and(|l| l < 0.05) {
+                    egress.finish(EgressState::Ended, "max_seconds", None);
+                    break;
+                }
+                let dir = ctx.recordings.join(&session.name);
+                let path = match new_file(&dir, format.name()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        egress.finish(EgressState::Failed, "failed", Some(e));
+                        break;
+                    }
+                };
+                let mut args = track_args(&ready);
+                args.extend([
+                    "record".to_string(),
+                    "--format".into(),
+                    format.name().into(),
+                    "--output".into(),
+                    path.display().to_string(),
+                ]);
+                if let Some(l) = left {
+                    args.extend(["--max-seconds".to_string(), format!("{l:.3}")]);
+                }
+                (path, args)
+            }
+            EgressSpec::Hls { ladder } => {
+                // Each run starts its playlists afresh.
+                let dir = egress.hls_dir.clone();
+                let _ = std::fs::remove_dir_all(&dir);
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    let e = format!("cannot create the HLS directory {}: {e}", dir.display());
+                    tracing::error!("{e}");
+                    egress.finish(EgressState::Failed, "failed", Some(e));
+                    break;
+                }
+                let mut args = track_args(&ready);
+                args.extend(["hls".to_string(), "--dir".into(), dir.display().to_string()]);
+                for rung in &ladder {
+                    args.extend(["--rendition".to_string(), rung.arg()]);
+                }
+                if ready.fps > 0.0 {
+                    args.extend(["--fps".to_string(), format!("{:.3}", ready.fps)]);
+                }
+                let info = session.info();
+                if let Some(b) =
+                    info.ingest_bitrate
+                        .or(info.spec.video.as_ref().and_then(|v| v.bitrate))
+                {
+                    args.extend(["--source-bitrate".to_string(), b.to_string()]);
+                }
+                (dir.join("index.m3u8"), args)
             }
         };
-        let mut args = track_args(&ready);
-        args.extend([
-            "record".to_string(),
-            "--format".into(),
-            format.name().into(),
-            "--output".into(),
-            path.display().to_string(),
-        ]);
-        if let Some(l) = left {
-            args.extend(["--max-seconds".to_string(), format!("{l:.3}")]);
-        }
         let mut process = match EgressProcess::spawn(&ctx.program, &ready.ring, &args) {
             Ok(p) => p,
             Err(e) => {
@@ -307,6 +397,9 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
                 _ = egress.stop.cancelled() => break Outcome::Stop,
                 _ = session.cancelled() => break Outcome::SessionEnded,
                 _ = ctx.cancel.cancelled() => break Outcome::SessionEnded,
+                _ = tick.tick(), if egress.on_demand => if egress.idle(ctx.idle_timeout) {
+                    break Outcome::Idle;
+                },
             }
         };
         let (status, last_log) = match outcome {
@@ -329,7 +422,7 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             }
         };
         egress.file_done(bytes, seconds);
-        if bytes == 0 {
+        if bytes == 0 && !egress.is_hls() {
             // Nothing came (stopped before the first keyframe, or a refusal): no empty file.
             let _ = std::fs::remove_file(&path);
             egress.update(|i| {
@@ -346,6 +439,12 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             }
             Outcome::SessionEnded => {
                 egress.finish(EgressState::Ended, "session_ended", None);
+                break;
+            }
+            Outcome::Idle => {
+                tracing::info!("no player asked for {:?}", ctx.idle_timeout);
+                let _ = std::fs::remove_dir_all(&egress.hls_dir);
+                egress.finish(EgressState::Ended, "idle", None);
                 break;
             }
             Outcome::SourceChanged => continue,

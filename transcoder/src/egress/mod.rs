@@ -1,5 +1,5 @@
 //! `wisp-transcoder egress …`: one more reader of a session's ring, in its own process, that
-//! turns what viewers get into something else: a recording today (DESIGN.md "Egress").
+//! turns what viewers get into something else: a recording, or HLS (DESIGN.md "Egress").
 //!
 //! The gateway starts it with the session's ring (`--ring-fd`/`--ring-eventfd`, inherited as
 //! the transcoder's are) and the tracks it carries (`--video 0:h264 --audio 1:opus`); by hand,
@@ -16,8 +16,10 @@
 //! - `frames.rs`: records → frames with output times (depacketizing, loss, timeline).
 //! - `probe.rs`: codec parameters from the first keyframe, as FFmpeg reads them.
 //! - `record.rs`: containers and writing a file.
+//! - `hls.rs`: the HLS ladder: renditions encoded from the source, segments and playlists.
 
 mod frames;
+mod hls;
 mod probe;
 mod record;
 
@@ -33,6 +35,7 @@ use rtp_ring::Ring;
 use wisp_control::{Command, EgressEvent};
 
 use frames::{Frame, Framer, TrackSpec};
+use hls::{Hls, HlsSettings, Rung};
 use record::{Container, Recorder};
 
 /// How often progress is reported.
@@ -83,6 +86,110 @@ enum Job {
         #[arg(long)]
         max_seconds: Option<f64>,
     },
+    /// Serve the session as HLS: a ladder of renditions (CMAF segments) in a directory.
+    Hls {
+        /// Where the playlists and segments go (`index.m3u8` is the master playlist).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A rendition: `copy` (the source's video as it is), HEIGHT or HEIGHT:BITRATE;
+        /// repeatable [default: copy, 360, 180].
+        #[arg(long = "rendition")]
+        renditions: Vec<Rung>,
+        /// The source's frame rate, for the encoders [default: 30].
+        #[arg(long, default_value_t = 30.0)]
+        fps: f64,
+        /// The source's video bits/s, for the copied rendition's BANDWIDTH.
+        #[arg(long, default_value_t = 2_000_000)]
+        source_bitrate: u64,
+        /// Target segment length, seconds (segments end at the source's keyframes).
+        #[arg(long, default_value_t = 2.0)]
+        segment_seconds: f64,
+        /// Segments each playlist lists.
+        #[arg(long, default_value_t = 6)]
+        window: u32,
+    },
+}
+
+/// Where frames go.
+#[derive(Debug)]
+enum Plan {
+    Record {
+        container: Container,
+        output: PathBuf,
+    },
+    Hls(HlsSettings),
+}
+
+/// An open output.
+#[derive(Debug)]
+enum Output {
+    Record(Recorder),
+    Hls(Hls),
+}
+
+impl Output {
+    fn write(&mut self, frame: &Frame) -> Result<(), Failure> {
+        match self {
+            Output::Record(r) => r
+                .write(frame)
+                .map_err(|e| Failure::new("output", e.to_string())),
+            Output::Hls(h) => h.write(frame).map_err(|m| Failure::new("media", m)),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        match self {
+            Output::Record(r) => r.seconds(),
+            Output::Hls(h) => h.seconds(),
+        }
+    }
+
+    fn finish(self) -> Result<(), Failure> {
+        match self {
+            Output::Record(r) => r
+                .finish()
+                .map_err(|e| Failure::new("output", e.to_string())),
+            Output::Hls(h) => h.finish().map_err(|m| Failure::new("output", m)),
+        }
+    }
+}
+
+impl Plan {
+    /// The file or directory written, for people.
+    fn target(&self) -> PathBuf {
+        match self {
+            Plan::Record { output, .. } => output.clone(),
+            Plan::Hls(s) => s.dir.join("index.m3u8"),
+        }
+    }
+
+    /// Bytes written so far.
+    fn bytes(&self) -> u64 {
+        match self {
+            Plan::Record { output, .. } => std::fs::metadata(output).map_or(0, |m| m.len()),
+            Plan::Hls(s) => dir_bytes(&s.dir),
+        }
+    }
+}
+
+/// Bytes of the files in `dir` and its subdirectories (one level).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => std::fs::read_dir(e.path()).map_or(0, |d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            }),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// An egress's failure: a code for the gateway and a message for people.
@@ -153,38 +260,88 @@ fn run(args: Args, stop: &AtomicBool) -> Result<(), Failure> {
     }
     ffmpeg_next::init().map_err(|e| Failure::new("media", format!("FFmpeg: {e}")))?;
     ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Error);
-    match args.job {
+    let (plan, max_seconds) = match args.job {
         Job::Record {
             format,
             output,
             max_seconds,
-        } => record(
-            &ring,
-            args.video,
-            args.audio,
-            format,
-            output,
+        } => (
+            Plan::Record {
+                container: format,
+                output,
+            },
             max_seconds,
-            stop,
         ),
-    }
+        Job::Hls {
+            dir,
+            renditions,
+            fps,
+            source_bitrate,
+            segment_seconds,
+            window,
+        } => {
+            let ladder = match renditions.is_empty() {
+                true => ["copy", "360", "180"]
+                    .iter()
+                    .map(|r| r.parse().expect("valid rungs"))
+                    .collect(),
+                false => renditions,
+            };
+            if !(segment_seconds.is_finite() && (0.5..=10.0).contains(&segment_seconds)) {
+                return Err(Failure::new("usage", "--segment-seconds is 0.5 to 10"));
+            }
+            let settings = HlsSettings {
+                dir,
+                ladder,
+                fps,
+                source_bitrate,
+                segment_seconds,
+                window: window.max(2),
+            };
+            (Plan::Hls(settings), None)
+        }
+    };
+    run_plan(&ring, args.video, args.audio, plan, max_seconds, stop)
 }
 
-/// Records until stopped, then finishes the file.
-fn record(
+/// Writes until stopped, then finishes the output.
+fn run_plan(
     ring: &Ring,
     video: Option<TrackSpec>,
     audio: Option<TrackSpec>,
-    container: Container,
-    output: PathBuf,
+    plan: Plan,
     max_seconds: Option<f64>,
     stop: &AtomicBool,
 ) -> Result<(), Failure> {
-    let (v, a) = container
-        .tracks(video.map(|t| t.codec), audio.map(|t| t.codec))
-        .map_err(|m| Failure::new("not_supported", m))?;
-    let video = video.filter(|_| v.is_some());
-    let audio = audio.filter(|_| a.is_some());
+    let (video, audio) = match &plan {
+        Plan::Record { container, .. } => {
+            let (v, a) = container
+                .tracks(video.map(|t| t.codec), audio.map(|t| t.codec))
+                .map_err(|m| Failure::new("not_supported", m))?;
+            (video.filter(|_| v.is_some()), audio.filter(|_| a.is_some()))
+        }
+        Plan::Hls(_) => match video {
+            Some(v) if v.codec == frames::Codec::H264 => (video, audio),
+            Some(v) => {
+                return Err(Failure::new(
+                    "not_supported",
+                    format!(
+                        "HLS takes H.264 video, and this session's video is {}",
+                        v.codec.name()
+                    ),
+                ));
+            }
+            None => return Err(Failure::new("not_supported", "HLS needs a video track")),
+        },
+    };
+    // HLS segments end at keyframes: a source whose keyframes are further apart than a
+    // segment (a browser's WHIP stream sends one only when asked) is asked for them.
+    let keyframe_every = match &plan {
+        Plan::Hls(s) => Some((s.segment_seconds * 90_000.0) as i64),
+        Plan::Record { .. } => None,
+    };
+    let mut last_keyframe: Option<i64> = None;
+
     let audio_params = match audio {
         Some(_) => Some(probe::opus().map_err(|m| Failure::new("media", m))?),
         None => None,
@@ -198,7 +355,7 @@ fn record(
         keyframes.request();
     }
     let mut framer = Framer::new(video, audio);
-    let mut recorder: Option<Recorder> = None;
+    let mut output: Option<Output> = None;
     let mut frames: Vec<Frame> = Vec::new();
     let mut packet = Vec::with_capacity(rtp_ring::MAX_PAYLOAD);
     let mut last_progress = Instant::now();
@@ -206,8 +363,8 @@ fn record(
         if stop.load(Ordering::Relaxed) {
             break "stopped";
         }
-        if let (Some(max), Some(r)) = (max_seconds, &recorder)
-            && r.seconds() >= max
+        if let (Some(max), Some(o)) = (max_seconds, &output)
+            && o.seconds() >= max
         {
             break "max_seconds";
         }
@@ -232,9 +389,9 @@ fn record(
             }
         }
         for frame in frames.drain(..) {
-            if recorder.is_none() {
+            if output.is_none() {
                 // The first frame is the video's first keyframe (or, without video, the
-                // first audio packet): the header can be written now.
+                // first audio packet): headers can be written now.
                 let video = match video {
                     Some(v) => Some((
                         v.codec,
@@ -242,24 +399,46 @@ fn record(
                     )),
                     None => None,
                 };
-                let r = Recorder::create(
-                    &output,
-                    container,
-                    video.as_ref().map(|(c, p)| (*c, p)),
-                    audio.zip(audio_params.as_ref()).map(|(t, p)| (t.codec, p)),
-                )
-                .map_err(|e| Failure::new("output", e.to_string()))?;
-                tracing::info!(output = %output.display(), "recording");
+                let audio = audio.zip(audio_params.as_ref()).map(|(t, p)| (t.codec, p));
+                let (opened, described) = match &plan {
+                    Plan::Record { container, output } => {
+                        let r = Recorder::create(
+                            output,
+                            *container,
+                            video.as_ref().map(|(c, p)| (*c, p)),
+                            audio,
+                        )
+                        .map_err(|e| Failure::new("output", e.to_string()))?;
+                        let described = video.as_ref().map(|(_, p)| p.description.clone());
+                        (Output::Record(r), described)
+                    }
+                    Plan::Hls(settings) => {
+                        let (_, probed) = video.as_ref().expect("HLS has video");
+                        let h = Hls::create(settings, &frame, probed, audio.map(|(_, p)| p))
+                            .map_err(|m| Failure::new("media", m))?;
+                        let described = format!("{}: {}", probed.description, h.describe());
+                        (Output::Hls(h), Some(described))
+                    }
+                };
+                tracing::info!(output = %plan.target().display(), "writing");
                 emit(&EgressEvent::Started {
-                    output: output.display().to_string(),
-                    video: video.as_ref().map(|(_, p)| p.description.clone()),
+                    output: plan.target().display().to_string(),
+                    video: described,
                     audio: audio_params.as_ref().map(|p| p.description.clone()),
                 });
-                recorder = Some(r);
+                output = Some(opened);
             }
-            if let Some(r) = recorder.as_mut() {
-                r.write(&frame)
-                    .map_err(|e| Failure::new("output", e.to_string()))?;
+            if frame.codec.is_video() && frame.keyframe {
+                last_keyframe = Some(frame.pts);
+            }
+            if let (Some(every), Some(last)) = (keyframe_every, last_keyframe)
+                && frame.codec.is_video()
+                && frame.pts - last > every * 3 / 2
+            {
+                keyframes.request();
+            }
+            if let Some(o) = output.as_mut() {
+                o.write(&frame)?;
             }
         }
         if keyframes.due() {
@@ -267,21 +446,19 @@ fn record(
         }
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
-            if let Some(r) = &recorder {
+            if let Some(o) = &output {
                 emit(&EgressEvent::Progress {
-                    bytes: r.bytes(),
-                    seconds: round_ms(r.seconds()),
+                    bytes: plan.bytes(),
+                    seconds: round_ms(o.seconds()),
                 });
             }
         }
     };
-    let (bytes, seconds) = match recorder {
-        Some(r) => {
-            let seconds = r.seconds();
-            let path = output.clone();
-            r.finish()
-                .map_err(|e| Failure::new("output", e.to_string()))?;
-            (std::fs::metadata(&path).map_or(0, |m| m.len()), seconds)
+    let (bytes, seconds) = match output {
+        Some(o) => {
+            let seconds = o.seconds();
+            o.finish()?;
+            (plan.bytes(), seconds)
         }
         None => (0, 0.0),
     };
@@ -291,7 +468,7 @@ fn record(
             "video packets were missing from the ring"
         );
     }
-    tracing::info!(reason, bytes, seconds, "recording finished");
+    tracing::info!(reason, bytes, seconds, "egress finished");
     emit(&EgressEvent::Ended {
         reason: reason.into(),
         bytes,

@@ -17,6 +17,8 @@ pub struct Probed {
     pub parameters: codec::Parameters,
     /// `"h264 1280x720"`, `"opus 48000 Hz 2 ch"`.
     pub description: String,
+    /// A video stream's picture size (0x0 for audio).
+    pub size: (u32, u32),
 }
 
 impl std::fmt::Debug for Probed {
@@ -57,6 +59,7 @@ pub fn video(codec: Codec, keyframe: &[u8]) -> Result<Probed, String> {
     Ok(Probed {
         parameters,
         description: format!("{} {width}x{height}", codec.name()),
+        size: (width, height),
     })
 }
 
@@ -78,6 +81,7 @@ pub fn opus() -> Result<Probed, String> {
     Ok(Probed {
         parameters: codec::Parameters::from(&encoder),
         description: "opus 48000 Hz 2 ch".into(),
+        size: (0, 0),
     })
 }
 

@@ -215,11 +215,6 @@ impl Recorder {
         self.seconds
     }
 
-    /// Bytes in the file so far.
-    pub fn bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
-    }
-
     /// Writes what the muxer holds and its trailer, and closes the file.
     pub fn finish(mut self) -> Result<(), RecordError> {
         self.muxer
