@@ -8,13 +8,14 @@ import { chromium } from "playwright-core";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-// Serves `page` at every path but `/<script>`, which is that file of the whip-whep package, on
-// an origin of its own (a free port on 127.0.0.1). Resolves to the server and its origin.
-export async function serveThirdPartyPage(page, script) {
+// Serves `page` at every path but `/<script>`, which is that file of the npm package `pkg`
+// (whip-whep unless said), on an origin of its own (a free port on 127.0.0.1). Resolves to the
+// server and its origin.
+export async function serveThirdPartyPage(page, script, pkg = "whip-whep") {
   const server = http.createServer((req, res) => {
     if (req.url.startsWith(`/${script}`)) {
       res.writeHead(200, { "Content-Type": "text/javascript" });
-      res.end(fs.readFileSync(path.join(here, "node_modules/whip-whep", script)));
+      res.end(fs.readFileSync(path.join(here, "node_modules", pkg, script)));
     } else {
       res.writeHead(200, { "Content-Type": "text/html" });
       res.end(page);
