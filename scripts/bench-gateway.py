@@ -40,7 +40,19 @@
           in real time (`ffmpeg -re -c copy -f flv`). Quantiles are interpolated within the
           histogram's buckets (5 ms wide between 100 and 150 ms, 1-5 ms below 30 ms).
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest-cpu|ingest-latency|all] [--viewers 50,100,200] [--window 20]
+  hls:    the default HLS ladder of the demo (`wisp-transcoder egress hls`: the 1280x720 source
+          copied, 360p and 180p encoded with x264, AAC) next to the ffmpeg CLI making the same
+          ladder from the same stream in the same run: CPU over a --window-second steady
+          window. The CLI reads a recording of the ring (`egress record`, Matroska) in real time
+          and has the egress's settings (one decode, scale, libx264 veryfast/zerolatency/main at
+          the same bitrates with keyframes where the source has them, one AAC encode shared by
+          the renditions as an audio group, fMP4 segments of 2 s). Also the latency from a
+          frame entering the ring to its segment being listed in the 360p playlist (polled
+          every 10 ms): a frame's entry is the egress's media start (its `started` event) plus
+          the frame's media time (the segment's PROGRAM-DATE-TIME relative to the first).
+          The ring is written by a standalone `wisp-transcoder -i demo` (not counted).
+
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest-cpu|ingest-latency|hls|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -592,6 +604,112 @@ def ingest_cpu(window):
     return result
 
 
+def hls_bench(window):
+    """See the module's `hls`."""
+    import datetime
+    work = tempfile.mkdtemp(prefix="wisp-bench-hls-")
+    ring = f"/dev/shm/wisp-bench-hls-{os.getpid()}"
+    tracks = ["--video", "0:h264", "--audio", "1:opus"]
+    source = subprocess.Popen(
+        [f"{BIN}/wisp-transcoder", "-i", "demo", "--width", "1280", "--height", "720", "--fps",
+         "30", "--control", "none", "--ring", ring, "--ring-size", str(64 << 20)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    recording = os.path.join(work, "ring.mkv")
+    subprocess.run([f"{BIN}/wisp-transcoder", "egress", "--ring", ring, *tracks, "record",
+                    "--format", "mkv", "--output", recording, "--max-seconds", str(window + 20)],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True)
+    ours_dir = os.path.join(work, "wisp")
+    ours = subprocess.Popen([f"{BIN}/wisp-transcoder", "egress", "--ring", ring, *tracks, "hls",
+                             "--dir", ours_dir, "--fps", "30"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    started = json.loads(ours.stdout.readline())
+    start_s = started["start_unix_ms"] / 1000
+    cli_dir = os.path.join(work, "ffmpeg")
+    os.makedirs(cli_dir)
+    x264 = ["-preset", "veryfast", "-tune", "zerolatency", "-profile:v", "main",
+            "-force_key_frames", "expr:gte(t,n_forced*2)", "-bf", "0"]
+    cli = subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-nostdin", "-re", "-i", recording, "-filter_complex",
+         "[0:v]split=2[a][b];[a]scale=640:360:flags=bilinear[v1];[b]scale=320:180:flags=bilinear[v2]",
+         "-map", "0:v", "-map", "[v1]", "-map", "[v2]", "-map", "0:a",
+         "-c:v:0", "copy", "-c:v:1", "libx264", "-b:v:1", "691200", "-maxrate:v:1", "1036000",
+         "-bufsize:v:1", "1382000", "-c:v:2", "libx264", "-b:v:2", "200000",
+         "-maxrate:v:2", "300000", "-bufsize:v:2", "400000", *x264,
+         "-c:a", "aac", "-b:a", "128000", "-ar", "48000", "-ac", "2",
+         "-f", "hls", "-hls_time", "2", "-hls_list_size", "6", "-hls_segment_type", "fmp4",
+         "-hls_flags", "delete_segments+temp_file+independent_segments",
+         "-var_stream_map", "a:0,agroup:aud v:0,agroup:aud v:1,agroup:aud v:2,agroup:aud",
+         "-master_pl_name", "index.m3u8", os.path.join(cli_dir, "%v", "index.m3u8")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    playlist = os.path.join(ours_dir, "360p", "index.m3u8")
+    listed = {}  # segment name → (time first seen listed, PDT s, duration s)
+
+    def poll():
+        try:
+            text = open(playlist).read()
+        except OSError:
+            return
+        pdt = dur = None
+        for line in text.splitlines():
+            if line.startswith("#EXTINF:"):
+                dur = float(line[8:].rstrip(","))
+            elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+                pdt = datetime.datetime.strptime(line[25:], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+            elif line.startswith("seg") and line not in listed:
+                listed[line] = (time.time(), pdt, dur)
+
+    warm_until = time.time() + 8
+    while time.time() < warm_until:
+        poll()
+        time.sleep(0.01)
+    t0 = (cpu_seconds(ours.pid), cpu_seconds(cli.pid), time.time())
+    in_window = set()
+    while time.time() < t0[2] + window:
+        before = set(listed)
+        poll()
+        in_window |= set(listed) - before
+        time.sleep(0.01)
+    t1 = (cpu_seconds(ours.pid), cpu_seconds(cli.pid), time.time())
+    wall = t1[2] - t0[2]
+    ours_cpu, cli_cpu = ((b - a) / wall for a, b in zip(t0[:2], t1[:2]))
+    ours.stdin.close()
+    ours.wait(timeout=20)
+    for p in (cli, source):
+        p.terminate()
+        p.wait()
+    first_pdt = listed.get("seg0.m4s", (0, None, 0))[1]
+    frame_latency, after_last = [], []
+    for name in in_window:
+        seen, pdt, dur = listed[name]
+        if pdt is None or first_pdt is None:
+            continue
+        entered = start_s + (pdt - first_pdt)
+        frames = round(dur * 30)
+        frame_latency += [seen - (entered + k / 30) for k in range(frames)]
+        after_last.append(seen - (entered + (frames - 1) / 30))
+    try:
+        os.unlink(ring)
+    except OSError:
+        pass
+    if not os.environ.get("BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        "window_s": round(wall, 1),
+        "egress_cpu_cores": round(ours_cpu, 3),
+        "ffmpeg_cli_cpu_cores": round(cli_cpu, 3),
+        "ratio_ffmpeg_over_wisp": round(cli_cpu / ours_cpu, 3) if ours_cpu else None,
+        "segments": len(in_window),
+        "frame_to_listed_p50_ms": round(pct(frame_latency, 50) * 1000, 1) if frame_latency else None,
+        "frame_to_listed_p90_ms": round(pct(frame_latency, 90) * 1000, 1) if frame_latency else None,
+        "last_frame_to_listed_p50_ms": round(pct(after_last, 50) * 1000, 1) if after_last else None,
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def histogram(text, name):
     """A Prometheus histogram's (upper bound s, cumulative count) pairs."""
     out = []
@@ -673,7 +791,7 @@ def ingest_latency(window):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest-cpu", "ingest-latency", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest-cpu", "ingest-latency", "hls", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
@@ -693,6 +811,8 @@ def main():
         ingest_cpu(a.window)
     if a.what in ("ingest-latency", "all"):
         ingest_latency(a.window)
+    if a.what in ("hls", "all"):
+        hls_bench(a.window)
     if a.what in ("fanout", "all"):
         fanout([int(v) for v in a.viewers.split(",")], a.window)
     if a.what in ("live-fanout", "all"):

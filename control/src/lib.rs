@@ -161,6 +161,9 @@ pub enum EgressEvent {
     /// `audio` what it carries (`"h264 1280x720"`, `"opus 48000 Hz 2 ch"`).
     Started {
         output: String,
+        /// When the output's first frame entered the ring (Unix time, ms): media time 0.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_unix_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         video: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

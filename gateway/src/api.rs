@@ -135,8 +135,12 @@ pub async fn egress_start(
             .unwrap_or_default();
         let refusal = match &spec {
             EgressSpec::Record { format, .. } => format.refuses(codec),
-            EgressSpec::Hls { .. } => (codec != crate::config::VideoCodec::H264)
-                .then(|| "HLS takes H.264 video, and this session's video is VP8".to_string()),
+            EgressSpec::Hls { .. } | EgressSpec::Rtmp { .. } | EgressSpec::Srt { .. } => {
+                (codec != crate::config::VideoCodec::H264).then(|| {
+                    "HLS and restreams take H.264 video, and this session's video is VP8"
+                        .to_string()
+                })
+            }
         };
         if let Some(why) = refusal {
             return Err(ApiError::Unprocessable(why));

@@ -355,7 +355,12 @@ async fn bad_egress_requests_are_refused_and_an_unwritable_directory_fails_only_
             "32 to 4320",
         ),
         (
-            r#"{"kind":"srt","url":"srt://127.0.0.1:9"}"#,
+            r#"{"kind":"rtmp","url":"http://127.0.0.1/live"}"#,
+            400,
+            "rtmp://HOST",
+        ),
+        (
+            r#"{"kind":"websocket","url":"ws://127.0.0.1:9"}"#,
             501,
             "not available",
         ),
@@ -605,5 +610,179 @@ async fn an_hls_egress_from_the_api_takes_a_ladder_and_ends_its_playlists_when_d
             playlist.trim_end().ends_with("#EXT-X-ENDLIST"),
             "{r}: {playlist}"
         );
+    }
+}
+
+/// A free TCP or UDP port on 127.0.0.1.
+fn free_port(udp: bool) -> u16 {
+    match udp {
+        true => std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+        false => std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(),
+    }
+}
+
+/// nginx with Debian's RTMP module, an RTMP server with a `live` application, on `port`.
+struct Nginx(std::process::Child, PathBuf);
+
+impl Nginx {
+    fn start(port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("wisp-nginx-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+                 daemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/error.log info;\n\
+                 events {{ worker_connections 64; }}\n\
+                 rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; record off; }} }} }}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (Debian's nginx and libnginx-mod-rtmp: scripts/install-deps test)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx(child, dir)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restreams_reach_an_rtmp_server_and_an_srt_listener_and_a_refused_one_keeps_trying() {
+    let (wisp, _dir) = gateway("egress-push", "");
+    let admin = wisp.token("demo", "admin");
+    // RTMP: nginx-rtmp takes the push; ffprobe reads it back from nginx.
+    let port = free_port(false);
+    let _nginx = Nginx::start(port);
+    let url = format!("rtmp://127.0.0.1:{port}/live/demo");
+    let (status, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        &format!(r#"{{"kind":"rtmp","url":"{url}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    assert_eq!(e["url"], url.as_str(), "{e}");
+    let rtmp_id = e["id"].as_str().unwrap().to_string();
+    until(&wisp, "demo", &rtmp_id, "pushing", |e| {
+        e["seconds"].as_f64().unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "10000000", "-of", "json"])
+        .args(["-show_entries", "stream=codec_name,width,height"])
+        .arg(&url)
+        .output()
+        .unwrap();
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut codecs: Vec<&str> = probe["streams"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["codec_name"].as_str()).collect())
+        .unwrap_or_default();
+    codecs.sort();
+    assert_eq!(
+        codecs,
+        ["aac", "h264"],
+        "{probe} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (frames, err) = decoded_frames(&url, 60);
+    assert_eq!((frames, err.as_str()), (60, ""), "rtmp");
+
+    // SRT: an ffmpeg listener decodes what the egress sends as caller.
+    let srt_port = free_port(true);
+    let listener = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(format!("srt://127.0.0.1:{srt_port}?mode=listener"))
+        .args(["-map", "0:v:0", "-frames:v", "60", "-f", "framemd5", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the listener binds its port
+    let (status, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        &format!(r#"{{"kind":"srt","url":"srt://127.0.0.1:{srt_port}"}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    let out = tokio::task::spawn_blocking(move || listener.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    assert!(
+        out.status.success() && frames == 60,
+        "srt: {frames} frames, {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A server that refuses: retried with backoff, each attempt's error shown.
+    let closed = free_port(false);
+    let (status, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        &format!(r#"{{"kind":"rtmp","url":"rtmp://127.0.0.1:{closed}/live/x"}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    let e = until(&wisp, "demo", &id, "retried", |e| {
+        e["restarts"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("Connection refused")),
+        "{e}"
+    );
+    assert_ne!(e["state"], "failed", "{e}");
+    // The RTMP push meanwhile went on.
+    let e = wisp
+        .api(&format!("/api/sessions/demo/egress/{rtmp_id}"))
+        .await;
+    assert_eq!(
+        (e["state"].as_str(), e["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "{e}"
+    );
+    for id in [id, rtmp_id] {
+        let (status, e) = delete(&wisp, "demo", &id, &admin).await;
+        assert_eq!((status, e["state"].as_str()), (200, Some("stopped")), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! Egress: what a session sends, turned into something else by a process that reads its ring
-//! (DESIGN.md "Egress"): a recording to a file, or HLS (a ladder of renditions the gateway
-//! serves under `/hls/`). Restreams and audio over WebSocket are named by the API and answered
-//! 501 until they exist.
+//! (DESIGN.md "Egress"): a recording to a file, HLS (a ladder of renditions the gateway
+//! serves under `/hls/`), or a restream to an RTMP or SRT server. Audio over WebSocket is named
+//! by the API and answered 501 until it exists.
 //!
 //! Owns the API model (what a POST may ask for and what GET shows), the registry of a
 //! gateway's egresses, and their supervision; the muxing is the transcoder's (`wisp-transcoder
@@ -45,6 +45,10 @@ pub enum EgressSpec {
         #[serde(skip_serializing_if = "Option::is_none")]
         max_seconds: Option<f64>,
     },
+    /// The session pushed to an RTMP server (FLV: H.264 copied, AAC).
+    Rtmp { url: String },
+    /// The session pushed to an SRT listener (MPEG-TS: H.264 copied, AAC).
+    Srt { url: String },
     /// A ladder of renditions as HLS (CMAF segments), served at `/hls/{session}/index.m3u8`.
     Hls {
         /// Empty: the source copied, 360p and 180p.
@@ -128,7 +132,9 @@ pub enum StartError {
 pub enum SpecError {
     #[error("{0}")]
     Invalid(String),
-    #[error("egress kind {0:?} is not available in this version of Wisp yet (record and hls are)")]
+    #[error(
+        "egress kind {0:?} is not available in this version of Wisp yet (record, hls, rtmp and srt are)"
+    )]
     NotYet(String),
 }
 
@@ -214,7 +220,43 @@ impl EgressSpec {
                 };
                 Ok(EgressSpec::Hls { ladder })
             }
-            "rtmp" | "srt" | "websocket" => Err(SpecError::NotYet(kind.into())),
+            "rtmp" | "srt" => {
+                if let Some(unknown) = fields
+                    .keys()
+                    .find(|k| !["kind", "url"].contains(&k.as_str()))
+                {
+                    return Err(invalid(format!(
+                        "unknown field {unknown:?} for an {kind} egress (it takes kind, url)"
+                    )));
+                }
+                let schemes: &[&str] = match kind {
+                    "rtmp" => &["rtmp://", "rtmps://"],
+                    _ => &["srt://"],
+                };
+                let url = match fields.get("url") {
+                    Some(Value::String(u))
+                        if schemes.iter().any(|s| u.starts_with(s))
+                            && u.len() <= 2048
+                            && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                    {
+                        u.clone()
+                    }
+                    _ => {
+                        return Err(invalid(format!(
+                            "give \"url\": the server to push to, {}",
+                            match kind {
+                                "rtmp" => "rtmp://HOST[:PORT]/APP/STREAM-KEY (or rtmps://)",
+                                _ => "srt://HOST:PORT[?streamid=…]",
+                            }
+                        )));
+                    }
+                };
+                Ok(match kind {
+                    "rtmp" => EgressSpec::Rtmp { url },
+                    _ => EgressSpec::Srt { url },
+                })
+            }
+            "websocket" => Err(SpecError::NotYet(kind.into())),
             other => Err(invalid(format!(
                 "unknown egress kind {other:?}; one of {KINDS}"
             ))),
@@ -408,6 +450,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restream_names_its_server() {
+        assert_eq!(
+            parse(r#"{"kind":"rtmp","url":"rtmp://127.0.0.1/live/key"}"#),
+            Ok(EgressSpec::Rtmp {
+                url: "rtmp://127.0.0.1/live/key".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"kind":"srt","url":"srt://127.0.0.1:9000?streamid=x"}"#),
+            Ok(EgressSpec::Srt {
+                url: "srt://127.0.0.1:9000?streamid=x".into()
+            })
+        );
+    }
+
+    #[test]
     fn an_hls_request_may_give_its_ladder() {
         assert_eq!(
             parse(r#"{"kind":"hls"}"#),
@@ -444,9 +502,13 @@ mod tests {
         assert!(message(r#"["record"]"#).contains("JSON object"));
         assert!(message("{").contains("not JSON"));
         assert_eq!(
-            parse(r#"{"kind":"rtmp","url":"rtmp://x/y"}"#),
-            Err(SpecError::NotYet("rtmp".into()))
+            parse(r#"{"kind":"websocket","url":"ws://x/y"}"#),
+            Err(SpecError::NotYet("websocket".into()))
         );
+        assert!(message(r#"{"kind":"rtmp"}"#).contains("rtmp://HOST"));
+        assert!(message(r#"{"kind":"rtmp","url":"http://x/y"}"#).contains("rtmp://HOST"));
+        assert!(message(r#"{"kind":"srt","url":"srt://a b"}"#).contains("srt://HOST:PORT"));
+        assert!(message(r#"{"kind":"srt","url":"srt://h:1","latency":1}"#).contains("\"latency\""));
         assert!(message(r#"{"kind":"hls","ladder":[]}"#).contains("1 to 6 renditions"));
         assert!(message(r#"{"kind":"hls","ladder":[{"height":5}]}"#).contains("32 to 4320"));
         assert!(

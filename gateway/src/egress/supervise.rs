@@ -36,6 +36,13 @@ const RESTART_DELAYS: [Duration; MAX_CRASHES] = [
     Duration::from_secs(2),
     Duration::from_secs(5),
 ];
+/// A restream's pause before its Nth try in a row: 1, 2, 4, 8, 16, then 30 s.
+fn push_backoff(failures: u32) -> Duration {
+    Duration::from_secs((1u64 << failures.saturating_sub(1).min(5)).min(30))
+}
+/// A restream that ran this long starts its backoff over when it fails.
+const PUSH_BACKOFF_RESET: Duration = Duration::from_secs(30);
+
 /// Error codes of the egress process that another try would only repeat.
 const FINAL_CODES: [&str; 4] = ["output", "not_supported", "usage", "ring"];
 
@@ -69,7 +76,8 @@ pub struct EgressInfo {
     /// The file being written, or the last one (HLS: the master playlist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// Where players get it (HLS): the master playlist's path on this gateway.
+    /// Where it goes: HLS, the master playlist's path on this gateway; a restream, the
+    /// server's URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Started by a player's request; stops when no player asks for the idle timeout.
@@ -271,6 +279,7 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
     let session = slot.session().clone();
     let mut source = slot.source();
     let mut crashes: VecDeque<Instant> = VecDeque::new();
+    let mut push_failures: u32 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(spec = ?egress.spec(), "egress created");
     loop {
@@ -300,7 +309,25 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             }
             break;
         };
-        let (path, args) = match egress.spec() {
+        let spec = egress.spec();
+        let pushes = matches!(spec, EgressSpec::Rtmp { .. } | EgressSpec::Srt { .. });
+        let run_started = Instant::now();
+        let (path, args) = match spec {
+            EgressSpec::Rtmp { url } | EgressSpec::Srt { url } => {
+                let format = match url.starts_with("srt://") {
+                    true => "mpegts",
+                    false => "flv",
+                };
+                let mut args = track_args(&ready);
+                args.extend([
+                    "push".to_string(),
+                    "--url".into(),
+                    url.clone(),
+                    "--format".into(),
+                    format.into(),
+                ]);
+                (PathBuf::from(url), args)
+            }
             EgressSpec::Record {
                 format,
                 max_seconds,
@@ -376,8 +403,12 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
         egress.update(|i| {
             i.pid = Some(pid);
             i.state = EgressState::Starting;
-            i.file = Some(path.display().to_string());
-            i.files.push(path.display().to_string());
+            if pushes {
+                i.url = Some(path.display().to_string());
+            } else {
+                i.file = Some(path.display().to_string());
+                i.files.push(path.display().to_string());
+            }
         });
         let generation = ready.generation;
         let mut run = Run::default();
@@ -422,7 +453,7 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             }
         };
         egress.file_done(bytes, seconds);
-        if bytes == 0 && !egress.is_hls() {
+        if bytes == 0 && !egress.is_hls() && !pushes {
             // Nothing came (stopped before the first keyframe, or a refusal): no empty file.
             let _ = std::fs::remove_file(&path);
             egress.update(|i| {
@@ -458,31 +489,43 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             egress.finish(EgressState::Ended, "max_seconds", None);
             break;
         }
+        // A restream's server may come back (a refused or dropped connection is retried for
+        // as long as the egress lives); a file or directory that cannot be written, or codecs
+        // the output cannot hold, would fail the same way again.
         if let Some((code, message)) = &run.error
-            && FINAL_CODES.contains(&code.as_str())
+            && (FINAL_CODES.contains(&code.as_str()) && !(pushes && code == "output"))
         {
             egress.finish(EgressState::Failed, "failed", Some(message.clone()));
             break;
         }
-        // A crash (or an error another try may not repeat): try again, a while later.
         let error = match (&run.error, last_log) {
             (Some((_, m)), _) => m.clone(),
             (None, Some(line)) => format!("exited ({status}); its last log line: {line}"),
             (None, None) => format!("exited ({status})"),
         };
-        let now = Instant::now();
-        crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
-        crashes.push_back(now);
-        if crashes.len() > MAX_CRASHES {
-            let e = format!(
-                "the egress process exited {} times within {CRASH_WINDOW:?}; last: {error}",
-                crashes.len()
-            );
-            tracing::error!("{e}");
-            egress.finish(EgressState::Failed, "failed", Some(e));
-            break;
-        }
-        let delay = RESTART_DELAYS[crashes.len() - 1];
+        let delay = if pushes {
+            // A run that lasted starts the backoff over.
+            if run_started.elapsed() >= PUSH_BACKOFF_RESET {
+                push_failures = 0;
+            }
+            push_failures += 1;
+            push_backoff(push_failures)
+        } else {
+            // A crash: try again, a while later, a few times.
+            let now = Instant::now();
+            crashes.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
+            crashes.push_back(now);
+            if crashes.len() > MAX_CRASHES {
+                let e = format!(
+                    "the egress process exited {} times within {CRASH_WINDOW:?}; last: {error}",
+                    crashes.len()
+                );
+                tracing::error!("{e}");
+                egress.finish(EgressState::Failed, "failed", Some(e));
+                break;
+            }
+            RESTART_DELAYS[crashes.len() - 1]
+        };
         tracing::warn!("egress process failed ({error}); again in {delay:?}");
         egress.update(|i| {
             i.error = Some(error);
@@ -503,6 +546,7 @@ fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, e
     match event {
         EgressEvent::Started {
             output: _,
+            start_unix_ms: _,
             video,
             audio,
         } => egress.update(|i| {
@@ -610,6 +654,12 @@ fn round_ms(seconds: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restreams_back_off_to_thirty_seconds() {
+        let delays: Vec<u64> = (1..=8).map(|n| push_backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
 
     #[test]
     fn utc_dates_are_civil_dates() {

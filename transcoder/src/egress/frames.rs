@@ -234,6 +234,11 @@ impl Framer {
         }
     }
 
+    /// When the output's first frame entered the ring (µs on the ring's clock), once known.
+    pub fn start_us(&self) -> Option<u64> {
+        self.start_us
+    }
+
     /// Records were skipped (the reader fell a lap behind): video waits for a keyframe.
     pub fn lost_records(&mut self) {
         if let Some(v) = &mut self.video {

@@ -14,15 +14,13 @@
 use std::path::{Path, PathBuf};
 
 use ffmpeg_next::{
-    self as ff, ChannelLayout, Dictionary, Packet, Rational, codec, decoder, encoder, filter,
-    format, frame, software::scaling,
+    self as ff, Dictionary, Packet, Rational, codec, decoder, encoder, format, frame,
+    software::scaling,
 };
 
+use super::aac::{AAC_BITRATE, Aac};
 use super::frames::{Codec, Frame};
 use super::probe::Probed;
-
-/// The AAC bitrate of every rendition.
-const AAC_BITRATE: usize = 128_000;
 
 /// One rung of the ladder, as `--rendition` gives it: `copy` (the source as it is), `HEIGHT`
 /// or `HEIGHT:BITRATE`.
@@ -94,14 +92,6 @@ struct Variant {
     height: u32,
     bandwidth: u64,
     codecs: String,
-}
-
-/// The audio path: Opus decoded, re-framed to 1024 samples, AAC encoded.
-struct Aac {
-    decoder: decoder::Audio,
-    /// Built for the decoder's first frame (its sample format and layout).
-    graph: Option<filter::Graph>,
-    encoder: encoder::Audio,
 }
 
 /// An open HLS output.
@@ -267,7 +257,7 @@ impl Hls {
                     let mut stream = muxer
                         .add_stream(codec::Id::None)
                         .map_err(err("adding an audio stream"))?;
-                    stream.set_parameters(codec::Parameters::from(&a.encoder));
+                    stream.set_parameters(a.parameters());
                     stream.set_time_base(Rational::new(1, 48_000));
                     Some(stream.index())
                 }
@@ -437,41 +427,17 @@ impl Hls {
         let Some(aac) = self.aac.as_mut() else {
             return Ok(());
         };
-        let mut packet = Packet::copy(&frame.data);
-        packet.set_pts(Some(frame.pts));
-        packet.set_dts(Some(frame.pts));
-        if aac.decoder.send_packet(&packet).is_err() {
-            return Ok(());
-        }
-        let mut decoded = frame::Audio::empty();
-        while aac.decoder.receive_frame(&mut decoded).is_ok() {
-            decoded.set_pts(Some(frame.pts));
-            if aac.graph.is_none() {
-                aac.graph = Some(aac_graph(&decoded, aac.encoder.frame_size().max(1024))?);
-            }
-            let graph = aac.graph.as_mut().expect("built above");
-            graph
-                .get("in")
-                .expect("graph has its source")
-                .source()
-                .add(&decoded)
-                .map_err(err("audio filter"))?;
-            let mut chunk = frame::Audio::empty();
-            while graph
-                .get("out")
-                .expect("graph has its sink")
-                .sink()
-                .frame(&mut chunk)
-                .is_ok()
-            {
-                aac.encoder.send_frame(&chunk).map_err(err("AAC"))?;
-                let mut out = Packet::empty();
-                while aac.encoder.receive_packet(&mut out).is_ok() {
-                    for v in self.variants.iter_mut() {
-                        if let Some(audio) = v.audio {
-                            write(&mut v.muxer, out.clone(), audio, Rational::new(1, 48_000))?;
-                        }
-                    }
+        let mut packets = Vec::new();
+        aac.encode(frame, &mut packets)?;
+        for packet in packets {
+            for v in self.variants.iter_mut() {
+                if let Some(audio) = v.audio {
+                    write(
+                        &mut v.muxer,
+                        packet.clone(),
+                        audio,
+                        Rational::new(1, 48_000),
+                    )?;
                 }
             }
         }
@@ -556,66 +522,6 @@ fn x264(width: u32, height: u32, fps: f64, bitrate: u64) -> Result<(encoder::Vid
         .open_with(o)
         .map_err(|e| format!("opening libx264 for {width}x{height}: {e}"))?;
     Ok((encoder, level))
-}
-
-impl Aac {
-    fn new(opus: &Probed) -> Result<Self, String> {
-        let decoder = codec::context::Context::from_parameters(opus.parameters.clone())
-            .and_then(|c| c.decoder().audio())
-            .map_err(err("opening the Opus decoder"))?;
-        let codec = encoder::find(codec::Id::AAC).ok_or("this FFmpeg has no AAC encoder")?;
-        let mut ctx = codec::Context::new_with_codec(codec)
-            .encoder()
-            .audio()
-            .map_err(|e| e.to_string())?;
-        ctx.set_rate(48_000);
-        ctx.set_channel_layout(ChannelLayout::STEREO);
-        ctx.set_format(format::Sample::F32(format::sample::Type::Planar));
-        ctx.set_bit_rate(AAC_BITRATE);
-        ctx.set_time_base(Rational::new(1, 48_000));
-        ctx.set_flags(codec::Flags::GLOBAL_HEADER);
-        let encoder = ctx
-            .open_with(Dictionary::new())
-            .map_err(err("opening the AAC encoder"))?;
-        Ok(Self {
-            decoder,
-            graph: None,
-            encoder,
-        })
-    }
-}
-
-/// Decoded audio like `first` → 48 kHz stereo planar float in frames of `frame_size`.
-fn aac_graph(first: &frame::Audio, frame_size: u32) -> Result<filter::Graph, String> {
-    let mut graph = filter::Graph::new();
-    let layout = match first.channel_layout().bits() {
-        0 => format!("{}c", first.channels()),
-        bits => format!("0x{bits:x}"),
-    };
-    let args = format!(
-        "time_base=1/48000:sample_rate={}:sample_fmt={}:channel_layout={layout}",
-        first.rate(),
-        first.format().name()
-    );
-    let build = |graph: &mut filter::Graph| -> Result<(), ff::Error> {
-        graph.add(
-            &filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
-            "in",
-            &args,
-        )?;
-        graph.add(
-            &filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
-            "out",
-            "",
-        )?;
-        graph.output("in", 0)?.input("out", 0)?.parse(&format!(
-            "aresample=48000,aformat=sample_fmts=fltp:sample_rates=48000:channel_layouts=stereo,\
-             asetnsamples=n={frame_size}:p=0"
-        ))?;
-        graph.validate()
-    };
-    build(&mut graph).map_err(err("audio filter"))?;
-    Ok(graph)
 }
 
 /// Writes `path` whole: to a temporary file beside it, then renamed over it.

@@ -1,5 +1,6 @@
 //! `wisp-transcoder egress …`: one more reader of a session's ring, in its own process, that
-//! turns what viewers get into something else: a recording, or HLS (DESIGN.md "Egress").
+//! turns what viewers get into something else: a recording, HLS, or a restream to an RTMP or
+//! SRT server (DESIGN.md "Egress").
 //!
 //! The gateway starts it with the session's ring (`--ring-fd`/`--ring-eventfd`, inherited as
 //! the transcoder's are) and the tracks it carries (`--video 0:h264 --audio 1:opus`); by hand,
@@ -16,11 +17,15 @@
 //! - `frames.rs`: records → frames with output times (depacketizing, loss, timeline).
 //! - `probe.rs`: codec parameters from the first keyframe, as FFmpeg reads them.
 //! - `record.rs`: containers and writing a file.
+//! - `aac.rs`: Opus → AAC for the outputs that want it.
+//! - `push.rs`: restreams to RTMP and SRT servers.
 //! - `hls.rs`: the HLS ladder: renditions encoded from the source, segments and playlists.
 
+mod aac;
 mod frames;
 mod hls;
 mod probe;
+mod push;
 mod record;
 
 use std::io::{BufRead, Write};
@@ -36,6 +41,7 @@ use wisp_control::{Command, EgressEvent};
 
 use frames::{Frame, Framer, TrackSpec};
 use hls::{Hls, HlsSettings, Rung};
+use push::{PushFormat, Pusher};
 use record::{Container, Recorder};
 
 /// How often progress is reported.
@@ -86,6 +92,14 @@ enum Job {
         #[arg(long)]
         max_seconds: Option<f64>,
     },
+    /// Push the session to a server: H.264 copied, audio as AAC.
+    Push {
+        /// rtmp://HOST[:PORT]/APP/KEY (with --format flv) or srt://HOST:PORT[?…] (mpegts).
+        #[arg(long)]
+        url: String,
+        #[arg(long, value_enum)]
+        format: PushFormat,
+    },
     /// Serve the session as HLS: a ladder of renditions (CMAF segments) in a directory.
     Hls {
         /// Where the playlists and segments go (`index.m3u8` is the master playlist).
@@ -113,6 +127,10 @@ enum Job {
 /// Where frames go.
 #[derive(Debug)]
 enum Plan {
+    Push {
+        url: String,
+        format: PushFormat,
+    },
     Record {
         container: Container,
         output: PathBuf,
@@ -125,6 +143,7 @@ enum Plan {
 enum Output {
     Record(Recorder),
     Hls(Hls),
+    Push(Pusher),
 }
 
 impl Output {
@@ -134,6 +153,7 @@ impl Output {
                 .write(frame)
                 .map_err(|e| Failure::new("output", e.to_string())),
             Output::Hls(h) => h.write(frame).map_err(|m| Failure::new("media", m)),
+            Output::Push(p) => p.write(frame).map_err(|m| Failure::new("output", m)),
         }
     }
 
@@ -141,6 +161,7 @@ impl Output {
         match self {
             Output::Record(r) => r.seconds(),
             Output::Hls(h) => h.seconds(),
+            Output::Push(p) => p.seconds(),
         }
     }
 
@@ -150,16 +171,26 @@ impl Output {
                 .finish()
                 .map_err(|e| Failure::new("output", e.to_string())),
             Output::Hls(h) => h.finish().map_err(|m| Failure::new("output", m)),
+            Output::Push(p) => p.finish().map_err(|m| Failure::new("output", m)),
         }
     }
 }
 
 impl Plan {
+    fn kind(&self) -> &'static str {
+        match self {
+            Plan::Record { .. } => "a recording",
+            Plan::Hls(_) => "HLS",
+            Plan::Push { .. } => "a restream",
+        }
+    }
+
     /// The file or directory written, for people.
     fn target(&self) -> PathBuf {
         match self {
             Plan::Record { output, .. } => output.clone(),
             Plan::Hls(s) => s.dir.join("index.m3u8"),
+            Plan::Push { url, .. } => PathBuf::from(url),
         }
     }
 
@@ -168,6 +199,8 @@ impl Plan {
         match self {
             Plan::Record { output, .. } => std::fs::metadata(output).map_or(0, |m| m.len()),
             Plan::Hls(s) => dir_bytes(&s.dir),
+            // What went out is not on disk; the media seconds say how far it got.
+            Plan::Push { .. } => 0,
         }
     }
 }
@@ -300,6 +333,7 @@ fn run(args: Args, stop: &AtomicBool) -> Result<(), Failure> {
             };
             (Plan::Hls(settings), None)
         }
+        Job::Push { url, format } => (Plan::Push { url, format }, None),
     };
     run_plan(&ring, args.video, args.audio, plan, max_seconds, stop)
 }
@@ -320,17 +354,19 @@ fn run_plan(
                 .map_err(|m| Failure::new("not_supported", m))?;
             (video.filter(|_| v.is_some()), audio.filter(|_| a.is_some()))
         }
-        Plan::Hls(_) => match video {
+        Plan::Hls(_) | Plan::Push { .. } => match video {
             Some(v) if v.codec == frames::Codec::H264 => (video, audio),
             Some(v) => {
                 return Err(Failure::new(
                     "not_supported",
                     format!(
-                        "HLS takes H.264 video, and this session's video is {}",
+                        "{} takes H.264 video, and this session's video is {}",
+                        plan.kind(),
                         v.codec.name()
                     ),
                 ));
             }
+            None if matches!(plan, Plan::Push { .. }) => (None, audio),
             None => return Err(Failure::new("not_supported", "HLS needs a video track")),
         },
     };
@@ -338,7 +374,7 @@ fn run_plan(
     // segment (a browser's WHIP stream sends one only when asked) is asked for them.
     let keyframe_every = match &plan {
         Plan::Hls(s) => Some((s.segment_seconds * 90_000.0) as i64),
-        Plan::Record { .. } => None,
+        Plan::Record { .. } | Plan::Push { .. } => None,
     };
     let mut last_keyframe: Option<i64> = None;
 
@@ -412,6 +448,17 @@ fn run_plan(
                         let described = video.as_ref().map(|(_, p)| p.description.clone());
                         (Output::Record(r), described)
                     }
+                    Plan::Push { url, format } => {
+                        let p = Pusher::create(
+                            url,
+                            *format,
+                            video.as_ref().map(|(c, p)| (*c, p)),
+                            audio.map(|(_, p)| p),
+                        )
+                        .map_err(|m| Failure::new("output", m))?;
+                        let described = video.as_ref().map(|(_, p)| p.description.clone());
+                        (Output::Push(p), described)
+                    }
                     Plan::Hls(settings) => {
                         let (_, probed) = video.as_ref().expect("HLS has video");
                         let h = Hls::create(settings, &frame, probed, audio.map(|(_, p)| p))
@@ -423,6 +470,7 @@ fn run_plan(
                 tracing::info!(output = %plan.target().display(), "writing");
                 emit(&EgressEvent::Started {
                     output: plan.target().display().to_string(),
+                    start_unix_ms: framer.start_us().map(unix_ms_of),
                     video: described,
                     audio: audio_params.as_ref().map(|p| p.description.clone()),
                 });
@@ -475,6 +523,15 @@ fn run_plan(
         seconds: round_ms(seconds),
     });
     Ok(())
+}
+
+/// A time on the ring's clock (CLOCK_MONOTONIC µs) as Unix time in ms.
+fn unix_ms_of(monotonic_us: u64) -> u64 {
+    let now_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let age_ms = rtp_ring::now_us().saturating_sub(monotonic_us) / 1000;
+    now_unix_ms.saturating_sub(age_ms)
 }
 
 fn round_ms(seconds: f64) -> f64 {
