@@ -135,6 +135,7 @@ pub async fn egress_start(
             .unwrap_or_default();
         let refusal = match &spec {
             EgressSpec::Record { format, .. } => format.refuses(codec),
+            EgressSpec::Websocket { .. } => None,
             EgressSpec::Hls { .. } | EgressSpec::Rtmp { .. } | EgressSpec::Srt { .. } => {
                 (codec != crate::config::VideoCodec::H264).then(|| {
                     "HLS and restreams take H.264 video, and this session's video is VP8"

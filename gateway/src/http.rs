@@ -512,7 +512,6 @@ impl ApiError {
             },
             ApiError::Egress(e) => match e {
                 crate::egress::SpecError::Invalid(_) => StatusCode::BAD_REQUEST,
-                crate::egress::SpecError::NotYet(_) => StatusCode::NOT_IMPLEMENTED,
             },
             ApiError::EgressStart(e) => match e {
                 crate::egress::StartError::Join(j) => ApiError::Join(j.clone()).status(),

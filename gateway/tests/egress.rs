@@ -359,11 +359,6 @@ async fn bad_egress_requests_are_refused_and_an_unwritable_directory_fails_only_
             400,
             "rtmp://HOST",
         ),
-        (
-            r#"{"kind":"websocket","url":"ws://127.0.0.1:9"}"#,
-            501,
-            "not available",
-        ),
     ] {
         let (got, e) = post(&wisp, "demo", &admin, body).await;
         assert_eq!(got, status, "{body}: {e}");
@@ -785,4 +780,113 @@ async fn restreams_reach_an_rtmp_server_and_an_srt_listener_and_a_refused_one_ke
         let (status, e) = delete(&wisp, "demo", &id, &admin).await;
         assert_eq!((status, e["state"].as_str()), (200, Some("stopped")), "{e}");
     }
+}
+
+/// Goertzel power of `freq` in 16 kHz mono samples.
+fn tone_power(samples: &[i16], freq: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * freq / 16_000.0).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s0 = x as f64 + k * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - k * s1 * s2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_listener_hears_the_demo_tone_and_a_dropped_connection_is_dialled_again() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (wisp, _dir) = gateway("egress-ws", "");
+    let admin = wisp.token("demo", "admin");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The listener: takes the first connection, reads its hello and 2 s of audio, then hangs
+    // up; takes the second and reads one message.
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let hello = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t.to_string(),
+            other => panic!("first message: {other:?}"),
+        };
+        let mut pcm = Vec::new();
+        let mut messages = 0;
+        while pcm.len() < 64_000 {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(b.len(), 640, "20 ms of 16 kHz mono s16le");
+                    pcm.extend_from_slice(&b);
+                    messages += 1;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(ws);
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut again = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let second = again.next().await;
+        let second = matches!(second, Some(Ok(m)) if m.is_text());
+        (hello, pcm, messages, second)
+    });
+    let (status, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        &format!(r#"{{"kind":"websocket","url":"ws://127.0.0.1:{port}/asr","audio":{{"rate":16000,"channels":1}}}}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    let (hello, pcm, messages, second) = tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the listener heard 2 s of audio and a reconnection")
+        .unwrap();
+    let hello: Value = serde_json::from_str(&hello).unwrap();
+    assert_eq!(
+        hello,
+        json!({"session":"demo","format":"s16le","rate":16000,"channels":1})
+    );
+    assert_eq!(messages, 100);
+    let samples: Vec<i16> = pcm
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let tone = tone_power(&samples[16_000..], 440.0);
+    for other in [220.0, 880.0, 1000.0] {
+        let p = tone_power(&samples[16_000..], other);
+        assert!(tone > 100.0 * p, "440 Hz {tone:e} vs {other} Hz {p:e}");
+    }
+    assert!(second, "the hello again, on a new connection");
+    // Connected again: running, and the error of the dropped connection cleared.
+    let e = until(&wisp, "demo", &id, "reconnected", |e| {
+        e["restarts"].as_u64().unwrap_or(0) >= 1 && e["state"] == "running"
+    })
+    .await;
+    assert!(e.get("error").is_none(), "{e}");
+    let (status, e) = delete(&wisp, "demo", &id, &admin).await;
+    assert_eq!((status, e["state"].as_str()), (200, Some("stopped")), "{e}");
+    // Nobody listening: tried again and again, the reason shown.
+    let closed = free_port(false);
+    let (_, e) = post(
+        &wisp,
+        "demo",
+        &admin,
+        &format!(r#"{{"kind":"websocket","url":"ws://127.0.0.1:{closed}/x"}}"#),
+    )
+    .await;
+    let id = e["id"].as_str().unwrap().to_string();
+    let e = until(&wisp, "demo", &id, "retrying", |e| {
+        e["restarts"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert!(
+        e["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot connect")),
+        "{e}"
+    );
+    assert_ne!(e["state"], "failed", "{e}");
 }

@@ -1,7 +1,7 @@
 //! Egress: what a session sends, turned into something else by a process that reads its ring
 //! (DESIGN.md "Egress"): a recording to a file, HLS (a ladder of renditions the gateway
-//! serves under `/hls/`), or a restream to an RTMP or SRT server. Audio over WebSocket is named
-//! by the API and answered 501 until it exists.
+//! serves under `/hls/`), a restream to an RTMP or SRT server, or the audio as PCM over a
+//! WebSocket the gateway dials.
 //!
 //! Owns the API model (what a POST may ask for and what GET shows), the registry of a
 //! gateway's egresses, and their supervision; the muxing is the transcoder's (`wisp-transcoder
@@ -12,9 +12,12 @@
 //! - `process.rs`: one `wisp-transcoder egress` child: spawn with the ring, events, stop.
 //! - `supervise.rs`: one task per egress: waits for the session's source, runs the process,
 //!   starts a new file for a new source, restarts after a crash, keeps the state the API shows.
+//! - `websocket.rs`: the WebSocket egress's task: the connection it dials, the audio and events
+//!   it sends.
 
 mod process;
 mod supervise;
+mod websocket;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -49,12 +52,21 @@ pub enum EgressSpec {
     Rtmp { url: String },
     /// The session pushed to an SRT listener (MPEG-TS: H.264 copied, AAC).
     Srt { url: String },
+    /// The audio as PCM s16le over a WebSocket (`ws://`, `wss://`), with events as text.
+    Websocket { url: String, audio: PcmFormat },
     /// A ladder of renditions as HLS (CMAF segments), served at `/hls/{session}/index.m3u8`.
     Hls {
         /// Empty: the source copied, 360p and 180p.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         ladder: Vec<LadderRung>,
     },
+}
+
+/// The PCM a WebSocket egress sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PcmFormat {
+    pub rate: u32,
+    pub channels: u32,
 }
 
 /// One rendition of an HLS ladder: a height, and optionally a video bitrate. A rung as tall as
@@ -127,15 +139,11 @@ pub enum StartError {
     HlsRunning(String),
 }
 
-/// Why an egress request is refused: the client's request, or a kind not built yet.
+/// Why an egress request is refused: it is the client's.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
     #[error("{0}")]
     Invalid(String),
-    #[error(
-        "egress kind {0:?} is not available in this version of Wisp yet (record, hls, rtmp and srt are)"
-    )]
-    NotYet(String),
 }
 
 impl EgressSpec {
@@ -256,7 +264,69 @@ impl EgressSpec {
                     _ => EgressSpec::Srt { url },
                 })
             }
-            "websocket" => Err(SpecError::NotYet(kind.into())),
+            "websocket" => {
+                if let Some(unknown) = fields
+                    .keys()
+                    .find(|k| !["kind", "url", "audio"].contains(&k.as_str()))
+                {
+                    return Err(invalid(format!(
+                        "unknown field {unknown:?} for a websocket egress (it takes kind, url, audio)"
+                    )));
+                }
+                let url = match fields.get("url") {
+                    Some(Value::String(u))
+                        if (u.starts_with("ws://") || u.starts_with("wss://"))
+                            && u.len() <= 2048
+                            && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                    {
+                        u.clone()
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "give \"url\": the WebSocket to send to, ws://HOST[:PORT]/PATH or wss://…"
+                                .into(),
+                        ));
+                    }
+                };
+                let bad_audio = || {
+                    invalid(
+                        "\"audio\" is {\"rate\": 8000 to 48000, \"channels\": 1 or 2} \
+                         (default 16000 Hz, mono)"
+                            .into(),
+                    )
+                };
+                let audio = match fields.get("audio") {
+                    None | Some(Value::Null) => PcmFormat {
+                        rate: 16_000,
+                        channels: 1,
+                    },
+                    Some(Value::Object(a)) => {
+                        if a.keys().any(|k| k != "rate" && k != "channels") {
+                            return Err(bad_audio());
+                        }
+                        let rate = match a.get("rate") {
+                            None => 16_000,
+                            Some(r) => {
+                                r.as_u64()
+                                    .filter(|r| (8_000..=48_000).contains(r))
+                                    .ok_or_else(bad_audio)? as u32
+                            }
+                        };
+                        let channels = match a.get("channels") {
+                            None => 1,
+                            Some(c) => {
+                                c.as_u64()
+                                    .filter(|c| (1..=2).contains(c))
+                                    .ok_or_else(bad_audio)? as u32
+                            }
+                        };
+                        PcmFormat { rate, channels }
+                    }
+                    Some(_) => return Err(bad_audio()),
+                };
+                Ok(EgressSpec::Websocket { url, audio })
+            }
+
             other => Err(invalid(format!(
                 "unknown egress kind {other:?}; one of {KINDS}"
             ))),
@@ -368,10 +438,18 @@ impl Egresses {
         all.push(egress.clone());
         drop(all);
         let span = tracing::info_span!("egress", session = %session.name, egress = %egress.id);
-        tokio::spawn(tracing::Instrument::instrument(
-            supervise::run(egress.clone(), slot, self.ctx.clone()),
-            span,
-        ));
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            match egress.spec() {
+                EgressSpec::Websocket { url, audio } => Box::pin(websocket::run(
+                    egress.clone(),
+                    slot,
+                    self.ctx.clone(),
+                    url,
+                    audio,
+                )),
+                _ => Box::pin(supervise::run(egress.clone(), slot, self.ctx.clone())),
+            };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(egress)
     }
 
@@ -450,6 +528,30 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_egress_names_its_url_and_pcm() {
+        assert_eq!(
+            parse(r#"{"kind":"websocket","url":"ws://127.0.0.1:9/asr"}"#),
+            Ok(EgressSpec::Websocket {
+                url: "ws://127.0.0.1:9/asr".into(),
+                audio: PcmFormat {
+                    rate: 16_000,
+                    channels: 1
+                }
+            })
+        );
+        assert_eq!(
+            parse(r#"{"kind":"websocket","url":"wss://a/b","audio":{"rate":48000,"channels":2}}"#),
+            Ok(EgressSpec::Websocket {
+                url: "wss://a/b".into(),
+                audio: PcmFormat {
+                    rate: 48_000,
+                    channels: 2
+                }
+            })
+        );
+    }
+
+    #[test]
     fn a_restream_names_its_server() {
         assert_eq!(
             parse(r#"{"kind":"rtmp","url":"rtmp://127.0.0.1/live/key"}"#),
@@ -501,9 +603,14 @@ mod tests {
         assert!(message(r#"{"kind":"record","format":"mp4","path":"/etc"}"#).contains("\"path\""));
         assert!(message(r#"["record"]"#).contains("JSON object"));
         assert!(message("{").contains("not JSON"));
-        assert_eq!(
-            parse(r#"{"kind":"websocket","url":"ws://x/y"}"#),
-            Err(SpecError::NotYet("websocket".into()))
+        assert!(message(r#"{"kind":"websocket","url":"http://x/y"}"#).contains("ws://HOST"));
+        assert!(
+            message(r#"{"kind":"websocket","url":"ws://x/y","audio":{"rate":4000}}"#)
+                .contains("8000 to 48000")
+        );
+        assert!(
+            message(r#"{"kind":"websocket","url":"ws://x/y","audio":{"channels":6}}"#)
+                .contains("1 or 2")
         );
         assert!(message(r#"{"kind":"rtmp"}"#).contains("rtmp://HOST"));
         assert!(message(r#"{"kind":"rtmp","url":"http://x/y"}"#).contains("rtmp://HOST"));

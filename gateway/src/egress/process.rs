@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rtp_ring::Ring;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use wisp_control::EgressEvent;
@@ -29,6 +29,33 @@ pub struct EgressProcess {
 impl EgressProcess {
     /// Starts `program egress` with `ring` handed down and `args` after the ring's.
     pub fn spawn(program: &Path, ring: &Ring, args: &[String]) -> std::io::Result<Self> {
+        let (mut process, stdout) = Self::spawn_raw(program, ring, args)?;
+        let (tx, events) = mpsc::channel(64);
+        process.events = events;
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<EgressEvent>(&line) {
+                    Ok(EgressEvent::Unknown) => tracing::debug!(%line, "unknown egress event"),
+                    Ok(ev) => {
+                        if tx.send(ev).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => tracing::warn!(%line, "unreadable egress output: {e}"),
+                }
+            }
+        });
+        Ok(process)
+    }
+
+    /// As [`Self::spawn`], for a mode whose stdout is its output (`pcm`): the caller reads it,
+    /// and there are no events.
+    pub fn spawn_raw(
+        program: &Path,
+        ring: &Ring,
+        args: &[String],
+    ) -> std::io::Result<(Self, ChildStdout)> {
         let mut cmd = Command::new(program);
         cmd.arg("egress");
         let (ring_fd, event_fd) = ring.pass_to_child(cmd.as_std_mut());
@@ -48,28 +75,18 @@ impl EgressProcess {
             .stderr
             .take()
             .map(|e| tokio::spawn(crate::transcoder::forward_log(e)));
-        let (tx, events) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<EgressEvent>(&line) {
-                    Ok(EgressEvent::Unknown) => tracing::debug!(%line, "unknown egress event"),
-                    Ok(ev) => {
-                        if tx.send(ev).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => tracing::warn!(%line, "unreadable egress output: {e}"),
-                }
-            }
-        });
-        Ok(Self {
-            stdin: child.stdin.take(),
-            child,
-            events,
-            log,
-            pid,
-        })
+        // No events: a closed channel.
+        let (_, events) = mpsc::channel(1);
+        Ok((
+            Self {
+                stdin: child.stdin.take(),
+                child,
+                events,
+                log,
+                pid,
+            },
+            stdout,
+        ))
     }
 
     /// The next event, or `None` once its stdout closed (it exited).

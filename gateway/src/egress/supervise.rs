@@ -37,7 +37,7 @@ const RESTART_DELAYS: [Duration; MAX_CRASHES] = [
     Duration::from_secs(5),
 ];
 /// A restream's pause before its Nth try in a row: 1, 2, 4, 8, 16, then 30 s.
-fn push_backoff(failures: u32) -> Duration {
+pub(super) fn push_backoff(failures: u32) -> Duration {
     Duration::from_secs((1u64 << failures.saturating_sub(1).min(5)).min(30))
 }
 /// A restream that ran this long starts its backoff over when it fails.
@@ -76,8 +76,8 @@ pub struct EgressInfo {
     /// The file being written, or the last one (HLS: the master playlist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
-    /// Where it goes: HLS, the master playlist's path on this gateway; a restream, the
-    /// server's URL.
+    /// Where players get HLS: the master playlist's path on this gateway. (A restream's or a
+    /// WebSocket's target is its `url` above, from the request.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Started by a player's request; stops when no player asks for the idle timeout.
@@ -116,7 +116,7 @@ pub struct Egress {
     info: Mutex<EgressInfo>,
     /// Bytes and seconds of the files already finished (the current one adds its progress).
     done: Mutex<(u64, f64)>,
-    stop: CancellationToken,
+    pub(super) stop: CancellationToken,
     finished: watch::Sender<bool>,
     on_demand: bool,
     /// When a player last asked for its files (on-demand HLS).
@@ -209,16 +209,16 @@ impl Egress {
         self.info()
     }
 
-    fn update(&self, f: impl FnOnce(&mut EgressInfo)) {
+    pub(super) fn update(&self, f: impl FnOnce(&mut EgressInfo)) {
         f(&mut self.info.lock().expect("not poisoned"));
     }
 
-    fn spec(&self) -> EgressSpec {
+    pub(super) fn spec(&self) -> EgressSpec {
         self.info.lock().expect("not poisoned").spec.clone()
     }
 
     /// The current file's progress, on top of the finished files'.
-    fn progress(&self, bytes: u64, seconds: f64) {
+    pub(super) fn progress(&self, bytes: u64, seconds: f64) {
         let (b, s) = *self.done.lock().expect("not poisoned");
         self.update(|i| {
             i.bytes_written = b + bytes;
@@ -239,7 +239,7 @@ impl Egress {
         });
     }
 
-    fn finish(&self, state: EgressState, reason: &str, error: Option<String>) {
+    pub(super) fn finish(&self, state: EgressState, reason: &str, error: Option<String>) {
         self.update(|i| {
             i.state = state;
             i.reason = Some(reason.to_string());
@@ -313,6 +313,15 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
         let pushes = matches!(spec, EgressSpec::Rtmp { .. } | EgressSpec::Srt { .. });
         let run_started = Instant::now();
         let (path, args) = match spec {
+            // Its own task runs these (websocket.rs), never this one.
+            EgressSpec::Websocket { .. } => {
+                egress.finish(
+                    EgressState::Failed,
+                    "failed",
+                    Some("a websocket egress cannot run here".into()),
+                );
+                break;
+            }
             EgressSpec::Rtmp { url } | EgressSpec::Srt { url } => {
                 let format = match url.starts_with("srt://") {
                     true => "mpegts",
@@ -403,9 +412,8 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
         egress.update(|i| {
             i.pid = Some(pid);
             i.state = EgressState::Starting;
-            if pushes {
-                i.url = Some(path.display().to_string());
-            } else {
+            // A restream's URL is its spec's `url`.
+            if !pushes {
                 i.file = Some(path.display().to_string());
                 i.files.push(path.display().to_string());
             }
@@ -574,7 +582,7 @@ fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, e
 }
 
 /// The egress process's `--video`/`--audio` for a source.
-fn track_args(source: &ReadySource) -> Vec<String> {
+pub(super) fn track_args(source: &ReadySource) -> Vec<String> {
     let mut args = Vec::new();
     if let Some(t) = source.video_track {
         let codec = match source.video_format.codec {

@@ -67,7 +67,8 @@ pub struct HlsSettings {
     pub fps: f64,
     /// Bits/s of the source's video, for the copied rung's `BANDWIDTH`.
     pub source_bitrate: u64,
-    /// Target segment length, seconds (segments end at the source's keyframes).
+    /// Longest keyframe interval wanted, seconds: segments end at the source's keyframes, and a
+    /// source whose keyframes are further apart is asked for more.
     pub segment_seconds: f64,
     /// Segments each playlist lists.
     pub window: u32,
@@ -264,7 +265,11 @@ impl Hls {
                 None => None,
             };
             let mut o = Dictionary::new();
-            o.set("hls_time", &format!("{}", settings.segment_seconds));
+            // A segment per keyframe interval: the muxer cuts at the first keyframe after
+            // `hls_time`, so a short one cuts at every keyframe and no segment is longer than
+            // the source's GOP (2 s for Wisp's transcodes), an extra keyframe (a viewer's
+            // request) making a shorter one rather than a longer one.
+            o.set("hls_time", "0.05");
             o.set("hls_list_size", &settings.window.to_string());
             o.set("hls_segment_type", "fmp4");
             o.set("hls_fmp4_init_filename", "init.mp4");

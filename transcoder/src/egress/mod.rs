@@ -10,7 +10,8 @@
 //! stdin, when stdin (a pipe from the gateway) closes, on SIGTERM or SIGINT, or at
 //! `--max-seconds`.
 //!
-//! Events are JSON lines on stdout ([`wisp_control::EgressEvent`]); logs go to stderr.
+//! Events are JSON lines on stdout ([`wisp_control::EgressEvent`]), except in `pcm` mode,
+//! whose stdout is the audio itself; logs go to stderr.
 //!
 //! # Layout
 //! - `mod.rs`: command line, the read loop, stopping, events.
@@ -19,11 +20,13 @@
 //! - `record.rs`: containers and writing a file.
 //! - `aac.rs`: Opus → AAC for the outputs that want it.
 //! - `push.rs`: restreams to RTMP and SRT servers.
+//! - `pcm.rs`: the audio as raw PCM on stdout (the gateway sends it over a WebSocket).
 //! - `hls.rs`: the HLS ladder: renditions encoded from the source, segments and playlists.
 
 mod aac;
 mod frames;
 mod hls;
+mod pcm;
 mod probe;
 mod push;
 mod record;
@@ -41,6 +44,7 @@ use wisp_control::{Command, EgressEvent};
 
 use frames::{Frame, Framer, TrackSpec};
 use hls::{Hls, HlsSettings, Rung};
+use pcm::Pcm;
 use push::{PushFormat, Pusher};
 use record::{Container, Recorder};
 
@@ -100,6 +104,15 @@ enum Job {
         #[arg(long, value_enum)]
         format: PushFormat,
     },
+    /// Write the audio to stdout as PCM s16le, in 20 ms pieces (no events on stdout).
+    Pcm {
+        /// Samples per second, 8000 to 48000.
+        #[arg(long, default_value_t = 16_000)]
+        rate: u32,
+        /// 1 (mono) or 2 (stereo).
+        #[arg(long, default_value_t = 1)]
+        channels: u32,
+    },
     /// Serve the session as HLS: a ladder of renditions (CMAF segments) in a directory.
     Hls {
         /// Where the playlists and segments go (`index.m3u8` is the master playlist).
@@ -115,7 +128,8 @@ enum Job {
         /// The source's video bits/s, for the copied rendition's BANDWIDTH.
         #[arg(long, default_value_t = 2_000_000)]
         source_bitrate: u64,
-        /// Target segment length, seconds (segments end at the source's keyframes).
+        /// Longest segment wanted, seconds: segments end at the source's keyframes, and a
+        /// source whose keyframes are further apart is asked for more.
         #[arg(long, default_value_t = 2.0)]
         segment_seconds: f64,
         /// Segments each playlist lists.
@@ -127,6 +141,10 @@ enum Job {
 /// Where frames go.
 #[derive(Debug)]
 enum Plan {
+    Pcm {
+        rate: u32,
+        channels: u32,
+    },
     Push {
         url: String,
         format: PushFormat,
@@ -144,6 +162,7 @@ enum Output {
     Record(Recorder),
     Hls(Hls),
     Push(Pusher),
+    Pcm(Pcm),
 }
 
 impl Output {
@@ -154,6 +173,7 @@ impl Output {
                 .map_err(|e| Failure::new("output", e.to_string())),
             Output::Hls(h) => h.write(frame).map_err(|m| Failure::new("media", m)),
             Output::Push(p) => p.write(frame).map_err(|m| Failure::new("output", m)),
+            Output::Pcm(p) => p.write(frame).map_err(|m| Failure::new("output", m)),
         }
     }
 
@@ -162,6 +182,7 @@ impl Output {
             Output::Record(r) => r.seconds(),
             Output::Hls(h) => h.seconds(),
             Output::Push(p) => p.seconds(),
+            Output::Pcm(p) => p.seconds(),
         }
     }
 
@@ -172,6 +193,7 @@ impl Output {
                 .map_err(|e| Failure::new("output", e.to_string())),
             Output::Hls(h) => h.finish().map_err(|m| Failure::new("output", m)),
             Output::Push(p) => p.finish().map_err(|m| Failure::new("output", m)),
+            Output::Pcm(_) => Ok(()),
         }
     }
 }
@@ -182,6 +204,7 @@ impl Plan {
             Plan::Record { .. } => "a recording",
             Plan::Hls(_) => "HLS",
             Plan::Push { .. } => "a restream",
+            Plan::Pcm { .. } => "PCM",
         }
     }
 
@@ -191,6 +214,7 @@ impl Plan {
             Plan::Record { output, .. } => output.clone(),
             Plan::Hls(s) => s.dir.join("index.m3u8"),
             Plan::Push { url, .. } => PathBuf::from(url),
+            Plan::Pcm { .. } => PathBuf::from("stdout"),
         }
     }
 
@@ -200,7 +224,7 @@ impl Plan {
             Plan::Record { output, .. } => std::fs::metadata(output).map_or(0, |m| m.len()),
             Plan::Hls(s) => dir_bytes(&s.dir),
             // What went out is not on disk; the media seconds say how far it got.
-            Plan::Push { .. } => 0,
+            Plan::Push { .. } | Plan::Pcm { .. } => 0,
         }
     }
 }
@@ -334,6 +358,16 @@ fn run(args: Args, stop: &AtomicBool) -> Result<(), Failure> {
             (Plan::Hls(settings), None)
         }
         Job::Push { url, format } => (Plan::Push { url, format }, None),
+        Job::Pcm { rate, channels } => {
+            if !(8_000..=48_000).contains(&rate) || !(1..=2).contains(&channels) {
+                return Err(Failure::new(
+                    "usage",
+                    "--rate is 8000 to 48000, --channels 1 or 2",
+                ));
+            }
+            QUIET_STDOUT.store(true, Ordering::Relaxed);
+            (Plan::Pcm { rate, channels }, None)
+        }
     };
     run_plan(&ring, args.video, args.audio, plan, max_seconds, stop)
 }
@@ -354,6 +388,10 @@ fn run_plan(
                 .map_err(|m| Failure::new("not_supported", m))?;
             (video.filter(|_| v.is_some()), audio.filter(|_| a.is_some()))
         }
+        Plan::Pcm { .. } => match audio {
+            Some(_) => (None, audio),
+            None => return Err(Failure::new("not_supported", "this session has no audio")),
+        },
         Plan::Hls(_) | Plan::Push { .. } => match video {
             Some(v) if v.codec == frames::Codec::H264 => (video, audio),
             Some(v) => {
@@ -371,10 +409,11 @@ fn run_plan(
         },
     };
     // HLS segments end at keyframes: a source whose keyframes are further apart than a
-    // segment (a browser's WHIP stream sends one only when asked) is asked for them.
+    // segment (a browser's WHIP stream sends one only when asked) is asked for them, with 5 %
+    // to spare so that a source on time (Wisp's transcodes: every 2 s) is never asked.
     let keyframe_every = match &plan {
         Plan::Hls(s) => Some((s.segment_seconds * 90_000.0) as i64),
-        Plan::Record { .. } | Plan::Push { .. } => None,
+        Plan::Record { .. } | Plan::Push { .. } | Plan::Pcm { .. } => None,
     };
     let mut last_keyframe: Option<i64> = None;
 
@@ -448,6 +487,12 @@ fn run_plan(
                         let described = video.as_ref().map(|(_, p)| p.description.clone());
                         (Output::Record(r), described)
                     }
+                    Plan::Pcm { rate, channels } => {
+                        let (_, opus) = audio.expect("PCM has audio");
+                        let p = Pcm::new(opus, *rate, *channels)
+                            .map_err(|m| Failure::new("media", m))?;
+                        (Output::Pcm(p), None)
+                    }
                     Plan::Push { url, format } => {
                         let p = Pusher::create(
                             url,
@@ -481,7 +526,7 @@ fn run_plan(
             }
             if let (Some(every), Some(last)) = (keyframe_every, last_keyframe)
                 && frame.codec.is_video()
-                && frame.pts - last > every * 3 / 2
+                && frame.pts - last > every * 21 / 20
             {
                 keyframes.request();
             }
@@ -592,8 +637,15 @@ fn watch_stdin(stop: Arc<AtomicBool>) {
     }
 }
 
+/// Set when stdout carries the output itself (PCM): events then go nowhere but the log.
+static QUIET_STDOUT: AtomicBool = AtomicBool::new(false);
+
 /// Writes one event line to stdout. A gone reader is not ours to report.
 fn emit(event: &EgressEvent) {
+    if QUIET_STDOUT.load(Ordering::Relaxed) {
+        tracing::debug!(?event, "event");
+        return;
+    }
     let Ok(line) = serde_json::to_string(event) else {
         return;
     };
