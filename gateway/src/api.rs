@@ -66,11 +66,18 @@ pub async fn create(
     authorize(&s, &headers, &name, Scope::Admin)?;
     spec.validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let egresses = crate::egress::specs_of(&spec.egress)
+        .map_err(|(i, e)| ApiError::BadRequest(format!("egress[{i}]: {e}")))?;
     let spec = SessionSpec {
         name: Some(name.clone()),
         ..spec
     };
     let session = s.sessions.create(name.clone(), spec)?;
+    for egress in egresses {
+        if let Err(e) = s.egresses.start(&session, egress, false) {
+            tracing::warn!(session = %name, "egress not started: {e}");
+        }
+    }
     if s.hls_mode(&session) == crate::config::HlsMode::Always {
         crate::serve::start_hls(&s.egresses, &session);
     }

@@ -309,6 +309,10 @@ pub struct SessionSpec {
     /// This session's HLS (default: the gateway's `hls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls: Option<HlsMode>,
+    /// Egresses that start with the session and run for as long as it lives (`egress/`
+    /// reads them: the same objects `POST /api/sessions/{name}/egress` takes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<serde_json::Value>,
 }
 
 impl std::str::FromStr for HlsMode {
@@ -550,6 +554,7 @@ impl SessionSpec {
             start: None,
             looping: None,
             hls: None,
+            egress: Vec::new(),
         }
     }
 

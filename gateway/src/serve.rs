@@ -51,6 +51,12 @@ pub enum StartError {
     },
     #[error("generating the DTLS certificate failed")]
     Certificate,
+    #[error("session {session:?}: egress {index}: {message}")]
+    Egress {
+        session: String,
+        index: usize,
+        message: String,
+    },
     #[error("transcoder {0} not found: build it (cargo build --release) or pass --transcoder")]
     Transcoder(String),
     #[error(
@@ -232,10 +238,26 @@ impl Gateway {
             _ => None,
         };
         for (name, spec) in &config.sessions {
-            if spec.hls.unwrap_or(config.hls) == crate::config::HlsMode::Always
-                && let Some(session) = sessions.get(name)
-            {
+            let Some(session) = sessions.get(name) else {
+                continue;
+            };
+            if spec.hls.unwrap_or(config.hls) == crate::config::HlsMode::Always {
                 start_hls(&egresses, &session);
+            }
+            let specs = crate::egress::specs_of(&spec.egress).map_err(|(index, message)| {
+                StartError::Egress {
+                    session: name.clone(),
+                    index,
+                    message,
+                }
+            })?;
+            for egress in specs {
+                match egresses.start(&session, egress, false) {
+                    Ok(e) => {
+                        tracing::info!(session = %name, egress = %e.id, "egress started with the session")
+                    }
+                    Err(e) => tracing::warn!(session = %name, "egress not started: {e}"),
+                }
             }
         }
         let state = Arc::new(AppState {

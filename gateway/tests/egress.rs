@@ -890,3 +890,57 @@ async fn a_websocket_listener_hears_the_demo_tone_and_a_dropped_connection_is_di
     );
     assert_ne!(e["state"], "failed", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_definition_may_record_from_the_start_and_a_bad_egress_stops_the_gateway_starting()
+ {
+    let toml = "[[sessions]]\nname = \"always\"\ninputs = [{ url = \"demo\" }]\n\
+                video = { width = 640, height = 360 }\n\
+                egress = [{ kind = \"record\", format = \"mp4\", max_seconds = 3 }]\n";
+    let (wisp, dir) = gateway("egress-toml", toml);
+    // Nobody asked: the definition did, at the gateway's start.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let e = loop {
+        let list = wisp.api("/api/sessions/always/egress").await;
+        if list[0]["state"] == "ended" {
+            break list[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{list}\n{}", wisp.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(e["reason"], "max_seconds", "{e}");
+    let file = PathBuf::from(e["file"].as_str().unwrap());
+    assert!(file.starts_with(dir.join("always")), "{e}");
+    let p = probe(&file);
+    assert!((2.5..=3.5).contains(&p.duration), "{} s", p.duration);
+
+    // A definition with an egress the API would refuse: the gateway says which, and exits.
+    let bad = "[[sessions]]\nname = \"x\"\ninputs = [{ url = \"demo\" }]\n\
+               egress = [{ kind = \"record\", format = \"avi\" }]\n";
+    let conf = dir.join("bad.toml");
+    std::fs::write(&conf, bad).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--rtc",
+            "127.0.0.1:0",
+            "--rtmp",
+            "off",
+            "--srt",
+            "off",
+        ])
+        .arg("--jwt-secret-file")
+        .arg(wisp.dir.join("secret"))
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("session \"x\": egress 0: unknown format \"avi\""),
+        "{stderr}"
+    );
+}

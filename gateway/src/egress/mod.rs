@@ -373,6 +373,16 @@ impl LadderRung {
     }
 }
 
+/// A session definition's `egress` list, read as POSTs are; or the index of the first that is
+/// refused, and why.
+pub fn specs_of(values: &[Value]) -> Result<Vec<EgressSpec>, (usize, String)> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| EgressSpec::parse(v.to_string().as_bytes()).map_err(|e| (i, e.to_string())))
+        .collect()
+}
+
 /// What egresses need from the gateway.
 #[derive(Debug, Clone)]
 pub struct EgressContext {
