@@ -629,8 +629,10 @@ def hls_bench(window):
     start_s = started["start_unix_ms"] / 1000
     cli_dir = os.path.join(work, "ffmpeg")
     os.makedirs(cli_dir)
-    x264 = ["-preset", "veryfast", "-tune", "zerolatency", "-profile:v", "main",
-            "-force_key_frames", "expr:gte(t,n_forced*2)", "-bf", "0"]
+    # The encoders' options, per encoded stream (stream 0 is copied and takes none).
+    x264 = [a for v in ("v:1", "v:2") for a in (
+        f"-preset:{v}", "veryfast", f"-tune:{v}", "zerolatency", f"-profile:{v}", "main",
+        f"-force_key_frames:{v}", "expr:gte(t,n_forced*2)", f"-bf:{v}", "0")]
     cli = subprocess.Popen(
         ["ffmpeg", "-loglevel", "error", "-nostdin", "-re", "-i", recording, "-filter_complex",
          "[0:v]split=2[a][b];[a]scale=640:360:flags=bilinear[v1];[b]scale=320:180:flags=bilinear[v2]",
