@@ -115,7 +115,11 @@ async fn until(wisp: &Wisp, name: &str, done: impl Fn(&serde_json::Value) -> boo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() {
-    let wisp = Wisp::start("ingest-play", "");
+    let recordings = std::env::temp_dir().join(format!("wisp-ingest-rec-{}", std::process::id()));
+    let wisp = Wisp::start(
+        "ingest-play",
+        &format!("recordings = {:?}\n", recordings.display().to_string()),
+    );
     let t = wisp.token("cam,cam2", "publish");
     let v = wisp.token("cam,cam2", "view admin");
     let rtmp = format!("rtmp://{}/live/cam?token={t}", rtmp_addr(&wisp));
@@ -156,6 +160,48 @@ async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() 
             "{info}"
         );
     }
+    // Recorded as any session is: 3 s of each to MP4, the transcoder's H.264 and Opus.
+    for name in ["cam", "cam2"] {
+        let r = http
+            .post(format!("{}/api/sessions/{name}/egress", wisp.base))
+            .bearer_auth(&v)
+            .header("content-type", "application/json")
+            .body(r#"{"kind":"record","format":"mp4","max_seconds":3}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{name}");
+        let e: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let id = e["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let e = loop {
+            let e = wisp.api(&format!("/api/sessions/{name}/egress/{id}")).await;
+            if e["state"] != "waiting" && e["state"] != "starting" && e["state"] != "running" {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "{e}\n{}", wisp.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(e["reason"], "max_seconds", "{name}: {e}");
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-of",
+                "csv=p=0",
+                "-show_entries",
+                "stream=codec_name",
+            ])
+            .arg(e["file"].as_str().unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "h264\nopus\n",
+            "{name}: {e}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&recordings);
     // Frames are timed from their arrival at the gateway, transcoding included: B-frame
     // reordering and the frame-rate filter alone hold each picture 33-100 ms. A stamp taken
     // when the transcoder wrote them put all 124 frames under 10 ms (mean 1.8 ms, debug build).
