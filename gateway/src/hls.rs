@@ -72,6 +72,13 @@ async fn serve(
         Some("mp4") => "video/mp4",
         _ => return Err(not_found()),
     };
+    if session.kind == crate::session::Kind::Vod
+        && session.spec.codec() != crate::config::VideoCodec::H264
+    {
+        return Err(ApiError::Unprocessable(
+            "HLS takes H.264 video, and this session's video is VP8".into(),
+        ));
+    }
     let egress = match (rendition, s.hls_mode(&session)) {
         (_, HlsMode::Off) => {
             return Err(ApiError::NotFound(format!(

@@ -516,6 +516,7 @@ impl ApiError {
             ApiError::EgressStart(e) => match e {
                 crate::egress::StartError::Join(j) => ApiError::Join(j.clone()).status(),
                 crate::egress::StartError::HlsRunning(_) => StatusCode::CONFLICT,
+                crate::egress::StartError::Failed(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,
@@ -577,7 +578,9 @@ impl IntoResponse for ApiError {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::Join(_)
-            | ApiError::EgressStart(crate::egress::StartError::Join(_))
+            | ApiError::EgressStart(
+                crate::egress::StartError::Join(_) | crate::egress::StartError::Failed(_),
+            )
             | ApiError::Unavailable(_)
             | ApiError::Draining
             | ApiError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {

@@ -137,7 +137,12 @@ pub enum StartError {
     Join(#[from] JoinError),
     #[error("the session already has an HLS egress ({0}); DELETE it first")]
     HlsRunning(String),
+    #[error("HLS of this session failed a moment ago: {0}")]
+    Failed(String),
 }
+
+/// How long an on-demand HLS that failed is not started again.
+pub const HLS_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why an egress request is refused: it is the client's.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -489,9 +494,20 @@ impl Egresses {
     }
 
     /// The session's HLS egress, started on demand if none runs.
+    /// One that failed a moment ago (a source HLS cannot take) is not tried again for
+    /// [`HLS_RETRY_AFTER`]: players' requests do not each start a process.
     pub fn hls_on_demand(&self, session: &Arc<Session>) -> Result<Arc<Egress>, StartError> {
         if let Some(e) = self.hls_of(&session.name) {
             return Ok(e);
+        }
+        let failed = self
+            .of(&session.name)
+            .iter()
+            .rev()
+            .filter(|e| e.is_hls())
+            .find_map(|e| e.failed_within(HLS_RETRY_AFTER));
+        if let Some(why) = failed {
+            return Err(StartError::Failed(why));
         }
         match self.start(session, EgressSpec::Hls { ladder: Vec::new() }, true) {
             // Another request started it in between.

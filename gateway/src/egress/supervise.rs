@@ -123,6 +123,7 @@ pub struct Egress {
     last_used: Mutex<Instant>,
     /// Where an HLS egress writes.
     hls_dir: PathBuf,
+    finished_at: Mutex<Option<Instant>>,
 }
 
 impl Egress {
@@ -163,6 +164,7 @@ impl Egress {
             on_demand,
             last_used: Mutex::new(Instant::now()),
             hls_dir,
+            finished_at: Mutex::new(None),
         })
     }
 
@@ -248,7 +250,16 @@ impl Egress {
             }
         });
         tracing::info!(?state, reason, "egress finished");
+        *self.finished_at.lock().expect("not poisoned") = Some(Instant::now());
         self.finished.send_replace(true);
+    }
+
+    /// Why it failed, if it failed within `recently`.
+    pub fn failed_within(&self, recently: Duration) -> Option<String> {
+        let at = (*self.finished_at.lock().expect("not poisoned"))?;
+        let info = self.info();
+        (info.state == EgressState::Failed && at.elapsed() < recently)
+            .then(|| info.error.unwrap_or_default())
     }
 }
 

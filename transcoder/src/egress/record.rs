@@ -73,6 +73,10 @@ impl Container {
         // Every packet reaches the file when written: a killed recorder loses only what the
         // muxer had not written yet (an open fragment or cluster).
         o.set("flush_packets", "1");
+        // Interleaving waits at most a second for a stream that lags (the default is 10 s of
+        // video held in memory when the audio comes late), so that is all a kill can lose
+        // beyond the open fragment.
+        o.set("max_interleave_delta", "1000000");
         match self {
             Container::Mp4 => {
                 // An empty `moov` first, then a fragment per keyframe: the file plays without
