@@ -57,6 +57,7 @@ const KEYFRAME_REQUEST_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug, Parser)]
 #[command(
     name = "wisp-transcoder egress",
+    bin_name = "wisp-transcoder egress",
     after_help = "Example (a demo written to a file ring, recorded for 10 s):\n  \
         wisp-transcoder -i demo --ring /dev/shm/demo --ring-size 67108864 &\n  \
         wisp-transcoder egress --ring /dev/shm/demo --video 0:h264 --audio 1:opus \\\n    \
