@@ -186,10 +186,7 @@ pub async fn egress_show(
     headers: HeaderMap,
 ) -> Result<Json<EgressInfo>, ApiError> {
     authorize(&s, &headers, &name, Scope::Admin)?;
-    let egress = s
-        .egresses
-        .get(&name, &id)
-        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))?;
+    let egress = egress_of(&s, &name, &id)?;
     Ok(Json(egress.info()))
 }
 
@@ -201,13 +198,21 @@ pub async fn egress_stop(
     headers: HeaderMap,
 ) -> Result<Json<EgressInfo>, ApiError> {
     authorize(&s, &headers, &name, Scope::Admin)?;
-    let egress = s
-        .egresses
-        .get(&name, &id)
-        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))?;
+    let egress = egress_of(&s, &name, &id)?;
     let info = egress.stop(EGRESS_STOP_WAIT).await;
     tracing::info!(session = %name, egress = %id, "egress stopped through the API");
     Ok(Json(info))
+}
+
+/// The session's egress `id`, or the 404.
+fn egress_of(
+    s: &Shared,
+    name: &str,
+    id: &str,
+) -> Result<std::sync::Arc<crate::egress::Egress>, ApiError> {
+    s.egresses
+        .get(name, id)
+        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))
 }
 
 /// How long DELETE waits for an egress to finish its output.

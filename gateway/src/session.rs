@@ -470,34 +470,13 @@ impl Session {
             self.viewers.fetch_sub(1, Ordering::Relaxed);
             return Err(JoinError::GatewayFull(limits.max_viewers));
         }
-        // Last, so that a viewer refused above takes no slot: a VOD session needs a transcoder
-        // slot for its viewers (an idle transcoder elsewhere may give its own).
-        let tx = self.tx.clone();
-        let admitted = self.kind == Kind::Live
-            || self.slots.admit(self.id, &self.name, move |taker, lease| {
-                let _ = tx.send(Msg::GiveWay {
-                    taker: taker.to_string(),
-                    lease,
-                });
-            });
-        if !admitted {
+        // Last, so that a viewer refused above takes no slot.
+        if !self.admit_transcoder() {
             metrics.viewers.fetch_sub(1, Ordering::Relaxed);
             self.viewers.fetch_sub(1, Ordering::Relaxed);
             return Err(JoinError::NoTranscoder(self.slots.max()));
         }
-        // The viewer's view of the source starts here, before the session hears of the join:
-        // a failure from before is history (this join restarts the transcoder), one after
-        // is news to the viewer however late its task starts.
-        let mut source = self.source.clone();
-        source.mark_unchanged();
-        let _ = self.tx.send(Msg::Join { egress: false });
-        self.viewers_tx.send_replace(self.consumers());
-        Ok(ViewerSlot {
-            session: self.clone(),
-            metrics: metrics.clone(),
-            egress: false,
-            source,
-        })
+        Ok(self.slot(metrics, false))
     }
 
     /// Takes a slot for an egress (a recording, ...): like a viewer's, it starts the
@@ -507,28 +486,41 @@ impl Session {
         if self.cancel.is_cancelled() {
             return Err(JoinError::Stopping);
         }
+        if !self.admit_transcoder() {
+            return Err(JoinError::NoTranscoder(self.slots.max()));
+        }
+        self.egresses.fetch_add(1, Ordering::Relaxed);
+        Ok(self.slot(metrics, true))
+    }
+
+    /// A VOD session needs a transcoder slot for its consumers (an idle transcoder elsewhere
+    /// may give its own); a live one needs none.
+    fn admit_transcoder(self: &Arc<Self>) -> bool {
         let tx = self.tx.clone();
-        let admitted = self.kind == Kind::Live
+        self.kind == Kind::Live
             || self.slots.admit(self.id, &self.name, move |taker, lease| {
                 let _ = tx.send(Msg::GiveWay {
                     taker: taker.to_string(),
                     lease,
                 });
-            });
-        if !admitted {
-            return Err(JoinError::NoTranscoder(self.slots.max()));
-        }
-        self.egresses.fetch_add(1, Ordering::Relaxed);
+            })
+    }
+
+    /// The slot of a consumer already counted, and the session told of it.
+    fn slot(self: &Arc<Self>, metrics: &Arc<Metrics>, egress: bool) -> ViewerSlot {
+        // The consumer's view of the source starts here, before the session hears of the
+        // join: a failure from before is history (this join restarts the transcoder), one
+        // after is news to it however late its task starts.
         let mut source = self.source.clone();
         source.mark_unchanged();
-        let _ = self.tx.send(Msg::Join { egress: true });
+        let _ = self.tx.send(Msg::Join { egress });
         self.viewers_tx.send_replace(self.consumers());
-        Ok(ViewerSlot {
+        ViewerSlot {
             session: self.clone(),
             metrics: metrics.clone(),
-            egress: true,
+            egress,
             source,
-        })
+        }
     }
 
     /// Viewers and egresses: what keeps the source running.

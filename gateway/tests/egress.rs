@@ -756,7 +756,7 @@ async fn restreams_reach_an_rtmp_server_and_an_srt_listener_and_a_refused_one_ke
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the listener binds its port
+    // No wait for the listener to bind: a push that finds nobody is tried again a second later.
     let (status, e) = post(
         &wisp,
         "small",

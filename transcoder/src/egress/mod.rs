@@ -18,6 +18,7 @@
 //! - `frames.rs`: records → frames with output times (depacketizing, loss, timeline).
 //! - `probe.rs`: codec parameters from the first keyframe, as FFmpeg reads them.
 //! - `record.rs`: containers and writing a file.
+//! - `opus.rs`: the session's Opus decoded and converted to raw audio.
 //! - `aac.rs`: Opus → AAC for the outputs that want it.
 //! - `push.rs`: restreams to RTMP and SRT servers.
 //! - `pcm.rs`: the audio as raw PCM on stdout (the gateway sends it over a WebSocket).
@@ -26,6 +27,7 @@
 mod aac;
 mod frames;
 mod hls;
+mod opus;
 mod pcm;
 mod probe;
 mod push;
