@@ -3,13 +3,15 @@
 //!
 //! Every case is an item of the checklist in `docs/conformance.md` (CHECKLIST.md), with its
 //! level, the section it cites, and what was sent and what came back. The exit status is 1 if
-//! any MUST failed, 2 on bad usage, else 0.
+//! any MUST failed, 2 on bad usage or an unwritable report, else 0 (a reader of the report that
+//! stops early, `| head`, changes nothing).
 
 mod cases;
 mod http;
 mod report;
 mod sdp;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
@@ -21,8 +23,11 @@ use crate::sdp::Side;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
+    /// Each case with its verdict and what it saw, then a summary, for people.
     Text,
+    /// One JSON document: the server, every case, the summary.
     Json,
+    /// JUnit XML, for CI systems that show test results.
     Junit,
 }
 
@@ -37,8 +42,9 @@ struct Args {
     #[arg(long)]
     whip: Option<Url>,
     /// Bearer token for both endpoints (it needs the rights to publish and to view).
-    #[arg(long, env = "WISP_CONFORMANCE_TOKEN")]
+    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How the report is written.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     /// Write the report here instead of standard output.
@@ -117,11 +123,39 @@ fn main() -> ExitCode {
             eprint!("{}", report::text(&report).lines().last().unwrap_or(""));
             eprintln!();
         }
-        None => print!("{text}"),
+        None => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                // The reader took what it wanted (`| head`); the status still tells the result.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(e) => {
+                    eprintln!("wisp-conformance: writing the report: {e}");
+                    return ExitCode::from(2);
+                }
+                Ok(()) => {}
+            }
+        }
     }
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_says_what_it_is_for_in_help() {
+        let cmd = super::Args::command();
+        let missing: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "no --help text: {missing:?}");
     }
 }

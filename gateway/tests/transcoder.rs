@@ -38,7 +38,7 @@ async fn a_transcoder_feeds_the_memfd_ring_it_inherited_and_stops_on_request() {
         "360",
         "--on-end",
         "wait",
-        "--duration",
+        "--duration-frames",
         "30",
     ]);
     let mut t =

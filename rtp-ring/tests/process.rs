@@ -301,6 +301,29 @@ fn ring_dump_prints_every_record_as_json_and_a_summary() {
 }
 
 #[test]
+fn ring_dump_ends_quietly_when_its_reader_stops_reading() {
+    // `ring-dump … | head` once head has exited: its stdout is a pipe with no reader.
+    let path = temp_path("unread.ring");
+    let ring = Ring::create_file(&path, 256 + 64 * SLOT_SIZE as u64).expect("ring");
+    write_n(&mut ring.writer(), 0, 64);
+    let path = path.to_str().expect("utf8");
+    for args in [&["--help"][..], &[path], &["--json", path]] {
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_ring-dump"))
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("ring-dump runs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!log.contains("panicked"), "{args:?}: {log}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {log}");
+    }
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
 fn ring_dump_follows_a_live_memfd_through_proc() {
     // A process holds the memfd; ring-dump opens /proc/<pid>/fd/<n> like it would a gateway's.
     let ring = Ring::create_memfd("live", 256 + 256 * SLOT_SIZE as u64).expect("ring");

@@ -1,12 +1,14 @@
 //! The control protocol: commands as JSON lines on stdin, events as JSON lines on stdout.
 //!
-//! Owns parsing and checking commands, the stdin reader thread and the event writer; the message
-//! types are the `wisp-control` crate's, shared with the gateway. It does not act on commands
-//! (`player.rs` does). One line per message keeps it usable from a shell:
-//! `{"op":"seek","to":12.5}` in, `{"event":"state","state":"paused",...}` out.
+//! Owns parsing and checking commands, the stdin reader thread, and stdout: the event writer
+//! and what a closed stdout means. The message types are the `wisp-control` crate's, shared
+//! with the gateway. It does not act on commands (`player.rs` does). One line per message keeps
+//! it usable from a shell: `{"op":"seek","to":12.5}` in, `{"event":"state","state":"paused",...}`
+//! out.
 
 use std::io::{BufRead, Write};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 
 pub use wisp_control::{
     BadRequest, Command, Event, InputInfo, InputRef, PlayState, TrackInfo, parse_request,
@@ -92,14 +94,54 @@ pub fn stdin_is_parent_channel() -> bool {
         .unwrap_or(false)
 }
 
-/// Writes one event line to stdout and flushes it. A gone reader is not our problem to report.
+/// Writes one event line to stdout and flushes it. A gone reader ends the process (see
+/// [`write_stdout`]); it is not reported.
 pub fn emit(event: &Event) {
-    let Ok(line) = serde_json::to_string(event) else {
+    let Ok(mut line) = serde_json::to_string(event) else {
         return;
     };
+    line.push('\n');
+    let _ = write_stdout(line.as_bytes());
+}
+
+/// The flag that stops the process, set when stdout's reader is gone.
+static STOP_WHEN_STDOUT_CLOSES: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+/// Stdout's reader is gone: nothing more is written.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Has `stop` (the flag SIGTERM sets) set once stdout's reader is gone. Call once, early.
+pub fn stop_when_stdout_closes(stop: Arc<AtomicBool>) {
+    let _ = STOP_WHEN_STDOUT_CLOSES.set(stop);
+}
+
+/// Whether stdout's reader has gone (a write found a broken pipe).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Writes `bytes` to stdout and flushes them. Everything on stdout goes through here.
+///
+/// A broken pipe (the gateway that read us died, or `| head` had enough) is an end, not a
+/// failure: nobody hears our events or output any more, so the process is stopped as SIGTERM
+/// stops it, cleanly, and `Ok` is returned; later writes are skipped. Without this, `println!`
+/// would panic, and an unheard transcoder would run on. Other errors are returned.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    if stdout_closed() {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            if !STDOUT_CLOSED.swap(true, Ordering::Relaxed) {
+                tracing::info!("stdout closed: nobody reads us any more, exiting");
+            }
+            if let Some(stop) = STOP_WHEN_STDOUT_CLOSES.get() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `main.rs`: command line (clap), logging, signals, exit codes.
-//! - `options.rs`: validated options and `-i URL [key=value]` input groups.
+//! - `options.rs`: validated options, `-i URL [key=value]` input groups, and the log filter
+//!   (the one place the environment is read).
 //! - `source.rs`: opening, demuxing and decoding inputs; the built-in `demo` generator.
 //! - `video.rs`: video filter graph (size, aspect, rate, tone mapping) and H.264/VP8 encoder.
 //! - `audio.rs`: channel selection to stereo, resampling, Opus encoder.
@@ -10,7 +11,7 @@
 //! - `player.rs`: playback state, exact seek and step, pacing, ring writes.
 //! - `remux.rs`: `--copy-video`, a live stream's H.264 passed through as it came.
 //! - `timeline.rs`: media time → output (RTP) time and due time.
-//! - `control.rs`: JSON-lines commands on stdin and events on stdout.
+//! - `control.rs`: JSON-lines commands on stdin, events on stdout, and stdout's end.
 //! - `egress/`: `wisp-transcoder egress …`, a reader of a session's ring that records it (see
 //!   its own layout).
 //!
@@ -44,13 +45,23 @@ use crate::options::{
 };
 
 /// Transcode inputs to paced RTP (H.264 or VP8, and Opus) in a Wisp shared-memory ring.
-///
-/// Inputs: `-i URL [channel_count=N] [id=NAME]`, repeatable. The first input gives the video
-/// (and its audio); further inputs are extra audio choices (see `select_audio`). `-i demo` is a
-/// built-in test pattern with a frame counter and clock, and a tone.
 #[derive(Debug, Parser)]
-#[command(version, after_help = AFTER_HELP)]
+#[command(version, override_usage = USAGE, after_help = AFTER_HELP)]
 struct Args {
+    // `options::split_inputs` takes the `-i` groups out before clap sees the arguments (clap
+    // cannot give an option trailing key=value words); this field puts them in --help, and
+    // holds only what split_inputs did not take (`-iURL`), which is refused.
+    /// An input, repeatable: a file, any URL FFmpeg opens, or `demo` (a built-in test pattern
+    /// with a frame counter and clock, and a tone). The first input gives the video (and its
+    /// audio); further inputs are extra audio choices (see `select_audio`). Words after the URL:
+    /// channel_count=N gives the channel count of raw PCM, which does not say it; id=NAME names
+    /// the input for `select_audio` (default: its position, 0, 1, ...).
+    #[arg(
+        short = 'i',
+        long = "input",
+        value_name = "URL [channel_count=N] [id=NAME]"
+    )]
+    input: Vec<String>,
     /// Output width (with --height: fit inside and pad; alone: height follows the aspect).
     #[arg(long)]
     width: Option<u32>,
@@ -97,11 +108,14 @@ struct Args {
     #[arg(long, num_args = 0..=1, default_missing_value = "hable")]
     bt2100_tone_mapping: Option<String>,
     /// Start at this media time, seconds.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
     start: f64,
-    /// Play this many frames, then end (or loop).
-    #[arg(long)]
-    duration: Option<u64>,
+    /// Play this many frames (a frame count, not seconds), then end (or loop).
+    #[arg(long, value_name = "FRAMES")]
+    duration_frames: Option<u64>,
+    /// The old name of --duration-frames, refused with a message that says so.
+    #[arg(long = "duration", hide = true, num_args = 0..=1)]
+    renamed_duration: Option<Option<String>>,
     /// At the end, start again from --start (timestamps keep counting).
     #[arg(long = "loop")]
     looping: bool,
@@ -149,11 +163,18 @@ struct Args {
     ring_size: Option<u64>,
 }
 
+const USAGE: &str = "\
+wisp-transcoder -i URL [channel_count=N] [id=NAME] [-i URL ...] [OPTIONS] \
+(--ring PATH --ring-size BYTES | --ring-fd N)
+       wisp-transcoder egress [OPTIONS] <record|push|pcm|hls> (see wisp-transcoder egress --help)";
+
 const AFTER_HELP: &str = "\
 Control (JSON lines on stdin): {\"op\":\"play\"} {\"op\":\"pause\"} {\"op\":\"seek\",\"to\":12.5}
   {\"op\":\"seek\",\"frame\":300} {\"op\":\"step\",\"frames\":-1} {\"op\":\"keyframe\"} {\"op\":\"stop\"}
   {\"op\":\"select_audio\",\"input\":\"music\",\"channels\":[0,1]} {\"op\":\"status\"}
-Events (JSON lines on stdout): ready, state, position, error, stats. Logs on stderr (RUST_LOG).
+Events (JSON lines on stdout): ready, state, position, error, stats; the process ends when
+  stdout's reader is gone. Logs on stderr: WISP_LOG (else RUST_LOG) sets the filter, e.g.
+  WISP_LOG=debug; default info.
 
 Egress (read a session's ring and record it): wisp-transcoder egress --help
 
@@ -170,7 +191,8 @@ fn main() -> ExitCode {
         // it died) is dropped; reporting that on stderr too would panic.
         .log_internal_errors(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_new(options::log_filter())
+                .unwrap_or_else(|_| options::DEFAULT_LOG_FILTER.into()),
         )
         .init();
     let argv: Vec<String> = std::env::args().collect();
@@ -182,6 +204,16 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e),
     };
     let args = Args::parse_from(std::iter::once(argv[0].clone()).chain(rest));
+    if args.renamed_duration.is_some() {
+        return usage_error(
+            "--duration is now --duration-frames (a frame count; --start is in seconds)",
+        );
+    }
+    if !args.input.is_empty() {
+        return usage_error(
+            "write -i and its URL as two words: -i URL [channel_count=N] [id=NAME]",
+        );
+    }
     if inputs.is_empty() {
         return usage_error("give at least one input: -i FILE|URL|demo");
     }
@@ -202,7 +234,7 @@ fn main() -> ExitCode {
         colorspace: args.colorspace,
         tone_mapping: args.bt2100_tone_mapping,
         start: args.start,
-        duration_frames: args.duration,
+        duration_frames: args.duration_frames,
         looping: args.looping,
         channels: args
             .channels
@@ -236,6 +268,9 @@ fn main() -> ExitCode {
             tracing::warn!("cannot handle signal {sig}: {e}");
         }
     }
+    // Nor one nobody hears: once stdout's reader is gone (the parent's, or `| head`'s), it
+    // stops as on SIGTERM.
+    control::stop_when_stdout_closes(stop.clone());
 
     let ring = match (&args.ring, args.ring_fd) {
         (Some(path), _) => Ring::create_file(path, args.ring_size.unwrap_or(64 << 20)),
@@ -303,4 +338,44 @@ fn fatal(code: &'static str, message: &str) -> ExitCode {
         message: message.to_string(),
     });
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The arguments of `cmd` and its subcommands that --help would show without a word.
+    fn undocumented(cmd: &clap::Command) -> Vec<String> {
+        let own = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| format!("{} {}", cmd.get_name(), a.get_id()));
+        let subs = cmd.get_subcommands().flat_map(undocumented);
+        own.chain(subs).collect()
+    }
+
+    #[test]
+    fn every_argument_says_what_it_is_for_in_help() {
+        let mut missing = undocumented(&super::Args::command());
+        missing.extend(undocumented(&super::egress::command()));
+        assert!(missing.is_empty(), "no --help text: {missing:?}");
+    }
+
+    #[test]
+    fn help_shows_the_inputs_the_units_and_the_log_variable() {
+        let help = super::Args::command().render_long_help().to_string();
+        for shown in [
+            "-i, --input <URL [channel_count=N] [id=NAME]>",
+            "--start <SECONDS>",
+            "--duration-frames <FRAMES>",
+            "WISP_LOG",
+        ] {
+            assert!(help.contains(shown), "{shown:?} is not in --help:\n{help}");
+        }
+        assert!(
+            !help.contains("--duration "),
+            "the old name is hidden:\n{help}"
+        );
+    }
 }

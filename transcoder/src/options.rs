@@ -1,10 +1,23 @@
-//! What the transcoder was asked to do, checked once: inputs, encode settings, ring, pacing.
+//! What the transcoder was asked to do, checked once: inputs, encode settings, ring, pacing,
+//! and the log filter.
 //!
 //! Owns value types that reject bad input at parse time (`Rational`, `InputSpec`, `ChannelSel`).
-//! The clap definitions stay in `main.rs`; nothing here reads the environment.
+//! The clap definitions stay in `main.rs`. The environment is read here and nowhere else: only
+//! the log filter ([`log_filter`]) comes from it.
 
 use std::fmt;
 use std::str::FromStr;
+
+/// The log filter when the environment sets none.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// The log filter: `WISP_LOG`, else `RUST_LOG`, else [`DEFAULT_LOG_FILTER`] (as the gateway's,
+/// whose environment a transcoder inherits).
+pub fn log_filter() -> String {
+    std::env::var("WISP_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into())
+}
 
 /// A positive fraction such as a frame rate `30000/1001` or an aspect ratio `1:1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,8 +33,8 @@ use crate::video::{self, EncoderThread, VideoChain, VideoEncoder, VideoFilter};
 
 /// How often `position` events go out while playing (the gateway relays them to viewers).
 const POSITION_EVERY_US: u64 = 200_000;
-/// Past this lateness, pacing re-anchors instead of bursting to catch up.
-const MAX_LATE_US: i64 = 1_000_000;
+/// Past this lateness while playing, pacing re-anchors instead of bursting to catch up.
+const MAX_LATE_US: u64 = 1_000_000;
 /// Units due within this much of one being written go out with it, and the ring's readers are
 /// woken once for all of them (each wakeup costs the gateway a turn of every viewer's loop).
 /// Video goes out at most this early.
@@ -455,7 +455,7 @@ impl Player {
         }
     }
 
-    /// The frame playing ends before (`--duration`), if any.
+    /// The frame playing ends before (`--duration-frames`), if any.
     fn end_frame(&self) -> Option<u64> {
         self.opts.duration_frames.map(|n| self.first_frame + n)
     }
@@ -515,7 +515,7 @@ impl Player {
         Ok(())
     }
 
-    /// Media ended (or `--duration` frames were played): loop, wait or exit.
+    /// Media ended (or `--duration-frames` frames were played): loop, wait or exit.
     fn reach_end(&mut self) -> Result<bool, PlayError> {
         if self.opts.looping {
             tracing::info!("end of media: looping to frame {}", self.first_frame);
@@ -664,13 +664,7 @@ impl Player {
             }
         };
         let now = now_us();
-        if self.opts.pace == Pace::Realtime && (now as i64 - unit.due_us as i64) > MAX_LATE_US {
-            tracing::warn!(
-                late_ms = (now - unit.due_us) / 1000,
-                "falling behind realtime; re-anchoring pacing"
-            );
-            self.seg.wall_us += now - unit.due_us;
-        }
+        self.keep_pace(unit.due_us, now);
         // Viewers joining later pace their catch-up by capture times. A live input's frames
         // exist when they are written: due times anchored at the start drift behind when the
         // input or this machine falls behind (with `--pace max` nothing re-anchors them), and a
@@ -714,6 +708,25 @@ impl Player {
             self.unwoken = true;
         }
         Ok(())
+    }
+
+    /// A unit due at `due_us` goes out at `now`. While playing in real time, more than
+    /// [`MAX_LATE_US`] late means this machine or the input fell behind: pacing re-anchors
+    /// rather than burst to catch up, and says so. While paused, a seek or step preview goes
+    /// out at once with the units made before the pause, however long ago they were due: that
+    /// is not lateness (nor is a resume, which re-dates what is pending: [`Self::resume`]).
+    fn keep_pace(&mut self, due_us: u64, now: u64) {
+        if self.opts.pace != Pace::Realtime || self.state != PlayState::Playing {
+            return;
+        }
+        let late_us = now.saturating_sub(due_us);
+        if late_us > MAX_LATE_US {
+            tracing::warn!(
+                late_ms = late_us / 1000,
+                "falling behind realtime; re-anchoring pacing"
+            );
+            self.seg.wall_us += late_us;
+        }
     }
 
     fn maybe_position(&mut self) {
@@ -910,9 +923,11 @@ impl Player {
             out_t: self.out_end_t + paused_for,
             wall_us: now,
         };
-        // Units made before the pause keep their old timestamps; send them now.
+        // Units made before the pause keep their old timestamps, and go out now. They were due
+        // when the pause began: left so, they would look a pause late, and pacing would be
+        // re-anchored a second time, holding playing back by as long again.
         for unit in &mut self.pending {
-            unit.due_us = unit.due_us.min(now);
+            unit.due_us = now;
         }
     }
 

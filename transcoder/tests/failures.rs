@@ -222,4 +222,116 @@ fn usage_errors_explain_themselves() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // --duration counted frames beside --start's seconds; its new name says so.
+    for old in [
+        &["--duration", "30"][..],
+        &["--duration=30"],
+        &["--duration"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
+            .args([
+                "-i",
+                "demo",
+                "--ring",
+                "/tmp/x.ring",
+                "--ring-size",
+                "1000000",
+            ])
+            .args(old)
+            .stdin(Stdio::null())
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{old:?}: {err}");
+        assert!(
+            err.contains("--duration is now --duration-frames"),
+            "{old:?}: {err}"
+        );
+    }
+}
+
+/// A pipe whose reader is gone, as `| head` leaves one once head has exited: a write to it
+/// fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    drop(reader);
+    writer.into()
+}
+
+/// Waits up to 10 s for `child` to exit (killing it if it does not) and returns its exit code
+/// and its log.
+fn exit_and_log(mut child: std::process::Child) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 10 s after its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut stderr, &mut log).expect("log");
+    }
+    (status.code(), log)
+}
+
+#[test]
+fn a_closed_stdout_ends_it_cleanly() {
+    // Stdin stays open: only the closed stdout can end it. Nobody hears its events any more.
+    let ring = ring_path("closed-stdout");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
+        .args(["-i", "demo", "--width", "320", "--height", "180", "--ring"])
+        .arg(&ring)
+        .args(["--ring-size", "16777216"])
+        .stdin(Stdio::piped())
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdin = child.stdin.take();
+    let (code, log) = exit_and_log(child);
+    drop(stdin);
+    let _ = std::fs::remove_file(&ring);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+
+    for help in [&["--help"][..], &["egress", "--help"]] {
+        let child = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
+            .args(help)
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (code, log) = exit_and_log(child);
+        assert_eq!(code, Some(0), "{help:?}: {log}");
+        assert!(!log.contains("panicked"), "{help:?}: {log}");
+    }
+}
+
+#[test]
+fn a_pcm_egress_whose_stdout_closes_finishes_cleanly() {
+    let mut t = Transcoder::start(
+        "pcm-closed",
+        &["-i", "demo", "--width", "320", "--height", "180"],
+    );
+    t.wait_named("ready");
+    let egress = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
+        .args(["egress", "--ring"])
+        .arg(&t.ring_path)
+        .args(["--audio", "1:opus", "pcm"])
+        .env("WISP_LOG", "info")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the egress");
+    let (code, log) = exit_and_log(egress);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("panicked") && !log.contains("ERROR"), "{log}");
+    assert!(log.contains("stdout_closed"), "the reason it ended: {log}");
 }

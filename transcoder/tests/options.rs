@@ -166,7 +166,7 @@ fn loop_starts_again_with_timestamps_still_rising() {
             "--loop",
             "--start",
             "1",
-            "--duration",
+            "--duration-frames",
             "20",
             "--width",
             "320",

@@ -202,6 +202,84 @@ fn realtime_pacing_takes_as_long_as_the_media() {
     );
 }
 
+/// Plays the demo in real time, small, with its log kept; returns it and its media position.
+fn playing_demo(name: &str) -> (Transcoder, f64) {
+    let mut t =
+        Transcoder::start_logged(name, &["-i", "demo", "--width", "320", "--height", "180"]);
+    t.wait_named("ready");
+    let at = t.wait_named("position")["position"]
+        .as_f64()
+        .expect("position");
+    (t, at)
+}
+
+/// Waits until playing has gone `by` seconds of media past `from`: packets were written since.
+fn wait_position_past(t: &mut Transcoder, from: f64, by: f64) {
+    t.wait_event("position", |e| {
+        e["event"] == "position" && e["position"].as_f64().is_some_and(|p| p >= from + by)
+    });
+}
+
+/// Stops it and returns its log.
+fn stop_for_log(mut t: Transcoder) -> String {
+    t.send(r#"{"op":"stop"}"#);
+    assert_eq!(t.wait_exit(), Some(0));
+    t.log()
+}
+
+/// Pauses it for longer than the second of lateness that counts as falling behind: the pause
+/// itself is under test, which nothing after it may take for the machine falling behind.
+/// Returns the position it paused at.
+fn pause_long(t: &mut Transcoder) -> f64 {
+    t.send(r#"{"op":"pause"}"#);
+    let at = t.wait_state("paused")["position"]
+        .as_f64()
+        .expect("position");
+    std::thread::sleep(Duration::from_millis(1500));
+    at
+}
+
+#[test]
+fn a_resume_after_a_pause_plays_on_at_once_and_is_not_reported_as_falling_behind() {
+    let (mut t, _) = playing_demo("resume");
+    let paused_at = pause_long(&mut t);
+    let resumed = Instant::now();
+    t.send(r#"{"op":"play"}"#);
+    t.wait_state("playing");
+    wait_position_past(&mut t, paused_at, 0.3);
+    // Taking the pause for lateness also held playing back by as long again.
+    let took = resumed.elapsed();
+    let log = stop_for_log(t);
+    assert!(!log.contains("falling behind realtime"), "{log}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "0.3 s of media took {took:?}"
+    );
+}
+
+#[test]
+fn a_step_after_a_pause_is_not_reported_as_falling_behind() {
+    let (mut t, _) = playing_demo("pause-step");
+    pause_long(&mut t);
+    t.send(r#"{"op":"step","frames":1}"#);
+    t.wait_state("paused");
+    let log = stop_for_log(t);
+    assert!(!log.contains("falling behind realtime"), "{log}");
+}
+
+#[test]
+fn a_transcoder_held_up_while_playing_says_it_fell_behind() {
+    let (mut t, at) = playing_demo("stall");
+    // Stopped by the kernel for 1.5 s: the machine, not a command, held it up.
+    let pid = rustix::process::Pid::from_child(&t.child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).expect("SIGSTOP");
+    std::thread::sleep(Duration::from_millis(1500));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).expect("SIGCONT");
+    wait_position_past(&mut t, at, 0.5);
+    let log = stop_for_log(t);
+    assert!(log.contains("falling behind realtime"), "{log}");
+}
+
 #[test]
 fn start_begins_playing_at_once_from_the_start_position() {
     // 4 s into a 5 s file: one second of media, played in about one second, starting now.
@@ -481,7 +559,7 @@ fn vp8_output_is_marked_with_key_frames() {
             "320",
             "--height",
             "180",
-            "--duration",
+            "--duration-frames",
             "45",
             "--pace",
             "max",
@@ -522,7 +600,7 @@ fn the_demo_needs_no_file_and_is_endless_and_seekable() {
             "demo",
             "--pace",
             "max",
-            "--duration",
+            "--duration-frames",
             "10",
             "--start",
             "3600",

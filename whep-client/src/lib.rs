@@ -6,7 +6,8 @@
 //! - `lib.rs`: [`watch`], one viewer from POST to DELETE, and its [`Summary`].
 //! - `link.rs`: the ICE servers of a 201's `Link` headers.
 //! - `media.rs`: frame-level facts from payloads (H.264 SPS dimensions, VP8 key frame header).
-//! - `main.rs`, `seeks.rs`: the `whep-client` CLI (`play`, `control`, `seeks`, `load`).
+//! - `main.rs`, `seeks.rs`: the `whep-client` CLI (`play`, `control`, `seeks`, `load`);
+//!   `config.rs`, its environment (the log filter); `out.rs`, its stdout.
 //!
 //! It talks to any WHEP server and knows nothing of Wisp's internals.
 #![forbid(unsafe_code)]
@@ -101,14 +102,16 @@ pub fn monotonic_us() -> u64 {
 }
 
 /// Requests for the `control` data channel. With it, [`watch`] ends once the request sender
-/// is gone, every request was answered and `listen` more passed (frames and duration are then
-/// not waited for).
+/// is gone, every request was answered and `listen` more passed, or once the receiver of
+/// `messages` is gone (frames and duration are then not waited for).
 #[derive(Debug)]
 pub struct Control {
     /// Messages to send, in order, once the channel opens (JSON requests, or any text); more
     /// may follow while watching.
     pub requests: UnboundedReceiver<String>,
-    /// Every message that arrives on the channel (replies and events), as text.
+    /// Every message that arrives on the channel (replies and events), as text. Dropping its
+    /// receiver ends the watch: nobody hears the channel any more (`whep-client control … |
+    /// head -1` once head has exited).
     pub messages: UnboundedSender<String>,
     /// How long to keep listening for events after the last reply.
     pub listen: Duration,
@@ -232,7 +235,12 @@ fn sends(answer: &str, mid: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("HTTP {status}: {detail}")]
-    Http { status: u16, detail: String },
+    Http {
+        status: u16,
+        detail: String,
+        /// The answer's `Retry-After`, seconds (a 409 before a publisher, a 503 at capacity).
+        retry_after: Option<u64>,
+    },
     #[error("request to {url} failed: {message}")]
     Request { url: String, message: String },
     #[error("the server's answer: {0}")]
@@ -356,6 +364,7 @@ pub async fn watch(
             return Err(ClientError::Http {
                 status,
                 detail: format!("trickle PATCH: {}", problem_detail(&body)),
+                retry_after: None,
             });
         }
     }
@@ -400,6 +409,9 @@ pub async fn watch(
         }
         if let (Some(c), true, 0, None) = (&control, ctl.closed, ctl.awaiting, end) {
             end = Some(ctl.answered_at.unwrap_or_else(Instant::now) + c.listen);
+        }
+        if control.as_ref().is_some_and(|c| c.messages.is_closed()) {
+            break Ok(()); // nobody hears the channel any more
         }
         let deadline = match deadline {
             Ok(d) => d,
@@ -593,6 +605,7 @@ async fn post_offer(
     let status = resp.status().as_u16();
     let location = header(&resp, "location").and_then(|l| url.join(&l).ok());
     let etag = header(&resp, "etag");
+    let retry_after = header(&resp, "retry-after").and_then(|v| v.trim().parse().ok());
     let ice_servers = link::ice_servers(
         resp.headers()
             .get_all("link")
@@ -604,6 +617,7 @@ async fn post_offer(
         return Err(ClientError::Http {
             status,
             detail: problem_detail(&answer),
+            retry_after,
         });
     }
     accept_answer(rtc, pending, &answer)?;
@@ -906,6 +920,7 @@ impl Resource<'_> {
         self.url.as_ref().ok_or_else(|| ClientError::Http {
             status: 201,
             detail: "the 201 had no usable Location header".into(),
+            retry_after: None,
         })
     }
 
@@ -978,6 +993,7 @@ impl Resource<'_> {
             return Err(ClientError::Http {
                 status,
                 detail: format!("ICE restart PATCH: {}", problem_detail(&body)),
+                retry_after: None,
             });
         }
         let updated = answer_with_fragment(answer, &body).ok_or_else(|| {

@@ -12,30 +12,42 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use whep_client::{Control, Options, Summary, control_request, watch};
 
+mod config;
+mod out;
 mod seeks;
 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "A WHEP client: play a session, or load a server with viewers"
+    about = "A WHEP client: play a session, steer it over its control channel, time its seeks, \
+             or load a server with viewers",
+    after_help = "Logs go to stderr: WISP_LOG (else RUST_LOG) sets the filter, e.g. \
+                  WISP_LOG=debug; default warn."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
 }
 
+/// The session every subcommand talks to.
 #[derive(Debug, clap::Args)]
-struct PlayArgs {
+struct Endpoint {
     /// WHEP endpoint URL, e.g. http://127.0.0.1:8080/whep/demo
     url: String,
-    /// Bearer token (JWT).
-    #[arg(long, env = "WHEP_TOKEN")]
+    /// Bearer token (a JWT) for the endpoint's requests.
+    #[arg(long, env = "WISP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct PlayArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
     /// Complete video frames to wait for.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, value_name = "FRAMES", default_value_t = 60)]
     frames: u64,
     /// Seconds to wait for them.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     timeout: u64,
     /// Print the summary as JSON (last line of stdout).
     #[arg(long)]
@@ -43,7 +55,7 @@ struct PlayArgs {
     /// Write one JSON line per video frame here: `at_us` (arrival, monotonic clock, µs),
     /// `rtp_time` (90 kHz), `keyframe`, `tail` (its last 16 bytes, hex), for latency
     /// measurements against a publisher's log.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     frame_log: Option<std::path::PathBuf>,
     /// Send our ICE candidate in a trickle PATCH after the POST instead of in the offer
     /// (it must get 204).
@@ -58,6 +70,11 @@ struct PlayArgs {
     /// `packets_after_delete`).
     #[arg(long, value_name = "SECONDS")]
     linger: Option<f64>,
+    /// While the session has no media yet (409: a live session without its publisher; 404:
+    /// a name nobody has published yet), try again after the server's Retry-After (else 2 s)
+    /// for up to this many seconds before --timeout starts.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<f64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,19 +87,21 @@ enum Cmd {
     /// OP is play, pause, status, seek SECONDS (or seek FRAMEf, e.g. 600f), step ±N,
     /// select_audio INPUT [CHANNELS like 0,1], chat TEXT..., auth TOKEN, or raw TEXT (sent as is).
     Control {
-        url: String,
-        #[arg(long, env = "WHEP_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
         /// Seconds to print events after the reply.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 3.0)]
         listen: f64,
         /// Seconds to wait for the connection and the reply.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 20)]
         timeout: u64,
         /// Also print a JSON summary as the last line.
         #[arg(long)]
         json: bool,
+        /// The request: play, pause, status, seek, step, select_audio, chat, auth or raw.
         op: String,
+        /// The request's arguments: seek SECONDS or FRAMEf (e.g. 600f), step ±N,
+        /// select_audio INPUT [CHANNELS like 0,1], chat TEXT..., auth TOKEN, raw TEXT.
         #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -90,34 +109,35 @@ enum Cmd {
     /// its duration), and prints for each seek, in ms after sending it: the reply, the `state`
     /// event at the target, and the keyframes that followed. Needs a token with `playback`.
     Seeks {
-        url: String,
-        #[arg(long, env = "WHEP_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Seeks to make.
         #[arg(long, default_value_t = 20)]
         count: u32,
         /// Seconds from one seek to the next.
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
         gap: f64,
         /// Write each seek's keyframes here (`seek-NN-K.h264`, Annex B), to check what they show.
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         keyframes: Option<std::path::PathBuf>,
         /// Seconds to wait for the connection and for each reply.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 20)]
         timeout: u64,
     },
     /// Many viewers in one process, ramped up, for a fixed time.
     Load {
-        url: String,
-        #[arg(long, env = "WHEP_TOKEN")]
-        token: Option<String>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Viewers to start.
         #[arg(long, default_value_t = 10)]
         viewers: usize,
         /// Seconds each viewer watches.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
         duration: u64,
         /// New viewers per second while ramping up.
-        #[arg(long, default_value_t = 20.0)]
+        #[arg(long, value_name = "PER_SECOND", default_value_t = 20.0)]
         ramp: f64,
+        /// Print the summary as one JSON line (else as indented JSON).
         #[arg(long)]
         json: bool,
     },
@@ -126,8 +146,8 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHEP_CLIENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_new(config::log_filter())
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -139,16 +159,14 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Play(args) => runtime.block_on(play(args)),
         Cmd::Load {
-            url,
-            token,
+            endpoint: Endpoint { url, token },
             viewers,
             duration,
             ramp,
             json,
         } => runtime.block_on(load(url, token, viewers, duration, ramp, json)),
         Cmd::Seeks {
-            url,
-            token,
+            endpoint: Endpoint { url, token },
             count,
             gap,
             keyframes,
@@ -162,8 +180,7 @@ fn main() -> ExitCode {
             timeout: Duration::from_secs(timeout),
         })),
         Cmd::Control {
-            url,
-            token,
+            endpoint: Endpoint { url, token },
             listen,
             timeout,
             json,
@@ -213,23 +230,28 @@ async fn control(
         frames_out: None,
         ..Default::default()
     };
+    // Once stdout's reader is gone, dropping `rx` ends the watch (see `Control::messages`).
     let printer = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
-            println!("{line}");
+            if !out::line(line) {
+                break;
+            }
         }
     });
     let result = watch(&http, opts, |_| {}).await;
     let _ = printer.await;
     match result {
         Ok(s) => {
-            if json {
-                println!("{}", serde_json::to_string(&s).expect("summary serializes"));
-            }
-            if s.control_errors > 0 {
+            let status = if s.control_errors > 0 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
+            };
+            if json {
+                let summary = serde_json::to_string(&s).expect("summary serializes");
+                return out::last_line(summary, status);
             }
+            status
         }
         Err(e) => failed(&e, json),
     }
@@ -239,15 +261,14 @@ async fn control(
 fn failed(e: &whep_client::ClientError, json: bool) -> ExitCode {
     eprintln!("whep-client: {e}");
     if json {
-        println!("{}", json!({ "error": e.to_string() }));
+        return out::last_line(json!({ "error": e.to_string() }), ExitCode::FAILURE);
     }
     ExitCode::FAILURE
 }
 
 async fn play(args: PlayArgs) -> ExitCode {
     let PlayArgs {
-        url,
-        token,
+        endpoint: Endpoint { url, token },
         frames,
         timeout,
         json,
@@ -255,9 +276,14 @@ async fn play(args: PlayArgs) -> ExitCode {
         trickle,
         restart_after,
         linger,
+        wait,
     } = args;
     if restart_after.is_some_and(|n| n >= frames) {
         eprintln!("whep-client: --restart-after must be below --frames");
+        return ExitCode::FAILURE;
+    }
+    if wait.is_some_and(|w| !(0.0..=3600.0).contains(&w)) {
+        eprintln!("whep-client: --wait takes 0 to 3600 seconds");
         return ExitCode::FAILURE;
     }
     if linger.is_some_and(|l| !(0.0..=600.0).contains(&l)) {
@@ -278,32 +304,59 @@ async fn play(args: PlayArgs) -> ExitCode {
         },
         None => (None, None),
     };
-    let opts = Options {
-        url,
-        token,
+    let opts = || Options {
+        url: url.clone(),
+        token: token.clone(),
         frames: Some(frames),
         timeout: Duration::from_secs(timeout),
         duration: None,
         rtp_only: false,
         control: None,
-        frames_out,
+        frames_out: frames_out.clone(),
         trickle,
         restart_after,
         linger: linger.map(Duration::from_secs_f64),
     };
-    let result = watch(&http, opts, |s| {
-        eprintln!(
-            "{:5.1} s: {} video frames, {} audio packets{}",
-            s.seconds,
-            s.video_frames,
-            s.audio_packets,
-            match (s.width, s.height) {
-                (Some(w), Some(h)) => format!(", {w}x{h}"),
-                _ => String::new(),
+    let waiting_until = wait.map(|w| std::time::Instant::now() + Duration::from_secs_f64(w));
+    let result = loop {
+        let result = watch(&http, opts(), |s| {
+            eprintln!(
+                "{:5.1} s: {} video frames, {} audio packets{}",
+                s.seconds,
+                s.video_frames,
+                s.audio_packets,
+                match (s.width, s.height) {
+                    (Some(w), Some(h)) => format!(", {w}x{h}"),
+                    _ => String::new(),
+                }
+            );
+        })
+        .await;
+        // No publisher yet: as a player would, come back when the server says.
+        if let (
+            Err(whep_client::ClientError::Http {
+                status: 404 | 409,
+                detail,
+                retry_after,
+            }),
+            Some(until),
+        ) = (&result, waiting_until)
+        {
+            // The server's pause, but no later than the end of the wait: one more try then.
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let pause = Duration::from_secs(retry_after.unwrap_or(2).clamp(1, 30)).min(left);
+            if !left.is_zero() {
+                eprintln!(
+                    "whep-client: {detail}; trying again in {:.1} s",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+                continue;
             }
-        );
-    })
-    .await;
+        }
+        break result;
+    };
+    drop(frames_out);
     if let Some(w) = writer
         && let Ok(Err(e)) = w.await
     {
@@ -312,10 +365,10 @@ async fn play(args: PlayArgs) -> ExitCode {
     }
     match result {
         Ok(s) => {
-            if json {
-                println!("{}", serde_json::to_string(&s).expect("summary serializes"));
+            let summary = if json {
+                serde_json::to_string(&s).expect("summary serializes")
             } else {
-                println!(
+                format!(
                     "{} video frames ({}, {}x{}), {} audio packets; first frame after {} ms",
                     s.video_frames,
                     s.codec.as_deref().unwrap_or("?"),
@@ -323,9 +376,9 @@ async fn play(args: PlayArgs) -> ExitCode {
                     s.height.unwrap_or(0),
                     s.audio_packets,
                     s.first_frame_ms.unwrap_or(0)
-                );
-            }
-            ExitCode::SUCCESS
+                )
+            };
+            out::last_line(summary, ExitCode::SUCCESS)
         }
         Err(e) => failed(&e, json),
     }
@@ -409,14 +462,37 @@ async fn load(
         "first_frame_ms_max": ok.iter().filter_map(|s| s.first_frame_ms).max(),
         "seconds": started.elapsed().as_secs_f64(),
     });
-    if json {
-        println!("{summary}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("json"));
-    }
-    if errors.is_empty() && media.len() == viewers {
+    let status = if errors.is_empty() && media.len() == viewers {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    };
+    let text = if json {
+        summary.to_string()
+    } else {
+        serde_json::to_string_pretty(&summary).expect("json")
+    };
+    out::last_line(text, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The arguments of `cmd` and its subcommands that --help would show without a word.
+    fn undocumented(cmd: &clap::Command) -> Vec<String> {
+        let own = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| format!("{} {}", cmd.get_name(), a.get_id()));
+        let subs = cmd.get_subcommands().flat_map(undocumented);
+        own.chain(subs).collect()
+    }
+
+    #[test]
+    fn every_argument_says_what_it_is_for_in_help() {
+        let missing = undocumented(&super::Cli::command());
+        assert!(missing.is_empty(), "no --help text: {missing:?}");
     }
 }

@@ -190,20 +190,20 @@ pub async fn run(plan: Plan) -> ExitCode {
                 Arrival::Gone => return fail(viewer, "the viewer ended".into()).await,
             }
         }
-        println!(
-            "{}",
-            json!({
-                "seek": n,
-                "target": target,
-                "reply_ms": seek.reply_ms,
-                "error": seek.error,
-                "state_ms": seek.state_ms,
-                "shown_ms": seek.shown_ms(),
-                "keyframes_ms": seek.keyframes_ms,
-                "keyframe_files": seek.files,
-            })
-        );
+        let printed = crate::out::line(json!({
+            "seek": n,
+            "target": target,
+            "reply_ms": seek.reply_ms,
+            "error": seek.error,
+            "state_ms": seek.state_ms,
+            "shown_ms": seek.shown_ms(),
+            "keyframes_ms": seek.keyframes_ms,
+            "keyframe_files": seek.files,
+        }));
         results.push(seek);
+        if !printed {
+            break; // stdout's reader is gone: the seeks so far make the status
+        }
     }
     drop(requests);
     let outcome = viewer.await;
@@ -212,17 +212,14 @@ pub async fn run(plan: Plan) -> ExitCode {
     shown.sort_by(f64::total_cmp);
     let missing = results.len() - shown.len();
     let refused = results.iter().filter(|s| s.error.is_some()).count();
-    println!(
-        "{}",
-        json!({
-            "seeks": results.len(),
-            "shown": shown.len(),
-            "refused": refused,
-            "shown_ms": {"p50": pct(&shown, 50.0), "p95": pct(&shown, 95.0),
-                         "min": shown.first(), "max": shown.last()},
-        })
-    );
-    match outcome {
+    let summary = json!({
+        "seeks": results.len(),
+        "shown": shown.len(),
+        "refused": refused,
+        "shown_ms": {"p50": pct(&shown, 50.0), "p95": pct(&shown, 95.0),
+                     "min": shown.first(), "max": shown.last()},
+    });
+    let status = match outcome {
         Ok(Ok(_)) if missing == 0 && refused == 0 => ExitCode::SUCCESS,
         Ok(Ok(_)) => {
             eprintln!(
@@ -236,7 +233,8 @@ pub async fn run(plan: Plan) -> ExitCode {
             eprintln!("whep-client: the viewer task failed: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    crate::out::last_line(summary, status)
 }
 
 fn report(e: &ClientError) -> ExitCode {

@@ -253,3 +253,20 @@ fn writer_alive(ring: &Ring) -> bool {
         .and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
         .is_some_and(|pid| rustix::process::test_kill_process(pid).is_ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_argument_says_what_it_is_for_in_help() {
+        let cmd = super::Args::command();
+        let missing: Vec<_> = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "no --help text: {missing:?}");
+    }
+}

@@ -7,8 +7,8 @@
 //! `--ring PATH` opens a file-backed ring a `wisp-transcoder --ring PATH` writes. It reads
 //! from the newest keyframe on with its own cursor, so it never slows the writer or a viewer,
 //! and a crash here touches nothing else. It stops, finishing its output, when told `stop` on
-//! stdin, when stdin (a pipe from the gateway) closes, on SIGTERM or SIGINT, or at
-//! `--max-seconds`.
+//! stdin, when stdin (a pipe from the gateway) closes, when stdout's reader is gone, on SIGTERM
+//! or SIGINT, or at `--max-seconds`.
 //!
 //! Events are JSON lines on stdout ([`wisp_control::EgressEvent`]), except in `pcm` mode,
 //! whose stdout is the audio itself; logs go to stderr.
@@ -33,7 +33,7 @@ mod probe;
 mod push;
 mod record;
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -104,6 +104,7 @@ enum Job {
         /// rtmp://HOST[:PORT]/APP/KEY (with --format flv) or srt://HOST:PORT[?…] (mpegts).
         #[arg(long)]
         url: String,
+        /// Container the server takes: flv for rtmp:// and rtmps://, mpegts for srt://.
         #[arg(long, value_enum)]
         format: PushFormat,
     },
@@ -123,9 +124,9 @@ enum Job {
         dir: PathBuf,
         /// A rendition: `copy` (the source's video as it is), HEIGHT or HEIGHT:BITRATE;
         /// repeatable [default: copy, 360, 180].
-        #[arg(long = "rendition")]
+        #[arg(long = "rendition", value_name = "RENDITION")]
         renditions: Vec<Rung>,
-        /// The source's frame rate, for the encoders [default: 30].
+        /// The source's frame rate, for the encoders.
         #[arg(long, default_value_t = 30.0)]
         fps: f64,
         /// The source's video bits/s, for the copied rendition's BANDWIDTH.
@@ -268,6 +269,12 @@ impl Failure {
     }
 }
 
+/// The command line, for checking its help.
+#[cfg(test)]
+pub(crate) fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 /// Runs `wisp-transcoder egress ARGS` (`argv[0]` is the program, `argv[1]` `egress`).
 pub fn main(argv: Vec<String>) -> ExitCode {
     let args = match Args::try_parse_from(argv.into_iter().skip(1)) {
@@ -284,6 +291,7 @@ pub fn main(argv: Vec<String>) -> ExitCode {
         }
     }
     watch_stdin(stop.clone());
+    crate::control::stop_when_stdout_closes(stop.clone());
     match run(args, &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -439,7 +447,11 @@ fn run_plan(
     let mut last_progress = Instant::now();
     let reason = loop {
         if stop.load(Ordering::Relaxed) {
-            break "stopped";
+            break if crate::control::stdout_closed() {
+                "stdout_closed"
+            } else {
+                "stopped"
+            };
         }
         if let (Some(max), Some(o)) = (max_seconds, &output)
             && o.seconds() >= max
@@ -643,16 +655,16 @@ fn watch_stdin(stop: Arc<AtomicBool>) {
 /// Set when stdout carries the output itself (PCM): events then go nowhere but the log.
 static QUIET_STDOUT: AtomicBool = AtomicBool::new(false);
 
-/// Writes one event line to stdout. A gone reader is not ours to report.
+/// Writes one event line to stdout. A gone reader ends the egress (see
+/// `control::write_stdout`); it is not reported.
 fn emit(event: &EgressEvent) {
     if QUIET_STDOUT.load(Ordering::Relaxed) {
         tracing::debug!(?event, "event");
         return;
     }
-    let Ok(line) = serde_json::to_string(event) else {
+    let Ok(mut line) = serde_json::to_string(event) else {
         return;
     };
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    line.push('\n');
+    let _ = crate::control::write_stdout(line.as_bytes());
 }

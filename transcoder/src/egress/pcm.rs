@@ -4,9 +4,8 @@
 //!
 //! Owns the output format and writing it; decoding is `opus.rs`'s, the connection and its
 //! events the gateway's. Audio that does not come (a paused session, a publisher gone) is not
-//! filled with silence: the stream carries what was heard.
-
-use std::io::Write;
+//! filled with silence: the stream carries what was heard. A closed stdout ends the egress
+//! cleanly (`control::write_stdout`): its reader has gone.
 
 use super::frames::Frame;
 use super::opus::Decoded;
@@ -16,7 +15,6 @@ use super::probe::Probed;
 pub struct Pcm {
     decoded: Decoded,
     channels: u32,
-    out: std::io::Stdout,
     seconds: f64,
 }
 
@@ -42,20 +40,17 @@ impl Pcm {
         Ok(Self {
             decoded,
             channels,
-            out: std::io::stdout(),
             seconds: 0.0,
         })
     }
 
     pub fn write(&mut self, frame: &Frame) -> Result<(), String> {
         self.seconds = self.seconds.max(frame.pts as f64 / 48_000.0);
-        let (out, channels) = (&self.out, self.channels as usize);
+        let channels = self.channels as usize;
         self.decoded.push(frame, |piece| {
             // Packed s16: the samples of every channel, interleaved, in plane 0.
             let len = piece.samples() * channels * 2;
-            let mut out = out.lock();
-            out.write_all(&piece.data(0)[..len])
-                .and_then(|()| out.flush())
+            crate::control::write_stdout(&piece.data(0)[..len])
                 .map_err(|e| format!("writing PCM: {e}"))
         })
     }

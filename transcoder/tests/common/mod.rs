@@ -170,6 +170,8 @@ pub struct Transcoder {
     events: mpsc::Receiver<Value>,
     pub seen: Vec<Value>,
     pub ring_path: PathBuf,
+    /// Reads its log (stderr) to the end, when started by [`Transcoder::start_logged`].
+    log: Option<std::thread::JoinHandle<String>>,
 }
 
 /// A ring path no other test of this run uses.
@@ -182,18 +184,37 @@ pub fn ring_path(name: &str) -> PathBuf {
 impl Transcoder {
     /// Starts `wisp-transcoder ARGS --ring <tmp> --ring-size 64 MiB` with stdin piped.
     pub fn start(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, args, false)
+    }
+
+    /// As [`Self::start`], with its log (stderr, at `info`) kept for [`Self::log`].
+    pub fn start_logged(name: &str, args: &[&str]) -> Self {
+        Self::spawn(name, args, true)
+    }
+
+    fn spawn(name: &str, args: &[&str], logged: bool) -> Self {
         let ring_path = ring_path(name);
         let _ = std::fs::remove_file(&ring_path);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp-transcoder"));
+        cmd.args(args)
             .arg("--ring")
             .arg(&ring_path)
             .args(["--ring-size", "67108864"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn wisp-transcoder");
+            .stdout(Stdio::piped());
+        if logged {
+            cmd.stderr(Stdio::piped())
+                .env("WISP_LOG", "info")
+                .env_remove("RUST_LOG");
+        }
+        let mut child = cmd.spawn().expect("spawn wisp-transcoder");
+        let log = child.stderr.take().map(|mut stderr| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+                text
+            })
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, events) = mpsc::channel();
         std::thread::spawn(move || {
@@ -213,7 +234,14 @@ impl Transcoder {
             events,
             seen: Vec::new(),
             ring_path,
+            log,
         }
+    }
+
+    /// Its whole log, once it has exited (see [`Self::wait_exit`]).
+    pub fn log(&mut self) -> String {
+        let reader = self.log.take().expect("started by start_logged");
+        reader.join().expect("the log reader")
     }
 
     /// Sends one JSON command line.
