@@ -453,6 +453,37 @@ async fn a_publisher_that_comes_back_resumes_its_viewers_without_a_reconnect() {
     let _ = second.wait();
 }
 
+/// An encoder that publishes again the moment its last publish ended (OBS reconnecting, a
+/// script's next run) is taken: the old publish's transcoder still holds the session while it
+/// finishes the last bytes, and the new one waits for it instead of being refused as a second
+/// publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_right_after_the_last_one_ended_is_taken_not_refused() {
+    let wisp = Wisp::start("ingest-again", "");
+    let t = wisp.token("again", "publish");
+    let srt = format!("srt://{}?streamid=publish:again:{t}", srt_addr(&wisp));
+    let rtmp = format!("rtmp://{}/live/again?token={t}", rtmp_addr(&wisp));
+    // An encoder's 720p High with B-frames, whose transcoder has the most left to do when
+    // the connection closes.
+    let first = publish(&srt, "mpegts", 4);
+    let out = first.wait_with_output().expect("ffmpeg ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x264 = ["-profile:v", "baseline", "-g", "30"];
+    let second = publish_as(&rtmp, "flv", 3, "640x360", &x264);
+    let out = second.wait_with_output().expect("ffmpeg ran");
+    assert!(
+        out.status.success(),
+        "the second publish was refused: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        wisp.log()
+    );
+    assert!(!wisp.log().contains("publish refused"), "{}", wisp.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_ingest_ports_ends_only_that_connection() {
     let wisp = Wisp::start("ingest-garbage", "");

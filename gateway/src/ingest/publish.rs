@@ -94,6 +94,32 @@ impl Publishing {
     }
 }
 
+/// How long a new RTMP or SRT publisher waits for a session's previous publisher to let go.
+/// A publisher whose connection just closed keeps its claim while its transcoder turns the
+/// last bytes into frames (a second or so): an encoder that reconnects at once, or the next
+/// publish of a script, would otherwise be refused as a second publisher.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Claims the session's publisher slot, waiting up to [`CLAIM_WAIT`] while another holds it.
+async fn claim_when_free(
+    session: &Arc<crate::session::Session>,
+    id: &str,
+    ingest: Ingest,
+    ctx: &IngestContext,
+) -> Result<PublisherClaim, crate::session::PublishError> {
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        match session.claim_publisher(id, ingest, ctx.max_publishers, &ctx.metrics) {
+            Err(crate::session::PublishError::Busy(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Checks `key`'s token for `publish`, claims the session's publisher slot for resource `id`,
 /// and starts its transcoder reading `format` (`flv` or `mpegts`) from a FIFO.
 pub async fn begin(
@@ -106,7 +132,7 @@ pub async fn begin(
     let grant = ctx.verifier.verify(&key.token)?;
     grant.check(&key.session, Scope::Publish)?;
     let session = ctx.sessions.live(&key.session)?;
-    let claim = session.claim_publisher(id, ingest, ctx.max_publishers, &ctx.metrics)?;
+    let claim = claim_when_free(&session, id, ingest, ctx).await?;
     let fifo = ctx.fifo_dir.join(format!("{}-{id}.{format}", key.session));
     make_fifo(&fifo).map_err(IngestError::Pipe)?;
     // Opened read-write so that it opens before the transcoder does; the transcoder sees EOF
