@@ -1,6 +1,7 @@
 //! The session API (`/api/sessions`, admin scope): create VOD sessions from inputs and encode
 //! options, list and inspect them, stop them; start, list and stop their egresses
-//! (`/api/sessions/{session}/egress`).
+//! (`/api/sessions/{session}/egress`); mint share-link tokens (`/api/tokens`); list what any
+//! token may see (`/api/directory`).
 //!
 //! Owns request handling; sessions themselves are `session.rs`'s, egresses `egress/`'s.
 
@@ -66,6 +67,14 @@ pub async fn create(
     authorize(&s, &headers, &name, Scope::Admin)?;
     spec.validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    // A missing file is the client's to fix now, not a failure its first viewer meets.
+    let urls: Vec<String> = spec
+        .check_inputs()
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let warnings = probe_all(&urls).await;
     let egresses = crate::egress::specs_of(&spec.egress)
         .map_err(|(i, e)| ApiError::BadRequest(format!("egress[{i}]: {e}")))?;
     let spec = SessionSpec {
@@ -86,17 +95,102 @@ pub async fn create(
     tracing::info!(session = %name, "session created through the API");
     let mut resp = (
         StatusCode::CREATED,
-        Json(json!({
-            "name": name,
-            "whep_url": format!("{base}/whep/{name}"),
-            "player_url": format!("{base}/play/{name}"),
-        })),
+        Json({
+            let mut body = json!({
+                "name": name,
+                "whep_url": format!("{base}/whep/{name}"),
+                "player_url": format!("{base}/play/{name}"),
+            });
+            if !warnings.is_empty() {
+                body["warnings"] = json!(warnings);
+            }
+            body
+        }),
     )
         .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("{base}/api/sessions/{name}")) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// How long `POST /api/sessions` waits to reach an input URL's server.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tries a TCP connection to each URL's server; what fails becomes a warning in the answer
+/// (and the log): the session is still made, since a server down now may be up when a
+/// viewer comes. UDP schemes (SRT) and URLs without a host are not probed.
+async fn probe_all(urls: &[String]) -> Vec<String> {
+    let probes = urls.iter().filter_map(|url| {
+        let (host, port) = server_of(url)?;
+        let shown = redacted(url);
+        Some(async move {
+            let outcome =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+                    .await;
+            let why = match outcome {
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+            };
+            tracing::warn!(url = %shown, "input server not reachable now: {why}");
+            Some(format!(
+                "input {shown}: cannot reach {host}:{port} now ({why}); the session is made, \
+                 and its viewers will see the error if it stays unreachable"
+            ))
+        })
+    });
+    futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// A URL as logs and answers may show it: without a password or a query (signed URLs and
+/// tokens live there).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let hidden = if authority.contains('@') { "…@" } else { "" };
+    let query = if rest.contains('?') { "?…" } else { "" };
+    format!("{scheme}://{hidden}{host}{path}{query}")
+}
+
+/// The host and TCP port an input URL's scheme connects to, if it is one probed.
+fn server_of(url: &str) -> Option<(&str, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        "rtmp" => 1935,
+        "rtmps" => 443,
+        "rtsp" => 554,
+        "rtsps" => 322,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default,
+    };
+    (!host.is_empty()).then_some((host, port))
 }
 
 /// `DELETE /api/sessions/{session}`: stops it; its viewers are disconnected.
@@ -217,3 +311,222 @@ fn egress_of(
 
 /// How long DELETE waits for an egress to finish its output.
 const EGRESS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One row of `GET /api/directory`: what any holder of a token naming the session may know.
+#[derive(Debug, serde::Serialize)]
+pub struct DirectoryEntry {
+    pub name: String,
+    pub kind: crate::session::Kind,
+    pub state: &'static str,
+    pub viewers: usize,
+}
+
+/// `GET /api/directory`: the sessions a token names (any scope), or with none, the sessions
+/// shown to anonymous visitors (`public_sessions`; none by default). The console lists these
+/// when it has no admin token. A token that does not verify is a 401, not an empty list.
+pub async fn directory(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let grant = match crate::http::grant(&s, &headers) {
+        Ok(g) => Some(g),
+        Err(crate::auth::AuthError::Missing) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let sessions: Vec<DirectoryEntry> = s
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|x| match &grant {
+            Some(g) => g.covers(&x.name),
+            None => s.config.public_sessions,
+        })
+        .map(|x| {
+            let info = x.info();
+            DirectoryEntry {
+                name: info.name,
+                kind: info.kind,
+                state: info.state,
+                viewers: info.viewers,
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions, "anonymous": grant.is_none() })).into_response())
+}
+
+/// The body of `POST /api/tokens`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Session names, or `["*"]`.
+    pub sessions: Vec<String>,
+    /// Space-separated scopes (`view publish playback audio chat admin`).
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// Lifetime, seconds.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+    pub sub: Option<String>,
+}
+
+fn default_scope() -> String {
+    "view".into()
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+/// Longest lifetime `POST /api/tokens` grants: a share link is revoked only by its expiry.
+pub const MAX_TOKEN_TTL: u64 = 30 * 24 * 3600;
+
+/// `POST /api/tokens` (admin): 201 `{"token", "exp", "scope", "sessions", "links"}`, a token
+/// signed with the gateway's key, and for one named session the links that use it: the
+/// player and HLS (scope `view`), the publish page and the WHIP, RTMP and SRT settings to
+/// paste into an encoder (scope `publish`). 501 when the gateway holds no signing key.
+pub async fn mint_token(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&s, &headers, "*", Scope::Admin)?;
+    require_type(&headers, "application/json")?;
+    let req: TokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
+    let minter = s.minter.as_ref().ok_or_else(|| {
+        ApiError::NotImplemented(
+            "this gateway verifies tokens with public keys and holds no private key: mint \
+             tokens where the private key is (wisp token --jwt-private-key)"
+                .into(),
+        )
+    })?;
+    if req.sessions.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "sessions: name at least one session, or \"*\"".into(),
+        ));
+    }
+    if let Some(bad) = req.sessions.iter().find(|n| !valid_session_name(n)) {
+        return Err(ApiError::Unprocessable(format!(
+            "sessions: {bad:?} is not a session name (1-64 of A-Z a-z 0-9 . _ -, or *)"
+        )));
+    }
+    let scopes = req
+        .scope
+        .split_whitespace()
+        .map(str::parse::<Scope>)
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()
+        .map_err(|e| ApiError::Unprocessable(format!("scope: {e}")))?;
+    if scopes.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "scope: give at least one of view publish playback audio chat admin".into(),
+        ));
+    }
+    if req.ttl == 0 || req.ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::Unprocessable(format!(
+            "ttl: {} s is out of range: 1 to {MAX_TOKEN_TTL} (30 days)",
+            req.ttl
+        )));
+    }
+    let scope = scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let exp = crate::auth::now_secs() + req.ttl;
+    let token = minter.mint(&crate::auth::Claims {
+        iss: s.config.jwt_issuer.clone(),
+        aud: s.config.jwt_audience.clone(),
+        sub: req.sub.clone(),
+        ..crate::auth::Claims::new(req.sessions.clone(), scope.clone(), exp)
+    });
+    let mut links = serde_json::Map::new();
+    if let [name] = req.sessions.as_slice()
+        && name != "*"
+    {
+        let base = base_url(&headers, s.config.http);
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+            .map(|a| a.host().to_string())
+            .unwrap_or_else(|| s.config.http.ip().to_string());
+        if scopes.contains(&Scope::View) {
+            links.insert(
+                "player".into(),
+                json!(format!("{base}/play/{name}?token={token}")),
+            );
+            links.insert(
+                "hls".into(),
+                json!(format!("{base}/hls/{name}/index.m3u8?token={token}")),
+            );
+        }
+        if scopes.contains(&Scope::Publish) {
+            links.insert(
+                "publish".into(),
+                json!(format!("{base}/publish/{name}?token={token}")),
+            );
+            links.insert("whip".into(), json!(format!("{base}/whip/{name}")));
+            if let Some(rtmp) = s.config.rtmp {
+                links.insert(
+                    "rtmp".into(),
+                    json!({
+                        "server": format!("rtmp://{host}:{}/live", rtmp.port()),
+                        "stream_key": format!("{name}?token={token}"),
+                    }),
+                );
+            }
+            if let Some(srt) = s.config.srt {
+                links.insert(
+                    "srt".into(),
+                    json!(format!(
+                        "srt://{host}:{}?streamid=publish:{name}:{token}",
+                        srt.port()
+                    )),
+                );
+            }
+        }
+    }
+    tracing::info!(sessions = ?req.sessions, %scope, ttl = req.ttl, sub = ?req.sub, "token minted through the API");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "token": token,
+            "exp": exp,
+            "scope": scope,
+            "sessions": req.sessions,
+            "links": links,
+        })),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_of;
+
+    #[test]
+    fn input_urls_name_their_server() {
+        assert_eq!(
+            server_of("http://cdn.example/a.mp4"),
+            Some(("cdn.example", 80))
+        );
+        assert_eq!(
+            server_of("https://u:p@cdn.example:8443/x?y"),
+            Some(("cdn.example", 8443))
+        );
+        assert_eq!(server_of("rtsp://[::1]/cam"), Some(("::1", 554)));
+        assert_eq!(
+            server_of("rtmp://10.0.0.2:1936/live"),
+            Some(("10.0.0.2", 1936))
+        );
+        assert_eq!(server_of("srt://10.0.0.2:9000"), None);
+        assert_eq!(server_of("/media/film.mp4"), None);
+        assert_eq!(server_of("http://host:notaport/"), None);
+    }
+
+    #[test]
+    fn logged_urls_keep_no_secrets() {
+        assert_eq!(
+            super::redacted("https://u:p@cdn.example/a.mp4?sig=abc"),
+            "https://…@cdn.example/a.mp4?…"
+        );
+        assert_eq!(super::redacted("rtsp://cam/s1"), "rtsp://cam/s1");
+    }
+}

@@ -35,6 +35,7 @@ pub struct Overrides {
     pub metrics: Option<MetricsAt>,
     pub rtmp: Option<Listen>,
     pub srt: Option<Listen>,
+    pub assets: Option<PathBuf>,
 }
 
 /// An optional listener's address, or `off`.
@@ -157,6 +158,9 @@ pub struct FileConfig {
     pub rtmp: Option<Listen>,
     /// The SRT listener's address, or `"off"`.
     pub srt: Option<Listen>,
+    /// A folder whose `console.html`, `player.html` and `publish.html` replace the built-in
+    /// pages, read at each request (to customise them, or to work on them without a rebuild).
+    pub assets: Option<PathBuf>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -375,6 +379,35 @@ pub struct InputSpec {
     pub id: Option<String>,
 }
 
+/// The transcoder's built-in test pattern, an input that is neither a file nor a URL.
+pub const DEMO_INPUT: &str = "demo";
+
+impl InputSpec {
+    /// The file this input reads, if it is a local one: a path, or a `file:` URL. Anything
+    /// else with a scheme (`https://…`, FFmpeg protocols such as `pipe:0`) is not.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        let url = self.url.as_str();
+        if url == DEMO_INPUT {
+            return None;
+        }
+        if let Some(rest) = url.strip_prefix("file://") {
+            return Some(std::path::Path::new(rest));
+        }
+        if let Some(rest) = url.strip_prefix("file:") {
+            return Some(std::path::Path::new(rest));
+        }
+        // FFmpeg's protocol syntax is `name:rest`; a one-letter name would be a drive letter,
+        // which a Linux path does not have.
+        let scheme = url.split(':').next().unwrap_or("");
+        let has_scheme = url.contains(':')
+            && scheme.len() > 1
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.');
+        (!has_scheme).then(|| std::path::Path::new(url))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VideoSpec {
@@ -531,6 +564,9 @@ pub enum SpecError {
     InputUrl,
     #[error("{0} is out of range")]
     Range(&'static str),
+    /// A local input the transcoder could not open (the path is the gateway machine's).
+    #[error("input {path}: {reason}")]
+    Input { path: String, reason: String },
 }
 
 impl SessionSpec {
@@ -539,7 +575,7 @@ impl SessionSpec {
         Self {
             name: Some("demo".into()),
             inputs: vec![InputSpec {
-                url: "demo".into(),
+                url: DEMO_INPUT.into(),
                 channel_count: None,
                 id: None,
             }],
@@ -633,6 +669,38 @@ impl SessionSpec {
         Ok(())
     }
 
+    /// Checks that every local input (a path, or a `file:` URL) is a readable file, and returns
+    /// the inputs that are URLs, which only opening them can check. It reads the file system,
+    /// so it is apart from [`SessionSpec::validate`].
+    pub fn check_inputs(&self) -> Result<Vec<&str>, SpecError> {
+        let mut urls = Vec::new();
+        for input in &self.inputs {
+            let Some(path) = input.local_path() else {
+                if input.url != DEMO_INPUT {
+                    urls.push(input.url.as_str());
+                }
+                continue;
+            };
+            // The kind first: opening a FIFO would wait for a writer.
+            let reason = match std::fs::metadata(path) {
+                Ok(m) if m.is_dir() => Some("is a folder, not a media file".to_string()),
+                Ok(m) if !m.is_file() => Some("is not a regular file".to_string()),
+                Ok(_) => std::fs::File::open(path).err().map(|e| e.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some("no such file on the gateway's machine".to_string())
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(reason) = reason {
+                return Err(SpecError::Input {
+                    path: path.display().to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(urls)
+    }
+
     /// The transcoder's arguments for this session (without the ring, which the supervisor adds).
     pub fn transcoder_args(&self) -> Vec<String> {
         let mut args = Vec::new();
@@ -720,6 +788,8 @@ pub struct Config {
     pub rtmp: Option<SocketAddr>,
     /// SRT publishers (`None`: off).
     pub srt: Option<SocketAddr>,
+    /// Pages served from this folder instead of the built-in ones (`player.rs`).
+    pub assets: Option<PathBuf>,
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
@@ -959,6 +1029,7 @@ impl Config {
                 .or(file.srt)
                 .unwrap_or(Listen::At(SocketAddr::from(([0, 0, 0, 0], 8890))))
                 .addr(),
+            assets: over.assets.or(file.assets),
             limits,
             http_limits,
             live,
@@ -1046,6 +1117,17 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("wisp-state")
 }
 
+/// Where a program runs from: a path as it is, a bare name looked up on `PATH`.
+pub fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// The log filter: `WISP_LOG`, else `RUST_LOG`, else `info`.
 pub fn log_filter() -> String {
     std::env::var("WISP_LOG")
@@ -1056,6 +1138,80 @@ pub fn log_filter() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `wisp.example.toml` loads, and the values it says are the defaults are the defaults.
+    #[test]
+    fn the_example_configuration_loads_and_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wisp.example.toml");
+        let c = Config::resolve(Overrides::default(), Some(&example)).expect("the example loads");
+        let d = Config::resolve(Overrides::default(), None).unwrap();
+        assert_eq!(
+            (c.http, c.rtc, c.rtmp, c.srt, c.metrics),
+            (d.http, d.rtc, d.rtmp, d.srt, d.metrics)
+        );
+        assert_eq!(
+            (c.keys, c.state_dir, c.assets),
+            (d.keys, d.state_dir, d.assets)
+        );
+        assert_eq!(
+            (c.demo, c.idle_timeout, c.hls),
+            (d.demo, d.idle_timeout, d.hls)
+        );
+        assert_eq!(
+            (c.public_sessions, c.cors_origins, c.require_if_match),
+            (d.public_sessions, d.cors_origins, d.require_if_match)
+        );
+        assert_eq!(
+            (c.connect_timeout, c.udp_recv_buffer),
+            (d.connect_timeout, d.udp_recv_buffer)
+        );
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(c.http_limits, d.http_limits);
+        assert_eq!(c.live, d.live);
+        assert!(c.ice_servers.is_empty());
+        let pattern = &c.sessions["pattern"];
+        assert_eq!(pattern.codec(), VideoCodec::Vp8);
+        assert_eq!(pattern.check_inputs().unwrap(), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn local_inputs_are_told_from_urls() {
+        let input = |url: &str| InputSpec {
+            url: url.into(),
+            channel_count: None,
+            id: None,
+        };
+        let local = |url: &str| input(url).local_path().map(|p| p.display().to_string());
+        assert_eq!(local("/media/a.mp4").as_deref(), Some("/media/a.mp4"));
+        assert_eq!(local("film.mp4").as_deref(), Some("film.mp4"));
+        assert_eq!(
+            local("file:///media/a.mp4").as_deref(),
+            Some("/media/a.mp4")
+        );
+        assert_eq!(local("file:a.mp4").as_deref(), Some("a.mp4"));
+        for url in ["demo", "https://x/a.mp4", "pipe:0", "srt://h:1"] {
+            assert_eq!(local(url), None, "{url}");
+        }
+        let spec = SessionSpec {
+            inputs: vec![input("https://cdn/a.mp4"), input("/nonexistent/b.wav")],
+            ..SessionSpec::default()
+        };
+        let err = spec.check_inputs().unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/b.wav") && err.contains("no such file"),
+            "{err}"
+        );
+        let spec = SessionSpec {
+            inputs: vec![input("https://cdn/a.mp4"), input("/")],
+            ..SessionSpec::default()
+        };
+        assert!(
+            spec.check_inputs()
+                .unwrap_err()
+                .to_string()
+                .contains("folder")
+        );
+    }
 
     fn write(text: &str) -> tempfile_path::TempPath {
         tempfile_path::TempPath::new(text)

@@ -19,7 +19,6 @@ use crate::auth::Scope;
 use crate::config::HlsMode;
 use crate::egress::Egress;
 use crate::http::{ApiError, Shared};
-use crate::player::TokenQuery;
 
 /// How long the first request waits for the renditions' first segments.
 const READY_WAIT: Duration = Duration::from_secs(20);
@@ -209,6 +208,12 @@ fn with_token(playlist: &str, token: &str) -> String {
 fn add_query(uri: &str, token: &str) -> String {
     let sep = if uri.contains('?') { '&' } else { '?' };
     format!("{uri}{sep}token={token}")
+}
+
+/// The `?token=` of a URL (an HLS player cannot send a header).
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
 }
 
 #[cfg(test)]

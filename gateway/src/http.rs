@@ -16,7 +16,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use str0m::config::DtlsCert;
 
@@ -35,6 +35,9 @@ use crate::whep::Resources;
 pub struct AppState {
     pub config: Config,
     pub verifier: Arc<Verifier>,
+    /// Signs the tokens of `POST /api/tokens` (`None`: the gateway verifies with public keys
+    /// and holds no private one).
+    pub minter: Option<Arc<crate::auth::Minter>>,
     pub sessions: Registry,
     pub resources: Resources,
     pub port: Arc<RtcPort>,
@@ -60,8 +63,11 @@ impl AppState {
 /// Builds the router (tests call it with `oneshot`).
 pub fn app(state: Shared) -> Router {
     let router = Router::new()
-        .route("/", get(crate::player::index))
+        .route("/", get(crate::player::console))
         .route("/play/{session}", get(crate::player::play))
+        .route("/publish/{session}", get(crate::player::publish))
+        .route("/api/directory", get(crate::api::directory))
+        .route("/api/tokens", post(crate::api::mint_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
@@ -467,6 +473,12 @@ pub enum ApiError {
     RequestTimeout(std::time::Duration),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// Asked of a gateway set up without it (minting tokens with public keys only).
+    #[error("{0}")]
+    NotImplemented(String),
+    /// Ours: the gateway's own files or state are wrong (an unreadable page in `assets`).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -527,6 +539,8 @@ impl ApiError {
             ApiError::Draining | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -10,13 +10,15 @@
 //! - `whep.rs`: WHEP endpoint; resources' PATCH and DELETE (shared with WHIP), the registry.
 //! - `whip.rs`: WHIP endpoint: publishing makes or takes over a live session.
 //! - `resource.rs`: a resource's ICE session: trickle, ICE restart, entity-tags.
-//! - `api.rs`: the session API (`/api/sessions`) and its egress endpoints.
+//! - `api.rs`: the session API (`/api/sessions`), its egress endpoints, share-link tokens
+//!   (`/api/tokens`) and the directory of what a token may see (`/api/directory`).
 //! - `egress/`: recordings of sessions by `wisp-transcoder egress` processes: the request
 //!   model, the registry, supervision (see its own layout).
 //! - `ingest/`: RTMP and SRT publishers and pulled URLs become live sessions through a
 //!   transcoder per publish (see its own layout).
 //! - `hls.rs`: HLS files for players (`/hls/{session}/…`): auth, on-demand start, playlists.
-//! - `player.rs`: the built-in pages (`/`, `/play/{session}`).
+//! - `player.rs`: the built-in pages: the console (`/`), the player (`/play/{session}`) and
+//!   the publish page (`/publish/{session}`).
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
 //! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
 //! - `publisher.rs`: one WHIP publisher's `Rtc`; its packets into the live session's ring.

@@ -140,23 +140,47 @@ struct ServeArgs {
     /// "off" [default: 0.0.0.0:8890].
     #[arg(long, env = "WISP_SRT")]
     srt: Option<wisp::config::Listen>,
+    /// Serve the console, player and publish pages from this folder's console.html,
+    /// player.html and publish.html, read at each request (to customise them) [default:
+    /// the built-in pages].
+    #[arg(long, env = "WISP_ASSETS")]
+    assets: Option<PathBuf>,
+    /// Check the configuration (the file, keys, sessions and their local inputs), print what
+    /// would run, and exit: 0 if it is valid, 2 if not. Nothing is bound or started.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  wisp token --jwt-secret-file secret --sessions demo --scope \"view playback\" --ttl 3600"
+    after_help = "The key is found as `wisp serve` finds it: --jwt-secret-file, else the \
+                      --config file's, else the secret `wisp serve` generated in its state \
+                      directory (made by its first start).\n\nExamples:\n  \
+                      wisp token --sessions demo --scope \"view playback\" --ttl 3600\n  \
+                      wisp token --sessions '*' --scope admin\n  \
+                      wisp token --jwt-private-key ed25519.pem --sessions cam --scope publish"
 )]
 struct TokenArgs {
     /// HS256 key: the file's bytes, surrounding whitespace trimmed (at least 32 bytes).
-    #[arg(
-        long,
-        env = "WISP_JWT_SECRET_FILE",
-        required_unless_present = "jwt_private_key"
-    )]
+    #[arg(long, env = "WISP_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
     /// Sign with a private key instead (PEM: RSA → RS256, EC P-256 → ES256, Ed25519 → EdDSA).
     #[arg(long, conflicts_with = "jwt_secret_file")]
     jwt_private_key: Option<PathBuf>,
+    /// The gateway's TOML configuration: its key, issuer and audience are used.
+    #[arg(long, env = "WISP_CONFIG")]
+    config: Option<PathBuf>,
+    /// The gateway's public key, read from its variable only so that the key is resolved as
+    /// `wisp serve` resolves it (a token cannot be signed with it).
+    #[arg(long, env = "WISP_JWT_PUBLIC_KEY", hide = true)]
+    jwt_public_key: Option<PathBuf>,
+    /// As --jwt-public-key, for a JWKS.
+    #[arg(long, env = "WISP_JWKS", hide = true)]
+    jwks: Option<PathBuf>,
+    /// The gateway's state directory, where its generated secret is kept [default:
+    /// $XDG_STATE_HOME/wisp or ~/.local/state/wisp].
+    #[arg(long, env = "WISP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Comma-separated session names, or * for every session.
     #[arg(long, value_delimiter = ',', required = true)]
     sessions: Vec<String>,
@@ -183,7 +207,7 @@ fn main() -> ExitCode {
         Cmd::Serve(args) => serve(args),
         Cmd::Token(args) => match token(args) {
             Ok(t) => {
-                println!("{t}");
+                say(&t);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -222,6 +246,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         metrics: args.metrics,
         rtmp: args.rtmp,
         srt: args.srt,
+        assets: args.assets,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,
@@ -230,6 +255,9 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        return check(&config);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(give_back_freed_memory)
@@ -245,11 +273,98 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         if let Some(url) = &gateway.demo_url {
             // Like Jupyter's token URL: open it in a browser to watch the demo.
-            println!("\n    Watch the demo: {url}\n");
+            say(&format!("\n    Watch the demo: {url}"));
         }
+        let host = match gateway.http_addr.ip() {
+            ip if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            ip => ip,
+        };
+        say(&format!(
+            "    The console:    http://{} (paste a token from: wisp token --sessions '*' --scope admin)\n",
+            SocketAddr::new(host, gateway.http_addr.port())
+        ));
         gateway.run(wisp::serve::signals()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// `wisp serve --check`: what would run, and every problem found without binding or starting
+/// anything (the key is read, not generated; local inputs are opened, URLs are not).
+fn check(config: &Config) -> ExitCode {
+    let mut problems = Vec::new();
+    let listen = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    say(&format!("http       {}", config.http));
+    say(&format!("rtc        {} (UDP)", config.rtc));
+    say(&format!("rtmp       {}", listen(config.rtmp)));
+    say(&format!("srt        {} (UDP)", listen(config.srt)));
+    say(&format!("state      {}", config.state_dir.display()));
+    say(&format!("recordings {}", config.recordings.display()));
+    use wisp::config::KeySource;
+    let key = match &config.keys {
+        KeySource::Generated => {
+            let path = config.state_dir.join("jwt-secret");
+            let note = if path.exists() {
+                "exists"
+            } else {
+                "made at the first start"
+            };
+            format!("generated HS256 secret {} ({note})", path.display())
+        }
+        KeySource::SecretFile(p) => format!("HS256 secret {}", p.display()),
+        KeySource::PublicKey(p) => format!("public key {}", p.display()),
+        KeySource::Jwks(p) => format!("JWKS {}", p.display()),
+    };
+    if config.keys != KeySource::Generated
+        && let Err(e) = wisp::serve::load_keys(config)
+    {
+        problems.push(e.to_string());
+    }
+    say(&format!("key        {key}"));
+    let transcoder = &config.transcoder;
+    let found = wisp::config::find_program(transcoder).is_some();
+    if found {
+        say(&format!("transcoder {}", transcoder.display()));
+    } else {
+        problems.push(format!(
+            "the transcoder {} is not found (VOD, RTMP, SRT and pulled sessions need it): \
+             give its path with --transcoder",
+            transcoder.display()
+        ));
+    }
+    if let Some(dir) = &config.assets {
+        for page in ["console.html", "player.html", "publish.html"] {
+            if let Err(e) = std::fs::read_to_string(dir.join(page)) {
+                problems.push(format!("assets: {}: {e}", dir.join(page).display()));
+            }
+        }
+        say(&format!("assets     {}", dir.display()));
+    }
+    for (name, spec) in &config.sessions {
+        match spec.check_inputs() {
+            Ok(urls) if urls.is_empty() => say(&format!("session    {name}")),
+            Ok(urls) => say(&format!(
+                "session    {name} (URLs not probed: {})",
+                urls.join(" ")
+            )),
+            Err(e) => problems.push(format!("session {name:?}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        say("configuration OK");
+        ExitCode::SUCCESS
+    } else {
+        for p in &problems {
+            eprintln!("wisp serve --check: {p}");
+        }
+        ExitCode::from(2)
+    }
+}
+
+/// Writes a line to stdout. A reader that went away (`wisp token | head -c 10`) is not an
+/// error of ours: the rest is dropped, where `println!` would panic.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 /// Hands the memory the allocators hold free back to the kernel, at most once a second per
@@ -300,13 +415,48 @@ fn give_back_freed_memory() {
 }
 
 fn token(args: TokenArgs) -> Result<String, String> {
-    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let minter = match (&args.jwt_secret_file, &args.jwt_private_key) {
-        (Some(f), _) => Minter::hs256(read(f)?.trim_ascii()),
-        (None, Some(f)) => Minter::private_key_pem(&read(f)?),
-        (None, None) => unreachable!("clap requires one of the two"),
+    use wisp::config::KeySource;
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    // The same resolution as `wisp serve`, so that a token minted here is one the gateway
+    // accepts; the file's issuer and audience come with it.
+    let over = Overrides {
+        jwt_secret_file: args.jwt_secret_file.clone(),
+        jwt_public_key: args.jwt_public_key.clone(),
+        jwks: args.jwks.clone(),
+        state_dir: args.state_dir.clone(),
+        ..Overrides::default()
+    };
+    let config = Config::resolve(over, args.config.as_deref()).map_err(|e| e.to_string())?;
+    let minter = match (&args.jwt_private_key, &config.keys) {
+        (Some(f), _) => Minter::private_key_pem(&read(f)?),
+        (None, KeySource::SecretFile(p)) => Minter::hs256(read(p)?.trim_ascii()),
+        (None, KeySource::Generated) => {
+            // Read, never made here: a secret made by this command in another state directory
+            // than the gateway's would sign tokens the gateway refuses.
+            let path = config.state_dir.join("jwt-secret");
+            match std::fs::read(&path) {
+                Ok(secret) => Minter::hs256(secret.trim_ascii()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(format!(
+                        "no key: {} does not exist yet. `wisp serve` makes it at its first start \
+                         with this state directory; or give the gateway's --state-dir, \
+                         --config or --jwt-secret-file",
+                        path.display()
+                    ));
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        (None, KeySource::PublicKey(_) | KeySource::Jwks(_)) => {
+            return Err(
+                "the gateway verifies tokens with public keys (jwt_public_key or jwks): \
+                        sign them with the private key, --jwt-private-key FILE"
+                    .into(),
+            );
+        }
     }
     .map_err(|e| e.to_string())?;
+    let (iss, aud) = (config.jwt_issuer, config.jwt_audience);
     if let Some(bad) = args.sessions.iter().find(|s| !auth::valid_session_name(s)) {
         return Err(format!(
             "'{bad}' is not a session name (1-64 of A-Z a-z 0-9 . _ -, or *)"
@@ -330,8 +480,8 @@ fn token(args: TokenArgs) -> Result<String, String> {
         .collect::<Vec<_>>()
         .join(" ");
     Ok(minter.mint(&Claims {
-        iss: args.iss,
-        aud: args.aud,
+        iss: args.iss.or(iss),
+        aud: args.aud.or(aud),
         sub: args.sub,
         ..Claims::new(args.sessions, scope, now + args.ttl)
     }))

@@ -706,6 +706,17 @@ impl Peer {
                     _ => Map::new(),
                 };
                 f.insert("viewers".into(), json!(session.viewer_count()));
+                // What a player shows: live controls or VOD ones, and whether to say the
+                // publisher is away.
+                f.insert("kind".into(), json!(session.kind));
+                if session.kind == crate::session::Kind::Live {
+                    let on = if session.has_media() {
+                        "active"
+                    } else {
+                        "inactive"
+                    };
+                    f.insert("publisher".into(), json!(on));
+                }
                 f.extend(token_fields(&self.grant));
                 control::reply_ok(&id, f)
             }

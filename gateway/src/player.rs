@@ -1,102 +1,90 @@
-//! The built-in pages: `GET /` lists the sessions, `GET /play/{session}` is our own WHEP player
-//! (plain HTML and JavaScript in `assets/player.html`, no third-party code, no build step).
+//! The built-in pages, plain HTML and JavaScript with no third-party code and no build step:
+//! the console at `GET /` (`assets/console.html`: sessions, share links, publishing settings),
+//! the WHEP player at `GET /play/{session}` and the WHIP publish page at
+//! `GET /publish/{session}`.
 //!
-//! Owns only rendering; the player talks to the same WHEP endpoint as any other client. The
-//! pages carry no X-Frame-Options so they can be embedded in an iframe.
+//! Owns only serving them; the pages talk to the same HTTP API as any other client, and hold
+//! no token but the one in their URL or the browser's storage. With `assets` configured, each
+//! page is read from that folder at each request instead. The pages carry no
+//! X-Frame-Options so they can be embedded in an iframe.
 
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::http::header::{self, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::auth::valid_session_name;
 use crate::http::{ApiError, Shared};
 
-const PLAYER: &str = include_str!("../assets/player.html");
-
-/// `GET /`: the sessions, each a link to its player. Anonymous visitors see names only with
-/// `public_sessions`; a token (`?token=` or a Bearer header) shows the sessions it names, with
-/// player links that carry it.
-pub async fn index(
-    State(s): State<Shared>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
-) -> Html<String> {
-    let token = q.token.filter(|t| !t.is_empty());
-    let grant = match &token {
-        Some(t) => s
-            .verifier
-            .verify(t.trim())
-            .map_err(|e| e.to_string())
-            .map(Some),
-        None => match crate::http::grant(&s, &headers) {
-            Ok(g) => Ok(Some(g)),
-            Err(crate::auth::AuthError::Missing) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        },
-    };
-    let mut notice = String::new();
-    let shown: Vec<_> = match &grant {
-        Ok(Some(g)) => s
-            .sessions
-            .list()
-            .into_iter()
-            .filter(|x| g.covers(&x.name))
-            .collect(),
-        Ok(None) if s.config.public_sessions => s.sessions.list(),
-        Ok(None) => {
-            notice.push_str(
-                "<p>Session names are shown to a token: open <code>/?token=JWT</code> (a token \
-                 lists the sessions it names; mint one with <code>wisp token</code>).</p>",
-            );
-            Vec::new()
-        }
-        Err(why) => {
-            notice.push_str(&format!(
-                "<p>The token was refused: {}. Open <code>/?token=JWT</code> with a valid one.</p>",
-                escape(why)
-            ));
-            Vec::new()
-        }
-    };
-    let link_token = token
-        .as_deref()
-        .map(|t| format!("?token={}", escape(t)))
-        .unwrap_or_default();
-    let mut items = String::new();
-    for session in &shown {
-        let info = session.info();
-        items.push_str(&format!(
-            "<li><a href=\"/play/{n}{link_token}\">{n}</a> · {state} · {v} viewer(s)</li>\n",
-            n = escape(&info.name),
-            state = info.state,
-            v = info.viewers
-        ));
-    }
-    if items.is_empty() && notice.is_empty() {
-        items.push_str("<li>No sessions. Create one with POST /api/sessions.</li>");
-    }
-    Html(format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Wisp</title>\
-         <style>body{{font-family:system-ui,sans-serif;margin:2rem}}</style></head><body>\
-         <h1>Wisp sessions</h1>{notice}<ul>\n{items}</ul>\
-         <p>Open a player with <code>/play/NAME?token=JWT</code>; mint a token with \
-         <code>wisp token</code>.</p></body></html>\n"
-    ))
+/// One page: its file name in an assets folder, and the copy built into the binary.
+#[derive(Debug, Clone, Copy)]
+struct Page {
+    file: &'static str,
+    builtin: &'static str,
 }
 
-/// The `?token=` of a page's URL.
-#[derive(Debug, serde::Deserialize)]
-pub struct TokenQuery {
-    pub token: Option<String>,
+const CONSOLE: Page = Page {
+    file: "console.html",
+    builtin: include_str!("../assets/console.html"),
+};
+const PLAYER: Page = Page {
+    file: "player.html",
+    builtin: include_str!("../assets/player.html"),
+};
+const PUBLISH: Page = Page {
+    file: "publish.html",
+    builtin: include_str!("../assets/publish.html"),
+};
+
+/// `GET /`: the console. It asks for a token and lists what that token may see.
+pub async fn console(State(s): State<Shared>) -> Response {
+    render(&s, CONSOLE, None).await
 }
 
-/// `GET /play/{session}`: the player page.
+/// `GET /play/{session}`: the player page, also for a name nobody has published yet (the page
+/// waits for it).
 pub async fn play(State(s): State<Shared>, Path(name): Path<String>) -> Response {
-    if !valid_session_name(&name) || s.sessions.get(&name).is_none() {
-        return ApiError::NotFound(format!("no session named {name:?}")).into_response();
+    render(&s, PLAYER, Some(&name)).await
+}
+
+/// `GET /publish/{session}`: the page that publishes a browser's camera, microphone or screen
+/// with WHIP.
+pub async fn publish(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+    render(&s, PUBLISH, Some(&name)).await
+}
+
+async fn render(s: &Shared, page: Page, session: Option<&str>) -> Response {
+    if let Some(name) = session
+        && (!valid_session_name(name) || name == "*")
+    {
+        return ApiError::NotFound(format!(
+            "{name:?} is not a session name (1-64 of A-Z a-z 0-9 . _ -)"
+        ))
+        .into_response();
     }
-    let mut resp = Html(PLAYER.replace("{{SESSION}}", &escape(&name))).into_response();
+    let text = match &s.config.assets {
+        Some(dir) => {
+            let path = dir.join(page.file);
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => text,
+                Err(e) => {
+                    // The path is the operator's to see, in the log, not a visitor's.
+                    tracing::warn!(path = %path.display(), "page not served: {e}");
+                    return ApiError::Internal(format!(
+                        "the page {} cannot be read (the gateway's log says where it was \
+                         looked for)",
+                        page.file
+                    ))
+                    .into_response();
+                }
+            }
+        }
+        None => page.builtin.to_string(),
+    };
+    let text = match session {
+        Some(name) => text.replace("{{SESSION}}", &escape(name)),
+        None => text,
+    };
+    let mut resp = Html(text).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

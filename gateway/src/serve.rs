@@ -263,6 +263,7 @@ impl Gateway {
         let state = Arc::new(AppState {
             config,
             verifier,
+            minter: minter.map(Arc::new),
             sessions,
             resources: Resources::default(),
             port,
@@ -398,7 +399,7 @@ pub async fn signals() {
     }
 }
 
-fn load_keys(config: &Config) -> Result<(Verifier, Option<Minter>), StartError> {
+pub fn load_keys(config: &Config) -> Result<(Verifier, Option<Minter>), StartError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| StartError::KeyFile {
             path: p.display().to_string(),
@@ -432,8 +433,7 @@ fn load_keys(config: &Config) -> Result<(Verifier, Option<Minter>), StartError> 
             tracing::info!(
                 key = %path.display(),
                 "no key configured: using the gateway's own HS256 secret \
-                 (mint tokens with: wisp token --jwt-secret-file {})",
-                path.display()
+                 (wisp token finds it: wisp token --sessions NAME --scope view)"
             );
             (
                 Verifier::hs256(&secret).map_err(key_err(&path))?,

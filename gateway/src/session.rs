@@ -588,6 +588,11 @@ impl Session {
         self.playback.lock().expect("not poisoned").clone()
     }
 
+    /// Whether the source has media to send now (a live session: a publisher is on).
+    pub fn has_media(&self) -> bool {
+        matches!(*self.source.borrow(), Source::Ready(_))
+    }
+
     pub fn viewer_count(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
     }

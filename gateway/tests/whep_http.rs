@@ -656,9 +656,25 @@ async fn capacity_limits_answer_503_with_retry_after() {
 async fn the_session_api_creates_lists_shows_and_deletes() {
     let f = fixture("").await;
     let admin = f.token(&["*"], "admin");
-    let spec = r#"{"name":"film","inputs":[{"url":"/media/film.mp4","channel_count":6}],
-                   "video":{"width":1280,"height":720,"fps":25,"bitrate":2000000,"codec":"vp8"},
-                   "audio":{"bitrate":96000,"channels":2,"cho":0},"loop":true}"#;
+    // The API opens local inputs: a missing one is 422 with its path, before any viewer.
+    let missing = r#"{"name":"film","inputs":[{"url":"/nonexistent/film.mp4"}]}"#;
+    let (resp, body) = f
+        .post("/api/sessions", Some(&admin), "application/json", missing)
+        .await;
+    let detail = assert_problem(&resp, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        detail.contains("/nonexistent/film.mp4") && detail.contains("no such file"),
+        "{detail}"
+    );
+    let film = std::env::temp_dir().join(format!("wisp-api-film-{}.mp4", std::process::id()));
+    std::fs::write(&film, b"not opened by this test").unwrap();
+    let spec = format!(
+        r#"{{"name":"film","inputs":[{{"url":"{}","channel_count":6}}],
+             "video":{{"width":1280,"height":720,"fps":25,"bitrate":2000000,"codec":"vp8"}},
+             "audio":{{"bitrate":96000,"channels":2,"cho":0}},"loop":true}}"#,
+        film.display()
+    );
+    let spec = spec.as_str();
     let viewer = f.token(&["*"], "view");
     let (resp, body) = f
         .post("/api/sessions", Some(&viewer), "application/json", spec)
@@ -742,26 +758,36 @@ async fn the_session_api_creates_lists_shows_and_deletes() {
 async fn pages_health_and_metrics() {
     let f = fixture("").await;
     let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
-    // Anonymous visitors do not see session names (public_sessions is off by default)...
+    let with = |p: &str, t: &str| {
+        Request::get(p)
+            .header("authorization", format!("Bearer {t}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    // The console is a page that asks for a token; what a visitor may see comes from the
+    // directory, which shows anonymous visitors nothing (public_sessions is off by default)...
     let (resp, body) = f.send(get("/")).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(!body.contains("/play/demo"), "{body}");
-    assert!(
-        body.contains("Session names are shown to a token"),
-        "the page says how to see them: {body}"
-    );
-    // ...a token shows the sessions it names, with players that carry it.
+    assert!(header(&resp, "content-type").starts_with("text/html"));
+    assert!(body.contains("/api/directory"), "{body}");
+    let (resp, body) = f.send(get("/api/directory")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["anonymous"], true);
+    assert_eq!(v["sessions"], serde_json::json!([]), "{body}");
+    // ...a token of any scope the sessions it names, with their kind and state...
     let t = f.token(&["demo"], "view");
-    let (_, body) = f.send(get(&format!("/?token={t}"))).await;
-    assert!(
-        body.contains(&format!("href=\"/play/demo?token={t}\"")),
-        "{body}"
-    );
-    let (_, body) = f.send(get("/?token=forged.token.here")).await;
-    assert!(
-        !body.contains("/play/demo") && body.contains("The token was refused"),
-        "{body}"
-    );
+    let (_, body) = f.send(with("/api/directory", &t)).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["anonymous"], false);
+    assert_eq!(v["sessions"][0]["name"], "demo", "{body}");
+    assert_eq!(v["sessions"][0]["kind"], "vod", "{body}");
+    let other = f.token(&["other"], "view");
+    let (_, body) = f.send(with("/api/directory", &other)).await;
+    assert!(!body.contains("demo"), "{body}");
+    // ...and a forged token is told so.
+    let (resp, body) = f.send(with("/api/directory", "forged.token.here")).await;
+    assert_problem(&resp, &body, StatusCode::UNAUTHORIZED);
     let (resp, body) = f.send(get("/play/demo")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(header(&resp, "content-type").starts_with("text/html"));
@@ -770,8 +796,20 @@ async fn pages_health_and_metrics() {
         resp.headers().get("x-frame-options").is_none(),
         "embeddable"
     );
-    let (resp, _) = f.send(get("/play/nope")).await;
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    // A name nobody has published yet gets the player, which waits for it.
+    let (resp, body) = f.send(get("/play/later")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(body.contains("<title>Wisp · later</title>"), "{body}");
+    assert!(!body.contains("{{SESSION}}"));
+    let (resp, body) = f.send(get("/publish/later")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        body.contains("<title>Wisp · publish later</title>"),
+        "{body}"
+    );
+    assert!(!body.contains("{{SESSION}}"));
+    let (resp, body) = f.send(get("/play/no%20such")).await;
+    assert_problem(&resp, &body, StatusCode::NOT_FOUND);
     assert_eq!(f.send(get("/healthz")).await.0.status(), StatusCode::OK);
     assert_eq!(f.send(get("/readyz")).await.0.status(), StatusCode::OK);
     f.viewer(&offer("actpass")).await;
@@ -800,9 +838,13 @@ async fn pages_health_and_metrics() {
 #[tokio::test]
 async fn public_sessions_lists_session_names_to_anyone() {
     let f = fixture("public_sessions = true\n").await;
-    let (resp, body) = f.send(Request::get("/").body(Body::empty()).unwrap()).await;
+    let (resp, body) = f
+        .send(Request::get("/api/directory").body(Body::empty()).unwrap())
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(body.contains("href=\"/play/demo\""), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["anonymous"], true);
+    assert_eq!(v["sessions"][0]["name"], "demo", "{body}");
 }
 
 #[tokio::test]
@@ -1496,4 +1538,99 @@ async fn a_pulled_session_is_defined_by_a_live_url() {
         assert_problem(&resp, &body, StatusCode::CONFLICT).contains("pulls its media"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn an_admin_mints_share_links_that_the_gateway_accepts() {
+    let f = fixture("").await;
+    let admin = f.token(&["*"], "admin");
+    let body = r#"{"sessions":["demo"],"scope":"chat view","ttl":120,"sub":"alice"}"#;
+    let viewer = f.token(&["*"], "view");
+    let (resp, text) = f
+        .post("/api/tokens", Some(&viewer), "application/json", body)
+        .await;
+    assert_problem(&resp, &text, StatusCode::FORBIDDEN);
+    let (resp, text) = f
+        .post("/api/tokens", Some(&admin), "text/plain", body)
+        .await;
+    assert_problem(&resp, &text, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (resp, text) = f
+        .post("/api/tokens", Some(&admin), "application/json", body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert_eq!(v["scope"], "view chat");
+    let exp = v["exp"].as_u64().unwrap();
+    assert!(
+        (now_secs() + 110..=now_secs() + 120).contains(&exp),
+        "{exp}"
+    );
+    assert_eq!(
+        v["links"]["player"],
+        format!("http://wisp.test:8080/play/demo?token={token}")
+    );
+    assert!(
+        v["links"].get("publish").is_none(),
+        "no publish scope: {text}"
+    );
+    // The token is one the gateway takes, for what it names and nothing more.
+    let grant = f.gateway.state.verifier.verify(token).unwrap();
+    assert_eq!(grant.sub.as_deref(), Some("alice"));
+    let (resp, text) = f
+        .post(
+            "/whep/demo",
+            Some(token),
+            "application/sdp",
+            &offer("actpass"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{text}");
+    let (resp, text) = f
+        .post("/api/sessions", Some(token), "application/json", "{}")
+        .await;
+    assert_problem(&resp, &text, StatusCode::FORBIDDEN);
+
+    // A publish link carries the publish page and the WHIP URL (RTMP and SRT are off here).
+    let (resp, text) = f
+        .post(
+            "/api/tokens",
+            Some(&admin),
+            "application/json",
+            r#"{"sessions":["cam"],"scope":"publish"}"#,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["links"]["whip"], "http://wisp.test:8080/whip/cam");
+    assert!(
+        v["links"]["publish"]
+            .as_str()
+            .unwrap()
+            .contains("/publish/cam?token=")
+    );
+    assert!(v["links"].get("player").is_none() && v["links"].get("rtmp").is_none());
+
+    for (bad, what) in [
+        (r#"{"sessions":["demo"],"scope":"watch"}"#, "scope"),
+        (r#"{"sessions":["demo"],"ttl":0}"#, "ttl"),
+        (r#"{"sessions":["demo"],"ttl":99999999}"#, "ttl"),
+        (r#"{"sessions":[]}"#, "sessions"),
+        (r#"{"sessions":["a b"]}"#, "sessions"),
+    ] {
+        let (resp, text) = f
+            .post("/api/tokens", Some(&admin), "application/json", bad)
+            .await;
+        let detail = assert_problem(&resp, &text, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(detail.starts_with(what), "{bad}: {detail}");
+    }
+    let (resp, text) = f
+        .post(
+            "/api/tokens",
+            Some(&admin),
+            "application/json",
+            r#"{"sessions":["demo"],"color":"red"}"#,
+        )
+        .await;
+    assert_problem(&resp, &text, StatusCode::BAD_REQUEST);
 }
