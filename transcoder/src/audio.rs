@@ -24,6 +24,17 @@ struct InputShape {
     layout: u64,
 }
 
+impl InputShape {
+    fn of(frame: &frame::Audio) -> Self {
+        Self {
+            rate: frame.rate(),
+            format: frame.format(),
+            channels: frame.channels() as u32,
+            layout: frame.channel_layout().bits(),
+        }
+    }
+}
+
 /// Turns decoded audio of any layout into stereo 48 kHz s16 frames of 960 samples.
 pub struct AudioFilter {
     graph: Option<(filter::Graph, InputShape)>,
@@ -63,13 +74,7 @@ impl AudioFilter {
 
     /// Feeds one decoded frame (pts in µs).
     pub fn push(&mut self, frame: &frame::Audio) -> Result<(), String> {
-        let layout = frame.channel_layout();
-        let shape = InputShape {
-            rate: frame.rate(),
-            format: frame.format(),
-            channels: frame.channels() as u32,
-            layout: layout.bits(),
-        };
+        let shape = InputShape::of(frame);
         if self.graph.as_ref().is_none_or(|(_, s)| *s != shape) {
             self.graph = Some((self.build(shape)?, shape));
         }
@@ -97,38 +102,67 @@ impl AudioFilter {
 
     fn build(&self, shape: InputShape) -> Result<filter::Graph, String> {
         let pan = self.channels.pan_filter(shape.channels)?;
-        let build = || -> Result<filter::Graph, ff::Error> {
-            let mut graph = filter::Graph::new();
-            let layout = if shape.layout != 0 {
-                format!("0x{:x}", shape.layout)
-            } else {
-                format!("{}c", shape.channels)
-            };
-            let args = format!(
-                "time_base=1/1000000:sample_rate={}:sample_fmt={}:channel_layout={layout}",
-                shape.rate,
-                shape.format.name()
-            );
-            graph.add(
-                &filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
-                "in",
-                &args,
-            )?;
-            graph.add(
-                &filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
-                "out",
-                "",
-            )?;
-            let spec = format!(
-                "{pan},aresample=48000,aformat=sample_fmts=s16:sample_rates=48000:channel_layouts=stereo,\
-                 asetnsamples=n={FRAME_SAMPLES}:p=1"
-            );
-            graph.output("in", 0)?.input("out", 0)?.parse(&spec)?;
-            graph.validate()?;
-            Ok(graph)
-        };
-        build().map_err(|e| format!("audio filter: {e}"))
+        let spec = format!(
+            "{pan},aresample=48000,aformat=sample_fmts=s16:sample_rates=48000:channel_layouts=stereo,\
+             asetnsamples=n={FRAME_SAMPLES}:p=1"
+        );
+        filter_graph(shape, "1/1000000", &spec)
     }
+}
+
+/// A filter graph from frames of `shape` (timestamps in `time_base`) through `spec`, between
+/// an `in` source and an `out` sink.
+fn filter_graph(shape: InputShape, time_base: &str, spec: &str) -> Result<filter::Graph, String> {
+    let build = || -> Result<filter::Graph, ff::Error> {
+        let mut graph = filter::Graph::new();
+        let layout = if shape.layout != 0 {
+            format!("0x{:x}", shape.layout)
+        } else {
+            format!("{}c", shape.channels)
+        };
+        let args = format!(
+            "time_base={time_base}:sample_rate={}:sample_fmt={}:channel_layout={layout}",
+            shape.rate,
+            shape.format.name()
+        );
+        graph.add(
+            &filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
+            "in",
+            &args,
+        )?;
+        graph.add(
+            &filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
+            "out",
+            "",
+        )?;
+        graph.output("in", 0)?.input("out", 0)?.parse(spec)?;
+        graph.validate()?;
+        Ok(graph)
+    };
+    build().map_err(|e| format!("audio filter: {e}"))
+}
+
+/// A filter graph from frames like `first` (timestamps in 1/48000 s) through `spec`: the
+/// egress's conversions of decoded Opus.
+pub(crate) fn graph_for(first: &frame::Audio, spec: &str) -> Result<filter::Graph, String> {
+    filter_graph(InputShape::of(first), "1/48000", spec)
+}
+
+/// An encoder of 48 kHz stereo in `sample` format, time base 1/48000, not opened yet: Opus
+/// for viewers, AAC for HLS and restreams, and the Opus whose header probing needs.
+pub(crate) fn stereo_48k_encoder(
+    codec: ff::Codec,
+    sample: format::Sample,
+) -> Result<ff::codec::encoder::audio::Audio, String> {
+    let mut ctx = codec::Context::new_with_codec(codec)
+        .encoder()
+        .audio()
+        .map_err(|e| e.to_string())?;
+    ctx.set_rate(48_000);
+    ctx.set_channel_layout(ChannelLayout::STEREO);
+    ctx.set_format(sample);
+    ctx.set_time_base(FfRational::new(1, 48_000));
+    Ok(ctx)
 }
 
 /// The audio path of a session: which input, filter, encoder and RTP track, with lookahead.
@@ -225,15 +259,8 @@ pub struct OpusPacket {
 impl OpusEncoder {
     pub fn new(bitrate: u64) -> Result<Self, String> {
         let codec = encoder::find_by_name("libopus").ok_or("this FFmpeg has no libopus encoder")?;
-        let mut ctx = codec::Context::new_with_codec(codec)
-            .encoder()
-            .audio()
-            .map_err(|e| e.to_string())?;
-        ctx.set_rate(48_000);
-        ctx.set_channel_layout(ChannelLayout::STEREO);
-        ctx.set_format(format::Sample::I16(format::sample::Type::Packed));
+        let mut ctx = stereo_48k_encoder(codec, format::Sample::I16(format::sample::Type::Packed))?;
         ctx.set_bit_rate(bitrate as usize);
-        ctx.set_time_base(FfRational::new(1, 48_000));
         let mut o = Dictionary::new();
         o.set("frame_duration", "20");
         o.set("application", "audio");

@@ -215,6 +215,29 @@ impl Egress {
         f(&mut self.info.lock().expect("not poisoned"));
     }
 
+    /// After a failed run: shows `error`, counts the restart, waits `delay` (or until the
+    /// egress, its session or the gateway stops) before the next run.
+    pub(super) async fn wait_to_retry(
+        &self,
+        error: String,
+        delay: Duration,
+        session: &crate::session::Session,
+        gateway: &CancellationToken,
+    ) {
+        self.update(|i| {
+            i.error = Some(error);
+            i.restarts += 1;
+            i.state = EgressState::Waiting;
+            i.pid = None;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.stop.cancelled() => {}
+            _ = session.cancelled() => {}
+            _ = gateway.cancelled() => {}
+        }
+    }
+
     pub(super) fn spec(&self) -> EgressSpec {
         self.info.lock().expect("not poisoned").spec.clone()
     }
@@ -546,17 +569,9 @@ pub(super) async fn run(egress: Arc<Egress>, slot: ViewerSlot, ctx: EgressContex
             RESTART_DELAYS[crashes.len() - 1]
         };
         tracing::warn!("egress process failed ({error}); again in {delay:?}");
-        egress.update(|i| {
-            i.error = Some(error);
-            i.restarts += 1;
-            i.state = EgressState::Waiting;
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = egress.stop.cancelled() => {}
-            _ = session.cancelled() => {}
-            _ = ctx.cancel.cancelled() => {}
-        }
+        egress
+            .wait_to_retry(error, delay, &session, &ctx.cancel)
+            .await;
     }
     drop(slot);
 }

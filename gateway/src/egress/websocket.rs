@@ -82,18 +82,9 @@ pub(super) async fn run(
                 failures += 1;
                 let delay = push_backoff(failures);
                 tracing::warn!("{error}; again in {delay:?}");
-                egress.update(|i| {
-                    i.error = Some(error);
-                    i.restarts += 1;
-                    i.state = EgressState::Waiting;
-                    i.pid = None;
-                });
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = egress.stop.cancelled() => {}
-                    _ = session.cancelled() => {}
-                    _ = ctx.cancel.cancelled() => {}
-                }
+                egress
+                    .wait_to_retry(error, delay, &session, &ctx.cancel)
+                    .await;
             }
         }
     }

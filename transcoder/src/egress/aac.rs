@@ -4,9 +4,7 @@
 //! stereo planar float in frames of the encoder's size (1024), and encoded with FFmpeg's AAC encoder
 //! at [`AAC_BITRATE`], with a global header (the AudioSpecificConfig) for the muxers.
 
-use ffmpeg_next::{
-    self as ff, ChannelLayout, Dictionary, Packet, Rational, codec, encoder, format,
-};
+use ffmpeg_next::{self as ff, Dictionary, Packet, codec, encoder, format};
 
 use super::frames::Frame;
 use super::opus::Decoded;
@@ -28,15 +26,11 @@ pub struct Aac {
 impl Aac {
     pub fn new(opus: &Probed) -> Result<Self, String> {
         let codec = encoder::find(codec::Id::AAC).ok_or("this FFmpeg has no AAC encoder")?;
-        let mut ctx = codec::Context::new_with_codec(codec)
-            .encoder()
-            .audio()
-            .map_err(|e| e.to_string())?;
-        ctx.set_rate(48_000);
-        ctx.set_channel_layout(ChannelLayout::STEREO);
-        ctx.set_format(format::Sample::F32(format::sample::Type::Planar));
+        let mut ctx = crate::audio::stereo_48k_encoder(
+            codec,
+            format::Sample::F32(format::sample::Type::Planar),
+        )?;
         ctx.set_bit_rate(AAC_BITRATE);
-        ctx.set_time_base(Rational::new(1, 48_000));
         ctx.set_flags(codec::Flags::GLOBAL_HEADER);
         let encoder = ctx
             .open_with(Dictionary::new())

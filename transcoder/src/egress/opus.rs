@@ -52,7 +52,7 @@ impl Decoded {
         while self.decoder.receive_frame(&mut decoded).is_ok() {
             decoded.set_pts(Some(frame.pts));
             if self.graph.is_none() {
-                self.graph = Some(graph(&decoded, &self.spec)?);
+                self.graph = Some(crate::audio::graph_for(&decoded, &self.spec)?);
             }
             let graph = self.graph.as_mut().expect("built above");
             graph
@@ -74,34 +74,4 @@ impl Decoded {
         }
         Ok(())
     }
-}
-
-/// A filter graph from frames like `first` through `spec`.
-fn graph(first: &frame::Audio, spec: &str) -> Result<filter::Graph, String> {
-    let layout = match first.channel_layout().bits() {
-        0 => format!("{}c", first.channels()),
-        bits => format!("0x{bits:x}"),
-    };
-    let args = format!(
-        "time_base=1/48000:sample_rate={}:sample_fmt={}:channel_layout={layout}",
-        first.rate(),
-        first.format().name()
-    );
-    let mut graph = filter::Graph::new();
-    let build = |graph: &mut filter::Graph| -> Result<(), ff::Error> {
-        graph.add(
-            &filter::find("abuffer").ok_or(ff::Error::FilterNotFound)?,
-            "in",
-            &args,
-        )?;
-        graph.add(
-            &filter::find("abuffersink").ok_or(ff::Error::FilterNotFound)?,
-            "out",
-            "",
-        )?;
-        graph.output("in", 0)?.input("out", 0)?.parse(spec)?;
-        graph.validate()
-    };
-    build(&mut graph).map_err(err("audio filter"))?;
-    Ok(graph)
 }

@@ -8,7 +8,7 @@
 
 use std::io::Cursor;
 
-use ffmpeg_next::{self as ff, ChannelLayout, Dictionary, codec, encoder, format, media};
+use ffmpeg_next::{Dictionary, codec, encoder, format, media};
 
 use super::frames::Codec;
 
@@ -67,14 +67,8 @@ pub fn video(codec: Codec, keyframe: &[u8]) -> Result<Probed, String> {
 /// that MP4, WebM and Ogg carry.
 pub fn opus() -> Result<Probed, String> {
     let codec = encoder::find_by_name("libopus").ok_or("this FFmpeg has no libopus")?;
-    let mut ctx = codec::Context::new_with_codec(codec)
-        .encoder()
-        .audio()
-        .map_err(|e| e.to_string())?;
-    ctx.set_rate(48_000);
-    ctx.set_channel_layout(ChannelLayout::STEREO);
-    ctx.set_format(format::Sample::I16(format::sample::Type::Packed));
-    ctx.set_time_base(ff::Rational::new(1, 48_000));
+    let ctx =
+        crate::audio::stereo_48k_encoder(codec, format::Sample::I16(format::sample::Type::Packed))?;
     let encoder = ctx
         .open_with(Dictionary::new())
         .map_err(|e| format!("opening libopus: {e}"))?;
