@@ -67,13 +67,17 @@ pub async fn create(
     authorize(&s, &headers, &name, Scope::Admin)?;
     spec.validate()
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
-    // A missing file is the client's to fix now, not a failure its first viewer meets.
-    let urls: Vec<String> = spec
-        .check_inputs()
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?
-        .into_iter()
-        .map(String::from)
-        .collect();
+    // A missing file is the client's to fix now, not a failure its first viewer meets. The
+    // file system may be slow (a network mount): off the runtime's threads.
+    let inputs = spec.clone();
+    let urls: Vec<String> = tokio::task::spawn_blocking(move || {
+        inputs
+            .check_inputs()
+            .map(|urls| urls.into_iter().map(String::from).collect())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("checking the inputs: {e}")))?
+    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let warnings = probe_all(&urls).await;
     let egresses = crate::egress::specs_of(&spec.egress)
         .map_err(|(i, e)| ApiError::BadRequest(format!("egress[{i}]: {e}")))?;
