@@ -90,12 +90,20 @@ impl Wisp {
             }
         };
         std::thread::spawn(move || for _ in stdout.lines() {});
-        Wisp {
+        let wisp = Wisp {
             child,
             base,
             dir,
             log,
-        }
+        };
+        // The log (stderr) is read on its own thread: the ready line on stdout can come
+        // first, so a test reading the start-up lines waits for them here.
+        assert!(
+            wisp.wait_log("wisp is serving", 10),
+            "no start-up log line: {}",
+            wisp.log()
+        );
+        wisp
     }
 
     pub fn token(&self, sessions: &str, scope: &str) -> String {
