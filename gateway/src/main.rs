@@ -2,8 +2,8 @@
 //! JWTs that viewers, publishers and operators present (DESIGN.md "Auth").
 //!
 //! Only clap types live here; `config.rs` resolves them with the environment and the file.
-//! The `unsafe` here is the allocator's: the counting wrapper around mimalloc ([`Counting`])
-//! and its collect call (see [`give_back_freed_memory`]).
+//! The `unsafe` here is the allocator's: the counting wrapper around jemalloc ([`Counting`])
+//! and glibc's trim (see [`give_back_freed_memory`]).
 #![deny(unsafe_code)]
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,17 +12,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: the media path allocates and frees a datagram per packet
+/// jemalloc instead of glibc's malloc: the media path allocates and frees a datagram per packet
 /// per viewer between long-lived per-viewer state, which left glibc's heap fragmented (RSS per
-/// viewer measured in docs/benchmarks.md).
+/// viewer measured in docs/benchmarks.md). Its background threads hand pages freed for ten
+/// seconds back to the kernel on their own clock, so a gateway whose viewers left returns to
+/// about its starting size (mimalloc, used before, kept tens of MiB: docs/soak.md).
 /// Counted, so that `wisp_heap_bytes` shows the live heap next to the RSS (`wisp::heap`).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+static ALLOCATOR: Counting = Counting(tikv_jemallocator::Jemalloc);
 
-/// mimalloc, reporting each block's size to `wisp::heap` (one uncontended atomic add).
-struct Counting(mimalloc::MiMalloc);
+/// jemalloc, reporting each block's size to `wisp::heap` (one uncontended atomic add).
+struct Counting(tikv_jemallocator::Jemalloc);
 
-// SAFETY: every call is passed unchanged to mimalloc, which upholds `GlobalAlloc`'s contract;
+// SAFETY: every call is passed unchanged to jemalloc, which upholds `GlobalAlloc`'s contract;
 // the counting beside it neither allocates nor touches the blocks.
 #[allow(unsafe_code)]
 unsafe impl std::alloc::GlobalAlloc for Counting {
@@ -367,37 +369,15 @@ fn say(line: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-/// Hands the memory the allocators hold free back to the kernel, at most once a second per
-/// thread, when a runtime thread runs out of work. mimalloc (Rust's allocations) keeps pages
-/// freed from another thread, and pages it has not got round to purging, with the heap that
-/// owns them until that thread allocates again; glibc's malloc (the C code: AWS-LC's DTLS
-/// and SRTP state) keeps freed chunks in its arenas. A gateway whose viewers all left would
-/// keep what they used: tens of MiB after a few hundred viewers, none of it live
-/// (docs/soak.md).
+/// Hands the memory glibc's malloc holds free back to the kernel, at most once a second, when
+/// a runtime thread runs out of work. Rust's allocations are jemalloc's, which does this on its
+/// own; the C code's (AWS-LC's DTLS and SRTP state) are glibc's, which keeps freed chunks in
+/// its arenas: a gateway whose viewers all left would keep what their handshakes used.
 fn give_back_freed_memory() {
-    use std::cell::Cell;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::{Duration, Instant};
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-    // glibc's arenas belong to the process, not the thread: one thread trims them, at most
-    // once a second (trimming locks each arena in turn).
+    // The arenas belong to the process, not the thread: one thread trims them, at most once a
+    // second (trimming locks each arena in turn).
     static LAST_TRIM_S: AtomicU64 = AtomicU64::new(0);
-    let now = Instant::now();
-    if LAST
-        .get()
-        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-    {
-        return;
-    }
-    LAST.set(Some(now));
-    // SAFETY: it takes no pointers and may be called from any thread at any time; it only
-    // returns memory this thread's heap holds free.
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_collect(true);
-    }
     let second = wisp::auth::now_secs();
     let last = LAST_TRIM_S.load(Ordering::Relaxed);
     if second > last
@@ -405,7 +385,8 @@ fn give_back_freed_memory() {
             .compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     {
-        // SAFETY: as above, for glibc's malloc and all its arenas.
+        // SAFETY: it takes no pointers and may be called from any thread at any time; it only
+        // returns memory glibc's arenas hold free.
         #[cfg(target_env = "gnu")]
         #[allow(unsafe_code)]
         unsafe {
