@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use str0m::config::DtlsCert;
 use wisp::config::{VideoCodec, VideoFormat};
 use wisp::offer::{Offer, Served};
-use wisp::peer::answer;
+use wisp::rtc::answer::answer;
 
 static CERT: LazyLock<DtlsCert> = LazyLock::new(|| {
     str0m::crypto::from_feature_flags()

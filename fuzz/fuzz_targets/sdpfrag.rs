@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use str0m::config::DtlsCert;
 use wisp::config::{VideoCodec, VideoFormat};
 use wisp::offer::{Fragment, Offer, Served, valid_ice_credentials};
-use wisp::peer::answer;
+use wisp::rtc::answer::answer;
 use wisp::resource::IceSession;
 
 static CERT: LazyLock<DtlsCert> = LazyLock::new(|| {

@@ -36,6 +36,7 @@ pub struct Overrides {
     pub rtmp: Option<Listen>,
     pub srt: Option<Listen>,
     pub assets: Option<PathBuf>,
+    pub workers: Option<usize>,
 }
 
 /// An optional listener's address, or `off`.
@@ -150,6 +151,8 @@ pub struct FileConfig {
     pub connect_timeout: Option<f64>,
     /// Bytes of kernel receive buffer asked for each RTC socket.
     pub udp_recv_buffer: Option<usize>,
+    /// Fan-out worker threads driving viewers; 0: one per core.
+    pub workers: Option<usize>,
     /// `GET /` lists session names to visitors without a token.
     pub public_sessions: Option<bool>,
     /// Where `/metrics` is served: `"main"` (the HTTP listener), an address, or `"off"`.
@@ -780,6 +783,9 @@ pub struct Config {
     /// Receive buffer asked for each RTC socket, bytes: a burst that does not fit is dropped
     /// by the kernel (counted in `wisp_udp_kernel_drops_total`).
     pub udp_recv_buffer: usize,
+    /// Fan-out worker threads driving viewers (`--workers`; 0 in the file or flag: one per
+    /// core).
+    pub workers: usize,
     /// `GET /` lists session names to anonymous visitors (off: only to a token naming them).
     pub public_sessions: bool,
     /// Where Prometheus metrics are served.
@@ -975,6 +981,15 @@ impl Config {
                 "udp_recv_buffer must be 4096 to 268435456 bytes".into(),
             ));
         }
+        let workers = match over.workers.or(file.workers).unwrap_or(0) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n if n <= 256 => n,
+            _ => {
+                return Err(ConfigError::Value(
+                    "workers must be 0 (one per core) to 256".into(),
+                ));
+            }
+        };
         let mut public_ips = over.public_ip;
         if public_ips.is_empty() {
             public_ips = file.public_ip;
@@ -1014,6 +1029,7 @@ impl Config {
             require_if_match: file.require_if_match.unwrap_or(true),
             connect_timeout,
             udp_recv_buffer,
+            workers,
             public_sessions: over
                 .public_sessions
                 .or(file.public_sessions)
@@ -1162,8 +1178,8 @@ mod tests {
             (d.public_sessions, d.cors_origins, d.require_if_match)
         );
         assert_eq!(
-            (c.connect_timeout, c.udp_recv_buffer),
-            (d.connect_timeout, d.udp_recv_buffer)
+            (c.connect_timeout, c.udp_recv_buffer, c.workers),
+            (d.connect_timeout, d.udp_recv_buffer, d.workers)
         );
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.http_limits, d.http_limits);

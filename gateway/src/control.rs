@@ -4,7 +4,7 @@
 //! Owns the wire format (requests, replies, events), the limits (message size, request rate,
 //! chat length) and the scope each operation needs. Sans-IO: [`Steering::on_message`] turns
 //! bytes into what the peer must do; carrying that out (the session, the data channel, token
-//! verification) is `peer.rs`'s. Scopes are enforced here, never by the client.
+//! verification) is `rtc/viewer.rs`'s. Scopes are enforced here, never by the client.
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! fields that are its own: payload type (its offer's numbering), sequence number and timestamp
 //! (rebased so that they run on without a jump across seeks, source restarts and the viewer's
 //! late start), and it starts video at a keyframe. The payload bytes are passed through
-//! untouched. Owns none of the transport (see `peer.rs`).
+//! untouched. Owns none of the transport (see `rtc/feed.rs`).
 
 use std::sync::{Arc, Mutex};
 

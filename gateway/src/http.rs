@@ -24,8 +24,8 @@ use crate::auth::{AuthError, Grant, Scope, Verifier};
 use crate::config::{Config, IceServer, MetricsAt};
 use crate::metrics::Metrics;
 use crate::offer::OfferError;
-use crate::peer::AnswerError;
 use crate::resource::PatchError;
+use crate::rtc::answer::AnswerError;
 use crate::session::{CreateError, JoinError, PublishError, Registry};
 use crate::udp::RtcPort;
 use crate::whep::Resources;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub sessions: Registry,
     pub resources: Resources,
     pub port: Arc<RtcPort>,
+    /// The fan-out workers that drive viewers.
+    pub workers: crate::rtc::worker::Workers,
     pub cert: DtlsCert,
     pub metrics: Arc<Metrics>,
     /// Set on SIGTERM/SIGINT: new sessions and viewers get 503.

@@ -20,7 +20,8 @@
 //! - `player.rs`: the built-in pages: the console (`/`), the player (`/play/{session}`) and
 //!   the publish page (`/publish/{session}`).
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
-//! - `peer.rs`: one viewer's str0m `Rtc` and the task that drives it.
+//! - `rtc/`: answering offers; the viewer's sans-IO core and the fan-out workers that drive
+//!   viewers (see its own layout).
 //! - `publisher.rs`: one WHIP publisher's `Rtc`; its packets into the live session's ring.
 //! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
 //! - `udp.rs`: the shared RTC port, host candidates, datagram demultiplexing.
@@ -45,10 +46,10 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod offer;
-pub mod peer;
 pub mod player;
 pub mod publisher;
 pub mod resource;
+pub mod rtc;
 pub mod serve;
 pub mod session;
 pub mod slots;

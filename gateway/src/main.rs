@@ -147,6 +147,10 @@ struct ServeArgs {
     /// the built-in pages].
     #[arg(long, env = "WISP_ASSETS")]
     assets: Option<PathBuf>,
+    /// Fan-out worker threads that drive viewers (each sends its viewers' media in one loop);
+    /// 0 is one per core [default: 0].
+    #[arg(long, env = "WISP_WORKERS")]
+    workers: Option<usize>,
     /// Check the configuration (the file, keys, sessions and their local inputs), print what
     /// would run, and exit: 0 if it is valid, 2 if not. Nothing is bound or started.
     #[arg(long)]
@@ -249,6 +253,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         rtmp: args.rtmp,
         srt: args.srt,
         assets: args.assets,
+        workers: args.workers,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,
@@ -297,6 +302,7 @@ fn check(config: &Config) -> ExitCode {
     let listen = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     say(&format!("http       {}", config.http));
     say(&format!("rtc        {} (UDP)", config.rtc));
+    say(&format!("workers    {} (fan-out threads)", config.workers));
     say(&format!("rtmp       {}", listen(config.rtmp)));
     say(&format!("srt        {} (UDP)", listen(config.srt)));
     say(&format!("state      {}", config.state_dir.display()));

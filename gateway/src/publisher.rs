@@ -21,8 +21,9 @@ use tracing::Instrument;
 
 use crate::config::{VideoCodec, VideoFormat};
 use crate::metrics::Metrics;
-use crate::peer::{OnEnd, Tracks};
+use crate::resource::OnEnd;
 use crate::resource::{IceSession, PeerMsg, PortLink, receive};
+use crate::rtc::answer::Tracks;
 use crate::session::{PublisherClaim, ReadySource};
 use crate::udp::{Outbox, RtcPort};
 
@@ -94,7 +95,7 @@ impl Publisher {
     }
 
     async fn run(mut self) {
-        let mut link = PortLink::new(self.port.clone(), &self.ice.ufrag);
+        let (mut link, mut datagrams) = PortLink::with_channel(self.port.clone(), &self.ice.ufrag);
         let session = self.claim.session().clone();
         let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
         let mut keyframe_tx = Some(keyframe_tx);
@@ -161,8 +162,8 @@ impl Publisher {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
-                dg = link.rx.recv() => {
-                    let Some(dg) = dg else { break "datagram channel closed".into() };
+                dg = datagrams.recv() => {
+                    let Some((_, dg)) = dg else { break "datagram channel closed".into() };
                     // What str0m hands out before the next poll came in this datagram.
                     sink.arrived_us = Some(dg.at_us);
                     if let Err(e) = receive(&mut self.rtc, &dg) {

@@ -1,7 +1,7 @@
 //! A WHIP or WHEP resource's ICE session: trickle and ICE-restart PATCHes (RFC 9725 §4.3,
 //! draft-ietf-wish-whep §4.5) with the resource's entity-tag, and the messages the HTTP layer
-//! sends a resource's task. Viewers (`peer.rs`) and publishers (`publisher.rs`) share it, so
-//! PATCH behaves the same on both.
+//! sends a resource (its worker, or its task). Viewers (`rtc/viewer.rs`) and publishers
+//! (`publisher.rs`) share it, so PATCH behaves the same on both.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,43 +11,50 @@ use str0m::{Candidate, Input, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::offer::{Fragment, Offer, valid_ice_credentials};
-use crate::udp::{Datagram, RtcPort};
+use crate::udp::{Datagram, RtcPort, Target};
 
 /// A resource's place on the shared RTC port: datagrams for each of its ICE sessions' ufrags
-/// come to `rx`. Dropping it stops the routing.
+/// go to its target. Dropping it stops the routing.
 #[derive(Debug)]
 pub struct PortLink {
     port: Arc<RtcPort>,
-    tx: mpsc::Sender<Datagram>,
-    pub rx: mpsc::Receiver<Datagram>,
+    target: Target,
     ufrags: Vec<String>,
 }
 
 impl PortLink {
-    pub fn new(port: Arc<RtcPort>, ufrag: &str) -> Self {
-        let (tx, rx) = mpsc::channel(256);
+    /// Routes `ufrag` to `target`.
+    pub fn new(port: Arc<RtcPort>, ufrag: &str, target: Target) -> Self {
         let mut link = Self {
             port,
-            tx,
-            rx,
+            target,
             ufrags: Vec::new(),
         };
         link.add(ufrag);
         link
     }
 
+    /// A link with a channel of its own (a publisher's task): the link, and where its
+    /// datagrams come out.
+    pub fn with_channel(
+        port: Arc<RtcPort>,
+        ufrag: &str,
+    ) -> (Self, mpsc::Receiver<(u64, Datagram)>) {
+        let (tx, rx) = mpsc::channel(256);
+        (Self::new(port, ufrag, Target { tx, key: 0 }), rx)
+    }
+
     /// Routes an ICE restart's new ufrag here too (late datagrams of the old one still come).
-    fn add(&mut self, ufrag: &str) {
-        self.port.register(ufrag, self.tx.clone());
+    pub fn add(&mut self, ufrag: &str) {
+        self.port.register(ufrag, self.target.clone());
         self.ufrags.push(ufrag.to_string());
     }
 }
 
 impl Drop for PortLink {
     fn drop(&mut self) {
-        for u in &self.ufrags {
-            self.port.unregister(u, &self.tx);
-        }
+        self.port
+            .unregister(self.ufrags.iter().map(String::as_str), &self.target);
     }
 }
 
@@ -67,6 +74,53 @@ pub fn receive(rtc: &mut Rtc, dg: &Datagram) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     rtc.handle_input(Input::Receive(Instant::now(), input))
         .map_err(|e| e.to_string())
+}
+
+/// Where the HTTP layer's messages to a resource go: its own task (a publisher), or the
+/// worker that drives it (a viewer), addressed by its key there.
+#[derive(Debug, Clone)]
+pub enum Inbox {
+    Task(mpsc::Sender<PeerMsg>),
+    Worker {
+        tx: mpsc::UnboundedSender<(u64, PeerMsg)>,
+        key: u64,
+    },
+}
+
+impl Inbox {
+    /// Hands `msg` over without waiting; false if the resource is gone (or its task is too
+    /// far behind to take it).
+    pub fn try_send(&self, msg: PeerMsg) -> bool {
+        match self {
+            Inbox::Task(tx) => tx.try_send(msg).is_ok(),
+            Inbox::Worker { tx, key } => tx.send((*key, msg)).is_ok(),
+        }
+    }
+
+    /// Hands `msg` over; false if the resource is gone.
+    pub async fn send(&self, msg: PeerMsg) -> bool {
+        match self {
+            Inbox::Task(tx) => tx.send(msg).await.is_ok(),
+            Inbox::Worker { tx, key } => tx.send((*key, msg)).is_ok(),
+        }
+    }
+}
+
+/// A callback run once when a resource ends, with why.
+pub struct OnEnd(pub Box<dyn FnOnce(&str) + Send>);
+
+impl OnEnd {
+    /// Runs the callback; later calls do nothing.
+    pub fn run(&mut self, reason: &str) {
+        let f = std::mem::replace(&mut self.0, Box::new(|_| {}));
+        f(reason);
+    }
+}
+
+impl std::fmt::Debug for OnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEnd")
+    }
 }
 
 /// Messages to a resource's task (viewer or publisher) from the HTTP layer.
@@ -192,7 +246,8 @@ impl IceSession {
             return Err(PatchError::BadCredentials);
         }
         let text = self.offer.with_ice_credentials(ufrag, pwd);
-        let answer = crate::peer::accept_offer(rtc, &text).map_err(PatchError::RestartFailed)?;
+        let answer =
+            crate::rtc::answer::accept_offer(rtc, &text).map_err(PatchError::RestartFailed)?;
         self.offer.text = text;
         for c in &frag.candidates {
             if let Ok(c) = Candidate::from_sdp_string(c) {

@@ -51,6 +51,8 @@ pub enum StartError {
     },
     #[error("generating the DTLS certificate failed")]
     Certificate,
+    #[error("starting the fan-out workers: {0}")]
+    Workers(std::io::Error),
     #[error("session {session:?}: egress {index}: {message}")]
     Egress {
         session: String,
@@ -115,6 +117,9 @@ impl Gateway {
             metrics.clone(),
         )
         .await?;
+        let workers =
+            crate::rtc::worker::Workers::start(config.workers, port.clone(), verifier.clone())
+                .map_err(StartError::Workers)?;
         let cert = str0m::crypto::from_feature_flags()
             .dtls_provider
             .generate_certificate()
@@ -212,6 +217,7 @@ impl Gateway {
             rtc = ?port.candidates(),
             transcoder = %config.transcoder.display(),
             sessions = config.sessions.len(),
+            workers = config.workers,
             "wisp is serving"
         );
         let demo_url = match (&minter, config.sessions.contains_key("demo")) {
@@ -267,6 +273,7 @@ impl Gateway {
             sessions,
             resources: Resources::default(),
             port,
+            workers,
             cert,
             metrics,
             draining: AtomicBool::new(false),

@@ -121,7 +121,7 @@ enum Msg {
     Control {
         id: Value,
         command: Command,
-        reply: mpsc::UnboundedSender<ControlReply>,
+        reply: ReplyTo,
     },
     /// A live session's publisher is connected and writes into this source's ring; keyframe
     /// requests go to `keyframes`.
@@ -163,6 +163,21 @@ pub enum Kind {
     Vod,
     /// A WHIP publisher.
     Live,
+}
+
+/// Where a command's outcome goes: the channel of the viewer's worker, and the viewer's key
+/// on it.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    pub tx: mpsc::UnboundedSender<(u64, ControlReply)>,
+    pub viewer: u64,
+}
+
+impl ReplyTo {
+    /// Sends the outcome; false if the viewer's worker is gone.
+    pub fn send(&self, reply: ControlReply) -> bool {
+        self.tx.send((self.viewer, reply)).is_ok()
+    }
 }
 
 /// The outcome of a viewer's command, for its reply.
@@ -569,8 +584,13 @@ impl Session {
         let _ = self.tx.send(Msg::KeyframeRequest);
     }
 
+    /// Unique for the gateway's life (a name may be reused after a session is removed).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Hands a viewer's command to the source; the outcome comes back on `reply`.
-    pub fn control(&self, id: Value, command: Command, reply: mpsc::UnboundedSender<ControlReply>) {
+    pub fn control(&self, id: Value, command: Command, reply: ReplyTo) {
         let _ = self.tx.send(Msg::Control { id, command, reply });
     }
 
@@ -916,10 +936,10 @@ struct SessionTask {
     /// Last reported media position, seconds: where a restarted transcoder resumes.
     position: Option<f64>,
     /// Viewers' commands sent to the transcoder, by request id, waiting for `done`/`error`.
-    pending: HashMap<u64, (Value, mpsc::UnboundedSender<ControlReply>)>,
+    pending: HashMap<u64, (Value, ReplyTo)>,
     next_request: u64,
     /// Viewers' commands that came while the transcoder was starting, sent once it is ready.
-    held: Vec<(Value, Command, mpsc::UnboundedSender<ControlReply>)>,
+    held: Vec<(Value, Command, ReplyTo)>,
     /// The transcoder slot lease the transcoder runs under (`None`: none running or waiting
     /// for a restart).
     lease: Option<u64>,
@@ -1053,12 +1073,7 @@ impl SessionTask {
     }
 
     /// A viewer's command: to the transcoder when it is ready, else refused at once.
-    async fn on_control(
-        &mut self,
-        id: Value,
-        command: Command,
-        reply: mpsc::UnboundedSender<ControlReply>,
-    ) {
+    async fn on_control(&mut self, id: Value, command: Command, reply: ReplyTo) {
         let refuse = |message: &str| ControlReply {
             id: id.clone(),
             result: Err(Refusal::new(Code::Unavailable, message)),

@@ -64,8 +64,22 @@ pub struct RtcPort {
 
 #[derive(Debug, Default)]
 struct Routes {
-    by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
-    by_addr: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
+    by_ufrag: HashMap<String, Target>,
+    by_addr: HashMap<SocketAddr, Target>,
+}
+
+/// Where a peer's datagrams go: a channel, and the peer's key on it (a worker's channel
+/// carries the datagrams of all its viewers; a publisher's task has one of its own).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub tx: mpsc::Sender<(u64, Datagram)>,
+    pub key: u64,
+}
+
+impl Target {
+    fn is(&self, other: &Target) -> bool {
+        self.key == other.key && self.tx.same_channel(&other.tx)
+    }
 }
 
 impl RtcPort {
@@ -221,19 +235,19 @@ impl RtcPort {
                 data: data.to_vec(),
                 at_us: rtp_ring::now_us(),
             };
-            if peer.try_send(dg).is_err() {
+            if peer.tx.try_send((peer.key, dg)).is_err() {
                 // The peer is gone or too far behind to keep up; UDP may drop.
                 self.metrics.udp_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    fn route(&self, source: SocketAddr, data: &[u8]) -> Option<mpsc::Sender<Datagram>> {
+    fn route(&self, source: SocketAddr, data: &[u8]) -> Option<Target> {
         let stun_ufrag = stun_ufrag(data);
         let mut routes = self.routes.lock().expect("routes lock is never poisoned");
         if let Some(ufrag) = stun_ufrag {
             let peer = routes.by_ufrag.get(&ufrag)?.clone();
-            if peer.is_closed() {
+            if peer.tx.is_closed() {
                 routes.by_ufrag.remove(&ufrag);
                 return None;
             }
@@ -242,7 +256,7 @@ impl RtcPort {
             return Some(peer);
         }
         let peer = routes.by_addr.get(&source)?;
-        if peer.is_closed() {
+        if peer.tx.is_closed() {
             routes.by_addr.remove(&source);
             return None;
         }
@@ -250,16 +264,20 @@ impl RtcPort {
     }
 
     /// Routes STUN for `ufrag` (a peer's local ICE ufrag) to `peer`.
-    pub fn register(&self, ufrag: &str, peer: mpsc::Sender<Datagram>) {
+    pub fn register(&self, ufrag: &str, peer: Target) {
         let mut routes = self.routes.lock().expect("routes lock is never poisoned");
         routes.by_ufrag.insert(ufrag.to_string(), peer);
     }
 
-    /// Forgets a peer's ufrag and every address routed to it.
-    pub fn unregister(&self, ufrag: &str, peer: &mpsc::Sender<Datagram>) {
+    /// Forgets a peer's ufrags and every address routed to it.
+    pub fn unregister<'a>(&self, ufrags: impl IntoIterator<Item = &'a str>, peer: &Target) {
         let mut routes = self.routes.lock().expect("routes lock is never poisoned");
-        routes.by_ufrag.remove(ufrag);
-        routes.by_addr.retain(|_, p| !p.same_channel(peer));
+        for u in ufrags {
+            if routes.by_ufrag.get(u).is_some_and(|p| p.is(peer)) {
+                routes.by_ufrag.remove(u);
+            }
+        }
+        routes.by_addr.retain(|_, p| !p.is(peer));
     }
 
     /// The socket that the candidate address `source` stands for.

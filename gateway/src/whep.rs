@@ -3,8 +3,8 @@
 //! DELETE.
 //!
 //! Owns the request-level rules (content types, entity-tags, headers of the 201) and the
-//! registry of live resources. The offer policy is `offer.rs`'s, the peer is `peer.rs`'s, and
-//! statuses come from `http::ApiError`.
+//! registry of live resources. The offer policy is `offer.rs`'s, the viewer is
+//! `rtc/viewer.rs`'s (driven by `rtc/worker.rs`), and statuses come from `http::ApiError`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::auth::{Scope, valid_session_name};
 use crate::config::VideoFormat;
@@ -24,8 +24,11 @@ use crate::http::{
     ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
 };
 use crate::offer::{Fragment, Offer, Served};
-use crate::peer::{OnEnd, Peer, answer};
-use crate::resource::{Closed, IceSession, Patched, PeerMsg, new_etag};
+use crate::resource::{Closed, IceSession, Inbox, OnEnd, Patched, PeerMsg, new_etag};
+use crate::rtc::Clock;
+use crate::rtc::answer::answer;
+use crate::rtc::viewer::{Params, Viewer};
+use crate::rtc::worker::Joining;
 use crate::session::{JoinError, Kind, Source};
 
 pub const SDP: &str = "application/sdp";
@@ -61,7 +64,7 @@ impl Role {
 pub struct Resource {
     pub session: String,
     pub role: Role,
-    pub tx: mpsc::Sender<PeerMsg>,
+    pub tx: Inbox,
 }
 
 /// All live resources by id, and why recent ones ended.
@@ -155,7 +158,7 @@ impl Resources {
     /// Asks every peer to close (shutdown).
     pub fn close_all(&self) {
         for r in self.map.lock().expect("not poisoned").values() {
-            let _ = r.tx.try_send(PeerMsg::Close(Closed::Shutdown));
+            r.tx.try_send(PeerMsg::Close(Closed::Shutdown));
         }
     }
 }
@@ -241,28 +244,36 @@ pub async fn post(
     let answered = answer(&offer, plan, format, &s.cert, &s.port.candidates(), false)?;
     let id = random_id();
     let etag = new_etag();
-    let (inbox, on_end) = register(&s, &name, &id, Role::Viewer);
-    Peer {
-        id: id.clone(),
-        rtc: answered.rtc,
-        ice: IceSession {
-            offer,
-            ufrag: answered.ufrag,
-            etag: etag.clone(),
+    let at = s.workers.place();
+    let on_end = register(&s, &name, &id, Role::Viewer, s.workers.inbox(at));
+    let viewer = Viewer::new(
+        Params {
+            id: id.clone(),
+            session: name.clone(),
+            live: session.kind == Kind::Live,
+            rtc: answered.rtc,
+            ice: IceSession {
+                offer,
+                ufrag: answered.ufrag,
+                etag: etag.clone(),
+            },
+            tracks: answered.tracks,
+            video_format: format,
+            grant: grant.clone(),
+            connect_timeout: s.config.connect_timeout,
+            metrics: s.metrics.clone(),
+            clock: Clock::read(),
         },
-        tracks: answered.tracks,
-        video_format: format,
-        slot,
-        port: s.port.clone(),
-        metrics: s.metrics.clone(),
-        inbox,
-        outbox: crate::udp::Outbox::default(),
-        grant: grant.clone(),
-        verifier: s.verifier.clone(),
-        on_end,
-        connect_timeout: s.config.connect_timeout,
-    }
-    .spawn();
+        Instant::now(),
+    );
+    s.workers.add(
+        at,
+        Joining {
+            viewer,
+            slot,
+            on_end,
+        },
+    );
     tracing::info!(
         session = %name,
         resource = %id,
@@ -279,15 +290,9 @@ pub async fn post(
     ))
 }
 
-/// Registers a new resource `id` of `role` in `session`: the inbox its task reads, and the
-/// callback that removes it when the task ends.
-pub fn register(
-    s: &Shared,
-    session: &str,
-    id: &str,
-    role: Role,
-) -> (mpsc::Receiver<PeerMsg>, OnEnd) {
-    let (tx, inbox) = mpsc::channel(8);
+/// Registers a new resource `id` of `role` in `session` with the inbox its messages go to;
+/// returns the callback that removes it when it ends.
+pub fn register(s: &Shared, session: &str, id: &str, role: Role, tx: Inbox) -> OnEnd {
     s.resources.insert(
         id.to_string(),
         Resource {
@@ -300,10 +305,9 @@ pub fn register(
     let state = s.clone();
     let id = id.to_string();
     let session = session.to_string();
-    let on_end = OnEnd(Box::new(move |reason: &str| {
+    OnEnd(Box::new(move |reason: &str| {
         state.resources.end(&id, &session, role, reason);
-    }));
-    (inbox, on_end)
+    }))
 }
 
 /// `PATCH /whep/{session}/{resource}`.
@@ -354,15 +358,17 @@ pub async fn patch_resource(
     }
     let gone = || ApiError::NotFound(format!("the {} resource has ended", role.what()));
     let (reply, rx) = oneshot::channel();
-    resource
+    let sent = resource
         .tx
         .send(PeerMsg::Patch {
             fragment,
             if_match,
             reply,
         })
-        .await
-        .map_err(|_| gone())?;
+        .await;
+    if !sent {
+        return Err(gone());
+    }
     let patched = rx.await.map_err(|_| gone())??;
     Ok(match patched {
         Patched::Trickled => StatusCode::NO_CONTENT.into_response(),
@@ -391,7 +397,7 @@ pub fn delete_resource(
     s.resources.find(name, id, role)?;
     authorize(s, headers, name, role.scope())?;
     if let Some(r) = s.resources.remove(id) {
-        let _ = r.tx.try_send(PeerMsg::Close(Closed::Deleted));
+        r.tx.try_send(PeerMsg::Close(Closed::Deleted));
         tracing::info!(session = %name, resource = %id, "{} resource deleted", role.what());
     }
     Ok(StatusCode::OK)

@@ -18,9 +18,9 @@ use crate::auth::Scope;
 use crate::auth::valid_session_name;
 use crate::http::{ApiError, Shared, authorize, random_id, require_type};
 use crate::offer::Offer;
-use crate::peer::answer;
 use crate::publisher::Publisher;
-use crate::resource::{IceSession, new_etag};
+use crate::resource::{IceSession, Inbox, new_etag};
+use crate::rtc::answer::answer;
 use crate::session::{Ingest, PublishError};
 use crate::whep::{Role, SDP, created, delete_resource, patch_resource, register};
 
@@ -94,7 +94,8 @@ pub async fn post(
         .session()
         .set_simulcast(layers.map(crate::session::SimulcastInfo::new));
     let etag = new_etag();
-    let (inbox, on_end) = register(&s, &name, &id, Role::Publisher);
+    let (tx, inbox) = tokio::sync::mpsc::channel(8);
+    let on_end = register(&s, &name, &id, Role::Publisher, Inbox::Task(tx));
     Publisher {
         id: id.clone(),
         rtc: answered.rtc,

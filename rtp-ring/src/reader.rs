@@ -298,5 +298,30 @@ mod async_reader {
                 guard.clear_ready();
             }
         }
+
+        /// Waits until records are written past the cursor, then moves the cursor past all
+        /// of them without reading any; returns the new cursor (the ring's write index).
+        /// For one waiter that wakes many readers kept elsewhere (each reads its own cursor
+        /// with [`Reader::try_next_into`]), instead of one wakeup registration per reader.
+        /// Cancel-safe.
+        pub async fn written(&mut self) -> std::io::Result<u64> {
+            loop {
+                let w = self.reader.write_index();
+                if self.reader.cursor < w {
+                    self.reader.cursor = w;
+                    return Ok(w);
+                }
+                let Some(fd) = &self.fd else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                };
+                let _sleeping = Sleeper::enter(&self.reader.mapping);
+                if self.reader.cursor < self.reader.write_index() {
+                    continue;
+                }
+                let mut guard = fd.readable().await?;
+                guard.clear_ready();
+            }
+        }
     }
 }

@@ -181,6 +181,41 @@ async fn an_async_reader_is_woken_through_asyncfd() {
     writer.join().expect("writer");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_async_waiter_sees_every_write_and_moves_past_it() {
+    let ring = Ring::create_memfd("t", SMALL).expect("ring");
+    let mut waiter = ring.reader().into_async().expect("async reader");
+    // Readers kept elsewhere read on their own cursors when the waiter wakes.
+    let mut kept = ring.reader();
+    let ring2 = ring.clone();
+    let writer = std::thread::spawn(move || {
+        let mut writer = ring2.writer();
+        for i in 0..100u64 {
+            let p = packet_for(i);
+            writer.write(record_for(i, &p)).expect("fits");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let mut packet = Vec::new();
+    let mut read = 0u64;
+    while read < 100 {
+        let w = tokio::time::timeout(Duration::from_secs(10), waiter.written())
+            .await
+            .expect("woken before the deadline")
+            .expect("io");
+        assert!(w > read, "woken only for new records: {w} after {read}");
+        while let Some(meta) = kept.try_next_into(&mut packet).expect("no overrun") {
+            assert_eq!(meta.index, read);
+            read += 1;
+        }
+        assert!(
+            read >= w,
+            "everything up to the index it returned was written"
+        );
+    }
+    writer.join().expect("writer");
+}
+
 /// One writer and four readers in threads, a small ring so that readers get lapped: every record
 /// a reader returns must be whole and in increasing order, and overruns must account for every
 /// record it did not see.

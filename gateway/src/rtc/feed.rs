@@ -1,0 +1,262 @@
+//! One viewer's feed from its session's current source: the session's records handed to the
+//! viewer's str0m `Rtc` with the viewer's own header fields (`fanout::TrackMap`), video from a
+//! keyframe, and the catching up on a backlog. Plain state: the caller reads the ring and
+//! drives str0m.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtp_ring::{Flags, RtpHeaderView};
+use str0m::Rtc;
+use str0m::media::Pt;
+use str0m::rtp::RtpWrite;
+
+use crate::fanout::{Catchup, Step, TrackMap, payload_range};
+use crate::rtc::answer::Tracks;
+use crate::session::{Capture, ReadySource};
+
+/// Records written between two polls of str0m, at most (the latency bookkeeping's capacity).
+pub const DRAIN_BATCH: usize = 64;
+
+/// What became of one ring record for one viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Handed to str0m; `first` for the viewer's first packet.
+    Sent { first: bool, video: bool },
+    /// Dropped while the viewer waits for a keyframe; ask the source for one if told to.
+    Waiting { request_keyframe: bool },
+    /// Not for this viewer (a track it did not negotiate, or not RTP).
+    Skipped,
+}
+
+/// One viewer's feed from the current source: per-track rewriting (`fanout::TrackMap`) and
+/// the hand-over of shared payloads to str0m.
+#[derive(Debug)]
+pub struct Feed {
+    ready: Option<Arc<ReadySource>>,
+    video: Option<TrackMap>,
+    audio: Option<TrackMap>,
+    sent: u64,
+    /// Set while the viewer catches up on a backlog (video only; audio resumes when live).
+    catchup: Option<Catchup>,
+    /// Capture times of the records written since [`Feed::take_written`], for the
+    /// forwarding latency.
+    written: Vec<u64>,
+    /// Capture times of the live video frames whose last packet was written since
+    /// [`Feed::take_frames`], for the ingest latency (sources stamped at the gateway's ingest).
+    frames: Vec<u64>,
+}
+
+impl Feed {
+    /// Random starting sequence numbers and timestamps per track (RFC 3550 §5.1).
+    pub fn new(tracks: &Tracks) -> Self {
+        let mut rnd = [0u8; 12];
+        let _ = rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty());
+        let r16 = |i: usize| u16::from_be_bytes([rnd[i], rnd[i + 1]]) & 0x7fff;
+        let r32 = |i: usize| u32::from_be_bytes([rnd[i], rnd[i + 1], rnd[i + 2], rnd[i + 3]]);
+        Self {
+            ready: None,
+            video: tracks
+                .video
+                .as_ref()
+                .map(|(_, pt, clock)| TrackMap::new(**pt, *clock, true, r16(0), r32(4))),
+            audio: tracks
+                .audio
+                .as_ref()
+                .map(|(_, pt, clock)| TrackMap::new(**pt, *clock, false, r16(2), r32(8))),
+            sent: 0,
+            catchup: None,
+            written: Vec::with_capacity(DRAIN_BATCH + 1),
+            frames: Vec::new(),
+        }
+    }
+
+    /// The source followed, if any.
+    pub fn ready(&self) -> Option<&Arc<ReadySource>> {
+        self.ready.as_ref()
+    }
+
+    /// Follows a (new) source: timing re-anchors, and video waits for a keyframe.
+    pub fn attach(&mut self, ready: Arc<ReadySource>) {
+        self.discontinuity();
+        self.ready = Some(ready);
+    }
+
+    /// Sends what follows as a backlog, paced by `catchup` (see [`Feed::due`]).
+    pub fn begin_catchup(&mut self, catchup: Catchup) {
+        if let Some(v) = self.video.as_mut() {
+            v.compress(catchup.speed());
+        }
+        self.catchup = Some(catchup);
+    }
+
+    /// Whether the viewer is still catching up on a backlog.
+    pub fn catching_up(&self) -> bool {
+        self.catchup.is_some()
+    }
+
+    /// When to write the record captured at `capture_us`: `None` now, else at the returned
+    /// time (µs, `rtp_ring::now_us` clock). The first record that needs no wait ends the
+    /// catching up.
+    pub fn due(&mut self, capture_us: u64, now_us: u64) -> Option<u64> {
+        let c = self.catchup?;
+        if c.caught_up(capture_us) {
+            self.end_catchup();
+            return None;
+        }
+        let due = c.due_us(capture_us);
+        (due > now_us).then_some(due)
+    }
+
+    /// The viewer has sent everything in the ring: it is live. Returns whether it was still
+    /// catching up.
+    pub fn reached_live_edge(&mut self) -> bool {
+        let was = self.catchup.is_some();
+        self.end_catchup();
+        was
+    }
+
+    fn end_catchup(&mut self) {
+        if self.catchup.take().is_some()
+            && let Some(v) = self.video.as_mut()
+        {
+            v.end_compress();
+        }
+    }
+
+    /// A break in what this viewer read (an overrun).
+    pub fn discontinuity(&mut self) {
+        self.end_catchup();
+        if let Some(v) = self.video.as_mut() {
+            v.discontinuity();
+        }
+        if let Some(a) = self.audio.as_mut() {
+            a.discontinuity();
+        }
+    }
+
+    /// Whether live records were written since [`Feed::take_written`].
+    pub fn wrote(&self) -> bool {
+        !self.written.is_empty() || !self.frames.is_empty()
+    }
+
+    /// The capture times of the live records written since the last call (a backlog sent
+    /// while catching up is late on purpose and not among them).
+    pub fn take_written(&mut self) -> std::vec::Drain<'_, u64> {
+        self.written.drain(..)
+    }
+
+    /// The capture times of the live video frames finished since the last call, from a
+    /// source stamped at the gateway's ingest (none otherwise).
+    pub fn take_frames(&mut self) -> std::vec::Drain<'_, u64> {
+        self.frames.drain(..)
+    }
+
+    /// Packets sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Writes one ring record to the viewer's `rtc` with the viewer's header fields, as
+    /// sent at `now`.
+    pub fn write(
+        &mut self,
+        rtc: &mut Rtc,
+        tracks: &Tracks,
+        meta: &rtp_ring::RecordMeta,
+        packet: &[u8],
+        now: Instant,
+    ) -> Written {
+        let Some(ready) = &self.ready else {
+            return Written::Skipped;
+        };
+        let (map, mid, video) = if Some(meta.track) == ready.video_track {
+            match (&mut self.video, &tracks.video) {
+                (Some(m), Some((mid, _, _))) => (m, *mid, true),
+                _ => return Written::Skipped,
+            }
+        } else if Some(meta.track) == ready.audio_track {
+            match (&mut self.audio, &tracks.audio) {
+                // Sound cannot be sped up: audio joins once the viewer is live.
+                _ if self.catchup.is_some() => return Written::Skipped,
+                (Some(m), Some((mid, _, _))) => (m, *mid, false),
+                _ => return Written::Skipped,
+            }
+        } else {
+            return Written::Skipped;
+        };
+        let (Some(hdr), Some(payload)) = (RtpHeaderView::parse(packet), payload_range(packet))
+        else {
+            return Written::Skipped;
+        };
+        match map.step(&hdr, meta.flags, meta.capture_us) {
+            Step::WaitKeyframe { request_keyframe } => Written::Waiting { request_keyframe },
+            Step::Send {
+                pt,
+                seq,
+                timestamp,
+                marker,
+            } => {
+                let mut api = rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                    return Written::Skipped;
+                };
+                tx.write_rtp(
+                    RtpWrite::new(
+                        Pt::from(pt),
+                        seq.into(),
+                        timestamp,
+                        now,
+                        ready.payloads.get(meta.index, &packet[payload]),
+                    )
+                    .marker(marker)
+                    .nackable(video),
+                );
+                self.sent += 1;
+                if self.catchup.is_none() {
+                    if ready.capture != Capture::Ingested {
+                        self.written.push(meta.capture_us);
+                    }
+                    if video
+                        && ready.capture != Capture::Written
+                        && meta.flags.contains(Flags::END_OF_FRAME)
+                    {
+                        self.frames.push(meta.capture_us);
+                    }
+                }
+                Written::Sent {
+                    first: self.sent == 1,
+                    video,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use str0m::media::{Mid, Pt};
+
+    use super::*;
+
+    #[test]
+    fn a_viewer_catching_up_is_live_once_it_has_sent_everything_written() {
+        let tracks = Tracks {
+            video: Some((Mid::from("0"), Pt::from(96), 90_000)),
+            audio: None,
+        };
+        let mut feed = Feed::new(&tracks);
+        // A keyframe two seconds old: records are paced by their capture times, and one
+        // stamped 100 ms before it was written (a transcoded live source's arrival stamp)
+        // would not count as caught up yet.
+        let now = 10_000_000;
+        feed.begin_catchup(Catchup::new(now, now - 2_000_000).expect("old enough"));
+        assert!(feed.due(now + 500_000 - 100_000, now + 500_000).is_some());
+        assert!(feed.catching_up());
+        // The ring drained: nothing written is left to send, so it is live.
+        assert!(feed.reached_live_edge());
+        assert!(!feed.catching_up());
+        assert_eq!(feed.due(now + 600_000, now + 600_000), None);
+        assert!(!feed.reached_live_edge(), "already live");
+    }
+}
