@@ -114,6 +114,7 @@ impl Gateway {
             config.rtc,
             &config.public_ips,
             config.udp_recv_buffer,
+            config.workers,
             metrics.clone(),
         )
         .await?;

@@ -48,7 +48,12 @@ pub enum BindError {
 /// The bound sockets and what peers need to use them.
 #[derive(Debug)]
 pub struct RtcPort {
+    /// One per local address, read by the port's own receive tasks (publishers send on them).
     sockets: Vec<Arc<UdpSocket>>,
+    /// Per fan-out worker, its own sockets on the same addresses and port (`SO_REUSEPORT`:
+    /// the kernel spreads arriving datagrams over all of them by their addresses), until the
+    /// worker takes them. A worker reads its own and sends on them, segment size and all.
+    worker_sockets: Mutex<Vec<Option<Vec<WorkerSocket>>>>,
     /// Per socket: quinn-udp's sender, for segmentation offload (UDP GSO) where the kernel has it.
     senders: Vec<quinn_udp::UdpSocketState>,
     /// `(candidate address, socket index)`: the addresses written into answers.
@@ -60,6 +65,14 @@ pub struct RtcPort {
     /// The last drop count read and when: /metrics is anonymous by default, and the table is
     /// the whole namespace's, so it is read at most once a second.
     drops: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// One of a fan-out worker's sockets, and the candidate address datagrams arriving on it
+/// count as arriving at.
+#[derive(Debug)]
+pub struct WorkerSocket {
+    pub socket: std::net::UdpSocket,
+    pub destination: SocketAddr,
 }
 
 #[derive(Debug, Default)]
@@ -86,10 +99,12 @@ impl RtcPort {
     /// Binds `addr`. A wildcard address binds each local address of the machine on the port
     /// (the port of the first socket when 0). `public_ips`, when given, replace the bound
     /// addresses in candidates (1:1 NAT, containers).
+    /// Each of `workers` fan-out workers gets sockets of its own on the same addresses.
     pub async fn bind(
         addr: SocketAddr,
         public_ips: &[IpAddr],
         recv_buffer: usize,
+        workers: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, BindError> {
         let locals: Vec<IpAddr> = if addr.ip().is_unspecified() {
@@ -112,28 +127,37 @@ impl RtcPort {
         let mut port = addr.port();
         let mut sockets = Vec::new();
         let mut senders = Vec::new();
+        let mut per_worker: Vec<Vec<std::net::UdpSocket>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut inodes = Vec::new();
         for ip in &locals {
             let at = SocketAddr::new(*ip, port);
-            let socket = UdpSocket::bind(at)
-                .await
+            let bind_error = |source| BindError::Bind { addr: at, source };
+            let socket = bind_shared(at, true).map_err(bind_error)?;
+            let at = socket.local_addr().map_err(bind_error)?;
+            port = at.port();
+            set_recv_buffer(&socket, recv_buffer, at);
+            for w in per_worker.iter_mut() {
+                let s = bind_shared(at, false)
+                    .map_err(|source| BindError::Bind { addr: at, source })?;
+                set_recv_buffer_quietly(&s, recv_buffer);
+                w.push(s);
+            }
+            let socket = UdpSocket::from_std(socket)
                 .map_err(|source| BindError::Bind { addr: at, source })?;
-            port = socket
-                .local_addr()
-                .map_err(|source| BindError::Bind { addr: at, source })?
-                .port();
             senders.push(
                 quinn_udp::UdpSocketState::new((&socket).into())
                     .map_err(|source| BindError::Bind { addr: at, source })?,
             );
-            set_recv_buffer(&socket, recv_buffer, at);
             sockets.push(Arc::new(socket));
         }
-        let inodes = sockets
-            .iter()
-            .filter_map(|s| rustix::fs::fstat(s.as_ref()).ok())
-            .map(|st| st.st_ino)
-            .collect();
-        let candidates = if public_ips.is_empty() {
+        for s in &sockets {
+            inodes.extend(rustix::fs::fstat(s.as_ref()).ok().map(|st| st.st_ino));
+        }
+        for s in per_worker.iter().flatten() {
+            inodes.extend(rustix::fs::fstat(s).ok().map(|st| st.st_ino));
+        }
+        let candidates: Vec<(SocketAddr, usize)> = if public_ips.is_empty() {
             locals
                 .iter()
                 .enumerate()
@@ -145,8 +169,34 @@ impl RtcPort {
                 .map(|ip| (SocketAddr::new(*ip, port), 0))
                 .collect()
         };
+        // A worker's socket i is on local address i: it counts datagrams as arriving at that
+        // address's candidate.
+        let destination_of = |i: usize| {
+            candidates
+                .iter()
+                .find(|(_, s)| *s == i)
+                .or(candidates.first())
+                .map(|(a, _)| *a)
+                .expect("at least one candidate")
+        };
+        let worker_sockets = per_worker
+            .into_iter()
+            .map(|socks| {
+                Some(
+                    socks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, socket)| WorkerSocket {
+                            socket,
+                            destination: destination_of(i),
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
         Ok(Arc::new(Self {
             sockets,
+            worker_sockets: Mutex::new(worker_sockets),
             senders,
             candidates,
             routes: Mutex::new(Routes::default()),
@@ -172,6 +222,52 @@ impl RtcPort {
             .sum();
         *last = Some((std::time::Instant::now(), n));
         n
+    }
+
+    /// Fan-out worker `index`'s sockets, one per local address in candidate order (once).
+    pub fn take_worker_sockets(&self, index: usize) -> Option<Vec<WorkerSocket>> {
+        self.worker_sockets
+            .lock()
+            .expect("not poisoned")
+            .get_mut(index)
+            .and_then(Option::take)
+    }
+
+    /// The index of the local address a candidate address stands for (a worker's socket
+    /// index for sending from it).
+    pub fn address_index(&self, source: SocketAddr) -> usize {
+        self.socket_for(source)
+    }
+
+    /// Counts a datagram read from a socket and finds whom it is for: `None` for garbage
+    /// and for datagrams no peer is known by (both counted).
+    pub fn accept(&self, source: SocketAddr, data: &[u8]) -> Option<Target> {
+        self.metrics.udp_in.fetch_add(1, Ordering::Relaxed);
+        if !demultiplexable(data) {
+            self.metrics.udp_garbage.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let peer = self.route(source, data);
+        if peer.is_none() {
+            self.metrics.udp_unrouted.fetch_add(1, Ordering::Relaxed);
+        }
+        peer
+    }
+
+    /// Counts datagrams a peer's queue had no room for.
+    pub fn count_dropped(&self, n: u64) {
+        self.metrics.udp_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts datagrams sent (and their bytes) and datagrams that could not be sent.
+    pub fn count_sent(&self, datagrams: u64, bytes: u64, failed: u64) {
+        self.metrics.udp_out.fetch_add(datagrams, Ordering::Relaxed);
+        self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        if failed > 0 {
+            self.metrics
+                .udp_send_errors
+                .fetch_add(failed, Ordering::Relaxed);
+        }
     }
 
     /// The addresses to write into answers as host candidates.
@@ -220,13 +316,7 @@ impl RtcPort {
                 }
             };
             let data = &buf[..n];
-            self.metrics.udp_in.fetch_add(1, Ordering::Relaxed);
-            if !demultiplexable(data) {
-                self.metrics.udp_garbage.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let Some(peer) = self.route(source, data) else {
-                self.metrics.udp_unrouted.fetch_add(1, Ordering::Relaxed);
+            let Some(peer) = self.accept(source, data) else {
                 continue;
             };
             let dg = Datagram {
@@ -352,9 +442,41 @@ pub fn stun_ufrag(data: &[u8]) -> Option<String> {
         .and_then(|m| m.split_username().map(|(local, _)| local.to_string()))
 }
 
+/// A nonblocking UDP socket bound to `at` with `SO_REUSEPORT`, so that the fan-out workers'
+/// sockets can share the address. `first`: the address must be free (a plain bind is tried
+/// first), so that another program on the port is an error as it was without the sharing.
+fn bind_shared(at: SocketAddr, first: bool) -> std::io::Result<std::net::UdpSocket> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    if first && at.port() != 0 {
+        drop(std::net::UdpSocket::bind(at)?);
+    }
+    let family = match at {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &at)?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+/// [`set_recv_buffer`] for a worker's socket: what the kernel granted was logged for the
+/// address's first socket.
+fn set_recv_buffer_quietly(socket: &std::net::UdpSocket, bytes: usize) {
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(socket, bytes / 2).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(socket, bytes / 2);
+    }
+}
+
 /// Asks for a receive buffer of `bytes` (forcing past `net.core.rmem_max` where the process
 /// may), and logs what the kernel granted: bursts that overflow it are dropped by the kernel.
-fn set_recv_buffer(socket: &UdpSocket, bytes: usize, at: SocketAddr) {
+fn set_recv_buffer(socket: &impl std::os::fd::AsFd, bytes: usize, at: SocketAddr) {
     use rustix::net::sockopt;
     // The kernel doubles what it is asked for (for its bookkeeping) and reports the double.
     let half = bytes / 2;

@@ -9,6 +9,7 @@
 //! the fewest; a session's viewers may span workers.
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,10 +19,10 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::Verifier;
 use crate::resource::{Inbox, OnEnd, Patched, PeerMsg, PortLink};
-use crate::rtc::batch::Batch;
+use crate::rtc::batch::{Batch, WorkerSockets};
 use crate::rtc::viewer::{Event, Input, Output, Viewer};
 use crate::session::{ControlReply, Kind, ReplyTo, Session, Source, ViewerSlot};
-use crate::udp::{Datagram, RtcPort, Target};
+use crate::udp::{Datagram, RtcPort, Target, WorkerSocket};
 
 /// Datagrams a worker's queue holds; beyond it the port drops them (as UDP may).
 const DATAGRAM_QUEUE: usize = 8192;
@@ -107,13 +108,14 @@ impl Workers {
             let (commands, commands_rx) = mpsc::unbounded_channel();
             let (messages, messages_rx) = mpsc::unbounded_channel();
             let load = Arc::new(AtomicUsize::new(0));
+            let own = port.take_worker_sockets(index).unwrap_or_default();
             let worker = Worker::new(index, port.clone(), verifier.clone(), load.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             std::thread::Builder::new()
                 .name(format!("wisp-fanout-{index}"))
-                .spawn(move || runtime.block_on(worker.run(commands_rx, messages_rx)))?;
+                .spawn(move || runtime.block_on(worker.run(own, commands_rx, messages_rx)))?;
             handles.push(Handle {
                 commands,
                 messages,
@@ -177,6 +179,19 @@ impl Workers {
             j.on_end.run("the gateway is shutting down");
         }
     }
+}
+
+/// Which of `sockets` has datagrams waiting.
+async fn readable(sockets: &[tokio::net::UdpSocket]) -> usize {
+    std::future::poll_fn(|cx| {
+        for (i, s) in sockets.iter().enumerate() {
+            if s.poll_recv_ready(cx).is_ready() {
+                return std::task::Poll::Ready(i);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// News of a session, from its watcher to the worker.
@@ -258,9 +273,25 @@ impl Worker {
 
     async fn run(
         mut self,
+        own: Vec<WorkerSocket>,
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut messages: mpsc::UnboundedReceiver<(u64, PeerMsg)>,
     ) {
+        // The worker's own sockets, registered with its runtime: it reads them and sends on
+        // them.
+        let destinations: Vec<SocketAddr> = own.iter().map(|w| w.destination).collect();
+        let mut sockets = WorkerSockets::new(
+            own.into_iter()
+                .filter_map(|w| match tokio::net::UdpSocket::from_std(w.socket) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::error!(worker = self.index, "registering a worker socket: {e}");
+                        None
+                    }
+                })
+                .collect(),
+        );
+        let mut buf = vec![0u8; 2048];
         let mut datagrams = self.datagrams_rx.take().expect("taken once");
         let mut replies = self.replies_rx.take().expect("taken once");
         let mut news = self.news_rx.take().expect("taken once");
@@ -297,6 +328,9 @@ impl Worker {
                         }
                     }
                 }
+                i = readable(&sockets.sockets), if !sockets.sockets.is_empty() => {
+                    self.receive(&sockets.sockets[i], destinations[i], &mut buf);
+                }
                 Some(n) = news.recv() => self.on_news(n),
                 Some((key, reply)) = replies.recv() => self.input(key, Input::Reply(reply), Instant::now()),
                 _ = &mut sleep, if next.is_some() => {}
@@ -316,13 +350,47 @@ impl Worker {
             self.run_timers(now);
             self.drain_touched(now);
             if !self.batch.is_empty() {
-                self.batch.send(&self.port);
+                let sent = self.batch.flush(&mut sockets);
+                self.port
+                    .count_sent(sent.datagrams, sent.bytes, sent.failed);
             }
         }
         for (_, w) in self.sessions.drain() {
             w.watcher.abort();
         }
         tracing::debug!(worker = self.index, "fan-out worker ended");
+    }
+
+    /// Reads what waits on one of the worker's sockets (up to a turn's worth): its own
+    /// viewers' datagrams are handled here, others go to their worker or task.
+    fn receive(&mut self, socket: &tokio::net::UdpSocket, destination: SocketAddr, buf: &mut [u8]) {
+        let now = Instant::now();
+        for _ in 0..DATAGRAMS_PER_TURN {
+            let (n, source) = match socket.try_recv_from(buf) {
+                Ok(v) => v,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // ICMP errors from a peer that went away surface here; they are not ours.
+                    tracing::debug!(worker = self.index, "udp receive: {e}");
+                    continue;
+                }
+            };
+            let data = &buf[..n];
+            let Some(peer) = self.port.accept(source, data) else {
+                continue;
+            };
+            let dg = Datagram {
+                source,
+                destination,
+                data: data.to_vec(),
+                at_us: rtp_ring::now_us(),
+            };
+            if peer.tx.same_channel(&self.datagrams) {
+                self.input(peer.key, Input::Datagram(&dg), now);
+            } else if peer.tx.try_send((peer.key, dg)).is_err() {
+                self.port.count_dropped(1);
+            }
+        }
     }
 
     /// The earliest deadline in the queue.
@@ -553,12 +621,14 @@ impl Worker {
             verifier: self.verifier.clone(),
         };
         let mut batch = std::mem::take(&mut self.batch);
+        let port = self.port.clone();
         let due = self.with(key, |e| {
             e.touched = false;
             loop {
                 match e.viewer.poll_output(now) {
                     Output::Transmit(t) => {
-                        batch.push(t.source, t.destination, &t.contents, max_segments)
+                        let socket = port.address_index(t.source);
+                        batch.push(socket, t, max_segments)
                     }
                     Output::Event(ev) => ctx.act(e, ev, now),
                     Output::Timeout(t) => break (!e.viewer.is_done()).then_some(t),
