@@ -1,5 +1,5 @@
 //! A message on a viewer's `control` data channel, as the gateway reads it
-//! (`control::Steering`): size limit, JSON, id, op, arguments, scope checks, rate limit.
+//! (`channel::Steering`): size limit, JSON, id, op, arguments, scope checks, rate limit.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use wisp::auth::{Grant, Scope};
-use wisp::control::Steering;
+use wisp::channel::Steering;
 
 fuzz_target!(|data: &[u8]| {
     let grant = Grant {

@@ -5,6 +5,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = wisp::udp::demultiplexable(data);
-    let _ = wisp::udp::stun_ufrag(data);
+    let _ = wisp::rtc::udp::demultiplexable(data);
+    let _ = wisp::rtc::udp::stun_ufrag(data);
 });

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use str0m::config::DtlsCert;
 use wisp::config::{VideoCodec, VideoFormat};
-use wisp::offer::{Offer, Served};
+use wisp::rtc::offer::{Offer, Served};
 use wisp::rtc::answer::answer;
 
 static CERT: LazyLock<DtlsCert> = LazyLock::new(|| {

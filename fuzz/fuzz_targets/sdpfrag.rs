@@ -8,9 +8,9 @@ use std::sync::LazyLock;
 use libfuzzer_sys::fuzz_target;
 use str0m::config::DtlsCert;
 use wisp::config::{VideoCodec, VideoFormat};
-use wisp::offer::{Fragment, Offer, Served, valid_ice_credentials};
+use wisp::rtc::offer::{Fragment, Offer, Served, valid_ice_credentials};
 use wisp::rtc::answer::answer;
-use wisp::resource::IceSession;
+use wisp::rtc::ice::IceSession;
 
 static CERT: LazyLock<DtlsCert> = LazyLock::new(|| {
     str0m::crypto::from_feature_flags()

@@ -794,7 +794,7 @@ pub struct Config {
     pub rtmp: Option<SocketAddr>,
     /// SRT publishers (`None`: off).
     pub srt: Option<SocketAddr>,
-    /// Pages served from this folder instead of the built-in ones (`player.rs`).
+    /// Pages served from this folder instead of the built-in ones (`http/pages.rs`).
     pub assets: Option<PathBuf>,
     pub limits: Limits,
     pub http_limits: HttpLimits,

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Claims, Minter, Verifier};
 use crate::config::{Config, KeySource};
+use crate::http::whep::Resources;
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
+use crate::rtc::udp::RtcPort;
 use crate::session::{Registry, Runtime};
-use crate::udp::RtcPort;
-use crate::whep::Resources;
 
 /// Connections the `/metrics` listener of its own keeps open at most (scrapers are few).
 const METRICS_CONNECTIONS: usize = 64;
@@ -43,7 +43,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Bind(#[from] crate::udp::BindError),
+    Bind(#[from] crate::rtc::udp::BindError),
     #[error("listening on HTTP {addr}: {source} (is another process using the port? see --http)")]
     Http {
         addr: SocketAddr,
@@ -102,8 +102,8 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (verifier, minter) = load_keys(&config)?;
         let verifier = Arc::new(verifier);
-        let nofile = crate::connections::raise_descriptor_limit();
-        let connection_cap = crate::connections::connection_cap(&config.http_limits, nofile);
+        let nofile = crate::http::connections::raise_descriptor_limit();
+        let connection_cap = crate::http::connections::connection_cap(&config.http_limits, nofile);
         if config.transcoder.components().count() > 1 && !config.transcoder.exists() {
             return Err(StartError::Transcoder(
                 config.transcoder.display().to_string(),
@@ -191,7 +191,7 @@ impl Gateway {
                 transcoder: config.transcoder.clone(),
                 idle_timeout: config.idle_timeout,
                 metrics: metrics.clone(),
-                slots: Arc::new(crate::slots::TranscoderSlots::new(
+                slots: Arc::new(crate::session::slots::TranscoderSlots::new(
                     config.limits.max_transcoders,
                 )),
             },
@@ -249,7 +249,7 @@ impl Gateway {
                 continue;
             };
             if spec.hls.unwrap_or(config.hls) == crate::config::HlsMode::Always {
-                start_hls(&egresses, &session);
+                crate::egress::start_hls(&egresses, &session);
             }
             let specs = crate::egress::specs_of(&spec.egress).map_err(|(index, message)| {
                 StartError::Egress {
@@ -307,7 +307,7 @@ impl Gateway {
         }
         if let Some(l) = self.metrics_listener.take() {
             let stop = self.cancel.clone();
-            tokio::spawn(crate::connections::serve(
+            tokio::spawn(crate::http::connections::serve(
                 l,
                 crate::http::metrics_app(self.state.clone()),
                 self.state.config.http_limits,
@@ -322,7 +322,7 @@ impl Gateway {
             shutdown.await;
             drain(&state, &cancel).await;
         };
-        crate::connections::serve(
+        crate::http::connections::serve(
             listener,
             app(self.state.clone()),
             self.state.config.http_limits,
@@ -363,21 +363,6 @@ fn ingest_context(
         fifo_dir: dir,
         max_height: config.live.max_height,
     })
-}
-
-/// Starts a session's HLS for good (`hls = "always"`).
-pub fn start_hls(egresses: &crate::egress::Egresses, session: &Arc<crate::session::Session>) {
-    if session.spec.codec() != crate::config::VideoCodec::H264 {
-        tracing::warn!(session = %session.name, "hls = \"always\" needs H.264 video; this session's is VP8");
-        return;
-    }
-    let spec = crate::egress::EgressSpec::Hls { ladder: Vec::new() };
-    match egresses.start(session, spec, false) {
-        Ok(e) => {
-            tracing::info!(session = %session.name, egress = %e.id, "HLS started (hls = always)")
-        }
-        Err(e) => tracing::warn!(session = %session.name, "HLS not started: {e}"),
-    }
 }
 
 /// New POSTs get 503; peers close; transcoders stop. Waits up to 10 s for them.
@@ -468,7 +453,7 @@ fn generated_secret(dir: &Path, path: &Path) -> Result<Vec<u8>, StartError> {
         }
     }
     std::fs::create_dir_all(dir).map_err(io)?;
-    let secret = format!("{}{}", crate::http::random_id(), crate::http::random_id());
+    let secret = format!("{}{}", crate::ids::random_id(), crate::ids::random_id());
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rtp_ring::{Flags, RtpHeaderView};
-use wisp::transcoder::{Command, Event, TranscoderProcess};
+use wisp::session::transcoder::{Command, Event, TranscoderProcess};
 use wisp_control::PlayState;
 
 const CHILD_ENV: &str = "WISP_TEST_PARENT_OF_TRANSCODER";

@@ -5,7 +5,7 @@
 //!
 //! Owns the API model (what a POST may ask for and what GET shows), the registry of a
 //! gateway's egresses, and their supervision; the muxing is the transcoder's (`wisp-transcoder
-//! egress`). HTTP status codes are chosen in `http.rs`, the handlers are in `api.rs`.
+//! egress`). HTTP status codes are chosen in `http/mod.rs`, the handlers are in `http/api.rs`.
 //!
 //! # Layout
 //! - `mod.rs`: the request model and its validation, the registry.
@@ -524,6 +524,24 @@ impl Egresses {
             .metrics
             .egresses
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Starts a session's HLS for good (`hls = "always"`).
+pub fn start_hls(
+    egresses: &crate::egress::Egresses,
+    session: &std::sync::Arc<crate::session::Session>,
+) {
+    if session.spec.codec() != crate::config::VideoCodec::H264 {
+        tracing::warn!(session = %session.name, "hls = \"always\" needs H.264 video; this session's is VP8");
+        return;
+    }
+    let spec = crate::egress::EgressSpec::Hls { ladder: Vec::new() };
+    match egresses.start(session, spec, false) {
+        Ok(e) => {
+            tracing::info!(session = %session.name, egress = %e.id, "HLS started (hls = always)")
+        }
+        Err(e) => tracing::warn!(session = %session.name, "HLS not started: {e}"),
     }
 }
 

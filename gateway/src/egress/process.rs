@@ -74,7 +74,7 @@ impl EgressProcess {
         let log = child
             .stderr
             .take()
-            .map(|e| tokio::spawn(crate::transcoder::forward_log(e)));
+            .map(|e| tokio::spawn(crate::session::transcoder::forward_log(e)));
         // No events: a closed channel.
         let (_, events) = mpsc::channel(1);
         Ok((

@@ -133,7 +133,7 @@ impl Egress {
         on_demand: bool,
         hls_dir: PathBuf,
     ) -> Arc<Self> {
-        let id = crate::http::random_id()[..16].to_string();
+        let id = crate::ids::random_id()[..16].to_string();
         let url =
             matches!(spec, EgressSpec::Hls { .. }).then(|| format!("/hls/{session}/index.m3u8"));
         Arc::new(Self {
@@ -712,7 +712,7 @@ mod tests {
 
     #[test]
     fn recordings_get_new_files_and_never_overwrite() {
-        let dir = std::env::temp_dir().join(format!("wisp-egress-{}", crate::http::random_id()));
+        let dir = std::env::temp_dir().join(format!("wisp-egress-{}", crate::ids::random_id()));
         let a = new_file(&dir.join("demo"), "mp4").unwrap();
         std::fs::write(&a, b"kept").unwrap();
         let b = new_file(&dir.join("demo"), "mp4").unwrap();

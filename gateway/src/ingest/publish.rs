@@ -21,13 +21,11 @@ use crate::auth::{AuthError, Scope, Verifier};
 use crate::config::{VideoCodec, VideoFormat};
 use crate::ingest::key::PublishKey;
 use crate::metrics::Metrics;
+use crate::session::transcoder::{Command, Event, SpawnError, TranscoderProcess};
 use crate::session::{
     Capture, Ingest, PublishError, PublisherClaim, ReadySource, Registry, Session,
 };
-use crate::transcoder::{Command, Event, SpawnError, TranscoderProcess};
 
-/// The ring of an ingest transcoder: about 10 s of 8 Mb/s video.
-const RING_BYTES: u64 = 16 << 20;
 /// Recent records whose payloads the viewers share.
 const PAYLOAD_CACHE_SLOTS: usize = 2048;
 /// Grace for the transcoder's `stop` before SIGTERM, then SIGKILL.
@@ -149,7 +147,12 @@ pub async fn begin(
         }
     };
     let args = transcoder_args(&fifo, key.copy_video, ctx.max_height);
-    let spawned = TranscoderProcess::spawn(&ctx.transcoder, &args, RING_BYTES, &key.session);
+    let spawned = TranscoderProcess::spawn(
+        &ctx.transcoder,
+        &args,
+        crate::session::RING_BYTES,
+        &key.session,
+    );
     let transcoder = match spawned {
         Ok(t) => t,
         Err(e) => {
@@ -250,7 +253,7 @@ pub fn announce(
     claim.announce(
         Arc::new(ReadySource {
             ring: transcoder.ring().clone(),
-            payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
+            payloads: crate::session::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
             generation: claim.generation,
             video_track: find("video"),
             audio_track: find("audio"),

@@ -6,7 +6,7 @@
 //! publisher slot held while it runs (viewers hear `publisher active`/`inactive` as with a
 //! publisher), stop after the idle timeout with no viewer, retries after 1, 2, 4 … 30 s with
 //! why in the session's `error`. The session itself (viewers, events, keyframe throttling) is
-//! `session.rs`'s live session.
+//! `session/`'s live session.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +16,14 @@ use tracing::Instrument;
 
 use crate::config::LiveVideo;
 use crate::ingest::publish::{IngestContext, announce, video_args};
+use crate::session::transcoder::{Command, Event, TranscoderProcess};
 use crate::session::{Capture, Ingest, PublishError, Session};
-use crate::transcoder::{Command, Event, TranscoderProcess};
 
 /// The first retry after a source dropped or failed, and the longest.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A source that played this long was fine: the next drop retries at the shortest backoff.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-/// The ring of a pulled source: about 10 s of 8 Mb/s video.
-const RING_BYTES: u64 = 16 << 20;
 /// Grace for the transcoder's `stop` before SIGTERM, then SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(4);
 
@@ -107,7 +105,7 @@ impl Puller {
     /// One run of the source: claim the session's publisher slot, start the transcoder, hand
     /// its ring to the viewers once ready, and keep it until it ends or nobody watches.
     async fn run_once(&self, viewers: &mut tokio::sync::watch::Receiver<usize>) -> RunEnd {
-        let id = crate::http::random_id();
+        let id = crate::ids::random_id();
         let claim = match self.session.claim_publisher(
             &id,
             Ingest::Pull,
@@ -137,7 +135,7 @@ impl Puller {
         let mut transcoder = match TranscoderProcess::spawn(
             &self.ctx.transcoder,
             &args,
-            RING_BYTES,
+            crate::session::RING_BYTES,
             &self.session.name,
         ) {
             Ok(t) => t,

@@ -177,7 +177,7 @@ async fn connection(
         session: &mut session,
         publishing: None,
         tags: Vec::with_capacity(64 * 1024),
-        id: crate::http::random_id(),
+        id: crate::ids::random_id(),
         peer,
         meter: Meter::default(),
         finished: false,

@@ -136,7 +136,7 @@ async fn connection(
         .stream_id()
         .map(|s| s.to_string())
         .unwrap_or_default();
-    let id = crate::http::random_id();
+    let id = crate::ids::random_id();
     let begun = match PublishKey::from_srt(&stream_id) {
         Ok(key) => begin(ctx, &key, Ingest::Srt, "ts", &id).await,
         Err(e) => Err(e.into()),

@@ -11,7 +11,7 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use crate::config::{VideoCodec, VideoFormat};
-use crate::offer::{Kind, Offer, Plan};
+use crate::rtc::offer::{Kind, Offer, Plan};
 
 /// Packets str0m may queue between write and poll, per viewer (a keyframe's worth).
 const SEND_BUFFER_VIDEO: usize = 256;
@@ -132,7 +132,7 @@ pub fn answer(
 }
 
 /// Has `rtc` accept the offer `text`; the answer, or why not. str0m has asserted on offers
-/// the gateway's own checks let through (see `offer.rs`, found by fuzzing): a panic in it
+/// the gateway's own checks let through (see `rtc/offer.rs`, found by fuzzing): a panic in it
 /// refuses this offer instead of dropping the client's connection with no answer.
 pub fn accept_offer(rtc: &mut Rtc, text: &str) -> Result<String, String> {
     let run = std::panic::AssertUnwindSafe(|| {

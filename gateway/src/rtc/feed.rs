@@ -11,8 +11,8 @@ use str0m::Rtc;
 use str0m::media::Pt;
 use str0m::rtp::RtpWrite;
 
-use crate::fanout::{Catchup, Step, TrackMap, payload_range};
 use crate::rtc::answer::Tracks;
+use crate::session::fanout::{Catchup, Step, TrackMap, payload_range};
 use crate::session::{Capture, ReadySource};
 
 /// Records written between two polls of str0m, at most (the latency bookkeeping's capacity).

@@ -1,5 +1,5 @@
-//! WebRTC: answering offers, the viewer's and the publisher's cores, and the workers that
-//! drive viewers.
+//! WebRTC: the port, answering offers, ICE sessions, the viewer's core and the workers that
+//! drive viewers, and the WHIP publisher.
 //!
 //! # Layout
 //! - `answer.rs`: a str0m `Rtc` made for an offer, and the SDP answer.
@@ -8,10 +8,20 @@
 //! - `worker.rs`: fan-out workers: each drives its share of the viewers in one loop, with
 //!   one timer queue and batched sends.
 //! - `batch.rs`: a worker's outgoing datagrams, sent in as few system calls as possible.
+//! - `udp.rs`: the shared RTC port: sockets (the workers' own too), host candidates,
+//!   datagram demultiplexing and routing.
+//! - `ice.rs`: a resource's ICE session (trickle, restart, entity-tags), its place on the
+//!   port, and the HTTP layer's messages to it.
+//! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
+//! - `publisher.rs`: one WHIP publisher's `Rtc`; its packets into the live session's ring.
 
 pub mod answer;
 pub mod batch;
 pub mod feed;
+pub mod ice;
+pub mod offer;
+pub mod publisher;
+pub mod udp;
 pub mod viewer;
 pub mod worker;
 

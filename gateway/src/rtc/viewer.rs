@@ -27,17 +27,17 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use crate::auth::{Grant, Scope};
+use crate::channel::{self, Action, Code, Refusal, Steering};
 use crate::config::VideoFormat;
-use crate::control::{self, Action, Code, Refusal, Steering};
-use crate::fanout::Catchup;
 use crate::metrics::Metrics;
-use crate::offer::Fragment;
-use crate::resource::{Closed, IceSession, PatchError, Patched};
 use crate::rtc::Clock;
 use crate::rtc::answer::Tracks;
 use crate::rtc::feed::{DRAIN_BATCH, Feed, Written};
+use crate::rtc::ice::{Closed, IceSession, PatchError, Patched};
+use crate::rtc::offer::Fragment;
+use crate::rtc::udp::Datagram;
+use crate::session::fanout::Catchup;
 use crate::session::{ControlReply, ReadySource, Source};
-use crate::udp::Datagram;
 use wisp_control::Command;
 
 /// A VOD keyframe older than this is not worth starting from: ask for a fresh one instead.
@@ -297,15 +297,15 @@ impl Viewer {
             Input::SessionEvent(text) => self.send_control(text),
             Input::Reply(r) => {
                 let text = match &r.result {
-                    Ok(()) => control::reply_ok(&r.id, Map::new()),
-                    Err(refusal) => control::reply_error(&r.id, refusal),
+                    Ok(()) => channel::reply_ok(&r.id, Map::new()),
+                    Err(refusal) => channel::reply_error(&r.id, refusal),
                 };
                 self.send_control(&text);
             }
             Input::Greeting { state, viewers } => self.greet(state, viewers, now),
             Input::Status { id, mut fields } => {
                 fields.extend(token_fields(&self.grant));
-                self.send_control(&control::reply_ok(&id, fields));
+                self.send_control(&channel::reply_ok(&id, fields));
             }
             Input::Verified { id, result } => self.on_verified(id, result),
             Input::Close(why) => self.end(why.to_string()),
@@ -462,7 +462,7 @@ impl Viewer {
             return;
         }
         self.events.push_back(Event::Ended(reason));
-        crate::resource::close(&mut self.rtc);
+        crate::rtc::ice::close(&mut self.rtc);
         self.ending = Ending::Closed;
         self.cursor = None;
         self.held = None;
@@ -667,7 +667,7 @@ impl Viewer {
             }
             RtcEvent::KeyframeRequest(_) => self.events.push_back(Event::KeyframeWanted),
             RtcEvent::ChannelOpen(id, label) => {
-                if label != control::LABEL {
+                if label != channel::LABEL {
                     tracing::debug!(%label, "data channel ignored: only \"control\" is served");
                     return;
                 }
@@ -694,12 +694,12 @@ impl Viewer {
         if let Some(state) = state {
             self.send_control(&state);
         }
-        self.send_control(&control::event("viewers", json!({ "count": viewers })));
+        self.send_control(&channel::event("viewers", json!({ "count": viewers })));
         // A warning that fell due before the channel opened (and went nowhere).
         let left = self.grant.exp.saturating_sub(self.clock.unix_s(now));
-        if left <= control::EXPIRY_WARNING.as_secs() {
+        if left <= channel::EXPIRY_WARNING.as_secs() {
             self.warned_for = Some(self.grant.exp);
-            self.send_control(&control::event(
+            self.send_control(&channel::event(
                 "auth_expiring",
                 json!({ "in_seconds": left }),
             ));
@@ -725,11 +725,11 @@ impl Viewer {
                     .clone()
                     .unwrap_or_else(|| format!("viewer-{}", &self.id[..8.min(self.id.len())]));
                 let at = self.clock.unix_ms(now) as f64 / 1000.0;
-                self.events.push_back(Event::Chat(control::event(
+                self.events.push_back(Event::Chat(channel::event(
                     "chat",
                     json!({"from": from, "text": text, "at": at}),
                 )));
-                control::reply_ok(&id, Map::new())
+                channel::reply_ok(&id, Map::new())
             }
             Action::Status { id } => {
                 self.events.push_back(Event::Status { id });
@@ -769,20 +769,20 @@ impl Viewer {
                 tracing::info!(scope = %scope_string(&grant), exp = grant.exp, "viewer token replaced");
                 self.grant = grant;
                 self.warned_for = None;
-                self.send_control(&control::reply_ok(&id, f));
+                self.send_control(&channel::reply_ok(&id, f));
             }
-            Err(refusal) => self.send_control(&control::reply_error(&id, &refusal)),
+            Err(refusal) => self.send_control(&channel::reply_error(&id, &refusal)),
         }
     }
 
     /// When token expiry next acts: the warning before `exp`, else the end of the grace.
     fn expiry_at(&self) -> Instant {
         let at = if self.warned_for == Some(self.grant.exp) {
-            self.grant.exp + control::EXPIRY_GRACE.as_secs()
+            self.grant.exp + channel::EXPIRY_GRACE.as_secs()
         } else {
             self.grant
                 .exp
-                .saturating_sub(control::EXPIRY_WARNING.as_secs())
+                .saturating_sub(channel::EXPIRY_WARNING.as_secs())
         };
         self.clock.instant_of_unix_s(at)
     }
@@ -792,7 +792,7 @@ impl Viewer {
         if self.warned_for != Some(self.grant.exp) {
             self.warned_for = Some(self.grant.exp);
             let left = self.grant.exp.saturating_sub(unix_s);
-            self.send_control(&control::event(
+            self.send_control(&channel::event(
                 "auth_expiring",
                 json!({ "in_seconds": left }),
             ));
@@ -802,7 +802,7 @@ impl Viewer {
             "the token expired {} s ago and no fresh one came with \"auth\"",
             unix_s.saturating_sub(self.grant.exp)
         );
-        self.send_control(&control::event(
+        self.send_control(&channel::event(
             "error",
             json!({"code": Code::TokenExpired.as_str(), "message": why}),
         ));
@@ -894,10 +894,10 @@ mod tests {
 
     use super::*;
     use crate::config::VideoCodec;
-    use crate::fanout::PayloadCache;
-    use crate::offer::{Offer, Served};
-    use crate::resource::IceSession;
+    use crate::rtc::ice::IceSession;
+    use crate::rtc::offer::{Offer, Served};
     use crate::session::Capture;
+    use crate::session::fanout::PayloadCache;
 
     const SERVER: &str = "10.0.0.1:8443";
     const CLIENT: &str = "10.0.0.2:5000";
@@ -939,7 +939,7 @@ mod tests {
             let mut api = client.sdp_api();
             api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
             api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-            let id = channel.then(|| api.add_channel(control::LABEL.into()));
+            let id = channel.then(|| api.add_channel(channel::LABEL.into()));
             let (offer, pending) = api.apply().unwrap();
             let offer = Offer::parse(offer.to_sdp_string().as_bytes()).unwrap();
             let format = VideoFormat::transcoded(VideoCodec::H264);
@@ -1510,7 +1510,7 @@ mod tests {
         let err = p
             .viewer
             .patch(
-                crate::offer::Fragment::parse(
+                crate::rtc::offer::Fragment::parse(
                     b"a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n",
                 )
                 .unwrap(),

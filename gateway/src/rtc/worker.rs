@@ -18,11 +18,11 @@ use serde_json::{Map, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::Verifier;
-use crate::resource::{Inbox, OnEnd, Patched, PeerMsg, PortLink};
 use crate::rtc::batch::{Batch, WorkerSockets};
+use crate::rtc::ice::{Inbox, OnEnd, Patched, PeerMsg, PortLink};
+use crate::rtc::udp::{Datagram, RtcPort, Target, WorkerSocket};
 use crate::rtc::viewer::{Event, Input, Output, Viewer};
 use crate::session::{ControlReply, Kind, ReplyTo, Session, Source, ViewerSlot};
-use crate::udp::{Datagram, RtcPort, Target, WorkerSocket};
 
 /// Datagrams a worker's queue holds; beyond it the port drops them (as UDP may).
 const DATAGRAM_QUEUE: usize = 8192;

@@ -10,8 +10,8 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::offer::{Fragment, Offer, valid_ice_credentials};
-use crate::udp::{Datagram, RtcPort, Target};
+use crate::rtc::offer::{Fragment, Offer, valid_ice_credentials};
+use crate::rtc::udp::{Datagram, RtcPort, Target};
 
 /// A resource's place on the shared RTC port: datagrams for each of its ICE sessions' ufrags
 /// go to its target. Dropping it stops the routing.
@@ -318,5 +318,5 @@ fn restart_fragment(answer: &str) -> String {
 
 /// A new strong entity-tag for an ICE session (RFC 9725 §4.3.1).
 pub fn new_etag() -> String {
-    format!("\"{}\"", crate::http::random_id())
+    format!("\"{}\"", crate::ids::random_id())
 }

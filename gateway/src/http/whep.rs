@@ -3,7 +3,7 @@
 //! DELETE.
 //!
 //! Owns the request-level rules (content types, entity-tags, headers of the 201) and the
-//! registry of live resources. The offer policy is `offer.rs`'s, the viewer is
+//! registry of live resources. The offer policy is `rtc/offer.rs`'s, the viewer is
 //! `rtc/viewer.rs`'s (driven by `rtc/worker.rs`), and statuses come from `http::ApiError`.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,13 +20,12 @@ use tokio::sync::oneshot;
 
 use crate::auth::{Scope, valid_session_name};
 use crate::config::VideoFormat;
-use crate::http::{
-    ApiError, Shared, authorize, base_url, ice_server_links, random_id, require_type,
-};
-use crate::offer::{Fragment, Offer, Served};
-use crate::resource::{Closed, IceSession, Inbox, OnEnd, Patched, PeerMsg, new_etag};
+use crate::http::{ApiError, Shared, authorize, base_url, ice_server_links, require_type};
+use crate::ids::random_id;
 use crate::rtc::Clock;
 use crate::rtc::answer::answer;
+use crate::rtc::ice::{Closed, IceSession, Inbox, OnEnd, Patched, PeerMsg, new_etag};
+use crate::rtc::offer::{Fragment, Offer, Served};
 use crate::rtc::viewer::{Params, Viewer};
 use crate::rtc::worker::Joining;
 use crate::session::{JoinError, Kind, Source};

@@ -24,15 +24,15 @@ struct Page {
 
 const CONSOLE: Page = Page {
     file: "console.html",
-    builtin: include_str!("../assets/console.html"),
+    builtin: include_str!("../../assets/console.html"),
 };
 const PLAYER: Page = Page {
     file: "player.html",
-    builtin: include_str!("../assets/player.html"),
+    builtin: include_str!("../../assets/player.html"),
 };
 const PUBLISH: Page = Page {
     file: "publish.html",
-    builtin: include_str!("../assets/publish.html"),
+    builtin: include_str!("../../assets/publish.html"),
 };
 
 /// `GET /`: the console. It asks for a token and lists what that token may see.

@@ -4,7 +4,7 @@
 //!
 //! Owns the request-level rules of publishing: the `publish` scope, one publisher per session
 //! (409), codecs chosen from the gateway's preference. The publisher's task is
-//! `publisher.rs`'s.
+//! `rtc/publisher.rs`'s.
 
 use std::sync::atomic::Ordering;
 
@@ -16,13 +16,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Scope;
 use crate::auth::valid_session_name;
-use crate::http::{ApiError, Shared, authorize, random_id, require_type};
-use crate::offer::Offer;
-use crate::publisher::Publisher;
-use crate::resource::{IceSession, Inbox, new_etag};
+use crate::http::whep::{Role, SDP, created, delete_resource, patch_resource, register};
+use crate::http::{ApiError, Shared, authorize, require_type};
+use crate::ids::random_id;
 use crate::rtc::answer::answer;
+use crate::rtc::ice::{IceSession, Inbox, new_etag};
+use crate::rtc::offer::Offer;
+use crate::rtc::publisher::Publisher;
 use crate::session::{Ingest, PublishError};
-use crate::whep::{Role, SDP, created, delete_resource, patch_resource, register};
 
 /// `GET /whip/{session}`: 200, no content, `Content-Type: application/sdp`. Any valid name
 /// is a WHIP endpoint (publishing creates the session).

@@ -5,7 +5,7 @@
 //! the timeouts (request headers, idle), eviction of the longest-idle connection when the cap
 //! is reached, the canned 503 when nothing can be evicted, the counters and the rate-limited
 //! log line about all of that, and the graceful close at shutdown. Request bodies are timed in
-//! `http.rs` (a handler's business); routing and statuses are `http.rs`'s too.
+//! `http/mod.rs` (a handler's business); routing and statuses are `http/mod.rs`'s too.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -88,7 +88,7 @@ struct Conn {
 }
 
 /// A request's connection, as an extension of the request: the body-reading middleware
-/// (`http.rs`) marks the connection busy with [`InFlight::begin`] once the body has arrived,
+/// (`http/mod.rs`) marks the connection busy with [`InFlight::begin`] once the body has arrived,
 /// so a client that announces a body and sends nothing cannot make its connection unevictable.
 #[derive(Debug, Clone)]
 pub struct InFlight(Arc<Conn>);

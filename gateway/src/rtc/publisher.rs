@@ -4,7 +4,7 @@
 //! Owns the publisher's side of a live session (DESIGN.md "Data path" 1): a fresh ring per
 //! publish, records flagged where a keyframe starts (read from the payload, since a
 //! publisher's packets carry no such mark) and where a frame ends, keyframe requests from the
-//! session turned into PLI, PATCH and DELETE of its resource (`resource.rs`, shared with
+//! session turned into PLI, PATCH and DELETE of its resource (`rtc/ice.rs`, shared with
 //! viewers), and the end of publishing (DELETE, ICE consent expiry, DTLS close), which frees
 //! the session's publisher slot. Viewers read the ring exactly as they read a transcoder's.
 
@@ -21,14 +21,12 @@ use tracing::Instrument;
 
 use crate::config::{VideoCodec, VideoFormat};
 use crate::metrics::Metrics;
-use crate::resource::OnEnd;
-use crate::resource::{IceSession, PeerMsg, PortLink, receive};
 use crate::rtc::answer::Tracks;
+use crate::rtc::ice::OnEnd;
+use crate::rtc::ice::{IceSession, PeerMsg, PortLink, receive};
+use crate::rtc::udp::{Outbox, RtcPort};
 use crate::session::{PublisherClaim, ReadySource};
-use crate::udp::{Outbox, RtcPort};
 
-/// Ring size per publish: about 16 s of 8 Mb/s video at 1536-byte slots.
-const RING_BYTES: u64 = 16 << 20;
 /// Recent records whose payloads viewers share.
 const PAYLOAD_CACHE_SLOTS: usize = 2048;
 /// Ring track numbers of a live source.
@@ -193,7 +191,7 @@ impl Publisher {
         // close_notify then gets the 404 that says why).
         self.on_end.run(&reason);
         // The publisher hears at once (RTCP BYE, DTLS close_notify), whatever ended it.
-        crate::resource::close(&mut self.rtc);
+        crate::rtc::ice::close(&mut self.rtc);
         let _ = self.drive(&mut sink, &mut outbox);
         // Dropping the claim (with `self`) tells the session its publisher is gone.
     }
@@ -303,11 +301,11 @@ impl Sink {
         video: VideoFormat,
         claim: &PublisherClaim,
     ) -> Result<Self, rtp_ring::OpenError> {
-        let ring = Ring::create_memfd(&format!("wisp-live-{name}"), RING_BYTES)?;
+        let ring = Ring::create_memfd(&format!("wisp-live-{name}"), crate::session::RING_BYTES)?;
         let writer = ring.writer();
         let source = Arc::new(ReadySource {
             ring,
-            payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
+            payloads: crate::session::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
             generation: claim.generation,
             video_track: tracks.video.as_ref().map(|_| VIDEO_TRACK),
             audio_track: tracks.audio.as_ref().map(|_| AUDIO_TRACK),

@@ -3,8 +3,24 @@
 //! readiness, metrics).
 //!
 //! Owns status-code choices: every error enum of the other modules is mapped to a status in one
-//! exhaustive match here. WHEP handlers are in `whep.rs`, the session API in `api.rs`, pages
-//! in `player.rs`.
+//! exhaustive match here.
+//!
+//! # Layout
+//! - `mod.rs`: the router, shared state, CORS, problem+json errors, health and metrics.
+//! - `connections.rs`: the accept loop: connection cap, eviction, timeouts, shutdown.
+//! - `whep.rs`: `POST /whep/{session}`; the PATCH and DELETE of WHEP and WHIP resources and
+//!   the registry of live resources.
+//! - `whip.rs`: `POST /whip/{session}`: publishing makes or takes over a live session.
+//! - `api.rs`: the session API, its egress endpoints, share-link tokens and the directory.
+//! - `hls.rs`: HLS files for players (`/hls/{session}/…`).
+//! - `pages.rs`: the console, player and publish pages.
+
+pub mod api;
+pub mod connections;
+pub mod hls;
+pub mod pages;
+pub mod whep;
+pub mod whip;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,13 +38,13 @@ use str0m::config::DtlsCert;
 
 use crate::auth::{AuthError, Grant, Scope, Verifier};
 use crate::config::{Config, IceServer, MetricsAt};
+use crate::http::whep::Resources;
 use crate::metrics::Metrics;
-use crate::offer::OfferError;
-use crate::resource::PatchError;
 use crate::rtc::answer::AnswerError;
+use crate::rtc::ice::PatchError;
+use crate::rtc::offer::OfferError;
+use crate::rtc::udp::RtcPort;
 use crate::session::{CreateError, JoinError, PublishError, Registry};
-use crate::udp::RtcPort;
-use crate::whep::Resources;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -65,51 +81,54 @@ impl AppState {
 /// Builds the router (tests call it with `oneshot`).
 pub fn app(state: Shared) -> Router {
     let router = Router::new()
-        .route("/", get(crate::player::console))
-        .route("/play/{session}", get(crate::player::play))
-        .route("/publish/{session}", get(crate::player::publish))
-        .route("/api/directory", get(crate::api::directory))
-        .route("/api/tokens", post(crate::api::mint_token))
+        .route("/", get(crate::http::pages::console))
+        .route("/play/{session}", get(crate::http::pages::play))
+        .route("/publish/{session}", get(crate::http::pages::publish))
+        .route("/api/directory", get(crate::http::api::directory))
+        .route("/api/tokens", post(crate::http::api::mint_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
             "/whep/{session}",
-            get(crate::whep::endpoint_get).post(crate::whep::post),
+            get(crate::http::whep::endpoint_get).post(crate::http::whep::post),
         )
         .route(
             "/whep/{session}/{resource}",
-            get(crate::whep::resource_get)
-                .patch(crate::whep::patch)
-                .delete(crate::whep::delete),
+            get(crate::http::whep::resource_get)
+                .patch(crate::http::whep::patch)
+                .delete(crate::http::whep::delete),
         )
         .route(
             "/whip/{session}",
-            get(crate::whip::endpoint_get).post(crate::whip::post),
+            get(crate::http::whip::endpoint_get).post(crate::http::whip::post),
         )
         .route(
             "/whip/{session}/{resource}",
-            get(crate::whip::resource_get)
-                .patch(crate::whip::patch)
-                .delete(crate::whip::delete),
+            get(crate::http::whip::resource_get)
+                .patch(crate::http::whip::patch)
+                .delete(crate::http::whip::delete),
         )
         .route(
             "/api/sessions",
-            get(crate::api::list).post(crate::api::create),
+            get(crate::http::api::list).post(crate::http::api::create),
         )
         .route(
             "/api/sessions/{session}",
-            get(crate::api::show).delete(crate::api::remove),
+            get(crate::http::api::show).delete(crate::http::api::remove),
         )
         .route(
             "/api/sessions/{session}/egress",
-            get(crate::api::egress_list).post(crate::api::egress_start),
+            get(crate::http::api::egress_list).post(crate::http::api::egress_start),
         )
         .route(
             "/api/sessions/{session}/egress/{id}",
-            get(crate::api::egress_show).delete(crate::api::egress_stop),
+            get(crate::http::api::egress_show).delete(crate::http::api::egress_stop),
         )
-        .route("/hls/{session}/index.m3u8", get(crate::hls::master))
-        .route("/hls/{session}/{rendition}/{file}", get(crate::hls::file));
+        .route("/hls/{session}/index.m3u8", get(crate::http::hls::master))
+        .route(
+            "/hls/{session}/{rendition}/{file}",
+            get(crate::http::hls::file),
+        );
     // Metrics on their own listener (see `metrics_app`), or nowhere, leave this one.
     let router = match state.config.metrics {
         MetricsAt::Main => router.route("/metrics", get(metrics)),
@@ -233,7 +252,7 @@ async fn read_body(State(s): State<Shared>, req: Request, next: Next) -> Respons
     // From here the connection is busy with this request (not evicted for a newer one).
     let _busy = parts
         .extensions
-        .get::<crate::connections::InFlight>()
+        .get::<crate::http::connections::InFlight>()
         .map(|c| c.begin());
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
@@ -373,21 +392,6 @@ pub fn base_url(headers: &HeaderMap, fallback: std::net::SocketAddr) -> String {
         .filter(|p| *p == "https" || *p == "http")
         .unwrap_or("http");
     format!("{proto}://{host}")
-}
-
-/// 128 random bits as 32 hex digits (resource URLs, entity-tags: RFC 9725 §5 wants them
-/// unguessable).
-pub fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let mut filled = 0;
-    while filled < b.len() {
-        match rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty()) {
-            Ok(n) => filled += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => panic!("the kernel's random source failed: {e}"),
-        }
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `Link` header values for the configured ICE servers (RFC 9725 §4.6), one per URL.

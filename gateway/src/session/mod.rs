@@ -4,8 +4,18 @@
 //! viewer joins, stops after an idle timeout with none, is restarted a bounded number of times
 //! when it dies, and turns failures into a state the API shows and the viewers see. Keyframe
 //! requests from viewers are throttled here (one per 500 ms per session). The source's state
-//! is published on a `watch` channel that each viewer's task follows; the session task never
-//! touches a peer. HTTP status codes are not chosen here (see `http.rs`).
+//! is published on a `watch` channel that the fan-out workers follow; the session task never
+//! touches a peer. HTTP status codes are not chosen here (see `http/mod.rs`).
+//!
+//! # Layout
+//! - `mod.rs`: the registry, the session handle, the VOD and live session tasks.
+//! - `slots.rs`: who holds one of `max_transcoders` slots; idle holders give way.
+//! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
+//! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
+
+pub mod fanout;
+pub mod slots;
+pub mod transcoder;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -20,15 +30,16 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::channel::{self, Code, Refusal};
 use crate::config::{Limits, SessionSpec, VideoFormat};
-use crate::control::{self, Code, Refusal};
 use crate::metrics::Metrics;
-use crate::slots::TranscoderSlots;
-use crate::transcoder::{Command, Event, TranscoderProcess};
+use crate::session::slots::TranscoderSlots;
+use crate::session::transcoder::{Command, Event, TranscoderProcess};
 use wisp_control::{InputInfo, PlayState};
 
-/// Ring size for a transcoder: about 10 s of 8 Mb/s video at 1536-byte slots.
-const RING_BYTES: u64 = 16 << 20;
+/// The size of every session ring (a VOD or ingest transcoder's, a WHIP publisher's): about
+/// 10 s of 8 Mb/s video at 1536-byte slots.
+pub const RING_BYTES: u64 = 16 << 20;
 /// Recent records whose payloads viewers share (a few seconds of video at 2 Mb/s).
 const PAYLOAD_CACHE_SLOTS: usize = 2048;
 /// At most one keyframe request to a source per this interval.
@@ -69,7 +80,7 @@ pub enum Source {
 pub struct ReadySource {
     pub ring: Ring,
     /// Payloads shared by the viewers of this source.
-    pub payloads: crate::fanout::PayloadCache,
+    pub payloads: crate::session::fanout::PayloadCache,
     pub generation: u64,
     pub video_track: Option<u8>,
     pub audio_track: Option<u8>,
@@ -206,12 +217,12 @@ pub struct Playback {
 impl Playback {
     /// The `state` event for this playback, if there is a state yet.
     pub fn state_event(&self) -> Option<String> {
-        Some(control::event(
+        Some(channel::event(
             "state",
             json!({
                 "state": self.state?,
-                "position": control::seconds(self.position),
-                "duration": self.duration.map(control::seconds),
+                "position": channel::seconds(self.position),
+                "duration": self.duration.map(channel::seconds),
                 "fps": self.fps,
             }),
         ))
@@ -667,7 +678,7 @@ impl Session {
                 _ => source.state_name(),
             },
             position: (self.kind == Kind::Vod && playback.state.is_some())
-                .then(|| control::seconds(playback.position)),
+                .then(|| channel::seconds(playback.position)),
             duration: playback.duration,
             viewers: self.viewers.load(Ordering::Relaxed),
             egresses: self.egresses.load(Ordering::Relaxed),
@@ -1062,7 +1073,7 @@ impl SessionTask {
 
     fn publish_viewers(&self) {
         self.session
-            .publish(control::event("viewers", json!({ "count": self.viewers })));
+            .publish(channel::event("viewers", json!({ "count": self.viewers })));
     }
 
     /// The transcoder is gone for good (not restarting): its slot is freed unless viewers wait.
@@ -1201,7 +1212,7 @@ impl SessionTask {
     fn fail(&mut self, reason: String) {
         self.release_slot();
         *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
-        self.session.publish(control::event(
+        self.session.publish(channel::event(
             "error",
             json!({"code": "unavailable", "message": reason}),
         ));
@@ -1252,7 +1263,7 @@ impl SessionTask {
                 self.source_tx
                     .send_replace(Source::Ready(Arc::new(ReadySource {
                         ring: t.ring().clone(),
-                        payloads: crate::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
+                        payloads: crate::session::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
                         generation: self.generation,
                         video_track: find("video"),
                         audio_track: find("audio"),
@@ -1267,9 +1278,9 @@ impl SessionTask {
             Event::Position { position, .. } => {
                 self.position = Some(position);
                 self.set_playback(|p| p.position = position);
-                self.session.publish(control::event(
+                self.session.publish(channel::event(
                     "position",
-                    json!({ "position": control::seconds(position) }),
+                    json!({ "position": channel::seconds(position) }),
                 ));
             }
             Event::State {
@@ -1302,7 +1313,7 @@ impl SessionTask {
                 tracing::warn!(%code, "transcoder error: {message}");
                 *self.session.last_error.lock().expect("not poisoned") =
                     Some(format!("{code}: {message}"));
-                self.session.publish(control::event(
+                self.session.publish(channel::event(
                     "error",
                     json!({"code": code, "message": message}),
                 ));
@@ -1369,7 +1380,7 @@ impl SessionTask {
         }
         self.session.restarts.fetch_add(1, Ordering::Relaxed);
         let delay = RESTART_DELAYS[self.exits.len() - 1];
-        self.session.publish(control::event(
+        self.session.publish(channel::event(
             "error",
             json!({
                 "code": "unavailable",
@@ -1495,7 +1506,7 @@ impl LiveTask {
                 self.keyframes = Some(keyframes);
                 self.source_tx.send_replace(Source::Ready(source));
                 self.session
-                    .publish(control::event("publisher", json!({ "state": "active" })));
+                    .publish(channel::event("publisher", json!({ "state": "active" })));
             }
             // A live session holds no transcoder slot.
             Msg::GiveWay { .. } => {}
@@ -1507,7 +1518,7 @@ impl LiveTask {
                     self.keyframes = None;
                     self.source_tx.send_replace(Source::Idle);
                     self.session
-                        .publish(control::event("publisher", json!({ "state": "inactive" })));
+                        .publish(channel::event("publisher", json!({ "state": "inactive" })));
                 }
             }
         }
@@ -1515,7 +1526,7 @@ impl LiveTask {
 
     fn publish_viewers(&self) {
         self.session
-            .publish(control::event("viewers", json!({ "count": self.viewers })));
+            .publish(channel::event("viewers", json!({ "count": self.viewers })));
     }
 
     /// Starts the idle clock when the last user left, stops it when one came. A pulled

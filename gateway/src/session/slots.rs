@@ -8,7 +8,7 @@
 //! taken. When every slot is held and a session needs one, the holder whose transcoder has idled
 //! the longest (running, no viewers) gives way: it is told through the callback it registered,
 //! with the lease it loses, and its slot changes hands at once. Sans-IO: the caller passes the
-//! time; starting and stopping processes is the session task's (`session.rs`).
+//! time; starting and stopping processes is the session task's (`session/mod.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

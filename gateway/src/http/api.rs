@@ -3,7 +3,7 @@
 //! (`/api/sessions/{session}/egress`); mint share-link tokens (`/api/tokens`); list what any
 //! token may see (`/api/directory`).
 //!
-//! Owns request handling; sessions themselves are `session.rs`'s, egresses `egress/`'s.
+//! Owns request handling; sessions themselves are `session/`'s, egresses `egress/`'s.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -16,7 +16,8 @@ use serde_json::json;
 use crate::auth::{Scope, valid_session_name};
 use crate::config::SessionSpec;
 use crate::egress::{EgressInfo, EgressSpec};
-use crate::http::{ApiError, Shared, authorize, base_url, random_id, require_type};
+use crate::http::{ApiError, Shared, authorize, base_url, require_type};
+use crate::ids::random_id;
 use crate::session::SessionInfo;
 
 /// `GET /api/sessions`.
@@ -92,7 +93,7 @@ pub async fn create(
         }
     }
     if s.hls_mode(&session) == crate::config::HlsMode::Always {
-        crate::serve::start_hls(&s.egresses, &session);
+        crate::egress::start_hls(&s.egresses, &session);
     }
     crate::ingest::pull::spawn(session, s.ingest.clone(), s.config.idle_timeout);
     let base = base_url(&headers, s.config.http);
