@@ -152,13 +152,19 @@ def measure_fanout(gw, n, window, url, token):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(n / ramp + 5)  # ramp up, then settle
     m0 = counters(gw)
+    h0 = histogram(metrics_text(gw), "wisp_forward_latency_seconds")
+    l0 = cpu_seconds(load.pid)
     c0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
     rss_samples = []
     while time.monotonic() - t0 < window:
         time.sleep(1)
         rss_samples.append(rss_mib(gw.proc.pid))
     c1, t1 = cpu_seconds(gw.proc.pid), time.monotonic()
+    l1 = cpu_seconds(load.pid)
     m1 = counters(gw)
+    h1 = histogram(metrics_text(gw), "wisp_forward_latency_seconds")
+    # The window's packets only: the difference of the cumulative buckets.
+    window_buckets = [(le, n1 - n0) for (le, n1), (_, n0) in zip(h1, h0)] if h0 else h1
     out, _ = load.communicate(timeout=duration + 60)
     summary = json.loads(out.strip().splitlines()[-1])
     viewer_seconds = (n + 1) * (t1 - t0)
@@ -176,6 +182,12 @@ def measure_fanout(gw, n, window, url, token):
         "rss_mib": round(rss, 1),
         "rss_mib_per_viewer": round((rss - base_rss) / n, 3),
         "packets_per_viewer_s": round(sent / viewer_seconds, 1),
+        "forward_latency_ms_p50": interpolated_quantile(window_buckets, 0.5),
+        "forward_latency_ms_p99": interpolated_quantile(window_buckets, 0.99),
+        "first_frame_ms_p50": summary.get("first_frame_ms_p50"),
+        "first_frame_ms_max": summary.get("first_frame_ms_max"),
+        # The load tool runs on the same 2 cores: 200 % would be all of them.
+        "load_tool_cpu_percent": round(100 * (l1 - l0) / (t1 - t0), 1),
     }
 
 

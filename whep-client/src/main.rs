@@ -459,6 +459,8 @@ async fn load(
         "lost_packets": ok.iter().map(|s| s.lost_packets).sum::<u64>(),
         "fps_min": fps.iter().cloned().fold(f64::INFINITY, f64::min).min(1e9),
         "fps_mean": if fps.is_empty() { 0.0 } else { fps.iter().sum::<f64>() / fps.len() as f64 },
+        "first_frame_ms_p50": percentile(ok.iter().filter_map(|s| s.first_frame_ms), 0.5),
+        "first_frame_ms_p95": percentile(ok.iter().filter_map(|s| s.first_frame_ms), 0.95),
         "first_frame_ms_max": ok.iter().filter_map(|s| s.first_frame_ms).max(),
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -473,6 +475,17 @@ async fn load(
         serde_json::to_string_pretty(&summary).expect("json")
     };
     out::last_line(text, status)
+}
+
+/// The `q` quantile of `values` (nearest rank), if there are any.
+fn percentile(values: impl Iterator<Item = u64>, q: f64) -> Option<u64> {
+    let mut v: Vec<u64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
 }
 
 #[cfg(test)]
