@@ -285,18 +285,25 @@ mod async_reader {
                     Err(overrun) => return Ok(Err(overrun)),
                     Ok(None) => {}
                 }
-                let Some(fd) = &self.fd else {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                };
-                let _sleeping = Sleeper::enter(&self.reader.mapping);
-                if self.reader.cursor < self.reader.write_index() {
-                    continue;
-                }
-                let mut guard = fd.readable().await?;
-                // Readiness is an edge per writer signal; clear it, then look at the ring again.
-                guard.clear_ready();
+                self.sleep().await?;
             }
+        }
+
+        /// Sleeps until the writer may have written past the cursor (at once if it has): on
+        /// the eventfd, counted as a sleeper so the writer signals; without one, 1 ms.
+        async fn sleep(&self) -> std::io::Result<()> {
+            let Some(fd) = &self.fd else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                return Ok(());
+            };
+            let _sleeping = Sleeper::enter(&self.reader.mapping);
+            if self.reader.cursor < self.reader.write_index() {
+                return Ok(());
+            }
+            let mut guard = fd.readable().await?;
+            // Readiness is an edge per writer signal; clear it, then look at the ring again.
+            guard.clear_ready();
+            Ok(())
         }
 
         /// Waits until records are written past the cursor, then moves the cursor past all
@@ -311,16 +318,7 @@ mod async_reader {
                     self.reader.cursor = w;
                     return Ok(w);
                 }
-                let Some(fd) = &self.fd else {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                };
-                let _sleeping = Sleeper::enter(&self.reader.mapping);
-                if self.reader.cursor < self.reader.write_index() {
-                    continue;
-                }
-                let mut guard = fd.readable().await?;
-                guard.clear_ready();
+                self.sleep().await?;
             }
         }
     }

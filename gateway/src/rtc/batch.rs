@@ -304,19 +304,27 @@ mod tests {
         }
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap()
+    }
+
+    /// One worker socket on 127.0.0.1 (inside a runtime).
+    fn loopback_sockets() -> WorkerSockets {
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.set_nonblocking(true).unwrap();
+        WorkerSockets::new(vec![tokio::net::UdpSocket::from_std(sender).unwrap()])
+    }
+
     /// Real sockets on loopback: what the receivers get is what was pushed, datagram for
     /// datagram, in as few calls as the plan says.
     #[test]
     fn runs_to_many_destinations_arrive_whole_in_few_calls() {
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sender.set_nonblocking(true).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _g = rt.enter();
-        let mut sockets =
-            WorkerSockets::new(vec![tokio::net::UdpSocket::from_std(sender).unwrap()]);
+        let mut sockets = loopback_sockets();
         let receivers: Vec<std::net::UdpSocket> = (0..3)
             .map(|_| {
                 let r = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -367,15 +375,9 @@ mod tests {
 
     #[test]
     fn an_unreachable_destination_loses_only_its_own_datagrams() {
-        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sender.set_nonblocking(true).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _g = rt.enter();
-        let mut sockets =
-            WorkerSockets::new(vec![tokio::net::UdpSocket::from_std(sender).unwrap()]);
+        let mut sockets = loopback_sockets();
         let ok = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         ok.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut batch = Batch::default();

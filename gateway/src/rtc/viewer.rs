@@ -1121,6 +1121,15 @@ mod tests {
             }
         }
 
+        /// The session's source as of the join.
+        fn follow(&mut self, source: &Source) {
+            let input = Input::Source {
+                source,
+                news: false,
+            };
+            self.viewer.handle(input, self.now);
+        }
+
         fn request(&mut self, text: &str) {
             let id = self.channel.expect("a control channel");
             self.client
@@ -1228,14 +1237,7 @@ mod tests {
             Output::Event(Event::KeyframeWanted)
         );
         let ring = Ring::create_memfd("viewer-test", 1 << 20).unwrap();
-        let src = source(&ring);
-        p.viewer.handle(
-            Input::Source {
-                source: &src,
-                news: false,
-            },
-            p.now,
-        );
+        p.follow(&source(&ring));
         p.connect();
         assert!(
             p.events
@@ -1459,14 +1461,7 @@ mod tests {
         // Two seconds of a live GOP, the keyframe at its start.
         let now_us = p.clock.ring_us(p.now);
         write_frames(&ring, 60, now_us - 2_000_000, false);
-        let src = source(&ring);
-        p.viewer.handle(
-            Input::Source {
-                source: &src,
-                news: false,
-            },
-            p.now,
-        );
+        p.follow(&source(&ring));
         p.connect();
         let connected_at = p.now;
         // Faster than real time, but not all at once: paced by the capture times.

@@ -225,7 +225,8 @@ struct Watched {
 struct Worker {
     index: usize,
     port: Arc<RtcPort>,
-    verifier: Arc<Verifier>,
+    /// What draining a viewer needs besides the viewer (made once, shared by every drain).
+    ctx: Arc<EventContext>,
     load: Arc<AtomicUsize>,
     /// Boxed: a viewer is ~11 KB, and the map keeps its capacity after a crowd has left.
     viewers: Keyed<Box<Entry>>,
@@ -236,7 +237,6 @@ struct Worker {
     batch: Batch,
     datagrams: mpsc::Sender<(u64, Datagram)>,
     datagrams_rx: Option<mpsc::Receiver<(u64, Datagram)>>,
-    replies: mpsc::UnboundedSender<(u64, ControlReply)>,
     replies_rx: Option<mpsc::UnboundedReceiver<(u64, ControlReply)>>,
     news: mpsc::UnboundedSender<News>,
     news_rx: Option<mpsc::UnboundedReceiver<News>>,
@@ -254,8 +254,12 @@ impl Worker {
         let (news, news_rx) = mpsc::unbounded_channel();
         Self {
             index,
+            ctx: Arc::new(EventContext {
+                port: port.clone(),
+                replies,
+                verifier,
+            }),
             port,
-            verifier,
             load,
             viewers: Keyed::default(),
             sessions: Keyed::default(),
@@ -264,7 +268,6 @@ impl Worker {
             batch: Batch::default(),
             datagrams,
             datagrams_rx: Some(datagrams_rx),
-            replies,
             replies_rx: Some(replies_rx),
             news,
             news_rx: Some(news_rx),
@@ -615,22 +618,17 @@ impl Worker {
     /// deadline queued; a viewer that is done is removed.
     fn drain(&mut self, key: u64, now: Instant) {
         let max_segments = self.port.max_segments();
-        let ctx = EventContext {
-            key,
-            replies: self.replies.clone(),
-            verifier: self.verifier.clone(),
-        };
+        let ctx = self.ctx.clone();
         let mut batch = std::mem::take(&mut self.batch);
-        let port = self.port.clone();
         let due = self.with(key, |e| {
             e.touched = false;
             loop {
                 match e.viewer.poll_output(now) {
                     Output::Transmit(t) => {
-                        let socket = port.address_index(t.source);
+                        let socket = ctx.port.address_index(t.source);
                         batch.push(socket, t, max_segments)
                     }
-                    Output::Event(ev) => ctx.act(e, ev, now),
+                    Output::Event(ev) => ctx.act(key, e, ev, now),
                     Output::Timeout(t) => break (!e.viewer.is_done()).then_some(t),
                 }
             }
@@ -669,14 +667,14 @@ impl Worker {
 
 /// What a viewer's events need from its worker.
 struct EventContext {
-    key: u64,
+    port: Arc<RtcPort>,
     replies: mpsc::UnboundedSender<(u64, ControlReply)>,
     verifier: Arc<Verifier>,
 }
 
 impl EventContext {
     /// Acts on one of viewer `e`'s events.
-    fn act(&self, e: &mut Entry, ev: Event, now: Instant) {
+    fn act(&self, key: u64, e: &mut Entry, ev: Event, now: Instant) {
         let session = e.slot.session();
         match ev {
             Event::Connected { .. } => {}
@@ -689,7 +687,7 @@ impl EventContext {
             Event::Command { id, command } => {
                 let reply = ReplyTo {
                     tx: self.replies.clone(),
-                    viewer: self.key,
+                    viewer: key,
                 };
                 session.control(id, command, reply);
             }
