@@ -9,6 +9,7 @@
 //! message of one datagram no longer than it goes out whole. So messages are grouped by
 //! segment size, a lone datagram joining a group whose size it fits.
 
+use std::collections::HashMap;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 
@@ -125,10 +126,28 @@ impl Batch {
         sent
     }
 
-    /// Each run's (socket, segment size it is sent with, run index), in sending order: by
-    /// socket, the size the socket is set to first (no setting needed), then by size; a lone
-    /// datagram goes with the largest size of its socket that it fits (0: unsegmented).
+    /// Each run's (socket, segment size it is sent with, run index), in sending order.
+    ///
+    /// A destination's runs are sent in the order they were pushed: a run's phase is how many
+    /// runs to its destination came before it, and the phases go out one after the other
+    /// (one run per destination in each). Within a phase, by socket, the size the socket is
+    /// set to first (no setting needed), then by size; a lone datagram goes with the largest
+    /// size of its socket that it fits (0: unsegmented).
     fn plan(&self, sockets: &impl Sockets) -> Vec<(usize, u16, usize)> {
+        let current = |socket: usize| match socket < sockets.count() {
+            true => sockets.segment(socket),
+            false => 0,
+        };
+        let mut seen: HashMap<(usize, SocketAddr), usize> = HashMap::new();
+        let phases: Vec<usize> = self
+            .runs
+            .iter()
+            .map(|r| {
+                let n = seen.entry((r.socket, r.destination)).or_default();
+                *n += 1;
+                *n - 1
+            })
+            .collect();
         let mut largest: Vec<u16> = Vec::new();
         for r in self.runs.iter().filter(|r| r.count > 1) {
             if largest.len() <= r.socket {
@@ -136,36 +155,35 @@ impl Batch {
             }
             largest[r.socket] = largest[r.socket].max(r.segment as u16);
         }
-        let mut order: Vec<(usize, u16, usize)> = self
+        let mut order: Vec<(usize, usize, u16, usize)> = self
             .runs
             .iter()
+            .zip(&phases)
             .enumerate()
-            .map(|(i, r)| {
+            .map(|(i, (r, &phase))| {
                 let segment = if r.count > 1 {
                     r.segment as u16
                 } else {
-                    let current = match r.socket < sockets.count() {
-                        true => sockets.segment(r.socket),
-                        false => 0,
-                    };
+                    let now = current(r.socket);
                     let big = largest.get(r.socket).copied().unwrap_or(0);
-                    if current as usize >= r.bytes {
-                        current
+                    if now as usize >= r.bytes {
+                        now
                     } else if big as usize >= r.bytes {
                         big
                     } else {
                         0
                     }
                 };
-                (r.socket, segment, i)
+                (phase, r.socket, segment, i)
             })
             .collect();
-        let current = |socket: usize| match socket < sockets.count() {
-            true => sockets.segment(socket),
-            false => 0,
-        };
-        order.sort_by_key(|&(socket, segment, i)| (socket, segment != current(socket), segment, i));
+        order.sort_by_key(|&(phase, socket, segment, i)| {
+            (phase, socket, segment != current(socket), segment, i)
+        });
         order
+            .into_iter()
+            .map(|(_, socket, segment, i)| (socket, segment, i))
+            .collect()
     }
 
     fn send_group(
@@ -371,6 +389,48 @@ mod tests {
             assert_eq!(got, w, "receiver {i}");
         }
         assert!(batch.is_empty());
+    }
+
+    /// A frame split into packets of two sizes (1276 then 1275 bytes, as aiortc and others
+    /// packetize) makes two runs per destination; however the runs are grouped into calls,
+    /// each receiver gets its datagrams in the order they were pushed (a reordered packet is
+    /// reported lost, and may be NACKed and resent for nothing).
+    #[test]
+    fn each_destination_gets_its_datagrams_in_order() {
+        let rt = runtime();
+        let _g = rt.enter();
+        let mut sockets = loopback_sockets();
+        let receivers: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| {
+                let r = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                r
+            })
+            .collect();
+        let to: Vec<SocketAddr> = receivers.iter().map(|r| r.local_addr().unwrap()).collect();
+        let mut batch = Batch::default();
+        let mut want: Vec<Vec<(usize, u8)>> = vec![Vec::new(); 3];
+        for frame in 0..2u8 {
+            for (i, d) in to.iter().enumerate() {
+                let sizes = [25, 1276, 1276, 1276, 1275, 1275, 160];
+                for (k, len) in sizes.into_iter().enumerate() {
+                    let fill = 100 * frame + 10 * i as u8 + k as u8;
+                    batch.push(0, transmit(*d, len, fill), 64);
+                    want[i].push((len, fill));
+                }
+            }
+        }
+        let sent = batch.flush(&mut sockets);
+        assert_eq!((sent.datagrams, sent.failed), (42, 0), "{sent:?}");
+        for (i, r) in receivers.iter().enumerate() {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            while got.len() < want[i].len() {
+                let n = r.recv(&mut buf).expect("every datagram arrives");
+                got.push((n, buf[0]));
+            }
+            assert_eq!(got, want[i], "receiver {i}: in the order pushed");
+        }
     }
 
     #[test]
