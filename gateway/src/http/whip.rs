@@ -3,26 +3,29 @@
 //! resource's PATCH and DELETE are the ones viewers have (`whep.rs`).
 //!
 //! Owns the request-level rules of publishing: the `publish` scope, one publisher per session
-//! (409), codecs chosen from the gateway's preference. The publisher's task is
-//! `rtc/publisher.rs`'s.
+//! (409), codecs chosen from the gateway's preference. The publisher itself (its core and
+//! the task that drives it) is `rtc/publisher.rs`.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use rtp_ring::Ring;
 
 use crate::auth::Scope;
 use crate::auth::valid_session_name;
 use crate::http::whep::{Role, SDP, created, delete_resource, patch_resource, register};
 use crate::http::{ApiError, Shared, authorize, require_type};
 use crate::ids::random_id;
+use crate::rtc::Clock;
 use crate::rtc::answer::answer;
 use crate::rtc::ice::{IceSession, Inbox, new_etag};
 use crate::rtc::offer::Offer;
-use crate::rtc::publisher::Publisher;
+use crate::rtc::publisher::{self, Publisher};
 use crate::session::{Ingest, PublishError};
 
 /// `GET /whip/{session}`: 200, no content, `Content-Type: application/sdp`. Any valid name
@@ -62,6 +65,9 @@ pub async fn post(
     let (plan, video) = offer.plan_whip(&s.config.live.video_codecs)?;
     // Answered before the session is made, so that an offer str0m refuses leaves nothing.
     let answered = answer(&offer, plan, video, &s.cert, &s.port.candidates(), true)?;
+    // Each publish writes a fresh ring (viewers of the last one see it end).
+    let ring = Ring::create_memfd(&format!("wisp-live-{name}"), crate::session::RING_BYTES)
+        .map_err(|e| ApiError::Internal(format!("cannot make the session's ring: {e}")))?;
     let id = random_id();
     let max = s.config.limits.max_publishers;
     let claim = match s
@@ -97,25 +103,26 @@ pub async fn post(
     let etag = new_etag();
     let (tx, inbox) = tokio::sync::mpsc::channel(8);
     let on_end = register(&s, &name, &id, Role::Publisher, Inbox::Task(tx));
-    Publisher {
-        id: id.clone(),
-        rtc: answered.rtc,
-        ice: IceSession {
-            offer,
-            ufrag: answered.ufrag,
-            etag: etag.clone(),
+    let publisher = Publisher::new(
+        publisher::Params {
+            id: id.clone(),
+            rtc: answered.rtc,
+            ice: IceSession {
+                offer,
+                ufrag: answered.ufrag,
+                etag: etag.clone(),
+            },
+            tracks: answered.tracks,
+            video,
+            ring,
+            generation: claim.generation,
+            max_bitrate: s.config.limits.max_ingest_bitrate,
+            connect_timeout: s.config.connect_timeout,
+            clock: Clock::read(),
         },
-        tracks: answered.tracks,
-        video,
-        claim,
-        max_bitrate: s.config.limits.max_ingest_bitrate,
-        port: s.port.clone(),
-        metrics: s.metrics.clone(),
-        inbox,
-        on_end,
-        connect_timeout: s.config.connect_timeout,
-    }
-    .spawn();
+        Instant::now(),
+    );
+    publisher::spawn(publisher, claim, s.port.clone(), inbox, on_end);
     tracing::info!(
         session = %name,
         resource = %id,

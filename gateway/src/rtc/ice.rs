@@ -4,10 +4,8 @@
 //! (`publisher.rs`) share it, so PATCH behaves the same on both.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Rtc};
+use str0m::{Candidate, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rtc::offer::{Fragment, Offer, valid_ice_credentials};
@@ -66,14 +64,6 @@ pub fn close(rtc: &mut Rtc) {
         tracing::debug!("no graceful close ({e}): dropping the connection");
         rtc.disconnect();
     }
-}
-
-/// Hands a datagram from the port to `rtc`.
-pub fn receive(rtc: &mut Rtc, dg: &Datagram) -> Result<(), String> {
-    let input = Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data)
-        .map_err(|e| e.to_string())?;
-    rtc.handle_input(Input::Receive(Instant::now(), input))
-        .map_err(|e| e.to_string())
 }
 
 /// Where the HTTP layer's messages to a resource go: its own task (a publisher), or the
@@ -187,33 +177,6 @@ pub struct IceSession {
 }
 
 impl IceSession {
-    /// A message from the HTTP layer (`None`: the registry dropped the resource). PATCHes
-    /// are answered here; returns why when the resource is to close (its DELETE, the
-    /// gateway's shutdown: the caller's task ends and closes the connection with [`close`]).
-    pub fn on_message(
-        &mut self,
-        rtc: &mut Rtc,
-        msg: Option<PeerMsg>,
-        link: &mut PortLink,
-    ) -> Option<Closed> {
-        match msg {
-            None => Some(Closed::Dropped),
-            Some(PeerMsg::Close(why)) => Some(why),
-            Some(PeerMsg::Patch {
-                fragment,
-                if_match,
-                reply,
-            }) => {
-                let result = self.patch(rtc, fragment, if_match.as_deref());
-                if let Ok(Patched::Restarted { .. }) = &result {
-                    link.add(&self.ufrag);
-                }
-                let _ = reply.send(result);
-                None
-            }
-        }
-    }
-
     /// A trickle-ICE or ICE-restart PATCH (RFC 9725 §4.3).
     pub fn patch(
         &mut self,

@@ -13,7 +13,8 @@
 //! - `ice.rs`: a resource's ICE session (trickle, restart, entity-tags), its place on the
 //!   port, and the HTTP layer's messages to it.
 //! - `offer.rs`: offer and trickle-fragment reading; which offers a session can serve.
-//! - `publisher.rs`: one WHIP publisher's `Rtc`; its packets into the live session's ring.
+//! - `publisher.rs`: one WHIP publisher's whole policy, sans-IO (`handle` and `poll_output`),
+//!   and the task that drives it; its packets go into the live session's ring.
 
 pub mod answer;
 pub mod batch;
