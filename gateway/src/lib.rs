@@ -5,8 +5,9 @@
 //! By concept, each folder using only those below it (no circles):
 //! - `http/`: the HTTP surface: router, state, errors, WHEP, WHIP, resources' PATCH and
 //!   DELETE, the session API, HLS files, pages (see its own layout).
-//! - `rtc/`: WebRTC: the UDP port, answers, ICE sessions, the sans-IO viewer core and the
-//!   fan-out workers that drive viewers, the WHIP publisher (see its own layout).
+//! - `rtc/`: WebRTC: the UDP port, answers, ICE sessions, the sans-IO viewer and WHIP
+//!   publisher cores, the viewer's control channel, the fan-out workers that drive viewers
+//!   (see its own layout).
 //! - `ingest/`: RTMP and SRT publishers and pulled URLs become live sessions through a
 //!   transcoder per publish (see its own layout).
 //! - `egress/`: recordings, HLS and restreams by `wisp-transcoder egress` processes: the
@@ -14,7 +15,6 @@
 //! - `session/`: the session registry and handle; just-in-time transcoders, restarts,
 //!   keyframe throttling; live sessions and their one publisher; transcoder slots; the
 //!   per-viewer header rewrite (see its own layout).
-//! - `channel.rs`: the viewer's data-channel protocol (used by viewers and sessions).
 //! - `serve.rs`: startup, the printed ready URL, signal-driven drain.
 //! - `config.rs`: flags > `WISP_*` env > TOML file > defaults, and session definitions.
 //! - `auth.rs`: JWT keys, claims and scopes; verifying and minting tokens.
@@ -24,7 +24,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod channel;
 pub mod config;
 pub mod egress;
 pub mod heap;

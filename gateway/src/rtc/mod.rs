@@ -5,6 +5,7 @@
 //! - `answer.rs`: a str0m `Rtc` made for an offer, and the SDP answer.
 //! - `feed.rs`: one viewer's records from the session ring, with its own header fields.
 //! - `viewer.rs`: one viewer's whole policy, sans-IO (`handle` and `poll_output`).
+//! - `channel.rs`: the viewer's control channel: requests, replies, scopes, limits.
 //! - `worker.rs`: fan-out workers: each drives its share of the viewers in one loop, with
 //!   one timer queue and batched sends.
 //! - `batch.rs`: a worker's outgoing datagrams, sent in as few system calls as possible.
@@ -18,6 +19,7 @@
 
 pub mod answer;
 pub mod batch;
+pub mod channel;
 pub mod feed;
 pub mod ice;
 pub mod offer;

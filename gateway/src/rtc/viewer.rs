@@ -27,11 +27,11 @@ use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use crate::auth::{Grant, Scope};
-use crate::channel::{self, Action, Code, Refusal, Steering};
 use crate::config::VideoFormat;
 use crate::metrics::Metrics;
 use crate::rtc::Clock;
 use crate::rtc::answer::Tracks;
+use crate::rtc::channel::{self, Action, Code, Refusal, Steering};
 use crate::rtc::feed::{DRAIN_BATCH, Feed, Written};
 use crate::rtc::ice::{Closed, IceSession, PatchError, Patched};
 use crate::rtc::offer::Fragment;

@@ -12,8 +12,10 @@
 //! - `slots.rs`: who holds one of `max_transcoders` slots; idle holders give way.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
 //! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
+//! - `news.rs`: what a session tells its viewers' control channels: events and refusals.
 
 pub mod fanout;
+pub mod news;
 pub mod slots;
 pub mod transcoder;
 
@@ -30,9 +32,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::channel::{self, Code, Refusal};
 use crate::config::{Limits, SessionSpec, VideoFormat};
 use crate::metrics::Metrics;
+use crate::session::news::{Code, Refusal};
 use crate::session::slots::TranscoderSlots;
 use crate::session::transcoder::{Command, Event, TranscoderProcess};
 use wisp_control::{InputInfo, PlayState};
@@ -217,12 +219,12 @@ pub struct Playback {
 impl Playback {
     /// The `state` event for this playback, if there is a state yet.
     pub fn state_event(&self) -> Option<String> {
-        Some(channel::event(
+        Some(news::event(
             "state",
             json!({
                 "state": self.state?,
-                "position": channel::seconds(self.position),
-                "duration": self.duration.map(channel::seconds),
+                "position": news::seconds(self.position),
+                "duration": self.duration.map(news::seconds),
                 "fps": self.fps,
             }),
         ))
@@ -678,7 +680,7 @@ impl Session {
                 _ => source.state_name(),
             },
             position: (self.kind == Kind::Vod && playback.state.is_some())
-                .then(|| channel::seconds(playback.position)),
+                .then(|| news::seconds(playback.position)),
             duration: playback.duration,
             viewers: self.viewers.load(Ordering::Relaxed),
             egresses: self.egresses.load(Ordering::Relaxed),
@@ -1073,7 +1075,7 @@ impl SessionTask {
 
     fn publish_viewers(&self) {
         self.session
-            .publish(channel::event("viewers", json!({ "count": self.viewers })));
+            .publish(news::event("viewers", json!({ "count": self.viewers })));
     }
 
     /// The transcoder is gone for good (not restarting): its slot is freed unless viewers wait.
@@ -1212,7 +1214,7 @@ impl SessionTask {
     fn fail(&mut self, reason: String) {
         self.release_slot();
         *self.session.last_error.lock().expect("not poisoned") = Some(reason.clone());
-        self.session.publish(channel::event(
+        self.session.publish(news::event(
             "error",
             json!({"code": "unavailable", "message": reason}),
         ));
@@ -1278,9 +1280,9 @@ impl SessionTask {
             Event::Position { position, .. } => {
                 self.position = Some(position);
                 self.set_playback(|p| p.position = position);
-                self.session.publish(channel::event(
+                self.session.publish(news::event(
                     "position",
-                    json!({ "position": channel::seconds(position) }),
+                    json!({ "position": news::seconds(position) }),
                 ));
             }
             Event::State {
@@ -1313,7 +1315,7 @@ impl SessionTask {
                 tracing::warn!(%code, "transcoder error: {message}");
                 *self.session.last_error.lock().expect("not poisoned") =
                     Some(format!("{code}: {message}"));
-                self.session.publish(channel::event(
+                self.session.publish(news::event(
                     "error",
                     json!({"code": code, "message": message}),
                 ));
@@ -1380,7 +1382,7 @@ impl SessionTask {
         }
         self.session.restarts.fetch_add(1, Ordering::Relaxed);
         let delay = RESTART_DELAYS[self.exits.len() - 1];
-        self.session.publish(channel::event(
+        self.session.publish(news::event(
             "error",
             json!({
                 "code": "unavailable",
@@ -1506,7 +1508,7 @@ impl LiveTask {
                 self.keyframes = Some(keyframes);
                 self.source_tx.send_replace(Source::Ready(source));
                 self.session
-                    .publish(channel::event("publisher", json!({ "state": "active" })));
+                    .publish(news::event("publisher", json!({ "state": "active" })));
             }
             // A live session holds no transcoder slot.
             Msg::GiveWay { .. } => {}
@@ -1518,7 +1520,7 @@ impl LiveTask {
                     self.keyframes = None;
                     self.source_tx.send_replace(Source::Idle);
                     self.session
-                        .publish(channel::event("publisher", json!({ "state": "inactive" })));
+                        .publish(news::event("publisher", json!({ "state": "inactive" })));
                 }
             }
         }
@@ -1526,7 +1528,7 @@ impl LiveTask {
 
     fn publish_viewers(&self) {
         self.session
-            .publish(channel::event("viewers", json!({ "count": self.viewers })));
+            .publish(news::event("viewers", json!({ "count": self.viewers })));
     }
 
     /// Starts the idle clock when the last user left, stops it when one came. A pulled

@@ -4,7 +4,8 @@
 //! Owns the wire format (requests, replies, events), the limits (message size, request rate,
 //! chat length) and the scope each operation needs. Sans-IO: [`Steering::on_message`] turns
 //! bytes into what the peer must do; carrying that out (the session, the data channel, token
-//! verification) is `rtc/viewer.rs`'s. Scopes are enforced here, never by the client.
+//! verification) is `rtc/viewer.rs`'s. Scopes are enforced here, never by the client. The
+//! codes, refusals and event texts sessions send too are `session/news.rs`'s.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use serde_json::{Map, Value, json};
 use wisp_control::{Command, InputRef};
 
 use crate::auth::{Grant, Scope};
+pub use crate::session::news::{Code, Refusal, event, seconds};
 
 /// The data channel's label.
 pub const LABEL: &str = "control";
@@ -26,67 +28,6 @@ pub const REQUESTS_PER_SECOND: f64 = 20.0;
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(60);
 /// After `exp`, a viewer has this long to send a fresh token before it is disconnected.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(30);
-
-/// Error codes of replies and `error` events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    /// The token lacks the scope, names another session, or has expired.
-    Forbidden,
-    /// Malformed JSON, an unknown op, bad arguments.
-    BadRequest,
-    /// The session cannot do this (e.g. seek on an input that cannot seek).
-    NotSupported,
-    /// More than [`REQUESTS_PER_SECOND`].
-    RateLimited,
-    /// The transcoder is not ready (starting, restarting, failed).
-    Unavailable,
-    /// A message over [`MAX_MESSAGE`].
-    TooLarge,
-    /// Chat text over [`MAX_CHAT_CHARS`].
-    TooLong,
-    /// The token expired and no fresh one came within the grace period.
-    TokenExpired,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Forbidden => "forbidden",
-            Code::BadRequest => "bad_request",
-            Code::NotSupported => "not_supported",
-            Code::RateLimited => "rate_limited",
-            Code::Unavailable => "unavailable",
-            Code::TooLarge => "too_large",
-            Code::TooLong => "too_long",
-            Code::TokenExpired => "token_expired",
-        }
-    }
-
-    /// The code a transcoder's refusal maps to (its own codes are a superset).
-    pub fn from_transcoder(code: &str) -> Code {
-        match code {
-            "not_supported" => Code::NotSupported,
-            "bad_request" => Code::BadRequest,
-            _ => Code::Unavailable,
-        }
-    }
-}
-
-/// A refusal: the code and a sentence for a person.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    pub code: Code,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
 
 /// The operations a viewer may request.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -343,21 +284,6 @@ pub fn reply_error(id: &Value, refusal: &Refusal) -> String {
         "error": {"code": refusal.code.as_str(), "message": refusal.message},
     })
     .to_string()
-}
-
-/// Seconds as events carry them: to the millisecond (a frame at 30 fps is 33.3 ms).
-pub fn seconds(s: f64) -> f64 {
-    (s * 1000.0).round() / 1000.0
-}
-
-/// `{"event":name,…fields}`.
-pub fn event(name: &str, fields: Value) -> String {
-    let mut m = Map::new();
-    m.insert("event".into(), Value::String(name.into()));
-    if let Value::Object(f) = fields {
-        m.extend(f);
-    }
-    Value::Object(m).to_string()
 }
 
 #[cfg(test)]
