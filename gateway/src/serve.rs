@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Claims, Minter, Verifier};
 use crate::config::{Config, KeySource};
-use crate::http::whep::Resources;
+use crate::http::resource::Resources;
 use crate::http::{AppState, app};
 use crate::metrics::Metrics;
 use crate::rtc::udp::RtcPort;

@@ -15,7 +15,9 @@ use serde_json::json;
 
 use crate::auth::{Scope, valid_session_name};
 use crate::config::SessionSpec;
+use crate::config::SpecError;
 use crate::egress::{EgressInfo, EgressSpec};
+use crate::http::error::{Internal, Invalid, NotFound};
 use crate::http::{ApiError, Shared, authorize, base_url, require_type};
 use crate::ids::random_id;
 use crate::session::SessionInfo;
@@ -39,7 +41,7 @@ pub async fn show(
     let session = s
         .sessions
         .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+        .ok_or_else(|| NotFound::Session(name.to_string()))?;
     Ok(Json(session.info()))
 }
 
@@ -54,20 +56,16 @@ pub async fn create(
         return Err(ApiError::Draining);
     }
     require_type(&headers, "application/json")?;
-    let spec: SessionSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("session definition: {e}")))?;
+    let spec: SessionSpec = serde_json::from_slice(&body).map_err(Invalid::SessionDefinition)?;
     let name = match &spec.name {
         Some(n) if !valid_session_name(n) || n == "*" => {
-            return Err(ApiError::Unprocessable(format!(
-                "session name {n:?} is not allowed: use 1-64 of [A-Za-z0-9._-]"
-            )));
+            return Err(SpecError::Name(n.clone()).into());
         }
         Some(n) => n.clone(),
         None => random_id()[..12].to_string(),
     };
     authorize(&s, &headers, &name, Scope::Admin)?;
-    spec.validate()
-        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    spec.validate()?;
     // A missing file is the client's to fix now, not a failure its first viewer meets. The
     // file system may be slow (a network mount): off the runtime's threads.
     let inputs = spec.clone();
@@ -77,11 +75,10 @@ pub async fn create(
             .map(|urls| urls.into_iter().map(String::from).collect())
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("checking the inputs: {e}")))?
-    .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    .map_err(Internal::InputCheck)??;
     let warnings = probe_all(&urls).await;
     let egresses = crate::egress::specs_of(&spec.egress)
-        .map_err(|(i, e)| ApiError::BadRequest(format!("egress[{i}]: {e}")))?;
+        .map_err(|(index, why)| Invalid::EgressDefinition { index, why })?;
     let spec = SessionSpec {
         name: Some(name.clone()),
         ..spec
@@ -207,7 +204,7 @@ pub async fn remove(
     authorize(&s, &headers, &name, Scope::Admin)?;
     s.sessions
         .remove(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+        .ok_or_else(|| NotFound::Session(name.to_string()))?;
     tracing::info!(session = %name, "session deleted through the API");
     Ok(StatusCode::OK)
 }
@@ -229,7 +226,7 @@ pub async fn egress_start(
     let session = s
         .sessions
         .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
+        .ok_or_else(|| NotFound::Session(name.to_string()))?;
     // A VOD session's codec is known before it runs: refuse a container that cannot hold it
     // now rather than fail later. (A live session's is the publisher's, known at publish.)
     if session.kind == crate::session::Kind::Vod {
@@ -250,7 +247,7 @@ pub async fn egress_start(
             }
         };
         if let Some(why) = refusal {
-            return Err(ApiError::Unprocessable(why));
+            return Err(Invalid::Codec(why).into());
         }
     }
     let egress = s.egresses.start(&session, spec, false)?;
@@ -273,7 +270,7 @@ pub async fn egress_list(
     authorize(&s, &headers, &name, Scope::Admin)?;
     let egresses = s.egresses.of(&name);
     if egresses.is_empty() && s.sessions.get(&name).is_none() {
-        return Err(ApiError::NotFound(format!("no session named {name:?}")));
+        return Err(NotFound::Session(name.to_string()).into());
     }
     Ok(Json(egresses.iter().map(|e| e.info()).collect()))
 }
@@ -309,9 +306,13 @@ fn egress_of(
     name: &str,
     id: &str,
 ) -> Result<std::sync::Arc<crate::egress::Egress>, ApiError> {
-    s.egresses
-        .get(name, id)
-        .ok_or_else(|| ApiError::NotFound(format!("session {name:?} has no egress {id:?}")))
+    s.egresses.get(name, id).ok_or_else(|| {
+        NotFound::Egress {
+            session: name.to_string(),
+            id: id.to_string(),
+        }
+        .into()
+    })
 }
 
 /// How long DELETE waits for an egress to finish its output.
@@ -393,41 +394,29 @@ pub async fn mint_token(
 ) -> Result<Response, ApiError> {
     authorize(&s, &headers, "*", Scope::Admin)?;
     require_type(&headers, "application/json")?;
-    let req: TokenRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("token request: {e}")))?;
-    let minter = s.minter.as_ref().ok_or_else(|| {
-        ApiError::NotImplemented(
-            "this gateway verifies tokens with public keys and holds no private key: mint \
-             tokens where the private key is (wisp token --jwt-private-key)"
-                .into(),
-        )
-    })?;
+    let req: TokenRequest = serde_json::from_slice(&body).map_err(Invalid::TokenRequest)?;
+    let minter = s.minter.as_ref().ok_or(ApiError::NoSigningKey)?;
     if req.sessions.is_empty() {
-        return Err(ApiError::Unprocessable(
-            "sessions: name at least one session, or \"*\"".into(),
-        ));
+        return Err(Invalid::NoSessions.into());
     }
     if let Some(bad) = req.sessions.iter().find(|n| !valid_session_name(n)) {
-        return Err(ApiError::Unprocessable(format!(
-            "sessions: {bad:?} is not a session name (1-64 of A-Z a-z 0-9 . _ -, or *)"
-        )));
+        return Err(Invalid::TokenSession(bad.clone()).into());
     }
     let scopes = req
         .scope
         .split_whitespace()
         .map(str::parse::<Scope>)
         .collect::<Result<std::collections::BTreeSet<_>, _>>()
-        .map_err(|e| ApiError::Unprocessable(format!("scope: {e}")))?;
+        .map_err(Invalid::Scope)?;
     if scopes.is_empty() {
-        return Err(ApiError::Unprocessable(
-            "scope: give at least one of view publish playback audio chat admin".into(),
-        ));
+        return Err(Invalid::NoScope.into());
     }
     if req.ttl == 0 || req.ttl > MAX_TOKEN_TTL {
-        return Err(ApiError::Unprocessable(format!(
-            "ttl: {} s is out of range: 1 to {MAX_TOKEN_TTL} (30 days)",
-            req.ttl
-        )));
+        return Err(Invalid::Ttl {
+            ttl: req.ttl,
+            max: MAX_TOKEN_TTL,
+        }
+        .into());
     }
     let scope = scopes
         .iter()

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Scope;
 use crate::config::HlsMode;
 use crate::egress::Egress;
+use crate::http::error::{HlsNotReady, Invalid, NotFound};
 use crate::http::{ApiError, Shared};
 
 /// How long the first request waits for the renditions' first segments.
@@ -60,8 +61,8 @@ async fn serve(
     let session = s
         .sessions
         .get(name)
-        .ok_or_else(|| ApiError::NotFound(format!("no session named {name:?}")))?;
-    let not_found = || ApiError::NotFound(format!("no such HLS file for session {name:?}"));
+        .ok_or_else(|| NotFound::Session(name.to_string()))?;
+    let not_found = || ApiError::from(NotFound::HlsFile(name.to_string()));
     if !rendition.is_none_or(plain_name) || !plain_name(file) {
         return Err(not_found());
     }
@@ -74,15 +75,14 @@ async fn serve(
     if session.kind == crate::session::Kind::Vod
         && session.spec.codec() != crate::config::VideoCodec::H264
     {
-        return Err(ApiError::Unprocessable(
+        return Err(Invalid::Codec(
             "HLS takes H.264 video, and this session's video is VP8".into(),
-        ));
+        )
+        .into());
     }
     let egress = match (rendition, s.hls_mode(&session)) {
         (_, HlsMode::Off) => {
-            return Err(ApiError::NotFound(format!(
-                "HLS is off for session {name:?} (its hls setting)"
-            )));
+            return Err(NotFound::HlsOff(name.to_string()).into());
         }
         // A player starts with the master playlist: that starts HLS if it is not running.
         (None, _) => s.egresses.hls_on_demand(&session)?,
@@ -128,15 +128,11 @@ async fn wait_ready(egress: &Egress) -> Result<(), ApiError> {
         }
         if egress.is_finished() {
             let info = egress.info();
-            return Err(ApiError::Unavailable(format!(
-                "HLS for this session stopped: {}",
-                info.error.or(info.reason).unwrap_or_default()
-            )));
+            let why = info.error.or(info.reason).unwrap_or_default();
+            return Err(HlsNotReady::Stopped(why).into());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::Unavailable(
-                "HLS for this session is starting; try again shortly".into(),
-            ));
+            return Err(HlsNotReady::Starting.into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

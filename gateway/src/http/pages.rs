@@ -13,6 +13,7 @@ use axum::http::header::{self, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::auth::valid_session_name;
+use crate::http::error::{Internal, NotFound};
 use crate::http::{ApiError, Shared};
 
 /// One page: its file name in an assets folder, and the copy built into the binary.
@@ -56,10 +57,7 @@ async fn render(s: &Shared, page: Page, session: Option<&str>) -> Response {
     if let Some(name) = session
         && (!valid_session_name(name) || name == "*")
     {
-        return ApiError::NotFound(format!(
-            "{name:?} is not a session name (1-64 of A-Z a-z 0-9 . _ -)"
-        ))
-        .into_response();
+        return ApiError::from(NotFound::BadSessionName(name.to_string())).into_response();
     }
     let text = match &s.config.assets {
         Some(dir) => {
@@ -69,12 +67,7 @@ async fn render(s: &Shared, page: Page, session: Option<&str>) -> Response {
                 Err(e) => {
                     // The path is the operator's to see, in the log, not a visitor's.
                     tracing::warn!(path = %path.display(), "page not served: {e}");
-                    return ApiError::Internal(format!(
-                        "the page {} cannot be read (the gateway's log says where it was \
-                         looked for)",
-                        page.file
-                    ))
-                    .into_response();
+                    return ApiError::from(Internal::Page(page.file)).into_response();
                 }
             }
         }

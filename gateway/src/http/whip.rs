@@ -1,6 +1,6 @@
 //! WHIP (RFC 9725): the endpoint `POST /whip/{session}` that answers a publisher's offer,
 //! makes (or takes over) the live session, and creates the publisher's resource; the
-//! resource's PATCH and DELETE are the ones viewers have (`whep.rs`).
+//! resource's PATCH and DELETE are the ones viewers have (`resource.rs`).
 //!
 //! Owns the request-level rules of publishing: the `publish` scope, one publisher per session
 //! (409), codecs chosen from the gateway's preference. The publisher itself (its core and
@@ -18,7 +18,9 @@ use rtp_ring::Ring;
 
 use crate::auth::Scope;
 use crate::auth::valid_session_name;
-use crate::http::whep::{Role, SDP, created, delete_resource, patch_resource, register};
+use crate::http::error::{Internal, NotFound};
+use crate::http::headers::SDP;
+use crate::http::resource::{Role, created, delete_resource, patch_resource, register};
 use crate::http::{ApiError, Shared, authorize, require_type};
 use crate::ids::random_id;
 use crate::rtc::Clock;
@@ -32,8 +34,7 @@ use crate::session::{Ingest, PublishError};
 /// is a WHIP endpoint (publishing creates the session).
 pub async fn endpoint_get(Path(session): Path<String>) -> Response {
     if !valid_session_name(&session) {
-        return ApiError::NotFound(format!("{session:?} is not a valid session name"))
-            .into_response();
+        return ApiError::from(NotFound::BadSessionName(session)).into_response();
     }
     let mut resp = StatusCode::OK.into_response();
     resp.headers_mut()
@@ -53,9 +54,7 @@ pub async fn post(
         return Err(ApiError::Draining);
     }
     if !valid_session_name(&name) {
-        return Err(ApiError::NotFound(format!(
-            "{name:?} is not a valid session name (letters, digits, '-', '_', '.')"
-        )));
+        return Err(NotFound::BadSessionName(name).into());
     }
     let grant = authorize(&s, &headers, &name, Scope::Publish)?;
     require_type(&headers, SDP)?;
@@ -67,7 +66,7 @@ pub async fn post(
     let answered = answer(&offer, plan, video, &s.cert, &s.port.candidates(), true)?;
     // Each publish writes a fresh ring (viewers of the last one see it end).
     let ring = Ring::create_memfd(&format!("wisp-live-{name}"), crate::session::RING_BYTES)
-        .map_err(|e| ApiError::Internal(format!("cannot make the session's ring: {e}")))?;
+        .map_err(Internal::Ring)?;
     let id = random_id();
     let max = s.config.limits.max_publishers;
     let claim = match s
