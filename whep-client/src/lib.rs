@@ -582,7 +582,21 @@ struct Posted {
     ice_servers: Vec<link::IceServerLink>,
 }
 
+/// How many redirects a POST follows (a cluster's node sends a viewer to the session's owner).
+const MAX_REDIRECTS: usize = 5;
+
+/// An HTTP client for WHIP and WHEP: redirects are not followed by reqwest, which would drop
+/// the `Authorization` header on the way to another host; [`post_offer`] follows a 307 or 308
+/// itself, token and offer included (RFC 9725 §4.5).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client without TLS settings builds")
+}
+
 /// POSTs `offer` (`application/sdp`, bearer `token`) and applies the 201's answer to `rtc`.
+/// A 307 or 308 is followed with the same request, up to [`MAX_REDIRECTS`] times.
 async fn post_offer(
     http: &reqwest::Client,
     url: &reqwest::Url,
@@ -591,17 +605,31 @@ async fn post_offer(
     pending: str0m::change::SdpPendingOffer,
     rtc: &mut str0m::Rtc,
 ) -> Result<Posted, ClientError> {
-    let mut req = http
-        .post(url.clone())
-        .header("Content-Type", "application/sdp")
-        .body(offer.to_sdp_string());
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.map_err(|e| ClientError::Request {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
+    let body = offer.to_sdp_string();
+    let mut url = url.clone();
+    let mut hops = 0;
+    let resp = loop {
+        let mut req = http
+            .post(url.clone())
+            .header("Content-Type", "application/sdp")
+            .body(body.clone());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Request {
+            url: url.to_string(),
+            message: e.to_string(),
+        })?;
+        let next = header(&resp, "location").and_then(|l| url.join(&l).ok());
+        match (resp.status().as_u16(), next) {
+            (307 | 308, Some(next)) if hops < MAX_REDIRECTS => {
+                hops += 1;
+                url = next;
+            }
+            _ => break resp,
+        }
+    };
+    let url = &url;
     let status = resp.status().as_u16();
     let location = header(&resp, "location").and_then(|l| url.join(&l).ok());
     let etag = header(&resp, "etag");

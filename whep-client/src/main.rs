@@ -213,7 +213,7 @@ async fn control(
     timeout: u64,
     json: bool,
 ) -> ExitCode {
-    let http = reqwest::Client::new();
+    let http = whep_client::http_client();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = Options {
         url,
@@ -290,7 +290,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         eprintln!("whep-client: --linger takes 0 to 600 seconds");
         return ExitCode::FAILURE;
     }
-    let http = reqwest::Client::new();
+    let http = whep_client::http_client();
     let (frames_out, writer) = match frame_log {
         Some(path) => match std::fs::File::create(&path) {
             Ok(file) => {
@@ -410,7 +410,7 @@ async fn load(
     ramp: f64,
     json: bool,
 ) -> ExitCode {
-    let http = reqwest::Client::new();
+    let http = whep_client::http_client();
     let results: Arc<Mutex<Vec<Result<Summary, String>>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();

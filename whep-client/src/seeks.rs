@@ -124,7 +124,8 @@ pub async fn run(plan: Plan) -> ExitCode {
         frames_out: Some(frames_tx),
         ..Default::default()
     };
-    let viewer = tokio::spawn(async move { watch(&reqwest::Client::new(), opts, |_| {}).await });
+    let viewer =
+        tokio::spawn(async move { watch(&whep_client::http_client(), opts, |_| {}).await });
     let mut inbox = Inbox { messages, frames };
 
     // The status reply's state event gives the duration and the frame rate.
