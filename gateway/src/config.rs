@@ -37,6 +37,8 @@ pub struct Overrides {
     pub srt: Option<Listen>,
     pub assets: Option<PathBuf>,
     pub workers: Option<usize>,
+    pub cluster: Option<String>,
+    pub node_url: Option<String>,
 }
 
 /// An optional listener's address, or `off`.
@@ -169,6 +171,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub live: LiveFile,
     #[serde(default)]
+    pub cluster: ClusterFile,
+    #[serde(default)]
     pub ice_servers: Vec<IceServer>,
     #[serde(default)]
     pub sessions: Vec<SessionSpec>,
@@ -187,6 +191,27 @@ pub struct LimitsFile {
     pub http_header_timeout: Option<f64>,
     pub http_body_timeout: Option<f64>,
     pub http_idle_timeout: Option<f64>,
+}
+
+/// The `[cluster]` table: the nodes this one shares sessions with.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The Redis the nodes share, `redis://HOST:PORT/DB`.
+    pub redis: Option<String>,
+    /// The URL other nodes and clients reach this node's HTTP at.
+    pub node_url: Option<String>,
+}
+
+/// Scale-out (DESIGN.md "Scale-out"): nodes register in a shared Redis and redirect requests
+/// for sessions owned elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `redis://HOST:PORT/DB`.
+    pub redis: String,
+    /// This node's HTTP URL (`http://HOST:PORT`, no trailing slash), as other nodes and
+    /// clients reach it; `None`: the bound HTTP address, once bound (it must be specific).
+    pub node_url: Option<String>,
 }
 
 /// The `[live]` table: how live (WHIP) sessions behave.
@@ -799,6 +824,8 @@ pub struct Config {
     pub limits: Limits,
     pub http_limits: HttpLimits,
     pub live: Live,
+    /// `None`: a node of its own (no Redis, no redirects).
+    pub cluster: Option<Cluster>,
     pub ice_servers: Vec<IceServer>,
     pub sessions: BTreeMap<String, SessionSpec>,
 }
@@ -981,6 +1008,28 @@ impl Config {
                 "udp_recv_buffer must be 4096 to 268435456 bytes".into(),
             ));
         }
+        let cluster = match over.cluster.or(file.cluster.redis) {
+            None => None,
+            Some(redis) => {
+                if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+                    return Err(ConfigError::Value(format!(
+                        "cluster must be a redis:// or rediss:// URL, not {redis:?}"
+                    )));
+                }
+                let node_url = over.node_url.or(file.cluster.node_url);
+                if let Some(u) = &node_url
+                    && !(u.starts_with("http://") || u.starts_with("https://"))
+                {
+                    return Err(ConfigError::Value(format!(
+                        "node_url must be an http:// or https:// URL, not {u:?}"
+                    )));
+                }
+                Some(Cluster {
+                    redis,
+                    node_url: node_url.map(|u| u.trim_end_matches('/').to_string()),
+                })
+            }
+        };
         let workers = match over.workers.or(file.workers).unwrap_or(0) {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n if n <= 256 => n,
@@ -1049,6 +1098,7 @@ impl Config {
             limits,
             http_limits,
             live,
+            cluster,
             ice_servers: file.ice_servers,
             sessions,
         })
@@ -1250,6 +1300,55 @@ mod tests {
             fn drop(&mut self) {
                 let _ = std::fs::remove_file(&self.0);
             }
+        }
+    }
+
+    #[test]
+    fn the_cluster_comes_from_the_flag_or_the_file_and_takes_only_its_url_schemes() {
+        let f = write(
+            r#"
+            [cluster]
+            redis = "redis://10.0.0.5:6379/0"
+            node_url = "http://10.0.0.11:8080/"
+            "#,
+        );
+        let c = Config::resolve(Overrides::default(), Some(&f.0)).unwrap();
+        assert_eq!(
+            c.cluster,
+            Some(Cluster {
+                redis: "redis://10.0.0.5:6379/0".into(),
+                node_url: Some("http://10.0.0.11:8080".into()),
+            })
+        );
+        let over = Overrides {
+            cluster: Some("redis://127.0.0.1:6400/1".into()),
+            ..Overrides::default()
+        };
+        let c = Config::resolve(over, Some(&f.0)).unwrap();
+        assert_eq!(
+            c.cluster.unwrap().redis,
+            "redis://127.0.0.1:6400/1",
+            "flag wins"
+        );
+        assert_eq!(
+            Config::resolve(Overrides::default(), None).unwrap().cluster,
+            None
+        );
+        for (cluster, node, says) in [
+            ("http://10.0.0.5:6379", None, "cluster must be a redis://"),
+            (
+                "redis://10.0.0.5",
+                Some("10.0.0.11:8080"),
+                "node_url must be an http://",
+            ),
+        ] {
+            let over = Overrides {
+                cluster: Some(cluster.into()),
+                node_url: node.map(String::from),
+                ..Overrides::default()
+            };
+            let e = Config::resolve(over, None).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
         }
     }
 

@@ -12,6 +12,7 @@
 //!   transcoder per publish (see its own layout).
 //! - `egress/`: recordings, HLS and restreams by `wisp-transcoder egress` processes: the
 //!   request model, the registry, supervision (see its own layout).
+//! - `cluster.rs`: scale-out: the Redis directory of nodes and session owners, redirects.
 //! - `session/`: the session registry and handle; just-in-time transcoders, restarts,
 //!   keyframe throttling; live sessions and their one publisher; transcoder slots; the
 //!   per-viewer header rewrite (see its own layout).
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod egress;
 pub mod heap;

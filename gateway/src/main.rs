@@ -151,6 +151,15 @@ struct ServeArgs {
     /// 0 is one per core [default: 0].
     #[arg(long, env = "WISP_WORKERS")]
     workers: Option<usize>,
+    /// Join a cluster: the Redis the nodes share their sessions in (redis://HOST:PORT/DB).
+    /// Requests for a session another node owns are redirected there (307) [default: none,
+    /// a node of its own].
+    #[arg(long, env = "WISP_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's HTTP URL as other nodes and clients reach it (http://HOST:PORT), for the
+    /// cluster's redirects [default: http:// and the bound --http address].
+    #[arg(long, env = "WISP_NODE_URL")]
+    node_url: Option<String>,
     /// Check the configuration (the file, keys, sessions and their local inputs), print what
     /// would run, and exit: 0 if it is valid, 2 if not. Nothing is bound or started.
     #[arg(long)]
@@ -254,6 +263,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         srt: args.srt,
         assets: args.assets,
         workers: args.workers,
+        cluster: args.cluster,
+        node_url: args.node_url,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,
@@ -303,6 +314,15 @@ fn check(config: &Config) -> ExitCode {
     say(&format!("http       {}", config.http));
     say(&format!("rtc        {} (UDP)", config.rtc));
     say(&format!("workers    {} (fan-out threads)", config.workers));
+    if let Some(c) = &config.cluster {
+        say(&format!(
+            "cluster    {} (this node: {})",
+            c.redis,
+            c.node_url
+                .as_deref()
+                .unwrap_or("http:// and the bound address")
+        ));
+    }
     say(&format!("rtmp       {}", listen(config.rtmp)));
     say(&format!("srt        {} (UDP)", listen(config.srt)));
     say(&format!("state      {}", config.state_dir.display()));

@@ -49,6 +49,13 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cluster: --node-url is needed: other nodes cannot reach the HTTP address {0} (give \
+         the URL they reach this node at, or a specific --http address)"
+    )]
+    NodeUrl(SocketAddr),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("generating the DTLS certificate failed")]
     Certificate,
     #[error("starting the fan-out workers: {0}")]
@@ -135,6 +142,22 @@ impl Gateway {
             addr: config.http,
             source,
         })?;
+        let cluster = match &config.cluster {
+            None => None,
+            Some(c) => {
+                let node = match &c.node_url {
+                    Some(u) => u.clone(),
+                    None if http_addr.ip().is_unspecified() => {
+                        return Err(StartError::NodeUrl(http_addr));
+                    }
+                    None => format!("http://{http_addr}"),
+                };
+                let cluster = crate::cluster::Cluster::new(&c.redis, &node)
+                    .map_err(|e| StartError::Cluster(e.to_string()))?;
+                tracing::info!(node = %node, redis = %c.redis, "joining the cluster");
+                Some(Arc::new(cluster))
+            }
+        };
         let metrics_listener = match config.metrics {
             crate::config::MetricsAt::Addr(addr) => {
                 let l = tokio::net::TcpListener::bind(addr)
@@ -280,6 +303,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             ingest,
             egresses,
+            cluster,
         });
         Ok(Self {
             state,
@@ -315,6 +339,27 @@ impl Gateway {
                 self.state.metrics.clone(),
                 async move { stop.cancelled().await },
             ));
+        }
+        if let Some(cluster) = self.state.cluster.clone() {
+            let state = self.state.clone();
+            let stop = self.cancel.clone();
+            tokio::spawn(async move {
+                cluster
+                    .heartbeat(stop, || {
+                        let (viewers, publishers) = state.resources.counts();
+                        crate::cluster::Load {
+                            sessions: state
+                                .sessions
+                                .list()
+                                .iter()
+                                .map(|s| s.name.clone())
+                                .collect(),
+                            viewers,
+                            publishers,
+                        }
+                    })
+                    .await
+            });
         }
         let state = self.state.clone();
         let cancel = self.cancel.clone();

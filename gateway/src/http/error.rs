@@ -60,6 +60,8 @@ pub enum ApiError {
     EgressStart(#[from] crate::egress::StartError),
     #[error(transparent)]
     HlsNotReady(#[from] HlsNotReady),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Unreachable),
     #[error("the gateway is shutting down")]
     Draining,
     // Ours.
@@ -178,7 +180,7 @@ impl ApiError {
                 | Invalid::NoScope
                 | Invalid::Ttl { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
-            ApiError::HlsNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::HlsNotReady(_) | ApiError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Offer(e) => match e {
                 OfferError::Malformed(_) => StatusCode::BAD_REQUEST,
@@ -281,6 +283,7 @@ impl IntoResponse for ApiError {
                 crate::egress::StartError::Join(_) | crate::egress::StartError::Failed(_),
             )
             | ApiError::HlsNotReady(_)
+            | ApiError::Cluster(_)
             | ApiError::Draining
             | ApiError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

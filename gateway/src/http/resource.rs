@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use crate::auth::Scope;
+use crate::cluster::Owner;
 use crate::http::error::NotFound;
 use crate::http::headers::{SDP, TRICKLE};
 use crate::http::{ApiError, Shared, authorize, base_url, ice_server_links, require_type};
@@ -134,6 +135,13 @@ impl Resources {
 
     pub fn len(&self) -> usize {
         self.map.lock().expect("not poisoned").len()
+    }
+
+    /// Live viewers and publishers.
+    pub fn counts(&self) -> (u64, u64) {
+        let map = self.map.lock().expect("not poisoned");
+        let viewers = map.values().filter(|r| r.role == Role::Viewer).count() as u64;
+        (viewers, map.len() as u64 - viewers)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,4 +278,34 @@ pub fn created(
         }
     }
     resp
+}
+
+/// In a cluster, where a POST for `session` goes if another node owns it: a 307 to the same
+/// `path` on that node (RFC 9725 §4.5), made before any work. `claim`: the POST would make the
+/// session here (a publish), so this node claims it unless another holds it.
+pub async fn elsewhere(
+    s: &Shared,
+    session: &str,
+    path: &str,
+    claim: bool,
+) -> Result<Option<Response>, ApiError> {
+    let Some(cluster) = &s.cluster else {
+        return Ok(None);
+    };
+    let owner = if claim {
+        cluster.claim(session).await?
+    } else {
+        cluster.owner(session).await?
+    };
+    let Owner::There(node) = owner else {
+        return Ok(None);
+    };
+    let location = format!("{node}{path}");
+    tracing::debug!(session, to = %node, "redirected to the owner");
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    resp.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(|_| NotFound::Session(session.to_string()))?,
+    );
+    Ok(Some(resp))
 }

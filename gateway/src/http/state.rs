@@ -36,6 +36,8 @@ pub struct AppState {
     pub ingest: crate::ingest::publish::IngestContext,
     /// Recordings and other egresses.
     pub egresses: crate::egress::Egresses,
+    /// The nodes this one shares sessions with (`None`: a node of its own).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub type Shared = Arc<AppState>;

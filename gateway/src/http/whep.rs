@@ -20,7 +20,7 @@ use crate::auth::{Scope, valid_session_name};
 use crate::config::VideoFormat;
 use crate::http::error::NotFound;
 use crate::http::headers::SDP;
-use crate::http::resource::{Role, created, delete_resource, patch_resource, register};
+use crate::http::resource::{Role, created, delete_resource, elsewhere, patch_resource, register};
 use crate::http::{ApiError, Shared, authorize, require_type};
 use crate::ids::random_id;
 use crate::rtc::Clock;
@@ -64,6 +64,13 @@ pub async fn post(
     }
     let wait = s.config.live.wait;
     let known = s.sessions.get(&name);
+    // A session this node does not hold may be another node's.
+    if known.is_none()
+        && valid_session_name(&name)
+        && let Some(to) = elsewhere(&s, &name, &format!("/whep/{name}"), false).await?
+    {
+        return Ok(to);
+    }
     if known.is_none() && !(wait && valid_session_name(&name)) {
         return Err(NotFound::Session(name).into());
     }

@@ -20,7 +20,7 @@ use crate::auth::Scope;
 use crate::auth::valid_session_name;
 use crate::http::error::{Internal, NotFound};
 use crate::http::headers::SDP;
-use crate::http::resource::{Role, created, delete_resource, patch_resource, register};
+use crate::http::resource::{Role, created, delete_resource, elsewhere, patch_resource, register};
 use crate::http::{ApiError, Shared, authorize, require_type};
 use crate::ids::random_id;
 use crate::rtc::Clock;
@@ -55,6 +55,12 @@ pub async fn post(
     }
     if !valid_session_name(&name) {
         return Err(NotFound::BadSessionName(name).into());
+    }
+    // Publishing makes the session here, unless another node holds it.
+    if s.sessions.get(&name).is_none()
+        && let Some(to) = elsewhere(&s, &name, &format!("/whip/{name}"), true).await?
+    {
+        return Ok(to);
     }
     let grant = authorize(&s, &headers, &name, Scope::Publish)?;
     require_type(&headers, SDP)?;

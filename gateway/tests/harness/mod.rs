@@ -77,7 +77,7 @@ impl Wisp {
                 l.push('\n');
             }
         });
-        // The ready line on stdout carries the bound HTTP address.
+        // The ready lines on stdout carry the bound HTTP address.
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         let base = loop {
@@ -87,6 +87,10 @@ impl Wisp {
             }
             if let Some(url) = line.trim().strip_prefix("Watch the demo: ") {
                 break url.split("/play/").next().unwrap().to_string();
+            }
+            // Without the demo session, the console's line says where it serves.
+            if let Some(rest) = line.trim().strip_prefix("The console:") {
+                break rest.split_whitespace().next().unwrap().to_string();
             }
         };
         std::thread::spawn(move || for _ in stdout.lines() {});
