@@ -48,8 +48,10 @@ pub struct Cluster {
     /// This node's URL (no trailing slash).
     node: String,
     client: redis::Client,
-    /// The connection, once made (re-made by the heartbeat when it breaks).
+    /// The connection, once made (it reconnects by itself when it breaks).
     conn: Mutex<Option<ConnectionManager>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
     /// Redis was reachable at the last attempt (to log changes only).
     reachable: AtomicBool,
 }
@@ -69,6 +71,7 @@ impl Cluster {
             node: node_url.trim_end_matches('/').to_string(),
             client: redis::Client::open(redis_url)?,
             conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             reachable: AtomicBool::new(true),
         })
     }
@@ -102,7 +105,7 @@ impl Cluster {
     /// Who owns `session`: another node only if its claim and the node itself are alive.
     pub async fn owner(&self, session: &str) -> Result<Owner, Unreachable> {
         let result = self
-            .ask(|mut c, node| {
+            .ask(false, |mut c, node| {
                 let key = session_key(session);
                 async move {
                     let owner: Option<String> = c.get(&key).await?;
@@ -124,23 +127,25 @@ impl Cluster {
     /// about to make it here): who owns it now.
     pub async fn claim(&self, session: &str) -> Result<Owner, Unreachable> {
         let result = self
-            .ask(|c, node| {
+            .ask(false, |mut c, node| {
                 let session = session.to_string();
-                async move { claim(c, &node, &session).await }
+                async move { claim_script(&node, &session).query_async(&mut c).await }
             })
-            .await;
+            .await
+            .map(|owner: String| self.owner_of(owner));
         self.note(result.as_ref().err());
         result
     }
 
-    /// One registration and the claims of `load.sessions`.
+    /// One registration and the claims of `load.sessions`, in one round trip.
     async fn beat(&self, load: &Load) -> Result<(), Unreachable> {
         let load = load.clone();
-        self.ask(|mut c, node| async move {
-            let key = node_key(&node);
-            let _: () = redis::pipe()
-                .atomic()
-                .hset_multiple(
+        let sessions = load.sessions.clone();
+        let owners: Vec<String> = self
+            .ask(true, |mut c, node| async move {
+                let key = node_key(&node);
+                let mut pipe = redis::pipe();
+                pipe.hset_multiple(
                     &key,
                     &[
                         ("url", node.clone()),
@@ -149,22 +154,35 @@ impl Cluster {
                         ("publishers", load.publishers.to_string()),
                     ],
                 )
+                .ignore()
                 .expire(&key, NODE_TTL.as_secs() as i64)
+                .ignore()
                 .sadd("wisp:nodes", &node)
-                .query_async(&mut c)
-                .await?;
-            for s in &load.sessions {
-                claim(c.clone(), &node, s).await?;
+                .ignore();
+                for s in &load.sessions {
+                    pipe.add_command(claim_script(&node, s));
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await?;
+        // A session held here and claimed by another live node too (both took it while the
+        // directory was away): requests for it go there; said at each beat.
+        for (session, owner) in sessions.iter().zip(owners) {
+            if owner != self.node {
+                tracing::warn!(
+                    session,
+                    owner,
+                    "another node holds this session's claim: requests for it go there"
+                );
             }
-            Ok(())
-        })
-        .await
+        }
+        Ok(())
     }
 
     /// Removes this node and the claims it holds (a graceful stop).
     async fn withdraw(&self, load: &Load) -> Result<(), Unreachable> {
         let load = load.clone();
-        self.ask(|mut c, node| async move {
+        self.ask(false, |mut c, node| async move {
             let _: () = c.del(node_key(&node)).await?;
             for s in &load.sessions {
                 let key = session_key(s);
@@ -178,8 +196,19 @@ impl Cluster {
         .await
     }
 
-    /// Runs `f` on the connection (made first if need be), within [`DIRECTORY_TIMEOUT`].
-    async fn ask<T, F, Fut>(&self, f: F) -> Result<T, Unreachable>
+    /// Who owns a session, from the URL its claim names.
+    fn owner_of(&self, url: String) -> Owner {
+        if url == self.node {
+            Owner::Here
+        } else {
+            Owner::There(url)
+        }
+    }
+
+    /// Runs `f` on the connection within [`DIRECTORY_TIMEOUT`]. Without a connection, one
+    /// attempt is made at a time; a request (`connect` false) does not try while Redis is
+    /// known to be down (it fails at once: the heartbeat tries every beat).
+    async fn ask<T, F, Fut>(&self, connect: bool, f: F) -> Result<T, Unreachable>
     where
         F: FnOnce(ConnectionManager, String) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -188,12 +217,22 @@ impl Cluster {
             let conn = self.conn.lock().expect("not poisoned").clone();
             let conn = match conn {
                 Some(c) => c,
+                None if !connect && !self.reachable.load(Ordering::Relaxed) => {
+                    return Err(Unreachable("not connected".into()));
+                }
                 None => {
-                    let c = ConnectionManager::new(self.client.clone())
-                        .await
-                        .map_err(|e| Unreachable(e.to_string()))?;
-                    *self.conn.lock().expect("not poisoned") = Some(c.clone());
-                    c
+                    let _one = self.connecting.lock().await;
+                    let made = self.conn.lock().expect("not poisoned").clone();
+                    match made {
+                        Some(c) => c,
+                        None => {
+                            let c = ConnectionManager::new(self.client.clone())
+                                .await
+                                .map_err(|e| Unreachable(e.to_string()))?;
+                            *self.conn.lock().expect("not poisoned") = Some(c.clone());
+                            c
+                        }
+                    }
                 }
             };
             f(conn, self.node.clone())
@@ -220,51 +259,32 @@ impl Cluster {
                      until it is back"
                 ),
                 None => {
-                    tracing::info!(node = %self.node, "cluster directory reachable again: registered")
+                    tracing::info!(node = %self.node, "cluster directory reachable again")
                 }
             }
         }
     }
 }
 
-/// `SET NX` the claim, or refresh it if it is ours; another node's claim is taken over if
-/// that node is dead.
-async fn claim(mut c: ConnectionManager, node: &str, session: &str) -> redis::RedisResult<Owner> {
-    let key = session_key(session);
-    let ttl = NODE_TTL.as_secs();
-    let set: bool = redis::cmd("SET")
-        .arg(&key)
+/// Claims `session` for `node` in one step (a script runs atomically): the claim is set (or
+/// refreshed) unless another node holds it and that node is alive. Returns the owner's URL.
+const CLAIM: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', 'wisp:node:' .. owner) == 1 then
+  return owner
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return ARGV[1]
+";
+
+fn claim_script(node: &str, session: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(CLAIM)
+        .arg(1)
+        .arg(session_key(session))
         .arg(node)
-        .arg("NX")
-        .arg("EX")
-        .arg(ttl)
-        .query_async::<Option<String>>(&mut c)
-        .await?
-        .is_some();
-    if set {
-        return Ok(Owner::Here);
-    }
-    let owner: Option<String> = c.get(&key).await?;
-    match owner {
-        Some(o) if o == node => {
-            let _: () = c.expire(&key, ttl as i64).await?;
-            Ok(Owner::Here)
-        }
-        Some(o) => {
-            let alive: bool = c.exists(node_key(&o)).await?;
-            if alive {
-                Ok(Owner::There(o))
-            } else {
-                let _: () = c.set_ex(&key, node, ttl).await?;
-                Ok(Owner::Here)
-            }
-        }
-        // Expired in between: try once more.
-        None => {
-            let _: () = c.set_ex(&key, node, ttl).await?;
-            Ok(Owner::Here)
-        }
-    }
+        .arg(NODE_TTL.as_secs());
+    cmd
 }
 
 fn node_key(url: &str) -> String {

@@ -290,7 +290,7 @@ impl ClientError {
 }
 
 /// Watches one WHEP session: POST, connect, count, DELETE. `progress` is called with the
-/// running summary about once a second.
+/// running summary about once a second. `http` should be [`http_client`]'s, for redirects.
 pub async fn watch(
     http: &reqwest::Client,
     mut opts: Options,
@@ -587,7 +587,8 @@ const MAX_REDIRECTS: usize = 5;
 
 /// An HTTP client for WHIP and WHEP: redirects are not followed by reqwest, which would drop
 /// the `Authorization` header on the way to another host; [`post_offer`] follows a 307 or 308
-/// itself, token and offer included (RFC 9725 §4.5).
+/// itself, token and offer included (RFC 9725 §4.5), but not from HTTPS to HTTP. Give
+/// [`watch`] this client: with reqwest's default one a redirect ends in 401.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -622,7 +623,11 @@ async fn post_offer(
         })?;
         let next = header(&resp, "location").and_then(|l| url.join(&l).ok());
         match (resp.status().as_u16(), next) {
-            (307 | 308, Some(next)) if hops < MAX_REDIRECTS => {
+            // The token is not sent over plain HTTP once it went over HTTPS.
+            (307 | 308, Some(next))
+                if hops < MAX_REDIRECTS
+                    && !(url.scheme() == "https" && next.scheme() != "https") =>
+            {
                 hops += 1;
                 url = next;
             }

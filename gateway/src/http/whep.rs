@@ -64,10 +64,12 @@ pub async fn post(
     }
     let wait = s.config.live.wait;
     let known = s.sessions.get(&name);
+    let path = format!("/whep/{name}");
     // A session this node does not hold may be another node's.
     if known.is_none()
+        && !wait
         && valid_session_name(&name)
-        && let Some(to) = elsewhere(&s, &name, &format!("/whep/{name}"), false).await?
+        && let Some(to) = elsewhere(&s, &name, &path, false).await?
     {
         return Ok(to);
     }
@@ -76,6 +78,13 @@ pub async fn post(
     }
     let grant = authorize(&s, &headers, &name, Scope::View)?;
     require_type(&headers, SDP)?;
+    // With `[live] wait` the POST makes the session here (below), unless another node holds
+    // it: the name is claimed first, so that its publisher is sent here too.
+    if known.is_none()
+        && let Some(to) = elsewhere(&s, &name, &path, true).await?
+    {
+        return Ok(to);
+    }
     let offer = Offer::parse(&body)?.one_way("recvonly");
     // With `[live] wait`, a viewer may come before the first publisher: the name becomes a
     // live session waiting for one.

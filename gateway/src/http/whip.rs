@@ -56,14 +56,15 @@ pub async fn post(
     if !valid_session_name(&name) {
         return Err(NotFound::BadSessionName(name).into());
     }
-    // Publishing makes the session here, unless another node holds it.
+    let grant = authorize(&s, &headers, &name, Scope::Publish)?;
+    require_type(&headers, SDP)?;
+    // Publishing makes the session here, unless another node holds it. (A publish refused
+    // after this leaves the claim to expire with the heartbeat's time to live.)
     if s.sessions.get(&name).is_none()
         && let Some(to) = elsewhere(&s, &name, &format!("/whip/{name}"), true).await?
     {
         return Ok(to);
     }
-    let grant = authorize(&s, &headers, &name, Scope::Publish)?;
-    require_type(&headers, SDP)?;
     let offer = Offer::parse(&body)?.one_way("sendonly");
     // The operator's order (`[live] video_codecs`); by default H.264 first, which plays
     // everywhere (Safari included).

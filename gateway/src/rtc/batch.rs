@@ -129,8 +129,8 @@ impl Batch {
     /// Each run's (socket, segment size it is sent with, run index), in sending order.
     ///
     /// A destination's runs are sent in the order they were pushed: a run's phase is how many
-    /// runs to its destination came before it, and the phases go out one after the other
-    /// (one run per destination in each). Within a phase, by socket, the size the socket is
+    /// runs to its destination came before it (from any socket), and the phases go out one
+    /// after the other (one run per destination in each). Within a phase, by socket, the size the socket is
     /// set to first (no setting needed), then by size; a lone datagram goes with the largest
     /// size of its socket that it fits (0: unsegmented).
     fn plan(&self, sockets: &impl Sockets) -> Vec<(usize, u16, usize)> {
@@ -138,12 +138,14 @@ impl Batch {
             true => sockets.segment(socket),
             false => 0,
         };
-        let mut seen: HashMap<(usize, SocketAddr), usize> = HashMap::new();
+        // By destination alone: a viewer sent to from two local sockets in one turn (its ICE
+        // pair moved) keeps its order too.
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         let phases: Vec<usize> = self
             .runs
             .iter()
             .map(|r| {
-                let n = seen.entry((r.socket, r.destination)).or_default();
+                let n = seen.entry(r.destination).or_default();
                 *n += 1;
                 *n - 1
             })

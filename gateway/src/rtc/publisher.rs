@@ -414,6 +414,10 @@ impl Publisher {
         self.events.push_back(Event::Ended(reason));
         crate::rtc::ice::close(&mut self.rtc);
         self.ending = Ending::Closed;
+        // What a frame cut short left in the ring is the readers' to see now.
+        if self.sink.unwoken.is_some() {
+            self.sink.wake();
+        }
     }
 
     /// Once a second: asks the publisher by REMB to stay under the limit, and logs when it
