@@ -60,6 +60,8 @@ pub struct Cluster {
 #[derive(Debug, Clone, Default)]
 pub struct Load {
     pub sessions: Vec<String>,
+    /// Those of `sessions` that are live (a publisher's): one node each.
+    pub live: Vec<String>,
     pub viewers: u64,
     pub publishers: u64,
 }
@@ -141,6 +143,7 @@ impl Cluster {
     async fn beat(&self, load: &Load) -> Result<(), Unreachable> {
         let load = load.clone();
         let sessions = load.sessions.clone();
+        let live = load.live.clone();
         let owners: Vec<String> = self
             .ask(true, |mut c, node| async move {
                 let key = node_key(&node);
@@ -165,10 +168,11 @@ impl Cluster {
                 pipe.query_async(&mut c).await
             })
             .await?;
-        // A session held here and claimed by another live node too (both took it while the
-        // directory was away): requests for it go there; said at each beat.
+        // A live session held here and claimed by another live node too (both took it while
+        // the directory was away): requests for it go there; said at each beat. (A session
+        // of the configuration, the demo say, is on every node: each serves its own.)
         for (session, owner) in sessions.iter().zip(owners) {
-            if owner != self.node {
+            if owner != self.node && live.contains(session) {
                 tracing::warn!(
                     session,
                     owner,

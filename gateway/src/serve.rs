@@ -347,11 +347,12 @@ impl Gateway {
                 cluster
                     .heartbeat(stop, || {
                         let (viewers, publishers) = state.resources.counts();
+                        let sessions = state.sessions.list();
                         crate::cluster::Load {
-                            sessions: state
-                                .sessions
-                                .list()
+                            sessions: sessions.iter().map(|s| s.name.clone()).collect(),
+                            live: sessions
                                 .iter()
+                                .filter(|s| s.kind == crate::session::Kind::Live)
                                 .map(|s| s.name.clone())
                                 .collect(),
                             viewers,
