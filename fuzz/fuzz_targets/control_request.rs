@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use wisp::auth::{Grant, Scope};
-use wisp::channel::Steering;
+use wisp::rtc::channel::Steering;
 
 fuzz_target!(|data: &[u8]| {
     let grant = Grant {
