@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use str0m::{Candidate, Rtc};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::{Candidate, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::rtc::offer::{Fragment, Offer, valid_ice_credentials};
@@ -63,6 +64,33 @@ pub fn close(rtc: &mut Rtc) {
     if let Err(e) = rtc.close() {
         tracing::debug!("no graceful close ({e}): dropping the connection");
         rtc.disconnect();
+    }
+}
+
+/// Hands a datagram from the port to `rtc`, received at `now`; one str0m refuses is logged
+/// and dropped (the viewer's and the publisher's cores share this).
+pub fn receive(rtc: &mut Rtc, dg: &Datagram, now: std::time::Instant) {
+    let input = match Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("datagram refused: {e}");
+            return;
+        }
+    };
+    if let Err(e) = rtc.handle_input(Input::Receive(now, input)) {
+        tracing::debug!("datagram refused: {e}");
+    }
+}
+
+/// After [`close`]: the next of str0m's closing datagrams (RTCP BYE, DTLS close_notify), or
+/// `None` once there are no more.
+pub fn closing_datagram(rtc: &mut Rtc) -> Option<Transmit> {
+    loop {
+        match rtc.poll_output() {
+            Ok(Output::Transmit(t)) => return Some(t),
+            Ok(Output::Event(_)) => continue,
+            Ok(Output::Timeout(_)) | Err(_) => return None,
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rtp_ring::{Flags, RecordRef, Ring, Writer};
 use str0m::bwe::Bitrate;
 use str0m::media::{KeyframeRequestKind, Rid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::Transmit;
 use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::{Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 use tokio::sync::mpsc;
@@ -228,18 +228,9 @@ impl Publisher {
                 if self.ending != Ending::Running {
                     return;
                 }
-                let input = match Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!("datagram refused: {e}");
-                        return;
-                    }
-                };
                 // What str0m hands out before the next poll came in this datagram.
                 self.arrived_us = Some(dg.at_us);
-                if let Err(e) = self.rtc.handle_input(RtcInput::Receive(now, input)) {
-                    tracing::debug!("datagram refused: {e}");
-                }
+                crate::rtc::ice::receive(&mut self.rtc, dg, now);
             }
             Input::Timeout => {
                 if self.ending == Ending::Running
@@ -280,17 +271,14 @@ impl Publisher {
             }
             match self.ending {
                 Ending::Done => return Output::Timeout(now + Duration::from_secs(3600)),
-                Ending::Closed => {
-                    // Only str0m's closing datagrams are left to send.
-                    match self.rtc.poll_output() {
-                        Ok(RtcOutput::Transmit(t)) => return Output::Transmit(t),
-                        Ok(RtcOutput::Event(_)) => continue,
-                        Ok(RtcOutput::Timeout(_)) | Err(_) => {
-                            self.ending = Ending::Done;
-                            continue;
-                        }
+                // Only str0m's closing datagrams are left to send.
+                Ending::Closed => match crate::rtc::ice::closing_datagram(&mut self.rtc) {
+                    Some(t) => return Output::Transmit(t),
+                    None => {
+                        self.ending = Ending::Done;
+                        continue;
                     }
-                }
+                },
                 Ending::Running => {}
             }
             if !self.rtc.is_alive() {
@@ -901,6 +889,8 @@ mod scenarios {
     use str0m::format::Codec;
     use str0m::media::{Direction, MediaKind, MediaTime, Mid};
     use str0m::{Candidate, RtcConfig};
+
+    use str0m::net::{Protocol, Receive};
 
     use super::*;
     use crate::rtc::offer::Offer;

@@ -23,7 +23,7 @@ use rtp_ring::{Overrun, Reader, RecordMeta};
 use serde_json::{Map, Value, json};
 use str0m::channel::ChannelId;
 use str0m::media::Mid;
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::Transmit;
 use str0m::{Event as RtcEvent, IceConnectionState, Input as RtcInput, Output as RtcOutput, Rtc};
 
 use crate::auth::{Grant, Scope};
@@ -336,17 +336,14 @@ impl Viewer {
             }
             match self.ending {
                 Ending::Done => return Output::Timeout(now + Duration::from_secs(3600)),
-                Ending::Closed => {
-                    // Only str0m's closing datagrams are left to send.
-                    match self.rtc.poll_output() {
-                        Ok(RtcOutput::Transmit(t)) => return Output::Transmit(t),
-                        Ok(RtcOutput::Event(_)) => continue,
-                        Ok(RtcOutput::Timeout(_)) | Err(_) => {
-                            self.ending = Ending::Done;
-                            continue;
-                        }
+                // Only str0m's closing datagrams are left to send.
+                Ending::Closed => match crate::rtc::ice::closing_datagram(&mut self.rtc) {
+                    Some(t) => return Output::Transmit(t),
+                    None => {
+                        self.ending = Ending::Done;
+                        continue;
                     }
-                }
+                },
                 Ending::Running | Ending::Lingering(..) => {}
             }
             if self.run_timers(now) {
@@ -441,16 +438,7 @@ impl Viewer {
     }
 
     fn receive(&mut self, dg: &Datagram, now: Instant) {
-        let input = match Receive::new(Protocol::Udp, dg.source, dg.destination, &dg.data) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!("datagram refused: {e}");
-                return;
-            }
-        };
-        if let Err(e) = self.rtc.handle_input(RtcInput::Receive(now, input)) {
-            tracing::debug!("datagram refused: {e}");
-        }
+        crate::rtc::ice::receive(&mut self.rtc, dg, now);
     }
 
     /// Ends the viewer for `reason`: the driver hears first (the resource is gone with its
@@ -891,6 +879,8 @@ mod tests {
     use str0m::change::SdpAnswer;
     use str0m::media::{Direction, MediaKind};
     use str0m::{Candidate, RtcConfig};
+
+    use str0m::net::{Protocol, Receive};
 
     use super::*;
     use crate::config::VideoCodec;
