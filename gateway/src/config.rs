@@ -39,6 +39,7 @@ pub struct Overrides {
     pub workers: Option<usize>,
     pub cluster: Option<String>,
     pub node_url: Option<String>,
+    pub capacity: Option<f64>,
 }
 
 /// An optional listener's address, or `off`.
@@ -201,17 +202,49 @@ pub struct ClusterFile {
     pub redis: Option<String>,
     /// The URL other nodes and clients reach this node's HTTP at.
     pub node_url: Option<String>,
+    /// What this node can carry, in cores (the unit of the costs below).
+    pub capacity: Option<f64>,
+    /// What a VOD session (its transcoder), a live session and a viewer cost, in cores.
+    pub cost_vod: Option<f64>,
+    pub cost_live: Option<f64>,
+    pub cost_viewer: Option<f64>,
 }
 
 /// Scale-out (DESIGN.md "Scale-out"): nodes register in a shared Redis and redirect requests
 /// for sessions owned elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cluster {
     /// `redis://HOST:PORT/DB`.
     pub redis: String,
     /// This node's HTTP URL (`http://HOST:PORT`, no trailing slash), as other nodes and
     /// clients reach it; `None`: the bound HTTP address, once bound (it must be specific).
     pub node_url: Option<String>,
+    /// What this node can carry, in cores: new VOD sessions go to the node with the most
+    /// left, and to none when no node has a VOD session's cost left.
+    pub capacity: f64,
+    pub costs: Costs,
+}
+
+/// What the cluster's placement counts a node's work as, in cores (as LiveKit Egress's
+/// `cpu_cost`): the defaults are what `docs/benchmarks.md` measured on a 2-core machine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Costs {
+    /// A VOD session: its transcoder (a 720p30 H.264 encode, ~0.21 cores measured).
+    pub vod: f64,
+    /// A live session: its publisher's receive and the ring.
+    pub live: f64,
+    /// A viewer: the fan-out's ~2 ms of CPU per viewer-second.
+    pub viewer: f64,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Self {
+            vod: 0.25,
+            live: 0.05,
+            viewer: 0.002,
+        }
+    }
 }
 
 /// The `[live]` table: how live (WHIP) sessions behave.
@@ -1024,9 +1057,32 @@ impl Config {
                         "node_url must be an http:// or https:// URL, not {u:?}"
                     )));
                 }
+                let capacity = over.capacity.or(file.cluster.capacity).unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+                });
+                let d = Costs::default();
+                let costs = Costs {
+                    vod: file.cluster.cost_vod.unwrap_or(d.vod),
+                    live: file.cluster.cost_live.unwrap_or(d.live),
+                    viewer: file.cluster.cost_viewer.unwrap_or(d.viewer),
+                };
+                for (what, v) in [
+                    ("capacity", capacity),
+                    ("cost_vod", costs.vod),
+                    ("cost_live", costs.live),
+                    ("cost_viewer", costs.viewer),
+                ] {
+                    if !(v.is_finite() && (0.0..=100_000.0).contains(&v)) {
+                        return Err(ConfigError::Value(format!(
+                            "cluster {what} must be 0 to 100000 cores, not {v}"
+                        )));
+                    }
+                }
                 Some(Cluster {
                     redis,
                     node_url: node_url.map(|u| u.trim_end_matches('/').to_string()),
+                    capacity,
+                    costs,
                 })
             }
         };
@@ -1238,6 +1294,20 @@ mod tests {
         let pattern = &c.sessions["pattern"];
         assert_eq!(pattern.codec(), VideoCodec::Vp8);
         assert_eq!(pattern.check_inputs().unwrap(), Vec::<&str>::new());
+        // The commented-out [cluster] table, taken in, states the default costs.
+        let text = std::fs::read_to_string(&example).unwrap();
+        let start = text.find("# [cluster]").expect("a [cluster] example");
+        let table: String = text[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        let f = write(&table);
+        let cluster = Config::resolve(Overrides::default(), Some(&f.0))
+            .expect("the [cluster] example loads")
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.costs, Costs::default());
     }
 
     #[test]
@@ -1310,6 +1380,8 @@ mod tests {
             [cluster]
             redis = "redis://10.0.0.5:6379/0"
             node_url = "http://10.0.0.11:8080/"
+            capacity = 6
+            cost_vod = 0.5
             "#,
         );
         let c = Config::resolve(Overrides::default(), Some(&f.0)).unwrap();
@@ -1318,6 +1390,11 @@ mod tests {
             Some(Cluster {
                 redis: "redis://10.0.0.5:6379/0".into(),
                 node_url: Some("http://10.0.0.11:8080".into()),
+                capacity: 6.0,
+                costs: Costs {
+                    vod: 0.5,
+                    ..Costs::default()
+                },
             })
         );
         let over = Overrides {

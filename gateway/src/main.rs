@@ -75,9 +75,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the gateway (with the built-in `demo` session unless --no-demo).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a signed JWT for the given sessions and scopes.
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 /// Every option can also be set with its WISP_* environment variable or in the --config
@@ -160,6 +160,11 @@ struct ServeArgs {
     /// cluster's redirects [default: http:// and the bound --http address].
     #[arg(long, env = "WISP_NODE_URL")]
     node_url: Option<String>,
+    /// What this node can carry in the cluster's placement, in cores (a VOD session counts
+    /// 0.25, a live session 0.05, a viewer 0.002 unless [cluster] says otherwise) [default:
+    /// the number of cores].
+    #[arg(long, env = "WISP_CAPACITY")]
+    capacity: Option<f64>,
     /// Check the configuration (the file, keys, sessions and their local inputs), print what
     /// would run, and exit: 0 if it is valid, 2 if not. Nothing is bound or started.
     #[arg(long)]
@@ -219,8 +224,8 @@ struct TokenArgs {
 fn main() -> ExitCode {
     wisp::heap::install();
     match Cli::parse().command {
-        Cmd::Serve(args) => serve(args),
-        Cmd::Token(args) => match token(args) {
+        Cmd::Serve(args) => serve(*args),
+        Cmd::Token(args) => match token(*args) {
             Ok(t) => {
                 say(&t);
                 ExitCode::SUCCESS
@@ -265,6 +270,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         workers: args.workers,
         cluster: args.cluster,
         node_url: args.node_url,
+        capacity: args.capacity,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,
@@ -316,11 +322,16 @@ fn check(config: &Config) -> ExitCode {
     say(&format!("workers    {} (fan-out threads)", config.workers));
     if let Some(c) = &config.cluster {
         say(&format!(
-            "cluster    {} (this node: {})",
+            "cluster    {} (this node: {}, capacity {} cores; costs: VOD session {}, live \
+             session {}, viewer {})",
             c.redis,
             c.node_url
                 .as_deref()
-                .unwrap_or("http:// and the bound address")
+                .unwrap_or("http:// and the bound address"),
+            c.capacity,
+            c.costs.vod,
+            c.costs.live,
+            c.costs.viewer,
         ));
     }
     say(&format!("rtmp       {}", listen(config.rtmp)));

@@ -152,7 +152,7 @@ impl Gateway {
                     }
                     None => format!("http://{http_addr}"),
                 };
-                let cluster = crate::cluster::Cluster::new(&c.redis, &node)
+                let cluster = crate::cluster::Cluster::new(&c.redis, &node, c.capacity, c.costs)
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
                 tracing::info!(node = %node, redis = %c.redis, "joining the cluster");
                 Some(Arc::new(cluster))
@@ -342,23 +342,11 @@ impl Gateway {
         }
         if let Some(cluster) = self.state.cluster.clone() {
             let state = self.state.clone();
+            let acting = self.state.clone();
             let stop = self.cancel.clone();
             tokio::spawn(async move {
                 cluster
-                    .heartbeat(stop, || {
-                        let (viewers, publishers) = state.resources.counts();
-                        let sessions = state.sessions.list();
-                        crate::cluster::Load {
-                            sessions: sessions.iter().map(|s| s.name.clone()).collect(),
-                            live: sessions
-                                .iter()
-                                .filter(|s| s.kind == crate::session::Kind::Live)
-                                .map(|s| s.name.clone())
-                                .collect(),
-                            viewers,
-                            publishers,
-                        }
-                    })
+                    .heartbeat(stop, || cluster_load(&state), |beat| act(&acting, beat))
                     .await
             });
         }
@@ -381,6 +369,58 @@ impl Gateway {
         // The ingest FIFOs are gone with their publishes; their directory goes too.
         let _ = std::fs::remove_dir_all(&self.state.ingest.fifo_dir);
         tracing::info!("wisp stopped");
+    }
+}
+
+/// What this node tells the cluster at a heartbeat.
+fn cluster_load(state: &AppState) -> crate::cluster::Load {
+    use crate::session::Kind;
+    let (viewers, publishers) = state.resources.counts();
+    let sessions = state.sessions.list();
+    let infos: Vec<_> = sessions.iter().map(|s| s.info()).collect();
+    crate::cluster::Load {
+        sessions: sessions.iter().map(|s| s.name.clone()).collect(),
+        live: sessions
+            .iter()
+            .filter(|s| s.kind == Kind::Live)
+            .map(|s| s.name.clone())
+            .collect(),
+        // The configuration's sessions are on every node; those made through the API are
+        // this node's to hand on.
+        vod: sessions
+            .iter()
+            .zip(&infos)
+            .filter(|(s, _)| {
+                !state.config.sessions.contains_key(&s.name)
+                    && (!s.spec.inputs.is_empty() || s.spec.live.is_some())
+            })
+            .map(|(s, info)| crate::cluster::VodState {
+                name: s.name.clone(),
+                spec: s.spec.clone(),
+                position: info.position,
+            })
+            .collect(),
+        vod_sessions: sessions.iter().filter(|s| s.kind == Kind::Vod).count(),
+        viewers,
+        publishers,
+        info: serde_json::to_string(&infos).unwrap_or_else(|_| "[]".into()),
+    }
+}
+
+/// Does what a heartbeat found: stops the VOD sessions another node took, and makes the one
+/// this node took from a dead node, at its last position.
+fn act(state: &Arc<AppState>, beat: crate::cluster::Beat) {
+    for name in beat.lost {
+        state.sessions.remove(&name);
+    }
+    if let Some(vod) = beat.adopted {
+        let mut spec = vod.spec;
+        if vod.position.is_some() {
+            spec.start = vod.position;
+        }
+        if let Err(e) = crate::http::api::open(state, vod.name.clone(), spec) {
+            tracing::error!(session = %vod.name, "could not make the session taken over: {e}");
+        }
     }
 }
 

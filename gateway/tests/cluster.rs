@@ -191,3 +191,215 @@ async fn a_post_to_the_wrong_node_is_redirected_to_the_owner_and_a_dead_owner_le
     );
     drop(redis);
 }
+
+/// A node with the capacity given (cores), without the demo.
+fn sized_node(name: &str, redis: &Redis, capacity: f64) -> Wisp {
+    Wisp::start(
+        name,
+        &format!(
+            "demo = false\nidle_timeout = 30\n[cluster]\nredis = \"{}\"\ncapacity = {capacity}\n",
+            redis.url()
+        ),
+    )
+}
+
+/// `POST /api/sessions` of a generated-pattern session named `name`, through `node`: the
+/// status, and the answer's body.
+async fn create(node: &Wisp, admin: &str, name: &str) -> (u16, serde_json::Value, Option<String>) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/sessions", node.base))
+        .bearer_auth(admin)
+        .header("Content-Type", "application/json")
+        .body(format!(
+            r#"{{"name":"{name}","inputs":[{{"url":"demo"}}]}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, body, retry)
+}
+
+/// The cluster's sessions as `GET /api/sessions` on `node` lists them: name → node.
+async fn listed(node: &Wisp) -> Vec<(String, String)> {
+    let list = node.api("/api/sessions").await;
+    let mut out: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Watches `url` as a player that comes back when told (503 with Retry-After, while its
+/// session moves): the summary of the try that played.
+async fn watch_retrying(
+    opts: impl Fn() -> whep_client::Options,
+    secs: u64,
+) -> Result<whep_client::Summary, String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match whep_client::watch(&whep_client::http_client(), opts(), |_| {}).await {
+            Ok(s) => return Ok(s),
+            Err(whep_client::ClientError::Http {
+                status: 503 | 404,
+                retry_after,
+                ..
+            }) if Instant::now() < deadline => {
+                let pause = Duration::from_millis(retry_after.map_or(500, |s| s * 1000).min(1000));
+                tokio::time::sleep(pause).await;
+            }
+            // Sent to the dead node while the directory still names it.
+            Err(whep_client::ClientError::Request { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vod_sessions_go_where_there_is_room_and_move_when_their_node_dies() {
+    let redis = Redis::start();
+    // A carries one VOD session (0.25 cores each), B two.
+    let a = sized_node("place-a", &redis, 0.3);
+    let b = sized_node("place-b", &redis, 0.6);
+    let admin = a.token("*", "admin view");
+    let beat = || tokio::time::sleep(Duration::from_millis(2200));
+    beat().await;
+
+    // Made through A, the film goes to B, which has the most room: the answer is B's.
+    let (status, body, _) = create(&a, &admin, "film").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["whep_url"], format!("{}/whep/film", b.base), "{body}");
+    beat().await;
+    // B has 0.35 left, A 0.3: B again.
+    let (status, body, _) = create(&a, &admin, "film2").await;
+    assert_eq!(
+        (status, &body["whep_url"]),
+        (201, &json(format!("{}/whep/film2", b.base)))
+    );
+    beat().await;
+    // Through B now: A has 0.3, B 0.1.
+    let (status, body, _) = create(&b, &admin, "film3").await;
+    assert_eq!(
+        (status, &body["whep_url"]),
+        (201, &json(format!("{}/whep/film3", a.base)))
+    );
+    // A name the cluster has is refused on any node.
+    let (status, body, _) = create(&b, &admin, "film").await;
+    assert_eq!(status, 409, "{body}");
+    beat().await;
+    // No node has 0.25 cores left: 503, come back later.
+    let (status, body, retry) = create(&a, &admin, "film4").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(retry.is_some(), "Retry-After");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no node of the cluster has room"),
+        "{body}"
+    );
+
+    // Either node lists the whole cluster, with each session's node.
+    let all = vec![
+        ("film".to_string(), b.base.clone()),
+        ("film2".to_string(), b.base.clone()),
+        ("film3".to_string(), a.base.clone()),
+    ];
+    assert_eq!(listed(&a).await, all);
+    assert_eq!(listed(&b).await, all);
+    // A request about another node's session is answered there: B shows and deletes A's.
+    let shown = b.api("/api/sessions/film3").await;
+    assert_eq!(shown["name"], "film3", "{shown}");
+    let deleted = reqwest::Client::new()
+        .delete(format!("{}/api/sessions/film3", b.base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 200);
+    assert!(a.wait_log("session deleted through the API", 5));
+    beat().await;
+
+    // A viewer of the film through A plays from B; the film moves on.
+    let view = a.token("*", "view");
+    let film = |frames| {
+        let mut o = a.viewer("film", &view, frames, 20);
+        o.url = format!("{}/whep/film", a.base);
+        o
+    };
+    let summary = whep_client::watch(&whep_client::http_client(), film(90), |_| {})
+        .await
+        .expect("plays through the redirect");
+    assert!(
+        summary
+            .resource
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&b.base),
+        "{summary:?}"
+    );
+    // Keep it playing, as a viewer that stays, and note where it is.
+    let opts = film(100_000);
+    let stays =
+        tokio::spawn(
+            async move { whep_client::watch(&whep_client::http_client(), opts, |_| {}).await },
+        );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = b.api("/api/sessions/film").await["position"]
+        .as_f64()
+        .expect("a playing film has a position");
+    assert!(before >= 2.0, "position {before}");
+
+    // B dies. A (room 0.3) takes the film, at its position; film2 has no room anywhere, and
+    // a viewer of it hears that it is moving.
+    let mut b = b;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let killed = Instant::now();
+    stays.abort();
+    let again = watch_retrying(|| film(30), 15).await.expect("plays again");
+    let back = killed.elapsed();
+    assert!(
+        again.resource.as_deref().unwrap_or("").starts_with(&a.base),
+        "{again:?}"
+    );
+    assert!(
+        back <= Duration::from_secs(10),
+        "played again {back:?} after the kill"
+    );
+    assert!(
+        a.wait_log("took the VOD session of a node that is gone", 1),
+        "{}",
+        a.log()
+    );
+    let after = a.api("/api/sessions/film").await["position"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        after >= before,
+        "made again at {after} s, it was at {before} s"
+    );
+    let (status, _) = post(&format!("{}/whep/film2", a.base), &view).await;
+    assert_eq!(status, 503, "film2 is moving, with nowhere to go");
+    eprintln!("played again {back:?} after the kill; position {before} → {after}");
+}
+
+fn json(s: String) -> serde_json::Value {
+    serde_json::Value::String(s)
+}

@@ -619,7 +619,7 @@ async fn post_offer(
         }
         let resp = req.send().await.map_err(|e| ClientError::Request {
             url: url.to_string(),
-            message: e.to_string(),
+            message: with_causes(&e),
         })?;
         let next = header(&resp, "location").and_then(|l| url.join(&l).ok());
         match (resp.status().as_u16(), next) {
@@ -1523,6 +1523,19 @@ pub mod fuzzing {
         };
         on_control_message(text, &mut ctl, &mut Summary::default());
     }
+}
+
+/// An error and its causes: reqwest's own text ("error sending request for url …") does not
+/// say what went wrong ("connection refused").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -71,8 +71,9 @@ struct PlayArgs {
     #[arg(long, value_name = "SECONDS")]
     linger: Option<f64>,
     /// While the session has no media yet (409: a live session without its publisher; 404:
-    /// a name nobody has published yet), try again after the server's Retry-After (else 2 s)
-    /// for up to this many seconds before --timeout starts.
+    /// a name nobody has published yet; 503: a session moving to another node of a cluster,
+    /// or a server at capacity), try again after the server's Retry-After (else 2 s) for up
+    /// to this many seconds before --timeout starts.
     #[arg(long, value_name = "SECONDS")]
     wait: Option<f64>,
 }
@@ -335,7 +336,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         // No publisher yet: as a player would, come back when the server says.
         if let (
             Err(whep_client::ClientError::Http {
-                status: 404 | 409,
+                status: 404 | 409 | 503,
                 detail,
                 retry_after,
             }),

@@ -14,21 +14,39 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::{Scope, valid_session_name};
+use crate::cluster::Owner;
 use crate::config::SessionSpec;
 use crate::config::SpecError;
 use crate::egress::{EgressInfo, EgressSpec};
-use crate::http::error::{Internal, Invalid, NotFound};
+use crate::http::error::{Internal, Invalid, NotFound, Placement};
 use crate::http::{ApiError, Shared, authorize, base_url, require_type};
 use crate::ids::random_id;
 use crate::session::SessionInfo;
 
-/// `GET /api/sessions`.
-pub async fn list(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+/// `GET /api/sessions`: in a cluster, every node's sessions, each with its `node`.
+pub async fn list(State(s): State<Shared>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&s, &headers, "*", Scope::Admin)?;
-    Ok(Json(s.sessions.list().iter().map(|x| x.info()).collect()))
+    let here: Vec<SessionInfo> = s.sessions.list().iter().map(|x| x.info()).collect();
+    let Some(cluster) = &s.cluster else {
+        return Ok(Json(serde_json::to_value(here).map_err(Internal::Json)?).into_response());
+    };
+    // The whole cluster: this node's sessions now, the others' as of their last heartbeat,
+    // each with its node. A session of the configuration is on every node: listed once per
+    // node.
+    let nodes = cluster.nodes().await?;
+    let mut all = Vec::new();
+    for info in here {
+        let mut v = serde_json::to_value(info).map_err(Internal::Json)?;
+        v["node"] = json!(cluster.node_url());
+        all.push(v);
+    }
+    for node in nodes.iter().filter(|n| n.url != cluster.node_url()) {
+        for mut v in node.sessions.clone() {
+            v["node"] = json!(node.url);
+            all.push(v);
+        }
+    }
+    Ok(Json(serde_json::Value::Array(all)).into_response())
 }
 
 /// `GET /api/sessions/{session}`.
@@ -66,6 +84,50 @@ pub async fn create(
     };
     authorize(&s, &headers, &name, Scope::Admin)?;
     spec.validate()?;
+    // In a cluster, the session goes to the node with the most room: this one, or another
+    // that is sent the request (and checks the inputs on its own file system).
+    if let Some(cluster) = &s.cluster
+        && !crate::http::cluster::forwarded(&headers)
+    {
+        if let Owner::There(node) = cluster.owner(&name).await? {
+            return Err(Placement::Taken {
+                session: name,
+                node,
+            }
+            .into());
+        }
+        let nodes = cluster.nodes().await?;
+        let total = nodes.len();
+        let ranked = crate::cluster::rank(nodes, cluster.vod_cost());
+        let Some(best) = ranked.first() else {
+            tracing::warn!(
+                session = %name,
+                nodes = total,
+                "no node has room for a new VOD session: 503"
+            );
+            return Err(Placement::NoRoom {
+                cost: cluster.vod_cost(),
+                nodes: total,
+            }
+            .into());
+        };
+        if best.url != cluster.node_url() {
+            // The body with the name filled in, so a retry cannot make a second session.
+            let mut named: serde_json::Value =
+                serde_json::from_slice(&body).map_err(Invalid::SessionDefinition)?;
+            named["name"] = json!(name);
+            let body = serde_json::to_vec(&named).map_err(Internal::Json)?;
+            tracing::info!(session = %name, node = %best.url, room = best.room(), "placing a new VOD session");
+            return crate::http::cluster::send(
+                &best.url,
+                axum::http::Method::POST,
+                "/api/sessions",
+                &headers,
+                body,
+            )
+            .await;
+        }
+    }
     // A missing file is the client's to fix now, not a failure its first viewer meets. The
     // file system may be slow (a network mount): off the runtime's threads.
     let inputs = spec.clone();
@@ -77,23 +139,29 @@ pub async fn create(
     .await
     .map_err(Internal::InputCheck)??;
     let warnings = probe_all(&urls).await;
-    let egresses = crate::egress::specs_of(&spec.egress)
+    crate::egress::specs_of(&spec.egress)
         .map_err(|(index, why)| Invalid::EgressDefinition { index, why })?;
     let spec = SessionSpec {
         name: Some(name.clone()),
         ..spec
     };
-    let session = s.sessions.create(name.clone(), spec)?;
-    for egress in egresses {
-        if let Err(e) = s.egresses.start(&session, egress, false) {
-            tracing::warn!(session = %name, "egress not started: {e}");
+    if let Some(cluster) = &s.cluster {
+        // The name is this node's now, unless another node holds it.
+        if let Owner::There(node) = cluster.claim(&name).await? {
+            return Err(Placement::Taken {
+                session: name,
+                node,
+            }
+            .into());
         }
     }
-    if s.hls_mode(&session) == crate::config::HlsMode::Always {
-        crate::egress::start_hls(&s.egresses, &session);
+    if let Err(e) = open(&s, name.clone(), spec) {
+        if let Some(cluster) = &s.cluster {
+            let _ = cluster.forget(&name).await;
+        }
+        return Err(e);
     }
-    crate::ingest::pull::spawn(session, s.ingest.clone(), s.config.idle_timeout);
-    let base = base_url(&headers, s.config.http);
+    let base = own_url(&s, &headers);
     tracing::info!(session = %name, "session created through the API");
     let mut resp = (
         StatusCode::CREATED,
@@ -114,6 +182,33 @@ pub async fn create(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// Makes a session from its checked definition, with its egresses, its HLS if `always`, and
+/// its pull if it is pulled (the API's and the cluster's way to make one).
+pub fn open(s: &Shared, name: String, spec: SessionSpec) -> Result<(), ApiError> {
+    let egresses = crate::egress::specs_of(&spec.egress)
+        .map_err(|(index, why)| Invalid::EgressDefinition { index, why })?;
+    let session = s.sessions.create(name.clone(), spec)?;
+    for egress in egresses {
+        if let Err(e) = s.egresses.start(&session, egress, false) {
+            tracing::warn!(session = %name, "egress not started: {e}");
+        }
+    }
+    if s.hls_mode(&session) == crate::config::HlsMode::Always {
+        crate::egress::start_hls(&s.egresses, &session);
+    }
+    crate::ingest::pull::spawn(session, s.ingest.clone(), s.config.idle_timeout);
+    Ok(())
+}
+
+/// This node's URL for absolute links: the cluster's node URL (the same whichever address a
+/// request came in at), else the one the client used.
+pub fn own_url(s: &Shared, headers: &HeaderMap) -> String {
+    match &s.cluster {
+        Some(c) => c.node_url().to_string(),
+        None => base_url(headers, s.config.http),
+    }
 }
 
 /// How long `POST /api/sessions` waits to reach an input URL's server.
@@ -205,6 +300,12 @@ pub async fn remove(
     s.sessions
         .remove(&name)
         .ok_or_else(|| NotFound::Session(name.to_string()))?;
+    // Stopped on purpose: no other node is to make it again.
+    if let Some(cluster) = &s.cluster
+        && let Err(e) = cluster.forget(&name).await
+    {
+        tracing::warn!(session = %name, "the cluster may make this session again: {e}");
+    }
     tracing::info!(session = %name, "session deleted through the API");
     Ok(StatusCode::OK)
 }
@@ -251,7 +352,7 @@ pub async fn egress_start(
         }
     }
     let egress = s.egresses.start(&session, spec, false)?;
-    let base = base_url(&headers, s.config.http);
+    let base = own_url(&s, &headers);
     let mut resp = (StatusCode::CREATED, Json(egress.info())).into_response();
     let location = format!("{base}/api/sessions/{name}/egress/{}", egress.id);
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -336,7 +437,7 @@ pub async fn directory(State(s): State<Shared>, headers: HeaderMap) -> Result<Re
         Err(crate::auth::AuthError::Missing) => None,
         Err(e) => return Err(e.into()),
     };
-    let sessions: Vec<DirectoryEntry> = s
+    let sessions: Vec<serde_json::Value> = s
         .sessions
         .list()
         .into_iter()
@@ -346,14 +447,38 @@ pub async fn directory(State(s): State<Shared>, headers: HeaderMap) -> Result<Re
         })
         .map(|x| {
             let info = x.info();
-            DirectoryEntry {
+            json!(DirectoryEntry {
                 name: info.name,
                 kind: info.kind,
                 state: info.state,
                 viewers: info.viewers,
-            }
+            })
         })
         .collect();
+    // In a cluster, the other nodes' too (as of their last heartbeat).
+    let mut sessions = sessions;
+    if let Some(cluster) = &s.cluster {
+        for node in cluster.nodes().await? {
+            if node.url == cluster.node_url() {
+                continue;
+            }
+            for v in node.sessions {
+                let name = v["name"].as_str().unwrap_or("");
+                let shown = match &grant {
+                    Some(g) => g.covers(name),
+                    None => s.config.public_sessions,
+                };
+                if shown && !sessions.iter().any(|e| e["name"] == v["name"]) {
+                    sessions.push(json!({
+                        "name": v["name"],
+                        "kind": v["kind"],
+                        "state": v["state"],
+                        "viewers": v["viewers"],
+                    }));
+                }
+            }
+        }
+    }
     Ok(Json(json!({ "sessions": sessions, "anonymous": grant.is_none() })).into_response())
 }
 
@@ -434,7 +559,7 @@ pub async fn mint_token(
     if let [name] = req.sessions.as_slice()
         && name != "*"
     {
-        let base = base_url(&headers, s.config.http);
+        let base = own_url(&s, &headers);
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())

@@ -62,6 +62,8 @@ pub enum ApiError {
     HlsNotReady(#[from] HlsNotReady),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::Unreachable),
+    #[error(transparent)]
+    Placement(#[from] Placement),
     #[error("the gateway is shutting down")]
     Draining,
     // Ours.
@@ -134,6 +136,29 @@ pub enum Invalid {
     Ttl { ttl: u64, max: u64 },
 }
 
+/// Where the cluster cannot put or find a session now.
+#[derive(Debug, thiserror::Error)]
+pub enum Placement {
+    /// 503: every node is full.
+    #[error(
+        "no node of the cluster has room for a VOD session ({cost} cores; {nodes} live nodes, \
+         their capacity less their load): try again later, or add nodes"
+    )]
+    NoRoom { cost: f64, nodes: usize },
+    /// 503, soon: the session's node is gone and another is about to make it again.
+    #[error(
+        "session {0:?} is moving: its node is gone and another node is making it again at \
+         its last position"
+    )]
+    Moving(String),
+    /// 409: the name is another node's.
+    #[error("a session named {session:?} exists on node {node}")]
+    Taken { session: String, node: String },
+    /// 502: the node placement chose did not answer.
+    #[error("node {node}, where the cluster placed the session, did not answer: {why}")]
+    Unanswered { node: String, why: String },
+}
+
 /// HLS for a session cannot be served yet (503, try again).
 #[derive(Debug, thiserror::Error)]
 pub enum HlsNotReady {
@@ -154,6 +179,8 @@ pub enum Internal {
     /// A page in `assets` cannot be read (the log says where it was looked for).
     #[error("the page {0} cannot be read (the gateway's log says where it was looked for)")]
     Page(&'static str),
+    #[error("writing JSON: {0}")]
+    Json(serde_json::Error),
 }
 
 impl ApiError {
@@ -223,6 +250,11 @@ impl ApiError {
             ApiError::Create(e) => match e {
                 CreateError::Exists(_) => StatusCode::CONFLICT,
             },
+            ApiError::Placement(e) => match e {
+                Placement::NoRoom { .. } | Placement::Moving(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Placement::Taken { .. } => StatusCode::CONFLICT,
+                Placement::Unanswered { .. } => StatusCode::BAD_GATEWAY,
+            },
             ApiError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -284,9 +316,13 @@ impl IntoResponse for ApiError {
             )
             | ApiError::HlsNotReady(_)
             | ApiError::Cluster(_)
+            | ApiError::Placement(Placement::NoRoom { .. })
             | ApiError::Draining
             | ApiError::Publish(PublishError::Stopping | PublishError::GatewayFull(_)) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Placement(Placement::Moving(_)) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -14,10 +14,13 @@
 //! - `resource.rs`: what WHEP and WHIP resources share: the registry of live (and recently
 //!   ended) resources, the 201's headers, PATCH (trickle, ICE restart) and DELETE.
 //! - `api.rs`: the session API, its egress endpoints, share-link tokens and the directory.
+//! - `cluster.rs`: in a cluster, the API's requests about another node's session forwarded
+//!   there.
 //! - `hls.rs`: HLS files for players (`/hls/{session}/…`).
 //! - `pages.rs`: the console, player and publish pages.
 
 pub mod api;
+pub mod cluster;
 pub mod connections;
 pub mod error;
 pub mod headers;

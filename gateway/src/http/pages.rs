@@ -10,9 +10,11 @@
 
 use axum::extract::{Path, State};
 use axum::http::header::{self, HeaderValue};
+use axum::http::{StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::auth::valid_session_name;
+use crate::cluster::Owner;
 use crate::http::error::{Internal, NotFound};
 use crate::http::{ApiError, Shared};
 
@@ -43,14 +45,39 @@ pub async fn console(State(s): State<Shared>) -> Response {
 
 /// `GET /play/{session}`: the player page, also for a name nobody has published yet (the page
 /// waits for it).
-pub async fn play(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+pub async fn play(State(s): State<Shared>, Path(name): Path<String>, uri: Uri) -> Response {
+    if let Some(to) = at_owner(&s, &name, &uri).await {
+        return to;
+    }
     render(&s, PLAYER, Some(&name)).await
 }
 
 /// `GET /publish/{session}`: the page that publishes a browser's camera, microphone or screen
 /// with WHIP.
-pub async fn publish(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+pub async fn publish(State(s): State<Shared>, Path(name): Path<String>, uri: Uri) -> Response {
+    if let Some(to) = at_owner(&s, &name, &uri).await {
+        return to;
+    }
     render(&s, PUBLISH, Some(&name)).await
+}
+
+/// In a cluster, a page about a session another node holds comes from that node (a 307 with
+/// the same path and query): the page then talks to the node of its session, whose WHEP and
+/// WHIP answers need no redirect (a browser drops the token on a redirect to another origin).
+/// Redis unreachable: the page is served here.
+async fn at_owner(s: &Shared, name: &str, uri: &Uri) -> Option<Response> {
+    let cluster = s.cluster.as_ref()?;
+    if s.sessions.get(name).is_some() || !valid_session_name(name) {
+        return None;
+    }
+    let Ok(Owner::There(node)) = cluster.owner(name).await else {
+        return None;
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let location = HeaderValue::from_str(&format!("{node}{path}")).ok()?;
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    resp.headers_mut().insert(header::LOCATION, location);
+    Some(resp)
 }
 
 async fn render(s: &Shared, page: Page, session: Option<&str>) -> Response {

@@ -15,9 +15,9 @@ use tokio::sync::oneshot;
 
 use crate::auth::Scope;
 use crate::cluster::Owner;
-use crate::http::error::NotFound;
+use crate::http::error::{NotFound, Placement};
 use crate::http::headers::{SDP, TRICKLE};
-use crate::http::{ApiError, Shared, authorize, base_url, ice_server_links, require_type};
+use crate::http::{ApiError, Shared, authorize, ice_server_links, require_type};
 use crate::rtc::ice::{Closed, Inbox, OnEnd, Patched, PeerMsg};
 use crate::rtc::offer::Fragment;
 
@@ -256,7 +256,9 @@ pub fn created(
     answer: String,
     sub: Option<&str>,
 ) -> Response {
-    let location = format!("{}{path}", base_url(headers, s.config.http));
+    // In a cluster, the node's own URL: PATCH and DELETE come straight here, whichever node
+    // the POST reached first.
+    let location = format!("{}{path}", crate::http::api::own_url(s, headers));
     let mut resp = (StatusCode::CREATED, answer).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
@@ -281,8 +283,9 @@ pub fn created(
 }
 
 /// In a cluster, where a POST for `session` goes if another node owns it: a 307 to the same
-/// `path` on that node (RFC 9725 §4.5), made before any work. `claim`: the POST would make the
-/// session here (a publish), so this node claims it unless another holds it.
+/// `path` on that node (RFC 9725 §4.5), made before any work; a 503 with a short `Retry-After`
+/// for a VOD session on its way to another node (its node died). `claim`: the POST would make
+/// the session here (a publish), so this node claims it unless another holds it.
 pub async fn elsewhere(
     s: &Shared,
     session: &str,
@@ -298,6 +301,10 @@ pub async fn elsewhere(
         cluster.owner(session).await?
     };
     let Owner::There(node) = owner else {
+        // A VOD session whose node is gone is about to be made again by another node.
+        if !claim && cluster.moving(session).await? {
+            return Err(Placement::Moving(session.to_string()).into());
+        }
         return Ok(None);
     };
     let location = format!("{node}{path}");

@@ -52,18 +52,7 @@ pub fn app(state: Shared) -> Router {
             "/api/sessions",
             get(crate::http::api::list).post(crate::http::api::create),
         )
-        .route(
-            "/api/sessions/{session}",
-            get(crate::http::api::show).delete(crate::http::api::remove),
-        )
-        .route(
-            "/api/sessions/{session}/egress",
-            get(crate::http::api::egress_list).post(crate::http::api::egress_start),
-        )
-        .route(
-            "/api/sessions/{session}/egress/{id}",
-            get(crate::http::api::egress_show).delete(crate::http::api::egress_stop),
-        )
+        .merge(one_session(state.clone()))
         .route("/hls/{session}/index.m3u8", get(crate::http::hls::master))
         .route(
             "/hls/{session}/{rendition}/{file}",
@@ -82,6 +71,28 @@ pub fn app(state: Shared) -> Router {
             cors_and_count,
         ))
         .with_state(state)
+}
+
+/// The API's routes about one session: in a cluster, another node's session is that node's
+/// to answer (`cluster.rs`).
+fn one_session(state: Shared) -> Router<Shared> {
+    Router::new()
+        .route(
+            "/api/sessions/{session}",
+            get(crate::http::api::show).delete(crate::http::api::remove),
+        )
+        .route(
+            "/api/sessions/{session}/egress",
+            get(crate::http::api::egress_list).post(crate::http::api::egress_start),
+        )
+        .route(
+            "/api/sessions/{session}/egress/{id}",
+            get(crate::http::api::egress_show).delete(crate::http::api::egress_stop),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            crate::http::cluster::to_owner,
+        ))
 }
 
 /// The router of a listener of `/metrics` alone (`metrics = "ADDR:PORT"`).
