@@ -19,7 +19,8 @@ RUN cargo build --release --locked -p wisp -p wisp-transcoder -p whep-client \
 FROM debian:12-slim
 COPY scripts/install-deps /usr/local/lib/wisp/install-deps
 RUN /usr/local/lib/wisp/install-deps runtime && rm -rf /var/lib/apt/lists/* \
- && useradd --system --create-home --home-dir /var/lib/wisp --shell /usr/sbin/nologin wisp
+ && groupadd --system --gid 10001 wisp \
+ && useradd --system --uid 10001 --gid wisp --create-home --home-dir /var/lib/wisp --shell /usr/sbin/nologin wisp
 COPY --from=build /out/bin/ /usr/local/bin/
 USER wisp
 ENV WISP_STATE_DIR=/var/lib/wisp WISP_HTTP=0.0.0.0:8080 WISP_RTC=0.0.0.0:8443
