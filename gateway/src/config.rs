@@ -40,6 +40,7 @@ pub struct Overrides {
     pub cluster: Option<String>,
     pub node_url: Option<String>,
     pub capacity: Option<f64>,
+    pub relay: bool,
 }
 
 /// An optional listener's address, or `off`.
@@ -208,6 +209,10 @@ pub struct ClusterFile {
     pub cost_vod: Option<f64>,
     pub cost_live: Option<f64>,
     pub cost_viewer: Option<f64>,
+    /// Serve sessions other nodes hold through an edge relay instead of redirecting viewers.
+    pub relay: Option<bool>,
+    /// A session's node sends viewers past this many to an edge (another node, which relays).
+    pub relay_above: Option<usize>,
 }
 
 /// Scale-out (DESIGN.md "Scale-out"): nodes register in a shared Redis and redirect requests
@@ -223,6 +228,12 @@ pub struct Cluster {
     /// left, and to none when no node has a VOD session's cost left.
     pub capacity: f64,
     pub costs: Costs,
+    /// This node serves the sessions other nodes hold to its own viewers by relaying them
+    /// (a WHEP pull from the session's node), instead of redirecting the viewers there.
+    pub relay: bool,
+    /// A session's viewers past this many are redirected to an edge: the other node with the
+    /// most room, which relays the session (`None`: viewers stay on the session's node).
+    pub relay_above: Option<usize>,
 }
 
 /// What the cluster's placement counts a node's work as, in cores (as LiveKit Egress's
@@ -1083,6 +1094,8 @@ impl Config {
                     node_url: node_url.map(|u| u.trim_end_matches('/').to_string()),
                     capacity,
                     costs,
+                    relay: over.relay || file.cluster.relay.unwrap_or(false),
+                    relay_above: file.cluster.relay_above.filter(|n| *n > 0),
                 })
             }
         };
@@ -1395,6 +1408,8 @@ mod tests {
                     vod: 0.5,
                     ..Costs::default()
                 },
+                relay: false,
+                relay_above: None,
             })
         );
         let over = Overrides {

@@ -165,6 +165,11 @@ struct ServeArgs {
     /// the number of cores].
     #[arg(long, env = "WISP_CAPACITY")]
     capacity: Option<f64>,
+    /// Serve the sessions other nodes hold to this node's viewers through an edge relay (this
+    /// node pulls the session over WHEP once, for all of them) instead of redirecting them
+    /// [default: redirect].
+    #[arg(long, env = "WISP_RELAY")]
+    relay: bool,
     /// Check the configuration (the file, keys, sessions and their local inputs), print what
     /// would run, and exit: 0 if it is valid, 2 if not. Nothing is bound or started.
     #[arg(long)]
@@ -271,6 +276,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         cluster: args.cluster,
         node_url: args.node_url,
         capacity: args.capacity,
+        relay: args.relay,
     };
     let config = match Config::resolve(overrides, args.config.as_deref()) {
         Ok(c) => c,

@@ -376,7 +376,13 @@ impl Gateway {
 fn cluster_load(state: &AppState) -> crate::cluster::Load {
     use crate::session::Kind;
     let (viewers, publishers) = state.resources.counts();
-    let sessions = state.sessions.list();
+    // Relays serve other nodes' sessions: those nodes claim them.
+    let sessions: Vec<_> = state
+        .sessions
+        .list()
+        .into_iter()
+        .filter(|s| s.relay().is_none())
+        .collect();
     let infos: Vec<_> = sessions.iter().map(|s| s.info()).collect();
     crate::cluster::Load {
         sessions: sessions.iter().map(|s| s.name.clone()).collect(),

@@ -403,3 +403,201 @@ async fn vod_sessions_go_where_there_is_room_and_move_when_their_node_dies() {
 fn json(s: String) -> serde_json::Value {
     serde_json::Value::String(s)
 }
+
+/// The address a log line `... PREFIX ADDR...` names.
+fn logged_addr(wisp: &Wisp, prefix: &str) -> String {
+    assert!(wisp.wait_log(prefix, 10), "{}", wisp.log());
+    let log = wisp.log();
+    let rest = log.split(prefix).nth(1).unwrap();
+    rest.split(|c: char| c == '/' || c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_relays_sessions_held_elsewhere_and_its_viewers_steer_them() {
+    let redis = Redis::start();
+    // A holds the demo and takes a live publisher; C is an edge: it serves other nodes'
+    // sessions through relays.
+    let a = node("relay-a", &redis, true);
+    let c = Wisp::start(
+        "relay-c",
+        &format!(
+            "demo = false\nidle_timeout = 30\n[cluster]\nredis = \"{}\"\nrelay = true\n",
+            redis.url()
+        ),
+    );
+    let token = a.token("*", "view playback publish");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+
+    // A viewer of the demo on C plays from C (no redirect): C pulls it from A.
+    let summary = whep_client::watch(
+        &whep_client::http_client(),
+        c.viewer("demo", &token, 30, 20),
+        |_| {},
+    )
+    .await
+    .expect("plays through the edge");
+    assert!(summary.video_frames >= 30, "{summary:?}");
+    assert!(
+        summary
+            .resource
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&c.base),
+        "{summary:?}"
+    );
+    assert!(
+        c.wait_log("relaying the session from its node", 1),
+        "{}",
+        c.log()
+    );
+    let relayed = c.api("/api/sessions/demo").await;
+    assert_eq!(relayed["ingest"], "relay", "{relayed}");
+    assert_eq!(relayed["relayed_from"], a.base, "{relayed}");
+    eprintln!(
+        "VOD through the edge: first frame {:?} ms",
+        summary.first_frame_ms
+    );
+
+    // A seek from a viewer on the edge moves the session itself, on A.
+    let (tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let mut opts = c.viewer("demo", &token, 1, 20);
+    opts.frames = None;
+    opts.control = Some(whep_client::Control::send_all(
+        vec![
+            r#"{"id":7,"op":"seek","to":20}"#.into(),
+            r#"{"id":8,"op":"status"}"#.into(),
+        ],
+        tx,
+        Duration::from_secs(2),
+    ));
+    let steered = whep_client::watch(&whep_client::http_client(), opts, |_| {})
+        .await
+        .expect("the edge viewer's control channel works");
+    assert_eq!(steered.control_errors, 0, "{steered:?}");
+    let mut replies = Vec::new();
+    while let Ok(m) = messages.try_recv() {
+        replies.push(m);
+    }
+    let seek = replies
+        .iter()
+        .find(|m| m.contains(r#""id":7"#))
+        .unwrap_or_else(|| panic!("no seek reply: {replies:?}"));
+    assert!(seek.contains(r#""ok":true"#), "{seek}");
+    let status = replies
+        .iter()
+        .find(|m| m.contains(r#""id":8"#))
+        .unwrap_or_else(|| panic!("no status reply: {replies:?}"));
+    assert!(
+        status.contains(r#""kind":"vod""#),
+        "the edge says what A's session is: {status}"
+    );
+    let position = a.api("/api/sessions/demo").await["position"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        position >= 19.5,
+        "A's session is at {position} s after the edge's seek to 20"
+    );
+
+    // A live publisher on A, watched on C through a relay: the first frame within 1 s.
+    let rtmp = format!(
+        "rtmp://{}/live/cam?token={token}",
+        logged_addr(&a, "RTMP publishers on rtmp://")
+    );
+    let mut publisher = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=640x360:rate=30")
+        .args([
+            "-t", "30", "-c:v", "libx264", "-preset", "veryfast", "-g", "30",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-f", "flv", &rtmp])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg runs");
+    assert!(
+        eventually(20, || async {
+            a.api("/api/sessions/cam").await["state"] == "live"
+                || a.api("/api/sessions/cam").await["video"].is_string()
+        })
+        .await,
+        "the publish is live on A: {}",
+        a.api("/api/sessions/cam").await
+    );
+    let live = whep_client::watch(
+        &whep_client::http_client(),
+        c.viewer("cam", &token, 30, 20),
+        |_| {},
+    )
+    .await
+    .expect("the live session plays through the edge");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    assert!(
+        live.resource.as_deref().unwrap_or("").starts_with(&c.base),
+        "{live:?}"
+    );
+    let first = live.first_frame_ms.unwrap_or(u64::MAX);
+    eprintln!("live through the edge: first frame {first} ms");
+    assert!(
+        first <= 1000,
+        "first frame through the edge after {first} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_past_relay_above_are_sent_to_an_edge() {
+    let redis = Redis::start();
+    // A sends the demo's viewers past the first to an edge; B is the only other node.
+    let a = Wisp::start(
+        "above-a",
+        &format!(
+            "demo = true\nidle_timeout = 30\n[cluster]\nredis = \"{}\"\nrelay_above = 1\n",
+            redis.url()
+        ),
+    );
+    let b = node("above-b", &redis, false);
+    let token = a.token("*", "view");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut first = a.viewer("demo", &token, 100_000, 30);
+    first.duration = Some(Duration::from_secs(30));
+    let stays = tokio::spawn(async move {
+        whep_client::watch(&whep_client::http_client(), first, |_| {}).await
+    });
+    assert!(
+        eventually(10, || async {
+            a.api("/api/sessions/demo").await["viewers"] == 1
+        })
+        .await
+    );
+    // The second viewer is sent to B, which relays the demo from A.
+    assert_eq!(
+        post(&format!("{}/whep/demo", a.base), &token).await,
+        (307, Some(format!("{}/whep/demo?relay", b.base)))
+    );
+    let second = whep_client::watch(
+        &whep_client::http_client(),
+        a.viewer("demo", &token, 30, 20),
+        |_| {},
+    )
+    .await
+    .expect("plays through the edge it was sent to");
+    assert!(
+        second
+            .resource
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&b.base),
+        "{second:?}"
+    );
+    assert!(
+        b.wait_log("relaying the session from its node", 1),
+        "{}",
+        b.log()
+    );
+    stays.abort();
+}

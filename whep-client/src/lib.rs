@@ -55,6 +55,24 @@ pub struct Options {
     /// After the DELETE, keep the connection open this long and note whether the server
     /// closes it (DTLS close_notify) and whether media still comes (RFC 7675 §5.2).
     pub linger: Option<Duration>,
+    /// The server's answer, then every RTP packet as it arrives (with `rtp_only`): a relay
+    /// that serves the stream on.
+    pub media_out: Option<UnboundedSender<Media>>,
+    /// Ends the watch (successfully, with the DELETE) when it fires or its sender is
+    /// dropped.
+    pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// What [`Options::media_out`] gets.
+#[derive(Debug)]
+pub enum Media {
+    /// The server's SDP answer (its codecs and payload types), before any packet.
+    Answer(String),
+    /// An RTP packet of the video or the audio track.
+    Rtp {
+        video: bool,
+        packet: Box<str0m::rtp::RtpPacket>,
+    },
 }
 
 impl Default for Options {
@@ -72,6 +90,8 @@ impl Default for Options {
             trickle: false,
             restart_after: None,
             linger: None,
+            media_out: None,
+            stop: None,
         }
     }
 }
@@ -335,6 +355,9 @@ pub async fn watch(
         ice_servers,
     } = post_offer(http, &url, opts.token.as_deref(), offer, pending, &mut rtc).await?;
 
+    if let Some(out) = &opts.media_out {
+        let _ = out.send(Media::Answer(answer_text.clone()));
+    }
     let mut summary = Summary {
         resource: location.as_ref().map(|l| l.to_string()),
         audio_expected: sends(&answer_text, &audio_mid.to_string()),
@@ -369,6 +392,7 @@ pub async fn watch(
         }
     }
     let mut tally = Tally::new(video_mid, audio_mid, opts.frames_out.take());
+    tally.media_out = opts.media_out.take();
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
     let mut end = opts.duration.map(|d| started + d);
@@ -500,6 +524,7 @@ pub async fn watch(
         }
         let open = ctl.channel.filter(|_| !ctl.closed);
         tokio::select! {
+            _ = stopped(&mut opts.stop) => break Ok(()),
             r = next_request(&mut control, open.is_some()) => {
                 let Some(id) = open else { continue };
                 match r {
@@ -1211,6 +1236,17 @@ pub fn control_request(id: u64, op: &str, args: &[String]) -> Result<String, Str
 
 /// The caller's next request (`None` once it will send no more); pending while the channel
 /// is not open, so requests queue until it is.
+/// Resolves when `stop` fires or its sender is gone; never without one.
+async fn stopped(stop: &mut Option<tokio::sync::oneshot::Receiver<()>>) {
+    match stop {
+        Some(rx) => {
+            let _ = rx.await;
+            *stop = None;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_request(control: &mut Option<Control>, open: bool) -> Option<String> {
     match control {
         Some(c) if open => c.requests.recv().await,
@@ -1290,6 +1326,7 @@ struct Tally {
     video_packets_seen: u64,
     audio_packets_seen: u64,
     frames_out: Option<UnboundedSender<VideoFrame>>,
+    media_out: Option<UnboundedSender<Media>>,
     /// When the ICE-restart PATCH went out.
     restart_sent: Option<Instant>,
 }
@@ -1306,6 +1343,7 @@ impl Tally {
             video_packets_seen: 0,
             audio_packets_seen: 0,
             frames_out,
+            media_out: None,
             restart_sent: None,
         }
     }
@@ -1399,6 +1437,12 @@ impl Tally {
                     }
                     Some(c) if c.is_audio() => s.audio_packets += 1,
                     _ => {}
+                }
+                if let (Some(out), Some(c)) = (&self.media_out, params) {
+                    let _ = out.send(Media::Rtp {
+                        video: c.is_video(),
+                        packet: Box::new(p),
+                    });
                 }
             }
             Event::MediaIngressStats(st) => {

@@ -317,6 +317,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         trickle,
         restart_after,
         linger: linger.map(Duration::from_secs_f64),
+        ..Options::default()
     };
     let waiting_until = wait.map(|w| std::time::Instant::now() + Duration::from_secs_f64(w));
     let result = loop {

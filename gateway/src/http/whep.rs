@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{Scope, valid_session_name};
+use crate::cluster::Owner;
 use crate::config::VideoFormat;
 use crate::http::error::NotFound;
 use crate::http::headers::SDP;
@@ -29,7 +30,7 @@ use crate::rtc::ice::{IceSession, new_etag};
 use crate::rtc::offer::{Offer, Served};
 use crate::rtc::viewer::{Params, Viewer};
 use crate::rtc::worker::Joining;
-use crate::session::{JoinError, Kind, Source};
+use crate::session::{JoinError, Kind, Session, Source};
 
 /// `GET`/`HEAD /whep/{session}`: 200, no content, `Content-Type: application/sdp`
 /// (draft-ietf-wish-whep §4.1, §4.2). 404 for an unknown session.
@@ -56,6 +57,7 @@ pub async fn resource_get(
 pub async fn post(
     State(s): State<Shared>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -63,18 +65,42 @@ pub async fn post(
         return Err(ApiError::Draining);
     }
     let wait = s.config.live.wait;
-    let known = s.sessions.get(&name);
+    let mut known = s.sessions.get(&name);
     let path = format!("/whep/{name}");
-    // A session this node does not hold may be another node's.
-    if known.is_none()
-        && !wait
-        && valid_session_name(&name)
-        && let Some(to) = elsewhere(&s, &name, &path, false).await?
-    {
-        return Ok(to);
+    // Sent here as an edge by the session's node (`?relay`), or an edge by configuration.
+    let relay_asked = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "relay" || p.starts_with("relay="))
+    });
+    let relaying = relay_asked || s.config.cluster.as_ref().is_some_and(|c| c.relay);
+    // A session this node does not hold may be another node's: served here through a relay
+    // (for a viewer with a valid token), or redirected there.
+    if known.is_none() && !wait && valid_session_name(&name) {
+        if relaying {
+            match owner_elsewhere(&s, &name).await? {
+                Some(owner) => {
+                    authorize(&s, &headers, &name, Scope::View)?;
+                    require_type(&headers, SDP)?;
+                    known = Some(crate::ingest::relay::serve(&s, &name, &owner).await?);
+                }
+                // Nobody holds it; one moving to another node is a 503 to retry.
+                None => {
+                    elsewhere(&s, &name, &path, false).await?;
+                }
+            }
+        } else if let Some(to) = elsewhere(&s, &name, &path, false).await? {
+            return Ok(to);
+        }
     }
     if known.is_none() && !(wait && valid_session_name(&name)) {
         return Err(NotFound::Session(name).into());
+    }
+    // A busy session's viewers past `relay_above` go to an edge.
+    if let Some(session) = &known
+        && !relay_asked
+        && let Some(to) = to_edge(&s, session, &headers).await
+    {
+        return Ok(to);
     }
     let grant = authorize(&s, &headers, &name, Scope::View)?;
     require_type(&headers, SDP)?;
@@ -172,6 +198,48 @@ pub async fn post(
         answered.answer,
         grant.sub.as_deref(),
     ))
+}
+
+/// In a cluster, the node that holds `name` if it is another.
+async fn owner_elsewhere(s: &Shared, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(cluster) = &s.cluster else {
+        return Ok(None);
+    };
+    Ok(match cluster.owner(name).await? {
+        Owner::There(node) => Some(node),
+        Owner::Here => None,
+    })
+}
+
+/// With `[cluster] relay_above`, a 307 to an edge for a viewer of a session held here that
+/// has that many viewers already: the other node with the most room, which relays the
+/// session (`?relay`). None when no other node has room or Redis cannot say: the viewer is
+/// served here. A relay's own pull is always served here.
+async fn to_edge(s: &Shared, session: &Session, headers: &HeaderMap) -> Option<Response> {
+    let cluster = s.cluster.as_ref()?;
+    let above = s.config.cluster.as_ref()?.relay_above?;
+    if session.relay().is_some() || session.viewer_count() < above {
+        return None;
+    }
+    let relay = crate::http::grant(s, headers).is_ok_and(|g| {
+        g.sub
+            .as_deref()
+            .is_some_and(|sub| sub.starts_with(crate::ingest::relay::SUB))
+    });
+    if relay {
+        return None;
+    }
+    let nodes = cluster.nodes().await.ok()?;
+    let viewer = s.config.cluster.as_ref()?.costs.viewer;
+    let edge = crate::cluster::rank(nodes, viewer)
+        .into_iter()
+        .find(|n| n.url != cluster.node_url())?;
+    let location = format!("{}/whep/{}?relay", edge.url, session.name);
+    tracing::debug!(session = %session.name, edge = %edge.url, "viewer sent to an edge");
+    let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+    resp.headers_mut()
+        .insert(header::LOCATION, HeaderValue::from_str(&location).ok()?);
+    Some(resp)
 }
 
 /// `PATCH /whep/{session}/{resource}`.

@@ -713,6 +713,18 @@ impl EventContext {
 
 /// What a `status` reply says of the session (the viewer adds its token's fields).
 fn status_fields(session: &Session) -> Map<String, serde_json::Value> {
+    // A relayed session's playback is its node's, as that node last said it.
+    if let Some(link) = session.relay()
+        && !link.status.is_empty()
+    {
+        let mut f = link.status;
+        // The token fields are this viewer's, added by the viewer.
+        for k in ["id", "ok", "scope", "exp", "sub"] {
+            f.remove(k);
+        }
+        f.insert("viewers".into(), json!(session.viewer_count()));
+        return f;
+    }
     let mut f = match serde_json::to_value(session.playback()) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => Map::new(),

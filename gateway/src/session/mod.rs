@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rtp_ring::Ring;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -166,6 +166,9 @@ pub enum Ingest {
     Srt,
     /// A URL the gateway's transcoder pulls while the session has viewers.
     Pull,
+    /// Another node of the cluster, which holds the session: this node relays it over WHEP
+    /// to its own viewers (`ingest/relay.rs`).
+    Relay,
 }
 
 /// Where a session's media comes from.
@@ -272,6 +275,28 @@ pub struct Session {
     slots: Arc<TranscoderSlots>,
     /// Viewers and egresses, for whoever must act on its changes (a pulled session's source).
     viewers_tx: watch::Sender<usize>,
+    /// An edge relay's link to the session's node, while it runs.
+    relay: Mutex<Option<RelayLink>>,
+}
+
+/// How a relayed session (`ingest/relay.rs`) reaches the node that holds it.
+#[derive(Debug, Clone)]
+pub struct RelayLink {
+    /// That node's URL.
+    pub owner: String,
+    /// Viewers' commands, sent on over the relay's control channel.
+    pub commands: mpsc::UnboundedSender<Forwarded>,
+    /// What the session's node last said of its playback (its `status` reply's fields):
+    /// this node's viewers get it as their `status`.
+    pub status: Map<String, Value>,
+}
+
+/// A viewer's command on its way to the session's node.
+#[derive(Debug)]
+pub struct Forwarded {
+    pub id: Value,
+    pub command: Command,
+    pub reply: ReplyTo,
 }
 
 /// A live session's one publisher slot, held by the publisher's task; dropping it frees the
@@ -412,9 +437,12 @@ pub struct SessionInfo {
     /// "H264 (high)" (a live session's publisher decides), "VP8". Viewers need its profile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<String>,
-    /// A live session's publisher's protocol: `whip`, `rtmp` or `srt`.
+    /// A live session's publisher's protocol: `whip`, `rtmp`, `srt`, `pull`, or `relay` (from
+    /// the node in `relayed_from`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest: Option<Ingest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_from: Option<String>,
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
@@ -698,10 +726,28 @@ impl Session {
                 _ => None,
             },
             ingest: *self.ingest.lock().expect("not poisoned"),
+            relayed_from: self.relay().map(|l| l.owner),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             source: self.source_desc.lock().expect("not poisoned").clone(),
             spec: self.spec.clone(),
+        }
+    }
+
+    /// Links the session to its node through a relay (`None`: the relay ended).
+    pub fn set_relay(&self, link: Option<RelayLink>) {
+        *self.relay.lock().expect("not poisoned") = link;
+    }
+
+    /// The relay's link, while this session is relayed from another node.
+    pub fn relay(&self) -> Option<RelayLink> {
+        self.relay.lock().expect("not poisoned").clone()
+    }
+
+    /// The session's node's latest `status` fields, as the relay heard them.
+    pub fn set_relay_status(&self, status: Map<String, Value>) {
+        if let Some(link) = self.relay.lock().expect("not poisoned").as_mut() {
+            link.status = status;
         }
     }
 
@@ -916,6 +962,7 @@ impl Registry {
             picture_size: std::sync::atomic::AtomicU64::new(0),
             slots: self.runtime.slots.clone(),
             viewers_tx: watch::channel(0).0,
+            relay: Mutex::new(None),
         });
         (session, rx, source_tx)
     }
@@ -1494,7 +1541,12 @@ impl LiveTask {
                     self.send_keyframe_request();
                 }
             }
-            Msg::Control { id, reply, .. } => {
+            Msg::Control { id, command, reply } => {
+                // A relayed session is steered where it is held.
+                if let Some(link) = self.session.relay() {
+                    let _ = link.commands.send(Forwarded { id, command, reply });
+                    return;
+                }
                 let _ = reply.send(ControlReply {
                     id,
                     result: Err(Refusal::new(

@@ -39,6 +39,24 @@ impl Code {
         }
     }
 
+    /// The code a reply's `error.code` names (a relayed session's node's reply); an unknown one
+    /// is `Unavailable`.
+    pub fn parse(code: &str) -> Code {
+        [
+            Code::Forbidden,
+            Code::BadRequest,
+            Code::NotSupported,
+            Code::RateLimited,
+            Code::Unavailable,
+            Code::TooLarge,
+            Code::TooLong,
+            Code::TokenExpired,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == code)
+        .unwrap_or(Code::Unavailable)
+    }
+
     /// The code a transcoder's refusal maps to (its own codes are a superset).
     pub fn from_transcoder(code: &str) -> Code {
         match code {
