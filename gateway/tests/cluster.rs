@@ -428,7 +428,7 @@ async fn an_edge_relays_sessions_held_elsewhere_and_its_viewers_steer_them() {
             redis.url()
         ),
     );
-    let token = a.token("*", "view playback publish");
+    let token = a.token("*", "view playback publish chat");
     tokio::time::sleep(Duration::from_millis(2200)).await;
 
     // A viewer of the demo on C plays from C (no redirect): C pulls it from A.

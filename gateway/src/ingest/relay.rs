@@ -5,7 +5,8 @@
 //!
 //! Control goes back the same way: the relay opens the `control` data channel, and this
 //! node's viewers' commands (play, pause, seek, step, audio) are sent on it; each reply comes
-//! back to the viewer who asked. The session's events (playback, position, chat) are passed
+//! back to the viewer who asked. Their chat goes there too, with the sender's name (`as`,
+//! which the session's node takes from relays only), and comes back with everyone's. The session's events (playback, position, chat) are passed
 //! on to this node's viewers, and its `status` is asked at the start and after each playback
 //! event, so a viewer here sees the same session as a viewer there: shared playback stays
 //! shared.
@@ -92,9 +93,11 @@ fn start(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, ApiError> 
         &s.metrics,
     )?;
     let (commands, forwarded) = mpsc::unbounded_channel();
+    let (chats, chat) = mpsc::unbounded_channel();
     session.set_relay(Some(RelayLink {
         owner: owner.to_string(),
         commands,
+        chats,
         status: Map::new(),
     }));
     tracing::info!(session = %name, from = %owner, "relaying the session from its node");
@@ -104,6 +107,7 @@ fn start(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, ApiError> 
         claim,
         ring: Some(ring),
         forwarded,
+        chat,
         clock: Clock::read(),
     };
     let registry = s.sessions.clone();
@@ -134,6 +138,8 @@ struct Relay {
     /// Until the answer says what the session sends.
     ring: Option<Ring>,
     forwarded: mpsc::UnboundedReceiver<Forwarded>,
+    /// Chat events of viewers here.
+    chat: mpsc::UnboundedReceiver<String>,
     clock: Clock,
 }
 
@@ -208,6 +214,21 @@ impl Relay {
                     request.insert("id".into(), json!(id));
                     pending.insert(id, (f.id, f.reply));
                     let _ = requests.send(Value::Object(request).to_string());
+                }
+                c = self.chat.recv() => {
+                    // As its sender's: the session's node sends it to everyone, this relay
+                    // included. Its reply is not awaited (the viewer had its own).
+                    let Some(c) = c else { continue };
+                    let Ok(event) = serde_json::from_str::<Value>(&c) else { continue };
+                    let id = next_id;
+                    next_id += 1;
+                    let request = json!({
+                        "id": id,
+                        "op": "chat",
+                        "text": event["text"],
+                        "as": event["from"],
+                    });
+                    let _ = requests.send(request.to_string());
                 }
                 _ = keyframe_requests.recv() => {}
                 r = viewers.changed() => {

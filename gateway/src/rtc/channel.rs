@@ -22,6 +22,8 @@ pub const LABEL: &str = "control";
 pub const MAX_MESSAGE: usize = 16 * 1024;
 /// Longest chat text, characters.
 pub const MAX_CHAT_CHARS: usize = 500;
+/// Longest chat sender name a relay passes on, characters.
+const MAX_FROM_CHARS: usize = 128;
 /// Requests a viewer may send per second (a burst of this many, refilled at this rate).
 pub const REQUESTS_PER_SECOND: f64 = 20.0;
 /// `auth_expiring` goes out this long before the token's `exp`.
@@ -52,6 +54,10 @@ enum Op {
     Status,
     Chat {
         text: String,
+        /// Who said it, as an edge relay passes on its viewers' chat (honoured for relays'
+        /// tokens only).
+        #[serde(default, rename = "as")]
+        from: Option<String>,
     },
     Auth {
         token: String,
@@ -78,8 +84,13 @@ pub enum Action {
     Reply(String),
     /// Hand this command to the session's source and reply with its outcome.
     Command { id: Value, command: Command },
-    /// Send `text` to every viewer of the session, then reply ok.
-    Chat { id: Value, text: String },
+    /// Send `text` to every viewer of the session, then reply ok; `from`: who said it, as a
+    /// relay's token may say.
+    Chat {
+        id: Value,
+        text: String,
+        from: Option<String>,
+    },
     /// Verify `token`, make it this viewer's if it names the session, and reply.
     Auth { id: Value, token: String },
     /// Reply with the session's playback state.
@@ -209,7 +220,7 @@ impl Steering {
                 id,
                 command: Command::SelectAudio { input, channels },
             },
-            Op::Chat { text } => {
+            Op::Chat { text, from } => {
                 let chars = text.chars().count();
                 if text.trim().is_empty() {
                     bad(&id, "chat text is empty")
@@ -224,7 +235,15 @@ impl Steering {
                         ),
                     ))
                 } else {
-                    Action::Chat { id, text }
+                    // Only a relay speaks for others: its token's sub says it is one.
+                    let relay = grant
+                        .sub
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with(crate::ingest::relay::SUB));
+                    let from = from
+                        .filter(|f| relay && !f.trim().is_empty())
+                        .map(|f| f.chars().take(MAX_FROM_CHARS).collect());
+                    Action::Chat { id, text, from }
                 }
             }
             Op::Auth { token } => Action::Auth { id, token },
@@ -369,7 +388,35 @@ mod tests {
             run(r#"{"id":3,"op":"chat","text":"hello"}"#, &g),
             Action::Chat {
                 id: json!(3),
-                text: "hello".into()
+                text: "hello".into(),
+                from: None,
+            }
+        );
+    }
+
+    #[test]
+    fn only_a_relay_says_who_said_a_chat() {
+        let msg = r#"{"id":3,"op":"chat","text":"hello","as":"bob"}"#;
+        let viewer = grant(&Scope::ALL, &["demo"]);
+        assert_eq!(
+            run(msg, &viewer),
+            Action::Chat {
+                id: json!(3),
+                text: "hello".into(),
+                from: None,
+            },
+            "a viewer cannot speak as someone else"
+        );
+        let relay = Grant {
+            sub: Some("relay:http://10.0.0.3:8080".into()),
+            ..viewer
+        };
+        assert_eq!(
+            run(msg, &relay),
+            Action::Chat {
+                id: json!(3),
+                text: "hello".into(),
+                from: Some("bob".into()),
             }
         );
     }

@@ -706,11 +706,9 @@ impl Viewer {
                 self.events.push_back(Event::Command { id, command });
                 return;
             }
-            Action::Chat { id, text } => {
-                let from = self
-                    .grant
-                    .sub
-                    .clone()
+            Action::Chat { id, text, from } => {
+                let from = from
+                    .or_else(|| self.grant.sub.clone())
                     .unwrap_or_else(|| format!("viewer-{}", &self.id[..8.min(self.id.len())]));
                 let at = self.clock.unix_ms(now) as f64 / 1000.0;
                 self.events.push_back(Event::Chat(channel::event(

@@ -691,7 +691,14 @@ impl EventContext {
                 };
                 session.control(id, command, reply);
             }
-            Event::Chat(text) => session.publish(text),
+            // A relayed session's chat goes to its node, which sends it to every viewer
+            // there, this node's relay included (and so this node's viewers).
+            Event::Chat(text) => match session.relay() {
+                Some(link) => {
+                    let _ = link.chats.send(text);
+                }
+                None => session.publish(text),
+            },
             Event::Status { id } => {
                 let fields = status_fields(session);
                 e.viewer.handle(Input::Status { id, fields }, now);

@@ -286,6 +286,8 @@ pub struct RelayLink {
     pub owner: String,
     /// Viewers' commands, sent on over the relay's control channel.
     pub commands: mpsc::UnboundedSender<Forwarded>,
+    /// Viewers' chat (`chat` events), sent on the same way.
+    pub chats: mpsc::UnboundedSender<String>,
     /// What the session's node last said of its playback (its `status` reply's fields):
     /// this node's viewers get it as their `status`.
     pub status: Map<String, Value>,
