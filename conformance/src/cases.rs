@@ -155,7 +155,9 @@ impl Run {
             ));
         }
         let loc = resp.header("location");
-        let url = endpoint
+        // Relative to where it was answered (after any redirect).
+        let url = resp
+            .at
             .join(&loc)
             .map_err(|e| format!("Location {loc:?} does not resolve: {e}"))?;
         Ok(Created {
@@ -574,6 +576,46 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
             ),
         );
     }
+    redirect_case(run, ep);
+}
+
+/// Item 45: the redirects this endpoint's POSTs got (a load balancer, or a cluster node that
+/// does not hold the session) are 307 or 308 with a `Location`; never 301, 302 or 303.
+fn redirect_case(run: &mut Run, ep: &'static str) {
+    let seen = std::mem::take(&mut run.http.redirects);
+    if seen.is_empty() {
+        run.skipped(
+            ep,
+            "WHxP-REDIRECT",
+            Level::Must,
+            "W§4.5; E§4.7",
+            "no redirect in this run (give the endpoint of a node that does not hold the \
+             session to test one)"
+                .into(),
+        );
+        return;
+    }
+    let bad: Vec<String> = seen
+        .iter()
+        .filter(|(status, _, location)| !matches!(status, 307 | 308) || location.is_empty())
+        .map(|(status, from, location)| format!("POST {from} → {status} Location {location:?}"))
+        .collect();
+    let (status, from, location) = &seen[0];
+    run.record(
+        ep,
+        "WHxP-REDIRECT",
+        Level::Must,
+        "W§4.5; E§4.7",
+        check(
+            bad.is_empty(),
+            format!(
+                "{} redirects, all 307/308 with Location (first: POST {from} → {status} \
+                 Location {location}), followed with the same request",
+                seen.len()
+            ),
+            bad.join("; "),
+        ),
+    );
 }
 
 /// Checks of the 201's answer (items 9, 11, 15–18, 54, 60).
@@ -2128,7 +2170,7 @@ async fn whip_media_cases(run: &mut Run, ep: &'static str, url: &Url) {
     }
     let token = run.http.token().map(str::to_string);
     let probe = whep_client::publish_probe(
-        &reqwest::Client::new(),
+        &whep_client::http_client(),
         url.as_str(),
         token.as_deref(),
         Duration::from_secs(1),
@@ -2207,7 +2249,8 @@ async fn media_cases(run: &mut Run, ep: &'static str, url: &Url) {
         linger,
         ..Default::default()
     };
-    let client = reqwest::Client::new();
+    // whep-client's: it follows a 307 with the token (reqwest's own drops it on the way).
+    let client = whep_client::http_client();
     let [
         (ext, ext_level, ext_section),
         (restart, restart_level, restart_section),

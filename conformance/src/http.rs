@@ -1,5 +1,7 @@
-//! The suite's HTTP: one request at a time, redirects not followed (a 3xx is a result), and
-//! every error response remembered for the problem-details case.
+//! The suite's HTTP: one request at a time, and every error response remembered for the
+//! problem-details case. A 307 or 308 (a load balancer's, W§4.5) is followed with the same
+//! request, token included, as a client must; any other 3xx is a result. Every redirect is
+//! remembered for WHxP-REDIRECT.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ pub struct Resp {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: String,
+    /// Where it was answered (the request's URL, or the last redirect's `Location`).
+    pub at: Url,
 }
 
 impl Resp {
@@ -128,7 +132,12 @@ pub struct Http {
     token: Option<String>,
     /// Every 4xx/5xx response seen: (what was asked, the response).
     pub errors: Vec<(String, Resp)>,
+    /// Every 3xx seen: (status, the URL asked, its `Location`).
+    pub redirects: Vec<(u16, String, String)>,
 }
+
+/// Redirects followed for one request, at most.
+const MAX_REDIRECTS: usize = 5;
 
 impl Http {
     pub fn new(token: Option<String>) -> Self {
@@ -141,6 +150,7 @@ impl Http {
             client,
             token,
             errors: Vec::new(),
+            redirects: Vec::new(),
         }
     }
 
@@ -149,8 +159,30 @@ impl Http {
     }
 
     pub async fn send(&mut self, req: Req) -> Result<Resp, String> {
-        let what = format!("{} {}", req.method, req.url);
-        let mut b = self.client.request(req.method.clone(), req.url.clone());
+        let mut url = req.url.clone();
+        let mut hops = 0;
+        loop {
+            let resp = self.send_once(&req, &url).await?;
+            if (300..400).contains(&resp.status) {
+                let location = resp.header("location");
+                self.redirects
+                    .push((resp.status, url.to_string(), location.clone()));
+                if matches!(resp.status, 307 | 308)
+                    && hops < MAX_REDIRECTS
+                    && let Ok(next) = url.join(&location)
+                {
+                    hops += 1;
+                    url = next;
+                    continue;
+                }
+            }
+            return Ok(resp);
+        }
+    }
+
+    async fn send_once(&mut self, req: &Req, url: &Url) -> Result<Resp, String> {
+        let what = format!("{} {}", req.method, url);
+        let mut b = self.client.request(req.method.clone(), url.clone());
         if req.auth
             && let Some(t) = &self.token
             && !req
@@ -163,8 +195,8 @@ impl Http {
         for (n, v) in &req.headers {
             b = b.header(n.as_str(), v.as_str());
         }
-        if let Some(body) = req.body {
-            b = b.body(body);
+        if let Some(body) = &req.body {
+            b = b.body(body.clone());
         }
         let r = b.send().await.map_err(|e| format!("{what}: {e}"))?;
         let status = r.status().as_u16();
@@ -174,6 +206,7 @@ impl Http {
             status,
             headers,
             body,
+            at: url.clone(),
         };
         if status >= 400 {
             self.errors.push((what, resp.clone()));

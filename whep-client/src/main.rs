@@ -72,8 +72,9 @@ struct PlayArgs {
     linger: Option<f64>,
     /// While the session has no media yet (409: a live session without its publisher; 404:
     /// a name nobody has published yet; 503: a session moving to another node of a cluster,
-    /// or a server at capacity), try again after the server's Retry-After (else 2 s) for up
-    /// to this many seconds before --timeout starts.
+    /// or a server at capacity), try again after the server's Retry-After (else 2 s), and
+    /// while the server does not answer, after 1 s; for up to this many seconds before
+    /// --timeout starts.
     #[arg(long, value_name = "SECONDS")]
     wait: Option<f64>,
 }
@@ -334,16 +335,19 @@ async fn play(args: PlayArgs) -> ExitCode {
             );
         })
         .await;
-        // No publisher yet: as a player would, come back when the server says.
-        if let (
+        // No publisher yet: as a player would, come back when the server says. (A node that
+        // does not answer, as one of a cluster that just died and is still named by the
+        // directory for a few seconds, is tried again after 1 s.)
+        let again = match &result {
             Err(whep_client::ClientError::Http {
                 status: 404 | 409 | 503,
                 detail,
                 retry_after,
-            }),
-            Some(until),
-        ) = (&result, waiting_until)
-        {
+            }) => Some((detail.clone(), *retry_after)),
+            Err(e @ whep_client::ClientError::Request { .. }) => Some((e.to_string(), Some(1))),
+            _ => None,
+        };
+        if let (Some((detail, retry_after)), Some(until)) = (again, waiting_until) {
             // The server's pause, but no later than the end of the wait: one more try then.
             let left = until.saturating_duration_since(std::time::Instant::now());
             let pause = Duration::from_secs(retry_after.unwrap_or(2).clamp(1, 30)).min(left);

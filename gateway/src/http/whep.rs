@@ -33,9 +33,18 @@ use crate::rtc::worker::Joining;
 use crate::session::{JoinError, Kind, Session, Source};
 
 /// `GET`/`HEAD /whep/{session}`: 200, no content, `Content-Type: application/sdp`
-/// (draft-ietf-wish-whep §4.1, §4.2). 404 for an unknown session.
+/// (draft-ietf-wish-whep §4.1, §4.2). 404 for an unknown session; in a cluster, 307 to the
+/// node that holds it.
 pub async fn endpoint_get(State(s): State<Shared>, Path(session): Path<String>) -> Response {
     if s.sessions.get(&session).is_none() {
+        // In a cluster, the endpoint is where the session is.
+        if valid_session_name(&session) {
+            match elsewhere(&s, &session, &format!("/whep/{session}"), false).await {
+                Ok(Some(to)) => return to,
+                Err(e) => return e.into_response(),
+                Ok(None) => {}
+            }
+        }
         return ApiError::from(NotFound::Session(session)).into_response();
     }
     let mut resp = StatusCode::OK.into_response();
