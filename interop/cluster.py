@@ -24,8 +24,8 @@ What it checks, in order (each prints one JSON line; the first failure exits 1):
               (entering at A) plays it again within 10 s of the kill
 
 With --bench it instead measures first-frame times, p50 over 20 viewers each: a viewer of a
-session on B entering at A (one 307) and a viewer on the edge C (through its relay), and
-prints them.
+session on B entering at A (one 307) and a viewer on the edge C (through its relay); then each
+node's CPU per viewer-second with 300 viewers spread over the cluster; and prints them.
 
 Usage: scripts/cluster [--bench] [--profile debug|release]
 """
@@ -405,23 +405,89 @@ def check(bins, work, redis, a, b, c, admin, viewer):
     say("failover", resource=s["resource"], played_again_after_s=round(played_after, 2))
 
 
+def cpu_seconds(pid):
+    """A process's user and system CPU time so far, seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench(bins, a, b, c, admin, viewer):
     status, _, body = create(a, admin, "bench", {"width": 640, "height": 360})
-    owner = json.loads(body)["whep_url"].split("/whep/")[0]
-    entry = next(n for n in (a, b) if n.url != owner)
-    # Start the session's transcoder, so both runs measure the path, not its start.
-    whep(bins, "play", f"{owner}/whep/bench", "--token", viewer, "--frames", "10")
-    figures = {}
-    for label, url in (("redirect", f"{entry.url}/whep/bench"),
-                       ("edge", f"{c.url}/whep/bench")):
-        out = subprocess.run(
-            [os.path.join(bins, "whep-client"), "load", url, "--token", viewer, "--viewers",
-             "20", "--duration", "4", "--ramp", "5", "--json"],
-            capture_output=True, text=True, timeout=120).stdout
-        r = json.loads(out.splitlines()[-1])
-        figures[label] = {"p50_ms": r["first_frame_ms_p50"], "p95_ms": r["first_frame_ms_p95"],
-                          "with_video": r["with_video"]}
-    say("bench", session_on=owner, entry=entry.url, **figures)
+    owner_url = json.loads(body)["whep_url"].split("/whep/")[0]
+    owner = next(n for n in (a, b, c) if n.url == owner_url)
+    entry = next(n for n in (a, b) if n.url != owner_url)
+    # Start the session's transcoder, so the runs measure the path, not its start.
+    whep(bins, "play", f"{owner.url}/whep/bench", "--token", viewer, "--frames", "10")
+
+    def first_frames(urls):
+        """First-frame times (POST sent → first complete frame), one viewer at a time."""
+        times = []
+        for url in urls:
+            s, code, err = whep(bins, "play", url, "--token", viewer, "--frames", "5",
+                                "--json")
+            if code != 0 or not s:
+                fail("bench", f"a viewer of {url} did not play", stderr=err)
+            times.append(s["first_frame_ms"])
+        times.sort()
+        return {"p50_ms": times[len(times) // 2], "p95_ms": times[int(len(times) * 0.95)],
+                "min_ms": times[0], "max_ms": times[-1]}
+
+    figures = {
+        "direct": first_frames([f"{owner.url}/whep/bench"] * 20),
+        "redirect": first_frames([f"{entry.url}/whep/bench"] * 20),
+        # The edge's relay of the session is running (started by the first of these).
+        "edge_warm": first_frames([f"{c.url}/whep/bench"] * 20),
+    }
+    # Each viewer the first of its edge relay: 20 sessions on the owner, each playing there,
+    # each then watched on C (which starts its relay), then removed.
+    cold = []
+    for i in range(20):
+        name = f"cold{i}"
+        http("POST", owner.url + "/api/sessions", admin, json.dumps(
+            {"name": name, "inputs": [{"url": "demo"}],
+             "video": {"width": 320, "height": 180}}).encode(),
+            "application/json", [("Wisp-Forwarded", "1")])
+        whep(bins, "play", f"{owner.url}/whep/{name}", "--token", viewer, "--frames", "5")
+        cold.append(f"{c.url}/whep/{name}")
+    figures["edge_cold"] = first_frames(cold)
+    for i in range(20):
+        http("DELETE", f"{owner.url}/api/sessions/cold{i}", admin)
+    say("bench-first-frame", session_on=owner.url, entry=entry.url, edge=c.url, **figures)
+
+    # The cluster under 300 viewers (A holds the session, relay_above 100): each node's CPU
+    # per viewer-second over a steady 20 s window, and what that makes a node and the
+    # cluster carry.
+    http("POST", a.url + "/api/sessions", admin, json.dumps(
+        {"name": "crowd", "inputs": [{"url": "demo"}],
+         "video": {"width": 640, "height": 360}}).encode(),
+        "application/json", [("Wisp-Forwarded", "1")])
+    load = subprocess.Popen(
+        [os.path.join(bins, "whep-client"), "load", f"{a.url}/whep/crowd", "--token", viewer,
+         "--viewers", "300", "--duration", "45", "--ramp", "20", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(20)
+    before = {n.url: cpu_seconds(n.proc.pid) for n in (a, b, c)}
+    t0 = time.time()
+    time.sleep(20)
+    window = time.time() - t0
+    after = {n.url: cpu_seconds(n.proc.pid) for n in (a, b, c)}
+    counts = {}
+    for n in (a, b, c):
+        info = api(n, "/api/sessions/crowd", admin)[1] or {}
+        mine = n is a or info.get("ingest") == "relay"
+        counts[n.url] = info.get("viewers", 0) if mine else 0
+    out, _ = load.communicate(timeout=120)
+    result = json.loads(out.splitlines()[-1]) if out.strip() else {}
+    per_node = {}
+    for url in counts:
+        cores = (after[url] - before[url]) / window
+        per_node[url] = {
+            "viewers": counts[url], "cores": round(cores, 3),
+            "ms_per_viewer_second": round(cores * 1000 / counts[url], 3) if counts[url] else None,
+        }
+    say("bench-cluster", per_node=per_node, with_video=result.get("with_video"),
+        lost_packets=result.get("lost_packets"), fps_mean=result.get("fps_mean"))
 
 
 if __name__ == "__main__":

@@ -546,8 +546,8 @@ impl Cluster {
         if self.reachable.swap(ok, Ordering::Relaxed) != ok {
             match error {
                 Some(e) => tracing::error!(
-                    "{e}: serving the sessions this node has; requests for others get 503 \
-                     until it is back"
+                    "{e}: serving the sessions this node has; requests for other nodes' \
+                     sessions and for new sessions get 503 until it is back"
                 ),
                 None => {
                     tracing::info!(node = %self.node, "cluster directory reachable again")

@@ -268,7 +268,7 @@ impl Relay {
 
 /// A message from the session's node: a reply goes to the viewer who asked (the relay's own
 /// `status` reply, id 0, becomes the session's playback here); an event goes to every viewer
-/// here, and a playback event (`state`, `position`) also updates that playback.
+/// here, and a playback event (`state`, `position`, `publisher`) also updates that playback.
 fn on_message(
     text: &str,
     session: &Session,
@@ -282,11 +282,18 @@ fn on_message(
         if event != "viewers" {
             session.publish(text.to_string());
         }
-        if matches!(event, "state" | "position")
-            && let Some(mut status) = session.relay().map(|l| l.status)
-        {
-            for (k, v) in m.iter().filter(|(k, _)| *k != "event") {
-                status.insert(k.clone(), v.clone());
+        if let Some(mut status) = session.relay().map(|l| l.status) {
+            match event {
+                "state" | "position" => {
+                    for (k, v) in m.iter().filter(|(k, _)| *k != "event") {
+                        status.insert(k.clone(), v.clone());
+                    }
+                }
+                // A live session's publisher came or went there.
+                "publisher" => {
+                    status.insert("publisher".into(), m["state"].clone());
+                }
+                _ => return,
             }
             session.set_relay_status(status);
         }
