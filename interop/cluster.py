@@ -207,6 +207,17 @@ def create(node, admin, name, video=None):
                 "application/json")
 
 
+def viewers_of(node, admin, name):
+    """Viewers of session `name` on each node, from the cluster's list (relays included),
+    as of the nodes' last heartbeats."""
+    time.sleep(1.2)
+    counts = {f"http://10.77.0.{k}:8080": 0 for k in (1, 2, 3)}
+    for s in api(node, "/api/sessions", admin)[1] or []:
+        if s.get("name") == name:
+            counts[s["node"]] = counts.get(s["node"], 0) + s.get("viewers", 0)
+    return counts
+
+
 def eventually(secs, f):
     deadline = time.time() + secs
     while time.time() < deadline:
@@ -290,9 +301,14 @@ def check(bins, work, redis, a, b, c, admin, viewer):
                  stderr=err)
         if s["first_frame_ms"] > 1000:
             fail("edge-live", "first frame through the edge later than 1 s", summary=s)
-        relayed = api(c, "/api/sessions/cam", admin)[1] or {}
+        time.sleep(1.2)  # a heartbeat: the edge lists its relay
+        relayed = [x for x in api(a, "/api/sessions", admin)[1] or []
+                   if x.get("name") == "cam" and x.get("node") == c.url]
+        if not relayed or relayed[0].get("relayed_from") != b.url:
+            fail("edge-live", "the cluster's list does not show C's relay of cam from B",
+                 listed=relayed)
         say("edge-live", resource=s["resource"], first_frame_ms=s["first_frame_ms"],
-            ingest=relayed.get("ingest"), relayed_from=relayed.get("relayed_from"))
+            ingest=relayed[0].get("ingest"), relayed_from=relayed[0].get("relayed_from"))
     finally:
         publisher.kill()
         publisher.wait()
@@ -347,12 +363,7 @@ def check(bins, work, redis, a, b, c, admin, viewer):
          "--viewers", "300", "--duration", "40", "--ramp", "15", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(30)
-    counts = {}
-    for n in (a, b, c):
-        info = api(n, "/api/sessions/crowd", admin)[1] or {}
-        # An edge answers for its relay; without one, the request is answered by A.
-        mine = n is a or info.get("ingest") == "relay"
-        counts[n.url] = info.get("viewers", 0) if mine else 0
+    counts = viewers_of(a, admin, "crowd")
     out, err = load.communicate(timeout=120)
     result = json.loads(out.splitlines()[-1]) if out.strip() else {}
     # A keeps relay_above (100, and the two relays' pulls), give or take viewers that came
@@ -472,11 +483,7 @@ def bench(bins, a, b, c, admin, viewer):
     time.sleep(20)
     window = time.time() - t0
     after = {n.url: cpu_seconds(n.proc.pid) for n in (a, b, c)}
-    counts = {}
-    for n in (a, b, c):
-        info = api(n, "/api/sessions/crowd", admin)[1] or {}
-        mine = n is a or info.get("ingest") == "relay"
-        counts[n.url] = info.get("viewers", 0) if mine else 0
+    counts = viewers_of(a, admin, "crowd")
     out, _ = load.communicate(timeout=120)
     result = json.loads(out.splitlines()[-1]) if out.strip() else {}
     per_node = {}

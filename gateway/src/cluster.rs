@@ -122,7 +122,6 @@ pub struct Node {
     pub capacity: f64,
     /// What its sessions and viewers cost, cores.
     pub load: f64,
-    pub viewers: u64,
     /// Its sessions, as `GET /api/sessions` shows them.
     pub sessions: Vec<serde_json::Value>,
 }
@@ -181,12 +180,18 @@ impl Cluster {
                 _ = cancel.cancelled() => break,
             }
             let l = load();
+            let started = tokio::time::Instant::now();
             let result = self.beat(&l).await;
             self.note(result.as_ref().err());
             let Ok(mut beat) = result else { continue };
-            match self.adopt().await {
-                Ok(adopted) => beat.adopted = adopted,
-                Err(e) => tracing::debug!("no look for orphaned sessions this beat: {e}"),
+            // Taking sessions waits for a beat that was quick: a slow Redis must not delay
+            // the next registration past its time to live.
+            if started.elapsed() < HEARTBEAT / 2 {
+                match tokio::time::timeout(HEARTBEAT, self.adopt()).await {
+                    Ok(Ok(adopted)) => beat.adopted = adopted,
+                    Ok(Err(e)) => tracing::debug!("no look for orphaned sessions this beat: {e}"),
+                    Err(_) => tracing::debug!("the look for orphaned sessions took too long"),
+                }
             }
             act(beat);
         }
@@ -250,7 +255,6 @@ impl Cluster {
                     nodes.push(Node {
                         capacity: num("capacity").unwrap_or(0.0),
                         load: num("load").unwrap_or(0.0),
-                        viewers: num("viewers").unwrap_or(0.0) as u64,
                         sessions: h
                             .get("info")
                             .and_then(|i| serde_json::from_str(i).ok())
@@ -297,14 +301,17 @@ impl Cluster {
             .ask(false, |mut c, node| {
                 let session = session.to_string();
                 async move {
-                    let mut pipe = redis::pipe();
-                    pipe.del(vod_key(&session))
-                        .ignore()
-                        .srem("wisp:vods", &session)
-                        .ignore();
-                    // The name is free at once (not after the claim expires).
-                    pipe.add_command(release_script(&node, &session)).ignore();
-                    pipe.query_async(&mut c).await
+                    // The record and the name go at once (not after the claim expires), if
+                    // they are this node's: another node's are not touched.
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(FORGET)
+                        .arg(2)
+                        .arg(session_key(&session))
+                        .arg(vod_key(&session))
+                        .arg(&node)
+                        .arg(&session);
+                    let _: i64 = cmd.query_async(&mut c).await?;
+                    Ok(())
                 }
             })
             .await;
@@ -321,7 +328,7 @@ impl Cluster {
         let cost = load.vod_sessions as f64 * self.costs.vod
             + load.live.len() as f64 * self.costs.live
             + load.viewers as f64 * self.costs.viewer;
-        let now: HashSet<String> = load.vod.iter().map(|v| v.name.clone()).collect();
+        let mut now: HashSet<String> = load.vod.iter().map(|v| v.name.clone()).collect();
         let ended: Vec<String> = self
             .recorded
             .lock()
@@ -353,26 +360,24 @@ impl Cluster {
                 .ignore()
                 .sadd("wisp:nodes", &node)
                 .ignore();
-                for v in &vods {
-                    let json = serde_json::to_string(v).unwrap_or_default();
-                    pipe.set_ex(vod_key(&v.name), json, VOD_TTL.as_secs())
-                        .ignore()
-                        .sadd("wisp:vods", &v.name)
-                        .ignore();
-                }
                 for name in &ended {
-                    pipe.del(vod_key(name))
-                        .ignore()
-                        .srem("wisp:vods", name)
-                        .ignore();
+                    pipe.add_command(forget_script(&node, name)).ignore();
                 }
+                // A VOD session's claim and its record in one step: the record is written
+                // only while the claim is this node's (a node back from a partition does not
+                // overwrite the record of the node that took its session).
                 for s in &load.sessions {
-                    pipe.add_command(claim_script(&node, s));
+                    match vods.iter().find(|v| &v.name == s) {
+                        Some(v) => {
+                            let json = serde_json::to_string(v).unwrap_or_default();
+                            pipe.add_command(record_script(&node, v, &json))
+                        }
+                        None => pipe.add_command(claim_script(&node, s)),
+                    };
                 }
                 pipe.query_async(&mut c).await
             })
             .await?;
-        *self.recorded.lock().expect("not poisoned") = now;
         let mut beat = Beat::default();
         // A session held here and claimed by another live node too (both took it while the
         // directory was away): requests for it go there. A VOD session stops here (the other
@@ -389,6 +394,7 @@ impl Cluster {
                     "another node took this VOD session while this one was away: it stops here"
                 );
                 beat.lost.push(session.clone());
+                now.remove(session);
             } else if live.contains(session) {
                 tracing::warn!(
                     session,
@@ -397,6 +403,7 @@ impl Cluster {
                 );
             }
         }
+        *self.recorded.lock().expect("not poisoned") = now;
         Ok(beat)
     }
 
@@ -578,6 +585,57 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 ";
 
+/// Claims a VOD session (as [`CLAIM`]) and, if the claim is this node's, writes its record
+/// (KEYS: claim, record; ARGV: node, claim TTL, name, record JSON, record TTL). Returns the
+/// owner's URL.
+const RECORD: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] and redis.call('EXISTS', 'wisp:node:' .. owner) == 1 then
+  return owner
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+redis.call('SADD', 'wisp:vods', ARGV[3])
+return ARGV[1]
+";
+
+/// Forgets a VOD session of `node`'s: its claim and its record, unless another node holds
+/// the claim (KEYS: claim, record; ARGV: node, name). 1 if forgotten.
+const FORGET: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', 'wisp:vods', ARGV[2])
+return 1
+";
+
+fn record_script(node: &str, vod: &VodState, json: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RECORD)
+        .arg(2)
+        .arg(session_key(&vod.name))
+        .arg(vod_key(&vod.name))
+        .arg(node)
+        .arg(NODE_TTL.as_secs())
+        .arg(&vod.name)
+        .arg(json)
+        .arg(VOD_TTL.as_secs());
+    cmd
+}
+
+fn forget_script(node: &str, session: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(FORGET)
+        .arg(2)
+        .arg(session_key(session))
+        .arg(vod_key(session))
+        .arg(node)
+        .arg(session);
+    cmd
+}
+
 /// Removes a session's claim if `node` holds it: 1 if it did.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -634,7 +692,6 @@ mod tests {
             url: url.into(),
             capacity,
             load,
-            viewers: 0,
             sessions: Vec::new(),
         }
     }

@@ -155,6 +155,15 @@ impl Gateway {
                 let cluster = crate::cluster::Cluster::new(&c.redis, &node, c.capacity, c.costs)
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
                 tracing::info!(node = %node, redis = %c.redis, "joining the cluster");
+                // Nodes forward requests with their clients' tokens and relays pull with
+                // tokens they sign: every node must verify with the same key.
+                if config.keys == crate::config::KeySource::Generated {
+                    tracing::warn!(
+                        "this node verifies tokens with its own generated secret: the other \
+                         nodes' tokens, relays and forwarded requests will be refused here; \
+                         give every node the same --jwt-secret-file (docs/cluster.md)"
+                    );
+                }
                 Some(Arc::new(cluster))
             }
         };
@@ -376,26 +385,26 @@ impl Gateway {
 fn cluster_load(state: &AppState) -> crate::cluster::Load {
     use crate::session::Kind;
     let (viewers, publishers) = state.resources.counts();
-    // Relays serve other nodes' sessions: those nodes claim them.
-    let sessions: Vec<_> = state
-        .sessions
-        .list()
-        .into_iter()
-        .filter(|s| s.relay().is_none())
+    let all = state.sessions.list();
+    // Every session is listed (a relay too, with `relayed_from`, so the cluster's list says
+    // where viewers are); relays are not claimed: their sessions are other nodes'.
+    let infos: Vec<_> = all.iter().map(|s| s.info()).collect();
+    let held: Vec<_> = all
+        .iter()
+        .zip(&infos)
+        .filter(|(s, _)| s.relay().is_none())
         .collect();
-    let infos: Vec<_> = sessions.iter().map(|s| s.info()).collect();
     crate::cluster::Load {
-        sessions: sessions.iter().map(|s| s.name.clone()).collect(),
-        live: sessions
+        sessions: held.iter().map(|(s, _)| s.name.clone()).collect(),
+        live: held
             .iter()
-            .filter(|s| s.kind == Kind::Live)
-            .map(|s| s.name.clone())
+            .filter(|(s, _)| s.kind == Kind::Live)
+            .map(|(s, _)| s.name.clone())
             .collect(),
         // The configuration's sessions are on every node; those made through the API are
         // this node's to hand on.
-        vod: sessions
+        vod: held
             .iter()
-            .zip(&infos)
             .filter(|(s, _)| {
                 !state.config.sessions.contains_key(&s.name)
                     && (!s.spec.inputs.is_empty() || s.spec.live.is_some())
@@ -406,7 +415,7 @@ fn cluster_load(state: &AppState) -> crate::cluster::Load {
                 position: info.position,
             })
             .collect(),
-        vod_sessions: sessions.iter().filter(|s| s.kind == Kind::Vod).count(),
+        vod_sessions: held.iter().filter(|(s, _)| s.kind == Kind::Vod).count(),
         viewers,
         publishers,
         info: serde_json::to_string(&infos).unwrap_or_else(|_| "[]".into()),
@@ -424,8 +433,28 @@ fn act(state: &Arc<AppState>, beat: crate::cluster::Beat) {
         if vod.position.is_some() {
             spec.start = vod.position;
         }
-        if let Err(e) = crate::http::api::open(state, vod.name.clone(), spec) {
+        // What Redis holds is checked as an API request is: a bad record is dropped.
+        let checked = if crate::auth::valid_session_name(&vod.name) && vod.name != "*" {
+            spec.validate().map_err(|e| e.to_string())
+        } else {
+            Err(format!("{:?} is not a session name", vod.name))
+        };
+        // This node's relay of the session (its node is gone) gives way to the session.
+        if let Some(relayed) = state.sessions.get(&vod.name)
+            && relayed.relay().is_some()
+        {
+            state.sessions.remove(&vod.name);
+        }
+        let made = checked.and_then(|()| {
+            crate::http::api::open(state, vod.name.clone(), spec).map_err(|e| e.to_string())
+        });
+        if let Err(e) = made {
             tracing::error!(session = %vod.name, "could not make the session taken over: {e}");
+            // Its name and record go: no other node is to try it again.
+            if let Some(cluster) = state.cluster.clone() {
+                let name = vod.name.clone();
+                tokio::spawn(async move { cluster.forget(&name).await });
+            }
         }
     }
 }

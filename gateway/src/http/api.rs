@@ -33,17 +33,36 @@ pub async fn list(State(s): State<Shared>, headers: HeaderMap) -> Result<Respons
     // The whole cluster: this node's sessions now, the others' as of their last heartbeat,
     // each with its node. A session of the configuration is on every node: listed once per
     // node.
-    let nodes = cluster.nodes().await?;
+    let with_node = |v: serde_json::Value, node: &str| match v {
+        serde_json::Value::Object(mut m) => {
+            m.insert("node".into(), json!(node));
+            Some(serde_json::Value::Object(m))
+        }
+        _ => None,
+    };
     let mut all = Vec::new();
     for info in here {
-        let mut v = serde_json::to_value(info).map_err(Internal::Json)?;
-        v["node"] = json!(cluster.node_url());
-        all.push(v);
+        let v = serde_json::to_value(info).map_err(Internal::Json)?;
+        all.extend(with_node(v, cluster.node_url()));
     }
+    // Without Redis, this node's own (and a warning that says so).
+    let nodes = match cluster.nodes().await {
+        Ok(n) => n,
+        Err(e) => {
+            let mut resp = Json(serde_json::Value::Array(all)).into_response();
+            resp.headers_mut().insert(
+                header::WARNING,
+                HeaderValue::from_static(
+                    "199 wisp \"this node's sessions only: the cluster directory is unreachable\"",
+                ),
+            );
+            tracing::debug!("session list of this node only: {e}");
+            return Ok(resp);
+        }
+    };
     for node in nodes.iter().filter(|n| n.url != cluster.node_url()) {
-        for mut v in node.sessions.clone() {
-            v["node"] = json!(node.url);
-            all.push(v);
+        for v in node.sessions.clone() {
+            all.extend(with_node(v, &node.url));
         }
     }
     Ok(Json(serde_json::Value::Array(all)).into_response())
@@ -113,9 +132,9 @@ pub async fn create(
         };
         if best.url != cluster.node_url() {
             // The body with the name filled in, so a retry cannot make a second session.
-            let mut named: serde_json::Value =
+            let mut named: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&body).map_err(Invalid::SessionDefinition)?;
-            named["name"] = json!(name);
+            named.insert("name".into(), json!(name));
             let body = serde_json::to_vec(&named).map_err(Internal::Json)?;
             tracing::info!(session = %name, node = %best.url, room = best.room(), "placing a new VOD session");
             return crate::http::cluster::send(
@@ -146,6 +165,10 @@ pub async fn create(
         ..spec
     };
     if let Some(cluster) = &s.cluster {
+        // A session of this name here already: 409 before the claim, which is its.
+        if s.sessions.get(&name).is_some() {
+            return Err(crate::session::CreateError::Exists(name).into());
+        }
         // The name is this node's now, unless another node holds it.
         if let Owner::There(node) = cluster.claim(&name).await? {
             return Err(Placement::Taken {
@@ -458,7 +481,8 @@ pub async fn directory(State(s): State<Shared>, headers: HeaderMap) -> Result<Re
     // In a cluster, the other nodes' too (as of their last heartbeat).
     let mut sessions = sessions;
     if let Some(cluster) = &s.cluster {
-        for node in cluster.nodes().await? {
+        // Without Redis, this node's own.
+        for node in cluster.nodes().await.unwrap_or_default() {
             if node.url == cluster.node_url() {
                 continue;
             }
@@ -535,6 +559,14 @@ pub async fn mint_token(
         .map_err(Invalid::Scope)?;
     if scopes.is_empty() {
         return Err(Invalid::NoScope.into());
+    }
+    // Relays' tokens speak for other viewers (chat `as`) and are not rate limited.
+    if req
+        .sub
+        .as_deref()
+        .is_some_and(|sub| sub.starts_with(crate::ingest::relay::SUB))
+    {
+        return Err(Invalid::ReservedSub(crate::ingest::relay::SUB).into());
     }
     if req.ttl == 0 || req.ttl > MAX_TOKEN_TTL {
         return Err(Invalid::Ttl {

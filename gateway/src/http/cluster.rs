@@ -33,9 +33,9 @@ pub fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
 }
 
-/// Middleware of `/api/sessions/{session}…`: a session this node does not hold but another
-/// node does is that node's to answer; a VOD session whose node is gone and that another node
-/// is about to make again is a 503 with a short `Retry-After`.
+/// Middleware of `/api/sessions/{session}…`: a session this node does not hold (or only
+/// relays) but another node does is that node's to answer; a VOD session whose node is gone
+/// and that another node is about to make again is a 503 with a short `Retry-After`.
 pub async fn to_owner(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some(cluster) = s.cluster.clone() else {
         return next.run(req).await;
@@ -47,8 +47,15 @@ pub async fn to_owner(State(s): State<Shared>, req: Request, next: Next) -> Resp
         .and_then(|rest| rest.split('/').next())
         .unwrap_or("")
         .to_string();
-    if name.is_empty() || s.sessions.get(&name).is_some() || forwarded(req.headers()) {
+    if name.is_empty() || forwarded(req.headers()) {
         return next.run(req).await;
+    }
+    if let Some(local) = s.sessions.get(&name) {
+        // An edge's relay is a copy: the session is its node's to show, stop and record.
+        return match local.relay() {
+            Some(link) => forward(&link.owner, req).await.into_response(),
+            None => next.run(req).await,
+        };
     }
     match cluster.owner(&name).await {
         Ok(Owner::There(node)) => forward(&node, req).await.into_response(),

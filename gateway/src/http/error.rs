@@ -132,6 +132,8 @@ pub enum Invalid {
     Scope(String),
     #[error("scope: give at least one of view publish playback audio chat admin")]
     NoScope,
+    #[error("sub: {0:?} starts the subjects of the cluster's relays, which only nodes mint")]
+    ReservedSub(&'static str),
     #[error("ttl: {ttl} s is out of range: 1 to {max} (30 days)")]
     Ttl { ttl: u64, max: u64 },
 }
@@ -154,8 +156,9 @@ pub enum Placement {
     /// 409: the name is another node's.
     #[error("a session named {session:?} exists on node {node}")]
     Taken { session: String, node: String },
-    /// 502: the node placement chose did not answer.
-    #[error("node {node}, where the cluster placed the session, did not answer: {why}")]
+    /// 502: the node a request was sent on to (the session's, or the one placement chose)
+    /// did not answer.
+    #[error("node {node}, where the request was sent on to, did not answer: {why}")]
     Unanswered { node: String, why: String },
 }
 
@@ -205,6 +208,7 @@ impl ApiError {
                 | Invalid::TokenSession(_)
                 | Invalid::Scope(_)
                 | Invalid::NoScope
+                | Invalid::ReservedSub(_)
                 | Invalid::Ttl { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::HlsNotReady(_) | ApiError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,

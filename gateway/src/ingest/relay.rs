@@ -6,15 +6,18 @@
 //! Control goes back the same way: the relay opens the `control` data channel, and this
 //! node's viewers' commands (play, pause, seek, step, audio) are sent on it; each reply comes
 //! back to the viewer who asked. Their chat goes there too, with the sender's name (`as`,
-//! which the session's node takes from relays only), and comes back with everyone's. The session's events (playback, position, chat) are passed
-//! on to this node's viewers, and its `status` is asked at the start and after each playback
-//! event, so a viewer here sees the same session as a viewer there: shared playback stays
-//! shared.
+//! which the session's node takes from relays only), and comes back with everyone's. The
+//! session's events (playback, position, publisher, chat) are passed on to this node's
+//! viewers; its `status`, asked once at the start and kept up to date from those events, is
+//! what this node's viewers get as theirs. So a viewer here sees the same session as a viewer
+//! there: shared playback stays shared. The relay's own token is renewed (`auth`) when the
+//! session's node says it expires.
 //!
 //! A relay runs while it has viewers here: [`IDLE`] after the last one left, it DELETEs its
 //! pull and the session goes (as a live session without a publisher does). If the pull ends
-//! (the session's node stopped the session, or died), the session here is removed, and its
-//! viewers reconnect (and are redirected again).
+//! (the session's node stopped the session, or died) or brings no media within
+//! [`CONNECT_TIMEOUT`], the session here is removed, and its viewers reconnect (and are
+//! redirected again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,21 +70,30 @@ pub async fn serve(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, 
 
 /// Starts a relay of `name` from `owner` into a fresh live session here.
 fn start(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, ApiError> {
-    let minter = s.minter.as_ref().ok_or(ApiError::NoSigningKey)?;
+    let minter = s.minter.clone().ok_or(ApiError::NoSigningKey)?;
     let node = s
         .cluster
         .as_ref()
         .map_or_else(String::new, |c| c.node_url().to_string());
-    let token = minter.mint(&Claims {
-        iss: s.config.jwt_issuer.clone(),
-        aud: s.config.jwt_audience.clone(),
-        sub: Some(format!("{SUB}{node}")),
-        ..Claims::new(
-            vec![name.to_string()],
-            "view playback audio chat",
-            crate::auth::now_secs() + TOKEN_TTL.as_secs(),
-        )
-    });
+    let (iss, aud, session_name) = (
+        s.config.jwt_issuer.clone(),
+        s.config.jwt_audience.clone(),
+        name.to_string(),
+    );
+    // A token for the pull, and a fresh one whenever the session's node says it expires.
+    let mint = move || {
+        minter.mint(&Claims {
+            iss: iss.clone(),
+            aud: aud.clone(),
+            sub: Some(format!("{SUB}{node}")),
+            ..Claims::new(
+                vec![session_name.clone()],
+                "view playback audio chat",
+                crate::auth::now_secs() + TOKEN_TTL.as_secs(),
+            )
+        })
+    };
+    let token = mint();
     let ring = Ring::create_memfd(&format!("wisp-relay-{name}"), crate::session::RING_BYTES)
         .map_err(crate::http::error::Internal::Ring)?;
     let id = crate::ids::random_id();
@@ -104,6 +116,7 @@ fn start(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, ApiError> 
     let relay = Relay {
         url: format!("{owner}/whep/{name}"),
         token,
+        mint: Box::new(mint),
         claim,
         ring: Some(ring),
         forwarded,
@@ -134,6 +147,8 @@ fn start(s: &Shared, name: &str, owner: &str) -> Result<Arc<Session>, ApiError> 
 struct Relay {
     url: String,
     token: String,
+    /// A fresh token for the pull (`auth` on its control channel before the last expires).
+    mint: Box<dyn Fn() -> String + Send>,
     claim: PublisherClaim,
     /// Until the answer says what the session sends.
     ring: Option<Ring>,
@@ -178,6 +193,9 @@ impl Relay {
         let mut pending: HashMap<u64, (Value, crate::session::ReplyTo)> = HashMap::new();
         let mut viewers = session.viewers_watch();
         let mut idle_since = Some(tokio::time::Instant::now());
+        // No media from the session's node within this: the relay ends (its viewers then
+        // reconnect) rather than serve nothing.
+        let mut media_due = Some(tokio::time::Instant::now() + CONNECT_TIMEOUT);
         // The session's status now (id 0), so viewers here see its playback from the start.
         let _ = requests.send(json!({"id": 0, "op": "status"}).to_string());
         let why = loop {
@@ -192,6 +210,7 @@ impl Relay {
                         sink = Some(s);
                     }
                     Some(whep_client::Media::Rtp { video, packet }) => {
+                        media_due = None;
                         if let Some(s) = sink.as_mut() {
                             let at = self.clock.ring_us(Instant::now());
                             s.write(video, &packet, at, &session);
@@ -200,11 +219,18 @@ impl Relay {
                     None => break "the pull ended".to_string(),
                 },
                 m = messages.recv() => match m {
+                    Some(text) if text.contains("\"auth_expiring\"") => {
+                        // The relay's own token: renewed, not passed on.
+                        let id = next_id;
+                        next_id += 1;
+                        let auth = json!({"id": id, "op": "auth", "token": (self.mint)()});
+                        let _ = requests.send(auth.to_string());
+                    }
                     Some(text) => on_message(&text, &session, &mut pending),
                     None => break "the control channel closed".to_string(),
                 },
                 f = self.forwarded.recv() => {
-                    let Some(f) = f else { continue };
+                    let Some(f) = f else { break "the session's relay link went".to_string() };
                     let id = next_id;
                     next_id += 1;
                     let mut request = match serde_json::to_value(&f.command) {
@@ -218,7 +244,7 @@ impl Relay {
                 c = self.chat.recv() => {
                     // As its sender's: the session's node sends it to everyone, this relay
                     // included. Its reply is not awaited (the viewer had its own).
-                    let Some(c) = c else { continue };
+                    let Some(c) = c else { break "the session's relay link went".to_string() };
                     let Ok(event) = serde_json::from_str::<Value>(&c) else { continue };
                     let id = next_id;
                     next_id += 1;
@@ -245,10 +271,17 @@ impl Relay {
                 _ = sleep_until(idle_at) => {
                     break format!("no viewer here for {} s", IDLE.as_secs());
                 }
+                _ = sleep_until(media_due) => {
+                    break format!(
+                        "no media from the session's node within {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    );
+                }
                 _ = session.cancelled() => break "the session was stopped here".to_string(),
             }
         };
-        // Viewers still waiting for a reply hear why there will be none.
+        // No more commands come this way; those waiting for a reply hear why there is none.
+        session.set_relay(None);
         for (_, (id, reply)) in pending.drain() {
             let _ = reply.send(ControlReply {
                 id,
@@ -291,7 +324,8 @@ fn on_message(
                 }
                 // A live session's publisher came or went there.
                 "publisher" => {
-                    status.insert("publisher".into(), m["state"].clone());
+                    let state = m.get("state").cloned().unwrap_or(Value::Null);
+                    status.insert("publisher".into(), state);
                 }
                 _ => return,
             }

@@ -147,7 +147,13 @@ impl Steering {
                 ),
             ));
         }
-        let limited = !self.take(now);
+        // A relay carries the requests of every viewer of its edge (each under its own limit
+        // there): it is not limited here.
+        let relay = grant
+            .sub
+            .as_deref()
+            .is_some_and(|s| s.starts_with(crate::ingest::relay::SUB));
+        let limited = !relay && !self.take(now);
         let mut request: Map<String, Value> = match serde_json::from_slice(data) {
             Ok(Value::Object(m)) => m,
             Ok(_) => return bad(&Value::Null, "a request is a JSON object"),
@@ -236,10 +242,6 @@ impl Steering {
                     ))
                 } else {
                     // Only a relay speaks for others: its token's sub says it is one.
-                    let relay = grant
-                        .sub
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with(crate::ingest::relay::SUB));
                     let from = from
                         .filter(|f| relay && !f.trim().is_empty())
                         .map(|f| f.chars().take(MAX_FROM_CHARS).collect());
