@@ -330,7 +330,7 @@ fn check(config: &Config) -> ExitCode {
         say(&format!(
             "cluster    {} (this node: {}, capacity {} cores; costs: VOD session {}, live \
              session {}, viewer {})",
-            c.redis,
+            wisp::http::api::redacted(&c.redis),
             c.node_url
                 .as_deref()
                 .unwrap_or("http:// and the bound address"),

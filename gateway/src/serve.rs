@@ -154,7 +154,8 @@ impl Gateway {
                 };
                 let cluster = crate::cluster::Cluster::new(&c.redis, &node, c.capacity, c.costs)
                     .map_err(|e| StartError::Cluster(e.to_string()))?;
-                tracing::info!(node = %node, redis = %c.redis, "joining the cluster");
+                let redis = crate::http::api::redacted(&c.redis);
+                tracing::info!(node = %node, %redis, "joining the cluster");
                 // Nodes forward requests with their clients' tokens and relays pull with
                 // tokens they sign: every node must verify with the same key.
                 if config.keys == crate::config::KeySource::Generated {

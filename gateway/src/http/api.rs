@@ -269,7 +269,7 @@ async fn probe_all(urls: &[String]) -> Vec<String> {
 
 /// A URL as logs and answers may show it: without a password or a query (signed URLs and
 /// tokens live there).
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
