@@ -6,7 +6,8 @@
 //! their last position.
 //!
 //! Keys (`wisp:` prefix):
-//! - `wisp:node:{url}`: a hash of the node's URL, capacity, load (cores) and counts, and its
+//! - `wisp:node:{url}`: a hash of the node's URL, capacity, load (cores) and counts
+//!   (sessions, viewers, publishers, transcoders), and its
 //!   sessions as `GET /api/sessions` shows them, expiring [`NODE_TTL`] after its last
 //!   heartbeat. `wisp:nodes` is the set of node URLs (a node whose key expired is dead, and
 //!   leaves the set when next listed).
@@ -90,6 +91,8 @@ pub struct Load {
     pub vod_sessions: usize,
     pub viewers: u64,
     pub publishers: u64,
+    /// Transcoders running (VOD, pulled and RTMP/SRT sessions').
+    pub transcoders: u64,
     /// What `GET /api/sessions` shows of each session (a JSON array).
     pub info: String,
 }
@@ -352,6 +355,7 @@ impl Cluster {
                         ("sessions", load.sessions.len().to_string()),
                         ("viewers", load.viewers.to_string()),
                         ("publishers", load.publishers.to_string()),
+                        ("transcoders", load.transcoders.to_string()),
                         ("info", load.info.clone()),
                     ],
                 )

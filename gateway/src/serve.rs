@@ -419,6 +419,7 @@ fn cluster_load(state: &AppState) -> crate::cluster::Load {
         vod_sessions: held.iter().filter(|(s, _)| s.kind == Kind::Vod).count(),
         viewers,
         publishers,
+        transcoders: state.metrics.transcoders.load(Ordering::Relaxed) as u64,
         info: serde_json::to_string(&infos).unwrap_or_else(|_| "[]".into()),
     }
 }
