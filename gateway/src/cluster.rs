@@ -306,14 +306,7 @@ impl Cluster {
                 async move {
                     // The record and the name go at once (not after the claim expires), if
                     // they are this node's: another node's are not touched.
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(FORGET)
-                        .arg(2)
-                        .arg(session_key(&session))
-                        .arg(vod_key(&session))
-                        .arg(&node)
-                        .arg(&session);
-                    let _: i64 = cmd.query_async(&mut c).await?;
+                    let _: i64 = forget_script(&node, &session).query_async(&mut c).await?;
                     Ok(())
                 }
             })
@@ -463,12 +456,8 @@ impl Cluster {
         let name = orphan.name.clone();
         let taken: i64 = self
             .ask(false, |mut c, node| async move {
-                let mut cmd = redis::cmd("EVAL");
-                cmd.arg(ADOPT)
-                    .arg(1)
-                    .arg(session_key(&name))
-                    .arg(&node)
-                    .arg(NODE_TTL.as_secs());
+                let mut cmd = eval(ADOPT, &[session_key(&name)]);
+                cmd.arg(&node).arg(NODE_TTL.as_secs());
                 cmd.query_async(&mut c).await
             })
             .await?;
@@ -569,13 +558,20 @@ impl Cluster {
 }
 
 /// Claims `session` for `node` in one step (a script runs atomically): the claim is set (or
-/// refreshed) unless another node holds it and that node is alive. Returns the owner's URL.
+/// refreshed) unless another node holds it and that node is alive (KEYS: claim; ARGV: node,
+/// claim TTL). With a second key, a VOD session's record, written only if the claim is this
+/// node's (KEYS: claim, record; ARGV: node, claim TTL, name, record JSON, record TTL). Returns
+/// the owner's URL.
 const CLAIM: &str = r"
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] and redis.call('EXISTS', 'wisp:node:' .. owner) == 1 then
   return owner
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+  redis.call('SADD', 'wisp:vods', ARGV[3])
+end
 return ARGV[1]
 ";
 
@@ -587,20 +583,6 @@ if owner and redis.call('EXISTS', 'wisp:node:' .. owner) == 1 then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
-";
-
-/// Claims a VOD session (as [`CLAIM`]) and, if the claim is this node's, writes its record
-/// (KEYS: claim, record; ARGV: node, claim TTL, name, record JSON, record TTL). Returns the
-/// owner's URL.
-const RECORD: &str = r"
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] and redis.call('EXISTS', 'wisp:node:' .. owner) == 1 then
-  return owner
-end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-redis.call('SADD', 'wisp:vods', ARGV[3])
-return ARGV[1]
 ";
 
 /// Forgets a VOD session of `node`'s: its claim and its record, unless another node holds
@@ -616,12 +598,8 @@ return 1
 ";
 
 fn record_script(node: &str, vod: &VodState, json: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RECORD)
-        .arg(2)
-        .arg(session_key(&vod.name))
-        .arg(vod_key(&vod.name))
-        .arg(node)
+    let mut cmd = eval(CLAIM, &[session_key(&vod.name), vod_key(&vod.name)]);
+    cmd.arg(node)
         .arg(NODE_TTL.as_secs())
         .arg(&vod.name)
         .arg(json)
@@ -630,13 +608,8 @@ fn record_script(node: &str, vod: &VodState, json: &str) -> redis::Cmd {
 }
 
 fn forget_script(node: &str, session: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(FORGET)
-        .arg(2)
-        .arg(session_key(session))
-        .arg(vod_key(session))
-        .arg(node)
-        .arg(session);
+    let mut cmd = eval(FORGET, &[session_key(session), vod_key(session)]);
+    cmd.arg(node).arg(session);
     cmd
 }
 
@@ -649,8 +622,15 @@ return 0
 ";
 
 fn release_script(node: &str, session: &str) -> redis::Cmd {
+    let mut cmd = eval(RELEASE, &[session_key(session)]);
+    cmd.arg(node);
+    cmd
+}
+
+/// `EVAL script` with its keys; the caller adds the arguments.
+fn eval(script: &str, keys: &[String]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RELEASE).arg(1).arg(session_key(session)).arg(node);
+    cmd.arg(script).arg(keys.len()).arg(keys);
     cmd
 }
 
@@ -666,12 +646,8 @@ pub fn rank(mut nodes: Vec<Node>, cost: f64) -> Vec<Node> {
 }
 
 fn claim_script(node: &str, session: &str) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(CLAIM)
-        .arg(1)
-        .arg(session_key(session))
-        .arg(node)
-        .arg(NODE_TTL.as_secs());
+    let mut cmd = eval(CLAIM, &[session_key(session)]);
+    cmd.arg(node).arg(NODE_TTL.as_secs());
     cmd
 }
 

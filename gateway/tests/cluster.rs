@@ -404,17 +404,6 @@ fn json(s: String) -> serde_json::Value {
     serde_json::Value::String(s)
 }
 
-/// The address a log line `... PREFIX ADDR...` names.
-fn logged_addr(wisp: &Wisp, prefix: &str) -> String {
-    assert!(wisp.wait_log(prefix, 10), "{}", wisp.log());
-    let log = wisp.log();
-    let rest = log.split(prefix).nth(1).unwrap();
-    rest.split(|c: char| c == '/' || c.is_whitespace())
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edge_relays_sessions_held_elsewhere_and_its_viewers_steer_them() {
     let redis = Redis::start();
@@ -523,7 +512,7 @@ async fn an_edge_relays_sessions_held_elsewhere_and_its_viewers_steer_them() {
     // A live publisher on A, watched on C through a relay: the first frame within 1 s.
     let rtmp = format!(
         "rtmp://{}/live/cam?token={token}",
-        logged_addr(&a, "RTMP publishers on rtmp://")
+        a.logged_addr("RTMP publishers on rtmp://")
     );
     let mut publisher = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-re", "-f", "lavfi", "-i"])

@@ -13,23 +13,12 @@ mod harness;
 
 use harness::Wisp;
 
-/// The address a log line `... PREFIX ADDR...` names (the listeners log where they are).
-fn logged_addr(wisp: &Wisp, prefix: &str) -> String {
-    assert!(wisp.wait_log(prefix, 10), "{}", wisp.log());
-    let log = wisp.log();
-    let rest = log.split(prefix).nth(1).unwrap();
-    rest.split(|c: char| c == '/' || c.is_whitespace())
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn rtmp_addr(wisp: &Wisp) -> String {
-    logged_addr(wisp, "RTMP publishers on rtmp://")
+    wisp.logged_addr("RTMP publishers on rtmp://")
 }
 
 fn srt_addr(wisp: &Wisp) -> String {
-    logged_addr(wisp, "SRT publishers on srt://")
+    wisp.logged_addr("SRT publishers on srt://")
 }
 
 /// An encoder's stream: 1280x720@30 H.264 High with 2 B-frames and a 2 s GOP, AAC, in real

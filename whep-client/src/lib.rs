@@ -1571,7 +1571,7 @@ pub mod fuzzing {
 
 /// An error and its causes: reqwest's own text ("error sending request for url …") does not
 /// say what went wrong ("connection refused").
-fn with_causes(e: &dyn std::error::Error) -> String {
+pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

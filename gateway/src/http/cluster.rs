@@ -107,7 +107,7 @@ pub async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| unanswered(error_chain(&e)))?;
+        .map_err(|e| unanswered(whep_client::with_causes(&e)))?;
     let status = StatusCode::from_u16(answer.status().as_u16())
         .map_err(|e| unanswered(format!("an invalid status: {e}")))?;
     let mut resp = Response::builder().status(status);
@@ -128,7 +128,7 @@ pub async fn send(
     let body = answer
         .bytes()
         .await
-        .map_err(|e| unanswered(error_chain(&e)))?;
+        .map_err(|e| unanswered(whep_client::with_causes(&e)))?;
     tracing::debug!(%method, %url, status = status.as_u16(), "forwarded to the session's node");
     resp.body(Body::from(body))
         .map_err(|e| unanswered(e.to_string()).into())
@@ -146,16 +146,4 @@ fn client() -> &'static reqwest::Client {
             .build()
             .expect("a client without TLS settings builds")
     })
-}
-
-/// An error with its causes ("error sending request: connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtp_ring::{Flags, RecordRef, Ring, Writer};
+use rtp_ring::{Flags, Ring, Writer};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -32,7 +32,7 @@ use crate::auth::Claims;
 use crate::config::{VideoCodec, VideoFormat};
 use crate::http::{ApiError, Shared};
 use crate::rtc::Clock;
-use crate::rtc::publisher::{picture_size, starts_keyframe};
+use crate::rtc::publisher::{append, picture_size, starts_keyframe};
 use crate::session::news::{Code, Refusal};
 use crate::session::{
     Capture, ControlReply, Forwarded, Ingest, PublisherClaim, ReadySource, RelayLink, Session,
@@ -486,24 +486,14 @@ impl Sink {
         } else {
             (AUDIO_TRACK, Flags::empty())
         };
-        self.packet.clear();
-        self.packet.push(0x80);
-        self.packet
-            .push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
-        self.packet
-            .extend_from_slice(&p.header.sequence_number.to_be_bytes());
-        self.packet
-            .extend_from_slice(&p.header.timestamp.to_be_bytes());
-        self.packet
-            .extend_from_slice(&(*p.header.ssrc).to_be_bytes());
-        self.packet.extend_from_slice(&p.payload);
-        let record = RecordRef {
+        match append(
+            &mut self.writer,
+            &mut self.packet,
+            p,
             track,
             flags,
             capture_us,
-            packet: &self.packet,
-        };
-        match self.writer.append(record) {
+        ) {
             Ok(_) => {
                 if track == AUDIO_TRACK || flags.contains(Flags::END_OF_FRAME) {
                     self.writer.wake();

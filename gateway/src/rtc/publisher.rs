@@ -672,24 +672,14 @@ impl Sink {
         } else {
             return;
         };
-        self.packet.clear();
-        self.packet.push(0x80);
-        self.packet
-            .push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
-        self.packet
-            .extend_from_slice(&p.header.sequence_number.to_be_bytes());
-        self.packet
-            .extend_from_slice(&p.header.timestamp.to_be_bytes());
-        self.packet
-            .extend_from_slice(&(*p.header.ssrc).to_be_bytes());
-        self.packet.extend_from_slice(&p.payload);
-        let record = RecordRef {
+        match append(
+            &mut self.writer,
+            &mut self.packet,
+            p,
             track,
             flags,
             capture_us,
-            packet: &self.packet,
-        };
-        match self.writer.append(record) {
+        ) {
             Ok(_) => {
                 self.packets += 1;
                 if track == AUDIO_TRACK || flags.contains(Flags::END_OF_FRAME) {
@@ -771,6 +761,37 @@ impl Layers {
     pub fn active(&self) -> Option<Rid> {
         self.active
     }
+}
+
+/// Appends a received packet to the ring as a record of `track` with `flags`, through `buf`:
+/// the fixed RTP header (marker, payload type, sequence number, timestamp, SSRC; no CSRCs or
+/// extensions, which viewers' senders write their own of) and the payload. The caller wakes
+/// the readers.
+pub fn append(
+    writer: &mut Writer,
+    buf: &mut Vec<u8>,
+    p: &RtpPacket,
+    track: u8,
+    flags: Flags,
+    capture_us: u64,
+) -> Result<u64, rtp_ring::WriteError> {
+    ring_packet(buf, p);
+    writer.append(RecordRef {
+        track,
+        flags,
+        capture_us,
+        packet: buf,
+    })
+}
+
+fn ring_packet(out: &mut Vec<u8>, p: &RtpPacket) {
+    out.clear();
+    out.push(0x80);
+    out.push((u8::from(p.header.marker) << 7) | (*p.header.payload_type & 0x7f));
+    out.extend_from_slice(&p.header.sequence_number.to_be_bytes());
+    out.extend_from_slice(&p.header.timestamp.to_be_bytes());
+    out.extend_from_slice(&(*p.header.ssrc).to_be_bytes());
+    out.extend_from_slice(&p.payload);
 }
 
 /// Whether an RTP payload begins a frame a decoder can start from: for H.264 (RFC 6184) one

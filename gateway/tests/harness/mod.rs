@@ -160,6 +160,17 @@ impl Wisp {
         false
     }
 
+    /// The address a log line `... PREFIX ADDR...` names (the listeners log where they are).
+    pub fn logged_addr(&self, prefix: &str) -> String {
+        assert!(self.wait_log(prefix, 10), "{}", self.log());
+        let log = self.log();
+        let rest = log.split(prefix).nth(1).unwrap();
+        rest.split(|c: char| c == '/' || c.is_whitespace())
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn api(&self, path: &str) -> serde_json::Value {
         let admin = self.token("*", "admin");
         reqwest::Client::new()
