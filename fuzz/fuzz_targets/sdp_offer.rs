@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         ] {
             let _ = offer.first_video_format(&[VideoCodec::H264, VideoCodec::Vp8]);
             if let Ok(plan) = offer.plan_whep(Served { video, audio: true }) {
-                let _ = answer(&offer, plan, video, &CERT, &candidates, false);
+                let _ = answer(&offer, plan, video, &CERT, &candidates, false, false);
             }
         }
     }
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(offer) = Offer::parse(data) {
         let offer = offer.one_way("sendonly");
         if let Ok((plan, video)) = offer.plan_whip(&[VideoCodec::H264, VideoCodec::Vp8]) {
-            let _ = answer(&offer, plan, video, &CERT, &candidates, true);
+            let _ = answer(&offer, plan, video, &CERT, &candidates, true, false);
         }
     }
 });

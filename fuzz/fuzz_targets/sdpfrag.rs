@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("the seed offer plans");
     let candidates = ["127.0.0.1:8443".parse().expect("an address")];
     let mut answered =
-        answer(&offer, plan, video, &CERT, &candidates, false).expect("the seed offer answers");
+        answer(&offer, plan, video, &CERT, &candidates, false, false).expect("the seed offer answers");
     let mut ice = IceSession {
         offer,
         ufrag: answered.ufrag,

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub keyframe_requests: AtomicU64,
     pub keyframe_requests_sent: AtomicU64,
+    /// Viewers moved to another video layer (simulcast, a VOD ladder).
+    pub layer_switches: AtomicU64,
     pub ring_overruns: AtomicU64,
     pub transcoder_exits: AtomicU64,
     pub udp_in: AtomicU64,
@@ -198,7 +200,7 @@ impl Metrics {
             "HTTP connections open.",
             self.http_conns_open.load(Ordering::Relaxed) as u64,
         );
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 21] = [
             (
                 "wisp_peers_created_total",
                 "WebRTC peers created.",
@@ -223,6 +225,11 @@ impl Metrics {
                 "wisp_keyframe_requests_sent_total",
                 "Keyframe requests passed to sources after throttling.",
                 get(&self.keyframe_requests_sent),
+            ),
+            (
+                "wisp_layer_switches_total",
+                "Viewers moved to another video layer (bandwidth, a pin, a window size).",
+                get(&self.layer_switches),
             ),
             (
                 "wisp_ring_overruns_total",

@@ -592,7 +592,7 @@ fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, e
             run.progress = (bytes, seconds);
             egress.progress(bytes, seconds);
         }
-        EgressEvent::KeyframeRequest => session.request_keyframe(),
+        EgressEvent::KeyframeRequest => session.request_keyframe(None),
         EgressEvent::Ended {
             reason,
             bytes,
@@ -610,7 +610,7 @@ fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, e
 /// The egress process's `--video`/`--audio` for a source.
 pub(super) fn track_args(source: &ReadySource) -> Vec<String> {
     let mut args = Vec::new();
-    if let Some(t) = source.video_track {
+    if let Some(t) = source.main_video_track() {
         let codec = match source.video_format.codec {
             VideoCodec::H264 => "h264",
             VideoCodec::Vp8 => "vp8",

@@ -160,7 +160,16 @@ pub async fn post(
     let format = served.video;
     let plan = offer.plan_whep(served)?;
     let slot = session.join(&s.config.limits, wait, &s.metrics)?;
-    let answered = answer(&offer, plan, format, &s.cert, &s.port.candidates(), false)?;
+    let bwe = session.layered();
+    let answered = answer(
+        &offer,
+        plan,
+        format,
+        &s.cert,
+        &s.port.candidates(),
+        false,
+        bwe,
+    )?;
     let id = random_id();
     let etag = new_etag();
     let at = s.workers.place();
@@ -182,6 +191,7 @@ pub async fn post(
             connect_timeout: s.config.connect_timeout,
             metrics: s.metrics.clone(),
             clock: Clock::read(),
+            bwe,
         },
         Instant::now(),
     );

@@ -70,7 +70,15 @@ pub async fn post(
     // everywhere (Safari included).
     let (plan, video) = offer.plan_whip(&s.config.live.video_codecs)?;
     // Answered before the session is made, so that an offer str0m refuses leaves nothing.
-    let answered = answer(&offer, plan, video, &s.cert, &s.port.candidates(), true)?;
+    let answered = answer(
+        &offer,
+        plan,
+        video,
+        &s.cert,
+        &s.port.candidates(),
+        true,
+        false,
+    )?;
     // Each publish writes a fresh ring (viewers of the last one see it end).
     let ring = Ring::create_memfd(&format!("wisp-live-{name}"), crate::session::RING_BYTES)
         .map_err(Internal::Ring)?;
@@ -101,11 +109,11 @@ pub async fn post(
                 .collect::<Vec<_>>()
         });
     if let Some(l) = &layers {
-        tracing::info!(session = %name, layers = ?l, "simulcast publisher: forwarding one layer");
+        tracing::info!(session = %name, layers = ?l, "simulcast publisher: each viewer gets one layer");
     }
     claim
         .session()
-        .set_simulcast(layers.map(crate::session::SimulcastInfo::new));
+        .set_simulcast(layers.clone().map(crate::session::SimulcastInfo::new));
     let etag = new_etag();
     let (tx, inbox) = tokio::sync::mpsc::channel(8);
     let on_end = register(&s, &name, &id, Role::Publisher, Inbox::Task(tx));
@@ -121,6 +129,7 @@ pub async fn post(
             tracks: answered.tracks,
             video,
             ring,
+            rids: layers.unwrap_or_default(),
             generation: claim.generation,
             max_bitrate: s.config.limits.max_ingest_bitrate,
             connect_timeout: s.config.connect_timeout,

@@ -233,7 +233,7 @@ pub fn announce(
     claim: &PublisherClaim,
     transcoder: &TranscoderProcess,
     ready: &Event,
-    keyframes: mpsc::UnboundedSender<()>,
+    keyframes: mpsc::UnboundedSender<Option<u8>>,
     capture: Capture,
 ) {
     let Event::Ready {
@@ -257,6 +257,7 @@ pub fn announce(
             generation: claim.generation,
             video_track: find("video"),
             audio_track: find("audio"),
+            layers: Vec::new(),
             width: *width,
             height: *height,
             fps: *fps,
@@ -303,7 +304,7 @@ struct Supervisor {
 impl Supervisor {
     async fn run(mut self) {
         let session = self.claim.session().clone();
-        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
+        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<Option<u8>>();
         let mut keyframe_tx = Some(keyframe_tx);
         let mut refusal = None;
         let ready_by = tokio::time::sleep(READY_TIMEOUT);
@@ -332,7 +333,7 @@ impl Supervisor {
                         None => break "the stream ended".to_string(),
                     },
                 },
-                Some(()) = keyframe_rx.recv() => {
+                Some(_) = keyframe_rx.recv() => {
                     let _ = self.transcoder.send(&Command::Keyframe).await;
                 }
                 _ = &mut ready_by, if keyframe_tx.is_some() => {

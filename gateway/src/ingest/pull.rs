@@ -146,7 +146,7 @@ impl Puller {
             .transcoders
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(url = %self.url, "pulling the source for the session's viewers");
-        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
+        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<Option<u8>>();
         let mut keyframe_tx = Some(keyframe_tx);
         let mut idle_since: Option<tokio::time::Instant> = None;
         let mut last_error: Option<String> = None;
@@ -170,7 +170,7 @@ impl Puller {
                         None => "ended".into(),
                     }),
                 },
-                Some(()) = keyframe_rx.recv() => {
+                Some(_) = keyframe_rx.recv() => {
                     let _ = transcoder.send(&Command::Keyframe).await;
                 }
                 changed = viewers.changed() => {

@@ -43,8 +43,13 @@ pub struct Tracks {
     pub audio: Option<(Mid, Pt, u32)>,
 }
 
+/// A viewer's send bandwidth estimate starts here, before feedback says more: about a 720p
+/// layer, so that a viewer on a good path starts on a good layer.
+pub const INITIAL_ESTIMATE_BPS: u64 = 2_000_000;
+
 /// Builds an `Rtc` for one viewer (or, with `publisher`, a WHIP publisher) and answers its
-/// offer.
+/// offer. With `bwe`, a viewer's send bandwidth is estimated (transport-wide CC feedback,
+/// str0m's estimator and pacer): for sessions with layers to choose from.
 pub fn answer(
     offer: &Offer,
     plan: Plan,
@@ -52,6 +57,7 @@ pub fn answer(
     cert: &DtlsCert,
     candidates: &[std::net::SocketAddr],
     publisher: bool,
+    bwe: bool,
 ) -> Result<Answered, AnswerError> {
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
@@ -75,6 +81,12 @@ pub fn answer(
         config = config
             .set_extension(10, Extension::RtpStreamId)
             .set_extension(11, Extension::RepairedRtpStreamId);
+    }
+    if bwe && !publisher {
+        // Layer choice follows the estimate; without layers it would only cost (above).
+        config = config
+            .set_extension(3, Extension::TransportSequenceNumber)
+            .enable_bwe(Some(str0m::bwe::Bitrate::bps(INITIAL_ESTIMATE_BPS)));
     }
     if !publisher {
         // A viewer's round-trip time (from its receiver reports) sizes its resend cache.

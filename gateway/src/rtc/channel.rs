@@ -62,6 +62,16 @@ enum Op {
     Auth {
         token: String,
     },
+    /// The viewer's own video layer: `rid` pins one, none is automatic; `maxWidth` and
+    /// `maxHeight` cap the picture (its window).
+    Layer {
+        #[serde(default)]
+        rid: Option<String>,
+        #[serde(default, rename = "maxWidth")]
+        max_width: Option<u32>,
+        #[serde(default, rename = "maxHeight")]
+        max_height: Option<u32>,
+    },
 }
 
 impl Op {
@@ -71,7 +81,8 @@ impl Op {
             Op::Play | Op::Pause | Op::Seek { .. } | Op::Step { .. } => Some(Scope::Playback),
             Op::SelectAudio { .. } => Some(Scope::Audio),
             Op::Chat { .. } => Some(Scope::Chat),
-            Op::Status | Op::Auth { .. } => None,
+            // A viewer's layer is its own business.
+            Op::Status | Op::Auth { .. } | Op::Layer { .. } => None,
         }
     }
 }
@@ -95,6 +106,11 @@ pub enum Action {
     Auth { id: Value, token: String },
     /// Reply with the session's playback state.
     Status { id: Value },
+    /// Make this the viewer's layer wish and reply with its layers.
+    Layer {
+        id: Value,
+        wish: crate::rtc::layering::Wish,
+    },
 }
 
 /// One viewer's side of the control channel: its request budget.
@@ -250,6 +266,18 @@ impl Steering {
             }
             Op::Auth { token } => Action::Auth { id, token },
             Op::Status => Action::Status { id },
+            Op::Layer {
+                rid,
+                max_width,
+                max_height,
+            } => Action::Layer {
+                id,
+                wish: crate::rtc::layering::Wish {
+                    rid: rid.filter(|r| !r.is_empty()),
+                    max_width,
+                    max_height,
+                },
+            },
         }
     }
 }

@@ -23,8 +23,9 @@ pub const DRAIN_BATCH: usize = 64;
 pub enum Written {
     /// Handed to str0m; `first` for the viewer's first packet.
     Sent { first: bool, video: bool },
-    /// Dropped while the viewer waits for a keyframe; ask the source for one if told to.
-    Waiting { request_keyframe: bool },
+    /// Dropped while the viewer waits for a keyframe of `track`; ask the source for one if
+    /// told to.
+    Waiting { request_keyframe: bool, track: u8 },
     /// Not for this viewer (a track it did not negotiate, or not RTP).
     Skipped,
 }
@@ -45,6 +46,12 @@ pub struct Feed {
     /// Capture times of the live video frames whose last packet was written since
     /// [`Feed::take_frames`], for the ingest latency (sources stamped at the gateway's ingest).
     frames: Vec<u64>,
+    /// The video track sent (a layer's, when the source has several), and the one to move
+    /// to at its next keyframe.
+    layer: Option<u8>,
+    switch_to: Option<u8>,
+    /// A switch happened since [`Feed::take_switched`].
+    switched: bool,
 }
 
 impl Feed {
@@ -68,7 +75,38 @@ impl Feed {
             catchup: None,
             written: Vec::with_capacity(DRAIN_BATCH + 1),
             frames: Vec::new(),
+            layer: None,
+            switch_to: None,
+            switched: false,
         }
+    }
+
+    /// The video track sent (`None` before a source).
+    pub fn layer(&self) -> Option<u8> {
+        self.layer
+    }
+
+    /// The layer waited for, if a switch is under way.
+    pub fn pending_layer(&self) -> Option<u8> {
+        self.switch_to
+    }
+
+    /// Sends the video layer on `track` from now on (a fresh start: the viewer waits for
+    /// its keyframe anyway).
+    pub fn set_layer(&mut self, track: u8) {
+        self.layer = Some(track);
+        self.switch_to = None;
+    }
+
+    /// Moves to the layer on `track` at its next keyframe; the current one goes on until
+    /// then, so the picture never stops. `None` stays where it is.
+    pub fn switch_to(&mut self, track: Option<u8>) {
+        self.switch_to = track.filter(|t| Some(*t) != self.layer);
+    }
+
+    /// Whether a switch happened since the last call.
+    pub fn take_switched(&mut self) -> bool {
+        std::mem::take(&mut self.switched)
     }
 
     /// The source followed, if any.
@@ -79,6 +117,8 @@ impl Feed {
     /// Follows a (new) source: timing re-anchors, and video waits for a keyframe.
     pub fn attach(&mut self, ready: Arc<ReadySource>) {
         self.discontinuity();
+        self.layer = ready.video_track;
+        self.switch_to = None;
         self.ready = Some(ready);
     }
 
@@ -170,7 +210,18 @@ impl Feed {
         let Some(ready) = &self.ready else {
             return Written::Skipped;
         };
-        let (map, mid, video) = if Some(meta.track) == ready.video_track {
+        let (map, mid, video) = if ready.is_video(meta.track) {
+            if self.switch_to == Some(meta.track)
+                && meta.flags.contains(Flags::KEYFRAME)
+                && let Some(v) = self.video.as_mut()
+            {
+                v.new_layer();
+                self.layer = self.switch_to.take();
+                self.switched = true;
+            }
+            if Some(meta.track) != self.layer {
+                return Written::Skipped;
+            }
             match (&mut self.video, &tracks.video) {
                 (Some(m), Some((mid, _, _))) => (m, *mid, true),
                 _ => return Written::Skipped,
@@ -190,7 +241,10 @@ impl Feed {
             return Written::Skipped;
         };
         match map.step(&hdr, meta.flags, meta.capture_us) {
-            Step::WaitKeyframe { request_keyframe } => Written::Waiting { request_keyframe },
+            Step::WaitKeyframe { request_keyframe } => Written::Waiting {
+                request_keyframe,
+                track: meta.track,
+            },
             Step::Send {
                 pt,
                 seq,

@@ -22,6 +22,7 @@ pub mod batch;
 pub mod channel;
 pub mod feed;
 pub mod ice;
+pub mod layering;
 pub mod offer;
 pub mod publisher;
 pub mod udp;

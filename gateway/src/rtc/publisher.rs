@@ -35,6 +35,7 @@ use crate::rtc::answer::Tracks;
 use crate::rtc::ice::{Closed, IceSession, OnEnd, PatchError, Patched, PeerMsg, PortLink};
 use crate::rtc::offer::Fragment;
 use crate::rtc::udp::{Datagram, Outbox, RtcPort};
+use crate::session::layers::Layer;
 use crate::session::{Capture, PublisherClaim, ReadySource};
 
 /// Recent records whose payloads viewers share.
@@ -85,8 +86,9 @@ pub enum Input<'a> {
     Datagram(&'a Datagram),
     /// The time passed; whatever was due is done.
     Timeout,
-    /// The session wants a keyframe (it throttles how often): a PLI for the forwarded layer.
-    KeyframeWanted,
+    /// The session wants a keyframe (it throttles how often): a PLI for the simulcast layer
+    /// on this ring track, or for every layer.
+    KeyframeWanted(Option<u8>),
     /// The publisher is to end: its resource's DELETE, the gateway's drain.
     Close(Closed),
     /// The session was stopped.
@@ -114,8 +116,6 @@ pub enum Event {
     },
     /// The bits/s received over the last second (the session's `ingest_bitrate`).
     IngestBitrate(u64),
-    /// Simulcast: this layer is now the one in the ring.
-    Forwarding(Rid),
     /// A keyframe said the picture is this size.
     PictureSize { width: u32, height: u32 },
     /// The publisher ended for this reason. Its closing datagrams still come out of
@@ -135,6 +135,8 @@ pub struct Params {
     pub video: VideoFormat,
     /// The ring this publish writes (a fresh one), and its publisher slot's generation.
     pub ring: Ring,
+    /// The simulcast layers (RIDs) the answer accepted; empty without simulcast.
+    pub rids: Vec<String>,
     pub generation: u64,
     /// The most bits/s it may send (`limits.max_ingest_bitrate`).
     pub max_bitrate: u64,
@@ -168,8 +170,6 @@ pub struct Publisher {
     connected: bool,
     sink: Sink,
     meter: IngestMeter,
-    /// The simulcast layer the driver was last told about.
-    forwarding: Option<Rid>,
     /// When the datagram being taken in was read from the socket (µs on the ring's clock).
     arrived_us: Option<u64>,
     /// When str0m wants its next timeout.
@@ -181,7 +181,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(p: Params, now: Instant) -> Self {
         Self {
-            sink: Sink::new(p.ring, &p.tracks, p.video, p.generation),
+            sink: Sink::new(p.ring, &p.tracks, p.video, p.generation, &p.rids),
             id: p.id,
             rtc: p.rtc,
             ice: p.ice,
@@ -193,7 +193,6 @@ impl Publisher {
             created: now,
             connected: false,
             meter: IngestMeter::default(),
-            forwarding: None,
             arrived_us: None,
             rtc_due: now,
             ending: Ending::Running,
@@ -240,9 +239,9 @@ impl Publisher {
                     self.end(format!("str0m: {e}"));
                 }
             }
-            Input::KeyframeWanted => {
+            Input::KeyframeWanted(track) => {
                 if self.ending == Ending::Running {
-                    self.request_keyframe(self.sink.layers.active());
+                    self.request_keyframe(track);
                 }
             }
             Input::Close(why) => self.end(why.to_string()),
@@ -324,20 +323,10 @@ impl Publisher {
             self.events.push_back(Event::PictureSize { width, height });
             return true;
         }
-        if let Some(rid) = self.sink.wants_keyframe.take() {
-            self.request_keyframe(Some(rid));
-            return true;
-        }
-        if self.sink.layers.active() != self.forwarding {
-            self.forwarding = self.sink.layers.active();
-            if let Some(rid) = self.forwarding {
-                self.events.push_back(Event::Forwarding(rid));
-            }
-            return true;
-        }
         if self.connected
             && let Some(bps) = self.meter.tick(self.sink.bytes, now)
         {
+            self.sink.measure_layers(now);
             self.events.push_back(Event::IngestBitrate(bps));
             self.on_ingest_rate(bps);
             return true;
@@ -437,17 +426,30 @@ impl Publisher {
         self.meter.over = over;
     }
 
-    /// A PLI to the publisher for simulcast layer `rid` (`None`: the only stream).
-    fn request_keyframe(&mut self, rid: Option<Rid>) {
+    /// A PLI to the publisher for the simulcast layer on ring track `track`, or for every
+    /// layer (`None`; without simulcast, the only stream).
+    fn request_keyframe(&mut self, track: Option<u8>) {
         let Some((mid, _, _)) = self.tracks.video else {
             return;
         };
-        match self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
-            Some(rx) => {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
-                tracing::debug!("PLI to the publisher");
+        let rids: Vec<Option<Rid>> = self
+            .sink
+            .video_layers
+            .iter()
+            .filter(|l| track.is_none_or(|t| t == l.track))
+            .map(|l| l.rid)
+            .collect();
+        for rid in rids {
+            match self.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+                Some(rx) => {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                    tracing::debug!(rid = rid.as_deref(), "PLI to the publisher");
+                }
+                None => tracing::debug!(
+                    rid = rid.as_deref(),
+                    "no video from the publisher yet: no PLI"
+                ),
             }
-            None => tracing::debug!("no video from the publisher yet: no PLI"),
         }
     }
 }
@@ -471,7 +473,7 @@ pub fn spawn(
     );
     let task = async move {
         let (mut link, mut datagrams) = PortLink::with_channel(port.clone(), publisher.ufrag());
-        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<()>();
+        let (keyframe_tx, mut keyframe_rx) = mpsc::unbounded_channel::<Option<u8>>();
         let mut keyframe_tx = Some(keyframe_tx);
         let mut outbox = Outbox::default();
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
@@ -491,7 +493,6 @@ pub fn spawn(
                             }
                         }
                         Event::IngestBitrate(bps) => session.set_ingest_bitrate(bps),
-                        Event::Forwarding(rid) => session.set_simulcast_forwarding(&rid),
                         Event::PictureSize { width, height } => {
                             session.set_picture_size(width, height)
                         }
@@ -524,7 +525,7 @@ pub fn spawn(
                         let _ = reply.send(result);
                     }
                 },
-                Some(()) = keyframe_rx.recv() => publisher.handle(Input::KeyframeWanted, Instant::now()),
+                Some(track) = keyframe_rx.recv() => publisher.handle(Input::KeyframeWanted(track), Instant::now()),
                 _ = &mut timer => publisher.handle(Input::Timeout, Instant::now()),
                 _ = &mut stopped, if !stop_heard => {
                     stop_heard = true;
@@ -544,21 +545,17 @@ struct Sink {
     writer: Writer,
     source: Arc<ReadySource>,
     codec: VideoCodec,
-    /// The RTP timestamp of the last video packet flagged as a keyframe start, so that only
-    /// the first packet of a keyframe is flagged.
-    key_ts: Option<u32>,
+    /// The video streams: one, or one per simulcast layer (each on its own ring track).
+    video_layers: Vec<SinkLayer>,
+    /// The simulcast layer (index in `video_layers`) of each SSRC seen with a RID.
+    ssrcs: Vec<(Ssrc, usize)>,
+    /// When the layers' bitrates were last measured.
+    measured_at: Option<Instant>,
     /// A packet rebuilt from str0m's parsed header and payload.
     packet: Vec<u8>,
     packets: u64,
     keyframes: u64,
-    /// Simulcast layer choice (unused without simulcast).
-    layers: Layers,
-    /// The simulcast layer of each SSRC seen with a RID.
-    rids: Vec<(Ssrc, Rid)>,
-    /// A layer that needs a keyframe before it is forwarded (a PLI to send).
-    wants_keyframe: Option<Rid>,
-    /// The picture size keyframes carry, and a new one not yet told.
-    size: Option<(u32, u32)>,
+    /// A new picture size not yet told (without simulcast; layers keep theirs).
     picture_size: Option<(u32, u32)>,
     /// Media bytes received (RTP header and payload, every layer).
     bytes: u64,
@@ -570,15 +567,67 @@ struct Sink {
     wakes: u64,
 }
 
+/// One video stream of a publisher, as the sink follows it.
+#[derive(Debug)]
+struct SinkLayer {
+    /// Its simulcast RID (`None`: the only stream).
+    rid: Option<Rid>,
+    track: u8,
+    /// The RTP timestamp of the last packet flagged as a keyframe start, so that only the
+    /// first packet of a keyframe is flagged.
+    key_ts: Option<u32>,
+    /// The picture size its keyframes carry.
+    size: Option<(u32, u32)>,
+    /// Bytes since the last measurement.
+    bytes: u64,
+}
+
+/// The ring track of simulcast layer `k` (audio keeps its track).
+fn layer_track(k: usize) -> u8 {
+    match k {
+        0 => VIDEO_TRACK,
+        k => (k + 1) as u8,
+    }
+}
+
+/// The most simulcast layers written (the ring indexes keyframes of 8 tracks, one is audio's).
+const MAX_LAYERS: usize = rtp_ring::MAX_TRACKS - 1;
+
 impl Sink {
-    fn new(ring: Ring, tracks: &Tracks, video: VideoFormat, generation: u64) -> Self {
+    fn new(
+        ring: Ring,
+        tracks: &Tracks,
+        video: VideoFormat,
+        generation: u64,
+        rids: &[String],
+    ) -> Self {
         let writer = ring.writer();
+        if rids.len() > MAX_LAYERS {
+            tracing::warn!(
+                offered = rids.len(),
+                "simulcast: only the first {MAX_LAYERS} layers are taken"
+            );
+        }
+        let rids = &rids[..rids.len().min(MAX_LAYERS)];
+        let video_layers: Vec<SinkLayer> = match rids.len() {
+            0 => vec![SinkLayer::new(None, VIDEO_TRACK)],
+            _ => rids
+                .iter()
+                .enumerate()
+                .map(|(k, r)| SinkLayer::new(Some(Rid::from(r.as_str())), layer_track(k)))
+                .collect(),
+        };
         let source = Arc::new(ReadySource {
             ring,
             payloads: crate::session::fanout::PayloadCache::new(PAYLOAD_CACHE_SLOTS),
             generation,
             video_track: tracks.video.as_ref().map(|_| VIDEO_TRACK),
             audio_track: tracks.audio.as_ref().map(|_| AUDIO_TRACK),
+            layers: rids
+                .iter()
+                .enumerate()
+                .map(|(k, r)| Layer::new(layer_track(k), r.as_str()))
+                .collect(),
             width: 0,
             height: 0,
             fps: 0.0,
@@ -590,20 +639,34 @@ impl Sink {
             writer,
             source,
             codec: video.codec,
-            key_ts: None,
+            video_layers,
+            ssrcs: Vec::new(),
+            measured_at: None,
             packet: Vec::with_capacity(1500),
             packets: 0,
             keyframes: 0,
             bytes: 0,
             video_ssrcs: Vec::new(),
-            layers: Layers::default(),
-            rids: Vec::new(),
-            wants_keyframe: None,
-            size: None,
             picture_size: None,
             unwoken: None,
             wakes: 0,
         }
+    }
+
+    /// Which video stream a packet is on: the only one, or its simulcast layer. Senders put
+    /// the RID only on a stream's first packets (until they see it acknowledged); after that
+    /// the SSRC says which layer a packet is. `None`: a layer not known (yet).
+    fn video_layer(&mut self, p: &RtpPacket) -> Option<usize> {
+        if self.video_layers.len() == 1 && self.video_layers[0].rid.is_none() {
+            return Some(0);
+        }
+        if let Some((_, k)) = self.ssrcs.iter().find(|(s, _)| *s == p.header.ssrc) {
+            return Some(*k);
+        }
+        let rid = p.header.ext_vals.rid?;
+        let k = self.video_layers.iter().position(|l| l.rid == Some(rid))?;
+        self.ssrcs.push((p.header.ssrc, k));
+        Some(k)
     }
 
     /// Writes one received packet into the ring with its track and flags, stamped `capture_us`.
@@ -617,56 +680,41 @@ impl Sink {
             t.as_ref()
                 .is_some_and(|(m, pt, _)| mid.map_or(*pt == p.header.payload_type, |x| x == *m))
         };
-        self.bytes += (RTP_HEADER + p.payload.len()) as u64;
+        let size = (RTP_HEADER + p.payload.len()) as u64;
+        self.bytes += size;
         let (track, flags) = if is(&tracks.video) {
             if !self.video_ssrcs.contains(&p.header.ssrc) {
                 self.video_ssrcs.push(p.header.ssrc);
             }
-            let mut flags = Flags::empty();
-            let keyframe = starts_keyframe(self.codec, &p.payload);
-            // Senders put the RID only on a stream's first packets (until they see it
-            // acknowledged); after that the SSRC says which layer a packet is.
-            let rid = match p.header.ext_vals.rid {
-                Some(rid) => {
-                    if !self.rids.iter().any(|(s, _)| *s == p.header.ssrc) {
-                        self.rids.push((p.header.ssrc, rid));
-                    }
-                    Some(rid)
-                }
-                None => self
-                    .rids
-                    .iter()
-                    .find(|(s, _)| *s == p.header.ssrc)
-                    .map(|(_, r)| *r),
-            };
-            if let Some(rid) = rid {
-                let (forward, ask) = self.layers.on_packet(rid, p.payload.len(), keyframe, now);
-                if ask.is_some() {
-                    self.wants_keyframe = ask;
-                }
-                if !forward {
-                    return;
-                }
-            } else if !self.rids.is_empty() {
-                // A simulcast stream whose layer is not known yet.
+            let Some(k) = self.video_layer(p) else {
                 return;
-            }
-            if keyframe && self.key_ts != Some(p.header.timestamp) {
-                self.key_ts = Some(p.header.timestamp);
+            };
+            let codec = self.codec;
+            let layer = &mut self.video_layers[k];
+            layer.bytes += size;
+            let mut flags = Flags::empty();
+            if starts_keyframe(codec, &p.payload) && layer.key_ts != Some(p.header.timestamp) {
+                layer.key_ts = Some(p.header.timestamp);
                 self.keyframes += 1;
                 flags |= Flags::KEYFRAME;
                 // A keyframe's first packet carries the picture size (H.264 SPS, VP8 header).
-                if let Some(size) = picture_size(self.codec, &p.payload)
-                    && self.size != Some(size)
+                if let Some(size) = picture_size(codec, &p.payload)
+                    && layer.size != Some(size)
                 {
-                    self.size = Some(size);
-                    self.picture_size = Some(size);
+                    layer.size = Some(size);
+                    match self.source.layers.get(k) {
+                        Some(l) => l.set_size(size.0, size.1),
+                        None => self.picture_size = Some(size),
+                    }
                 }
             }
             if p.header.marker {
                 flags |= Flags::END_OF_FRAME;
             }
-            (VIDEO_TRACK, flags)
+            if let Some(l) = self.source.layers.get(k) {
+                l.saw(capture_us);
+            }
+            (layer.track, flags)
         } else if is(&tracks.audio) {
             (AUDIO_TRACK, Flags::empty())
         } else {
@@ -692,6 +740,17 @@ impl Sink {
         }
     }
 
+    /// Each simulcast layer's bits/s since the last measurement, for the viewers' choice.
+    fn measure_layers(&mut self, now: Instant) {
+        let Some(since) = self.measured_at.replace(now) else {
+            return;
+        };
+        let secs = now.duration_since(since).as_secs_f64().max(0.001);
+        for (l, shared) in self.video_layers.iter_mut().zip(&self.source.layers) {
+            shared.set_bitrate((std::mem::take(&mut l.bytes) as f64 * 8.0 / secs) as u64);
+        }
+    }
+
     /// Wakes the ring's readers for what was written since the last time.
     fn wake(&mut self) {
         self.writer.wake();
@@ -700,66 +759,15 @@ impl Sink {
     }
 }
 
-/// Simulcast: which of the publisher's video layers (RIDs) goes into the ring. Until layer
-/// choice per viewer exists, the one with the most bytes over the last second is forwarded
-/// (the highest a publisher currently sends; a sender drops its top layers when its bandwidth
-/// estimate falls). A switch happens at the new layer's next keyframe, asked for with a PLI, so
-/// viewers go on without a break.
-#[derive(Debug, Default)]
-pub struct Layers {
-    /// Bytes per layer since `window_start`.
-    bytes: Vec<(Rid, u64)>,
-    window_start: Option<Instant>,
-    /// The layer written to the ring, and the one to switch to at its next keyframe.
-    active: Option<Rid>,
-    pending: Option<Rid>,
-}
-
-/// How often the forwarded layer is reconsidered.
-const LAYER_WINDOW: Duration = Duration::from_secs(1);
-
-impl Layers {
-    /// One video packet of layer `rid`. Returns whether it goes into the ring, and a layer
-    /// to ask for a keyframe (the one to switch to).
-    pub fn on_packet(
-        &mut self,
-        rid: Rid,
-        bytes: usize,
-        keyframe: bool,
-        now: Instant,
-    ) -> (bool, Option<Rid>) {
-        match self.bytes.iter_mut().find(|(r, _)| *r == rid) {
-            Some((_, n)) => *n += bytes as u64,
-            None => self.bytes.push((rid, bytes as u64)),
+impl SinkLayer {
+    fn new(rid: Option<Rid>, track: u8) -> Self {
+        Self {
+            rid,
+            track,
+            key_ts: None,
+            size: None,
+            bytes: 0,
         }
-        let start = *self.window_start.get_or_insert(now);
-        let mut ask = None;
-        if now.duration_since(start) >= LAYER_WINDOW {
-            let best = self.bytes.iter().max_by_key(|(_, n)| *n).map(|(r, _)| *r);
-            for (_, n) in &mut self.bytes {
-                *n = 0;
-            }
-            self.window_start = Some(now);
-            if best.is_some() && best != self.active && best != self.pending {
-                self.pending = best;
-                ask = best;
-            }
-        }
-        // The first layer to show a keyframe starts the ring; later, the pending one takes
-        // over at its keyframe.
-        if keyframe && (self.active.is_none() || self.pending == Some(rid)) {
-            if self.active.is_some() {
-                tracing::info!(from = ?self.active, to = %rid, "simulcast: forwarding another layer");
-            }
-            self.active = Some(rid);
-            self.pending = None;
-        }
-        (self.active == Some(rid), ask)
-    }
-
-    /// The layer being forwarded.
-    pub fn active(&self) -> Option<Rid> {
-        self.active
     }
 }
 
@@ -968,6 +976,7 @@ mod scenarios {
                 &cert,
                 &[SERVER.parse().unwrap()],
                 true,
+                false,
             )
             .unwrap();
             client
@@ -991,6 +1000,7 @@ mod scenarios {
                     tracks: answered.tracks,
                     video: format,
                     ring,
+                    rids: Vec::new(),
                     generation: 1,
                     max_bitrate: 1_000_000,
                     connect_timeout: Duration::from_secs(30),
@@ -1270,7 +1280,7 @@ mod scenarios {
         p.send_video(0, keyframe());
         p.run_for(Duration::from_millis(50));
         let before = p.plis;
-        p.publisher.handle(Input::KeyframeWanted, p.now);
+        p.publisher.handle(Input::KeyframeWanted(None), p.now);
         p.run_for(Duration::from_millis(50));
         assert_eq!(p.plis, before + 1);
     }
@@ -1367,30 +1377,6 @@ mod tests {
             Some(1_000_000),
             "the next window starts where the last ended"
         );
-    }
-
-    #[test]
-    fn simulcast_forwards_the_layer_with_the_most_bytes_switching_at_its_keyframe() {
-        let (q, f) = (Rid::from("q"), Rid::from("f"));
-        let mut l = Layers::default();
-        let t0 = Instant::now();
-        // Before any keyframe nothing is forwarded; the first layer to show one starts.
-        assert_eq!(l.on_packet(f, 1000, false, t0), (false, None));
-        assert_eq!(l.on_packet(q, 100, true, t0), (true, None));
-        assert_eq!(l.on_packet(f, 1000, false, t0), (false, None));
-        // A second on, "f" carried more: ask it for a keyframe, and keep "q" until it comes.
-        let t1 = t0 + Duration::from_millis(1000);
-        assert_eq!(l.on_packet(f, 1000, false, t1), (false, Some(f)));
-        assert_eq!(l.on_packet(q, 100, false, t1), (true, None));
-        assert_eq!(l.on_packet(f, 1000, true, t1), (true, None));
-        assert_eq!(l.on_packet(q, 100, true, t1), (false, None));
-        assert_eq!(l.active(), Some(f));
-        // "f" stops (the sender's estimate fell): after a second without it, "q" is the best.
-        let t2 = t1 + Duration::from_millis(1000);
-        assert_eq!(l.on_packet(q, 100, false, t2), (false, None));
-        let t3 = t2 + Duration::from_millis(1000);
-        assert_eq!(l.on_packet(q, 100, false, t3), (false, Some(q)));
-        assert_eq!(l.on_packet(q, 100, true, t3), (true, None));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use rtp_ring::{Overrun, Reader, RecordMeta};
 use serde_json::{Map, Value, json};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::channel::ChannelId;
 use str0m::media::Mid;
 use str0m::net::Transmit;
@@ -34,10 +35,12 @@ use crate::rtc::answer::Tracks;
 use crate::rtc::channel::{self, Action, Code, Refusal, Steering};
 use crate::rtc::feed::{DRAIN_BATCH, Feed, Written};
 use crate::rtc::ice::{Closed, IceSession, PatchError, Patched};
+use crate::rtc::layering::{self, Candidate, Chooser, Wish};
 use crate::rtc::offer::Fragment;
 use crate::rtc::udp::Datagram;
 use crate::session::fanout::Catchup;
-use crate::session::{ControlReply, ReadySource, Source};
+use crate::session::layers::by_quality;
+use crate::session::{ControlReply, ReadySource, Source, ViewerLayer};
 use wisp_control::Command;
 
 /// A VOD keyframe older than this is not worth starting from: ask for a fresh one instead.
@@ -58,6 +61,11 @@ const DUE_NOW_BUDGET: u8 = 4;
 const EXPIRED_LINGER: Duration = Duration::from_millis(200);
 /// How often str0m reports the viewer's round-trip time (from its receiver reports).
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a viewer of a source with layers reconsiders its layer (besides each new
+/// estimate).
+const CHOICE_INTERVAL: Duration = Duration::from_millis(250);
+/// A layer switch still waiting for its keyframe after this asks again.
+const SWITCH_RETRY: Duration = Duration::from_secs(1);
 
 /// Something that happened to the viewer, for [`Viewer::handle`].
 #[derive(Debug)]
@@ -115,8 +123,11 @@ pub enum Output {
 pub enum Event {
     /// ICE and DTLS are up.
     Connected { after: Duration },
-    /// Ask the source for a keyframe (the session throttles).
-    KeyframeWanted,
+    /// Ask the source for a keyframe of the video layer on this track, or of whatever it
+    /// sends (the session throttles).
+    KeyframeWanted(Option<u8>),
+    /// The viewer's layer or estimate changed (for the API; `None`: no layers).
+    Layer(Option<ViewerLayer>),
     /// The control channel opened: answer with [`Input::Greeting`].
     ControlOpen,
     /// A viewer's command for the session's source; its outcome comes back as [`Input::Reply`].
@@ -149,6 +160,19 @@ pub struct Params {
     pub connect_timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Its send bandwidth is estimated (see `answer::answer`).
+    pub bwe: bool,
+}
+
+/// Why a layer wish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayerError {
+    #[error("the session's video has one layer; there is nothing to choose")]
+    NoLayers,
+    #[error("no layer {0:?}; the layers are {1}")]
+    Unknown(String, String),
+    #[error("the viewer has ended")]
+    Gone,
 }
 
 /// A record read while catching up that is not due yet.
@@ -209,6 +233,19 @@ pub struct Viewer {
     unreported: u64,
     /// The round-trip time the resend cache was last sized for.
     sized_for: Option<Duration>,
+    /// Layer choice (sources with layers).
+    chooser: Chooser,
+    bwe: bool,
+    /// str0m's latest send bandwidth estimate, bits/s.
+    estimate: Option<u64>,
+    /// When the layer is next reconsidered, and since when a switch waits for its keyframe.
+    next_choice: Option<Instant>,
+    pending_since: Option<Instant>,
+    /// The rates last given to str0m's estimator.
+    bwe_targets: Option<(u64, u64)>,
+    switches: u64,
+    /// What the API was last told.
+    told: Option<ViewerLayer>,
 }
 
 impl Viewer {
@@ -244,8 +281,16 @@ impl Viewer {
             events: VecDeque::new(),
             unreported: 0,
             sized_for: None,
+            chooser: Chooser::default(),
+            bwe: p.bwe,
+            estimate: None,
+            next_choice: None,
+            pending_since: None,
+            bwe_targets: None,
+            switches: 0,
+            told: None,
         };
-        v.events.push_back(Event::KeyframeWanted);
+        v.events.push_back(Event::KeyframeWanted(None));
         v
     }
 
@@ -402,6 +447,9 @@ impl Viewer {
         }
         if self.ending == Ending::Running {
             t = t.min(self.expiry_at());
+            if let Some(c) = self.next_choice {
+                t = t.min(c);
+            }
         }
         t
     }
@@ -425,6 +473,10 @@ impl Viewer {
         }
         if now >= self.expiry_at() {
             self.on_expiry(now);
+            return true;
+        }
+        if self.next_choice.is_some_and(|c| c <= now) {
+            self.choose_layer(now);
             return true;
         }
         if self.held.as_ref().is_some_and(|h| h.due <= now) {
@@ -512,7 +564,8 @@ impl Viewer {
         self.held = None;
         let mut reader = ready.ring.reader();
         self.feed.attach(ready.clone());
-        if let Some(track) = ready.video_track {
+        self.start_layer(now);
+        if let Some(track) = self.feed.layer() {
             let now_us = self.clock.ring_us(now);
             let mut probe = ready.ring.reader();
             let keyframe_us = match probe.resync_to_keyframe(track) {
@@ -541,7 +594,7 @@ impl Viewer {
                 }
                 None => {
                     tracing::debug!("reader opened at the newest record; keyframe requested");
-                    self.events.push_back(Event::KeyframeWanted);
+                    self.events.push_back(Event::KeyframeWanted(Some(track)));
                 }
             }
         }
@@ -602,10 +655,7 @@ impl Viewer {
             lost,
             "viewer fell a ring lap behind; resyncing at a keyframe"
         );
-        if let (Some(track), Some(r)) = (
-            self.feed.ready().and_then(|r| r.video_track),
-            self.cursor.as_mut(),
-        ) {
+        if let (Some(track), Some(r)) = (self.feed.layer(), self.cursor.as_mut()) {
             r.resync_to_keyframe(track);
         }
         self.feed.discontinuity();
@@ -621,10 +671,14 @@ impl Viewer {
                     tracing::debug!(video, "first packet sent");
                 }
                 self.unreported += 1;
+                if video && self.feed.take_switched() {
+                    self.on_switched(now);
+                }
             }
             Written::Waiting {
                 request_keyframe: true,
-            } => self.events.push_back(Event::KeyframeWanted),
+                track,
+            } => self.events.push_back(Event::KeyframeWanted(Some(track))),
             Written::Waiting { .. } | Written::Skipped => {}
         }
     }
@@ -653,7 +707,21 @@ impl Viewer {
             RtcEvent::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.end("ICE disconnected (consent expired)".into());
             }
-            RtcEvent::KeyframeRequest(_) => self.events.push_back(Event::KeyframeWanted),
+            RtcEvent::KeyframeRequest(_) => self
+                .events
+                .push_back(Event::KeyframeWanted(self.feed.layer())),
+            RtcEvent::EgressBitrateEstimate(kind) => {
+                let estimate = match kind {
+                    BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. } => estimate,
+                    _ => return,
+                };
+                self.estimate = Some(estimate.as_u64());
+                tracing::trace!(bps = estimate.as_u64(), "send bandwidth estimate");
+                if self.feed.ready().is_some_and(|r| r.layers.len() > 1) {
+                    self.choose_layer(now);
+                    self.tell_layer(false);
+                }
+            }
             RtcEvent::ChannelOpen(id, label) => {
                 if label != channel::LABEL {
                     tracing::debug!(%label, "data channel ignored: only \"control\" is served");
@@ -725,8 +793,219 @@ impl Viewer {
                 self.events.push_back(Event::Auth { id, token });
                 return;
             }
+            Action::Layer { id, wish } => match self.select_layer(wish, now) {
+                Ok(fields) => channel::reply_ok(&id, fields),
+                Err(e) => channel::reply_error(&id, &Refusal::new(Code::BadRequest, e.to_string())),
+            },
         };
         self.send_control(&reply);
+    }
+
+    /// The viewer's layer wish (its control channel's `layer`, the WHEP layer extension):
+    /// a layer pinned by name, or automatic (`rid` none) within a picture size. Acted on at
+    /// once; the reply's fields say what the layers are and which one the viewer gets.
+    pub fn select_layer(
+        &mut self,
+        wish: Wish,
+        now: Instant,
+    ) -> Result<Map<String, Value>, LayerError> {
+        if self.ending != Ending::Running {
+            return Err(LayerError::Gone);
+        }
+        let ready = self
+            .feed
+            .ready()
+            .or(self.latest.as_ref())
+            .filter(|r| r.layers.len() > 1)
+            .ok_or(LayerError::NoLayers)?
+            .clone();
+        if let Some(rid) = &wish.rid
+            && ready.layers.iter().all(|l| &l.rid != rid)
+        {
+            let names: Vec<&str> = ready.layers.iter().map(|l| l.rid.as_str()).collect();
+            return Err(LayerError::Unknown(rid.clone(), names.join(", ")));
+        }
+        tracing::info!(wish = ?wish, "viewer's layer wish");
+        self.chooser.set_wish(wish);
+        if self.feed.ready().is_some() {
+            self.choose_layer(now);
+        }
+        Ok(self.layer_fields(now))
+    }
+
+    /// The layers and the viewer's place among them (a `layer` reply's fields).
+    fn layer_fields(&self, now: Instant) -> Map<String, Value> {
+        let mut f = Map::new();
+        let Some(ready) = self.feed.ready() else {
+            return f;
+        };
+        let now_us = self.clock.ring_us(now);
+        let layers: Vec<_> = by_quality(&ready.layers)
+            .into_iter()
+            .map(|i| ready.layers[i].info(now_us))
+            .collect();
+        f.insert("layers".into(), json!(layers));
+        f.insert("wish".into(), json!(self.chooser.wish()));
+        let rid = |t: Option<u8>| t.and_then(|t| ready.layer(t)).map(|l| l.rid.clone());
+        f.insert("layer".into(), json!(rid(self.feed.layer())));
+        if let Some(p) = rid(self.feed.pending_layer()) {
+            f.insert("switching_to".into(), json!(p));
+        }
+        f
+    }
+
+    /// Active layers of the current source, lowest quality first (all of them while none
+    /// has sent yet); empty without layers.
+    fn candidates(&self, now: Instant) -> Vec<Candidate> {
+        let Some(ready) = self.feed.ready().filter(|r| r.layers.len() > 1) else {
+            return Vec::new();
+        };
+        let now_us = self.clock.ring_us(now);
+        let order = by_quality(&ready.layers);
+        let to_candidate = |i: &usize| {
+            let l = &ready.layers[*i];
+            let (width, height) = l.size();
+            Candidate {
+                track: l.track,
+                rid: l.rid.clone(),
+                width,
+                height,
+                bitrate: l.bitrate(),
+            }
+        };
+        let active: Vec<Candidate> = order
+            .iter()
+            .filter(|&&i| ready.layers[i].active(now_us))
+            .map(to_candidate)
+            .collect();
+        match active.is_empty() {
+            true => order.iter().map(to_candidate).collect(),
+            false => active,
+        }
+    }
+
+    /// A new source: the layer to start on (a source without layers has its one track).
+    fn start_layer(&mut self, now: Instant) {
+        let layers = self.candidates(now);
+        if layers.is_empty() {
+            self.next_choice = None;
+            return;
+        }
+        if let Some((track, reason)) = self.chooser.choose(&layers, None, self.estimate, now) {
+            tracing::debug!(track, reason = reason.as_str(), "starting layer");
+            self.feed.set_layer(track);
+        }
+        self.next_choice = Some(now + CHOICE_INTERVAL);
+        self.pending_since = None;
+        self.tell_layer(true);
+    }
+
+    /// Reconsiders the viewer's layer: a switch starts at the new layer's next keyframe
+    /// (asked for), and the estimator is told what to probe for.
+    fn choose_layer(&mut self, now: Instant) {
+        let layers = self.candidates(now);
+        if layers.is_empty() {
+            self.next_choice = None;
+            return;
+        }
+        self.next_choice = Some(now + CHOICE_INTERVAL);
+        let current = self.feed.pending_layer().or(self.feed.layer());
+        match self.chooser.choose(&layers, current, self.estimate, now) {
+            Some((track, reason)) if Some(track) == self.feed.layer() => {
+                tracing::debug!(reason = reason.as_str(), "layer switch called off");
+                self.feed.switch_to(None);
+                self.pending_since = None;
+            }
+            Some((track, reason)) => {
+                tracing::debug!(
+                    track,
+                    reason = reason.as_str(),
+                    estimate = self.estimate,
+                    "layer switch: waiting for the layer's keyframe"
+                );
+                self.feed.switch_to(Some(track));
+                self.pending_since = Some(now);
+                self.events.push_back(Event::KeyframeWanted(Some(track)));
+            }
+            None => {
+                if let (Some(track), Some(since)) = (self.feed.pending_layer(), self.pending_since)
+                    && now.duration_since(since) >= SWITCH_RETRY
+                {
+                    self.pending_since = Some(now);
+                    self.events.push_back(Event::KeyframeWanted(Some(track)));
+                }
+            }
+        }
+        if self.bwe
+            && let Some(t) = layering::targets(&layers, self.feed.layer())
+            && self.bwe_targets != Some(t)
+        {
+            self.bwe_targets = Some(t);
+            self.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(t.0), Bitrate::bps(t.1));
+        }
+    }
+
+    /// The viewer's video moved to another layer: counted, logged, and told to the viewer
+    /// (a `layer` event) and the API.
+    fn on_switched(&mut self, now: Instant) {
+        self.switches += 1;
+        self.pending_since = None;
+        self.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
+        let fields = self.layer_fields(now);
+        tracing::info!(
+            layer = ?fields.get("layer"),
+            estimate = self.estimate,
+            switches = self.switches,
+            "viewer switched layer"
+        );
+        let mut data = Map::new();
+        for k in ["layer", "wish"] {
+            if let Some(v) = fields.get(k) {
+                data.insert(k.into(), v.clone());
+            }
+        }
+        if let Some(info) = self.feed.layer().and_then(|t| self.feed.ready()?.layer(t)) {
+            let (w, h) = info.size();
+            data.insert("width".into(), json!(w));
+            data.insert("height".into(), json!(h));
+            data.insert("bitrate".into(), json!(info.bitrate()));
+        }
+        data.insert("estimate".into(), json!(self.estimate));
+        self.send_control(&channel::event("layer", Value::Object(data)));
+        self.tell_layer(true);
+    }
+
+    /// Tells the API the viewer's layer and estimate: at once with `now_anyway`, else when
+    /// the estimate moved by a tenth.
+    fn tell_layer(&mut self, now_anyway: bool) {
+        let layer = self
+            .feed
+            .layer()
+            .and_then(|t| self.feed.ready().filter(|r| r.layers.len() > 1)?.layer(t))
+            .map(|l| ViewerLayer {
+                viewer: self.id.clone(),
+                layer: l.rid.clone(),
+                pinned: !self.chooser.wish().is_auto(),
+                estimate: self.estimate,
+                switches: self.switches,
+            });
+        let moved = match (&self.told, &layer) {
+            (Some(a), Some(b)) => {
+                let (x, y) = (
+                    a.estimate.unwrap_or(0) as f64,
+                    b.estimate.unwrap_or(0) as f64,
+                );
+                a.layer != b.layer || (x - y).abs() > x.max(y) / 10.0
+            }
+            (None, None) => false,
+            _ => true,
+        };
+        if now_anyway || moved {
+            self.told = layer.clone();
+            self.events.push_back(Event::Layer(layer));
+        }
     }
 
     /// A token sent with `auth`, verified: it replaces the viewer's if it names the session
@@ -948,6 +1227,7 @@ mod tests {
                 &cert,
                 &[SERVER.parse().unwrap()],
                 false,
+                false,
             )
             .unwrap();
             client
@@ -973,6 +1253,7 @@ mod tests {
                     grant,
                     connect_timeout: Duration::from_secs(30),
                     metrics: Arc::new(Metrics::default()),
+                    bwe: false,
                     clock,
                 },
                 start,
@@ -1162,6 +1443,7 @@ mod tests {
             generation: 1,
             video_track: Some(0),
             audio_track: Some(1),
+            layers: Vec::new(),
             width: 1280,
             height: 720,
             fps: 30.0,
@@ -1222,7 +1504,7 @@ mod tests {
         let mut p = Pair::new(false, false, grant(UNIX_AT_START + 3600, &[Scope::View]));
         assert_eq!(
             p.viewer.poll_output(p.now),
-            Output::Event(Event::KeyframeWanted)
+            Output::Event(Event::KeyframeWanted(None))
         );
         let ring = Ring::create_memfd("viewer-test", 1 << 20).unwrap();
         p.follow(&source(&ring));
@@ -1235,7 +1517,11 @@ mod tests {
             p.events
         );
         // No keyframe in the ring yet: a fresh one is asked for.
-        assert!(p.events.contains(&Event::KeyframeWanted), "{:?}", p.events);
+        assert!(
+            p.events.contains(&Event::KeyframeWanted(Some(0))),
+            "{:?}",
+            p.events
+        );
         // A frame before the keyframe must not reach the viewer.
         write_frames(&ring, 6, p.clock.ring_us(p.now), true);
         p.viewer.handle(Input::RingWritten, p.now);
@@ -1274,7 +1560,7 @@ mod tests {
         p.client_alive = false;
         assert_eq!(
             p.viewer.poll_output(p.now),
-            Output::Event(Event::KeyframeWanted)
+            Output::Event(Event::KeyframeWanted(None))
         );
         let Output::Timeout(t) = p.viewer.poll_output(p.now) else {
             panic!("a timeout")

@@ -678,7 +678,8 @@ impl EventContext {
         let session = e.slot.session();
         match ev {
             Event::Connected { .. } => {}
-            Event::KeyframeWanted => session.request_keyframe(),
+            Event::KeyframeWanted(track) => session.request_keyframe(track),
+            Event::Layer(layer) => session.set_viewer_layer(e.viewer.id(), layer),
             Event::ControlOpen => {
                 let state = session.playback().state_event();
                 let viewers = session.viewer_count();
@@ -712,6 +713,7 @@ impl EventContext {
             }
             Event::Ended(reason) => {
                 tracing::info!(packets = e.viewer.sent(), "viewer ended: {reason}");
+                session.set_viewer_layer(e.viewer.id(), None);
                 e.on_end.run(&reason);
             }
         }

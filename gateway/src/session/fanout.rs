@@ -157,6 +157,8 @@ pub struct TrackMap {
     reanchor: bool,
     /// While catching up: source time runs this many times faster than the viewer's clock.
     compress: Option<Compress>,
+    /// The last packet sent did not end its frame.
+    mid_frame: bool,
 }
 
 /// Timestamp compression while a viewer catches up: the viewer's clock advances by the
@@ -190,7 +192,20 @@ impl TrackMap {
             requested: false,
             reanchor: true,
             compress: None,
+            mid_frame: false,
         }
+    }
+
+    /// The next packet is another layer's keyframe (a simulcast or ladder switch): timing
+    /// re-anchors there. If the last frame sent was cut short, one sequence number is left
+    /// out, so that the viewer's receiver sees that frame as incomplete and drops it rather
+    /// than decoding half of it (RFC 3550 numbering tells it a packet is missing).
+    pub fn new_layer(&mut self) {
+        if std::mem::take(&mut self.mid_frame) {
+            self.next_seq += 1;
+        }
+        self.last_in = None;
+        self.reanchor = true;
     }
 
     /// From the next packet on, the viewer's clock runs `speed` times slower than the
@@ -285,6 +300,7 @@ impl TrackMap {
             timestamp = base_out.wrapping_add(ticks.round() as i32 as u32);
         }
         self.last_out = Some((timestamp, capture_us.max(1)));
+        self.mid_frame = !hdr.marker;
         let seq = self.next_seq;
         self.next_seq += 1;
         Step::Send {
@@ -383,6 +399,26 @@ mod tests {
         let (seq, ts) = sent(t.step(&hdr(1, 4, 9_003_000, true), Flags::KEYFRAME, 100_000));
         assert_eq!(seq, 2);
         assert_eq!(ts, 3000 + 90000 * 67 / 1000);
+    }
+
+    #[test]
+    fn a_layer_switch_continues_numbering_and_leaves_a_gap_after_a_cut_frame() {
+        let mut t = TrackMap::new(96, 90000, true, 100, 0);
+        sent(t.step(&hdr(1, 50, 1000, true), Flags::KEYFRAME, 1_000_000));
+        // Half a frame of the old layer, then the new layer's keyframe (another SSRC, its
+        // own clock): one number is skipped, and time runs on by what passed.
+        sent(t.step(&hdr(1, 51, 4000, false), Flags::empty(), 1_033_000));
+        t.new_layer();
+        let (seq, ts) = sent(t.step(&hdr(2, 7000, 777_000, false), Flags::KEYFRAME, 1_066_000));
+        assert_eq!(seq, 103, "101 went to the cut frame, 102 is left out");
+        // The cut frame went out at the viewer's 3000; 33 ms later is 2970 ticks on.
+        assert_eq!(ts, 3000 + 90 * 33);
+        let (seq, _) = sent(t.step(&hdr(2, 7001, 777_000, true), Flags::empty(), 1_066_000));
+        assert_eq!(seq, 104);
+        // A switch after a whole frame leaves no gap.
+        t.new_layer();
+        let (seq, _) = sent(t.step(&hdr(1, 60, 9000, true), Flags::KEYFRAME, 1_100_000));
+        assert_eq!(seq, 105);
     }
 
     #[test]

@@ -12,9 +12,11 @@
 //! - `slots.rs`: who holds one of `max_transcoders` slots; idle holders give way.
 //! - `transcoder.rs`: one `wisp-transcoder` child: spawn with the ring, commands, events, stop.
 //! - `fanout.rs`: per-viewer payload type, sequence and timestamp rebasing, keyframe start.
+//! - `layers.rs`: a source's video layers (simulcast, a VOD ladder) and what is known of each.
 //! - `news.rs`: what a session tells its viewers' control channels: events and refusals.
 
 pub mod fanout;
+pub mod layers;
 pub mod news;
 pub mod slots;
 pub mod transcoder;
@@ -84,8 +86,12 @@ pub struct ReadySource {
     /// Payloads shared by the viewers of this source.
     pub payloads: crate::session::fanout::PayloadCache,
     pub generation: u64,
+    /// The video track (with layers, the first layer's).
     pub video_track: Option<u8>,
     pub audio_track: Option<u8>,
+    /// The video layers, each on its own track, when there are several (simulcast, a VOD
+    /// ladder); empty for one video track.
+    pub layers: Vec<layers::Layer>,
     pub width: u32,
     pub height: u32,
     pub fps: f64,
@@ -94,6 +100,23 @@ pub struct ReadySource {
     pub video_format: VideoFormat,
     /// What its records' capture times are, and so which latency they measure.
     pub capture: Capture,
+}
+
+impl ReadySource {
+    /// Whether `track` carries video (the video track, or one of the layers).
+    pub fn is_video(&self, track: u8) -> bool {
+        Some(track) == self.video_track || self.layers.iter().any(|l| l.track == track)
+    }
+
+    /// The layer on `track`.
+    pub fn layer(&self, track: u8) -> Option<&layers::Layer> {
+        self.layers.iter().find(|l| l.track == track)
+    }
+
+    /// The video track one-track readers (recordings, HLS) take: the best layer's.
+    pub fn main_video_track(&self) -> Option<u8> {
+        layers::top_track(&self.layers).or(self.video_track)
+    }
 }
 
 /// What the capture time of a source's records says.
@@ -130,17 +153,18 @@ enum Msg {
     Leave {
         egress: bool,
     },
-    KeyframeRequest,
+    /// A keyframe for this video track (a layer), or for whichever the source sends.
+    KeyframeRequest(Option<u8>),
     Control {
         id: Value,
         command: Command,
         reply: ReplyTo,
     },
     /// A live session's publisher is connected and writes into this source's ring; keyframe
-    /// requests go to `keyframes`.
+    /// requests (for a track, or any) go to `keyframes`.
     Published {
         source: Arc<ReadySource>,
-        keyframes: mpsc::UnboundedSender<()>,
+        keyframes: mpsc::UnboundedSender<Option<u8>>,
     },
     /// The publisher with this generation is gone.
     Unpublished {
@@ -277,6 +301,8 @@ pub struct Session {
     viewers_tx: watch::Sender<usize>,
     /// An edge relay's link to the session's node, while it runs.
     relay: Mutex<Option<RelayLink>>,
+    /// Each viewer's layer, by resource id, while the source has layers.
+    viewer_layers: Mutex<BTreeMap<String, ViewerLayer>>,
 }
 
 /// How a relayed session (`ingest/relay.rs`) reaches the node that holds it.
@@ -316,7 +342,7 @@ impl PublisherClaim {
     }
 
     /// The publisher is connected: viewers read `source` from now on.
-    pub fn announce(&self, source: Arc<ReadySource>, keyframes: mpsc::UnboundedSender<()>) {
+    pub fn announce(&self, source: Arc<ReadySource>, keyframes: mpsc::UnboundedSender<Option<u8>>) {
         let _ = self.session.tx.send(Msg::Published { source, keyframes });
     }
 }
@@ -448,6 +474,12 @@ pub struct SessionInfo {
     /// A live session whose publisher sends simulcast.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub simulcast: Option<SimulcastInfo>,
+    /// The source's video layers (simulcast, a VOD ladder), lowest quality first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<layers::LayerInfo>,
+    /// Each viewer's layer and bandwidth estimate, when the source has layers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub viewer_layers: Vec<ViewerLayer>,
     /// A live session's publisher's bits/s over the last second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingest_bitrate: Option<u64>,
@@ -476,24 +508,32 @@ pub struct SourceDesc {
     pub audio: Option<String>,
 }
 
-/// A simulcast publisher's layers and the one viewers get.
+/// The layer one viewer gets, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewerLayer {
+    /// The viewer's resource id.
+    pub viewer: String,
+    /// Its layer's RID.
+    pub layer: String,
+    /// Pinned to that layer by the viewer, rather than chosen.
+    pub pinned: bool,
+    /// Its send bandwidth estimate, bits/s (none without transport-wide CC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<u64>,
+    /// Layer switches so far.
+    pub switches: u64,
+}
+
+/// A simulcast publisher's layers (what each carries is in [`SessionInfo::layers`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct SimulcastInfo {
     /// The layers' RIDs, as offered.
     pub layers: Vec<String>,
-    /// The layer forwarded to every viewer (`None` until one shows a keyframe).
-    pub forwarding: Option<String>,
-    pub note: &'static str,
 }
 
 impl SimulcastInfo {
     pub fn new(layers: Vec<String>) -> Self {
-        Self {
-            layers,
-            forwarding: None,
-            note: "viewers get the layer with the highest bitrate; choosing a layer per viewer \
-                   is not supported yet",
-        }
+        Self { layers }
     }
 }
 
@@ -622,9 +662,10 @@ impl Session {
         })
     }
 
-    /// A viewer asks for a keyframe (PLI/FIR, or it just joined).
-    pub fn request_keyframe(&self) {
-        let _ = self.tx.send(Msg::KeyframeRequest);
+    /// A viewer asks for a keyframe (PLI/FIR, or it just joined) of the video layer on
+    /// `track`, or of whatever the source sends.
+    pub fn request_keyframe(&self, track: Option<u8>) {
+        let _ = self.tx.send(Msg::KeyframeRequest(track));
     }
 
     /// Unique for the gateway's life (a name may be reused after a session is removed).
@@ -687,7 +728,17 @@ impl Session {
     pub fn info(&self) -> SessionInfo {
         let source = self.source.borrow().clone();
         let live_size = self.picture_size.load(Ordering::Relaxed);
+        let top = match &source {
+            Source::Ready(r) => r
+                .main_video_track()
+                .and_then(|t| r.layer(t))
+                .map(|l| l.size())
+                .filter(|s| s.0 > 0),
+            _ => None,
+        };
+        let now_us = rtp_ring::now_us();
         let (width, height) = match &source {
+            _ if top.is_some() => (top.map(|s| s.0), top.map(|s| s.1)),
             Source::Ready(r) if r.width > 0 => (Some(r.width), Some(r.height)),
             // A publisher's, from its last keyframe.
             Source::Ready(_) if live_size > 0 => {
@@ -730,6 +781,20 @@ impl Session {
             ingest: *self.ingest.lock().expect("not poisoned"),
             relayed_from: self.relay().map(|l| l.owner),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
+            layers: match &source {
+                Source::Ready(r) => layers::by_quality(&r.layers)
+                    .into_iter()
+                    .map(|i| r.layers[i].info(now_us))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            viewer_layers: self
+                .viewer_layers
+                .lock()
+                .expect("not poisoned")
+                .values()
+                .cloned()
+                .collect(),
             ingest_bitrate: Some(self.ingest_bps.load(Ordering::Relaxed)).filter(|b| *b > 0),
             source: self.source_desc.lock().expect("not poisoned").clone(),
             spec: self.spec.clone(),
@@ -750,6 +815,31 @@ impl Session {
     pub fn set_relay_status(&self, status: Map<String, Value>) {
         if let Some(link) = self.relay.lock().expect("not poisoned").as_mut() {
             link.status = status;
+        }
+    }
+
+    /// Whether the session's video comes in layers to choose from (a simulcast publisher),
+    /// so that its viewers' bandwidth is worth estimating.
+    pub fn layered(&self) -> bool {
+        let now = matches!(&*self.source.borrow(), Source::Ready(r) if r.layers.len() > 1);
+        now || self
+            .simulcast
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|s| s.layers.len() > 1)
+    }
+
+    /// A viewer's layer changed (`None`: it left, or gets the only video there is).
+    pub fn set_viewer_layer(&self, viewer: &str, layer: Option<ViewerLayer>) {
+        let mut m = self.viewer_layers.lock().expect("not poisoned");
+        match layer {
+            Some(l) => {
+                m.insert(viewer.to_string(), l);
+            }
+            None => {
+                m.remove(viewer);
+            }
         }
     }
 
@@ -774,13 +864,6 @@ impl Session {
 
     pub fn set_simulcast(&self, info: Option<SimulcastInfo>) {
         *self.simulcast.lock().expect("not poisoned") = info;
-    }
-
-    /// The simulcast layer now forwarded.
-    pub fn set_simulcast_forwarding(&self, rid: &str) {
-        if let Some(info) = self.simulcast.lock().expect("not poisoned").as_mut() {
-            info.forwarding = Some(rid.to_string());
-        }
     }
 }
 
@@ -916,7 +999,7 @@ impl Registry {
             viewers: 0,
             egresses: 0,
             keyframes: None,
-            keyframe_throttle: KeyframeThrottle::default(),
+            keyframe_throttle: Throttles::default(),
         };
         tracing::info!(session = %name, "live session created");
         tokio::spawn(
@@ -957,6 +1040,7 @@ impl Registry {
             playback: Mutex::new(Playback::default()),
             publisher: Mutex::new(None),
             simulcast: Mutex::new(None),
+            viewer_layers: Mutex::new(BTreeMap::new()),
             ingest: Mutex::new(None),
             publishes: std::sync::atomic::AtomicU64::new(0),
             ingest_bps: std::sync::atomic::AtomicU64::new(0),
@@ -1093,7 +1177,8 @@ impl SessionTask {
                 }
             }
             Msg::GiveWay { taker, lease } => self.give_way(&taker, lease).await,
-            Msg::KeyframeRequest => {
+            // A transcoder's layers have their keyframes together: one request for all.
+            Msg::KeyframeRequest(_) => {
                 self.runtime
                     .metrics
                     .keyframe_requests
@@ -1318,6 +1403,7 @@ impl SessionTask {
                         generation: self.generation,
                         video_track: find("video"),
                         audio_track: find("audio"),
+                        layers: Vec::new(),
                         width,
                         height,
                         fps,
@@ -1483,15 +1569,16 @@ struct LiveTask {
     viewers: usize,
     egresses: usize,
     /// The connected publisher's keyframe requests.
-    keyframes: Option<mpsc::UnboundedSender<()>>,
-    keyframe_throttle: KeyframeThrottle,
+    keyframes: Option<mpsc::UnboundedSender<Option<u8>>>,
+    keyframe_throttle: Throttles,
 }
 
 impl LiveTask {
     async fn run(mut self) {
         self.update_idle();
         loop {
-            let keyframe_at = self.keyframe_throttle.deferred_until();
+            let deferred = self.keyframe_throttle.next_deferred();
+            let keyframe_at = deferred.map(|d| d.1);
             let idle_at = self.idle_since.map(|t| t + self.idle_timeout);
             tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -1502,8 +1589,9 @@ impl LiveTask {
                     None => break,
                 },
                 _ = sleep_until(keyframe_at) => {
-                    self.keyframe_throttle.due();
-                    self.send_keyframe_request();
+                    let track = deferred.map(|d| d.0).unwrap_or_default();
+                    self.keyframe_throttle.get(track).due();
+                    self.send_keyframe_request(track);
                 }
                 _ = sleep_until(idle_at) => {
                     if self.remove_if_unused() {
@@ -1535,12 +1623,12 @@ impl LiveTask {
                 self.viewers = self.viewers.saturating_sub(1);
                 self.publish_viewers();
             }
-            Msg::KeyframeRequest => {
+            Msg::KeyframeRequest(track) => {
                 self.metrics
                     .keyframe_requests
                     .fetch_add(1, Ordering::Relaxed);
-                if self.keyframe_throttle.request() {
-                    self.send_keyframe_request();
+                if self.keyframe_throttle.get(track).request() {
+                    self.send_keyframe_request(track);
                 }
             }
             Msg::Control { id, command, reply } => {
@@ -1624,10 +1712,10 @@ impl LiveTask {
         true
     }
 
-    fn send_keyframe_request(&mut self) {
+    fn send_keyframe_request(&mut self, track: Option<u8>) {
         let Some(k) = &self.keyframes else { return };
-        self.keyframe_throttle.sent();
-        if k.send(()).is_ok() {
+        self.keyframe_throttle.get(track).sent();
+        if k.send(track).is_ok() {
             self.metrics
                 .keyframe_requests_sent
                 .fetch_add(1, Ordering::Relaxed);
@@ -1668,6 +1756,32 @@ impl KeyframeThrottle {
             .then(|| self.last.map(|t| t + KEYFRAME_INTERVAL))
             .flatten()
             .map(tokio::time::Instant::from_std)
+    }
+}
+
+/// A [`KeyframeThrottle`] per video layer of a live source (a layer's keyframe does nothing
+/// for the others' viewers), and one for requests for any.
+#[derive(Debug, Default)]
+struct Throttles(Vec<(Option<u8>, KeyframeThrottle)>);
+
+impl Throttles {
+    fn get(&mut self, track: Option<u8>) -> &mut KeyframeThrottle {
+        let i = match self.0.iter().position(|(t, _)| *t == track) {
+            Some(i) => i,
+            None => {
+                self.0.push((track, KeyframeThrottle::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    /// The deferred request due first: its track and when.
+    fn next_deferred(&self) -> Option<(Option<u8>, tokio::time::Instant)> {
+        self.0
+            .iter()
+            .filter_map(|(t, k)| k.deferred_until().map(|at| (*t, at)))
+            .min_by_key(|(_, at)| *at)
     }
 }
 

@@ -1,0 +1,327 @@
+//! Which of a source's video layers one viewer gets: the one it pinned, else the best that its
+//! window asks for and its bandwidth estimate carries. Plain state on a caller's clock, no I/O:
+//! the viewer (`rtc/viewer.rs`) feeds it the layers and str0m's estimate and carries out the
+//! switch at the new layer's keyframe (`rtc/feed.rs`).
+//!
+//! Hysteresis: down at once when the current layer no longer fits the estimate; up only when
+//! the higher layer fits with room to spare ([`UP_SHARE`]) for [`UP_HOLD`], and not within
+//! [`UP_AFTER_DOWN`] of a move down, so a viewer on a path near a layer's rate does not flap.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// A higher layer is taken when its bitrate is at most this share of the estimate (the rest
+/// is audio, retransmissions and the estimate's own noise).
+pub const UP_SHARE: f64 = 0.8;
+/// The current layer is kept while its bitrate is at most the estimate.
+pub const KEEP_SHARE: f64 = 1.0;
+/// How long a higher layer must keep fitting before the viewer moves up.
+pub const UP_HOLD: Duration = Duration::from_millis(1500);
+/// No move up this soon after a move down.
+pub const UP_AFTER_DOWN: Duration = Duration::from_secs(4);
+
+/// A layer the viewer could get, as the chooser sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub track: u8,
+    pub rid: String,
+    /// 0: not known yet.
+    pub width: u32,
+    pub height: u32,
+    /// Bits/s; 0: not measured yet.
+    pub bitrate: u64,
+}
+
+/// What the viewer asked for (`{"op":"layer"}`, the WHEP layer extension). The default is
+/// automatic with no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Wish {
+    /// A layer pinned by name; automatic if `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    /// The largest picture it wants (its window, its decoder's limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_height: Option<u32>,
+}
+
+impl Wish {
+    pub fn is_auto(&self) -> bool {
+        self.rid.is_none()
+    }
+}
+
+/// Why the chooser picked what it did (logged and counted with the switch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first layer, or the current one stopped.
+    Start,
+    Pinned,
+    /// The estimate fell below the current layer's rate.
+    Down,
+    /// The estimate has carried a higher layer for a while.
+    Up,
+    /// The viewer's size limit or pin changed.
+    Asked,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::Pinned => "pinned",
+            Reason::Down => "bandwidth down",
+            Reason::Up => "bandwidth up",
+            Reason::Asked => "asked",
+        }
+    }
+}
+
+/// One viewer's layer choice over time.
+#[derive(Debug, Default)]
+pub struct Chooser {
+    wish: Wish,
+    /// The wish changed since the last choice: act at once.
+    asked: bool,
+    last_down: Option<Instant>,
+    /// A higher layer that fits, and since when.
+    up_since: Option<(u8, Instant)>,
+}
+
+impl Chooser {
+    pub fn wish(&self) -> &Wish {
+        &self.wish
+    }
+
+    /// The viewer's new wish; the next choice follows it without waiting.
+    pub fn set_wish(&mut self, wish: Wish) {
+        self.wish = wish;
+        self.asked = true;
+        self.up_since = None;
+    }
+
+    /// The layer (track) the viewer should get, with why, if it is not `current`.
+    /// `layers` are the active ones, lowest quality first; `estimate` is the viewer's
+    /// bandwidth estimate in bits/s, if there is one.
+    pub fn choose(
+        &mut self,
+        layers: &[Candidate],
+        current: Option<u8>,
+        estimate: Option<u64>,
+        now: Instant,
+    ) -> Option<(u8, Reason)> {
+        let asked = std::mem::take(&mut self.asked);
+        let pick = self.pick(layers, current, estimate, now, asked)?;
+        (Some(pick.0) != current).then_some(pick)
+    }
+
+    fn pick(
+        &mut self,
+        layers: &[Candidate],
+        current: Option<u8>,
+        estimate: Option<u64>,
+        now: Instant,
+        asked: bool,
+    ) -> Option<(u8, Reason)> {
+        let lowest = layers.first()?;
+        if let Some(rid) = &self.wish.rid
+            && let Some(l) = layers.iter().find(|l| &l.rid == rid)
+        {
+            return Some((l.track, Reason::Pinned));
+        }
+        let within = |l: &&Candidate| {
+            self.wish.max_width.is_none_or(|m| l.width <= m)
+                && self.wish.max_height.is_none_or(|m| l.height <= m)
+        };
+        let mut eligible: Vec<&Candidate> = layers.iter().filter(within).collect();
+        if eligible.is_empty() {
+            eligible.push(lowest);
+        }
+        let start = if asked { Reason::Asked } else { Reason::Start };
+        let Some(estimate) = estimate else {
+            // No estimate (yet): the best the viewer asked for.
+            let top = eligible.last().expect("not empty");
+            return Some((top.track, start));
+        };
+        let fits = |l: &Candidate, share: f64| l.bitrate as f64 <= estimate as f64 * share;
+        let best_up = eligible
+            .iter()
+            .rposition(|l| fits(l, UP_SHARE))
+            .unwrap_or(0);
+        let Some(cur) = eligible.iter().position(|l| Some(l.track) == current) else {
+            // Nothing yet, or the current layer stopped or is no longer wanted.
+            self.up_since = None;
+            return Some((eligible[best_up].track, start));
+        };
+        if !fits(eligible[cur], KEEP_SHARE) && cur > 0 {
+            self.up_since = None;
+            self.last_down = Some(now);
+            let to = best_up.min(cur - 1);
+            return Some((eligible[to].track, Reason::Down));
+        }
+        if best_up > cur {
+            let target = eligible[best_up].track;
+            let since = match self.up_since {
+                Some((t, at)) if t == target => at,
+                _ => {
+                    self.up_since = Some((target, now));
+                    now
+                }
+            };
+            let settled = self
+                .last_down
+                .is_none_or(|d| now.duration_since(d) >= UP_AFTER_DOWN);
+            if now.duration_since(since) >= UP_HOLD && settled {
+                self.up_since = None;
+                return Some((target, Reason::Up));
+            }
+        } else {
+            self.up_since = None;
+        }
+        Some((eligible[cur].track, Reason::Start))
+    }
+}
+
+/// The rates str0m's estimator should work toward for a viewer on `current`: sustain the
+/// current layer (padding to it, `minimum`) and probe for the next one up with the room a
+/// move up needs (`desired`), so that a viewer whose path improved finds out. On the top
+/// layer, probe for the room to stay.
+pub fn targets(layers: &[Candidate], current: Option<u8>) -> Option<(u64, u64)> {
+    let cur = layers.iter().position(|l| Some(l.track) == current)?;
+    let now = layers[cur].bitrate;
+    let next = layers.get(cur + 1).map_or(now, |l| l.bitrate);
+    let desired = (next as f64 / UP_SHARE).round() as u64;
+    Some((now, desired.max(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder() -> Vec<Candidate> {
+        [
+            (3, "q", 320, 180, 150_000),
+            (2, "h", 640, 360, 500_000),
+            (0, "f", 1280, 720, 1_500_000),
+        ]
+        .into_iter()
+        .map(|(track, rid, width, height, bitrate)| Candidate {
+            track,
+            rid: rid.into(),
+            width,
+            height,
+            bitrate,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn without_an_estimate_the_best_layer_the_window_takes() {
+        let t0 = Instant::now();
+        let mut c = Chooser::default();
+        assert_eq!(
+            c.choose(&ladder(), None, None, t0),
+            Some((0, Reason::Start))
+        );
+        assert_eq!(c.choose(&ladder(), Some(0), None, t0), None, "no change");
+        c.set_wish(Wish {
+            max_height: Some(400),
+            ..Wish::default()
+        });
+        assert_eq!(
+            c.choose(&ladder(), Some(0), None, t0),
+            Some((2, Reason::Asked))
+        );
+        c.set_wish(Wish {
+            max_height: Some(100),
+            ..Wish::default()
+        });
+        assert_eq!(
+            c.choose(&ladder(), Some(2), None, t0).map(|c| c.0),
+            Some(3),
+            "nothing fits: the lowest"
+        );
+        assert_eq!(c.choose(&[], Some(2), None, t0), None);
+    }
+
+    #[test]
+    fn a_pinned_layer_is_kept_whatever_the_estimate() {
+        let t0 = Instant::now();
+        let mut c = Chooser::default();
+        c.set_wish(Wish {
+            rid: Some("h".into()),
+            ..Wish::default()
+        });
+        assert_eq!(
+            c.choose(&ladder(), Some(0), Some(100_000), t0),
+            Some((2, Reason::Pinned))
+        );
+        assert_eq!(c.choose(&ladder(), Some(2), Some(50_000_000), t0), None);
+        // A pinned layer that stopped sending: automatic until it is back.
+        let without_h: Vec<Candidate> = ladder().into_iter().filter(|l| l.rid != "h").collect();
+        assert_eq!(
+            c.choose(&without_h, Some(2), Some(50_000_000), t0),
+            Some((0, Reason::Start))
+        );
+    }
+
+    #[test]
+    fn down_at_once_up_after_a_hold_and_never_straight_after_a_fall() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Chooser::default();
+        // 3 Mb/s carries the top layer.
+        assert_eq!(
+            c.choose(&ladder(), None, Some(3_000_000), s(0))
+                .map(|c| c.0),
+            Some(0)
+        );
+        // The path falls to 450 kb/s: straight down to what fits with room (q).
+        assert_eq!(
+            c.choose(&ladder(), Some(0), Some(450_000), s(100)),
+            Some((3, Reason::Down))
+        );
+        // Between the shares, nothing moves: h fits the keep share but not the up share.
+        assert_eq!(c.choose(&ladder(), Some(3), Some(600_000), s(3000)), None);
+        // The path is back: up once it held for 1.5 s, and 4 s after the fall.
+        assert_eq!(c.choose(&ladder(), Some(3), Some(3_000_000), s(3200)), None);
+        assert_eq!(
+            c.choose(&ladder(), Some(3), Some(3_000_000), s(4000)),
+            None,
+            "not held long enough, too soon after the fall"
+        );
+        assert_eq!(
+            c.choose(&ladder(), Some(3), Some(3_000_000), s(4800)),
+            Some((0, Reason::Up))
+        );
+        // A dip that still carries the layer changes nothing.
+        assert_eq!(c.choose(&ladder(), Some(0), Some(1_600_000), s(9000)), None);
+        // An estimate that wavers around the next layer's rate resets the hold.
+        let mut c = Chooser::default();
+        c.choose(&ladder(), None, Some(200_000), s(0));
+        assert_eq!(c.choose(&ladder(), Some(3), Some(700_000), s(5000)), None);
+        assert_eq!(c.choose(&ladder(), Some(3), Some(500_000), s(6000)), None);
+        assert_eq!(
+            c.choose(&ladder(), Some(3), Some(700_000), s(6600)),
+            None,
+            "hold restarted"
+        );
+        assert_eq!(
+            c.choose(&ladder(), Some(3), Some(700_000), s(8100)),
+            Some((2, Reason::Up))
+        );
+    }
+
+    #[test]
+    fn the_estimator_probes_toward_the_next_layer() {
+        assert_eq!(targets(&ladder(), Some(3)), Some((150_000, 625_000)));
+        assert_eq!(
+            targets(&ladder(), Some(0)),
+            Some((1_500_000, 1_875_000)),
+            "on top: room to stay"
+        );
+        assert_eq!(targets(&ladder(), Some(9)), None);
+    }
+}
