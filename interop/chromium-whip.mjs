@@ -5,6 +5,8 @@
 // With `simulcast`, video goes out as three layers (RIDs q, h, f: a quarter, half and full size).
 // With `noise`, the video is a 640x360 canvas of fresh random pixels every frame, which no
 // encoder can compress: the publisher sends as much as its bandwidth estimate allows.
+// `simulcast+noise` sends that canvas as the three layers, each at its maxBitrate once the
+// publisher's estimate allows.
 // With `restart`, halfway through it checks that its trickle PATCH got 204, then restarts ICE
 // (`client.restart()`: PATCH with If-Match "*", 200, new ufrag) and keeps publishing.
 // Prints a JSON line once connected and a last one after SECONDS (default 15) of publishing;
@@ -14,7 +16,7 @@ import { launchChromium, localUfrag, recordFetches, serveThirdPartyPage, trickle
 
 const [base, token, session, secondsArg = "15", mode = ""] = process.argv.slice(2);
 if (!base || !token || !session) {
-  console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [restart|simulcast|noise|profile=PLID]");
+  console.error("usage: node chromium-whip.mjs BASE_URL TOKEN SESSION [SECONDS] [restart|simulcast|noise|simulcast+noise|profile=PLID]");
   process.exit(2);
 }
 const seconds = Number(secondsArg);
@@ -80,8 +82,9 @@ const p = await ctx.newPage();
 const consoleLines = [];
 p.on("console", (m) => consoleLines.push(m.text()));
 const endpoint = `${base}/whip/${session}`;
-// Modes: restart, simulcast, noise, or profile=PLID (offer that H.264 profile only).
+// Modes: restart, simulcast, noise, simulcast+noise, or profile=PLID (offer that H.264 profile only).
 const simulcast = mode === "simulcast" ? "&simulcast=1" : mode === "noise" ? "&noise=1"
+  : mode === "simulcast+noise" ? "&simulcast=1&noise=1"
   : mode.startsWith("profile=") ? `&profile=${mode.slice(8)}` : "";
 await p.goto(`${origin}/?url=${encodeURIComponent(endpoint)}&token=${encodeURIComponent(token)}${simulcast}`);
 

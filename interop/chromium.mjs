@@ -25,7 +25,10 @@ export async function serveThirdPartyPage(page, script, pkg = "whip-whep") {
   return { server, origin: `http://127.0.0.1:${server.address().port}` };
 }
 
+// FAKE_VIDEO=file.y4m: the fake camera shows that file (looped) instead of its test pattern,
+// for content that takes real bitrate to encode.
 export function launchChromium() {
+  const fake = process.env.FAKE_VIDEO ? [`--use-file-for-fake-video-capture=${process.env.FAKE_VIDEO}`] : [];
   return chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: [
@@ -33,6 +36,7 @@ export function launchChromium() {
       "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
       "--allow-loopback-in-peer-connection", "--disable-background-networking",
       "--disable-features=WebRtcHideLocalIpsWithMdns", "--autoplay-policy=no-user-gesture-required",
+      ...fake,
     ],
   });
 }

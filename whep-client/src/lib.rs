@@ -61,6 +61,25 @@ pub struct Options {
     /// Ends the watch (successfully, with the DELETE) when it fires or its sender is
     /// dropped.
     pub stop: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// A layer request (`{"op":"layer",…}`) to send on a `control` channel opened for it.
+    /// Unlike [`Options::control`], the watch ends as it would without it; the server's
+    /// `layer` events are kept in [`Summary::layer_events`].
+    pub layer: Option<String>,
+    /// A slow path: what arrives is passed on at this rate, the rest queued and dropped.
+    pub limit: Option<Limit>,
+    /// Each complete video frame is appended here as it came (Annex B for H.264), for a
+    /// decoder to check.
+    pub video_out: Option<std::fs::File>,
+}
+
+/// A path of limited rate in front of the client, shaped in user space: datagrams leave
+/// its queue at `bps`, and one that would wait longer than `queue` is dropped (a router's
+/// buffer). After `for_time` from the start the path is unlimited.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub bps: u64,
+    pub queue: Duration,
+    pub for_time: Option<Duration>,
 }
 
 /// What [`Options::media_out`] gets.
@@ -92,8 +111,80 @@ impl Default for Options {
             linger: None,
             media_out: None,
             stop: None,
+            layer: None,
+            limit: None,
+            video_out: None,
         }
     }
+}
+
+/// Datagrams held back by a [`Limit`].
+#[derive(Debug)]
+struct Shaper {
+    limit: Limit,
+    ends: Option<Instant>,
+    queue: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
+    /// When the link is free again.
+    free_at: Instant,
+    dropped: u64,
+    passed: u64,
+}
+
+impl Shaper {
+    fn new(limit: Limit, started: Instant) -> Self {
+        Self {
+            limit,
+            ends: limit.for_time.map(|d| started + d),
+            queue: std::collections::VecDeque::new(),
+            free_at: started,
+            dropped: 0,
+            passed: 0,
+        }
+    }
+
+    /// Whether the path still limits at `now`.
+    fn limiting(&self, now: Instant) -> bool {
+        self.ends.is_none_or(|e| now < e)
+    }
+
+    /// Queues a datagram that arrived at `now` (or drops it: the queue is full).
+    fn push(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let start = self.free_at.max(now);
+        if start.duration_since(now) > self.limit.queue {
+            self.dropped += 1;
+            return;
+        }
+        let wire = Duration::from_secs_f64((data.len() + 28) as f64 * 8.0 / self.limit.bps as f64);
+        self.free_at = start + wire;
+        self.queue.push_back((self.free_at, from, data.to_vec()));
+    }
+
+    /// The next datagram due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+        let due = self
+            .queue
+            .front()
+            .is_some_and(|(t, _, _)| *t <= now || !self.limiting(now));
+        if !due {
+            return None;
+        }
+        self.passed += 1;
+        self.queue.pop_front().map(|(_, a, d)| (a, d))
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|(t, _, _)| *t)
+    }
+}
+
+/// One run of video at one picture size, as [`Summary::sizes`] lists them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct SizeRun {
+    /// POST sent → its first frame, ms.
+    pub at_ms: u64,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u64,
 }
 
 /// A complete video frame, as [`Options::frames_out`] reports it.
@@ -171,6 +262,8 @@ struct ControlRun {
     waiting_since: Option<Instant>,
     /// When the last reply came.
     answered_at: Option<Instant>,
+    /// A layer request to send when the channel opens ([`Options::layer`]).
+    layer: Option<String>,
 }
 
 /// What a viewer saw. Printed as JSON by the CLI.
@@ -224,6 +317,20 @@ pub struct Summary {
     /// SRTP/SRTCP packets that arrived later than 250 ms after the DELETE's answer (with
     /// [`Options::linger`]; a server that revoked consent sends none).
     pub packets_after_delete: Option<u64>,
+    /// The video's picture sizes in the order they came (a server switching layers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sizes: Vec<SizeRun>,
+    /// The server's `layer` events (with [`Options::layer`]), each with `at_ms` added, and
+    /// the reply to the layer request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layer_events: Vec<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_reply: Option<serde_json::Value>,
+    /// Datagrams the [`Options::limit`] path dropped and passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_dropped: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_passed: Option<u64>,
 }
 
 /// How long `play` waits for audio the answer promised once its frames have come.
@@ -343,10 +450,11 @@ pub async fn watch(
     let mut api = rtc.sdp_api();
     let video_mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let audio_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    if control.is_some() {
+    if control.is_some() || opts.layer.is_some() {
         api.add_channel("control".into());
     }
     let (offer, pending) = api.apply().expect("adding media makes an offer");
+    let mut shaper = opts.limit.map(|l| Shaper::new(l, started));
 
     let Posted {
         location,
@@ -393,10 +501,14 @@ pub async fn watch(
     }
     let mut tally = Tally::new(video_mid, audio_mid, opts.frames_out.take());
     tally.media_out = opts.media_out.take();
+    tally.video_out = opts.video_out.take();
+    let mut ctl = ControlRun {
+        layer: opts.layer.take(),
+        ..ControlRun::default()
+    };
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
     let mut end = opts.duration.map(|d| started + d);
-    let mut ctl = ControlRun::default();
     // When the wanted frames had all come.
     let mut frames_done: Option<Instant> = None;
     let result = 'run: loop {
@@ -522,6 +634,9 @@ pub async fn watch(
         if let Some(e) = end {
             wake = wake.min(e);
         }
+        if let Some(t) = shaper.as_ref().and_then(Shaper::next_due) {
+            wake = wake.min(t);
+        }
         let open = ctl.channel.filter(|_| !ctl.closed);
         tokio::select! {
             _ = stopped(&mut opts.stop) => break Ok(()),
@@ -546,6 +661,10 @@ pub async fn watch(
                 let now = Instant::now();
                 let mut failed = None;
                 for dg in buf[..meta.len].chunks(meta.stride.max(1)) {
+                    if let Some(sh) = shaper.as_mut().filter(|s| s.limiting(now)) {
+                        sh.push(now, meta.addr, dg);
+                        continue;
+                    }
                     let Ok(input) = Receive::new(Protocol::Udp, meta.addr, local, dg) else {
                         continue;
                     };
@@ -566,6 +685,37 @@ pub async fn watch(
                 if let Err(e) = rtc.handle_input(Input::Timeout(Instant::now())) {
                     break Err(ClientError::Rtc(e.to_string()));
                 }
+            }
+        }
+        // What the slow path lets through by now.
+        if let Some(sh) = shaper.as_mut() {
+            let now = Instant::now();
+            let mut failed = None;
+            while let Some((from, dg)) = sh.pop_due(now) {
+                let Ok(input) = Receive::new(Protocol::Udp, from, local, &dg) else {
+                    continue;
+                };
+                if let Err(e) = rtc.handle_input(Input::Receive(now, input)) {
+                    failed = Some(ClientError::Rtc(e.to_string()));
+                    break;
+                }
+                if let Err(e) = poll(
+                    &mut rtc,
+                    &socket,
+                    &control,
+                    &mut ctl,
+                    &mut tally,
+                    &mut summary,
+                    started,
+                ) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            summary.limit_dropped = Some(sh.dropped);
+            summary.limit_passed = Some(sh.passed);
+            if let Some(e) = failed {
+                break Err(e);
             }
         }
     };
@@ -1157,9 +1307,14 @@ fn poll(
             }
             Ok(Output::Event(Event::ChannelOpen(id, label))) if label == "control" => {
                 ctl.channel = Some(id);
+                if let (Some(req), Some(mut ch)) = (ctl.layer.take(), rtc.channel(id)) {
+                    ch.write(false, req.as_bytes())
+                        .map_err(|e| ClientError::Control(e.to_string()))?;
+                }
             }
             Ok(Output::Event(Event::ChannelData(d))) if Some(d.id) == ctl.channel => {
                 let text = String::from_utf8_lossy(&d.data).into_owned();
+                on_layer_message(&text, summary, started);
                 if let Some(c) = control {
                     on_control_message(&text, ctl, summary);
                     let _ = c.messages.send(text);
@@ -1276,6 +1431,24 @@ fn send_request(
 }
 
 /// Counts a reply (a message with `id` and `ok` or `error`); events pass through.
+/// Keeps the server's `layer` events and the reply to a layer request (`"op":"layer"`
+/// requests carry the id `"layer"`).
+fn on_layer_message(text: &str, summary: &mut Summary, started: Instant) {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return;
+    };
+    if m.get("event").and_then(|e| e.as_str()) == Some("layer") {
+        m.insert(
+            "at_ms".into(),
+            serde_json::json!(started.elapsed().as_millis() as u64),
+        );
+        summary.layer_events.push(serde_json::Value::Object(m));
+    } else if m.get("id").and_then(|i| i.as_str()) == Some("layer") {
+        summary.layer_reply = Some(serde_json::Value::Object(m));
+    }
+}
+
 fn on_control_message(text: &str, ctl: &mut ControlRun, summary: &mut Summary) {
     let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(text) else {
         return;
@@ -1329,6 +1502,8 @@ struct Tally {
     media_out: Option<UnboundedSender<Media>>,
     /// When the ICE-restart PATCH went out.
     restart_sent: Option<Instant>,
+    /// Where complete video frames are written ([`Options::video_out`]).
+    video_out: Option<std::fs::File>,
 }
 
 impl Tally {
@@ -1345,6 +1520,7 @@ impl Tally {
             frames_out,
             media_out: None,
             restart_sent: None,
+            video_out: None,
         }
     }
 
@@ -1406,11 +1582,27 @@ impl Tally {
                 if !d.contiguous && s.video_frames > 1 {
                     s.discontinuities += 1;
                 }
-                if s.width.is_none()
-                    && let Some((w, h)) = media::dimensions(&codec.to_string(), &d.data)
-                {
-                    s.width = Some(w);
-                    s.height = Some(h);
+                if let Some(out) = self.video_out.as_mut() {
+                    use std::io::Write;
+                    if let Err(e) = out.write_all(&d.data) {
+                        tracing::warn!("video not written: {e}");
+                        self.video_out = None;
+                    }
+                }
+                if keyframe && let Some((w, h)) = media::dimensions(&codec.to_string(), &d.data) {
+                    s.width.get_or_insert(w);
+                    s.height.get_or_insert(h);
+                    if s.sizes.last().is_none_or(|r| (r.width, r.height) != (w, h)) {
+                        s.sizes.push(SizeRun {
+                            at_ms: ms(),
+                            width: w,
+                            height: h,
+                            frames: 0,
+                        });
+                    }
+                }
+                if let Some(run) = s.sizes.last_mut() {
+                    run.frames += 1;
                 }
             }
             Event::MediaData(d) if d.mid == self.audio_mid => {

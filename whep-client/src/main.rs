@@ -77,6 +77,24 @@ struct PlayArgs {
     /// --timeout starts.
     #[arg(long, value_name = "SECONDS")]
     wait: Option<f64>,
+    /// Ask for this video layer (a RID the session's `layers` list) over the control
+    /// channel; `auto` lets the server choose. The server's `layer` events are reported.
+    #[arg(long, value_name = "RID")]
+    layer: Option<String>,
+    /// Ask the server for layers no taller than this (a small window).
+    #[arg(long, value_name = "PIXELS")]
+    max_height: Option<u32>,
+    /// Receive through a slow path of this many kbit/s (shaped here, with a 300 ms queue;
+    /// what does not fit is dropped).
+    #[arg(long, value_name = "KBPS")]
+    limit_kbps: Option<u64>,
+    /// Lift --limit-kbps this many seconds after the start.
+    #[arg(long, value_name = "SECONDS", requires = "limit_kbps")]
+    limit_for: Option<f64>,
+    /// Append every complete video frame to this file (Annex B for H.264), for a decoder to
+    /// check.
+    #[arg(long, value_name = "FILE")]
+    video_out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,7 +297,42 @@ async fn play(args: PlayArgs) -> ExitCode {
         restart_after,
         linger,
         wait,
+        layer,
+        max_height,
+        limit_kbps,
+        limit_for,
+        video_out,
     } = args;
+    if limit_kbps.is_some_and(|k| k == 0) || limit_for.is_some_and(|f| !(0.0..=3600.0).contains(&f))
+    {
+        eprintln!("whep-client: --limit-kbps takes a positive rate, --limit-for 0 to 3600 seconds");
+        return ExitCode::FAILURE;
+    }
+    let layer_request = (layer.is_some() || max_height.is_some()).then(|| {
+        let mut r = json!({"id": "layer", "op": "layer"});
+        if let Some(rid) = layer.filter(|l| l != "auto") {
+            r["rid"] = json!(rid);
+        }
+        if let Some(h) = max_height {
+            r["maxHeight"] = json!(h);
+        }
+        r.to_string()
+    });
+    let limit = limit_kbps.map(|k| whep_client::Limit {
+        bps: k * 1000,
+        queue: Duration::from_millis(300),
+        for_time: limit_for.map(Duration::from_secs_f64),
+    });
+    let video_out = match video_out {
+        Some(path) => match std::fs::File::create(&path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("whep-client: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     if restart_after.is_some_and(|n| n >= frames) {
         eprintln!("whep-client: --restart-after must be below --frames");
         return ExitCode::FAILURE;
@@ -318,6 +371,9 @@ async fn play(args: PlayArgs) -> ExitCode {
         trickle,
         restart_after,
         linger: linger.map(Duration::from_secs_f64),
+        layer: layer_request.clone(),
+        limit,
+        video_out: video_out.as_ref().and_then(|f| f.try_clone().ok()),
         ..Options::default()
     };
     let waiting_until = wait.map(|w| std::time::Instant::now() + Duration::from_secs_f64(w));

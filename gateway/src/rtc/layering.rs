@@ -3,8 +3,9 @@
 //! the viewer (`rtc/viewer.rs`) feeds it the layers and str0m's estimate and carries out the
 //! switch at the new layer's keyframe (`rtc/feed.rs`).
 //!
-//! Hysteresis: down at once when the current layer no longer fits the estimate; up only when
-//! the higher layer fits with room to spare ([`UP_SHARE`]) for [`UP_HOLD`], and not within
+//! Hysteresis: down once the current layer has not fitted the estimate for [`DOWN_HOLD`] (a
+//! keyframe's burst in the layer's measured rate is not a fall); up only when the higher
+//! layer fits with room to spare ([`UP_SHARE`]) for [`UP_HOLD`], and not within
 //! [`UP_AFTER_DOWN`] of a move down, so a viewer on a path near a layer's rate does not flap.
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,8 @@ use serde::Serialize;
 pub const UP_SHARE: f64 = 0.8;
 /// The current layer is kept while its bitrate is at most the estimate.
 pub const KEEP_SHARE: f64 = 1.0;
+/// How long the current layer must not fit before the viewer moves down.
+pub const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// How long a higher layer must keep fitting before the viewer moves up.
 pub const UP_HOLD: Duration = Duration::from_millis(1500);
 /// No move up this soon after a move down.
@@ -88,6 +91,8 @@ pub struct Chooser {
     last_down: Option<Instant>,
     /// A higher layer that fits, and since when.
     up_since: Option<(u8, Instant)>,
+    /// Since when the current layer does not fit.
+    down_since: Option<Instant>,
 }
 
 impl Chooser {
@@ -157,10 +162,16 @@ impl Chooser {
         };
         if !fits(eligible[cur], KEEP_SHARE) && cur > 0 {
             self.up_since = None;
+            let since = *self.down_since.get_or_insert(now);
+            if now.duration_since(since) < DOWN_HOLD {
+                return Some((eligible[cur].track, Reason::Start));
+            }
+            self.down_since = None;
             self.last_down = Some(now);
             let to = best_up.min(cur - 1);
             return Some((eligible[to].track, Reason::Down));
         }
+        self.down_since = None;
         if best_up > cur {
             let target = eligible[best_up].track;
             let since = match self.up_since {
@@ -268,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn down_at_once_up_after_a_hold_and_never_straight_after_a_fall() {
+    fn down_and_up_after_holds_and_never_up_straight_after_a_fall() {
         let t0 = Instant::now();
         let s = |ms: u64| t0 + Duration::from_millis(ms);
         let mut c = Chooser::default();
@@ -278,9 +289,13 @@ mod tests {
                 .map(|c| c.0),
             Some(0)
         );
-        // The path falls to 450 kb/s: straight down to what fits with room (q).
+        // The path falls to 450 kb/s: once that held for half a second, straight down to
+        // what fits with room (q). A moment's dip is not a fall.
+        assert_eq!(c.choose(&ladder(), Some(0), Some(450_000), s(20)), None);
+        assert_eq!(c.choose(&ladder(), Some(0), Some(3_000_000), s(60)), None);
+        assert_eq!(c.choose(&ladder(), Some(0), Some(450_000), s(100)), None);
         assert_eq!(
-            c.choose(&ladder(), Some(0), Some(450_000), s(100)),
+            c.choose(&ladder(), Some(0), Some(450_000), s(600)),
             Some((3, Reason::Down))
         );
         // Between the shares, nothing moves: h fits the keep share but not the up share.

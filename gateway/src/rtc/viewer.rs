@@ -1165,6 +1165,7 @@ mod tests {
     use crate::rtc::offer::{Offer, Served};
     use crate::session::Capture;
     use crate::session::fanout::PayloadCache;
+    use crate::session::layers::Layer;
 
     const SERVER: &str = "10.0.0.1:8443";
     const CLIENT: &str = "10.0.0.2:5000";
@@ -1541,6 +1542,118 @@ mod tests {
             );
         }
         assert_eq!(p.viewer.sent(), 3 + 5 + 6, "all but the stray frame");
+    }
+
+    #[test]
+    fn a_viewer_pinned_to_a_layer_moves_there_at_its_keyframe_without_a_break() {
+        let mut p = Pair::new(true, true, grant(UNIX_AT_START + 3600, &[Scope::View]));
+        let ring = Ring::create_memfd("viewer-layers", 1 << 20).unwrap();
+        let Source::Ready(plain) = source(&ring) else {
+            unreachable!()
+        };
+        // Two layers: "lo" on track 0, "hi" on track 2, each with its own SSRC and clock.
+        let layers = vec![Layer::new(0, "lo"), Layer::new(2, "hi")];
+        layers[0].set_size(320, 180);
+        layers[1].set_size(1280, 720);
+        let ready = ReadySource {
+            ring: ring.clone(),
+            payloads: PayloadCache::new(64),
+            layers,
+            ..Arc::into_inner(plain).unwrap()
+        };
+        let ready = Arc::new(ready);
+        p.follow(&Source::Ready(ready.clone()));
+        p.connect();
+        let mut w = ring.writer();
+        let mut seq = [100u16, 5000u16];
+        // One frame per layer: a keyframe (SPS, PPS, IDR) or a slice whose third byte says
+        // its layer (0xa0 lo, 0xb0 hi) and frame.
+        let mut frame = |f: u8, key: bool, at: u64| {
+            for (i, (track, ssrc, mark)) in [(0u8, 0xaaaa_u32, 0xa0u8), (2, 0xbbbb, 0xb0)]
+                .into_iter()
+                .enumerate()
+            {
+                ready.layers[i].saw(at);
+                let ts = 3000 * f as u32 + i as u32 * 777_777;
+                let units: Vec<(Flags, Vec<u8>)> = match key {
+                    true => vec![
+                        (Flags::KEYFRAME, SPS.to_vec()),
+                        (Flags::empty(), PPS.to_vec()),
+                        (Flags::END_OF_FRAME, vec![0x65, 0x88, mark | f]),
+                    ],
+                    false => vec![(Flags::END_OF_FRAME, vec![0x41, 0x9a, mark | f])],
+                };
+                for (flags, unit) in units {
+                    let end = flags.contains(Flags::END_OF_FRAME);
+                    let packet = rtp(96, seq[i], ts, ssrc, end, &unit);
+                    seq[i] = seq[i].wrapping_add(1);
+                    w.write(RecordRef {
+                        track,
+                        flags,
+                        capture_us: at,
+                        packet: &packet,
+                    })
+                    .unwrap();
+                }
+            }
+        };
+        let t0 = p.clock.ring_us(p.now);
+        for f in 0..4 {
+            frame(f, f == 0, t0 + f as u64 * 33_333);
+        }
+        p.viewer.handle(Input::RingWritten, p.now);
+        p.run_while(Duration::from_secs(1), |p| p.frames.len() >= 4);
+        // With no estimate, the best layer.
+        assert!(
+            p.frames
+                .iter()
+                .all(|(_, f)| f.last().unwrap() & 0xf0 == 0xb0)
+        );
+        p.request(r#"{"id":1,"op":"layer","rid":"lo"}"#);
+        p.run_until(p.now + Duration::from_millis(30));
+        let reply = p.messages.iter().find(|m| m["id"] == 1).expect("a reply");
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(reply["switching_to"], "lo");
+        assert!(
+            p.events.contains(&Event::KeyframeWanted(Some(0))),
+            "a keyframe of the layer asked for: {:?}",
+            p.events
+        );
+        // Until "lo" has a keyframe, "hi" goes on; from it on, only "lo".
+        for f in 4..8 {
+            frame(f, f == 6, t0 + f as u64 * 33_333);
+        }
+        p.viewer.handle(Input::RingWritten, p.now);
+        p.run_while(Duration::from_secs(1), |p| p.frames.len() >= 8);
+        let layers: Vec<(bool, u8)> = p
+            .frames
+            .iter()
+            .map(|(k, f)| (*k, f.last().unwrap() & 0xf0))
+            .collect();
+        assert_eq!(
+            layers[4..],
+            [(false, 0xb0), (false, 0xb0), (true, 0xa0), (false, 0xa0)],
+            "{layers:?}"
+        );
+        let switched = p.messages_named("layer");
+        assert_eq!(switched.len(), 1, "{switched:?}");
+        assert_eq!(switched[0]["layer"], "lo");
+        assert_eq!(switched[0]["width"], 320);
+        assert!(p.events.iter().any(|e| matches!(
+            e,
+            Event::Layer(Some(ViewerLayer { layer, pinned: true, switches: 1, .. })) if layer == "lo"
+        )));
+        // An unknown layer is refused, with the names there are.
+        p.request(r#"{"id":2,"op":"layer","rid":"xx"}"#);
+        p.run_until(p.now + Duration::from_millis(30));
+        let refused = p.messages.iter().find(|m| m["id"] == 2).expect("a reply");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the layers are lo, hi"),
+            "{refused}"
+        );
     }
 
     /// Outputs compared in tests (a transmit's bytes are not).
