@@ -14,13 +14,13 @@ use serde::Serialize;
 
 /// A higher layer is taken when its bitrate is at most this share of the estimate (the rest
 /// is audio, retransmissions and the estimate's own noise).
-pub const UP_SHARE: f64 = 0.8;
+pub const UP_SHARE: f64 = 0.9;
 /// The current layer is kept while its bitrate is at most the estimate.
 pub const KEEP_SHARE: f64 = 1.0;
 /// How long the current layer must not fit before the viewer moves down.
 pub const DOWN_HOLD: Duration = Duration::from_millis(500);
 /// How long a higher layer must keep fitting before the viewer moves up.
-pub const UP_HOLD: Duration = Duration::from_millis(1500);
+pub const UP_HOLD: Duration = Duration::from_millis(1000);
 /// No move up this soon after a move down.
 pub const UP_AFTER_DOWN: Duration = Duration::from_secs(4);
 
@@ -195,16 +195,16 @@ impl Chooser {
     }
 }
 
-/// The rates str0m's estimator should work toward for a viewer on `current`: sustain the
-/// current layer (padding to it, `minimum`) and probe for the next one up with the room a
-/// move up needs (`desired`), so that a viewer whose path improved finds out. On the top
-/// layer, probe for the room to stay.
+/// The rates str0m's estimator should work toward for a viewer on `current`: send as much
+/// as the next layer up would (`minimum`: padding fills up to it, within the estimate) and
+/// probe for the room a move there needs (`desired`), so that an estimate held down by
+/// sending little grows as soon as the path allows. On the top layer, the room to stay.
 pub fn targets(layers: &[Candidate], current: Option<u8>) -> Option<(u64, u64)> {
     let cur = layers.iter().position(|l| Some(l.track) == current)?;
     let now = layers[cur].bitrate;
-    let next = layers.get(cur + 1).map_or(now, |l| l.bitrate);
+    let next = layers.get(cur + 1).map_or(now, |l| l.bitrate).max(now);
     let desired = (next as f64 / UP_SHARE).round() as u64;
-    Some((now, desired.max(now)))
+    Some((next, desired))
 }
 
 #[cfg(test)]
@@ -299,7 +299,7 @@ mod tests {
             Some((3, Reason::Down))
         );
         // Between the shares, nothing moves: h fits the keep share but not the up share.
-        assert_eq!(c.choose(&ladder(), Some(3), Some(600_000), s(3000)), None);
+        assert_eq!(c.choose(&ladder(), Some(3), Some(520_000), s(3000)), None);
         // The path is back: up once it held for 1.5 s, and 4 s after the fall.
         assert_eq!(c.choose(&ladder(), Some(3), Some(3_000_000), s(3200)), None);
         assert_eq!(
@@ -331,10 +331,10 @@ mod tests {
 
     #[test]
     fn the_estimator_probes_toward_the_next_layer() {
-        assert_eq!(targets(&ladder(), Some(3)), Some((150_000, 625_000)));
+        assert_eq!(targets(&ladder(), Some(3)), Some((500_000, 555_556)));
         assert_eq!(
             targets(&ladder(), Some(0)),
-            Some((1_500_000, 1_875_000)),
+            Some((1_500_000, 1_666_667)),
             "on top: room to stay"
         );
         assert_eq!(targets(&ladder(), Some(9)), None);
