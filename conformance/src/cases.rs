@@ -258,6 +258,9 @@ pub async fn endpoint(run: &mut Run, side: Side, url: &Url) {
     if let Some(c) = &main {
         answer_cases(run, side, ep, c);
         link_cases(run, side, ep, c);
+        if side == Side::Whep {
+            extension_cases(run, ep, url, c).await;
+        }
     } else {
         let dir = match side {
             Side::Whip => ("WHIP-DIR-ANSWER".to_string(), "W§4.2"),
@@ -1021,6 +1024,309 @@ fn link_cases(run: &mut Run, side: Side, ep: &'static str, c: &Created) {
                 "X (draft-ietf-wish-whep-02 §4.9.2)",
                 "the layer selection extension is not advertised".into(),
             );
+        }
+    }
+}
+
+/// The target of the 201's `Link` with relation `rel`, resolved, and the link-value.
+fn link_target(c: &Created, rel: &str) -> Option<(Url, String)> {
+    c.resp
+        .all("link")
+        .iter()
+        .flat_map(|v| split_links(v))
+        .filter(|l| l.contains(&format!("rel=\"{rel}\"")) || l.contains(&format!("rel={rel}")))
+        .find_map(|l| {
+            let t = l.trim().strip_prefix('<')?.split_once('>')?.0.to_string();
+            Some((c.url.join(&t).ok()?, l))
+        })
+}
+
+/// One server-sent event, as WHATWG parses its lines: its type, and its `data:` lines.
+#[derive(Debug, Default)]
+struct SseMessage {
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+/// The events of a `text/event-stream` body (comments and keep-alives dropped; a message
+/// cut off at the end is left out).
+fn sse_messages(body: &str) -> Vec<SseMessage> {
+    let mut out = Vec::new();
+    let mut cur = SseMessage::default();
+    let mut has = false;
+    for line in body.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if line.is_empty() {
+            if has {
+                out.push(std::mem::take(&mut cur));
+            }
+            has = false;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => cur.event = Some(value.to_string()),
+            "data" => cur.data.push(value.to_string()),
+            _ => {}
+        }
+        has = true;
+    }
+    out
+}
+
+/// Items 64–67: the server-sent events and layer selection extensions, when advertised: a
+/// stream made for two event types and one unknown type refused, the stream's format, its
+/// DELETE and its end with the resource; a layer request for the default.
+async fn extension_cases(run: &mut Run, ep: &'static str, endpoint: &Url, c: &Created) {
+    const SSE: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+    const LAYER: &str = "urn:ietf:params:whep:ext:core:layer";
+    const X1: &str = "X (draft-ietf-wish-whep-02 §4.9.1)";
+    const X2: &str = "X (draft-ietf-wish-whep-02 §4.9.2)";
+    match link_target(c, SSE) {
+        None => {
+            for id in [
+                "WHEP-EXT-SSE-CREATE",
+                "WHEP-EXT-SSE-BAD",
+                "WHEP-EXT-SSE-STREAM",
+                "WHEP-EXT-SSE-DELETE",
+            ] {
+                run.skipped(
+                    ep,
+                    id,
+                    Level::May,
+                    X1,
+                    "the server-sent events extension is not advertised".into(),
+                );
+            }
+        }
+        Some((sse, link)) => {
+            let advertised: Vec<String> = link
+                .split_once("events=")
+                .map(|(_, e)| {
+                    e.trim_matches(['"', ' ', ';'])
+                        .split(',')
+                        .map(|x| x.trim().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Two types the server says it has (the spec's defaults if it names none).
+            let mut want: Vec<String> = ["active", "viewercount"]
+                .iter()
+                .filter(|t| advertised.is_empty() || advertised.iter().any(|a| a == *t))
+                .map(|t| t.to_string())
+                .collect();
+            if want.is_empty() {
+                want = advertised.iter().take(2).cloned().collect();
+            }
+            let body = serde_json::to_string(&want).expect("strings serialize");
+            let made = run
+                .send(Req::new(Method::POST, &sse).body(Some("application/json"), &body))
+                .await;
+            let stream = match &made {
+                Ok(r) if r.status == 201 && !r.header("location").is_empty() => {
+                    r.at.join(&r.header("location")).ok()
+                }
+                _ => None,
+            };
+            run.record(
+                ep,
+                "WHEP-EXT-SSE-CREATE",
+                Level::Must,
+                X1,
+                match &made {
+                    Ok(r) => check(
+                        stream.is_some(),
+                        format!("POST {body} → 201, Location {}", r.header("location")),
+                        format!(
+                            "POST {body} → {} with Location {:?}",
+                            r.brief(),
+                            r.header("location")
+                        ),
+                    ),
+                    Err(e) => Err(e.clone()),
+                },
+            );
+            let bad = run
+                .send(
+                    Req::new(Method::POST, &sse)
+                        .body(Some("application/json"), r#"["no-such-event"]"#),
+                )
+                .await;
+            run.record(
+                ep,
+                "WHEP-EXT-SSE-BAD",
+                Level::Must,
+                "X (editor's text, PR #41/#43)",
+                match bad {
+                    Ok(r) => check(
+                        r.status == 400,
+                        "POST [\"no-such-event\"] → 400".into(),
+                        format!(
+                            "POST [\"no-such-event\"] → {} (want 400, and no stream)",
+                            r.brief()
+                        ),
+                    ),
+                    Err(e) => Err(e),
+                },
+            );
+            match stream {
+                None => {
+                    for id in ["WHEP-EXT-SSE-STREAM", "WHEP-EXT-SSE-DELETE"] {
+                        run.skipped(
+                            ep,
+                            id,
+                            Level::Must,
+                            X1,
+                            "no event stream was created".into(),
+                        );
+                    }
+                }
+                Some(stream) => {
+                    let pulled = run.http.pull(&stream, Duration::from_millis(2500)).await;
+                    let result = match pulled {
+                        Ok(r) => {
+                            let msgs = sse_messages(&r.body);
+                            let mut bad = Vec::new();
+                            if r.status != 200 || r.media_type() != "text/event-stream" {
+                                bad.push(format!(
+                                    "GET → {} {:?}",
+                                    r.status,
+                                    r.header("content-type")
+                                ));
+                            }
+                            for m in &msgs {
+                                let t = m.event.clone().unwrap_or_else(|| "message".into());
+                                if !want.contains(&t) {
+                                    bad.push(format!("an event of type {t:?}, not asked for"));
+                                }
+                                if m.data.len() != 1 {
+                                    bad.push(format!(
+                                        "{t}: {} data lines (want one)",
+                                        m.data.len()
+                                    ));
+                                } else if serde_json::from_str::<serde_json::Value>(&m.data[0])
+                                    .is_err()
+                                {
+                                    bad.push(format!(
+                                        "{t}: data is not JSON: {}",
+                                        cut(&m.data[0], 60)
+                                    ));
+                                } else if t == "viewercount"
+                                    && serde_json::from_str::<serde_json::Value>(&m.data[0])
+                                        .ok()
+                                        .and_then(|v| v.get("viewercount").and_then(|n| n.as_u64()))
+                                        .is_none()
+                                {
+                                    bad.push(format!("viewercount without a count: {}", m.data[0]));
+                                }
+                                if t == "inactive"
+                                    && msgs
+                                        .first()
+                                        .is_some_and(|f| f.event.as_deref() == Some("inactive"))
+                                {
+                                    bad.push("a first \"inactive\"".into());
+                                }
+                            }
+                            let types: Vec<String> = msgs
+                                .iter()
+                                .map(|m| m.event.clone().unwrap_or_default())
+                                .collect();
+                            check(
+                                bad.is_empty(),
+                                format!("200 text/event-stream; events in 2.5 s: {types:?}"),
+                                bad.join("; "),
+                            )
+                        }
+                        Err(e) => Err(e),
+                    };
+                    run.record(ep, "WHEP-EXT-SSE-STREAM", Level::Must, X1, result);
+                    // DELETE the stream, then a pull must be 404; a stream of a resource
+                    // that is DELETEd goes with it.
+                    let deleted = run
+                        .send(Req::new(Method::DELETE, &stream))
+                        .await
+                        .map(|r| r.status);
+                    let after = run
+                        .http
+                        .pull(&stream, Duration::from_millis(500))
+                        .await
+                        .map(|r| r.status);
+                    let mut with_resource = None;
+                    if let Ok(other) = run.create(Side::Whep, endpoint, |o| o).await
+                        && let Some((sse2, _)) = link_target(&other, SSE)
+                        && let Ok(r) = run
+                            .send(
+                                Req::new(Method::POST, &sse2).body(Some("application/json"), &body),
+                            )
+                            .await
+                        && let Ok(s2) = r.at.join(&r.header("location"))
+                    {
+                        run.delete(&other.url).await;
+                        with_resource = run
+                            .http
+                            .pull(&s2, Duration::from_millis(500))
+                            .await
+                            .ok()
+                            .map(|r| r.status);
+                    }
+                    run.record(
+                        ep,
+                        "WHEP-EXT-SSE-DELETE",
+                        Level::Must,
+                        X1,
+                        check(
+                            deleted.as_ref().is_ok_and(|s| (200..300).contains(s))
+                                && after.as_ref().is_ok_and(|s| *s == 404)
+                                && with_resource.is_none_or(|s| s == 404),
+                            format!("DELETE → {deleted:?}, then GET → {after:?}; after the resource's DELETE, its stream → {with_resource:?}"),
+                            format!("DELETE → {deleted:?}, then GET → {after:?} (want 404); after the resource's DELETE, its stream → {with_resource:?} (want 404)"),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    match link_target(c, LAYER) {
+        None => run.skipped(
+            ep,
+            "WHEP-EXT-LAYER-SELECT",
+            Level::May,
+            X2,
+            "the layer selection extension is not advertised".into(),
+        ),
+        Some((layer, _)) => {
+            // The default again: `mediaId` is the video m-line's index (1 in the suite's offer).
+            let reset = run
+                .send(
+                    Req::new(Method::POST, &layer)
+                        .body(Some("application/json"), r#"{"mediaId":"1"}"#),
+                )
+                .await;
+            let unknown = run
+                .send(Req::new(Method::POST, &layer).body(
+                    Some("application/json"),
+                    r#"{"mediaId":"1","rid":"no-such-layer"}"#,
+                ))
+                .await;
+            let result = match (reset, unknown) {
+                (Ok(a), Ok(b)) => check(
+                    a.status == 200 && is_4xx(b.status),
+                    format!(
+                        "{{\"mediaId\":\"1\"}} → 200; an unknown rid → {}",
+                        b.brief()
+                    ),
+                    format!(
+                        "{{\"mediaId\":\"1\"}} → {} (want 200); an unknown rid → {} (want a 4xx)",
+                        a.brief(),
+                        b.brief()
+                    ),
+                ),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            run.record(ep, "WHEP-EXT-LAYER-SELECT", Level::Should, X2, result);
         }
     }
 }

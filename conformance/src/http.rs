@@ -180,6 +180,41 @@ impl Http {
         }
     }
 
+    /// A long pull (a server-sent event stream): what arrives within `time`, then the
+    /// connection is dropped. The body is the text read by then.
+    pub async fn pull(&mut self, url: &Url, time: Duration) -> Result<Resp, String> {
+        let what = format!("GET {url} (a long pull)");
+        let mut r = self
+            .client
+            .get(url.clone())
+            .header("accept", "text/event-stream")
+            .timeout(time + Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let mut body = Vec::new();
+        let end = tokio::time::Instant::now() + time;
+        loop {
+            match tokio::time::timeout_at(end, r.chunk()).await {
+                Ok(Ok(Some(c))) => body.extend_from_slice(&c),
+                Ok(Ok(None)) | Err(_) => break,
+                Ok(Err(e)) => return Err(format!("{what}: body: {e}")),
+            }
+        }
+        let resp = Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            at: url.clone(),
+        };
+        if status >= 400 {
+            self.errors.push((what, resp.clone()));
+        }
+        Ok(resp)
+    }
+
     async fn send_once(&mut self, req: &Req, url: &Url) -> Result<Resp, String> {
         let what = format!("{} {}", req.method, url);
         let mut b = self.client.request(req.method.clone(), url.clone());

@@ -306,6 +306,7 @@ impl Gateway {
             minter: minter.map(Arc::new),
             sessions,
             resources: Resources::default(),
+            streams: Default::default(),
             port,
             workers,
             cert,

@@ -233,7 +233,7 @@ async fn an_offer_gets_a_whep_answer_with_the_resource_url_and_etag() {
     assert_eq!(header(&resp, "access-control-allow-origin"), "*");
     assert!(header(&resp, "access-control-expose-headers").contains("Location"));
     assert!(
-        resp.headers().get("link").is_none(),
+        !header(&resp, "link").contains("ice-server"),
         "no ICE servers unless configured"
     );
 
@@ -622,6 +622,7 @@ async fn configured_ice_servers_and_origins_show_in_headers() {
         .get_all("link")
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
+        .filter(|l| l.contains("ice-server"))
         .collect();
     assert_eq!(links.len(), 2, "one Link field per server: {links:?}");
     assert_eq!(links[0], "<stun:stun.example.net:3478>; rel=\"ice-server\"");
@@ -1277,6 +1278,129 @@ fn ffmpeg_offer(profile_level_id: &str) -> String {
          a=fmtp:106 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}\r\n\
          a=ssrc:102 cname:FFmpeg\r\n"
     )
+}
+
+/// Reads a streamed body for up to `time`: what arrived by then.
+async fn read_for(body: Body, time: std::time::Duration) -> String {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::new();
+    let end = tokio::time::Instant::now() + time;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(end, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn the_whep_extensions_stream_events_and_take_layer_requests() {
+    let f = fixture("").await;
+    let t = f.token(&["demo"], "view");
+    let (resp, body) = f
+        .post("/whep/demo", Some(&t), "application/sdp", &offer("actpass"))
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED, "{body}");
+    let loc = header(&resp, "location");
+    let path = loc
+        .strip_prefix("http://wisp.test:8080")
+        .unwrap()
+        .to_string();
+    let links: Vec<String> = resp
+        .headers()
+        .get_all("link")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        links.contains(&format!(
+            "<{loc}/sse>; rel=\"urn:ietf:params:whep:ext:core:server-sent-events\"; \
+             events=\"active,inactive,layers,reconnect,viewercount\""
+        )),
+        "{links:?}"
+    );
+    assert!(
+        links.contains(&format!(
+            "<{loc}/layer>; rel=\"urn:ietf:params:whep:ext:core:layer\""
+        )),
+        "{links:?}"
+    );
+    let sse = format!("{path}/sse");
+    // An unknown type: 400 naming it, and no stream. No token: 401.
+    let (r, b) = f
+        .post(&sse, Some(&t), "application/json", r#"["active","bogus"]"#)
+        .await;
+    assert!(assert_problem(&r, &b, StatusCode::BAD_REQUEST).contains("bogus"));
+    let (r, b) = f
+        .post(&sse, None, "application/json", r#"["active"]"#)
+        .await;
+    assert_problem(&r, &b, StatusCode::UNAUTHORIZED);
+    let (r, b) = f
+        .post(
+            &sse,
+            Some(&t),
+            "application/json",
+            r#"["viewercount","inactive"]"#,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{b}");
+    let stream = header(&r, "location");
+    let stream = stream
+        .strip_prefix("http://wisp.test:8080")
+        .unwrap()
+        .to_string();
+    assert!(stream.starts_with(&format!("{sse}/")), "{stream}");
+    // The stream needs no token (EventSource cannot send one): its URL is the capability.
+    let resp = app(f.gateway.state.clone())
+        .oneshot(Request::get(&stream).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "content-type"), "text/event-stream");
+    let text = read_for(resp.into_body(), std::time::Duration::from_millis(800)).await;
+    // One viewer; the stand-in transcoder has no media, and a first "inactive" is not sent.
+    assert!(
+        text.contains("event: viewercount\ndata: {\"viewercount\":1}\n"),
+        "{text:?}"
+    );
+    assert!(!text.contains("inactive"), "{text:?}");
+    // The layer extension: the default is always possible; a layer of a session with one
+    // is not; a media section that is not the video's is not this viewer's.
+    let layer = format!("{path}/layer");
+    let (r, b) = f
+        .post(&layer, Some(&t), "application/json", r#"{"mediaId":"0"}"#)
+        .await;
+    assert_eq!(r.status(), StatusCode::OK, "{b}");
+    let (r, b) = f
+        .post(&layer, Some(&t), "application/json", r#"{"rid":"h"}"#)
+        .await;
+    assert_problem(&r, &b, StatusCode::CONFLICT);
+    let (r, b) = f
+        .post(&layer, Some(&t), "application/json", r#"{"mediaId":"1"}"#)
+        .await;
+    assert!(assert_problem(&r, &b, StatusCode::UNPROCESSABLE_ENTITY).contains("m-line 0"));
+    let (r, b) = f
+        .post(&layer, Some(&t), "application/json", "{mediaId:0}")
+        .await;
+    assert_problem(&r, &b, StatusCode::BAD_REQUEST);
+    // DELETE the stream: then 404. A resource's other streams go with it.
+    assert_eq!(f.delete(&stream, None).await, StatusCode::OK);
+    let (r, b) = f
+        .send(Request::get(&stream).body(Body::empty()).unwrap())
+        .await;
+    assert_problem(&r, &b, StatusCode::NOT_FOUND);
+    let (r, _) = f.post(&sse, Some(&t), "application/json", "").await;
+    let other = header(&r, "location");
+    let other = other
+        .strip_prefix("http://wisp.test:8080")
+        .unwrap()
+        .to_string();
+    assert_eq!(f.delete(&path, None).await, StatusCode::OK);
+    let (r, b) = f
+        .send(Request::get(&other).body(Body::empty()).unwrap())
+        .await;
+    assert_problem(&r, &b, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

@@ -64,6 +64,8 @@ pub enum ApiError {
     Cluster(#[from] crate::cluster::Unreachable),
     #[error(transparent)]
     Placement(#[from] Placement),
+    #[error(transparent)]
+    Extension(#[from] crate::http::extensions::ExtError),
     #[error("the gateway is shutting down")]
     Draining,
     // Ours.
@@ -103,6 +105,9 @@ pub enum NotFound {
     Egress { session: String, id: String },
     #[error("no such HLS file for session {0:?}")]
     HlsFile(String),
+    /// No event stream by that URL (never made, deleted, or gone with its resource).
+    #[error("no such event stream")]
+    EventStream,
     #[error("HLS is off for session {0:?} (its hls setting)")]
     HlsOff(String),
 }
@@ -212,6 +217,7 @@ impl ApiError {
                 | Invalid::Ttl { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             ApiError::HlsNotReady(_) | ApiError::Cluster(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Extension(e) => e.status(),
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Offer(e) => match e {
                 OfferError::Malformed(_) => StatusCode::BAD_REQUEST,

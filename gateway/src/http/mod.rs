@@ -11,6 +11,8 @@
 //! - `connections.rs`: the accept loop: connection cap, eviction, timeouts, shutdown.
 //! - `whep.rs`: `POST /whep/{session}`: a viewer's offer answered, its resource created.
 //! - `whip.rs`: `POST /whip/{session}`: publishing makes or takes over a live session.
+//! - `extensions.rs`: the WHEP core extensions a viewer's resource serves: server-sent
+//!   events and video layer selection.
 //! - `resource.rs`: what WHEP and WHIP resources share: the registry of live (and recently
 //!   ended) resources, the 201's headers, PATCH (trickle, ICE restart) and DELETE.
 //! - `api.rs`: the session API, its egress endpoints, share-link tokens and the directory.
@@ -23,6 +25,7 @@ pub mod api;
 pub mod cluster;
 pub mod connections;
 pub mod error;
+pub mod extensions;
 pub mod headers;
 pub mod hls;
 pub mod pages;

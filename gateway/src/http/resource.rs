@@ -52,6 +52,8 @@ pub struct Resource {
     pub session: String,
     pub role: Role,
     pub tx: Inbox,
+    /// A viewer's video m-line index in its offer (the WHEP extensions' `mediaId`).
+    pub video_index: Option<usize>,
 }
 
 /// All live resources by id, and why recent ones ended.
@@ -129,6 +131,13 @@ impl Resources {
         self.map.lock().expect("not poisoned").insert(id, r);
     }
 
+    /// Notes a viewer's video m-line index.
+    pub fn set_video_index(&self, id: &str, index: Option<usize>) {
+        if let Some(r) = self.map.lock().expect("not poisoned").get_mut(id) {
+            r.video_index = index;
+        }
+    }
+
     pub fn remove(&self, id: &str) -> Option<Resource> {
         self.map.lock().expect("not poisoned").remove(id)
     }
@@ -165,6 +174,7 @@ pub fn register(s: &Shared, session: &str, id: &str, role: Role, tx: Inbox) -> O
             session: session.to_string(),
             role,
             tx,
+            video_index: None,
         },
     );
     s.metrics.peers_created.fetch_add(1, Ordering::Relaxed);

@@ -39,6 +39,19 @@ pub fn app(state: Shared) -> Router {
                 .delete(crate::http::whep::delete),
         )
         .route(
+            "/whep/{session}/{resource}/sse",
+            post(crate::http::extensions::sse_create),
+        )
+        .route(
+            "/whep/{session}/{resource}/sse/{stream}",
+            get(crate::http::extensions::sse_get).delete(crate::http::extensions::sse_delete),
+        )
+        .route(
+            "/whep/{session}/{resource}/layer",
+            post(crate::http::extensions::layer_select)
+                .delete(crate::http::extensions::layer_reset),
+        )
+        .route(
             "/whip/{session}",
             get(crate::http::whip::endpoint_get).post(crate::http::whip::post),
         )
@@ -275,7 +288,7 @@ fn options_response(path: &str) -> Response {
                 HeaderName::from_static("accept-post"),
                 HeaderValue::from_static("application/sdp"),
             );
-        } else {
+        } else if segments == 3 {
             h.insert(
                 HeaderName::from_static("accept-patch"),
                 HeaderValue::from_static("application/trickle-ice-sdpfrag"),

@@ -25,6 +25,8 @@ pub struct AppState {
     pub minter: Option<Arc<crate::auth::Minter>>,
     pub sessions: Registry,
     pub resources: Resources,
+    /// Viewers' server-sent event streams (the WHEP extension).
+    pub streams: crate::http::extensions::EventStreams,
     pub port: Arc<RtcPort>,
     /// The fan-out workers that drive viewers.
     pub workers: crate::rtc::worker::Workers,

@@ -121,6 +121,10 @@ pub async fn post(
         return Ok(to);
     }
     let offer = Offer::parse(&body)?.one_way("recvonly");
+    let video_index = offer
+        .sections
+        .iter()
+        .position(|s| s.kind == crate::rtc::offer::Kind::Video && !s.rejected);
     // With `[live] wait`, a viewer may come before the first publisher: the name becomes a
     // live session waiting for one.
     let session = match known {
@@ -174,6 +178,7 @@ pub async fn post(
     let etag = new_etag();
     let at = s.workers.place();
     let on_end = register(&s, &name, &id, Role::Viewer, s.workers.inbox(at));
+    s.resources.set_video_index(&id, video_index);
     let viewer = Viewer::new(
         Params {
             id: id.clone(),
@@ -209,14 +214,25 @@ pub async fn post(
         sub = grant.sub.as_deref().unwrap_or("-"),
         "viewer created"
     );
-    Ok(created(
+    let mut resp = created(
         &s,
         &headers,
         &format!("/whep/{name}/{id}"),
         &etag,
         answered.answer,
         grant.sub.as_deref(),
-    ))
+    );
+    // The WHEP core extensions: server-sent events and layer selection.
+    let url = format!(
+        "{}/whep/{name}/{id}",
+        crate::http::api::own_url(&s, &headers)
+    );
+    for link in crate::http::extensions::links(&url) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            resp.headers_mut().append(header::LINK, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// In a cluster, the node that holds `name` if it is another.

@@ -151,6 +151,13 @@ pub enum PeerMsg {
     },
     /// Revoke consent and end (RFC 9725 §4.2, RFC 7675 §5.2), for this reason.
     Close(Closed),
+    /// A viewer's layer wish (the WHEP layer extension); the reply has the layers.
+    Layer {
+        wish: crate::rtc::layering::Wish,
+        reply: oneshot::Sender<
+            Result<serde_json::Map<String, serde_json::Value>, crate::rtc::viewer::LayerError>,
+        >,
+    },
 }
 
 /// Why the HTTP layer ends a resource.

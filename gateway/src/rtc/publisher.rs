@@ -517,6 +517,10 @@ pub fn spawn(
                 msg = inbox.recv() => match msg {
                     None => publisher.handle(Input::Close(Closed::Dropped), Instant::now()),
                     Some(PeerMsg::Close(why)) => publisher.handle(Input::Close(why), Instant::now()),
+                    // A publisher has no layers to choose (the route is a viewer's).
+                    Some(PeerMsg::Layer { reply, .. }) => {
+                        let _ = reply.send(Err(crate::rtc::viewer::LayerError::NoLayers));
+                    }
                     Some(PeerMsg::Patch { fragment, if_match, reply }) => {
                         let result = publisher.patch(fragment, if_match.as_deref());
                         if let Ok(Patched::Restarted { .. }) = &result {

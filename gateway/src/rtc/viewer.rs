@@ -812,13 +812,20 @@ impl Viewer {
         if self.ending != Ending::Running {
             return Err(LayerError::Gone);
         }
-        let ready = self
+        let layered = self
             .feed
             .ready()
             .or(self.latest.as_ref())
             .filter(|r| r.layers.len() > 1)
-            .ok_or(LayerError::NoLayers)?
-            .clone();
+            .cloned();
+        let Some(ready) = layered else {
+            // Automatic with no limit is what a viewer of one layer has: nothing to do.
+            if wish == Wish::default() {
+                self.chooser.set_wish(wish);
+                return Ok(self.layer_fields(now));
+            }
+            return Err(LayerError::NoLayers);
+        };
         if let Some(rid) = &wish.rid
             && ready.layers.iter().all(|l| &l.rid != rid)
         {

@@ -533,6 +533,13 @@ impl Worker {
     /// which its handler answers with 404.
     fn on_message(&mut self, key: u64, msg: PeerMsg) {
         match msg {
+            PeerMsg::Layer { wish, reply } => {
+                let now = Instant::now();
+                if let Some(result) = self.with(key, |e| e.viewer.select_layer(wish, now)) {
+                    let _ = reply.send(result);
+                    self.touch(key);
+                }
+            }
             PeerMsg::Close(why) => self.input(key, Input::Close(why), Instant::now()),
             PeerMsg::Patch {
                 fragment,
