@@ -133,8 +133,11 @@ struct Shaper {
 impl Shaper {
     fn new(limit: Limit, started: Instant) -> Self {
         Self {
-            limit,
             ends: limit.for_time.map(|d| started + d),
+            limit: Limit {
+                bps: limit.bps.max(1),
+                ..limit
+            },
             queue: std::collections::VecDeque::new(),
             free_at: started,
             dropped: 0,

@@ -319,7 +319,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         r.to_string()
     });
     let limit = limit_kbps.map(|k| whep_client::Limit {
-        bps: k * 1000,
+        bps: k.saturating_mul(1000),
         queue: Duration::from_millis(300),
         for_time: limit_for.map(Duration::from_secs_f64),
     });

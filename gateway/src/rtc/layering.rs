@@ -3,10 +3,12 @@
 //! the viewer (`rtc/viewer.rs`) feeds it the layers and str0m's estimate and carries out the
 //! switch at the new layer's keyframe (`rtc/feed.rs`).
 //!
-//! Hysteresis: down once the current layer has not fitted the estimate for [`DOWN_HOLD`] (a
-//! keyframe's burst in the layer's measured rate is not a fall); up only when the higher
-//! layer fits with room to spare ([`UP_SHARE`]) for [`UP_HOLD`], and not within
-//! [`UP_AFTER_DOWN`] of a move down, so a viewer on a path near a layer's rate does not flap.
+//! Hysteresis: down once the current layer has not fitted the estimate for [`DOWN_HOLD`];
+//! up, to the best layer that fits with room to spare ([`UP_SHARE`]), once that held for
+//! [`UP_HOLD`] and not within [`UP_AFTER_DOWN`] of a move down, so a viewer on a path near a
+//! layer's rate does not flap. Layers' rates are smoothed where they are measured
+//! (`rtc/publisher.rs`), so a keyframe's burst is not a fall. A layer whose rate is not known
+//! yet is never moved up to on the estimate's word.
 
 use std::time::{Duration, Instant};
 
@@ -100,7 +102,8 @@ impl Chooser {
         &self.wish
     }
 
-    /// The viewer's new wish; the next choice follows it without waiting.
+    /// The viewer's new wish; the next choice follows it without waiting for a layer to
+    /// fit the estimate's word longer (a move up still needs the estimate to carry it).
     pub fn set_wish(&mut self, wish: Wish) {
         self.wish = wish;
         self.asked = true;
@@ -122,6 +125,27 @@ impl Chooser {
         (Some(pick.0) != current).then_some(pick)
     }
 
+    /// The layers the viewer may get: the pinned one (if it is there), else those within
+    /// its size limits (the lowest if none is).
+    pub fn eligible<'a>(&self, layers: &'a [Candidate]) -> Vec<&'a Candidate> {
+        if let Some(rid) = &self.wish.rid
+            && let Some(l) = layers.iter().find(|l| &l.rid == rid)
+        {
+            return vec![l];
+        }
+        let within = |l: &&Candidate| {
+            self.wish.max_width.is_none_or(|m| l.width <= m)
+                && self.wish.max_height.is_none_or(|m| l.height <= m)
+        };
+        let mut eligible: Vec<&Candidate> = layers.iter().filter(within).collect();
+        if eligible.is_empty()
+            && let Some(l) = layers.first()
+        {
+            eligible.push(l);
+        }
+        eligible
+    }
+
     fn pick(
         &mut self,
         layers: &[Candidate],
@@ -130,34 +154,32 @@ impl Chooser {
         now: Instant,
         asked: bool,
     ) -> Option<(u8, Reason)> {
-        let lowest = layers.first()?;
+        layers.first()?;
         if let Some(rid) = &self.wish.rid
             && let Some(l) = layers.iter().find(|l| &l.rid == rid)
         {
+            self.up_since = None;
+            self.down_since = None;
             return Some((l.track, Reason::Pinned));
         }
-        let within = |l: &&Candidate| {
-            self.wish.max_width.is_none_or(|m| l.width <= m)
-                && self.wish.max_height.is_none_or(|m| l.height <= m)
-        };
-        let mut eligible: Vec<&Candidate> = layers.iter().filter(within).collect();
-        if eligible.is_empty() {
-            eligible.push(lowest);
-        }
+        let eligible = self.eligible(layers);
         let start = if asked { Reason::Asked } else { Reason::Start };
         let Some(estimate) = estimate else {
+            self.down_since = None;
             // No estimate (yet): the best the viewer asked for.
             let top = eligible.last().expect("not empty");
             return Some((top.track, start));
         };
         let fits = |l: &Candidate, share: f64| l.bitrate as f64 <= estimate as f64 * share;
+        // A rate not measured yet does not fit: the estimate cannot vouch for it.
         let best_up = eligible
             .iter()
-            .rposition(|l| fits(l, UP_SHARE))
+            .rposition(|l| l.bitrate > 0 && fits(l, UP_SHARE))
             .unwrap_or(0);
         let Some(cur) = eligible.iter().position(|l| Some(l.track) == current) else {
             // Nothing yet, or the current layer stopped or is no longer wanted.
             self.up_since = None;
+            self.down_since = None;
             return Some((eligible[best_up].track, start));
         };
         if !fits(eligible[cur], KEEP_SHARE) && cur > 0 {
@@ -195,11 +217,12 @@ impl Chooser {
     }
 }
 
-/// The rates str0m's estimator should work toward for a viewer on `current`: send as much
-/// as the next layer up would (`minimum`: padding fills up to it, within the estimate) and
-/// probe for the room a move there needs (`desired`), so that an estimate held down by
-/// sending little grows as soon as the path allows. On the top layer, the room to stay.
-pub fn targets(layers: &[Candidate], current: Option<u8>) -> Option<(u64, u64)> {
+/// The rates str0m's estimator should work toward for a viewer on `current`, among the
+/// layers it may get ([`Chooser::eligible`]): send as much as the next layer up would
+/// (`minimum`: padding fills up to it, within the estimate) and probe for the room a move
+/// there needs (`desired`), so that an estimate held down by sending little grows as soon as
+/// the path allows. On its top layer (or a pinned one), the room to stay.
+pub fn targets(layers: &[&Candidate], current: Option<u8>) -> Option<(u64, u64)> {
     let cur = layers.iter().position(|l| Some(l.track) == current)?;
     let now = layers[cur].bitrate;
     let next = layers.get(cur + 1).map_or(now, |l| l.bitrate).max(now);
@@ -330,13 +353,37 @@ mod tests {
     }
 
     #[test]
-    fn the_estimator_probes_toward_the_next_layer() {
-        assert_eq!(targets(&ladder(), Some(3)), Some((500_000, 555_556)));
+    fn a_layer_whose_rate_is_unknown_is_not_moved_up_to() {
+        let t0 = Instant::now();
+        let mut l = ladder();
+        l[2].bitrate = 0;
+        let mut c = Chooser::default();
         assert_eq!(
-            targets(&ladder(), Some(0)),
+            c.choose(&l, None, Some(5_000_000), t0).map(|c| c.0),
+            Some(2)
+        );
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(c.choose(&l, Some(2), Some(5_000_000), later), None);
+    }
+
+    #[test]
+    fn the_estimator_probes_toward_the_next_layer() {
+        let all = ladder();
+        let all: Vec<&Candidate> = all.iter().collect();
+        assert_eq!(targets(&all, Some(3)), Some((500_000, 555_556)));
+        assert_eq!(
+            targets(&all, Some(0)),
             Some((1_500_000, 1_666_667)),
             "on top: room to stay"
         );
-        assert_eq!(targets(&ladder(), Some(9)), None);
+        assert_eq!(targets(&all, Some(9)), None);
+        // Pinned to the lowest: no padding toward layers it will not get.
+        let mut c = Chooser::default();
+        c.set_wish(Wish {
+            rid: Some("q".into()),
+            ..Wish::default()
+        });
+        let l = ladder();
+        assert_eq!(targets(&c.eligible(&l), Some(3)), Some((150_000, 166_667)));
     }
 }

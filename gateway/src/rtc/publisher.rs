@@ -744,14 +744,24 @@ impl Sink {
         }
     }
 
-    /// Each simulcast layer's bits/s since the last measurement, for the viewers' choice.
+    /// Each simulcast layer's bits/s, for the viewers' choice: this window's rate averaged
+    /// with the last (a keyframe's burst in one window is not the layer's rate).
     fn measure_layers(&mut self, now: Instant) {
         let Some(since) = self.measured_at.replace(now) else {
+            // The bytes so far came before the first window began.
+            for l in &mut self.video_layers {
+                l.bytes = 0;
+            }
             return;
         };
         let secs = now.duration_since(since).as_secs_f64().max(0.001);
         for (l, shared) in self.video_layers.iter_mut().zip(&self.source.layers) {
-            shared.set_bitrate((std::mem::take(&mut l.bytes) as f64 * 8.0 / secs) as u64);
+            let rate = (std::mem::take(&mut l.bytes) as f64 * 8.0 / secs) as u64;
+            let smoothed = match shared.bitrate() {
+                0 => rate,
+                old => (old + rate) / 2,
+            };
+            shared.set_bitrate(smoothed);
         }
     }
 

@@ -896,6 +896,10 @@ impl Viewer {
         let layers = self.candidates(now);
         if layers.is_empty() {
             self.next_choice = None;
+            // A publisher with layers gave way to one without.
+            if self.told.is_some() {
+                self.tell_layer(true);
+            }
             return;
         }
         if let Some((track, reason)) = self.chooser.choose(&layers, None, self.estimate, now) {
@@ -944,7 +948,7 @@ impl Viewer {
             }
         }
         if self.bwe
-            && let Some(t) = layering::targets(&layers, self.feed.layer())
+            && let Some(t) = layering::targets(&self.chooser.eligible(&layers), self.feed.layer())
             && self.bwe_targets != Some(t)
         {
             self.bwe_targets = Some(t);

@@ -462,6 +462,7 @@ impl Worker {
                 if let Some(mut e) = self.forget(key) {
                     let _entered = e.span.enter();
                     tracing::error!("the viewer panicked and was ended (a bug to report): {what}");
+                    e.slot.session().set_viewer_layer(e.viewer.id(), None);
                     e.on_end.run(&format!("internal error: {what}"));
                 }
                 None

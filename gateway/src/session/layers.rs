@@ -1,5 +1,5 @@
-//! A source's video layers: the simulcast layers of a WHIP publisher, or the renditions a VOD
-//! transcoder encodes, each on its own ring track (DESIGN.md "Fan-out": one layer per viewer).
+//! A source's video layers: the simulcast layers of a WHIP publisher, each on its own ring
+//! track; each viewer is sent one of them.
 //!
 //! Owns what is known of each layer while the source runs (picture size, measured bitrate),
 //! written by whoever fills the ring and read by viewers choosing their layer, and the order
@@ -18,7 +18,7 @@ pub const ACTIVE_WITHIN_US: u64 = 1_500_000;
 pub struct Layer {
     /// The ring track its packets are on.
     pub track: u8,
-    /// Its name: a publisher's RID (RFC 8851), or a VOD rendition's ("720p").
+    /// Its name: the publisher's RID (RFC 8851).
     pub rid: String,
     /// width << 32 | height, from its keyframes (0: none seen yet).
     size: AtomicU64,
@@ -39,7 +39,7 @@ impl Layer {
         }
     }
 
-    /// A layer whose size and bitrate are known from the start (a VOD rendition's target).
+    /// A layer whose size and bitrate are known from the start (a rendition's target).
     pub fn with(track: u8, rid: impl Into<String>, width: u32, height: u32, bitrate: u64) -> Self {
         let l = Self::new(track, rid);
         l.set_size(width, height);
@@ -102,7 +102,7 @@ impl Layer {
     }
 
     /// Its place in the order of quality: picture size first, then bitrate.
-    fn rank(&self) -> (u64, u64) {
+    pub fn rank(&self) -> (u64, u64) {
         let (w, h) = self.size();
         (u64::from(w) * u64::from(h), self.bitrate())
     }

@@ -113,9 +113,17 @@ impl ReadySource {
         self.layers.iter().find(|l| l.track == track)
     }
 
-    /// The video track one-track readers (recordings, HLS) take: the best layer's.
+    /// The video track one-track readers (recordings, HLS) take: the best layer sending now
+    /// (any layer's best, before one sends). They keep the track they started with.
     pub fn main_video_track(&self) -> Option<u8> {
-        layers::top_track(&self.layers).or(self.video_track)
+        let now_us = rtp_ring::now_us();
+        self.layers
+            .iter()
+            .filter(|l| l.active(now_us))
+            .max_by_key(|l| l.rank())
+            .map(|l| l.track)
+            .or_else(|| layers::top_track(&self.layers))
+            .or(self.video_track)
     }
 }
 
@@ -1627,6 +1635,10 @@ impl LiveTask {
                 self.metrics
                     .keyframe_requests
                     .fetch_add(1, Ordering::Relaxed);
+                // Without layers there is one stream: one throttle for every request.
+                let layered = matches!(&*self.source_tx.borrow(),
+                    Source::Ready(r) if r.layers.len() > 1);
+                let track = track.filter(|_| layered);
                 if self.keyframe_throttle.get(track).request() {
                     self.send_keyframe_request(track);
                 }
@@ -1660,6 +1672,7 @@ impl LiveTask {
                 if current {
                     tracing::info!(generation, "publisher left; viewers wait for the next one");
                     self.keyframes = None;
+                    self.session.set_simulcast(None);
                     self.source_tx.send_replace(Source::Idle);
                     self.session
                         .publish(news::event("publisher", json!({ "state": "inactive" })));
@@ -1714,7 +1727,11 @@ impl LiveTask {
 
     fn send_keyframe_request(&mut self, track: Option<u8>) {
         let Some(k) = &self.keyframes else { return };
-        self.keyframe_throttle.get(track).sent();
+        match track {
+            Some(_) => self.keyframe_throttle.get(track).sent(),
+            // A request for any goes to every layer.
+            None => self.keyframe_throttle.sent_all(),
+        }
         if k.send(track).is_ok() {
             self.metrics
                 .keyframe_requests_sent
@@ -1774,6 +1791,14 @@ impl Throttles {
             }
         };
         &mut self.0[i].1
+    }
+
+    /// A request went to every layer.
+    fn sent_all(&mut self) {
+        self.get(None);
+        for (_, k) in &mut self.0 {
+            k.sent();
+        }
     }
 
     /// The deferred request due first: its track and when.
