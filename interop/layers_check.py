@@ -1,10 +1,11 @@
-"""Checks what three whep-client viewers of a simulcast session saw (scripts/interop).
+"""Checks what three whep-client viewers of a session with three layers saw (scripts/interop):
+a simulcast publisher's, or a VOD session's ladder.
 
 Usage: layers_check.py LIMIT_FOR_S AUTO.json PINNED.json LIMITED.json INFO.json AUTO.h264 PINNED.h264 LIMITED.h264
 
 - AUTO (no limit, automatic) never gets the low layer, and ends on the middle or the top one
   (whether it reached the top is reported);
-- PINNED (`--layer h`) gets the middle layer from its pin on;
+- PINNED (`--layer` with the middle layer's name) gets the middle layer from its pin on;
 - LIMITED (500 kb/s for LIMIT_FOR_S seconds) moves down to the low layer while limited and
   up again within 10 s of the limit lifting (when it reached the top is reported: the
   estimate's climb makes that 8 to more than 11 s here, so it is not a condition yet);
@@ -59,12 +60,11 @@ def main():
         print(json.dumps({"step": step, "ok": passed, **fields}), flush=True)
 
     layers = info.get("layers", [])
-    sizes = {l["rid"]: (l.get("width"), l.get("height")) for l in layers}
     report("layers", len(layers) == 3 and all(l["active"] for l in layers)
            and layers[0]["height"] < layers[1]["height"] < layers[2]["height"],
            layers=layers, viewer_layers=info.get("viewer_layers"))
     top = (layers[-1]["width"], layers[-1]["height"]) if layers else None
-    mid = sizes.get("h")
+    mid = (layers[1]["width"], layers[1]["height"]) if len(layers) == 3 else None
     low = (layers[0]["width"], layers[0]["height"]) if layers else None
     run = lambda r: (r["width"], r["height"])
 

@@ -79,6 +79,20 @@ pub struct TrackInfo {
     pub ssrc: u32,
     #[serde(default)]
     pub fmtp: String,
+    /// A video track that is one rendition of several (a ladder): what it carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerInfo>,
+}
+
+/// One rendition of a ladder: its name, picture and target bitrate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// `"360p"`: how viewers and the API name it.
+    pub rid: String,
+    pub width: u32,
+    pub height: u32,
+    /// Target bits/s.
+    pub bitrate: u64,
 }
 
 /// An input as `ready` describes it, for audio selection.

@@ -377,6 +377,11 @@ pub struct SessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<PullSpec>,
     pub video: Option<VideoSpec>,
+    /// The video as several renditions (a ladder), each viewer getting the one its bandwidth
+    /// carries, e.g. heights 720, 360 and 180: the tallest is the main picture (at most
+    /// `video.height`), the others are encoded from it with the same keyframes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerSpec>,
     pub audio: Option<AudioSpec>,
     /// Start at this media time, seconds.
     pub start: Option<f64>,
@@ -490,6 +495,19 @@ pub struct VideoSpec {
     pub bitrate: Option<u64>,
     pub codec: Option<VideoCodec>,
 }
+
+/// One rendition of a VOD session's ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    pub height: u32,
+    /// bits/s (default: the session's video bitrate scaled to the picture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
+}
+
+/// The most renditions a session's ladder has (the ring indexes 8 tracks; audio has one).
+pub const MAX_LAYERS: usize = 7;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +676,7 @@ impl SessionSpec {
                 fps: Some(30.0),
                 ..VideoSpec::default()
             }),
+            layers: Vec::new(),
             audio: None,
             start: None,
             looping: None,
@@ -738,6 +757,19 @@ impl SessionSpec {
         if self.start.is_some_and(|s| !s.is_finite() || s < 0.0) {
             return Err(SpecError::Range("start"));
         }
+        if self.layers.len() > MAX_LAYERS {
+            return Err(SpecError::Range("layers (at most 7)"));
+        }
+        for l in &self.layers {
+            if !(16..=4320).contains(&l.height) || l.height % 2 != 0 {
+                return Err(SpecError::Range("layers[].height (even, 16-4320)"));
+            }
+            if l.bitrate
+                .is_some_and(|b| !(50_000..=50_000_000).contains(&b))
+            {
+                return Err(SpecError::Range("layers[].bitrate (50k-50M)"));
+            }
+        }
         Ok(())
     }
 
@@ -797,6 +829,29 @@ impl SessionSpec {
             opt("--height", v.height.map(|x| x.to_string()));
             opt("--fps", v.fps.map(|x| x.to_string()));
             opt("--video-bitrate", v.bitrate.map(|x| x.to_string()));
+        }
+        // A ladder: its tallest rendition is the main picture (scaled down to it unless the
+        // session sets its size), the others lower renditions of it.
+        let tallest = self.layers.iter().map(|l| l.height).max();
+        let sized = self
+            .video
+            .as_ref()
+            .is_some_and(|v| v.width.is_some() || v.height.is_some());
+        if !sized {
+            opt("--max-height", tallest.map(|h| h.to_string()));
+        }
+        for l in self
+            .layers
+            .iter()
+            .filter(|l| Some(l.height) != tallest || sized)
+        {
+            opt(
+                "--layer",
+                Some(match l.bitrate {
+                    Some(b) => format!("{}:{b}", l.height),
+                    None => l.height.to_string(),
+                }),
+            );
         }
         opt(
             "--codec",

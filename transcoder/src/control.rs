@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 
 pub use wisp_control::{
-    BadRequest, Command, Event, InputInfo, InputRef, PlayState, TrackInfo, parse_request,
+    BadRequest, Command, Event, InputInfo, InputRef, LayerInfo, PlayState, TrackInfo, parse_request,
 };
 
 /// What came in on the control channel.

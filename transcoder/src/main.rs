@@ -78,6 +78,11 @@ struct Args {
     /// Video bitrate, bits/s.
     #[arg(long, default_value_t = 2_000_000)]
     video_bitrate: u64,
+    /// Also encode a lower rendition of this height (bits/s after a colon; default: the main
+    /// bitrate scaled by the pixel ratio to the power 0.75), on ring track 2, 3, … with the
+    /// same timestamps and keyframes as the main one. Repeat for more (at most 6).
+    #[arg(long = "layer", value_name = "HEIGHT[:BITRATE]")]
+    layers: Vec<crate::options::LayerOpt>,
     /// Audio bitrate, bits/s.
     #[arg(long, default_value_t = 96_000)]
     audio_bitrate: u64,
@@ -224,6 +229,7 @@ fn main() -> ExitCode {
         fps: args.fps,
         max_height: args.max_height,
         video_bitrate: args.video_bitrate,
+        layers: args.layers,
         audio_bitrate: args.audio_bitrate,
         codec: args.codec,
         gop_seconds: args.gop,
@@ -253,9 +259,10 @@ fn main() -> ExitCode {
         || opts.width == Some(0)
         || opts.height == Some(0)
         || opts.max_height.is_some_and(|h| h < 2)
+        || opts.layers.len() > 6
     {
         return usage_error(
-            "--gop must be > 0, --start ≥ 0, --width/--height > 0, --max-height ≥ 2",
+            "--gop must be > 0, --start ≥ 0, --width/--height > 0, --max-height ≥ 2, --layer at most 6 times",
         );
     }
 

@@ -215,6 +215,8 @@ pub struct Options {
     pub max_height: Option<u32>,
     pub fps: Option<Rational>,
     pub video_bitrate: u64,
+    /// Lower renditions encoded besides the main one (`--layer`), each a ring track.
+    pub layers: Vec<LayerOpt>,
     pub audio_bitrate: u64,
     pub codec: VideoCodec,
     pub gop_seconds: f64,
@@ -237,6 +239,48 @@ pub struct Options {
     pub control: ControlSource,
     pub on_end: OnEnd,
     pub paused: bool,
+}
+
+/// A lower rendition: its height (the width follows the aspect) and bits/s (default: the
+/// main bitrate scaled by the pixel ratio to the power 0.75).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerOpt {
+    pub height: u32,
+    pub bitrate: Option<u64>,
+}
+
+impl FromStr for LayerOpt {
+    type Err = String;
+    /// `360` or `360:600000`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not HEIGHT or HEIGHT:BITRATE (e.g. 360 or 360:600000)");
+        let (h, b) = match s.split_once(':') {
+            Some((h, b)) => (h, Some(b.trim().parse::<u64>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let height: u32 = h.trim().parse().map_err(|_| bad())?;
+        if !(16..=4320).contains(&height) || b.is_some_and(|b| !(50_000..=50_000_000).contains(&b))
+        {
+            return Err(format!(
+                "'{s}': a layer's height is 16 to 4320, its bitrate 50000 to 50000000"
+            ));
+        }
+        Ok(Self { height, bitrate: b })
+    }
+}
+
+impl LayerOpt {
+    /// The rendition of a `width`x`height` main picture at `main_bitrate`: (width, height,
+    /// bitrate), sizes even.
+    pub fn size(&self, width: u32, height: u32, main_bitrate: u64) -> (u32, u32, u64) {
+        let h = self.height.min(height) & !1;
+        let w = ((u64::from(width) * u64::from(h) / u64::from(height.max(1))) as u32 & !1).max(2);
+        let ratio = (f64::from(w) * f64::from(h)) / (f64::from(width) * f64::from(height)).max(1.0);
+        let bitrate = self
+            .bitrate
+            .unwrap_or_else(|| ((main_bitrate as f64 * ratio.powf(0.75)) as u64).max(50_000));
+        (w, h.max(2), bitrate)
+    }
 }
 
 /// Output colour matrix, tagged in the bitstream.
@@ -269,6 +313,7 @@ impl Options {
             max_height: None,
             fps: None,
             video_bitrate: 2_000_000,
+            layers: Vec::new(),
             audio_bitrate: 96_000,
             codec: VideoCodec::H264,
             gop_seconds: 2.0,
@@ -357,6 +402,28 @@ mod tests {
         );
         assert!("0/1".parse::<Rational>().is_err());
         assert!("fast".parse::<Rational>().is_err());
+    }
+
+    #[test]
+    fn layers_parse_and_keep_the_aspect() {
+        assert_eq!(
+            "360".parse::<LayerOpt>(),
+            Ok(LayerOpt {
+                height: 360,
+                bitrate: None
+            })
+        );
+        let l: LayerOpt = "180:200000".parse().unwrap();
+        assert_eq!(l.size(1280, 720, 2_000_000), (320, 180, 200_000));
+        let (w, h, b) = "360"
+            .parse::<LayerOpt>()
+            .unwrap()
+            .size(1280, 720, 2_000_000);
+        assert_eq!((w, h), (640, 360));
+        assert_eq!(b, 707_106, "a quarter of the pixels: 2 Mb/s × 0.25^0.75");
+        assert!("0".parse::<LayerOpt>().is_err());
+        assert!("360:10".parse::<LayerOpt>().is_err());
+        assert!("tall".parse::<LayerOpt>().is_err());
     }
 
     #[test]

@@ -167,14 +167,51 @@ impl Player {
                 let time_base = sources[0].video_time_base();
                 sources[0].unread_video(probe)?;
                 let encoder = VideoEncoder::new(&opts, w, h, fps).map_err(PlayError::Setup)?;
-                let rtp = match opts.codec {
+                let mut rtp = match opts.codec {
                     VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
                     VideoCodec::Vp8 => RtpTrack::vp8(),
                 };
+                // Lower renditions on tracks 2, 3, …: each below the main picture, tallest
+                // first, no two alike.
+                let mut sizes: Vec<(u32, u32, u64)> = opts
+                    .layers
+                    .iter()
+                    .filter(|l| l.height < h)
+                    .map(|l| l.size(w, h, opts.video_bitrate))
+                    .collect();
+                sizes.sort_by_key(|s| std::cmp::Reverse(s.1));
+                sizes.dedup_by_key(|s| s.1);
+                for l in opts.layers.iter().filter(|l| l.height >= h) {
+                    tracing::info!(
+                        height = l.height,
+                        "layer not below the main picture ({w}x{h}): the main one stands for it"
+                    );
+                }
+                let mut renditions = Vec::new();
+                for (i, size) in sizes.into_iter().enumerate() {
+                    let track = crate::rtp::AUDIO_TRACK + 1 + i as u8;
+                    renditions.push(
+                        video::Rendition::new(&opts, (w, h), size, fps, track, &rtp)
+                            .map_err(PlayError::Setup)?,
+                    );
+                }
+                if !renditions.is_empty() {
+                    rtp.info.layer = Some(crate::control::LayerInfo {
+                        rid: format!("{h}p"),
+                        width: w,
+                        height: h,
+                        bitrate: opts.video_bitrate,
+                    });
+                    tracing::info!(
+                        layers = ?renditions.iter().map(|r| r.rtp.info.layer.clone()).collect::<Vec<_>>(),
+                        "encoding lower renditions too"
+                    );
+                }
                 Some(VideoChain {
                     filter: VideoFilter::new(&opts, w, h, fps, time_base),
                     encoder: EncoderThread::spawn(encoder),
                     rtp,
+                    renditions,
                     width: w,
                     height: h,
                     source_done: false,
@@ -259,6 +296,7 @@ impl Player {
         let mut tracks = Vec::new();
         if let Some(v) = &self.video {
             tracks.push(v.rtp.info.clone());
+            tracks.extend(v.renditions.iter().map(|r| r.rtp.info.clone()));
         }
         if let Some(a) = &self.audio {
             tracks.push(a.rtp.info.clone());
@@ -502,6 +540,9 @@ impl Player {
             if unit.packets.is_none() {
                 let v = self.video.as_mut().expect("video units need video");
                 v.encoder.collect().map_err(PlayError::Encode)?;
+                for r in &mut v.renditions {
+                    r.encoder.collect().map_err(PlayError::Encode)?;
+                }
             }
         }
         Ok(())
@@ -580,6 +621,11 @@ impl Player {
         let out_t = self.seg.out_of(media_t);
         let ts = ts90(out_t);
         let key = std::mem::take(&mut self.force_key);
+        // Every rendition gets the same frame, timestamp and keyframe decision, so a viewer can
+        // move between them at any keyframe.
+        for r in &mut v.renditions {
+            r.submit(&frame, ts, key).map_err(PlayError::Encode)?;
+        }
         v.encoder
             .submit(frame, ts, key)
             .map_err(PlayError::Encode)?;
@@ -643,6 +689,8 @@ impl Player {
 
     /// [`Self::write_unit`] without waking the ring's readers.
     fn write_unit_quietly(&mut self, unit: Unit) -> Result<(), PlayError> {
+        // Lower renditions' packets of a video frame, each on its track.
+        let mut layers: Vec<(u8, Vec<RtpPacket>)> = Vec::new();
         let packets = match unit.packets {
             Some(p) => p,
             None => {
@@ -659,6 +707,13 @@ impl Player {
                 let mut packets = Vec::new();
                 for f in encoded.map_err(PlayError::Encode)? {
                     packets.extend(v.rtp.packetize(&f.data, f.ts as u64, f.key));
+                }
+                for r in &mut v.renditions {
+                    let mut p = Vec::new();
+                    for f in r.encoder.collect().map_err(PlayError::Encode)? {
+                        p.extend(r.rtp.packetize(&f.data, f.ts as u64, f.key));
+                    }
+                    layers.push((r.rtp.info.index, p));
                 }
                 packets
             }
@@ -685,7 +740,16 @@ impl Player {
                 "seek: first frame of the new position written"
             );
         }
-        for p in &packets {
+        self.write_packets(unit.track, &packets, is_audio, capture_us);
+        for (track, p) in &layers {
+            self.write_packets(*track, p, false, capture_us);
+        }
+        Ok(())
+    }
+
+    /// Appends one unit's packets to the ring on `track`.
+    fn write_packets(&mut self, track: u8, packets: &[RtpPacket], is_audio: bool, capture_us: u64) {
+        for p in packets {
             let mut flags = Flags::empty();
             if p.keyframe_start {
                 flags |= Flags::KEYFRAME;
@@ -693,9 +757,9 @@ impl Player {
             if p.marker || is_audio {
                 flags |= Flags::END_OF_FRAME;
             }
-            // Packets are ≤ 1212 bytes by construction, and tracks are 0 and 1.
+            // Packets are ≤ 1212 bytes by construction, and tracks are below MAX_TRACKS.
             if let Err(e) = self.writer.append(RecordRef {
-                track: unit.track,
+                track,
                 flags,
                 capture_us,
                 packet: &p.bytes,
@@ -707,7 +771,6 @@ impl Player {
             self.stats.bytes += p.bytes.len() as u64;
             self.unwoken = true;
         }
-        Ok(())
     }
 
     /// A unit due at `due_us` goes out at `now`. While playing in real time, more than

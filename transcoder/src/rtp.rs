@@ -81,6 +81,18 @@ impl RtpTrack {
         )
     }
 
+    /// Puts the track on ring track `index` (another rendition of the video: its own SSRC,
+    /// sequence and clock come with the track).
+    pub fn set_index(&mut self, index: u8) {
+        self.info.index = index;
+    }
+
+    /// Runs on `other`'s RTP clock (the same timestamp for the same frame): renditions of one
+    /// picture share one timeline.
+    pub fn share_clock(&mut self, other: &RtpTrack) {
+        self.ts_offset = other.ts_offset;
+    }
+
     pub fn opus() -> Self {
         let fmtp = "minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1".to_string();
         Self::new(
@@ -115,6 +127,7 @@ impl RtpTrack {
             channels,
             ssrc: random_u32(),
             fmtp,
+            layer: None,
         };
         Self {
             info,

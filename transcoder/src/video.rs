@@ -242,11 +242,85 @@ impl VideoFilter {
     }
 }
 
+/// A lower rendition of the video (`--layer`): the main picture scaled, encoded on a thread
+/// of its own with the main one's timestamps and keyframes, on a ring track of its own.
+pub struct Rendition {
+    pub scaler: ff::software::scaling::Context,
+    pub encoder: EncoderThread,
+    pub rtp: RtpTrack,
+}
+
+impl std::fmt::Debug for Rendition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rendition({:?})", self.rtp.info.layer)
+    }
+}
+
+impl Rendition {
+    /// A `width`x`height` rendition at `bitrate` of a main picture of `from` (width,
+    /// height), named by its height, on ring track `track`, on the RTP clock of `clock`.
+    pub fn new(
+        opts: &Options,
+        from: (u32, u32),
+        (width, height, bitrate): (u32, u32, u64),
+        fps: FfRational,
+        track: u8,
+        clock: &RtpTrack,
+    ) -> Result<Self, String> {
+        let mut o = opts.clone();
+        o.video_bitrate = bitrate;
+        // One slice: a small picture's frame is quick, and one packet run per frame is
+        // cheapest to fan out.
+        o.encoder_threads = 1;
+        let encoder = VideoEncoder::new(&o, width, height, fps)?;
+        let mut rtp = match opts.codec {
+            VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
+            VideoCodec::Vp8 => RtpTrack::vp8(),
+        };
+        rtp.set_index(track);
+        rtp.share_clock(clock);
+        rtp.info.layer = Some(crate::control::LayerInfo {
+            rid: format!("{height}p"),
+            width,
+            height,
+            bitrate,
+        });
+        let scaler = ff::software::scaling::Context::get(
+            format::Pixel::YUV420P,
+            from.0,
+            from.1,
+            format::Pixel::YUV420P,
+            width,
+            height,
+            ff::software::scaling::Flags::BILINEAR,
+        )
+        .map_err(|e| format!("a {width}x{height} scaler: {e}"))?;
+        Ok(Self {
+            scaler,
+            encoder: EncoderThread::spawn(encoder),
+            rtp,
+        })
+    }
+
+    /// Scales the main picture `frame` and queues it for encoding as the main one is.
+    pub fn submit(&mut self, frame: &frame::Video, ts: i64, key: bool) -> Result<(), String> {
+        let mut out = frame::Video::empty();
+        self.scaler
+            .run(frame, &mut out)
+            .map_err(|e| format!("scaling a rendition: {e}"))?;
+        out.set_color_space(frame.color_space());
+        out.set_color_range(frame.color_range());
+        self.encoder.submit(out, ts, key)
+    }
+}
+
 /// The video path of a session: filter, encoder and RTP track, with a one-frame lookahead.
 pub struct VideoChain {
     pub filter: VideoFilter,
     pub encoder: EncoderThread,
     pub rtp: RtpTrack,
+    /// Lower renditions (`--layer`), encoded from the same frames.
+    pub renditions: Vec<Rendition>,
     pub width: u32,
     pub height: u32,
     /// The source has no more frames for the filter.

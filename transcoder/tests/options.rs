@@ -67,6 +67,94 @@ fn fps_converts_on_the_output_grid() {
 }
 
 #[test]
+fn a_ladder_has_each_rendition_on_its_track_with_the_same_frames_and_keyframes() {
+    let src = numbered_1080p(5);
+    let mut t = Transcoder::start(
+        "ladder",
+        &[
+            "-i",
+            src.to_str().expect("utf8"),
+            "--height",
+            "720",
+            "--layer",
+            "360",
+            "--layer",
+            "180:150000",
+            "--layer",
+            "1080",
+        ],
+    );
+    let ready = t.wait_named("ready");
+    let layers: Vec<(u64, String, u64, u64)> = ready["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "video")
+        .map(|t| {
+            let l = &t["layer"];
+            (
+                t["index"].as_u64().unwrap(),
+                l["rid"].as_str().unwrap().to_string(),
+                l["height"].as_u64().unwrap(),
+                l["bitrate"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        layers,
+        vec![
+            (0, "720p".into(), 720, 2_000_000),
+            (2, "360p".into(), 360, 707_106),
+            (3, "180p".into(), 180, 150_000),
+        ],
+        "a layer not below the main picture is the main one"
+    );
+    // A seek lands on the same frame, as a keyframe, in every rendition.
+    t.send(r#"{"op":"pause"}"#);
+    t.send(r#"{"op":"seek","to":2.0}"#);
+    t.wait_state("paused");
+    t.send(r#"{"op":"play"}"#);
+    assert_eq!(t.wait_exit(), Some(0));
+    let records = read_all(&t.ring());
+    let mut per_track = Vec::new();
+    for (track, w, h) in [(0u8, 1280, 720), (2, 640, 360), (3, 320, 180)] {
+        let mut rx = VideoReceiver::default();
+        rx.track = track;
+        let frames: Vec<DecodedFrame> = records.iter().filter_map(|r| rx.push(r)).collect();
+        assert!(
+            frames.iter().all(|f| (f.width, f.height) == (w, h)),
+            "track {track}: {:?}",
+            frames
+                .iter()
+                .map(|f| (f.width, f.height))
+                .collect::<Vec<_>>()
+        );
+        per_track.push(frames);
+    }
+    let after_seek = |frames: &[DecodedFrame]| -> Vec<(u32, u32, bool)> {
+        frames
+            .iter()
+            .skip_while(|f| f.number < 60)
+            .map(|f| (f.number, f.rtp_ts, f.keyframe))
+            .collect()
+    };
+    let main = after_seek(&per_track[0]);
+    assert_eq!(
+        main.first().map(|f| (f.0, f.2)),
+        Some((60, true)),
+        "{main:?}"
+    );
+    assert!(main.len() > 60, "{}", main.len());
+    for (i, frames) in per_track.iter().enumerate().skip(1) {
+        assert_eq!(
+            after_seek(frames),
+            main,
+            "rendition {i}: the same frames, timestamps and keyframes as the main one"
+        );
+    }
+}
+
+#[test]
 fn sar_override_keeps_the_display_aspect() {
     // 640x480 stored pixels shown 4:3 wider: 853x480 on screen, so 854x480 (even) out.
     let src = generated(

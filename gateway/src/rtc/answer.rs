@@ -43,8 +43,9 @@ pub struct Tracks {
     pub audio: Option<(Mid, Pt, u32)>,
 }
 
-/// A viewer's send bandwidth estimate starts here, before feedback says more: about a 720p
-/// layer, so that a viewer on a good path starts on a good layer.
+/// A viewer's send bandwidth estimate starts here, before feedback says more: a middle
+/// layer's worth. A viewer on a good path moves up within a couple of seconds; one on a
+/// poor path starting on a 2 Mb/s layer would get no whole keyframe until it moved down.
 pub const INITIAL_ESTIMATE_BPS: u64 = 2_000_000;
 
 /// Builds an `Rtc` for one viewer (or, with `publisher`, a WHIP publisher) and answers its

@@ -283,7 +283,11 @@ impl Viewer {
             sized_for: None,
             chooser: Chooser::default(),
             bwe: p.bwe,
-            estimate: None,
+            // str0m's estimate starts there; its first event comes after the first layer is
+            // chosen.
+            estimate: p
+                .bwe
+                .then_some(crate::rtc::answer::INITIAL_ESTIMATE_BPS),
             next_choice: None,
             pending_since: None,
             bwe_targets: None,
@@ -819,8 +823,13 @@ impl Viewer {
             .filter(|r| r.layers.len() > 1)
             .cloned();
         let Some(ready) = layered else {
-            // Automatic with no limit is what a viewer of one layer has: nothing to do.
-            if wish == Wish::default() {
+            // Automatic with no limit is what a viewer of one layer has: nothing to do. Before
+            // the source is up (a VOD transcoder starting), the wish waits for it.
+            let no_source = self.feed.ready().is_none() && self.latest.is_none();
+            if wish == Wish::default() || no_source {
+                if no_source {
+                    tracing::info!(wish = ?wish, "viewer's layer wish, kept until the source is up");
+                }
                 self.chooser.set_wish(wish);
                 return Ok(self.layer_fields(now));
             }

@@ -127,6 +127,27 @@ impl ReadySource {
     }
 }
 
+/// A transcoder's renditions as layers, when it encodes more than one (each always
+/// sending: the transcoder keeps them all going).
+fn ladder(tracks: &[wisp_control::TrackInfo]) -> Vec<layers::Layer> {
+    let renditions: Vec<layers::Layer> = tracks
+        .iter()
+        .filter(|t| t.kind == "video")
+        .filter_map(|t| {
+            let l = t.layer.as_ref()?;
+            Some(
+                layers::Layer::with(t.index, l.rid.clone(), l.width, l.height, l.bitrate)
+                    .always_active(),
+            )
+        })
+        .collect();
+    if renditions.len() > 1 {
+        renditions
+    } else {
+        Vec::new()
+    }
+}
+
 /// What the capture time of a source's records says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capture {
@@ -830,12 +851,13 @@ impl Session {
     /// so that its viewers' bandwidth is worth estimating.
     pub fn layered(&self) -> bool {
         let now = matches!(&*self.source.borrow(), Source::Ready(r) if r.layers.len() > 1);
-        now || self
-            .simulcast
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .is_some_and(|s| s.layers.len() > 1)
+        now || self.spec.layers.len() > 1
+            || self
+                .simulcast
+                .lock()
+                .expect("not poisoned")
+                .as_ref()
+                .is_some_and(|s| s.layers.len() > 1)
     }
 
     /// A viewer's layer changed (`None`: it left, or gets the only video there is).
@@ -1411,7 +1433,7 @@ impl SessionTask {
                         generation: self.generation,
                         video_track: find("video"),
                         audio_track: find("audio"),
-                        layers: Vec::new(),
+                        layers: ladder(&tracks),
                         width,
                         height,
                         fps,

@@ -340,8 +340,10 @@ pub struct DecodedFrame {
     pub nal_types: Vec<u8>,
 }
 
-/// Depacketizes and decodes H.264 video records (track 0), one frame per marker bit.
+/// Depacketizes and decodes H.264 video records (of `track`, 0 by default), one frame per
+/// marker bit.
 pub struct VideoReceiver {
+    pub track: u8,
     depack: H264Depacketizer,
     decoder: ff::decoder::Video,
     au: Vec<u8>,
@@ -357,6 +359,7 @@ impl Default for VideoReceiver {
             .video()
             .expect("open decoder");
         Self {
+            track: 0,
             depack: H264Depacketizer::default(),
             decoder,
             au: Vec::new(),
@@ -368,7 +371,7 @@ impl Default for VideoReceiver {
 impl VideoReceiver {
     /// Feeds one record; returns the decoded frame when the record ends one.
     pub fn push(&mut self, rec: &Record) -> Option<DecodedFrame> {
-        if rec.meta.track != 0 {
+        if rec.meta.track != self.track {
             return None;
         }
         let h = RtpHeaderView::parse(&rec.packet).expect("RTP");
