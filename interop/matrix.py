@@ -16,7 +16,7 @@ CLIENTS = [
     "aiortc (viewer)",
     "whep-client",
 ]
-FEATURES = ["WHIP", "WHEP", "trickle", "ICE restart", "data channel"]
+FEATURES = ["WHIP", "WHEP", "trickle", "ICE restart", "data channel", "layers"]
 
 # Why a cell has no check: the client does not do that.
 NOT_APPLICABLE = {
@@ -35,6 +35,8 @@ NOT_APPLICABLE = {
     ("aiortc (viewer)", "trickle"): "aiortc has no trickle ICE",
     ("aiortc (viewer)", "ICE restart"): "aiortc has no ICE restart",
     ("whep-client", "WHIP"): "viewer",
+    ("aiortc (publisher)", "layers"): "aiortc sends no simulcast",
+    ("aiortc (viewer)", "layers"): "not checked: it gets the gateway's choice like any viewer",
 }
 
 

@@ -285,9 +285,7 @@ impl Viewer {
             bwe: p.bwe,
             // str0m's estimate starts there; its first event comes after the first layer is
             // chosen.
-            estimate: p
-                .bwe
-                .then_some(crate::rtc::answer::INITIAL_ESTIMATE_BPS),
+            estimate: p.bwe.then_some(crate::rtc::answer::INITIAL_ESTIMATE_BPS),
             next_choice: None,
             pending_since: None,
             bwe_targets: None,
