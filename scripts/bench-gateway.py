@@ -52,7 +52,17 @@
           the frame's media time (the segment's PROGRAM-DATE-TIME relative to the first).
           The ring is written by a standalone `wisp-transcoder -i demo` (not counted).
 
-Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest-cpu|ingest-latency|hls|all] [--viewers 50,100,200] [--window 20]
+  layer-switch: a VOD session as a ladder (720p, 360p, 180p from the demo); one whep-client
+          viewer pins 180p and 720p in turn every --gap seconds (`--cycle-layers`): the time
+          from each pin request to the first complete frame at that layer's size, p50/p95.
+          The gateway moves the viewer at that layer's next keyframe and asks the transcoder
+          for one (throttled to one per 500 ms per session).
+  layers-fanout: as fanout, for that ladder session (each viewer choosing its layer from its
+          bandwidth estimate, with transport-wide CC and str0m's pacer) next to the demo's
+          single layer, in separate gateways: the gateway's CPU per viewer-second. The ladder's
+          transcoder (not counted) takes more of the same 2 cores.
+
+Usage: scripts/bench-gateway.py [fanout|ttff|seek|live|live-fanout|ingest-cpu|ingest-latency|hls|layer-switch|layers-fanout|all] [--viewers 50,100,200] [--window 20]
 Everything runs on 127.0.0.1. Build first: cargo build --release -p wisp -p wisp-transcoder -p whep-client
 """
 
@@ -803,9 +813,60 @@ def ingest_latency(window):
     return results
 
 
+LADDER = ('[[sessions]]\nname = "ladder"\ninputs = [{ url = "demo" }]\n'
+          'layers = [{ height = 720 }, { height = 360 }, { height = 180 }]\n')
+
+
+def layer_switch(count, gap):
+    gw = Gateway(config=LADDER)
+    token = gw.mint("ladder", "view")
+    frames = int((count + 2) * gap * 30)
+    out = subprocess.run([f"{BIN}/whep-client", "play", gw.base + "/whep/ladder", "--token", token,
+                          "--frames", str(frames), "--timeout", str(int((count + 4) * gap) + 20),
+                          "--json", "--cycle-layers", "180p,720p", "--cycle-every", str(gap)],
+                         capture_output=True, text=True)
+    gw.close()
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    heights = {"180p": 180, "720p": 720}
+    times = []
+    for req in summary.get("layer_requests", []):
+        want = heights[req["rid"]]
+        later = [r for r in summary.get("sizes", []) if r["at_ms"] >= req["at_ms"]]
+        hit = next((r for r in later if r["height"] == want), None)
+        if hit:
+            times.append(hit["at_ms"] - req["at_ms"])
+    times.sort()
+    result = {"switches": len(times), "requests": len(summary.get("layer_requests", [])),
+              "p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "max_ms": times[-1] if times else None,
+              "discontinuities": summary.get("discontinuities")}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def layers_fanout(viewers_list, window):
+    rows = []
+    for n in viewers_list:
+        for name, config in (("ladder", LADDER), ("demo", "")):
+            gw = Gateway(config=config)
+            token = gw.mint(name, "view")
+            url = gw.base + f"/whep/{name}"
+            warm = watch(url, token)
+            time.sleep(3)
+            row = {"session": name, **measure_fanout(gw, n, window, url, token)}
+            if name == "ladder":
+                row["viewer_layers"] = sorted(
+                    {v["layer"]: 0 for v in gw.session(name).get("viewer_layers", [])})
+            warm.terminate()
+            warm.wait()
+            gw.close()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest-cpu", "ingest-latency", "hls", "all"])
+    ap.add_argument("what", nargs="?", default="all", choices=["fanout", "ttff", "seek", "live", "live-fanout", "ingest-cpu", "ingest-latency", "hls", "layer-switch", "layers-fanout", "all"])
     ap.add_argument("--viewers", default="50,100,200")
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
@@ -831,6 +892,10 @@ def main():
         fanout([int(v) for v in a.viewers.split(",")], a.window)
     if a.what in ("live-fanout", "all"):
         live_fanout([int(v) for v in a.viewers.split(",")], a.window)
+    if a.what in ("layer-switch", "all"):
+        layer_switch(a.seeks, a.gap)
+    if a.what in ("layers-fanout", "all"):
+        layers_fanout([int(v) for v in a.viewers.split(",")], a.window)
 
 
 if __name__ == "__main__":

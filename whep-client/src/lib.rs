@@ -65,6 +65,9 @@ pub struct Options {
     /// Unlike [`Options::control`], the watch ends as it would without it; the server's
     /// `layer` events are kept in [`Summary::layer_events`].
     pub layer: Option<String>,
+    /// Every this often, pin the next of these layers (round robin) over the `control`
+    /// channel; each request is kept in [`Summary::layer_requests`] (for switch times).
+    pub layer_cycle: Option<(Duration, Vec<String>)>,
     /// A slow path: what arrives is passed on at this rate, the rest queued and dropped.
     pub limit: Option<Limit>,
     /// Each complete video frame is appended here as it came (Annex B for H.264), for a
@@ -112,6 +115,7 @@ impl Default for Options {
             media_out: None,
             stop: None,
             layer: None,
+            layer_cycle: None,
             limit: None,
             video_out: None,
         }
@@ -329,6 +333,9 @@ pub struct Summary {
     pub layer_events: Vec<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_reply: Option<serde_json::Value>,
+    /// The layer requests of [`Options::layer_cycle`]: when (ms after the POST), which.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layer_requests: Vec<serde_json::Value>,
     /// Datagrams the [`Options::limit`] path dropped and passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit_dropped: Option<u64>,
@@ -453,7 +460,7 @@ pub async fn watch(
     let mut api = rtc.sdp_api();
     let video_mid = api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
     let audio_mid = api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
-    if control.is_some() || opts.layer.is_some() {
+    if control.is_some() || opts.layer.is_some() || opts.layer_cycle.is_some() {
         api.add_channel("control".into());
     }
     let (offer, pending) = api.apply().expect("adding media makes an offer");
@@ -512,6 +519,9 @@ pub async fn watch(
     let mut buf = vec![0u8; GRO_BUFFER];
     let mut last_progress = Instant::now();
     let mut end = opts.duration.map(|d| started + d);
+    let mut cycle = opts.layer_cycle.take().filter(|c| !c.1.is_empty());
+    let mut next_cycle: Option<Instant> = None;
+    let mut cycled = 0usize;
     // When the wanted frames had all come.
     let mut frames_done: Option<Instant> = None;
     let result = 'run: loop {
@@ -639,6 +649,30 @@ pub async fn watch(
         }
         if let Some(t) = shaper.as_ref().and_then(Shaper::next_due) {
             wake = wake.min(t);
+        }
+        // Layer pins in turn, once the channel is open and video plays.
+        if let (Some((every, rids)), Some(id)) = (&cycle, ctl.channel)
+            && summary.video_frames > 0
+        {
+            let due = *next_cycle.get_or_insert(now + *every);
+            if now >= due {
+                let rid = &rids[cycled % rids.len()];
+                cycled += 1;
+                let req = serde_json::json!({"id": format!("cycle-{cycled}"), "op": "layer", "rid": rid});
+                if let Some(mut ch) = rtc.channel(id) {
+                    let _ = ch.write(false, req.to_string().as_bytes());
+                }
+                summary.layer_requests.push(serde_json::json!({
+                    "at_ms": started.elapsed().as_millis() as u64,
+                    "rid": rid,
+                }));
+                next_cycle = Some(now + *every);
+                continue;
+            }
+            wake = wake.min(due);
+        }
+        if cycle.as_ref().is_some_and(|c| c.1.is_empty()) {
+            cycle = None;
         }
         let open = ctl.channel.filter(|_| !ctl.closed);
         tokio::select! {

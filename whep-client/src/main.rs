@@ -84,6 +84,13 @@ struct PlayArgs {
     /// Ask the server for layers no taller than this (a small window).
     #[arg(long, value_name = "PIXELS")]
     max_height: Option<u32>,
+    /// Pin these layers in turn (comma-separated RIDs), one every --cycle-every seconds once
+    /// video plays; the summary's `layer_requests` and `sizes` give each switch's time.
+    #[arg(long, value_name = "RID,RID,...", value_delimiter = ',')]
+    cycle_layers: Vec<String>,
+    /// Seconds between the pins of --cycle-layers.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    cycle_every: f64,
     /// Receive through a slow path of this many kbit/s (shaped here, with a 300 ms queue;
     /// what does not fit is dropped).
     #[arg(long, value_name = "KBPS")]
@@ -299,6 +306,8 @@ async fn play(args: PlayArgs) -> ExitCode {
         wait,
         layer,
         max_height,
+        cycle_layers,
+        cycle_every,
         limit_kbps,
         limit_for,
         video_out,
@@ -372,6 +381,8 @@ async fn play(args: PlayArgs) -> ExitCode {
         restart_after,
         linger: linger.map(Duration::from_secs_f64),
         layer: layer_request.clone(),
+        layer_cycle: (!cycle_layers.is_empty())
+            .then(|| (Duration::from_secs_f64(cycle_every.clamp(0.1, 600.0)), cycle_layers.clone())),
         limit,
         video_out: video_out.as_ref().and_then(|f| f.try_clone().ok()),
         ..Options::default()
