@@ -218,16 +218,23 @@ impl Chooser {
 }
 
 /// The rates str0m's estimator should work toward for a viewer on `current`, among the
-/// layers it may get ([`Chooser::eligible`]): send as much as the next layer up would
-/// (`minimum`: padding fills up to it, within the estimate) and probe for the room a move
-/// there needs (`desired`), so that an estimate held down by sending little grows as soon as
-/// the path allows. On its top layer (or a pinned one), the room to stay.
+/// layers it may get ([`Chooser::eligible`]): below the top, send as much as the next layer
+/// up would (`minimum`: padding fills up to it, within the estimate) and probe for the room a
+/// move there needs (`desired`), so that an estimate held down by sending little grows as
+/// soon as the path allows. On its top layer (or a pinned one), no padding, and probes for
+/// the room to stay.
 pub fn targets(layers: &[&Candidate], current: Option<u8>) -> Option<(u64, u64)> {
     let cur = layers.iter().position(|l| Some(l.track) == current)?;
     let now = layers[cur].bitrate;
-    let next = layers.get(cur + 1).map_or(now, |l| l.bitrate).max(now);
-    let desired = (next as f64 / UP_SHARE).round() as u64;
-    Some((next, desired))
+    match layers.get(cur + 1) {
+        Some(next) => {
+            let next = next.bitrate.max(now);
+            Some((next, (next as f64 / UP_SHARE).round() as u64))
+        }
+        // On top: no padding (it would double what a viewer on a good path is sent), probes
+        // only.
+        None => Some((0, (now as f64 / UP_SHARE).round() as u64)),
+    }
 }
 
 #[cfg(test)]
@@ -373,8 +380,8 @@ mod tests {
         assert_eq!(targets(&all, Some(3)), Some((500_000, 555_556)));
         assert_eq!(
             targets(&all, Some(0)),
-            Some((1_500_000, 1_666_667)),
-            "on top: room to stay"
+            Some((0, 1_666_667)),
+            "on top: room to stay, and no padding"
         );
         assert_eq!(targets(&all, Some(9)), None);
         // Pinned to the lowest: no padding toward layers it will not get.
@@ -384,6 +391,6 @@ mod tests {
             ..Wish::default()
         });
         let l = ladder();
-        assert_eq!(targets(&c.eligible(&l), Some(3)), Some((150_000, 166_667)));
+        assert_eq!(targets(&c.eligible(&l), Some(3)), Some((0, 166_667)));
     }
 }
