@@ -658,7 +658,8 @@ pub async fn watch(
             if now >= due {
                 let rid = &rids[cycled % rids.len()];
                 cycled += 1;
-                let req = serde_json::json!({"id": format!("cycle-{cycled}"), "op": "layer", "rid": rid});
+                let req =
+                    serde_json::json!({"id": format!("cycle-{cycled}"), "op": "layer", "rid": rid});
                 if let Some(mut ch) = rtc.channel(id) {
                     let _ = ch.write(false, req.to_string().as_bytes());
                 }

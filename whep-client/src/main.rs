@@ -381,8 +381,12 @@ async fn play(args: PlayArgs) -> ExitCode {
         restart_after,
         linger: linger.map(Duration::from_secs_f64),
         layer: layer_request.clone(),
-        layer_cycle: (!cycle_layers.is_empty())
-            .then(|| (Duration::from_secs_f64(cycle_every.clamp(0.1, 600.0)), cycle_layers.clone())),
+        layer_cycle: (!cycle_layers.is_empty()).then(|| {
+            (
+                Duration::from_secs_f64(cycle_every.clamp(0.1, 600.0)),
+                cycle_layers.clone(),
+            )
+        }),
         limit,
         video_out: video_out.as_ref().and_then(|f| f.try_clone().ok()),
         ..Options::default()

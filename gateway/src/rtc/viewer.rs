@@ -513,7 +513,6 @@ impl Viewer {
     fn on_connected(&mut self, now: Instant) {
         self.connected = true;
         self.size_resend_cache(None);
-
         let after = now.saturating_duration_since(self.created);
         tracing::info!(after_ms = after.as_millis() as u64, "viewer connected");
         self.events.push_back(Event::Connected { after });
