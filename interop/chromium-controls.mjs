@@ -6,7 +6,7 @@
 // Usage: node chromium-controls.mjs BASE_URL STEER_TOKEN VIEW_TOKEN SESSION [ADMIN_TOKEN]
 // Prints one JSON line per check; exits non-zero if a check fails.
 
-import { launchChromium } from "./chromium.mjs";
+import { launchChromium, waitFor } from "./chromium.mjs";
 
 const [base, steerToken, viewToken, session = "vod", adminToken] = process.argv.slice(2);
 if (!base || !steerToken || !viewToken) {
@@ -41,16 +41,6 @@ function centreColour(p) {
 
 const isRed = (c) => c && c.r > 150 && c.b < 100;
 const isBlue = (c) => c && c.b > 150 && c.r < 100;
-
-async function waitFor(what, fn, ms) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) throw new Error("timed out waiting for " + what);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 const data = (p, key) => p.evaluate((k) => document.body.dataset[k], key);
 

@@ -7,7 +7,7 @@
 // Usage: node chromium-layers.mjs BASE_URL VIEW_TOKEN SESSION LOW_RID
 // Prints one JSON line per check; exits non-zero if one fails.
 
-import { launchChromium, serveThirdPartyPage } from "./chromium.mjs";
+import { launchChromium, serveThirdPartyPage, waitFor } from "./chromium.mjs";
 
 const [base, token, session, low] = process.argv.slice(2);
 if (!base || !token || !session || !low) {
@@ -19,16 +19,6 @@ let failed = false;
 function report(result) {
   if (!result.ok) failed = true;
   console.log(JSON.stringify(result));
-}
-
-async function waitFor(what, fn, ms) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > until) throw new Error("timed out waiting for " + what);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 const browser = await launchChromium();

@@ -79,3 +79,15 @@ export async function localUfrag(page, pcExpr) {
     return ufrag;
   }, pcExpr);
 }
+
+// Polls `fn` every 100 ms until it returns something truthy (returned), or throws after `ms`
+// naming `what`.
+export async function waitFor(what, fn, ms) {
+  const until = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > until) throw new Error("timed out waiting for " + what);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -223,21 +223,26 @@ def watch(url, token):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def fanout_run(n, window, name="demo", config=""):
+    """One fanout row: a gateway (with `config`), one viewer of session `name` first (so its
+    transcoder runs and the baseline holds a live session), then `n` more measured."""
+    gw = Gateway(config=config)
+    token = gw.mint(name, "view")
+    url = gw.base + f"/whep/{name}"
+    warm = watch(url, token)
+    time.sleep(3)
+    row = {"session": name, **measure_fanout(gw, n, window, url, token)}
+    if name != "demo":
+        row["viewer_layers"] = sorted({v["layer"] for v in gw.session(name).get("viewer_layers", [])})
+    warm.terminate()
+    warm.wait()
+    gw.close()
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def fanout(viewers_list, window):
-    rows = []
-    for n in viewers_list:
-        gw = Gateway()
-        # One viewer first, so the transcoder runs and the baseline holds a live session.
-        url = gw.base + "/whep/demo"
-        warm = watch(url, gw.token)
-        time.sleep(3)
-        row = measure_fanout(gw, n, window, url, gw.token)
-        warm.terminate()
-        warm.wait()
-        gw.close()
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+    return [fanout_run(n, window) for n in viewers_list]
 
 
 def live_fanout(viewers_list, window):
@@ -846,21 +851,8 @@ def layer_switch(count, gap):
 def layers_fanout(viewers_list, window):
     rows = []
     for n in viewers_list:
-        for name, config in (("ladder", LADDER), ("demo", "")):
-            gw = Gateway(config=config)
-            token = gw.mint(name, "view")
-            url = gw.base + f"/whep/{name}"
-            warm = watch(url, token)
-            time.sleep(3)
-            row = {"session": name, **measure_fanout(gw, n, window, url, token)}
-            if name == "ladder":
-                row["viewer_layers"] = sorted(
-                    {v["layer"]: 0 for v in gw.session(name).get("viewer_layers", [])})
-            warm.terminate()
-            warm.wait()
-            gw.close()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        rows.append(fanout_run(n, window, "ladder", LADDER))
+        rows.append(fanout_run(n, window))
     return rows
 
 

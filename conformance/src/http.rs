@@ -184,14 +184,17 @@ impl Http {
     /// connection is dropped. The body is the text read by then.
     pub async fn pull(&mut self, url: &Url, time: Duration) -> Result<Resp, String> {
         let what = format!("GET {url} (a long pull)");
-        let mut r = self
+        // The suite's token goes too: a server whose stream URL is a capability ignores it,
+        // one that checks tokens wants it.
+        let mut b = self
             .client
             .get(url.clone())
             .header("accept", "text/event-stream")
-            .timeout(time + Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("{what}: {e}"))?;
+            .timeout(time + Duration::from_secs(5));
+        if let Some(t) = &self.token {
+            b = b.bearer_auth(t);
+        }
+        let mut r = b.send().await.map_err(|e| format!("{what}: {e}"))?;
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let mut body = Vec::new();

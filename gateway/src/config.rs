@@ -652,6 +652,8 @@ pub enum SpecError {
     LiveUrl,
     #[error("input url must not be empty or start with '-'")]
     InputUrl,
+    #[error("layers are for VOD sessions: a live session's layers are its publisher's (simulcast)")]
+    LayersLive,
     #[error("{0} is out of range")]
     Range(&'static str),
     /// A local input the transcoder could not open (the path is the gateway machine's).
@@ -703,6 +705,9 @@ impl SessionSpec {
         if let Some(live) = &self.live {
             if !self.inputs.is_empty() {
                 return Err(SpecError::InputsAndLive);
+            }
+            if !self.layers.is_empty() {
+                return Err(SpecError::LayersLive);
             }
             let scheme = live.url.split("://").next().unwrap_or("");
             let hls = live.url.contains(".m3u8");
@@ -830,21 +835,26 @@ impl SessionSpec {
             opt("--fps", v.fps.map(|x| x.to_string()));
             opt("--video-bitrate", v.bitrate.map(|x| x.to_string()));
         }
-        // A ladder: its tallest rendition is the main picture (scaled down to it unless the
-        // session sets its size), the others lower renditions of it.
-        let tallest = self.layers.iter().map(|l| l.height).max();
-        let sized = self
-            .video
-            .as_ref()
-            .is_some_and(|v| v.width.is_some() || v.height.is_some());
-        if !sized {
-            opt("--max-height", tallest.map(|h| h.to_string()));
-        }
-        for l in self
-            .layers
-            .iter()
-            .filter(|l| Some(l.height) != tallest || sized)
+        // A ladder: its tallest rendition is the main picture (scaled down to it, at its
+        // bitrate, unless the session sets its size and bitrate), the others lower renditions
+        // of it (at most 6: the transcoder's limit).
+        let mut ladder = self.layers.clone();
+        ladder.sort_by_key(|l| std::cmp::Reverse(l.height));
+        ladder.dedup_by_key(|l| l.height);
+        let video = self.video.clone().unwrap_or_default();
+        let sized = video.width.is_some() || video.height.is_some();
+        if let Some(top) = ladder.first().copied()
+            && !sized
         {
+            opt("--max-height", Some(top.height.to_string()));
+            if video.bitrate.is_none() {
+                opt("--video-bitrate", top.bitrate.map(|b| b.to_string()));
+            }
+            ladder.remove(0);
+        }
+        // With a set height, rungs not below it are the main picture.
+        ladder.retain(|l| video.height.is_none_or(|h| l.height < h));
+        for l in ladder.iter().take(6) {
             opt(
                 "--layer",
                 Some(match l.bitrate {
@@ -1543,6 +1553,56 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with("--on-end wait --control stdin"), "{args}");
+    }
+
+    #[test]
+    fn a_ladder_becomes_the_main_picture_and_lower_layers() {
+        let layer = |height, bitrate| LayerSpec { height, bitrate };
+        let mut spec = SessionSpec {
+            inputs: vec![InputSpec {
+                url: "demo".into(),
+                channel_count: None,
+                id: None,
+            }],
+            layers: vec![
+                layer(360, None),
+                layer(720, Some(3_000_000)),
+                layer(180, Some(200_000)),
+            ],
+            ..SessionSpec::default()
+        };
+        assert_eq!(spec.validate(), Ok(()));
+        let args = spec.transcoder_args().join(" ");
+        assert!(
+            args.contains(
+                "--max-height 720 --video-bitrate 3000000 --layer 360 --layer 180:200000"
+            ),
+            "the tallest is the main picture, at its bitrate: {args}"
+        );
+        // A set size: rungs below it only.
+        spec.video = Some(VideoSpec {
+            height: Some(480),
+            ..VideoSpec::default()
+        });
+        let args = spec.transcoder_args().join(" ");
+        assert!(
+            !args.contains("--max-height") && !args.contains("--layer 720"),
+            "{args}"
+        );
+        assert!(args.contains("--layer 360 --layer 180:200000"), "{args}");
+        spec.layers = vec![layer(300, None); 8];
+        assert!(matches!(spec.validate(), Err(SpecError::Range(_))));
+        spec.layers = vec![layer(301, None)];
+        assert!(matches!(spec.validate(), Err(SpecError::Range(_))));
+        let pulled = SessionSpec {
+            live: Some(PullSpec {
+                url: "rtsp://cam/1".into(),
+                video: LiveVideo::default(),
+            }),
+            layers: vec![layer(360, None)],
+            ..SessionSpec::default()
+        };
+        assert_eq!(pulled.validate(), Err(SpecError::LayersLive));
     }
 
     #[test]

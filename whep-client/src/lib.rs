@@ -703,14 +703,8 @@ pub async fn watch(
                         sh.push(now, meta.addr, dg);
                         continue;
                     }
-                    let Ok(input) = Receive::new(Protocol::Udp, meta.addr, local, dg) else {
-                        continue;
-                    };
-                    if let Err(e) = rtc.handle_input(Input::Receive(now, input)) {
-                        failed = Some(ClientError::Rtc(e.to_string()));
-                        break;
-                    }
-                    if let Err(e) = poll(&mut rtc, &socket, &control, &mut ctl, &mut tally, &mut summary, started) {
+                    let link = Link { rtc: &mut rtc, socket: &socket, control: &control, ctl: &mut ctl };
+                    if let Err(e) = take_datagram(link, &mut tally, &mut summary, started, (meta.addr, local), dg, now) {
                         failed = Some(e);
                         break;
                     }
@@ -730,22 +724,22 @@ pub async fn watch(
             let now = Instant::now();
             let mut failed = None;
             while let Some((from, dg)) = sh.pop_due(now) {
-                let Ok(input) = Receive::new(Protocol::Udp, from, local, &dg) else {
-                    continue;
+                let link = Link {
+                    rtc: &mut rtc,
+                    socket: &socket,
+                    control: &control,
+                    ctl: &mut ctl,
                 };
-                if let Err(e) = rtc.handle_input(Input::Receive(now, input)) {
-                    failed = Some(ClientError::Rtc(e.to_string()));
-                    break;
-                }
-                if let Err(e) = poll(
-                    &mut rtc,
-                    &socket,
-                    &control,
-                    &mut ctl,
+                let taken = take_datagram(
+                    link,
                     &mut tally,
                     &mut summary,
                     started,
-                ) {
+                    (from, local),
+                    &dg,
+                    now,
+                );
+                if let Err(e) = taken {
                     failed = Some(e);
                     break;
                 }
@@ -782,6 +776,44 @@ pub async fn watch(
     }
     close(&mut rtc, &socket);
     result.map(|()| summary)
+}
+
+/// What a received datagram goes through: str0m, the socket its answers leave by, and the
+/// control channel.
+struct Link<'a> {
+    rtc: &'a mut str0m::Rtc,
+    socket: &'a UdpSocket,
+    control: &'a Option<Control>,
+    ctl: &'a mut ControlRun,
+}
+
+/// One datagram that came from `addrs.0` to `addrs.1` at `now` into str0m, which is then
+/// polled (str0m's run-loop rule; in RTP mode it holds one received packet until polled).
+fn take_datagram(
+    link: Link<'_>,
+    tally: &mut Tally,
+    summary: &mut Summary,
+    started: Instant,
+    (from, to): (SocketAddr, SocketAddr),
+    dg: &[u8],
+    now: Instant,
+) -> Result<(), ClientError> {
+    let Ok(input) = Receive::new(Protocol::Udp, from, to, dg) else {
+        return Ok(());
+    };
+    link.rtc
+        .handle_input(Input::Receive(now, input))
+        .map_err(|e| ClientError::Rtc(e.to_string()))?;
+    poll(
+        link.rtc,
+        link.socket,
+        link.control,
+        link.ctl,
+        tally,
+        summary,
+        started,
+    )
+    .map(|_| ())
 }
 
 /// Packets in flight when a DELETE is answered may still arrive this long after it.

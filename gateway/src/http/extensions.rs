@@ -89,15 +89,17 @@ struct StreamDef {
     session: String,
     resource: String,
     types: Vec<String>,
+    /// The WHEP endpoint as the player reached it (`reconnect` sends it back there).
+    endpoint: String,
 }
 
 impl EventStreams {
-    /// Forgets streams whose resource is gone (the spec: they go with it).
-    fn prune(&self, s: &Shared) {
+    /// Forgets the streams of resource `id`, which ended (the spec: they go with it).
+    pub fn forget(&self, id: &str) {
         self.map
             .lock()
             .expect("not poisoned")
-            .retain(|_, d| s.resources.get(&d.resource).is_some());
+            .retain(|_, d| d.resource != id);
     }
 
     fn get(&self, id: &str) -> Option<StreamDef> {
@@ -138,8 +140,8 @@ pub async fn sse_create(
 ) -> Result<Response, ApiError> {
     viewer(&s, &session, &id, &headers)?;
     let types = event_types(&body)?;
-    s.streams.prune(&s);
     let stream = random_id();
+    let base = crate::http::api::own_url(&s, &headers);
     {
         let mut map = s.streams.map.lock().expect("not poisoned");
         if map.values().filter(|d| d.resource == id).count() >= MAX_STREAMS {
@@ -151,14 +153,12 @@ pub async fn sse_create(
                 session: session.clone(),
                 resource: id.clone(),
                 types: types.clone(),
+                endpoint: format!("{base}/whep/{session}"),
             },
         );
     }
     tracing::info!(%session, resource = %id, ?types, "event stream created");
-    let location = format!(
-        "{}/whep/{session}/{id}/sse/{stream}",
-        crate::http::api::own_url(&s, &headers)
-    );
+    let location = format!("{base}/whep/{session}/{id}/sse/{stream}");
     let mut resp = StatusCode::CREATED.into_response();
     resp.headers_mut().insert(
         header::LOCATION,
@@ -218,10 +218,7 @@ pub async fn sse_get(
         .get(&id)
         .and_then(|r| r.video_index)
         .unwrap_or(0);
-    let endpoint = format!(
-        "{}/whep/{session}",
-        crate::http::api::own_url(&s, &HeaderMap::new())
-    );
+    let endpoint = def.endpoint.clone();
     let state = Stream {
         s: s.clone(),
         session: sess,
@@ -356,12 +353,11 @@ impl Stream {
 /// The `layers` event's data: the video section's layers, lowest first, each with its `rid`,
 /// `spatialLayerId` (its place in that order), size and `bitrate` (0: not sending).
 fn layers_event(session: &Session, video_index: usize) -> Value {
-    let info = session.info();
-    if info.layers.is_empty() {
+    let infos = session.layer_infos();
+    if infos.is_empty() {
         return json!({});
     }
-    let layers: Vec<Value> = info
-        .layers
+    let layers: Vec<Value> = infos
         .iter()
         .enumerate()
         .map(|(i, l)| {
@@ -478,7 +474,7 @@ fn wish_of(
         );
     }
     // Places in the order of quality, as the `layers` event numbers them.
-    let layers = session.info().layers;
+    let layers = session.layer_infos();
     let place = |n: u64| -> Result<&crate::session::layers::LayerInfo, ExtError> {
         layers.get(n as usize).ok_or_else(|| {
             ExtError::Unknown(format!(

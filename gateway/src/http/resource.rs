@@ -183,6 +183,7 @@ pub fn register(s: &Shared, session: &str, id: &str, role: Role, tx: Inbox) -> O
     let session = session.to_string();
     OnEnd(Box::new(move |reason: &str| {
         state.resources.end(&id, &session, role, reason);
+        state.streams.forget(&id);
     }))
 }
 
@@ -250,6 +251,7 @@ pub fn delete_resource(
     s.resources.find(name, id, role)?;
     authorize(s, headers, name, role.scope())?;
     if let Some(r) = s.resources.remove(id) {
+        s.streams.forget(id);
         r.tx.try_send(PeerMsg::Close(Closed::Deleted));
         tracing::info!(session = %name, resource = %id, "{} resource deleted", role.what());
     }

@@ -909,6 +909,24 @@ impl Viewer {
             }
             return;
         }
+        // A pin made before the source was up (or for the last publisher) is checked now.
+        if let Some(rid) = self.chooser.wish().rid.clone()
+            && layers.iter().all(|l| l.rid != rid)
+        {
+            let names: Vec<&str> = layers.iter().map(|l| l.rid.as_str()).collect();
+            let why = format!(
+                "no layer {rid:?}; the layers are {}: automatic instead",
+                names.join(", ")
+            );
+            tracing::warn!("viewer's pinned layer: {why}");
+            let mut wish = self.chooser.wish().clone();
+            wish.rid = None;
+            self.chooser.set_wish(wish);
+            self.send_control(&channel::event(
+                "error",
+                json!({"code": Code::BadRequest.as_str(), "message": why}),
+            ));
+        }
         if let Some((track, reason)) = self.chooser.choose(&layers, None, self.estimate, now) {
             tracing::debug!(track, reason = reason.as_str(), "starting layer");
             self.feed.set_layer(track);

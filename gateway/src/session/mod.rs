@@ -765,7 +765,6 @@ impl Session {
                 .filter(|s| s.0 > 0),
             _ => None,
         };
-        let now_us = rtp_ring::now_us();
         let (width, height) = match &source {
             _ if top.is_some() => (top.map(|s| s.0), top.map(|s| s.1)),
             Source::Ready(r) if r.width > 0 => (Some(r.width), Some(r.height)),
@@ -810,13 +809,7 @@ impl Session {
             ingest: *self.ingest.lock().expect("not poisoned"),
             relayed_from: self.relay().map(|l| l.owner),
             simulcast: self.simulcast.lock().expect("not poisoned").clone(),
-            layers: match &source {
-                Source::Ready(r) => layers::by_quality(&r.layers)
-                    .into_iter()
-                    .map(|i| r.layers[i].info(now_us))
-                    .collect(),
-                _ => Vec::new(),
-            },
+            layers: self.layer_infos(),
             viewer_layers: self
                 .viewer_layers
                 .lock()
@@ -850,14 +843,31 @@ impl Session {
     /// Whether the session's video comes in layers to choose from (a simulcast publisher),
     /// so that its viewers' bandwidth is worth estimating.
     pub fn layered(&self) -> bool {
-        let now = matches!(&*self.source.borrow(), Source::Ready(r) if r.layers.len() > 1);
-        now || self.spec.layers.len() > 1
+        if let Source::Ready(r) = &*self.source.borrow() {
+            return r.layers.len() > 1;
+        }
+        // Not up yet: what the session's ladder or its publisher's offer promise.
+        self.spec.layers.len() > 1
             || self
                 .simulcast
                 .lock()
                 .expect("not poisoned")
                 .as_ref()
                 .is_some_and(|s| s.layers.len() > 1)
+    }
+
+    /// The source's layers as the API shows them, lowest first (none without layers).
+    pub fn layer_infos(&self) -> Vec<layers::LayerInfo> {
+        match &*self.source.borrow() {
+            Source::Ready(r) if !r.layers.is_empty() => {
+                let now_us = rtp_ring::now_us();
+                layers::by_quality(&r.layers)
+                    .into_iter()
+                    .map(|i| r.layers[i].info(now_us))
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// A viewer's layer changed (`None`: it left, or gets the only video there is).
