@@ -283,6 +283,11 @@ pub struct Summary {
     /// Video frames that followed lost packets str0m could not get repaired (NACK/RTX)
     /// before giving up on them (`contiguous == false`).
     pub discontinuities: u64,
+    /// Frames after such a loss and before the next keyframe: a decoder cannot use them, so
+    /// they are not written (`--video-out`) nor counted in [`Summary::sizes`].
+    pub undecodable_frames: u64,
+    /// Keyframes asked for (PLI) after a loss, as a browser asks.
+    pub keyframe_requests: u64,
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub codec: Option<String>,
@@ -343,6 +348,8 @@ pub struct Summary {
     pub limit_passed: Option<u64>,
 }
 
+/// A keyframe asked for after a loss and not come is asked for again after this.
+const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 /// How long `play` waits for audio the answer promised once its frames have come.
 const AUDIO_GRACE: Duration = Duration::from_secs(3);
 
@@ -1390,7 +1397,10 @@ fn poll(
                     let _ = c.messages.send(text);
                 }
             }
-            Ok(Output::Event(e)) => tally.event(e, rtc, summary, started)?,
+            Ok(Output::Event(e)) => {
+                tally.event(e, rtc, summary, started)?;
+                tally.ask_keyframe(rtc, summary);
+            }
             Err(e) => return Err(ClientError::Rtc(e.to_string())),
         }
     }
@@ -1574,6 +1584,13 @@ struct Tally {
     restart_sent: Option<Instant>,
     /// Where complete video frames are written ([`Options::video_out`]).
     video_out: Option<std::fs::File>,
+    /// Frames were lost that the stream needs: what follows cannot be decoded until the next
+    /// keyframe, and is neither written nor counted in a size run (as a player drops it).
+    broken: bool,
+    /// When a keyframe was last asked for (PLI), while `broken`.
+    keyframe_asked: Option<Instant>,
+    /// A keyframe should be asked for now (done where the connection can be written to).
+    keyframe_wanted: bool,
 }
 
 impl Tally {
@@ -1591,6 +1608,24 @@ impl Tally {
             media_out: None,
             restart_sent: None,
             video_out: None,
+            broken: false,
+            keyframe_asked: None,
+            keyframe_wanted: false,
+        }
+    }
+
+    /// Asks for a keyframe (PLI) if the video is waiting for one: at once after the loss,
+    /// then each [`KEYFRAME_RETRY`] while none comes, as a browser's receiver does.
+    fn ask_keyframe(&mut self, rtc: &mut str0m::Rtc, s: &mut Summary) {
+        if !std::mem::take(&mut self.keyframe_wanted) {
+            return;
+        }
+        if let Some(mut w) = rtc.writer(self.video_mid)
+            && w.request_keyframe(None, str0m::media::KeyframeRequestKind::Pli)
+                .is_ok()
+        {
+            s.keyframe_requests += 1;
+            self.keyframe_asked = Some(Instant::now());
         }
     }
 
@@ -1651,6 +1686,29 @@ impl Tally {
                 }
                 if !d.contiguous && s.video_frames > 1 {
                     s.discontinuities += 1;
+                }
+                // A frame after a loss, or a first frame, that is not a keyframe has lost
+                // its references (for codecs whose keyframes str0m tells).
+                let tells_keyframes = !matches!(
+                    d.codec_extra,
+                    str0m::format::CodecExtra::None | str0m::format::CodecExtra::Tele(_)
+                );
+                if tells_keyframes && !keyframe && (!d.contiguous || s.video_frames == 1) {
+                    self.broken = true;
+                }
+                if keyframe {
+                    self.broken = false;
+                    self.keyframe_asked = None;
+                }
+                if self.broken {
+                    s.undecodable_frames += 1;
+                    if self
+                        .keyframe_asked
+                        .is_none_or(|t| t.elapsed() >= KEYFRAME_RETRY)
+                    {
+                        self.keyframe_wanted = true;
+                    }
+                    return Ok(());
                 }
                 if let Some(out) = self.video_out.as_mut() {
                     use std::io::Write;

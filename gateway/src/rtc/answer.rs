@@ -90,8 +90,14 @@ pub fn answer(
             .enable_bwe(Some(str0m::bwe::Bitrate::bps(INITIAL_ESTIMATE_BPS)));
     }
     if !publisher {
-        // A viewer's round-trip time (from its receiver reports) sizes its resend cache.
-        config = config.set_stats_interval(Some(crate::rtc::viewer::STATS_INTERVAL));
+        // A viewer's round-trip time (from its receiver reports) sizes its resend cache; the
+        // loss each second steers its layer (`rtc/layering.rs`).
+        let every = if bwe {
+            crate::rtc::viewer::LOSS_INTERVAL
+        } else {
+            crate::rtc::viewer::STATS_INTERVAL
+        };
+        config = config.set_stats_interval(Some(every));
     }
     if plan.audio {
         config = config.enable_opus(true, false);

@@ -9,6 +9,13 @@
 //! layer's rate does not flap. Layers' rates are smoothed where they are measured
 //! (`rtc/publisher.rs`), so a keyframe's burst is not a fall. A layer whose rate is not known
 //! yet is never moved up to on the estimate's word.
+//!
+//! Loss: str0m's estimate can stay above a layer that a lossy or tail-dropping path does not
+//! carry (its delay signal flattens once a queue is full). So the loss str0m measures from
+//! the viewer's transport-wide feedback is a signal of its own: a layer losing
+//! [`LOSS_DOWN`] or more for [`LOSS_HOLD`] does not fit whatever the estimate says, no move
+//! up is made within [`CLEAN_FOR`] of a report over [`LOSS_CLEAN`], and while the path
+//! loses, nothing is padded.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,20 @@ pub const DOWN_HOLD: Duration = Duration::from_millis(500);
 pub const UP_HOLD: Duration = Duration::from_millis(1000);
 /// No move up this soon after a move down.
 pub const UP_AFTER_DOWN: Duration = Duration::from_secs(4);
+
+/// A share of packets lost (str0m's egress loss over a second) at which the current layer
+/// does not fit.
+pub const LOSS_DOWN: f32 = 0.10;
+/// How long the loss must stay at [`LOSS_DOWN`] or more before the viewer moves down: two
+/// reports, not one bad second.
+pub const LOSS_HOLD: Duration = Duration::from_millis(900);
+/// Loss up to this share is the path's noise.
+pub const LOSS_CLEAN: f32 = 0.02;
+/// No move up, and no padding, until the loss has been clean this long.
+pub const CLEAN_FOR: Duration = Duration::from_secs(2);
+/// Loss reported this soon after a switch was decided may be the old layer's: not a reason
+/// to move down again.
+pub const LOSS_SETTLE: Duration = Duration::from_millis(1500);
 
 /// A layer the viewer could get, as the chooser sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +87,8 @@ pub enum Reason {
     Pinned,
     /// The estimate fell below the current layer's rate.
     Down,
+    /// The path lost too much of the current layer.
+    Lossy,
     /// The estimate has carried a higher layer for a while.
     Up,
     /// The viewer's size limit or pin changed.
@@ -78,6 +101,7 @@ impl Reason {
             Reason::Start => "start",
             Reason::Pinned => "pinned",
             Reason::Down => "bandwidth down",
+            Reason::Lossy => "loss",
             Reason::Up => "bandwidth up",
             Reason::Asked => "asked",
         }
@@ -95,6 +119,12 @@ pub struct Chooser {
     up_since: Option<(u8, Instant)>,
     /// Since when the current layer does not fit.
     down_since: Option<Instant>,
+    /// Since when the loss has been at [`LOSS_DOWN`] or more.
+    lossy_since: Option<Instant>,
+    /// The last loss report over [`LOSS_CLEAN`].
+    last_loss: Option<Instant>,
+    /// When the last switch was decided.
+    last_switch: Option<Instant>,
 }
 
 impl Chooser {
@@ -110,6 +140,27 @@ impl Chooser {
         self.up_since = None;
     }
 
+    /// str0m's egress loss over the last second (a share, 0 to 1).
+    pub fn note_loss(&mut self, loss: f32, now: Instant) {
+        if loss > LOSS_CLEAN {
+            self.last_loss = Some(now);
+        }
+        let settling = self
+            .last_switch
+            .is_some_and(|s| now.duration_since(s) < LOSS_SETTLE);
+        if loss >= LOSS_DOWN && !settling {
+            self.lossy_since.get_or_insert(now);
+        } else {
+            self.lossy_since = None;
+        }
+    }
+
+    /// The path has lost more than its noise within [`CLEAN_FOR`].
+    pub fn losing(&self, now: Instant) -> bool {
+        self.last_loss
+            .is_some_and(|l| now.duration_since(l) < CLEAN_FOR)
+    }
+
     /// The layer (track) the viewer should get, with why, if it is not `current`.
     /// `layers` are the active ones, lowest quality first; `estimate` is the viewer's
     /// bandwidth estimate in bits/s, if there is one.
@@ -122,7 +173,12 @@ impl Chooser {
     ) -> Option<(u8, Reason)> {
         let asked = std::mem::take(&mut self.asked);
         let pick = self.pick(layers, current, estimate, now, asked)?;
-        (Some(pick.0) != current).then_some(pick)
+        let change = Some(pick.0) != current;
+        if change {
+            self.last_switch = Some(now);
+            self.lossy_since = None;
+        }
+        change.then_some(pick)
     }
 
     /// The layers the viewer may get: the pinned one (if it is there), else those within
@@ -182,6 +238,17 @@ impl Chooser {
             self.down_since = None;
             return Some((eligible[best_up].track, start));
         };
+        let lost = self
+            .lossy_since
+            .is_some_and(|l| now.duration_since(l) >= LOSS_HOLD);
+        if lost && cur > 0 {
+            // The path does not carry it, whatever the estimate says: one layer down.
+            self.up_since = None;
+            self.down_since = None;
+            self.last_down = Some(now);
+            let to = best_up.min(cur - 1);
+            return Some((eligible[to].track, Reason::Lossy));
+        }
         if !fits(eligible[cur], KEEP_SHARE) && cur > 0 {
             self.up_since = None;
             let since = *self.down_since.get_or_insert(now);
@@ -194,7 +261,7 @@ impl Chooser {
             return Some((eligible[to].track, Reason::Down));
         }
         self.down_since = None;
-        if best_up > cur {
+        if best_up > cur && !self.losing(now) {
             let target = eligible[best_up].track;
             let since = match self.up_since {
                 Some((t, at)) if t == target => at,
@@ -222,14 +289,16 @@ impl Chooser {
 /// up would (`minimum`: padding fills up to it, within the estimate) and probe for the room a
 /// move there needs (`desired`), so that an estimate held down by sending little grows as
 /// soon as the path allows. On its top layer (or a pinned one), no padding, and probes for
-/// the room to stay.
-pub fn targets(layers: &[&Candidate], current: Option<u8>) -> Option<(u64, u64)> {
+/// the room to stay. While the path is `losing` ([`Chooser::losing`]), no padding either:
+/// it would only crowd out the layer it does carry.
+pub fn targets(layers: &[&Candidate], current: Option<u8>, losing: bool) -> Option<(u64, u64)> {
     let cur = layers.iter().position(|l| Some(l.track) == current)?;
     let now = layers[cur].bitrate;
     match layers.get(cur + 1) {
         Some(next) => {
             let next = next.bitrate.max(now);
-            Some((next, (next as f64 / UP_SHARE).round() as u64))
+            let desired = (next as f64 / UP_SHARE).round() as u64;
+            Some((if losing { 0 } else { next }, desired))
         }
         // On top: no padding (it would double what a viewer on a good path is sent), probes
         // only.
@@ -377,13 +446,18 @@ mod tests {
     fn the_estimator_probes_toward_the_next_layer() {
         let all = ladder();
         let all: Vec<&Candidate> = all.iter().collect();
-        assert_eq!(targets(&all, Some(3)), Some((500_000, 555_556)));
+        assert_eq!(targets(&all, Some(3), false), Some((500_000, 555_556)));
         assert_eq!(
-            targets(&all, Some(0)),
+            targets(&all, Some(3), true),
+            Some((0, 555_556)),
+            "a losing path: probes, no padding"
+        );
+        assert_eq!(
+            targets(&all, Some(0), false),
             Some((0, 1_666_667)),
             "on top: room to stay, and no padding"
         );
-        assert_eq!(targets(&all, Some(9)), None);
+        assert_eq!(targets(&all, Some(9), false), None);
         // Pinned to the lowest: no padding toward layers it will not get.
         let mut c = Chooser::default();
         c.set_wish(Wish {
@@ -391,6 +465,54 @@ mod tests {
             ..Wish::default()
         });
         let l = ladder();
-        assert_eq!(targets(&c.eligible(&l), Some(3)), Some((0, 166_667)));
+        assert_eq!(targets(&c.eligible(&l), Some(3), false), Some((0, 166_667)));
+    }
+
+    #[test]
+    fn a_lossy_path_moves_down_whatever_the_estimate_and_holds_up_until_clean() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut c = Chooser::default();
+        let est = Some(900_000);
+        assert_eq!(
+            c.choose(&ladder(), None, est, s(0)).map(|c| c.0),
+            Some(2),
+            "h fits 900 kb/s"
+        );
+        // Settling after the start: a lossy report then is not counted.
+        c.note_loss(0.3, s(1000));
+        assert_eq!(c.choose(&ladder(), Some(2), est, s(1100)), None);
+        // One bad second is not enough; a second one is.
+        c.note_loss(0.25, s(2000));
+        assert_eq!(c.choose(&ladder(), Some(2), est, s(2100)), None);
+        c.note_loss(0.05, s(3000));
+        c.note_loss(0.25, s(4000));
+        assert_eq!(c.choose(&ladder(), Some(2), est, s(4500)), None);
+        c.note_loss(0.2, s(5000));
+        assert_eq!(
+            c.choose(&ladder(), Some(2), est, s(5000)),
+            Some((3, Reason::Lossy))
+        );
+        // The estimate carries h again, but the path lost within 2 s: no move up, and no
+        // padding.
+        c.note_loss(0.04, s(9000));
+        assert!(c.losing(s(9500)));
+        assert_eq!(c.choose(&ladder(), Some(3), est, s(10_000)), None);
+        assert_eq!(c.choose(&ladder(), Some(3), est, s(10_900)), None);
+        // Clean for 2 s, and the estimate held for 1 s: up.
+        c.note_loss(0.0, s(10_000));
+        c.note_loss(0.01, s(11_000));
+        assert!(!c.losing(s(11_000)));
+        assert_eq!(c.choose(&ladder(), Some(3), est, s(11_000)), None);
+        assert_eq!(
+            c.choose(&ladder(), Some(3), est, s(12_000)),
+            Some((2, Reason::Up))
+        );
+        // On the lowest layer, loss has nowhere to go.
+        let mut c = Chooser::default();
+        c.choose(&ladder(), None, Some(200_000), s(0));
+        c.note_loss(0.5, s(3000));
+        c.note_loss(0.5, s(4000));
+        assert_eq!(c.choose(&ladder(), Some(3), Some(200_000), s(4000)), None);
     }
 }

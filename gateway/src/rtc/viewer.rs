@@ -61,6 +61,9 @@ const DUE_NOW_BUDGET: u8 = 4;
 const EXPIRED_LINGER: Duration = Duration::from_millis(200);
 /// How often str0m reports the viewer's round-trip time (from its receiver reports).
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often str0m reports the loss a viewer whose layer follows its bandwidth sees (from
+/// its transport-wide feedback): each second, the loss over that second.
+pub const LOSS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a viewer of a source with layers reconsiders its layer (besides each new
 /// estimate).
 const CHOICE_INTERVAL: Duration = Duration::from_millis(250);
@@ -737,6 +740,12 @@ impl Viewer {
             RtcEvent::ChannelData(d) if self.channel == Some(d.id) => {
                 self.on_request(&d.data, now);
             }
+            RtcEvent::PeerStats(s) => {
+                if let Some(loss) = s.egress_loss_fraction {
+                    tracing::trace!(loss, "egress loss over the last second");
+                    self.chooser.note_loss(loss, now);
+                }
+            }
             RtcEvent::MediaEgressStats(s)
                 if self.tracks.video.as_ref().map(|t| t.0) == Some(s.mid) =>
             {
@@ -973,7 +982,11 @@ impl Viewer {
             }
         }
         if self.bwe
-            && let Some(t) = layering::targets(&self.chooser.eligible(&layers), self.feed.layer())
+            && let Some(t) = layering::targets(
+                &self.chooser.eligible(&layers),
+                self.feed.layer(),
+                self.chooser.losing(now),
+            )
             && self.bwe_targets != Some(t)
         {
             self.bwe_targets = Some(t);
