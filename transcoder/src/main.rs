@@ -89,6 +89,10 @@ struct Args {
     /// Video codec.
     #[arg(long, value_enum, default_value_t = VideoCodec::H264)]
     codec: VideoCodec,
+    /// Also encode the main picture in this codec (for viewers that do not take --codec), on
+    /// the ring track after the lower renditions, with the same timestamps and keyframes.
+    #[arg(long = "alt-codec", value_enum)]
+    alt_codecs: Vec<VideoCodec>,
     /// Seconds between keyframes.
     #[arg(long, default_value_t = 2.0)]
     gop: f64,
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
         layers: args.layers,
         audio_bitrate: args.audio_bitrate,
         codec: args.codec,
+        alt_codecs: args.alt_codecs,
         gop_seconds: args.gop,
         threads: args.threads,
         encoder_threads: args.encoder_threads,
@@ -264,6 +269,11 @@ fn main() -> ExitCode {
         return usage_error(
             "--gop must be > 0, --start ≥ 0, --width/--height > 0, --max-height ≥ 2, --layer at most 6 times",
         );
+    }
+    opts.alt_codecs.retain(|c| *c != opts.codec);
+    opts.alt_codecs.dedup();
+    if opts.layers.len() + opts.alt_codecs.len() > 6 {
+        return usage_error("--layer and --alt-codec: at most 6 tracks besides the main video");
     }
 
     // No orphan: a parent controls us through a stdin pipe, whose end (even after `kill -9` of

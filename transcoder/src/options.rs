@@ -219,6 +219,9 @@ pub struct Options {
     pub layers: Vec<LayerOpt>,
     pub audio_bitrate: u64,
     pub codec: VideoCodec,
+    /// The main picture also in these codecs (`--alt-codec`), each a ring track after the
+    /// lower renditions.
+    pub alt_codecs: Vec<VideoCodec>,
     pub gop_seconds: f64,
     pub threads: u32,
     /// Video encoder threads (slices per frame); 0: see [`encoder_threads`].
@@ -316,6 +319,7 @@ impl Options {
             layers: Vec::new(),
             audio_bitrate: 96_000,
             codec: VideoCodec::H264,
+            alt_codecs: Vec::new(),
             gop_seconds: 2.0,
             threads: 0,
             encoder_threads: 0,

@@ -98,6 +98,11 @@ pub struct Player {
     frame: Option<u64>,
     first_frame: u64,
     force_key: bool,
+    /// Video frames since the last keyframe; at `gop_frames` the next is one. The player
+    /// decides every keyframe (encoders make none of their own), so that renditions in
+    /// different encoders and codecs have theirs on the same frames.
+    since_key: u64,
+    gop_frames: u64,
     /// The id of the command being handled, if it wants a reply, and whether it was refused.
     request: Option<u64>,
     refused: bool,
@@ -195,7 +200,16 @@ impl Player {
                             .map_err(PlayError::Setup)?,
                     );
                 }
-                if !renditions.is_empty() {
+                let layered = !renditions.is_empty();
+                // The main picture in other codecs, after the lower renditions.
+                for (i, codec) in opts.alt_codecs.iter().enumerate() {
+                    let track = crate::rtp::AUDIO_TRACK + 1 + (renditions.len() + i) as u8;
+                    let r = video::Rendition::in_codec(&opts, *codec, (w, h), fps, track, &rtp)
+                        .map_err(PlayError::Setup)?;
+                    tracing::info!(codec = ?codec, track, "encoding the main picture in another codec too");
+                    renditions.push(r);
+                }
+                if layered {
                     rtp.info.layer = Some(crate::control::LayerInfo {
                         rid: format!("{h}p"),
                         width: w,
@@ -203,7 +217,7 @@ impl Player {
                         bitrate: opts.video_bitrate,
                     });
                     tracing::info!(
-                        layers = ?renditions.iter().map(|r| r.rtp.info.layer.clone()).collect::<Vec<_>>(),
+                        layers = ?renditions.iter().filter_map(|r| r.rtp.info.layer.clone()).collect::<Vec<_>>(),
                         "encoding lower renditions too"
                     );
                 }
@@ -255,6 +269,7 @@ impl Player {
         }
         let now = now_us();
         let paused = opts.paused;
+        let gop_frames = video::gop_frames(opts.gop_seconds, fps);
         Ok(Self {
             opts,
             writer,
@@ -278,6 +293,8 @@ impl Player {
             frame: None,
             first_frame: 0,
             force_key: true,
+            since_key: 0,
+            gop_frames,
             request: None,
             refused: false,
             pending: std::collections::VecDeque::new(),
@@ -620,7 +637,8 @@ impl Player {
         let media_t = frame_ticks(idx, self.fps);
         let out_t = self.seg.out_of(media_t);
         let ts = ts90(out_t);
-        let key = std::mem::take(&mut self.force_key);
+        let key = std::mem::take(&mut self.force_key) || self.since_key >= self.gop_frames;
+        self.since_key = if key { 1 } else { self.since_key + 1 };
         // Every rendition gets the same frame, timestamp and keyframe decision, so a viewer can
         // move between them at any keyframe.
         for r in &mut v.renditions {

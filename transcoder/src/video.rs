@@ -272,19 +272,47 @@ impl Rendition {
         // One slice: a small picture's frame is quick, and one packet run per frame is
         // cheapest to fan out.
         o.encoder_threads = 1;
-        let encoder = VideoEncoder::new(&o, width, height, fps)?;
-        let mut rtp = match opts.codec {
-            VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
-            VideoCodec::Vp8 => RtpTrack::vp8(),
-        };
-        rtp.set_index(track);
-        rtp.share_clock(clock);
-        rtp.info.layer = Some(crate::control::LayerInfo {
+        let mut r = Self::encoding(&o, from, (width, height), fps, track, clock)?;
+        r.rtp.info.layer = Some(crate::control::LayerInfo {
             rid: format!("{height}p"),
             width,
             height,
             bitrate,
         });
+        Ok(r)
+    }
+
+    /// The main picture (`size`) in another `codec`, for viewers that do not take the main
+    /// one's: same bitrate and encoder threads, on ring track `track`, on `clock`'s RTP
+    /// clock. Not a layer: it is a viewer's only choice in its codec.
+    pub fn in_codec(
+        opts: &Options,
+        codec: VideoCodec,
+        size: (u32, u32),
+        fps: FfRational,
+        track: u8,
+        clock: &RtpTrack,
+    ) -> Result<Self, String> {
+        let mut o = opts.clone();
+        o.codec = codec;
+        Self::encoding(&o, size, size, fps, track, clock)
+    }
+
+    fn encoding(
+        o: &Options,
+        from: (u32, u32),
+        (width, height): (u32, u32),
+        fps: FfRational,
+        track: u8,
+        clock: &RtpTrack,
+    ) -> Result<Self, String> {
+        let encoder = VideoEncoder::new(o, width, height, fps)?;
+        let mut rtp = match o.codec {
+            VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
+            VideoCodec::Vp8 => RtpTrack::vp8(),
+        };
+        rtp.set_index(track);
+        rtp.share_clock(clock);
         let scaler = ff::software::scaling::Context::get(
             format::Pixel::YUV420P,
             from.0,
@@ -464,6 +492,16 @@ pub fn encoder_threads(requested: u32, threads: u32, width: u32, height: u32, fp
     }
 }
 
+/// An encoder's own keyframe interval, in frames: never reached, as the player forces each
+/// keyframe ([`gop_frames`]).
+const NO_OWN_KEYFRAMES: u32 = 1 << 24;
+
+/// Frames from one keyframe to the next at `gop_seconds` (`--gop`) and `fps`.
+pub fn gop_frames(gop_seconds: f64, fps: FfRational) -> u64 {
+    let fps = fps.numerator() as f64 / fps.denominator().max(1) as f64;
+    ((gop_seconds * fps).round() as u64).max(1)
+}
+
 /// The video encoder with WebRTC-friendly settings.
 pub struct VideoEncoder {
     encoder: encoder::Video,
@@ -503,7 +541,9 @@ impl VideoEncoder {
             .video()
             .map_err(|e| e.to_string())?;
         let fps_f = fps.numerator() as f64 / fps.denominator() as f64;
-        let gop = ((opts.gop_seconds * fps_f).round() as u32).max(1);
+        // Keyframes come when the player asks (every GOP, on seeks and requests): the
+        // encoder's own interval is longer than any session.
+        let gop = NO_OWN_KEYFRAMES;
         ctx.set_width(width);
         ctx.set_height(height);
         ctx.set_format(format::Pixel::YUV420P);
@@ -549,7 +589,7 @@ impl VideoEncoder {
                 o.set("profile", "baseline");
                 o.set("level", &format!("{}.{}", level_idc / 10, level_idc % 10));
                 // A forced keyframe is an IDR; SPS/PPS ride with every IDR; no scene cuts, so
-                // keyframes come exactly every GOP or when asked.
+                // keyframes come only when the player asks.
                 o.set("forced-idr", "1");
                 o.set(
                     "x264-params",

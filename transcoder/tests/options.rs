@@ -155,6 +155,80 @@ fn a_ladder_has_each_rendition_on_its_track_with_the_same_frames_and_keyframes()
 }
 
 #[test]
+fn another_codec_carries_the_main_picture_with_the_same_frames_and_keyframes() {
+    let src = numbered_1080p(4);
+    let mut t = Transcoder::start(
+        "alt-codec",
+        &[
+            "-i",
+            src.to_str().expect("utf8"),
+            "--height",
+            "360",
+            "--layer",
+            "180",
+            "--alt-codec",
+            "vp8",
+            "--alt-codec",
+            "h264",
+        ],
+    );
+    let ready = t.wait_named("ready");
+    let video: Vec<(u64, String, bool)> = ready["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "video")
+        .map(|t| {
+            (
+                t["index"].as_u64().unwrap(),
+                t["codec"].as_str().unwrap().to_string(),
+                t.get("layer").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        video,
+        vec![
+            (0, "H264".into(), true),
+            (2, "H264".into(), true),
+            (3, "VP8".into(), false),
+        ],
+        "the main codec named again is ignored; the other one is no layer"
+    );
+    t.send(r#"{"op":"pause"}"#);
+    t.send(r#"{"op":"seek","to":1.5}"#);
+    t.wait_state("paused");
+    t.send(r#"{"op":"play"}"#);
+    assert_eq!(t.wait_exit(), Some(0));
+    let records = read_all(&t.ring());
+    let decode = |mut rx: VideoReceiver| -> Vec<DecodedFrame> {
+        records.iter().filter_map(|r| rx.push(r)).collect()
+    };
+    let main = decode(VideoReceiver::default());
+    let vp8 = decode(VideoReceiver::vp8(3));
+    assert!(
+        vp8.iter().all(|f| (f.width, f.height) == (640, 360)),
+        "{:?}",
+        vp8.iter().map(|f| (f.width, f.height)).collect::<Vec<_>>()
+    );
+    let after_seek = |frames: &[DecodedFrame]| -> Vec<(u32, u32, bool)> {
+        frames
+            .iter()
+            .skip_while(|f| f.number < 45)
+            .map(|f| (f.number, f.rtp_ts, f.keyframe))
+            .collect()
+    };
+    let m = after_seek(&main);
+    assert_eq!(m.first().map(|f| (f.0, f.2)), Some((45, true)), "{m:?}");
+    assert!(m.len() > 45, "{}", m.len());
+    assert_eq!(
+        after_seek(&vp8),
+        m,
+        "VP8: the same frames, timestamps and keyframes as H.264"
+    );
+}
+
+#[test]
 fn sar_override_keeps_the_display_aspect() {
     // 640x480 stored pixels shown 4:3 wider: 853x480 on screen, so 854x480 (even) out.
     let src = generated(

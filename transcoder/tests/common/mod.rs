@@ -13,7 +13,7 @@ use ffmpeg_next as ff;
 use rtp_ring::{Flags, Record, Ring, RtpHeaderView};
 use serde_json::Value;
 use str0m::format::CodecExtra;
-use str0m::unversioned::{Depacketizer, H264Depacketizer};
+use str0m::unversioned::{Depacketizer, H264Depacketizer, Vp8Depacketizer};
 
 /// Where generated media lives (shared by the tests of one run).
 pub fn media_dir() -> &'static Path {
@@ -340,11 +340,11 @@ pub struct DecodedFrame {
     pub nal_types: Vec<u8>,
 }
 
-/// Depacketizes and decodes H.264 video records (of `track`, 0 by default), one frame per
-/// marker bit.
+/// Depacketizes and decodes H.264 (by default) or VP8 ([`VideoReceiver::vp8`]) video
+/// records (of `track`, 0 by default), one frame per marker bit.
 pub struct VideoReceiver {
     pub track: u8,
-    depack: H264Depacketizer,
+    depack: Box<dyn Depacketizer>,
     decoder: ff::decoder::Video,
     au: Vec<u8>,
     key: bool,
@@ -352,15 +352,28 @@ pub struct VideoReceiver {
 
 impl Default for VideoReceiver {
     fn default() -> Self {
+        Self::with(ff::codec::Id::H264, Box::new(H264Depacketizer::default()))
+    }
+}
+
+impl VideoReceiver {
+    /// A VP8 receiver of `track`.
+    pub fn vp8(track: u8) -> Self {
+        let mut rx = Self::with(ff::codec::Id::VP8, Box::new(Vp8Depacketizer::default()));
+        rx.track = track;
+        rx
+    }
+
+    fn with(id: ff::codec::Id, depack: Box<dyn Depacketizer>) -> Self {
         ff::init().expect("ffmpeg init");
-        let codec = ff::decoder::find(ff::codec::Id::H264).expect("h264 decoder");
+        let codec = ff::decoder::find(id).expect("decoder");
         let decoder = ff::codec::Context::new_with_codec(codec)
             .decoder()
             .video()
             .expect("open decoder");
         Self {
             track: 0,
-            depack: H264Depacketizer::default(),
+            depack,
             decoder,
             au: Vec::new(),
             key: false,
