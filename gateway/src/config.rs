@@ -382,6 +382,11 @@ pub struct SessionSpec {
     /// `video.height`), the others are encoded from it with the same keyframes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerSpec>,
+    /// The video codecs viewers may get, the main one first (e.g. `["h264", "vp8"]`): a
+    /// viewer whose offer lacks the main codec gets the main picture in the next one it
+    /// takes, from the same transcoder, instead of a 422. Default: `video.codec` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs: Vec<VideoCodec>,
     pub audio: Option<AudioSpec>,
     /// Start at this media time, seconds.
     pub start: Option<f64>,
@@ -528,6 +533,14 @@ pub enum VideoCodec {
 }
 
 impl VideoCodec {
+    /// As the transcoder's `--codec` and the session API write it.
+    pub fn arg(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "h264",
+            VideoCodec::Vp8 => "vp8",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             VideoCodec::H264 => "H264",
@@ -654,6 +667,10 @@ pub enum SpecError {
     InputUrl,
     #[error("layers are for VOD sessions: a live session's layers are its publisher's (simulcast)")]
     LayersLive,
+    #[error("codecs are for VOD sessions: a live session sends its publisher's codec")]
+    CodecsLive,
+    #[error("codecs lists the main codec first: video.codec is {0}")]
+    CodecsOrder(&'static str),
     #[error("{0} is out of range")]
     Range(&'static str),
     /// A local input the transcoder could not open (the path is the gateway machine's).
@@ -679,6 +696,7 @@ impl SessionSpec {
                 ..VideoSpec::default()
             }),
             layers: Vec::new(),
+            codecs: Vec::new(),
             audio: None,
             start: None,
             looping: None,
@@ -687,11 +705,24 @@ impl SessionSpec {
         }
     }
 
+    /// The main video codec: `video.codec`, else the first of `codecs`, else H.264.
     pub fn codec(&self) -> VideoCodec {
         self.video
             .as_ref()
             .and_then(|v| v.codec)
+            .or(self.codecs.first().copied())
             .unwrap_or_default()
+    }
+
+    /// Every codec viewers may get, the main one first.
+    pub fn served_codecs(&self) -> Vec<VideoCodec> {
+        let mut all = vec![self.codec()];
+        for c in &self.codecs {
+            if !all.contains(c) {
+                all.push(*c);
+            }
+        }
+        all
     }
 
     /// Checks values a transcoder would refuse, so the API answers 422 rather than starting a
@@ -708,6 +739,9 @@ impl SessionSpec {
             }
             if !self.layers.is_empty() {
                 return Err(SpecError::LayersLive);
+            }
+            if !self.codecs.is_empty() {
+                return Err(SpecError::CodecsLive);
             }
             let scheme = live.url.split("://").next().unwrap_or("");
             let hls = live.url.contains(".m3u8");
@@ -762,8 +796,25 @@ impl SessionSpec {
         if self.start.is_some_and(|s| !s.is_finite() || s < 0.0) {
             return Err(SpecError::Range("start"));
         }
-        if self.layers.len() > MAX_LAYERS {
-            return Err(SpecError::Range("layers (at most 7)"));
+        if let (Some(v), Some(first)) = (
+            self.video.as_ref().and_then(|v| v.codec),
+            self.codecs.first(),
+        ) && v != *first
+        {
+            return Err(SpecError::CodecsOrder(v.name()));
+        }
+        let mut seen = Vec::new();
+        for c in &self.codecs {
+            if seen.contains(c) {
+                return Err(SpecError::Range("codecs (each at most once)"));
+            }
+            seen.push(*c);
+        }
+        // The ring's video tracks: the ladder's, and the main picture in each other codec.
+        if self.layers.len().max(1) + self.served_codecs().len() - 1 > MAX_LAYERS {
+            return Err(SpecError::Range(
+                "layers and codecs (at most 7 video tracks: the ladder, and one per other codec)",
+            ));
         }
         for l in &self.layers {
             if !(16..=4320).contains(&l.height) || l.height % 2 != 0 {
@@ -854,7 +905,8 @@ impl SessionSpec {
         }
         // With a set height, rungs not below it are the main picture.
         ladder.retain(|l| video.height.is_none_or(|h| l.height < h));
-        for l in ladder.iter().take(6) {
+        let alternates: Vec<VideoCodec> = self.served_codecs().into_iter().skip(1).collect();
+        for l in ladder.iter().take(6 - alternates.len()) {
             opt(
                 "--layer",
                 Some(match l.bitrate {
@@ -863,16 +915,10 @@ impl SessionSpec {
                 }),
             );
         }
-        opt(
-            "--codec",
-            Some(
-                match self.codec() {
-                    VideoCodec::H264 => "h264",
-                    VideoCodec::Vp8 => "vp8",
-                }
-                .into(),
-            ),
-        );
+        opt("--codec", Some(self.codec().arg().into()));
+        for c in alternates {
+            opt("--alt-codec", Some(c.arg().into()));
+        }
         if let Some(a) = &self.audio {
             opt("--audio-bitrate", a.bitrate.map(|x| x.to_string()));
             opt("--channels", a.channels.map(|x| x.to_string()));
@@ -1553,6 +1599,53 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with("--on-end wait --control stdin"), "{args}");
+    }
+
+    #[test]
+    fn other_codecs_become_alt_codec_tracks_after_the_ladder() {
+        let mut spec: SessionSpec = toml::from_str(
+            r#"
+            inputs = [{ url = "demo" }]
+            codecs = ["vp8", "h264"]
+            layers = [{ height = 720 }, { height = 360 }]
+            "#,
+        )
+        .expect("parses");
+        assert_eq!(spec.validate(), Ok(()));
+        assert_eq!(spec.codec(), VideoCodec::Vp8, "the first is the main one");
+        assert_eq!(spec.served_codecs(), [VideoCodec::Vp8, VideoCodec::H264]);
+        let args = spec.transcoder_args().join(" ");
+        assert!(
+            args.contains("--layer 360 --codec vp8 --alt-codec h264"),
+            "{args}"
+        );
+        // Seven video tracks at most: six rungs and one other codec is one too many.
+        spec.layers = (1..=7)
+            .map(|i| LayerSpec {
+                height: 100 * i,
+                bitrate: None,
+            })
+            .collect();
+        assert!(matches!(spec.validate(), Err(SpecError::Range(_))));
+        spec.layers.truncate(6);
+        assert_eq!(spec.validate(), Ok(()));
+        spec.codecs = vec![VideoCodec::H264, VideoCodec::H264];
+        assert!(matches!(spec.validate(), Err(SpecError::Range(_))));
+        spec.codecs = vec![VideoCodec::H264, VideoCodec::Vp8];
+        spec.video = Some(VideoSpec {
+            codec: Some(VideoCodec::Vp8),
+            ..VideoSpec::default()
+        });
+        assert_eq!(spec.validate(), Err(SpecError::CodecsOrder("VP8")));
+        let pulled = SessionSpec {
+            live: Some(PullSpec {
+                url: "rtsp://cam/1".into(),
+                video: LiveVideo::default(),
+            }),
+            codecs: vec![VideoCodec::H264, VideoCodec::Vp8],
+            ..SessionSpec::default()
+        };
+        assert_eq!(pulled.validate(), Err(SpecError::CodecsLive));
     }
 
     #[test]

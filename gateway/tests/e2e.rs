@@ -102,6 +102,67 @@ fn whep_client_plays_the_demo_at_1280x720_and_reports_http_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_without_h264_gets_vp8_where_the_session_allows_it_and_a_422_where_not() {
+    let wisp = Wisp::start(
+        "codecs",
+        r#"
+        [[sessions]]
+        name = "both"
+        inputs = [{ url = "demo" }]
+        video = { width = 320, height = 240 }
+        layers = [{ height = 240 }, { height = 120 }]
+        codecs = ["h264", "vp8"]
+
+        [[sessions]]
+        name = "h264only"
+        inputs = [{ url = "demo" }]
+        video = { width = 320, height = 240 }
+        "#,
+    );
+    let http = whep_client::http_client();
+    let t = wisp.token("both,h264only", "view");
+    let with = |session: &str, codec: Option<whep_client::OfferCodec>| {
+        let mut o = wisp.viewer(session, &t, 60, 30);
+        o.video_codec = codec;
+        o
+    };
+    // Both at once: one transcoder feeds each viewer the codec it took.
+    let (vp8, h264) = tokio::join!(
+        watch(
+            &http,
+            with("both", Some(whep_client::OfferCodec::Vp8)),
+            |_| {}
+        ),
+        watch(&http, with("both", None), |_| {}),
+    );
+    let vp8 = vp8.unwrap_or_else(|e| panic!("VP8 viewer: {e}\n{}", wisp.log()));
+    let h264 = h264.unwrap_or_else(|e| panic!("H.264 viewer: {e}\n{}", wisp.log()));
+    assert_eq!(vp8.codec.as_deref(), Some("VP8"), "{vp8:?}");
+    assert_eq!(
+        (vp8.width, vp8.height),
+        (Some(320), Some(240)),
+        "the main picture"
+    );
+    assert!(
+        vp8.video_frames >= 60 && vp8.undecodable_frames == 0,
+        "{vp8:?}"
+    );
+    assert!(vp8.audio_packets > 0, "{vp8:?}");
+    assert_eq!(h264.codec.as_deref(), Some("H264"), "{h264:?}");
+    assert!(h264.video_frames >= 60, "{h264:?}");
+    // Without `codecs`, the same offer is refused, and told what the session needs.
+    let refused = watch(
+        &http,
+        with("h264only", Some(whep_client::OfferCodec::Vp8)),
+        |_| {},
+    )
+    .await
+    .expect_err("a VP8-only offer for an H.264 session");
+    let text = refused.to_string();
+    assert!(text.contains("422") && text.contains("H264"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_transcoder_is_restarted_for_its_viewers_and_other_sessions_play_on() {
     let wisp = Wisp::start(
         "kill",

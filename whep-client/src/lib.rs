@@ -65,6 +65,8 @@ pub struct Options {
     /// Unlike [`Options::control`], the watch ends as it would without it; the server's
     /// `layer` events are kept in [`Summary::layer_events`].
     pub layer: Option<String>,
+    /// Offer only this video codec (default: str0m's, H.264 and VP8 among them).
+    pub video_codec: Option<OfferCodec>,
     /// Every this often, pin the next of these layers (round robin) over the `control`
     /// channel; each request is kept in [`Summary::layer_requests`] (for switch times).
     pub layer_cycle: Option<(Duration, Vec<String>)>,
@@ -73,6 +75,13 @@ pub struct Options {
     /// Each complete video frame is appended here as it came (Annex B for H.264), for a
     /// decoder to check.
     pub video_out: Option<std::fs::File>,
+}
+
+/// A video codec to offer alone ([`Options::video_codec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OfferCodec {
+    H264,
+    Vp8,
 }
 
 /// A path of limited rate in front of the client, shaped in user space: datagrams leave
@@ -115,6 +124,7 @@ impl Default for Options {
             media_out: None,
             stop: None,
             layer: None,
+            video_codec: None,
             layer_cycle: None,
             limit: None,
             video_out: None,
@@ -456,6 +466,13 @@ pub async fn watch(
     let mut config = RtcConfig::new()
         .set_rtp_mode(opts.rtp_only)
         .set_stats_interval(Some(Duration::from_secs(1)));
+    if let Some(codec) = opts.video_codec {
+        config = config
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_h264(codec == OfferCodec::H264)
+            .enable_vp8(codec == OfferCodec::Vp8);
+    }
     if opts.linger.is_some() {
         quick_consent_checks(&mut config);
     }

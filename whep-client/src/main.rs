@@ -102,6 +102,9 @@ struct PlayArgs {
     /// check.
     #[arg(long, value_name = "FILE")]
     video_out: Option<std::path::PathBuf>,
+    /// Offer only this video codec (as a browser without H.264 offers VP8 alone).
+    #[arg(long, value_enum)]
+    video_codec: Option<whep_client::OfferCodec>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +311,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         max_height,
         cycle_layers,
         cycle_every,
+        video_codec,
         limit_kbps,
         limit_for,
         video_out,
@@ -389,6 +393,7 @@ async fn play(args: PlayArgs) -> ExitCode {
         }),
         limit,
         video_out: video_out.as_ref().and_then(|f| f.try_clone().ok()),
+        video_codec,
         ..Options::default()
     };
     let waiting_until = wait.map(|w| std::time::Instant::now() + Duration::from_secs_f64(w));

@@ -132,8 +132,12 @@ pub async fn post(
         None => s.sessions.live(&name)?,
     };
     let served = match session.kind {
+        // The first of the session's codecs the viewer takes (the main one unless it lacks
+        // it); none: the main one, and the 422 says what it needs.
         Kind::Vod => Served {
-            video: VideoFormat::transcoded(session.spec.codec()),
+            video: offer
+                .first_video_format(&session.spec.served_codecs())
+                .unwrap_or(VideoFormat::transcoded(session.spec.codec())),
             audio: true,
         },
         // A live session sends what its publisher sends.
@@ -164,7 +168,10 @@ pub async fn post(
     let format = served.video;
     let plan = offer.plan_whep(served)?;
     let slot = session.join(&s.config.limits, wait, &s.metrics)?;
-    let bwe = session.layered();
+    // The layers are the main codec's; a viewer of the main picture in another codec has
+    // nothing to choose from.
+    let bwe =
+        session.layered() && (session.kind != Kind::Vod || format.codec == session.spec.codec());
     let answered = answer(
         &offer,
         plan,

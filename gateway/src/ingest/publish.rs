@@ -258,6 +258,7 @@ pub fn announce(
             video_track: find("video"),
             audio_track: find("audio"),
             layers: Vec::new(),
+            alternates: Vec::new(),
             width: *width,
             height: *height,
             fps: *fps,

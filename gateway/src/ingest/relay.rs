@@ -441,6 +441,7 @@ impl Sink {
             video_track: video.map(|_| VIDEO_TRACK),
             audio_track: audio.then_some(AUDIO_TRACK),
             layers: Vec::new(),
+            alternates: Vec::new(),
             width: 0,
             height: 0,
             fps: 0.0,

@@ -114,10 +114,11 @@ impl Feed {
         self.ready.as_ref()
     }
 
-    /// Follows a (new) source: timing re-anchors, and video waits for a keyframe.
-    pub fn attach(&mut self, ready: Arc<ReadySource>) {
+    /// Follows a (new) source's video on `track` (the main one, or the main picture in the
+    /// viewer's codec): timing re-anchors, and video waits for a keyframe.
+    pub fn attach(&mut self, ready: Arc<ReadySource>, track: Option<u8>) {
         self.discontinuity();
-        self.layer = ready.video_track;
+        self.layer = track;
         self.switch_to = None;
         self.ready = Some(ready);
     }

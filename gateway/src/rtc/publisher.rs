@@ -632,6 +632,7 @@ impl Sink {
                 .enumerate()
                 .map(|(k, r)| Layer::new(layer_track(k), r.as_str()))
                 .collect(),
+            alternates: Vec::new(),
             width: 0,
             height: 0,
             fps: 0.0,

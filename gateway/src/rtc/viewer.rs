@@ -550,7 +550,7 @@ impl Viewer {
     /// first for a viewer that waited) may send another codec than the viewer negotiated, and
     /// the viewer has to connect again.
     fn cannot_play(&self, ready: &ReadySource) -> Option<String> {
-        (self.tracks.video.is_some() && !self.video_format.plays(&ready.video_format)).then(|| {
+        (self.tracks.video.is_some() && ready.track_for(&self.video_format).is_none()).then(|| {
             format!(
                 "the source sends {} video; this viewer negotiated {}",
                 ready.video_format.describe(),
@@ -568,7 +568,8 @@ impl Viewer {
     fn open(&mut self, ready: Arc<ReadySource>, now: Instant) {
         self.held = None;
         let mut reader = ready.ring.reader();
-        self.feed.attach(ready.clone());
+        self.feed
+            .attach(ready.clone(), ready.track_for(&self.video_format));
         self.start_layer(now);
         if let Some(track) = self.feed.layer() {
             let now_us = self.clock.ring_us(now);
@@ -880,7 +881,12 @@ impl Viewer {
     /// Active layers of the current source, lowest quality first (all of them while none
     /// has sent yet); empty without layers.
     fn candidates(&self, now: Instant) -> Vec<Candidate> {
-        let Some(ready) = self.feed.ready().filter(|r| r.layers.len() > 1) else {
+        // The layers are the main codec's: a viewer fed another has its one track.
+        let Some(ready) = self
+            .feed
+            .ready()
+            .filter(|r| r.layers.len() > 1 && r.main_for(&self.video_format))
+        else {
             return Vec::new();
         };
         let now_us = self.clock.ring_us(now);
@@ -1494,6 +1500,7 @@ mod tests {
             video_track: Some(0),
             audio_track: Some(1),
             layers: Vec::new(),
+            alternates: Vec::new(),
             width: 1280,
             height: 720,
             fps: 30.0,

@@ -34,7 +34,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Limits, SessionSpec, VideoFormat};
+use crate::config::{Limits, SessionSpec, VideoCodec, VideoFormat};
 use crate::metrics::Metrics;
 use crate::session::news::{Code, Refusal};
 use crate::session::slots::TranscoderSlots;
@@ -92,6 +92,9 @@ pub struct ReadySource {
     /// The video layers, each on its own track, when there are several (simulcast, a VOD
     /// ladder); empty for one video track.
     pub layers: Vec<layers::Layer>,
+    /// The main picture in other codecs (a VOD session's `codecs`), each on its track, for
+    /// viewers that do not take the main one's.
+    pub alternates: Vec<(VideoFormat, u8)>,
     pub width: u32,
     pub height: u32,
     pub fps: f64,
@@ -105,7 +108,26 @@ pub struct ReadySource {
 impl ReadySource {
     /// Whether `track` carries video (the video track, or one of the layers).
     pub fn is_video(&self, track: u8) -> bool {
-        Some(track) == self.video_track || self.layers.iter().any(|l| l.track == track)
+        Some(track) == self.video_track
+            || self.layers.iter().any(|l| l.track == track)
+            || self.alternates.iter().any(|a| a.1 == track)
+    }
+
+    /// Whether a viewer that negotiated `format` gets the main video (its layers, if any).
+    pub fn main_for(&self, format: &VideoFormat) -> bool {
+        format.plays(&self.video_format)
+    }
+
+    /// The video track for a viewer that negotiated `format`: the main one, or the main
+    /// picture in its codec; `None` if the source has no video it plays.
+    pub fn track_for(&self, format: &VideoFormat) -> Option<u8> {
+        if self.main_for(format) {
+            return self.video_track;
+        }
+        self.alternates
+            .iter()
+            .find(|a| format.plays(&a.0))
+            .map(|a| a.1)
     }
 
     /// The layer on `track`.
@@ -129,6 +151,20 @@ impl ReadySource {
 
 /// A transcoder's renditions as layers, when it encodes more than one (each always
 /// sending: the transcoder keeps them all going).
+/// A transcoder's video tracks in codecs other than the main one's (`--alt-codec`).
+fn alternates(tracks: &[wisp_control::TrackInfo], main: VideoCodec) -> Vec<(VideoFormat, u8)> {
+    tracks
+        .iter()
+        .filter(|t| t.kind == "video" && !t.codec.eq_ignore_ascii_case(main.name()))
+        .filter_map(|t| {
+            let codec = [VideoCodec::H264, VideoCodec::Vp8]
+                .into_iter()
+                .find(|c| t.codec.eq_ignore_ascii_case(c.name()))?;
+            Some((VideoFormat::transcoded(codec), t.index))
+        })
+        .collect()
+}
+
 fn ladder(tracks: &[wisp_control::TrackInfo]) -> Vec<layers::Layer> {
     let renditions: Vec<layers::Layer> = tracks
         .iter()
@@ -1444,6 +1480,7 @@ impl SessionTask {
                         video_track: find("video"),
                         audio_track: find("audio"),
                         layers: ladder(&tracks),
+                        alternates: alternates(&tracks, self.session.spec.codec()),
                         width,
                         height,
                         fps,
