@@ -102,6 +102,106 @@ async fn until(wisp: &Wisp, name: &str, done: impl Fn(&serde_json::Value) -> boo
     }
 }
 
+/// An H.264 constrained baseline stream at `size` and `bitrate` (Annex B, 1 s GOP, 2 s), as a
+/// simulcast encoder makes for one layer.
+fn layer_stream(size: &str, bitrate: &str) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate=30:duration=2"))
+        .args([
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-b:v", bitrate, "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-bsf:v", "h264_mp4toannexb", "-f", "h264", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_obs_shaped_simulcast_publisher_is_told_apart_by_rid_and_each_pinned_viewer_decodes_its_layer()
+ {
+    let wisp = Wisp::start("obs-simulcast", "");
+    let http = whep_client::http_client();
+    // OBS 32.1's shape: rids 0, 1, 2, lowest first, the RID and MID header extensions, and
+    // no a=ssrc: the packets' RIDs are all that tells the layers apart.
+    let sizes = [(320, 180), (640, 360), (1280, 720)];
+    let layers: Vec<whep_client::SendLayer> = [("180k", 0), ("500k", 1), ("1500k", 2)]
+        .iter()
+        .map(|(bitrate, k)| {
+            let (w, h) = sizes[*k];
+            let frames = whep_client::annexb_frames(&layer_stream(&format!("{w}x{h}"), bitrate));
+            assert_eq!(frames.len(), 60, "one access unit per frame");
+            whep_client::SendLayer {
+                rid: k.to_string(),
+                frames,
+            }
+        })
+        .collect();
+    let url = format!("{}/whip/obs", wisp.base);
+    let publish_token = wisp.token("obs", "publish");
+    let publisher = {
+        let http = http.clone();
+        tokio::spawn(async move {
+            whep_client::publish_layers(
+                &http,
+                &url,
+                Some(&publish_token),
+                &layers,
+                30.0,
+                Duration::from_secs(12),
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    // Each layer reaches the ring: the session lists three, each sending, at its size.
+    until(&wisp, "obs", |s| {
+        let l = s["layers"].as_array().cloned().unwrap_or_default();
+        l.len() == 3
+            && l.iter().all(|x| x["active"] == true)
+            && l.iter()
+                .map(|x| (x["width"].as_u64(), x["height"].as_u64()))
+                .eq(sizes
+                    .iter()
+                    .map(|(w, h)| (Some(*w as u64), Some(*h as u64))))
+    })
+    .await;
+    let t = wisp.token("obs", "view");
+    let pinned = |rid: &str| Options {
+        layer: Some(serde_json::json!({"id": "layer", "op": "layer", "rid": rid}).to_string()),
+        ..wisp.viewer("obs", &t, 90, 20)
+    };
+    let (v0, v1, v2) = tokio::join!(
+        watch(&http, pinned("0"), |_| {}),
+        watch(&http, pinned("1"), |_| {}),
+        watch(&http, pinned("2"), |_| {}),
+    );
+    for (k, v) in [v0, v1, v2].into_iter().enumerate() {
+        let v = v.unwrap_or_else(|e| panic!("viewer pinned to {k}: {e}\n{}", wisp.log()));
+        let last = v.sizes.last().expect("video with a size");
+        assert_eq!(
+            ((last.width, last.height), v.undecodable_frames),
+            (sizes[k], 0),
+            "viewer pinned to {k}: {:?}",
+            v.sizes
+        );
+        assert!(last.frames >= 45, "layer {k}: {:?}", v.sizes);
+    }
+    let sent = publisher.await.expect("joins").expect("publishes");
+    assert!(sent.frames.iter().all(|&n| n >= 300), "{sent:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_and_srt_publishers_become_live_sessions_that_whep_players_watch() {
     let recordings = std::env::temp_dir().join(format!("wisp-ingest-rec-{}", std::process::id()));

@@ -495,7 +495,15 @@ pub async fn watch(
         mut etag,
         answer: mut answer_text,
         ice_servers,
-    } = post_offer(http, &url, opts.token.as_deref(), offer, pending, &mut rtc).await?;
+    } = post_offer(
+        http,
+        &url,
+        opts.token.as_deref(),
+        offer.to_sdp_string(),
+        pending,
+        &mut rtc,
+    )
+    .await?;
 
     if let Some(out) = &opts.media_out {
         let _ = out.send(Media::Answer(answer_text.clone()));
@@ -871,11 +879,10 @@ async fn post_offer(
     http: &reqwest::Client,
     url: &reqwest::Url,
     token: Option<&str>,
-    offer: str0m::change::SdpOffer,
+    body: String,
     pending: str0m::change::SdpPendingOffer,
     rtc: &mut str0m::Rtc,
 ) -> Result<Posted, ClientError> {
-    let body = offer.to_sdp_string();
     let mut url = url.clone();
     let mut hops = 0;
     let resp = loop {
@@ -949,6 +956,227 @@ fn accept_answer(
         .map_err(ClientError::Answer)
 }
 
+/// One simulcast layer for [`publish_layers`]: its RID and its H.264 access units (Annex B,
+/// one frame each, the first a keyframe with SPS and PPS).
+#[derive(Debug, Clone)]
+pub struct SendLayer {
+    pub rid: String,
+    pub frames: Vec<Vec<u8>>,
+}
+
+/// Splits an H.264 Annex B stream into access units, one per frame: a new one starts at an
+/// access unit delimiter, or at a slice whose first macroblock is 0 after a slice, and at an
+/// SPS, PPS or SEI after a slice. Delimiters are dropped (WebRTC senders send none).
+pub fn annexb_frames(stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= stream.len() {
+        if stream[i..].starts_with(&[0, 0, 1]) {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut current: Vec<u8> = Vec::new();
+    let mut had_slice = false;
+    for (k, &at) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(stream.len(), |n| n - 3);
+        // A four-byte start code's leading zero belongs to it, not to this NAL unit.
+        while end > at && stream[end - 1] == 0 && k + 1 < starts.len() {
+            end -= 1;
+        }
+        let nal = &stream[at..end];
+        let Some(&head) = nal.first() else { continue };
+        let kind = head & 0x1f;
+        let slice = kind == 1 || kind == 5;
+        // first_mb_in_slice is 0 exactly when the slice header's first bit is 1 (ue(v) 0).
+        let first_slice = slice && nal.get(1).is_some_and(|b| b & 0x80 != 0);
+        let begins = kind == 9 || (had_slice && (first_slice || (6..=8).contains(&kind)));
+        if begins && !current.is_empty() {
+            frames.push(std::mem::take(&mut current));
+            had_slice = false;
+        }
+        if kind == 9 {
+            continue;
+        }
+        current.extend_from_slice(&[0, 0, 0, 1]);
+        current.extend_from_slice(nal);
+        had_slice |= slice;
+    }
+    if had_slice {
+        frames.push(current);
+    }
+    frames
+}
+
+/// What [`publish_layers`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PublishSummary {
+    pub resource: Option<String>,
+    /// POST sent → ICE+DTLS connected, ms.
+    pub connected_ms: Option<u64>,
+    /// Frames written per layer, in the order given.
+    pub frames: Vec<u64>,
+    /// Keyframe requests (PLI/FIR) the server sent, per layer.
+    pub keyframe_requests: Vec<u64>,
+    pub delete_status: Option<u16>,
+}
+
+/// A WHIP publisher shaped as OBS 32.1 publishes simulcast: one video section with
+/// `a=rid:… send` and `a=simulcast:send …`, the MID and RID header extensions, and no
+/// `a=ssrc` lines, so the server can tell the layers apart only by the RID each packet
+/// carries. Sends each layer's frames at `fps` in a loop (a keyframe request restarts that
+/// layer at its first frame, a keyframe) for `duration`, then DELETEs.
+pub async fn publish_layers(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    layers: &[SendLayer],
+    fps: f64,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<PublishSummary, ClientError> {
+    use str0m::media::{Simulcast, SimulcastLayer};
+    let started = Instant::now();
+    let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Request {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let socket = UdpSocket::bind(SocketAddr::new(local_ip_for(&parsed).await?, 0)).await?;
+    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    let mut rtc = RtcConfig::new()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(
+        Candidate::host(socket.local_addr()?, "udp")
+            .map_err(|e| ClientError::Rtc(e.to_string()))?,
+    );
+    let mut simulcast = Simulcast::new();
+    for l in layers {
+        simulcast.add_send_layer(SimulcastLayer::new(&l.rid));
+    }
+    let mut api = rtc.sdp_api();
+    let mid = api.add_media(
+        MediaKind::Video,
+        Direction::SendOnly,
+        None,
+        None,
+        Some(simulcast),
+    );
+    let (offer, pending) = api.apply().expect("adding media makes an offer");
+    // OBS signals no SSRCs.
+    let body: String = offer
+        .to_sdp_string()
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("a=ssrc"))
+        .collect();
+    tracing::debug!(offer = %body, "OBS-shaped simulcast offer");
+    let posted = post_offer(http, &parsed, token, body, pending, &mut rtc).await?;
+    let resource = Resource {
+        http,
+        url: posted.location,
+        token,
+    };
+    let mut summary = PublishSummary {
+        resource: resource.url.as_ref().map(|u| u.to_string()),
+        frames: vec![0; layers.len()],
+        keyframe_requests: vec![0; layers.len()],
+        ..PublishSummary::default()
+    };
+    let mut buf = vec![0u8; GRO_BUFFER];
+    let mut failed = None;
+    run_until(
+        &mut rtc,
+        &socket,
+        &udp,
+        &mut buf,
+        started + timeout,
+        None,
+        |e, _| {
+            match e {
+                Event::Connected => {
+                    summary.connected_ms = Some(started.elapsed().as_millis() as u64)
+                }
+                Event::Closed => failed = Some("the server closed the connection"),
+                _ => return false,
+            }
+            true
+        },
+    )
+    .await;
+    // The payload type the answer kept.
+    let pt = rtc.writer(mid).and_then(|w| {
+        w.payload_params()
+            .find(|p| p.spec().codec == str0m::format::Codec::H264)
+            .map(|p| p.pt())
+    });
+    if let (Some(_), None, Some(pt)) = (summary.connected_ms, failed, pt) {
+        let frame_time = Duration::from_secs_f64(1.0 / fps.clamp(1.0, 120.0));
+        let end = Instant::now() + duration;
+        let mut next = Instant::now();
+        let mut index = vec![0usize; layers.len()];
+        let mut n: u64 = 0;
+        while Instant::now() < end && failed.is_none() {
+            let rtp_time = str0m::media::MediaTime::from_90khz(n * 90_000 / fps as u64);
+            for (k, l) in layers.iter().enumerate() {
+                if l.frames.is_empty() {
+                    continue;
+                }
+                let frame = l.frames[index[k] % l.frames.len()].clone();
+                index[k] += 1;
+                if let Some(w) = rtc.writer(mid) {
+                    match w.rid(str0m::media::Rid::from(l.rid.as_str())).write(
+                        pt,
+                        Instant::now(),
+                        rtp_time,
+                        frame,
+                    ) {
+                        Ok(()) => summary.frames[k] += 1,
+                        Err(e) => {
+                            tracing::warn!(rid = %l.rid, "frame not sent: {e}");
+                        }
+                    }
+                }
+            }
+            n += 1;
+            next += frame_time;
+            run_until(&mut rtc, &socket, &udp, &mut buf, next, None, |e, _| {
+                match e {
+                    Event::KeyframeRequest(r) => {
+                        if let Some(k) = layers
+                            .iter()
+                            .position(|l| r.rid.as_deref() == Some(l.rid.as_str()))
+                        {
+                            summary.keyframe_requests[k] += 1;
+                            // The loop's first frame is its keyframe.
+                            index[k] = 0;
+                        }
+                    }
+                    Event::Closed => failed = Some("the server closed the connection"),
+                    _ => {}
+                }
+                failed.is_some()
+            })
+            .await;
+        }
+    }
+    let (status, detail) = resource.delete().await;
+    summary.delete_status = status;
+    close(&mut rtc, &socket);
+    match (summary.connected_ms, failed) {
+        (_, Some(why)) => {
+            Err(ClientError::Disconnected(why.into()).with_server_detail(status, detail))
+        }
+        (None, None) => {
+            Err(ClientError::NotConnected(timeout.as_secs()).with_server_detail(status, detail))
+        }
+        (Some(_), None) => Ok(summary),
+    }
+}
+
 /// What [`publish_probe`] saw.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProbeSummary {
@@ -993,7 +1221,15 @@ pub async fn publish_probe(
     api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = api.apply().expect("adding media makes an offer");
-    let posted = post_offer(http, &parsed, token, offer, pending, &mut rtc).await?;
+    let posted = post_offer(
+        http,
+        &parsed,
+        token,
+        offer.to_sdp_string(),
+        pending,
+        &mut rtc,
+    )
+    .await?;
     let resource = Resource {
         http,
         url: posted.location,
@@ -1922,6 +2158,42 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn annex_b_splits_into_frames_without_delimiters() {
+        // AUD, SPS, PPS, IDR in two slices; AUD, P; then a P without a delimiter (its slice
+        // starts at macroblock 0), with four-byte start codes.
+        let idr_a = [0x65, 0x88, 1];
+        let idr_b = [0x65, 0x40, 2]; // first_mb_in_slice ≠ 0: the same frame
+        let p1 = [0x41, 0x9a, 3];
+        let p2 = [0x41, 0x9b, 4];
+        let mut s = Vec::new();
+        for nal in [
+            &[0x09, 0x10][..],
+            &[0x67, 5],
+            &[0x68, 6],
+            &idr_a,
+            &idr_b,
+            &[0x09, 0x30],
+            &p1,
+        ] {
+            s.extend_from_slice(&[0, 0, 1]);
+            s.extend_from_slice(nal);
+        }
+        s.extend_from_slice(&[0, 0, 0, 1]);
+        s.extend_from_slice(&p2);
+        let frames = annexb_frames(&s);
+        let nal = |b: &[u8]| [&[0u8, 0, 0, 1][..], b].concat();
+        assert_eq!(
+            frames,
+            vec![
+                [nal(&[0x67, 5]), nal(&[0x68, 6]), nal(&idr_a), nal(&idr_b)].concat(),
+                nal(&p1),
+                nal(&p2),
+            ]
+        );
+        assert!(annexb_frames(b"not h264").is_empty());
+    }
 
     #[test]
     fn a_failed_connection_carries_what_the_server_said_of_the_ended_resource() {

@@ -154,6 +154,25 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS", default_value_t = 20)]
         timeout: u64,
     },
+    /// Publish H.264 simulcast layers to a WHIP endpoint as OBS 32.1 does (RIDs, no
+    /// `a=ssrc`): each --layer RID=FILE (Annex B, e.g. from `ffmpeg -c:v libx264 -bsf:v
+    /// h264_mp4toannexb -f h264`) is sent in a loop at --fps for --seconds, then DELETEd. Prints
+    /// a JSON summary (frames and keyframe requests per layer).
+    Publish {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// A layer: its RID and its H.264 file. Repeat for each layer, lowest first.
+        #[arg(long = "layer", value_name = "RID=FILE", required = true)]
+        layers: Vec<String>,
+        #[arg(long, default_value_t = 30.0)]
+        fps: f64,
+        /// Seconds to publish.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        seconds: f64,
+        /// Seconds to wait for the connection.
+        #[arg(long, value_name = "SECONDS", default_value_t = 20)]
+        timeout: u64,
+    },
     /// Many viewers in one process, ramped up, for a fixed time.
     Load {
         #[command(flatten)]
@@ -195,6 +214,13 @@ fn main() -> ExitCode {
             ramp,
             json,
         } => runtime.block_on(load(url, token, viewers, duration, ramp, json)),
+        Cmd::Publish {
+            endpoint: Endpoint { url, token },
+            layers,
+            fps,
+            seconds,
+            timeout,
+        } => runtime.block_on(publish(url, token, layers, fps, seconds, timeout)),
         Cmd::Seeks {
             endpoint: Endpoint { url, token },
             count,
@@ -294,6 +320,61 @@ fn failed(e: &whep_client::ClientError, json: bool) -> ExitCode {
         return out::last_line(json!({ "error": e.to_string() }), ExitCode::FAILURE);
     }
     ExitCode::FAILURE
+}
+
+async fn publish(
+    url: String,
+    token: Option<String>,
+    layers: Vec<String>,
+    fps: f64,
+    seconds: f64,
+    timeout: u64,
+) -> ExitCode {
+    let mut send = Vec::new();
+    for l in &layers {
+        let Some((rid, file)) = l.split_once('=') else {
+            eprintln!("whep-client: --layer {l:?} is not RID=FILE");
+            return ExitCode::from(2);
+        };
+        let frames = match std::fs::read(file) {
+            Ok(bytes) => whep_client::annexb_frames(&bytes),
+            Err(e) => {
+                eprintln!("whep-client: {file}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if frames.is_empty() {
+            eprintln!("whep-client: {file}: no H.264 frames in it (Annex B expected)");
+            return ExitCode::from(2);
+        }
+        send.push(whep_client::SendLayer {
+            rid: rid.to_string(),
+            frames,
+        });
+    }
+    let result = whep_client::publish_layers(
+        &whep_client::http_client(),
+        &url,
+        token.as_deref(),
+        &send,
+        fps,
+        Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0)),
+        Duration::from_secs(timeout),
+    )
+    .await;
+    match result {
+        Ok(summary) => {
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("a summary serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("whep-client: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn play(args: PlayArgs) -> ExitCode {
