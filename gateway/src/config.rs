@@ -533,6 +533,13 @@ pub enum VideoCodec {
 }
 
 impl VideoCodec {
+    /// The codec SDP names `name` (`H264`, `vp8`: any case).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [VideoCodec::H264, VideoCodec::Vp8]
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(name))
+    }
+
     /// As the transcoder's `--codec` and the session API write it.
     pub fn arg(self) -> &'static str {
         match self {
@@ -906,7 +913,7 @@ impl SessionSpec {
         // With a set height, rungs not below it are the main picture.
         ladder.retain(|l| video.height.is_none_or(|h| l.height < h));
         let alternates: Vec<VideoCodec> = self.served_codecs().into_iter().skip(1).collect();
-        for l in ladder.iter().take(6 - alternates.len()) {
+        for l in ladder.iter().take(6usize.saturating_sub(alternates.len())) {
             opt(
                 "--layer",
                 Some(match l.bitrate {

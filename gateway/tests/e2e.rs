@@ -126,13 +126,12 @@ async fn a_viewer_without_h264_gets_vp8_where_the_session_allows_it_and_a_422_wh
         o.video_codec = codec;
         o
     };
-    // Both at once: one transcoder feeds each viewer the codec it took.
+    // Both at once: one transcoder feeds each viewer the codec it took. The VP8 viewer
+    // asks for a layer of the (H.264) ladder, which it cannot have.
+    let mut vp8_viewer = with("both", Some(whep_client::OfferCodec::Vp8));
+    vp8_viewer.layer = Some(r#"{"id":"layer","op":"layer","rid":"120p"}"#.into());
     let (vp8, h264) = tokio::join!(
-        watch(
-            &http,
-            with("both", Some(whep_client::OfferCodec::Vp8)),
-            |_| {}
-        ),
+        watch(&http, vp8_viewer, |_| {}),
         watch(&http, with("both", None), |_| {}),
     );
     let vp8 = vp8.unwrap_or_else(|e| panic!("VP8 viewer: {e}\n{}", wisp.log()));
@@ -148,6 +147,17 @@ async fn a_viewer_without_h264_gets_vp8_where_the_session_allows_it_and_a_422_wh
         "{vp8:?}"
     );
     assert!(vp8.audio_packets > 0, "{vp8:?}");
+    // Asked before the transcoder was up (kept, 200) or after (refused): either way the pin
+    // does not stand, and the viewer plays its one picture.
+    let reply = vp8
+        .layer_reply
+        .clone()
+        .expect("a reply to the layer request");
+    assert!(
+        reply["ok"] == false || wisp.wait_log("viewer's pinned layer: no layer \"120p\"", 5),
+        "{reply}\n{}",
+        wisp.log()
+    );
     assert_eq!(h264.codec.as_deref(), Some("H264"), "{h264:?}");
     assert!(h264.video_frames >= 60, "{h264:?}");
     // Without `codecs`, the same offer is refused, and told what the session needs.

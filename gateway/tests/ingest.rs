@@ -133,10 +133,11 @@ async fn an_obs_shaped_simulcast_publisher_is_told_apart_by_rid_and_each_pinned_
  {
     let wisp = Wisp::start("obs-simulcast", "");
     let http = whep_client::http_client();
-    // OBS 32.1's shape: rids 0, 1, 2, lowest first, the RID and MID header extensions, and
-    // no a=ssrc: the packets' RIDs are all that tells the layers apart.
-    let sizes = [(320, 180), (640, 360), (1280, 720)];
-    let layers: Vec<whep_client::SendLayer> = [("180k", 0), ("500k", 1), ("1500k", 2)]
+    // OBS 32.1's shape: rids 0, 1, 2, highest first (the gateway ranks by size, not by
+    // name), the RID and MID header extensions, and no a=ssrc: the packets' RIDs are all
+    // that tells the layers apart.
+    let sizes = [(1280, 720), (640, 360), (320, 180)];
+    let layers: Vec<whep_client::SendLayer> = [("1500k", 0), ("500k", 1), ("180k", 2)]
         .iter()
         .map(|(bitrate, k)| {
             let (w, h) = sizes[*k];
@@ -165,16 +166,25 @@ async fn an_obs_shaped_simulcast_publisher_is_told_apart_by_rid_and_each_pinned_
             .await
         })
     };
-    // Each layer reaches the ring: the session lists three, each sending, at its size.
+    // Each layer reaches the ring: the session lists three, each sending, at its size,
+    // lowest first.
     until(&wisp, "obs", |s| {
         let l = s["layers"].as_array().cloned().unwrap_or_default();
+        let want = [2, 1, 0].map(|k: usize| {
+            let (w, h) = sizes[k];
+            (Some(k.to_string()), Some(w as u64), Some(h as u64))
+        });
         l.len() == 3
             && l.iter().all(|x| x["active"] == true)
             && l.iter()
-                .map(|x| (x["width"].as_u64(), x["height"].as_u64()))
-                .eq(sizes
-                    .iter()
-                    .map(|(w, h)| (Some(*w as u64), Some(*h as u64))))
+                .map(|x| {
+                    (
+                        x["rid"].as_str().map(String::from),
+                        x["width"].as_u64(),
+                        x["height"].as_u64(),
+                    )
+                })
+                .eq(want)
     })
     .await;
     let t = wisp.token("obs", "view");

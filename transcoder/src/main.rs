@@ -152,7 +152,8 @@ struct Args {
     live: bool,
     /// Pass the input's H.264 through instead of encoding it (a live publisher that already
     /// sends baseline; anything else is refused with an error event). Audio still becomes Opus.
-    #[arg(long)]
+    /// Nothing is encoded, so no --layer or --alt-codec.
+    #[arg(long, conflicts_with_all = ["layers", "alt_codecs"])]
     copy_video: bool,
     /// The first input is the gateway's FIFO of timed records (see `arrival.rs`): packets are
     /// stamped with when their bytes reached the gateway, for its ingest latency.

@@ -202,8 +202,8 @@ impl Player {
                 }
                 let layered = !renditions.is_empty();
                 // The main picture in other codecs, after the lower renditions.
-                for (i, codec) in opts.alt_codecs.iter().enumerate() {
-                    let track = crate::rtp::AUDIO_TRACK + 1 + (renditions.len() + i) as u8;
+                for codec in &opts.alt_codecs {
+                    let track = crate::rtp::AUDIO_TRACK + 1 + renditions.len() as u8;
                     let r = video::Rendition::in_codec(&opts, *codec, (w, h), fps, track, &rtp)
                         .map_err(PlayError::Setup)?;
                     tracing::info!(codec = ?codec, track, "encoding the main picture in another codec too");

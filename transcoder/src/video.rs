@@ -245,7 +245,8 @@ impl VideoFilter {
 /// A lower rendition of the video (`--layer`): the main picture scaled, encoded on a thread
 /// of its own with the main one's timestamps and keyframes, on a ring track of its own.
 pub struct Rendition {
-    pub scaler: ff::software::scaling::Context,
+    /// None: the rendition is the main picture's size (another codec), sent as it is.
+    pub scaler: Option<ff::software::scaling::Context>,
     pub encoder: EncoderThread,
     pub rtp: RtpTrack,
 }
@@ -313,16 +314,21 @@ impl Rendition {
         };
         rtp.set_index(track);
         rtp.share_clock(clock);
-        let scaler = ff::software::scaling::Context::get(
-            format::Pixel::YUV420P,
-            from.0,
-            from.1,
-            format::Pixel::YUV420P,
-            width,
-            height,
-            ff::software::scaling::Flags::BILINEAR,
-        )
-        .map_err(|e| format!("a {width}x{height} scaler: {e}"))?;
+        let scaler = match from == (width, height) {
+            true => None,
+            false => Some(
+                ff::software::scaling::Context::get(
+                    format::Pixel::YUV420P,
+                    from.0,
+                    from.1,
+                    format::Pixel::YUV420P,
+                    width,
+                    height,
+                    ff::software::scaling::Flags::BILINEAR,
+                )
+                .map_err(|e| format!("a {width}x{height} scaler: {e}"))?,
+            ),
+        };
         Ok(Self {
             scaler,
             encoder: EncoderThread::spawn(encoder),
@@ -332,8 +338,11 @@ impl Rendition {
 
     /// Scales the main picture `frame` and queues it for encoding as the main one is.
     pub fn submit(&mut self, frame: &frame::Video, ts: i64, key: bool) -> Result<(), String> {
+        let Some(scaler) = self.scaler.as_mut() else {
+            return self.encoder.submit(frame.clone(), ts, key);
+        };
         let mut out = frame::Video::empty();
-        self.scaler
+        scaler
             .run(frame, &mut out)
             .map_err(|e| format!("scaling a rendition: {e}"))?;
         out.set_color_space(frame.color_space());

@@ -993,7 +993,7 @@ pub fn annexb_frames(stream: &[u8]) -> Vec<Vec<u8>> {
         let slice = kind == 1 || kind == 5;
         // first_mb_in_slice is 0 exactly when the slice header's first bit is 1 (ue(v) 0).
         let first_slice = slice && nal.get(1).is_some_and(|b| b & 0x80 != 0);
-        let begins = kind == 9 || (had_slice && (first_slice || (6..=8).contains(&kind)));
+        let begins = had_slice && (kind == 9 || first_slice || (6..=8).contains(&kind));
         if begins && !current.is_empty() {
             frames.push(std::mem::take(&mut current));
             had_slice = false;
@@ -1114,13 +1114,18 @@ pub async fn publish_layers(
             .map(|p| p.pt())
     });
     if let (Some(_), None, Some(pt)) = (summary.connected_ms, failed, pt) {
-        let frame_time = Duration::from_secs_f64(1.0 / fps.clamp(1.0, 120.0));
+        let fps = if fps.is_finite() {
+            fps.clamp(1.0, 120.0)
+        } else {
+            30.0
+        };
+        let frame_time = Duration::from_secs_f64(1.0 / fps);
         let end = Instant::now() + duration;
         let mut next = Instant::now();
         let mut index = vec![0usize; layers.len()];
         let mut n: u64 = 0;
         while Instant::now() < end && failed.is_none() {
-            let rtp_time = str0m::media::MediaTime::from_90khz(n * 90_000 / fps as u64);
+            let rtp_time = str0m::media::MediaTime::from_90khz((n as f64 * 90_000.0 / fps) as u64);
             for (k, l) in layers.iter().enumerate() {
                 if l.frames.is_empty() {
                     continue;

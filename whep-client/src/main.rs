@@ -358,7 +358,11 @@ async fn publish(
         token.as_deref(),
         &send,
         fps,
-        Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0)),
+        Duration::from_secs_f64(if seconds.is_finite() {
+            seconds.clamp(0.0, 86_400.0)
+        } else {
+            10.0
+        }),
         Duration::from_secs(timeout),
     )
     .await;

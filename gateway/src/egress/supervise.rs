@@ -22,7 +22,6 @@ use wisp_control::EgressEvent;
 
 use super::process::EgressProcess;
 use super::{EgressContext, EgressSpec};
-use crate::config::VideoCodec;
 use crate::session::{ReadySource, Source, ViewerSlot};
 
 /// How long a process gets to finish its output when stopped.
@@ -611,10 +610,7 @@ fn on_event(egress: &Egress, session: &crate::session::Session, run: &mut Run, e
 pub(super) fn track_args(source: &ReadySource) -> Vec<String> {
     let mut args = Vec::new();
     if let Some(t) = source.main_video_track() {
-        let codec = match source.video_format.codec {
-            VideoCodec::H264 => "h264",
-            VideoCodec::Vp8 => "vp8",
-        };
+        let codec = source.video_format.codec.arg();
         args.extend(["--video".to_string(), format!("{t}:{codec}")]);
     }
     if let Some(t) = source.audio_track {

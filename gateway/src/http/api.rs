@@ -354,12 +354,7 @@ pub async fn egress_start(
     // A VOD session's codec is known before it runs: refuse a container that cannot hold it
     // now rather than fail later. (A live session's is the publisher's, known at publish.)
     if session.kind == crate::session::Kind::Vod {
-        let codec = session
-            .spec
-            .video
-            .as_ref()
-            .and_then(|v| v.codec)
-            .unwrap_or_default();
+        let codec = session.spec.codec();
         let refusal = match &spec {
             EgressSpec::Record { format, .. } => format.refuses(codec),
             EgressSpec::Websocket { .. } => None,

@@ -13,7 +13,9 @@
 //! Loss: str0m's estimate can stay above a layer that a lossy or tail-dropping path does not
 //! carry (its delay signal flattens once a queue is full). So the loss str0m measures from
 //! the viewer's transport-wide feedback is a signal of its own: a layer losing
-//! [`LOSS_DOWN`] or more for [`LOSS_HOLD`] does not fit whatever the estimate says, no move
+//! [`LOSS_DOWN`] or more in [`LOSS_REPORTS`] reports in a row does not fit whatever the
+//! estimate says (the first such report stops the padding, so the next one measures the
+//! layer alone), no move
 //! up is made within [`CLEAN_FOR`] of a report over [`LOSS_CLEAN`], and while the path
 //! loses, nothing is padded.
 
@@ -36,9 +38,9 @@ pub const UP_AFTER_DOWN: Duration = Duration::from_secs(4);
 /// A share of packets lost (str0m's egress loss over a second) at which the current layer
 /// does not fit.
 pub const LOSS_DOWN: f32 = 0.10;
-/// How long the loss must stay at [`LOSS_DOWN`] or more before the viewer moves down: two
-/// reports, not one bad second.
-pub const LOSS_HOLD: Duration = Duration::from_millis(900);
+/// Loss reports in a row at [`LOSS_DOWN`] or more before the viewer moves down: one bad
+/// second (a keyframe into a shallow queue, a radio's hiccup) is not enough.
+pub const LOSS_REPORTS: u8 = 2;
 /// Loss up to this share is the path's noise.
 pub const LOSS_CLEAN: f32 = 0.02;
 /// No move up, and no padding, until the loss has been clean this long.
@@ -119,11 +121,11 @@ pub struct Chooser {
     up_since: Option<(u8, Instant)>,
     /// Since when the current layer does not fit.
     down_since: Option<Instant>,
-    /// Since when the loss has been at [`LOSS_DOWN`] or more.
-    lossy_since: Option<Instant>,
+    /// Loss reports in a row at [`LOSS_DOWN`] or more.
+    lossy_reports: u8,
     /// The last loss report over [`LOSS_CLEAN`].
     last_loss: Option<Instant>,
-    /// When the last switch was decided.
+    /// When the last switch was decided or made.
     last_switch: Option<Instant>,
 }
 
@@ -140,19 +142,29 @@ impl Chooser {
         self.up_since = None;
     }
 
-    /// str0m's egress loss over the last second (a share, 0 to 1).
-    pub fn note_loss(&mut self, loss: f32, now: Instant) {
+    /// str0m's egress loss over the last second (a share, 0 to 1). Reports within
+    /// [`LOSS_SETTLE`] of a switch, or while one waits for its keyframe (`switching`), may be
+    /// the old layer's: they count for holding moves up, not for moving down.
+    pub fn note_loss(&mut self, loss: f32, switching: bool, now: Instant) {
         if loss > LOSS_CLEAN {
             self.last_loss = Some(now);
         }
-        let settling = self
-            .last_switch
-            .is_some_and(|s| now.duration_since(s) < LOSS_SETTLE);
+        let settling = switching
+            || self
+                .last_switch
+                .is_some_and(|s| now.duration_since(s) < LOSS_SETTLE);
         if loss >= LOSS_DOWN && !settling {
-            self.lossy_since.get_or_insert(now);
+            self.lossy_reports = self.lossy_reports.saturating_add(1);
         } else {
-            self.lossy_since = None;
+            self.lossy_reports = 0;
         }
+    }
+
+    /// A switch was made (the new layer's keyframe went out): loss is the new layer's from
+    /// [`LOSS_SETTLE`] on.
+    pub fn switched(&mut self, now: Instant) {
+        self.last_switch = Some(now);
+        self.lossy_reports = 0;
     }
 
     /// The path has lost more than its noise within [`CLEAN_FOR`].
@@ -175,8 +187,7 @@ impl Chooser {
         let pick = self.pick(layers, current, estimate, now, asked)?;
         let change = Some(pick.0) != current;
         if change {
-            self.last_switch = Some(now);
-            self.lossy_since = None;
+            self.switched(now);
         }
         change.then_some(pick)
     }
@@ -238,9 +249,7 @@ impl Chooser {
             self.down_since = None;
             return Some((eligible[best_up].track, start));
         };
-        let lost = self
-            .lossy_since
-            .is_some_and(|l| now.duration_since(l) >= LOSS_HOLD);
+        let lost = self.lossy_reports >= LOSS_REPORTS;
         if lost && cur > 0 {
             // The path does not carry it, whatever the estimate says: one layer down.
             self.up_since = None;
@@ -479,40 +488,44 @@ mod tests {
             Some(2),
             "h fits 900 kb/s"
         );
-        // Settling after the start: a lossy report then is not counted.
-        c.note_loss(0.3, s(1000));
-        assert_eq!(c.choose(&ladder(), Some(2), est, s(1100)), None);
-        // One bad second is not enough; a second one is.
-        c.note_loss(0.25, s(2000));
+        // Settling after the start: a lossy report then is not counted, nor one while a
+        // switch waits for its keyframe.
+        c.note_loss(0.3, false, s(1000));
+        c.note_loss(0.3, true, s(2000));
         assert_eq!(c.choose(&ladder(), Some(2), est, s(2100)), None);
-        c.note_loss(0.05, s(3000));
-        c.note_loss(0.25, s(4000));
+        // One bad second is not enough, however long the next report takes; a second one
+        // in a row is.
+        c.note_loss(0.25, false, s(3000));
+        assert_eq!(c.choose(&ladder(), Some(2), est, s(3950)), None);
         assert_eq!(c.choose(&ladder(), Some(2), est, s(4500)), None);
-        c.note_loss(0.2, s(5000));
+        c.note_loss(0.05, false, s(4600));
+        c.note_loss(0.25, false, s(5600));
+        assert_eq!(c.choose(&ladder(), Some(2), est, s(6550)), None);
+        c.note_loss(0.2, false, s(6600));
         assert_eq!(
-            c.choose(&ladder(), Some(2), est, s(5000)),
+            c.choose(&ladder(), Some(2), est, s(6600)),
             Some((3, Reason::Lossy))
         );
         // The estimate carries h again, but the path lost within 2 s: no move up, and no
         // padding.
-        c.note_loss(0.04, s(9000));
-        assert!(c.losing(s(9500)));
-        assert_eq!(c.choose(&ladder(), Some(3), est, s(10_000)), None);
-        assert_eq!(c.choose(&ladder(), Some(3), est, s(10_900)), None);
-        // Clean for 2 s, and the estimate held for 1 s: up.
-        c.note_loss(0.0, s(10_000));
-        c.note_loss(0.01, s(11_000));
-        assert!(!c.losing(s(11_000)));
+        c.note_loss(0.04, false, s(10_000));
+        assert!(c.losing(s(10_500)));
         assert_eq!(c.choose(&ladder(), Some(3), est, s(11_000)), None);
+        assert_eq!(c.choose(&ladder(), Some(3), est, s(11_900)), None);
+        // Clean for 2 s, and the estimate held for 1 s: up.
+        c.note_loss(0.0, false, s(11_000));
+        c.note_loss(0.01, false, s(12_000));
+        assert!(!c.losing(s(12_000)));
+        assert_eq!(c.choose(&ladder(), Some(3), est, s(12_000)), None);
         assert_eq!(
-            c.choose(&ladder(), Some(3), est, s(12_000)),
+            c.choose(&ladder(), Some(3), est, s(13_000)),
             Some((2, Reason::Up))
         );
         // On the lowest layer, loss has nowhere to go.
         let mut c = Chooser::default();
         c.choose(&ladder(), None, Some(200_000), s(0));
-        c.note_loss(0.5, s(3000));
-        c.note_loss(0.5, s(4000));
+        c.note_loss(0.5, false, s(3000));
+        c.note_loss(0.5, false, s(4000));
         assert_eq!(c.choose(&ladder(), Some(3), Some(200_000), s(4000)), None);
     }
 }

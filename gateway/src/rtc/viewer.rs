@@ -723,7 +723,7 @@ impl Viewer {
                 };
                 self.estimate = Some(estimate.as_u64());
                 tracing::trace!(bps = estimate.as_u64(), "send bandwidth estimate");
-                if self.feed.ready().is_some_and(|r| r.layers.len() > 1) {
+                if self.layered().is_some() {
                     self.choose_layer(now);
                     self.tell_layer(false);
                 }
@@ -744,7 +744,8 @@ impl Viewer {
             RtcEvent::PeerStats(s) => {
                 if let Some(loss) = s.egress_loss_fraction {
                     tracing::trace!(loss, "egress loss over the last second");
-                    self.chooser.note_loss(loss, now);
+                    self.chooser
+                        .note_loss(loss, self.feed.pending_layer().is_some(), now);
                 }
             }
             RtcEvent::MediaEgressStats(s)
@@ -828,7 +829,7 @@ impl Viewer {
             .feed
             .ready()
             .or(self.latest.as_ref())
-            .filter(|r| r.layers.len() > 1)
+            .filter(|r| r.layers.len() > 1 && r.main_for(&self.video_format))
             .cloned();
         let Some(ready) = layered else {
             // Automatic with no limit is what a viewer of one layer has: nothing to do. Before
@@ -857,20 +858,35 @@ impl Viewer {
         Ok(self.layer_fields(now))
     }
 
+    /// The source followed, if this viewer chooses among its layers: it has several, in the
+    /// codec the viewer takes (a viewer fed the main picture in another codec has one).
+    fn layered(&self) -> Option<&Arc<ReadySource>> {
+        self.feed
+            .ready()
+            .filter(|r| r.layers.len() > 1 && r.main_for(&self.video_format))
+    }
+
     /// The layers and the viewer's place among them (a `layer` reply's fields).
     fn layer_fields(&self, now: Instant) -> Map<String, Value> {
         let mut f = Map::new();
         let Some(ready) = self.feed.ready() else {
             return f;
         };
+        // A viewer fed the main picture in another codec has none of the layers.
+        let own = ready.main_for(&self.video_format);
         let now_us = self.clock.ring_us(now);
         let layers: Vec<_> = by_quality(&ready.layers)
             .into_iter()
+            .filter(|_| own)
             .map(|i| ready.layers[i].info(now_us))
             .collect();
         f.insert("layers".into(), json!(layers));
         f.insert("wish".into(), json!(self.chooser.wish()));
-        let rid = |t: Option<u8>| t.and_then(|t| ready.layer(t)).map(|l| l.rid.clone());
+        let rid = |t: Option<u8>| {
+            t.filter(|_| own)
+                .and_then(|t| ready.layer(t))
+                .map(|l| l.rid.clone())
+        };
         f.insert("layer".into(), json!(rid(self.feed.layer())));
         if let Some(p) = rid(self.feed.pending_layer()) {
             f.insert("switching_to".into(), json!(p));
@@ -882,11 +898,7 @@ impl Viewer {
     /// has sent yet); empty without layers.
     fn candidates(&self, now: Instant) -> Vec<Candidate> {
         // The layers are the main codec's: a viewer fed another has its one track.
-        let Some(ready) = self
-            .feed
-            .ready()
-            .filter(|r| r.layers.len() > 1 && r.main_for(&self.video_format))
-        else {
+        let Some(ready) = self.layered() else {
             return Vec::new();
         };
         let now_us = self.clock.ring_us(now);
@@ -916,23 +928,18 @@ impl Viewer {
     /// A new source: the layer to start on (a source without layers has its one track).
     fn start_layer(&mut self, now: Instant) {
         let layers = self.candidates(now);
-        if layers.is_empty() {
-            self.next_choice = None;
-            // A publisher with layers gave way to one without.
-            if self.told.is_some() {
-                self.tell_layer(true);
-            }
-            return;
-        }
         // A pin made before the source was up (or for the last publisher) is checked now.
         if let Some(rid) = self.chooser.wish().rid.clone()
             && layers.iter().all(|l| l.rid != rid)
         {
             let names: Vec<&str> = layers.iter().map(|l| l.rid.as_str()).collect();
-            let why = format!(
-                "no layer {rid:?}; the layers are {}: automatic instead",
-                names.join(", ")
-            );
+            let why = match names.is_empty() {
+                true => format!("no layer {rid:?}: the video this viewer gets has one layer"),
+                false => format!(
+                    "no layer {rid:?}; the layers are {}: automatic instead",
+                    names.join(", ")
+                ),
+            };
             tracing::warn!("viewer's pinned layer: {why}");
             let mut wish = self.chooser.wish().clone();
             wish.rid = None;
@@ -941,6 +948,14 @@ impl Viewer {
                 "error",
                 json!({"code": Code::BadRequest.as_str(), "message": why}),
             ));
+        }
+        if layers.is_empty() {
+            self.next_choice = None;
+            // A publisher with layers gave way to one without.
+            if self.told.is_some() {
+                self.tell_layer(true);
+            }
+            return;
         }
         if let Some((track, reason)) = self.chooser.choose(&layers, None, self.estimate, now) {
             tracing::debug!(track, reason = reason.as_str(), "starting layer");
@@ -1005,6 +1020,7 @@ impl Viewer {
     /// The viewer's video moved to another layer: counted, logged, and told to the viewer
     /// (a `layer` event) and the API.
     fn on_switched(&mut self, now: Instant) {
+        self.chooser.switched(now);
         self.switches += 1;
         self.pending_since = None;
         self.metrics.layer_switches.fetch_add(1, Ordering::Relaxed);
@@ -1038,7 +1054,7 @@ impl Viewer {
         let layer = self
             .feed
             .layer()
-            .and_then(|t| self.feed.ready().filter(|r| r.layers.len() > 1)?.layer(t))
+            .and_then(|t| self.layered()?.layer(t))
             .map(|l| ViewerLayer {
                 viewer: self.id.clone(),
                 layer: l.rid.clone(),

@@ -149,22 +149,20 @@ impl ReadySource {
     }
 }
 
-/// A transcoder's renditions as layers, when it encodes more than one (each always
-/// sending: the transcoder keeps them all going).
 /// A transcoder's video tracks in codecs other than the main one's (`--alt-codec`).
 fn alternates(tracks: &[wisp_control::TrackInfo], main: VideoCodec) -> Vec<(VideoFormat, u8)> {
     tracks
         .iter()
-        .filter(|t| t.kind == "video" && !t.codec.eq_ignore_ascii_case(main.name()))
+        .filter(|t| t.kind == "video")
         .filter_map(|t| {
-            let codec = [VideoCodec::H264, VideoCodec::Vp8]
-                .into_iter()
-                .find(|c| t.codec.eq_ignore_ascii_case(c.name()))?;
+            let codec = VideoCodec::from_name(&t.codec).filter(|c| *c != main)?;
             Some((VideoFormat::transcoded(codec), t.index))
         })
         .collect()
 }
 
+/// A transcoder's renditions as layers, when it encodes more than one (each always
+/// sending: the transcoder keeps them all going).
 fn ladder(tracks: &[wisp_control::TrackInfo]) -> Vec<layers::Layer> {
     let renditions: Vec<layers::Layer> = tracks
         .iter()
