@@ -164,6 +164,7 @@ enum Cmd {
         /// A layer: its RID and its H.264 file. Repeat for each layer, lowest first.
         #[arg(long = "layer", value_name = "RID=FILE", required = true)]
         layers: Vec<String>,
+        /// Frames per second each layer is sent at.
         #[arg(long, default_value_t = 30.0)]
         fps: f64,
         /// Seconds to publish.
