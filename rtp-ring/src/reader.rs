@@ -63,54 +63,82 @@ impl Reader {
     /// Copies the next record's packet into `packet` (replacing its contents) and returns its
     /// metadata; `Ok(None)` when the reader has caught up. Never returns a torn record.
     pub fn try_next_into(&mut self, packet: &mut Vec<u8>) -> Result<Option<RecordMeta>, Overrun> {
+        self.try_next_of(packet, u16::MAX)
+    }
+
+    /// As [`Reader::try_next_into`], for the records of the tracks in `tracks` (bit `t` for
+    /// track `t`): the others are passed over with only their header read, their packets not
+    /// copied (a viewer of one layer among several reads the ring this way).
+    pub fn try_next_of(
+        &mut self,
+        packet: &mut Vec<u8>,
+        tracks: u16,
+    ) -> Result<Option<RecordMeta>, Overrun> {
         let slots = self.mapping.geometry().slot_count as u64;
-        let w = self.write_index();
-        if self.cursor >= w {
-            return Ok(None);
-        }
-        if w - self.cursor > slots {
-            return Err(self.skip_to(w - slots));
-        }
-        let index = self.cursor;
-        let slot = self.mapping.slot_header(index);
-        let base = self.mapping.slot_ptr(index) as *const u8;
-        packet.clear();
-        packet.reserve(MAX_PAYLOAD);
-        let read = protocol::read_slot(&slot.stamp, index, || {
-            // SAFETY: `base` is a slot of SLOT_SIZE bytes inside the mapping. The writer may be
-            // storing to it concurrently; we clamp the length we copy to MAX_PAYLOAD, never act
-            // on what we copied, and discard it unless the stamp proves it unchanged.
-            unsafe {
-                let track = base.add(8).read_volatile();
-                let flags = base.add(9).read_volatile();
-                let len = ((base.add(10) as *const u16).read_volatile() as usize).min(MAX_PAYLOAD);
-                let capture_us = (base.add(16) as *const u64).read_volatile();
-                std::ptr::copy_nonoverlapping(base.add(SLOT_HEADER_SIZE), packet.as_mut_ptr(), len);
-                packet.set_len(len);
-                (track, flags, capture_us)
-            }
-        });
-        match read {
-            SlotRead::Whole((track, flags, capture_us)) => {
-                self.cursor += 1;
-                Ok(Some(RecordMeta {
-                    index,
-                    track,
-                    flags: Flags::from_bits(flags),
-                    capture_us,
-                }))
-            }
-            SlotRead::Overwritten => {
+        loop {
+            let w = self.write_index();
+            if self.cursor >= w {
                 packet.clear();
-                let w = self.write_index();
-                Err(self.skip_to(w.saturating_sub(slots)).max_one())
+                return Ok(None);
             }
-            // Published index says complete but the stamp disagrees: only a writer restarted
-            // over a slot it had not finished can do that. Treat it as not yet there.
-            SlotRead::NotYet => {
+            if w - self.cursor > slots {
                 packet.clear();
-                Ok(None)
+                return Err(self.skip_to(w - slots));
             }
+            let index = self.cursor;
+            let slot = self.mapping.slot_header(index);
+            let base = self.mapping.slot_ptr(index) as *const u8;
+            packet.clear();
+            packet.reserve(MAX_PAYLOAD);
+            let read = protocol::read_slot(&slot.stamp, index, || {
+                // SAFETY: `base` is a slot of SLOT_SIZE bytes inside the mapping. The writer may
+                // be storing to it concurrently; we clamp the length we copy to MAX_PAYLOAD,
+                // never act on what we read, and discard it unless the stamp proves it
+                // unchanged.
+                unsafe {
+                    let track = base.add(8).read_volatile();
+                    let flags = base.add(9).read_volatile();
+                    let capture_us = (base.add(16) as *const u64).read_volatile();
+                    let wanted = track < 16 && tracks & (1 << track) != 0;
+                    if wanted {
+                        let len = ((base.add(10) as *const u16).read_volatile() as usize)
+                            .min(MAX_PAYLOAD);
+                        std::ptr::copy_nonoverlapping(
+                            base.add(SLOT_HEADER_SIZE),
+                            packet.as_mut_ptr(),
+                            len,
+                        );
+                        packet.set_len(len);
+                    }
+                    (track, flags, capture_us, wanted)
+                }
+            });
+            return match read {
+                SlotRead::Whole((track, flags, capture_us, wanted)) => {
+                    self.cursor += 1;
+                    if !wanted {
+                        continue;
+                    }
+                    Ok(Some(RecordMeta {
+                        index,
+                        track,
+                        flags: Flags::from_bits(flags),
+                        capture_us,
+                    }))
+                }
+                SlotRead::Overwritten => {
+                    packet.clear();
+                    let w = self.write_index();
+                    Err(self.skip_to(w.saturating_sub(slots)).max_one())
+                }
+                // Published index says complete but the stamp disagrees: only a writer
+                // restarted over a slot it had not finished can do that. Treat it as not yet
+                // there.
+                SlotRead::NotYet => {
+                    packet.clear();
+                    Ok(None)
+                }
+            };
         }
     }
 

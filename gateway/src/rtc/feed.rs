@@ -86,6 +86,19 @@ impl Feed {
         self.layer
     }
 
+    /// The ring tracks this viewer reads (bit `t` for track `t`): its video layer, the one
+    /// it switches to, and audio. Other layers' records are passed over uncopied.
+    pub fn wanted_tracks(&self) -> u16 {
+        let Some(ready) = &self.ready else {
+            return 0;
+        };
+        [self.layer, self.switch_to, ready.audio_track]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t < 16)
+            .fold(0, |m, t| m | 1 << t)
+    }
+
     /// The layer waited for, if a switch is under way.
     pub fn pending_layer(&self) -> Option<u8> {
         self.switch_to

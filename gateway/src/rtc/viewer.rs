@@ -617,7 +617,7 @@ impl Viewer {
             let Some(reader) = self.cursor.as_mut() else {
                 break;
             };
-            let meta = match reader.try_next_into(&mut buf) {
+            let meta = match reader.try_next_of(&mut buf, self.feed.wanted_tracks()) {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     // Everything written so far was sent: the viewer is at the live edge,
