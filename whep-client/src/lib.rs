@@ -1087,26 +1087,9 @@ pub async fn publish_layers(
         ..PublishSummary::default()
     };
     let mut buf = vec![0u8; GRO_BUFFER];
-    let mut failed = None;
-    run_until(
-        &mut rtc,
-        &socket,
-        &udp,
-        &mut buf,
-        started + timeout,
-        None,
-        |e, _| {
-            match e {
-                Event::Connected => {
-                    summary.connected_ms = Some(started.elapsed().as_millis() as u64)
-                }
-                Event::Closed => failed = Some("the server closed the connection"),
-                _ => return false,
-            }
-            true
-        },
-    )
-    .await;
+    let (connected_ms, mut failed) =
+        until_connected(&mut rtc, &socket, &udp, &mut buf, started, timeout).await;
+    summary.connected_ms = connected_ms;
     // The payload type the answer kept.
     let pt = rtc.writer(mid).and_then(|w| {
         w.payload_params()
@@ -1245,29 +1228,9 @@ pub async fn publish_probe(
         ..ProbeSummary::default()
     };
     let mut buf = vec![0u8; GRO_BUFFER];
-    let mut failed = None;
-    run_until(
-        &mut rtc,
-        &socket,
-        &udp,
-        &mut buf,
-        started + timeout,
-        None,
-        |e, _| {
-            match e {
-                Event::Connected => {
-                    summary.connected_ms = Some(started.elapsed().as_millis() as u64)
-                }
-                Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                    failed = Some("ICE disconnected");
-                }
-                Event::Closed => failed = Some("the server closed the connection"),
-                _ => return false,
-            }
-            true
-        },
-    )
-    .await;
+    let (connected_ms, mut failed) =
+        until_connected(&mut rtc, &socket, &udp, &mut buf, started, timeout).await;
+    summary.connected_ms = connected_ms;
     if summary.connected_ms.is_some() {
         run_until(
             &mut rtc,
@@ -1433,6 +1396,32 @@ async fn run_until(
             }
         }
     }
+}
+
+/// Drives a publisher's connection until ICE and DTLS connect (the ms since `started`) or
+/// fail (why), within `timeout` of `started`.
+async fn until_connected(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    udp: &quinn_udp::UdpSocketState,
+    buf: &mut [u8],
+    started: Instant,
+    timeout: Duration,
+) -> (Option<u64>, Option<&'static str>) {
+    let (mut connected, mut failed) = (None, None);
+    run_until(rtc, socket, udp, buf, started + timeout, None, |e, _| {
+        match e {
+            Event::Connected => connected = Some(started.elapsed().as_millis() as u64),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                failed = Some("ICE disconnected");
+            }
+            Event::Closed => failed = Some("the server closed the connection"),
+            _ => return false,
+        }
+        true
+    })
+    .await;
+    (connected, failed)
 }
 
 /// Ends our side, telling the server (RTCP BYE, DTLS close_notify).
