@@ -42,6 +42,7 @@ try {
       answerVideo: (answer.match(/a=rtpmap:\d+ (H264|VP8)\/90000/g) || []).join(" "),
     };
   }, { base, token, session });
+  if (result.post.status !== 201) throw new Error(`the POST got ${result.post.status}`);
   const stats = () => page.evaluate(async () => {
     const report = await window.pc.getStats();
     let inbound = null;

@@ -67,8 +67,9 @@ impl Reader {
     }
 
     /// As [`Reader::try_next_into`], for the records of the tracks in `tracks` (bit `t` for
-    /// track `t`): the others are passed over with only their header read, their packets not
-    /// copied (a viewer of one layer among several reads the ring this way).
+    /// track `t`; `u16::MAX`: every record, whatever its track byte says): the others are
+    /// passed over with only their header read, their packets not copied (a viewer of one
+    /// layer among several reads the ring this way).
     pub fn try_next_of(
         &mut self,
         packet: &mut Vec<u8>,
@@ -92,14 +93,16 @@ impl Reader {
             packet.reserve(MAX_PAYLOAD);
             let read = protocol::read_slot(&slot.stamp, index, || {
                 // SAFETY: `base` is a slot of SLOT_SIZE bytes inside the mapping. The writer may
-                // be storing to it concurrently; we clamp the length we copy to MAX_PAYLOAD,
-                // never act on what we read, and discard it unless the stamp proves it
-                // unchanged.
+                // be storing to it concurrently; we clamp the length we copy to MAX_PAYLOAD
+                // (the buffer has that much reserved), and discard what we read unless the
+                // stamp proves it unchanged. Whether to copy is decided on a track byte that
+                // may be torn: a torn one fails the stamp check, so its decision is dropped
+                // with the rest.
                 unsafe {
                     let track = base.add(8).read_volatile();
                     let flags = base.add(9).read_volatile();
                     let capture_us = (base.add(16) as *const u64).read_volatile();
-                    let wanted = track < 16 && tracks & (1 << track) != 0;
+                    let wanted = tracks == u16::MAX || (track < 16 && tracks & (1 << track) != 0);
                     if wanted {
                         let len = ((base.add(10) as *const u16).read_volatile() as usize)
                             .min(MAX_PAYLOAD);

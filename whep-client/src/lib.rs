@@ -1399,7 +1399,8 @@ async fn run_until(
 }
 
 /// Drives a publisher's connection until ICE and DTLS connect (the ms since `started`) or
-/// fail (why), within `timeout` of `started`.
+/// fail (why), within `timeout` of `started`. ICE reporting disconnected before that is a
+/// failure at once, not a wait for the timeout.
 async fn until_connected(
     rtc: &mut str0m::Rtc,
     socket: &UdpSocket,

@@ -92,11 +92,18 @@ impl Feed {
         let Some(ready) = &self.ready else {
             return 0;
         };
-        [self.layer, self.switch_to, ready.audio_track]
-            .into_iter()
-            .flatten()
-            .filter(|t| *t < 16)
-            .fold(0, |m, t| m | 1 << t)
+        // Only what the viewer negotiated a track for.
+        let video = self.video.is_some();
+        let audio = self.audio.is_some();
+        [
+            self.layer.filter(|_| video),
+            self.switch_to.filter(|_| video),
+            ready.audio_track.filter(|_| audio),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t < 16)
+        .fold(0, |m, t| m | 1 << t)
     }
 
     /// The layer waited for, if a switch is under way.
@@ -326,5 +333,48 @@ mod tests {
         assert!(!feed.catching_up());
         assert_eq!(feed.due(now + 600_000, now + 600_000), None);
         assert!(!feed.reached_live_edge(), "already live");
+    }
+
+    #[test]
+    fn a_viewer_reads_its_layer_the_one_it_switches_to_and_audio() {
+        let tracks = Tracks {
+            video: Some((Mid::from("0"), Pt::from(96), 90_000)),
+            audio: Some((Mid::from("1"), Pt::from(111), 48_000)),
+        };
+        let mut feed = Feed::new(&tracks);
+        assert_eq!(feed.wanted_tracks(), 0, "no source yet");
+        let ring = rtp_ring::Ring::create_memfd("t", 256 + 64 * 1536).expect("ring");
+        let ready = Arc::new(ReadySource {
+            ring,
+            payloads: crate::session::fanout::PayloadCache::new(8),
+            generation: 1,
+            video_track: Some(0),
+            audio_track: Some(1),
+            layers: Vec::new(),
+            alternates: vec![(
+                crate::config::VideoFormat::transcoded(crate::config::VideoCodec::Vp8),
+                4,
+            )],
+            width: 0,
+            height: 0,
+            fps: 0.0,
+            duration: None,
+            video_format: crate::config::VideoFormat::transcoded(crate::config::VideoCodec::H264),
+            capture: crate::session::Capture::Written,
+        });
+        feed.attach(ready.clone(), Some(2));
+        assert_eq!(feed.wanted_tracks(), 1 << 2 | 1 << 1);
+        feed.switch_to(Some(3));
+        assert_eq!(feed.wanted_tracks(), 1 << 2 | 1 << 3 | 1 << 1);
+        // The main picture in another codec, on its own track.
+        feed.attach(ready.clone(), Some(4));
+        assert_eq!(feed.wanted_tracks(), 1 << 4 | 1 << 1);
+        // A viewer that negotiated audio only reads audio, whatever the source has.
+        let mut audio_only = Feed::new(&Tracks {
+            video: None,
+            audio: tracks.audio,
+        });
+        audio_only.attach(ready, Some(0));
+        assert_eq!(audio_only.wanted_tracks(), 1 << 1);
     }
 }
