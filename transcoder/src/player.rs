@@ -22,7 +22,7 @@ use rtp_ring::{Flags, RecordRef, Writer, now_us};
 
 use crate::audio::{AudioChain, AudioFilter, FRAME_SAMPLES, OpusEncoder};
 use crate::control::{self, Command, Event, Incoming, InputInfo, InputRef, PlayState};
-use crate::options::{ChannelSel, OnEnd, Options, Pace, VideoCodec};
+use crate::options::{ChannelSel, OnEnd, Options, Pace};
 use crate::rtp::{RtpPacket, RtpTrack};
 use crate::source::{Source, SourceError};
 use crate::timeline::{
@@ -172,10 +172,7 @@ impl Player {
                 let time_base = sources[0].video_time_base();
                 sources[0].unread_video(probe)?;
                 let encoder = VideoEncoder::new(&opts, w, h, fps).map_err(PlayError::Setup)?;
-                let mut rtp = match opts.codec {
-                    VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
-                    VideoCodec::Vp8 => RtpTrack::vp8(),
-                };
+                let mut rtp = encoder.rtp_track();
                 // Lower renditions on tracks 2, 3, …: each below the main picture, tallest
                 // first, no two alike.
                 let mut sizes: Vec<(u32, u32, u64)> = opts

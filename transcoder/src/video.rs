@@ -308,10 +308,7 @@ impl Rendition {
         clock: &RtpTrack,
     ) -> Result<Self, String> {
         let encoder = VideoEncoder::new(o, width, height, fps)?;
-        let mut rtp = match o.codec {
-            VideoCodec::H264 => RtpTrack::h264(encoder.level_idc),
-            VideoCodec::Vp8 => RtpTrack::vp8(),
-        };
+        let mut rtp = encoder.rtp_track();
         rtp.set_index(track);
         rtp.share_clock(clock);
         let scaler = match from == (width, height) {
@@ -622,6 +619,14 @@ impl VideoEncoder {
             codec: opts.codec,
             level_idc,
         })
+    }
+
+    /// A fresh RTP track (on the main video track) for what this encoder makes.
+    pub fn rtp_track(&self) -> RtpTrack {
+        match self.codec {
+            VideoCodec::H264 => RtpTrack::h264(self.level_idc),
+            VideoCodec::Vp8 => RtpTrack::vp8(),
+        }
     }
 
     /// Encodes `frame` at output timestamp `ts` (90 kHz); `key` forces an IDR / key frame.

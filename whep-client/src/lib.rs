@@ -1040,12 +1040,7 @@ pub async fn publish_layers(
 ) -> Result<PublishSummary, ClientError> {
     use str0m::media::{Simulcast, SimulcastLayer};
     let started = Instant::now();
-    let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Request {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
-    let socket = UdpSocket::bind(SocketAddr::new(local_ip_for(&parsed).await?, 0)).await?;
-    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    let (parsed, socket, udp) = publisher_socket(url).await?;
     let mut rtc = RtcConfig::new()
         .clear_codecs()
         .enable_h264(true)
@@ -1192,12 +1187,7 @@ pub async fn publish_probe(
     timeout: Duration,
 ) -> Result<ProbeSummary, ClientError> {
     let started = Instant::now();
-    let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Request {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
-    let socket = UdpSocket::bind(SocketAddr::new(local_ip_for(&parsed).await?, 0)).await?;
-    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    let (parsed, socket, udp) = publisher_socket(url).await?;
     let mut config = RtcConfig::new();
     quick_consent_checks(&mut config);
     let mut rtc = config.build(Instant::now());
@@ -1396,6 +1386,19 @@ async fn run_until(
             }
         }
     }
+}
+
+/// A WHIP publisher's endpoint URL, parsed, and a UDP socket on the address that reaches it.
+async fn publisher_socket(
+    url: &str,
+) -> Result<(reqwest::Url, UdpSocket, quinn_udp::UdpSocketState), ClientError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| ClientError::Request {
+        url: url.to_string(),
+        message: e.to_string(),
+    })?;
+    let socket = UdpSocket::bind(SocketAddr::new(local_ip_for(&parsed).await?, 0)).await?;
+    let udp = quinn_udp::UdpSocketState::new((&socket).into())?;
+    Ok((parsed, socket, udp))
 }
 
 /// Drives a publisher's connection until ICE and DTLS connect (the ms since `started`) or
