@@ -50,6 +50,9 @@ pub struct Feed {
     /// to at its next keyframe.
     layer: Option<u8>,
     switch_to: Option<u8>,
+    /// The backlog was left for the live edge while a switch waits: nothing more of the
+    /// current layer goes out (see [`Feed::leave_backlog`]).
+    leaving: bool,
     /// A switch happened since [`Feed::take_switched`].
     switched: bool,
 }
@@ -77,6 +80,7 @@ impl Feed {
             frames: Vec::new(),
             layer: None,
             switch_to: None,
+            leaving: false,
             switched: false,
         }
     }
@@ -116,12 +120,25 @@ impl Feed {
     pub fn set_layer(&mut self, track: u8) {
         self.layer = Some(track);
         self.switch_to = None;
+        self.leaving = false;
     }
 
     /// Moves to the layer on `track` at its next keyframe; the current one goes on until
     /// then, so the picture never stops. `None` stays where it is.
     pub fn switch_to(&mut self, track: Option<u8>) {
         self.switch_to = track.filter(|t| Some(*t) != self.layer);
+        if self.switch_to.is_none() {
+            // Staying after all: the current layer resumes at its next keyframe.
+            self.leaving = false;
+        }
+    }
+
+    /// Leaves a backlog being caught up on for the live edge, where the pending switch's
+    /// layer takes over at its keyframe; until then nothing of the current layer goes out
+    /// (after the jump it would not decode). The caller moves the reader.
+    pub fn leave_backlog(&mut self) {
+        self.discontinuity();
+        self.leaving = self.switch_to.is_some();
     }
 
     /// Whether a switch happened since the last call.
@@ -140,6 +157,7 @@ impl Feed {
         self.discontinuity();
         self.layer = track;
         self.switch_to = None;
+        self.leaving = false;
         self.ready = Some(ready);
     }
 
@@ -239,8 +257,9 @@ impl Feed {
                 v.new_layer();
                 self.layer = self.switch_to.take();
                 self.switched = true;
+                self.leaving = false;
             }
-            if Some(meta.track) != self.layer {
+            if Some(meta.track) != self.layer || self.leaving {
                 return Written::Skipped;
             }
             match (&mut self.video, &tracks.video) {

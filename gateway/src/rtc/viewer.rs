@@ -992,6 +992,9 @@ impl Viewer {
                 self.feed.switch_to(Some(track));
                 self.pending_since = Some(now);
                 self.events.push_back(Event::KeyframeWanted(Some(track)));
+                if self.feed.catching_up() {
+                    self.leave_backlog();
+                }
             }
             None => {
                 if let (Some(track), Some(since)) = (self.feed.pending_layer(), self.pending_since)
@@ -1015,6 +1018,21 @@ impl Viewer {
                 .bwe()
                 .set_bitrate(Bitrate::bps(t.0), Bitrate::bps(t.1));
         }
+    }
+
+    /// A switch decided while catching up on a backlog: the rest of it is left for the live
+    /// edge, where the new layer starts at its (requested) keyframe. Sent faster than real
+    /// time, the backlog would queue ahead of that keyframe, on a path that, when the move
+    /// is down, cannot carry it.
+    fn leave_backlog(&mut self) {
+        let Some(ready) = self.feed.ready().cloned() else {
+            return;
+        };
+        tracing::debug!("layer switch while catching up: on to the live edge");
+        self.cursor = Some(ready.ring.reader());
+        self.held = None;
+        self.feed.leave_backlog();
+        self.ring_pending = true;
     }
 
     /// The viewer's video moved to another layer: counted, logged, and told to the viewer
@@ -1726,6 +1744,106 @@ mod tests {
                 .contains("the layers are lo, hi"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_switch_while_catching_up_leaves_the_backlog_for_the_new_layer_at_the_live_edge() {
+        let mut p = Pair::new(true, true, grant(UNIX_AT_START + 3600, &[Scope::View]));
+        let ring = Ring::create_memfd("viewer-leave-backlog", 1 << 22).unwrap();
+        let Source::Ready(plain) = source(&ring) else {
+            unreachable!()
+        };
+        let layers = vec![Layer::new(0, "lo"), Layer::new(2, "hi")];
+        layers[0].set_size(320, 180);
+        layers[1].set_size(1280, 720);
+        let ready = Arc::new(ReadySource {
+            ring: ring.clone(),
+            payloads: PayloadCache::new(64),
+            layers,
+            ..Arc::into_inner(plain).unwrap()
+        });
+        let mut w = ring.writer();
+        let mut seq = [100u16, 5000u16];
+        // Frame `f` of both layers: its last two bytes say the layer (0xa0 lo, 0xb0 hi) and
+        // the frame.
+        let mut frame = |f: u8, key: bool, at: u64| {
+            for (i, (track, ssrc, mark)) in [(0u8, 0xaaaa_u32, 0xa0u8), (2, 0xbbbb, 0xb0)]
+                .into_iter()
+                .enumerate()
+            {
+                ready.layers[i].saw(at);
+                let ts = 3000 * f as u32 + i as u32 * 777_777;
+                let units: Vec<(Flags, Vec<u8>)> = match key {
+                    true => vec![
+                        (Flags::KEYFRAME, SPS.to_vec()),
+                        (Flags::empty(), PPS.to_vec()),
+                        (Flags::END_OF_FRAME, vec![0x65, 0x88, mark, f]),
+                    ],
+                    false => vec![(Flags::END_OF_FRAME, vec![0x41, 0x9a, mark, f])],
+                };
+                for (flags, unit) in units {
+                    let end = flags.contains(Flags::END_OF_FRAME);
+                    let packet = rtp(96, seq[i], ts, ssrc, end, &unit);
+                    seq[i] = seq[i].wrapping_add(1);
+                    w.write(RecordRef {
+                        track,
+                        flags,
+                        capture_us: at,
+                        packet: &packet,
+                    })
+                    .unwrap();
+                }
+            }
+        };
+        // Three seconds of a live GOP in the ring, its keyframe at the start.
+        let t0 = p.clock.ring_us(p.now) - 3_000_000;
+        for f in 0..90 {
+            frame(f, f == 0, t0 + f as u64 * 33_333);
+        }
+        p.follow(&Source::Ready(ready.clone()));
+        p.connect();
+        // Catching up on "hi" (no estimate: the best layer), faster than real time.
+        p.run_until(p.now + Duration::from_millis(150));
+        assert!(
+            p.viewer.feed.catching_up(),
+            "{} frames sent",
+            p.frames.len()
+        );
+        p.request(r#"{"id":1,"op":"layer","rid":"lo"}"#);
+        p.run_until(p.now + Duration::from_millis(30));
+        assert!(
+            p.events.contains(&Event::KeyframeWanted(Some(0))),
+            "{:?}",
+            p.events
+        );
+        let at_pin = p.frames.len();
+        // The requested keyframe comes with the live frames.
+        let live = p.clock.ring_us(p.now);
+        for f in 90..96 {
+            frame(f, f == 92, live + (f - 90) as u64 * 33_333);
+        }
+        p.viewer.handle(Input::RingWritten, p.now);
+        p.run_while(Duration::from_secs(1), |p| {
+            p.frames
+                .iter()
+                .filter(|(_, f)| f[f.len() - 2] == 0xa0)
+                .count()
+                >= 3
+        });
+        let after: Vec<(bool, u8, u8)> = p.frames[at_pin..]
+            .iter()
+            .map(|(k, f)| (*k, f[f.len() - 2], f[f.len() - 1]))
+            .collect();
+        // At most the frame the client's depacketizer still held of "hi"; then "lo" from
+        // the live keyframe, never the rest of the backlog.
+        let hi = after.iter().take_while(|(_, m, _)| *m == 0xb0).count();
+        assert!(hi <= 1, "{after:?}");
+        assert_eq!(after[hi], (true, 0xa0, 92), "{after:?}");
+        assert!(
+            after[hi..].iter().all(|(_, m, f)| *m == 0xa0 && *f >= 92),
+            "{after:?}"
+        );
+        assert!(!p.viewer.feed.catching_up());
     }
 
     /// Outputs compared in tests (a transmit's bytes are not).
