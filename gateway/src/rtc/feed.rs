@@ -100,7 +100,7 @@ impl Feed {
         let video = self.video.is_some();
         let audio = self.audio.is_some();
         [
-            self.layer.filter(|_| video),
+            self.layer.filter(|_| video && !self.leaving),
             self.switch_to.filter(|_| video),
             ready.audio_track.filter(|_| audio),
         ]
@@ -115,6 +115,15 @@ impl Feed {
         self.switch_to
     }
 
+    /// The layer whose keyframe the viewer's picture needs next: the one switched to once
+    /// the backlog was left, else the current one.
+    pub fn awaited_layer(&self) -> Option<u8> {
+        match self.leaving {
+            true => self.switch_to,
+            false => self.layer,
+        }
+    }
+
     /// Sends the video layer on `track` from now on (a fresh start: the viewer waits for
     /// its keyframe anyway).
     pub fn set_layer(&mut self, track: u8) {
@@ -124,7 +133,8 @@ impl Feed {
     }
 
     /// Moves to the layer on `track` at its next keyframe; the current one goes on until
-    /// then, so the picture never stops. `None` stays where it is.
+    /// then, so the picture does not stop (unless the backlog was left: see
+    /// [`Feed::leave_backlog`]). `None` stays where it is.
     pub fn switch_to(&mut self, track: Option<u8>) {
         self.switch_to = track.filter(|t| Some(*t) != self.layer);
         if self.switch_to.is_none() {
@@ -133,11 +143,15 @@ impl Feed {
         }
     }
 
-    /// Leaves a backlog being caught up on for the live edge, where the pending switch's
-    /// layer takes over at its keyframe; until then nothing of the current layer goes out
-    /// (after the jump it would not decode). The caller moves the reader.
-    pub fn leave_backlog(&mut self) {
+    /// Leaves a backlog being caught up on (at `now_us`), for the pending switch's layer at
+    /// its keyframe further on; until then nothing of the current layer goes out (after the
+    /// jump it would not decode), and the picture holds. The video clock goes on by real
+    /// time. The caller moves the reader.
+    pub fn leave_backlog(&mut self, now_us: u64) {
         self.discontinuity();
+        if let Some(v) = self.video.as_mut() {
+            v.continue_clock_from(now_us);
+        }
         self.leaving = self.switch_to.is_some();
     }
 

@@ -661,7 +661,7 @@ impl Viewer {
             lost,
             "viewer fell a ring lap behind; resyncing at a keyframe"
         );
-        if let (Some(track), Some(r)) = (self.feed.layer(), self.cursor.as_mut()) {
+        if let (Some(track), Some(r)) = (self.feed.awaited_layer(), self.cursor.as_mut()) {
             r.resync_to_keyframe(track);
         }
         self.feed.discontinuity();
@@ -715,7 +715,7 @@ impl Viewer {
             }
             RtcEvent::KeyframeRequest(_) => self
                 .events
-                .push_back(Event::KeyframeWanted(self.feed.layer())),
+                .push_back(Event::KeyframeWanted(self.feed.awaited_layer())),
             RtcEvent::EgressBitrateEstimate(kind) => {
                 let estimate = match kind {
                     BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. } => estimate,
@@ -993,7 +993,9 @@ impl Viewer {
                 self.pending_since = Some(now);
                 self.events.push_back(Event::KeyframeWanted(Some(track)));
                 if self.feed.catching_up() {
-                    self.leave_backlog();
+                    let rank = |t: Option<u8>| layers.iter().position(|c| Some(c.track) == t);
+                    let down = rank(Some(track)) < rank(self.feed.layer());
+                    self.leave_backlog(now, down);
                 }
             }
             None => {
@@ -1020,18 +1022,54 @@ impl Viewer {
         }
     }
 
-    /// A switch decided while catching up on a backlog: the rest of it is left for the live
-    /// edge, where the new layer starts at its (requested) keyframe. Sent faster than real
-    /// time, the backlog would queue ahead of that keyframe, on a path that, when the move
-    /// is down, cannot carry it.
-    fn leave_backlog(&mut self) {
-        let Some(ready) = self.feed.ready().cloned() else {
+    /// A switch decided while catching up on a backlog. If the new layer has a keyframe
+    /// further on in the ring, the viewer goes there and catches up from it; the old
+    /// layer's backlog up to it is not sent. Otherwise a move down leaves the backlog for
+    /// the live edge and waits there for the new layer's (requested) keyframe: sent faster
+    /// than real time, the backlog would queue ahead of that keyframe on a path that cannot
+    /// carry it. A move up goes on with the backlog until the new layer's next keyframe in
+    /// it, so the picture does not hold.
+    fn leave_backlog(&mut self, now: Instant, down: bool) {
+        let (Some(ready), Some(track), Some(at)) = (
+            self.feed.ready().cloned(),
+            self.feed.pending_layer(),
+            self.cursor.as_ref().map(|c| c.cursor()),
+        ) else {
             return;
         };
-        tracing::debug!("layer switch while catching up: on to the live edge");
-        self.cursor = Some(ready.ring.reader());
+        let now_us = self.clock.ring_us(now);
+        let mut reader = ready.ring.reader();
+        let keyframe_us = match reader.resync_to_keyframe(track) && reader.cursor() > at {
+            true => {
+                let mut probe = ready.ring.reader();
+                probe.resync_to_keyframe(track);
+                match probe.try_next_into(&mut self.buf) {
+                    Ok(Some(m)) => Some(m.capture_us),
+                    _ => None,
+                }
+            }
+            false => None,
+        };
+        match keyframe_us {
+            Some(k) => {
+                tracing::debug!(
+                    keyframe_age_ms = now_us.saturating_sub(k) / 1000,
+                    "layer switch while catching up: on to the new layer's keyframe"
+                );
+                self.feed.leave_backlog(now_us);
+                if let Some(c) = Catchup::new(now_us, k) {
+                    self.feed.begin_catchup(c);
+                }
+            }
+            None if down => {
+                tracing::debug!("layer switch down while catching up: on to the live edge");
+                reader = ready.ring.reader();
+                self.feed.leave_backlog(now_us);
+            }
+            None => return,
+        }
+        self.cursor = Some(reader);
         self.held = None;
-        self.feed.leave_backlog();
         self.ring_pending = true;
     }
 
@@ -1270,6 +1308,8 @@ mod tests {
         clock: Clock,
         events: Vec<Event>,
         frames: Vec<(bool, Vec<u8>)>,
+        /// Each frame's arrival and RTP time (seconds), in the order of `frames`.
+        frame_times: Vec<(Instant, f64)>,
         audio: usize,
         messages: Vec<Value>,
         connected: bool,
@@ -1357,6 +1397,7 @@ mod tests {
                 clock,
                 events: Vec::new(),
                 frames: Vec::new(),
+                frame_times: Vec::new(),
                 audio: 0,
                 messages: Vec::new(),
                 connected: false,
@@ -1422,6 +1463,7 @@ mod tests {
                         RtcEvent::Connected => self.connected = true,
                         RtcEvent::MediaData(d) if d.params.spec().codec.is_video() => {
                             self.frames.push((d.is_keyframe(), d.data.to_vec()));
+                            self.frame_times.push((self.now, d.time.as_seconds()));
                         }
                         RtcEvent::MediaData(_) => self.audio += 1,
                         RtcEvent::ChannelData(d) => {
@@ -1746,34 +1788,50 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_switch_while_catching_up_leaves_the_backlog_for_the_new_layer_at_the_live_edge() {
-        let mut p = Pair::new(true, true, grant(UNIX_AT_START + 3600, &[Scope::View]));
-        let ring = Ring::create_memfd("viewer-leave-backlog", 1 << 22).unwrap();
-        let Source::Ready(plain) = source(&ring) else {
-            unreachable!()
-        };
-        let layers = vec![Layer::new(0, "lo"), Layer::new(2, "hi")];
-        layers[0].set_size(320, 180);
-        layers[1].set_size(1280, 720);
-        let ready = Arc::new(ReadySource {
-            ring: ring.clone(),
-            payloads: PayloadCache::new(64),
-            layers,
-            ..Arc::into_inner(plain).unwrap()
-        });
-        let mut w = ring.writer();
-        let mut seq = [100u16, 5000u16];
-        // Frame `f` of both layers: its last two bytes say the layer (0xa0 lo, 0xb0 hi) and
-        // the frame.
-        let mut frame = |f: u8, key: bool, at: u64| {
+    /// A live source of two layers ("lo" on track 0, "hi" on track 2) and audio (track 1),
+    /// written frame by frame.
+    struct TwoLayers {
+        ready: Arc<ReadySource>,
+        w: rtp_ring::Writer,
+        seq: [u16; 2],
+    }
+
+    impl TwoLayers {
+        fn new(ring: &Ring) -> Self {
+            let Source::Ready(plain) = source(ring) else {
+                unreachable!()
+            };
+            let layers = vec![Layer::new(0, "lo"), Layer::new(2, "hi")];
+            layers[0].set_size(320, 180);
+            layers[1].set_size(1280, 720);
+            let ready = Arc::new(ReadySource {
+                ring: ring.clone(),
+                payloads: PayloadCache::new(64),
+                layers,
+                ..Arc::into_inner(plain).unwrap()
+            });
+            Self {
+                ready,
+                w: ring.writer(),
+                seq: [100, 5000],
+            }
+        }
+
+        /// Frame `f` of both layers, captured at `at`: its last two bytes say the layer
+        /// (0xa0 lo, 0xb0 hi) and the frame. And an audio packet.
+        fn frame(&mut self, f: u8, key: bool, at: u64) {
+            self.frame_of(f, [key, key], at);
+        }
+
+        /// The same, with a keyframe only in the layers `key` says ([lo, hi]).
+        fn frame_of(&mut self, f: u8, key: [bool; 2], at: u64) {
             for (i, (track, ssrc, mark)) in [(0u8, 0xaaaa_u32, 0xa0u8), (2, 0xbbbb, 0xb0)]
                 .into_iter()
                 .enumerate()
             {
-                ready.layers[i].saw(at);
+                self.ready.layers[i].saw(at);
                 let ts = 3000 * f as u32 + i as u32 * 777_777;
-                let units: Vec<(Flags, Vec<u8>)> = match key {
+                let units: Vec<(Flags, Vec<u8>)> = match key[i] {
                     true => vec![
                         (Flags::KEYFRAME, SPS.to_vec()),
                         (Flags::empty(), PPS.to_vec()),
@@ -1783,44 +1841,58 @@ mod tests {
                 };
                 for (flags, unit) in units {
                     let end = flags.contains(Flags::END_OF_FRAME);
-                    let packet = rtp(96, seq[i], ts, ssrc, end, &unit);
-                    seq[i] = seq[i].wrapping_add(1);
-                    w.write(RecordRef {
-                        track,
-                        flags,
-                        capture_us: at,
-                        packet: &packet,
-                    })
-                    .unwrap();
+                    let packet = rtp(96, self.seq[i], ts, ssrc, end, &unit);
+                    self.seq[i] = self.seq[i].wrapping_add(1);
+                    self.put(track, flags, at, &packet);
                 }
             }
-        };
+            let opus = rtp(111, f as u16, 1440 * f as u32, 0xcccc, false, &[0xfc, 0xff]);
+            self.put(1, Flags::END_OF_FRAME, at, &opus);
+        }
+
+        fn put(&mut self, track: u8, flags: Flags, capture_us: u64, packet: &[u8]) {
+            self.w
+                .write(RecordRef {
+                    track,
+                    flags,
+                    capture_us,
+                    packet,
+                })
+                .unwrap();
+        }
+    }
+
+    /// The frames a test client got: (keyframe, layer mark, frame number).
+    fn layered_frames(frames: &[(bool, Vec<u8>)]) -> Vec<(bool, u8, u8)> {
+        frames
+            .iter()
+            .map(|(k, f)| (*k, f[f.len() - 2], f[f.len() - 1]))
+            .collect()
+    }
+
+    #[test]
+    fn a_switch_down_while_catching_up_leaves_the_backlog_for_the_live_edge() {
+        let mut p = Pair::new(true, true, grant(UNIX_AT_START + 3600, &[Scope::View]));
+        let ring = Ring::create_memfd("viewer-leave-backlog", 1 << 22).unwrap();
+        let mut src = TwoLayers::new(&ring);
         // Three seconds of a live GOP in the ring, its keyframe at the start.
         let t0 = p.clock.ring_us(p.now) - 3_000_000;
         for f in 0..90 {
-            frame(f, f == 0, t0 + f as u64 * 33_333);
+            src.frame(f, f == 0, t0 + f as u64 * 33_333);
         }
-        p.follow(&Source::Ready(ready.clone()));
+        p.follow(&Source::Ready(src.ready.clone()));
         p.connect();
         // Catching up on "hi" (no estimate: the best layer), faster than real time.
         p.run_until(p.now + Duration::from_millis(150));
-        assert!(
-            p.viewer.feed.catching_up(),
-            "{} frames sent",
-            p.frames.len()
-        );
+        assert!(p.viewer.feed.catching_up(), "{} frames", p.frames.len());
+        assert_eq!(p.audio, 0, "no audio while catching up");
         p.request(r#"{"id":1,"op":"layer","rid":"lo"}"#);
         p.run_until(p.now + Duration::from_millis(30));
-        assert!(
-            p.events.contains(&Event::KeyframeWanted(Some(0))),
-            "{:?}",
-            p.events
-        );
         let at_pin = p.frames.len();
         // The requested keyframe comes with the live frames.
         let live = p.clock.ring_us(p.now);
         for f in 90..96 {
-            frame(f, f == 92, live + (f - 90) as u64 * 33_333);
+            src.frame(f, f == 92, live + (f - 90) as u64 * 33_333);
         }
         p.viewer.handle(Input::RingWritten, p.now);
         p.run_while(Duration::from_secs(1), |p| {
@@ -1830,10 +1902,7 @@ mod tests {
                 .count()
                 >= 3
         });
-        let after: Vec<(bool, u8, u8)> = p.frames[at_pin..]
-            .iter()
-            .map(|(k, f)| (*k, f[f.len() - 2], f[f.len() - 1]))
-            .collect();
+        let after = layered_frames(&p.frames[at_pin..]);
         // At most the frame the client's depacketizer still held of "hi"; then "lo" from
         // the live keyframe, never the rest of the backlog.
         let hi = after.iter().take_while(|(_, m, _)| *m == 0xb0).count();
@@ -1844,6 +1913,49 @@ mod tests {
             "{after:?}"
         );
         assert!(!p.viewer.feed.catching_up());
+        // The video clock moved on by the time that passed, not by the backlog skipped
+        // (about 2.7 s of it): a player's jitter buffer would hold frames stamped ahead.
+        let last_hi = at_pin + hi - 1;
+        let (sent_at, rtp) = p.frame_times[last_hi];
+        let (lo_at, lo_rtp) = p.frame_times[last_hi + 1];
+        let clock = lo_rtp - rtp;
+        let real = (lo_at - sent_at).as_secs_f64();
+        assert!(
+            clock > 0.0 && (clock - real).abs() < 0.2,
+            "RTP time moved {clock:.3} s in {real:.3} s"
+        );
+        assert_eq!(p.messages_named("layer").len(), 1, "{:?}", p.messages);
+        assert!(p.audio > 0, "audio goes on once the backlog is left");
+    }
+
+    #[test]
+    fn a_switch_while_catching_up_goes_to_the_new_layers_keyframe_further_on() {
+        let mut p = Pair::new(true, true, grant(UNIX_AT_START + 3600, &[Scope::View]));
+        let ring = Ring::create_memfd("viewer-backlog-keyframe", 1 << 22).unwrap();
+        let mut src = TwoLayers::new(&ring);
+        // Three seconds in the ring: "hi" has its keyframe at frame 0, "lo" also one at 60
+        // (another viewer asked for it).
+        let t0 = p.clock.ring_us(p.now) - 3_000_000;
+        for f in 0..90 {
+            src.frame_of(f, [f == 0 || f == 60, f == 0], t0 + f as u64 * 33_333);
+        }
+        p.follow(&Source::Ready(src.ready.clone()));
+        p.connect();
+        p.run_until(p.now + Duration::from_millis(150));
+        assert!(p.viewer.feed.catching_up());
+        let at_pin = p.frames.len();
+        assert!(at_pin < 40, "{at_pin} frames before the pin");
+        p.request(r#"{"id":1,"op":"layer","rid":"lo"}"#);
+        p.run_while(Duration::from_secs(2), |p| !p.viewer.feed.catching_up());
+        p.run_until(p.now + Duration::from_millis(100));
+        let after = layered_frames(&p.frames[at_pin..]);
+        // "lo" from its keyframe at frame 60 on, to the live edge; the rest of "hi" up to
+        // frame 59 was never sent.
+        let hi = after.iter().take_while(|(_, m, _)| *m == 0xb0).count();
+        assert!(hi <= 1, "{after:?}");
+        assert_eq!(after[hi], (true, 0xa0, 60), "{after:?}");
+        let lo: Vec<u8> = after[hi..].iter().map(|(_, _, f)| *f).collect();
+        assert_eq!(lo, (60..90).collect::<Vec<u8>>(), "{after:?}");
     }
 
     /// Outputs compared in tests (a transmit's bytes are not).

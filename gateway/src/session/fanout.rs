@@ -224,6 +224,17 @@ impl TrackMap {
         }
     }
 
+    /// The viewer's clock goes on from its last packet as if that had been captured at
+    /// `at_us`: after a backlog sent faster than real time is left for the live edge, the
+    /// next packet's timestamp moves on by the real time since, not by the backlog skipped.
+    pub fn continue_clock_from(&mut self, at_us: u64) {
+        if let Some((_, at)) = self.last_out.as_mut()
+            && *at != 0
+        {
+            *at = at_us.max(1);
+        }
+    }
+
     /// Marks a break in the source (a new source generation, an overrun): video waits for the
     /// next keyframe, and timing re-anchors at the next packet.
     pub fn discontinuity(&mut self) {
