@@ -573,14 +573,7 @@ impl Viewer {
         self.start_layer(now);
         if let Some(track) = self.feed.layer() {
             let now_us = self.clock.ring_us(now);
-            let mut probe = ready.ring.reader();
-            let keyframe_us = match probe.resync_to_keyframe(track) {
-                true => match probe.try_next_into(&mut self.buf) {
-                    Ok(Some(m)) => Some(m.capture_us),
-                    _ => None,
-                },
-                false => None,
-            };
+            let keyframe_us = newest_keyframe(&ready, track, &mut self.buf).map(|(_, k)| k);
             let max_age = match self.live {
                 true => MAX_LIVE_BACKLOG_US,
                 false => MAX_START_AGE_US,
@@ -1038,20 +1031,12 @@ impl Viewer {
             return;
         };
         let now_us = self.clock.ring_us(now);
+        let ahead = newest_keyframe(&ready, track, &mut self.buf).filter(|(index, _)| *index > at);
+        // At the live edge unless the new layer's keyframe is ahead.
         let mut reader = ready.ring.reader();
-        let keyframe_us = match reader.resync_to_keyframe(track) && reader.cursor() > at {
-            true => {
-                let mut probe = ready.ring.reader();
-                probe.resync_to_keyframe(track);
-                match probe.try_next_into(&mut self.buf) {
-                    Ok(Some(m)) => Some(m.capture_us),
-                    _ => None,
-                }
-            }
-            false => None,
-        };
-        match keyframe_us {
-            Some(k) => {
+        match ahead {
+            Some((_, k)) => {
+                reader.resync_to_keyframe(track);
                 tracing::debug!(
                     keyframe_age_ms = now_us.saturating_sub(k) / 1000,
                     "layer switch while catching up: on to the new layer's keyframe"
@@ -1063,7 +1048,6 @@ impl Viewer {
             }
             None if down => {
                 tracing::debug!("layer switch down while catching up: on to the live edge");
-                reader = ready.ring.reader();
                 self.feed.leave_backlog(now_us);
             }
             None => return,
@@ -1268,6 +1252,20 @@ fn token_fields(grant: &Grant) -> Map<String, Value> {
     f.insert("scope".into(), json!(scope_string(grant)));
     f.insert("exp".into(), json!(grant.exp));
     f
+}
+
+/// The newest keyframe of `track` still in `ready`'s ring: its record index and capture
+/// time (read into `buf`).
+fn newest_keyframe(ready: &ReadySource, track: u8, buf: &mut Vec<u8>) -> Option<(u64, u64)> {
+    let mut probe = ready.ring.reader();
+    if !probe.resync_to_keyframe(track) {
+        return None;
+    }
+    let index = probe.cursor();
+    match probe.try_next_into(buf) {
+        Ok(Some(m)) => Some((index, m.capture_us)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
